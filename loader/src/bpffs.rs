@@ -1,0 +1,64 @@
+//! Pinned objects need a BPF filesystem; many machines do not mount one.
+use anyhow::{bail, Context as _, Result};
+use std::{ffi::CString, fs, path::Path};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// True if `path` lies on a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Where distributions mount the BPF filesystem; we mount it there when missing.
+pub const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
+
+/// Makes sure `pin_dir` exists on a bpffs. When the directory is under
+/// `/sys/fs/bpf` and nothing is mounted there, mounts a bpffs first; anywhere
+/// else it must already be on one (we do not mount over arbitrary folders).
+pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
+    let default_mount = Path::new(DEFAULT_MOUNT);
+    if pin_dir.starts_with(default_mount) && !is_bpffs(default_mount) {
+        mount_bpffs(default_mount)?;
+    }
+    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        bail!(
+            "{} is not on a BPF filesystem: choose a pin directory under {DEFAULT_MOUNT} or mount one with `mount -t bpf bpf DIR`",
+            pin_dir.display()
+        );
+    }
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+    Ok(())
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    let target = CString::new(at.as_os_str().as_encoded_bytes())?;
+    let fstype = CString::new("bpf")?;
+    // SAFETY: all pointers are valid C strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "{} is not a BPF filesystem and mounting one there failed: {err} (mount it with `mount -t bpf bpf {}`)",
+            at.display(),
+            at.display()
+        );
+    }
+    tracing::info!("mounted a BPF filesystem at {}", at.display());
+    Ok(())
+}

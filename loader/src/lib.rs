@@ -1,0 +1,20 @@
+//! sipguard's userspace: the daemon and CLI around the XDP program.
+//!
+//! | module    | concept                                                      |
+//! |-----------|--------------------------------------------------------------|
+//! | `cli`     | the `sipguard` command line                                  |
+//! | `daemon`  | `sipguard run`: load, attach, sweep, detach                  |
+//! | `program` | the embedded XDP object, attaching and pinned links          |
+//! | `maps`    | typed access to the pinned kernel maps                       |
+//! | `addr`    | `ADDR[/PREFIX]` parsing                                      |
+//! | `duration`| ban durations (`30`, `10m`, `1h30m`, `-1`)                   |
+//! | `clock`   | the kernel's boot clock, which times bans                    |
+//! | `bpffs`   | making sure the BPF filesystem is there                      |
+pub mod addr;
+pub mod bpffs;
+pub mod cli;
+pub mod clock;
+pub mod daemon;
+pub mod duration;
+pub mod maps;
+pub mod program;

@@ -1,0 +1,281 @@
+//! Typed access to the XDP program's pinned maps. The CLI and the daemon both
+//! go through here, so bans work the same with the daemon running or not.
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, Map, MapData, MapError, MapInfo, PerCpuArray,
+};
+use common::{
+    counter, map_name, AllowEntry, BanEntry, Config, Counter, MAX_ALLOWED, MAX_BANS, PORT_WORDS,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+/// What a pinned map must look like for this build: (name, key size, value size, max entries).
+/// A pin left by an older sipguard with another layout is refused, never reinterpreted.
+const LAYOUT: [(&str, usize, usize, u32); 7] = [
+    (map_name::BANNED_V4, 4 + 4, size_of::<BanEntry>(), MAX_BANS),
+    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), MAX_BANS),
+    (map_name::ALLOWED_V4, 4 + 4, size_of::<AllowEntry>(), MAX_ALLOWED),
+    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>(), MAX_ALLOWED),
+    (map_name::PORTS, 4, size_of::<u64>(), PORT_WORDS),
+    (map_name::CONFIG, 4, size_of::<Config>(), 1),
+    (map_name::COUNTERS, 4, size_of::<Counter>(), counter::COUNT),
+];
+
+/// Checks every map already pinned in `pin_dir` against this build's layout.
+pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
+    for (name, key, value, max) in LAYOUT {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if found != (key, value, max) {
+            bail!(
+                "pinned map {} has key/value size and capacity {found:?}, this sipguard expects {:?}: \
+                 it was made by another version. Export what you need with `sipguard list --json`, \
+                 then remove {} (dropping all bans) and start again",
+                path.display(),
+                (key, value, max),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One ban as userspace sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub net: IpNet,
+    pub entry: BanEntry,
+}
+
+/// One allow-list range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    pub net: IpNet,
+    pub entry: AllowEntry,
+}
+
+pub struct KernelMaps {
+    pin_dir: PathBuf,
+    banned_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
+    banned_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    allowed_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    allowed_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    ports: Array<MapData, u64>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+impl KernelMaps {
+    /// Opens the maps pinned in `pin_dir` by a daemon (running or not).
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        if !pin_dir.join(map_name::BANNED_V4).exists() {
+            bail!(
+                "no sipguard maps pinned in {}: start the daemon once with `sipguard run` (it creates them)",
+                pin_dir.display()
+            );
+        }
+        check_pinned_layout(pin_dir)?;
+        let open = |name: &str| -> Result<MapData> {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path).map_err(|e| match &e {
+                MapError::SyscallError(s) if s.io_error.kind() == std::io::ErrorKind::PermissionDenied => {
+                    anyhow!("permission denied opening {}: sipguard's maps need root", path.display())
+                }
+                _ => anyhow::Error::new(e).context(format!("cannot open pinned map {}", path.display())),
+            })
+        };
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            banned_v4: LpmTrie::try_from(Map::LpmTrie(open(map_name::BANNED_V4)?))?,
+            banned_v6: LpmTrie::try_from(Map::LpmTrie(open(map_name::BANNED_V6)?))?,
+            allowed_v4: LpmTrie::try_from(Map::LpmTrie(open(map_name::ALLOWED_V4)?))?,
+            allowed_v6: LpmTrie::try_from(Map::LpmTrie(open(map_name::ALLOWED_V6)?))?,
+            ports: Array::try_from(Map::Array(open(map_name::PORTS)?))?,
+            config: Array::try_from(Map::Array(open(map_name::CONFIG)?))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::COUNTERS)?))?,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Bans `net` until `expires_at_ns` (boot clock; 0 = permanent). Re-banning
+    /// an address updates its expiry and flags and keeps its counters.
+    pub fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, now_ns: u64) -> Result<()> {
+        let mut entry = self.ban_entry(net)?.unwrap_or(BanEntry {
+            banned_at_ns: now_ns,
+            prefix_len: u32::from(net.prefix_len()),
+            ..Default::default()
+        });
+        entry.expires_at_ns = expires_at_ns;
+        entry.flags = flags;
+        let result = match net {
+            IpNet::V4(n) => self.banned_v4.insert(&key_v4(n), entry, 0),
+            IpNet::V6(n) => self.banned_v6.insert(&key_v6(n), entry, 0),
+        };
+        result.map_err(|e| full_or(e, "blocklist", MAX_BANS, net))
+    }
+
+    /// The entry banning exactly `net`, if any (a covering wider prefix is not it).
+    pub fn ban_entry(&self, net: IpNet) -> Result<Option<BanEntry>> {
+        let found = match net {
+            IpNet::V4(n) => self.banned_v4.get(&key_v4(n), 0),
+            IpNet::V6(n) => self.banned_v6.get(&key_v6(n), 0),
+        };
+        match found {
+            Ok(entry) if entry.prefix_len == u32::from(net.prefix_len()) => Ok(Some(entry)),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes the ban of exactly `net`; false if there was none.
+    pub fn unban(&mut self, net: IpNet) -> Result<bool> {
+        let result = match net {
+            IpNet::V4(n) => self.banned_v4.remove(&key_v4(n)),
+            IpNet::V6(n) => self.banned_v6.remove(&key_v6(n)),
+        };
+        not_found_is_false(result)
+    }
+
+    pub fn bans(&self) -> Result<Vec<Ban>> {
+        let mut out = Vec::new();
+        for item in self.banned_v4.iter() {
+            let (k, entry) = item?;
+            out.push(Ban { net: IpNet::V4(k_v4(&k)), entry });
+        }
+        for item in self.banned_v6.iter() {
+            let (k, entry) = item?;
+            out.push(Ban { net: IpNet::V6(k_v6(&k)), entry });
+        }
+        Ok(out)
+    }
+
+    /// Deletes bans that ended before `now_ns`; returns them.
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Vec<Ban>> {
+        let expired: Vec<Ban> = self.bans()?.into_iter().filter(|b| b.entry.is_expired(now_ns)).collect();
+        for ban in &expired {
+            self.unban(ban.net)?;
+        }
+        Ok(expired)
+    }
+
+    pub fn allow(&mut self, net: IpNet) -> Result<()> {
+        let result = match net {
+            IpNet::V4(n) => self.allowed_v4.insert(&key_v4(n), AllowEntry::default(), 0),
+            IpNet::V6(n) => self.allowed_v6.insert(&key_v6(n), AllowEntry::default(), 0),
+        };
+        result.map_err(|e| full_or(e, "allowlist", MAX_ALLOWED, net))
+    }
+
+    pub fn disallow(&mut self, net: IpNet) -> Result<bool> {
+        let result = match net {
+            IpNet::V4(n) => self.allowed_v4.remove(&key_v4(n)),
+            IpNet::V6(n) => self.allowed_v6.remove(&key_v6(n)),
+        };
+        not_found_is_false(result)
+    }
+
+    pub fn allowed(&self) -> Result<Vec<Allowed>> {
+        let mut out = Vec::new();
+        for item in self.allowed_v4.iter() {
+            let (k, entry) = item?;
+            out.push(Allowed { net: IpNet::V4(k_v4(&k)), entry });
+        }
+        for item in self.allowed_v6.iter() {
+            let (k, entry) = item?;
+            out.push(Allowed { net: IpNet::V6(k_v6(&k)), entry });
+        }
+        Ok(out)
+    }
+
+    /// Replaces the set of protected destination ports.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
+        let mut words = [0u64; PORT_WORDS as usize];
+        for &p in ports {
+            words[usize::from(p >> 6)] |= 1 << (p & 63);
+        }
+        for (i, w) in words.iter().enumerate() {
+            self.ports.set(i as u32, w, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn ports(&self) -> Result<Vec<u16>> {
+        let mut out = Vec::new();
+        for i in 0..PORT_WORDS {
+            let w = self.ports.get(&i, 0)?;
+            for bit in 0..64 {
+                if w & (1 << bit) != 0 {
+                    out.push((i * 64 + bit) as u16);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// The verdict counters, summed over CPUs, by `common::counter` index.
+    pub fn counters(&self) -> Result<Vec<Counter>> {
+        (0..counter::COUNT)
+            .map(|i| {
+                let per_cpu = self.counters.get(&i, 0)?;
+                Ok(per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                }))
+            })
+            .collect()
+    }
+}
+
+fn key_v4(n: Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+fn key_v6(n: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(n.prefix_len()), n.network().octets())
+}
+
+fn k_v4(k: &Key<[u8; 4]>) -> Ipv4Net {
+    Ipv4Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel keys have valid prefixes")
+}
+
+fn k_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
+    Ipv6Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel keys have valid prefixes")
+}
+
+fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn full_or(e: MapError, what: &str, max: u32, net: IpNet) -> anyhow::Error {
+    if let MapError::SyscallError(s) = &e {
+        if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG)) {
+            return anyhow!("the {what} is full ({max} entries per address family): cannot add {net}");
+        }
+    }
+    anyhow::Error::new(e).context(format!("cannot add {net} to the {what}"))
+}

@@ -1,0 +1,200 @@
+//! The embedded XDP object: loading it with pinned maps, attaching it to
+//! interfaces, and detaching.
+//!
+//! Links are pinned under `<pin dir>/links/<interface>`: if the daemon dies
+//! without a chance to clean up (SIGKILL, OOM, crash), the program stays attached
+//! and the bans keep being enforced, expiring in the kernel on time. A new daemon
+//! atomically swaps its program into the pinned link; a clean stop (SIGINT,
+//! SIGTERM) or `sipguard detach` removes it.
+use crate::maps;
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// The XDP object built by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipguard-xdp"));
+
+/// The program's function name in the object.
+pub const PROGRAM: &str = "sipguard";
+
+/// How to attach: driver (native) XDP, generic (skb) XDP, or driver with a
+/// fallback to skb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// Loads the object, creating its maps in `pin_dir` or re-using the ones
+/// already pinned there, and loads the program into the kernel.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    crate::bpffs::ensure_pin_dir(pin_dir)?;
+    maps::check_pinned_layout(pin_dir)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(OBJECT)
+        .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
+        .context("loading the XDP object failed")?;
+    program_mut(&mut ebpf)?
+        .load()
+        .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
+        .context("the kernel rejected the XDP program")?;
+    Ok(ebpf)
+}
+
+pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn explain_bpf_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        e.context("BPF needs root (CAP_BPF and CAP_NET_ADMIN)")
+    } else if text.contains("Function not implemented") || text.contains("ENOSYS") {
+        e.context("this kernel has no BPF support (CONFIG_BPF_SYSCALL)")
+    } else {
+        e
+    }
+}
+
+/// An interface the program is attached to.
+pub struct Attachment {
+    pub iface: String,
+    /// The pinned link, when the kernel supports BPF links (5.9+); older
+    /// kernels attach through netlink, detached when the program is dropped.
+    pub pin: Option<PathBuf>,
+    pub mode: &'static str,
+}
+
+pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join("links").join(iface)
+}
+
+/// Returns the interface index, or a clear error naming the interface.
+pub fn if_index(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).map_err(|_| anyhow!("invalid interface name {iface:?}"))?;
+    // SAFETY: c is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("no network interface named '{iface}' (see `ip link`)");
+    }
+    Ok(index)
+}
+
+/// Attaches the loaded program to `iface`, taking over a link pinned by an
+/// earlier daemon when there is one.
+pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: AttachMode) -> Result<Attachment> {
+    if_index(iface)?;
+    let pin = link_pin_path(pin_dir, iface);
+    let prog = program_mut(ebpf)?;
+    if pin.exists() {
+        match take_over(prog, &pin) {
+            Ok(()) => {
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    pin: Some(pin),
+                    mode: "existing link",
+                })
+            }
+            Err(e) => {
+                tracing::warn!("cannot take over the link pinned at {}: {e:#}; attaching anew", pin.display());
+                fs::remove_file(&pin).with_context(|| format!("cannot remove stale link {}", pin.display()))?;
+            }
+        }
+    }
+    let (link_id, mode_name) = match mode {
+        AttachMode::Driver => (prog.attach(iface, XdpMode::Driver)?, "driver"),
+        AttachMode::Skb => (prog.attach(iface, XdpMode::Skb)?, "skb"),
+        AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "driver"),
+            Err(e) => {
+                tracing::warn!("driver-mode XDP failed on {iface} ({e}); falling back to skb mode, which is slower");
+                (prog.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?, "skb")
+            }
+        },
+    };
+    let link = prog.take_link(link_id)?;
+    let pinned = match FdLink::try_from(link) {
+        Ok(fd_link) => {
+            fs::create_dir_all(pin.parent().expect("link pins have a parent"))?;
+            fd_link.pin(&pin).with_context(|| format!("cannot pin link at {}", pin.display()))?;
+            Some(pin)
+        }
+        Err(_) => {
+            // Netlink attachment (kernel < 5.9): nothing to pin, and it stays
+            // attached after we exit.
+            tracing::warn!(
+                "kernel has no XDP links (5.9+): the program stays on {iface} after sipguard exits; \
+                 remove it with `ip link set dev {iface} xdp off`"
+            );
+            None
+        }
+    };
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        pin: pinned,
+        mode: mode_name,
+    })
+}
+
+fn take_over(prog: &mut Xdp, pin: &Path) -> Result<()> {
+    let link: FdLink = PinnedLink::from_pin(pin)?.into();
+    let link = aya::programs::xdp::XdpLink::try_from(link)?;
+    // Atomic replace: no packet goes unfiltered between the old program and the new.
+    let id = prog.attach_to_link(link)?;
+    // Dropping our handle only closes an fd; the pin keeps the link alive.
+    drop(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Removes the pinned link of `iface`, which detaches the program from it.
+pub fn detach(pin_dir: &Path, iface: &str) -> Result<bool> {
+    let pin = link_pin_path(pin_dir, iface);
+    match fs::remove_file(&pin) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", pin.display())),
+    }
+}
+
+/// Interfaces with a pinned link in `pin_dir`.
+pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    names
+}
+
+/// The interface of the IPv4 (else IPv6) default route.
+pub fn default_route_iface() -> Result<String> {
+    if let Ok(table) = fs::read_to_string("/proc/net/route") {
+        // Iface Destination Gateway ... ; destination 00000000 is the default route.
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 2 && cols[1] == "00000000" {
+                return Ok(cols[0].to_owned());
+            }
+        }
+    }
+    if let Ok(table) = fs::read_to_string("/proc/net/ipv6_route") {
+        for line in table.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() == 10 && cols[0] == "0".repeat(32) && cols[1] == "00" && cols[9] != "lo" {
+                return Ok(cols[9].to_owned());
+            }
+        }
+    }
+    bail!("no default route: name the interface to protect with --iface")
+}

@@ -5,43 +5,42 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
-use common::{
-    counter, map_name, AllowEntry, BanEntry, Config, Counter, MAX_ALLOWED, MAX_BANS, PORT_WORDS,
-};
+use common::{counter, map_name, AllowEntry, BanEntry, Config, Counter, PORT_WORDS};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{
     mem::size_of,
     path::{Path, PathBuf},
 };
 
-/// What a pinned map must look like for this build: (name, key size, value size, max entries).
-/// A pin left by an older sipguard with another layout is refused, never reinterpreted.
-const LAYOUT: [(&str, usize, usize, u32); 7] = [
-    (map_name::BANNED_V4, 4 + 4, size_of::<BanEntry>(), MAX_BANS),
-    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), MAX_BANS),
-    (map_name::ALLOWED_V4, 4 + 4, size_of::<AllowEntry>(), MAX_ALLOWED),
-    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>(), MAX_ALLOWED),
-    (map_name::PORTS, 4, size_of::<u64>(), PORT_WORDS),
-    (map_name::CONFIG, 4, size_of::<Config>(), 1),
-    (map_name::COUNTERS, 4, size_of::<Counter>(), counter::COUNT),
+/// What a pinned map must look like for this build: (name, key size, value size).
+/// A pin left by an older sipguard with another layout is refused, never
+/// reinterpreted. Capacities may differ (see `program::Capacity`).
+const LAYOUT: [(&str, usize, usize); 7] = [
+    (map_name::BANNED_V4, 4 + 4, size_of::<BanEntry>()),
+    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>()),
+    (map_name::ALLOWED_V4, 4 + 4, size_of::<AllowEntry>()),
+    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>()),
+    (map_name::PORTS, 4, size_of::<u64>()),
+    (map_name::CONFIG, 4, size_of::<Config>()),
+    (map_name::COUNTERS, 4, size_of::<Counter>()),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.
 pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
-    for (name, key, value, max) in LAYOUT {
+    for (name, key, value) in LAYOUT {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
-        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
-        if found != (key, value, max) {
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key, value) {
             bail!(
-                "pinned map {} has key/value size and capacity {found:?}, this sipguard expects {:?}: \
+                "pinned map {} has key/value sizes {found:?}, this sipguard expects {:?}: \
                  it was made by another version. Export what you need with `sipguard list --json`, \
                  then remove {} (dropping all bans) and start again",
                 path.display(),
-                (key, value, max),
+                (key, value),
                 pin_dir.display()
             );
         }
@@ -123,7 +122,7 @@ impl KernelMaps {
             IpNet::V4(n) => self.banned_v4.insert(&key_v4(n), entry, 0),
             IpNet::V6(n) => self.banned_v6.insert(&key_v6(n), entry, 0),
         };
-        result.map_err(|e| full_or(e, "blocklist", MAX_BANS, net))
+        result.map_err(|e| full_or(e, "blocklist", net))
     }
 
     /// The entry banning exactly `net`, if any (a covering wider prefix is not it).
@@ -175,7 +174,7 @@ impl KernelMaps {
             IpNet::V4(n) => self.allowed_v4.insert(&key_v4(n), AllowEntry::default(), 0),
             IpNet::V6(n) => self.allowed_v6.insert(&key_v6(n), AllowEntry::default(), 0),
         };
-        result.map_err(|e| full_or(e, "allowlist", MAX_ALLOWED, net))
+        result.map_err(|e| full_or(e, "allowlist", net))
     }
 
     pub fn disallow(&mut self, net: IpNet) -> Result<bool> {
@@ -271,10 +270,10 @@ fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
     }
 }
 
-fn full_or(e: MapError, what: &str, max: u32, net: IpNet) -> anyhow::Error {
+fn full_or(e: MapError, what: &str, net: IpNet) -> anyhow::Error {
     if let MapError::SyscallError(s) = &e {
         if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG)) {
-            return anyhow!("the {what} is full ({max} entries per address family): cannot add {net}");
+            return anyhow!("the {what} is full: cannot add {net} (remove entries, or ban a covering prefix)");
         }
     }
     anyhow::Error::new(e).context(format!("cannot add {net} to the {what}"))

@@ -8,6 +8,7 @@
 //! SIGTERM) or `sipguard detach` removes it.
 use crate::maps;
 use anyhow::{anyhow, bail, Context as _, Result};
+use common::map_name;
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
@@ -32,13 +33,38 @@ pub enum AttachMode {
     Skb,
 }
 
+/// Map capacities, per address family. Only used when the maps are created;
+/// pinned maps keep the capacity they were made with.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub bans: u32,
+    pub allowed: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            bans: common::MAX_BANS,
+            allowed: common::MAX_ALLOWED,
+        }
+    }
+}
+
 /// Loads the object, creating its maps in `pin_dir` or re-using the ones
 /// already pinned there, and loads the program into the kernel.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    load_with(pin_dir, Capacity::default())
+}
+
+pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
     crate::bpffs::ensure_pin_dir(pin_dir)?;
     maps::check_pinned_layout(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .map_max_entries(map_name::BANNED_V4, capacity.bans)
+        .map_max_entries(map_name::BANNED_V6, capacity.bans)
+        .map_max_entries(map_name::ALLOWED_V4, capacity.allowed)
+        .map_max_entries(map_name::ALLOWED_V6, capacity.allowed)
         .load(OBJECT)
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
         .context("loading the XDP object failed")?;

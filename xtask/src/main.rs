@@ -1,1 +1,140 @@
-fn main(){}
+//! `cargo xtask`: the project's build, run and test entry points.
+//!
+//! * `setup`  install missing prerequisites (nightly rust-src, LLVM 22, bpf-linker, ip/nsenter)
+//! * `build`  build the XDP object and the `sipguard` binary that embeds it
+//! * `run`    setup + build, then `sipguard ARGS` as root
+//! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
+mod setup;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing prerequisites (idempotent).
+    Setup,
+    /// Build the XDP object and the sipguard binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `sipguard ARGS` as root (release build).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build { release } => {
+            ensure_setup()?;
+            build(release)
+        }
+        Cmd::Run { args } => {
+            ensure_setup()?;
+            build(true)?;
+            let bin = target_dir().join("release/sipguard");
+            let mut cmd = if setup::is_root() {
+                Command::new(&bin)
+            } else {
+                println!("xtask: sipguard needs root; running it through sudo");
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            let status = cmd.args(&args).status().with_context(|| format!("cannot run {}", bin.display()))?;
+            if !status.success() {
+                bail!("sipguard exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            if !setup::is_root() {
+                bail!("the tests load XDP programs and build network namespaces: run `cargo xtask test` as root");
+            }
+            ensure_setup()?;
+            build(false)?;
+            let bin = target_dir().join("debug/sipguard");
+            let status = cargo()
+                .args(["test", "--workspace", "--exclude", "sipguard-xdp"])
+                .args(&args)
+                // The end-to-end tests drive the real binary.
+                .env("SIPGUARD_BIN", &bin)
+                .status()?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn ensure_setup() -> Result<()> {
+    if !setup::is_complete() {
+        println!("xtask: prerequisites missing; running setup first");
+        setup::run()?;
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "sipguard"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if !cmd.status()?.success() {
+        bail!("build failed");
+    }
+    Ok(())
+}
+
+/// `cargo` in the workspace root, with bpf-linker's folder on PATH.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    let mut paths = vec![setup::cargo_bin_dir()];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    cmd.env("PATH", std::env::join_paths(paths).expect("PATH entries are valid"));
+    cmd
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}

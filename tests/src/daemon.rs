@@ -1,0 +1,113 @@
+//! The real `sipguard` binary: the daemon inside the server namespace, and
+//! the CLI.
+use anyhow::{bail, Context as _, Result};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The binary under test: `SIPGUARD_BIN` (set by `cargo xtask test`), else the debug build.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIPGUARD_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sipguard");
+    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// `sipguard --pin-dir PIN ARGS` in the host's namespaces.
+pub fn cli(pin: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(bin()).arg("--pin-dir").arg(pin).args(args).output()?)
+}
+
+/// Like `cli`, but fails unless the command succeeded; returns stdout.
+pub fn cli_ok(pin: &Path, args: &[&str]) -> Result<String> {
+    let out = cli(pin, args)?;
+    if !out.status.success() {
+        bail!("sipguard {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A daemon running in a network namespace; killed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `sipguard run ARGS` in `netns` (network namespace only, so the
+    /// host's /sys/fs/bpf stays visible) and waits until it is attached.
+    pub fn start(netns: &crate::netns::Netns, pin: &Path, args: &[&str]) -> Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique("sipguard-daemon-")));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path()))
+            .arg(bin())
+            .arg("--pin-dir")
+            .arg(pin)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("cannot start the daemon")?;
+        let mut daemon = Self { child: Some(child), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if daemon.log().contains("sipguard running") {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.as_mut().expect("running").try_wait()? {
+                bail!("daemon exited with {status} before attaching:\n{}", daemon.log());
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not attach within 30 s:\n{}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon ignored signal {sig} for 10 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: a clean stop that detaches the program.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// SIGKILL: the daemon dies without cleaning up.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGKILL)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,53 @@
+//! The real XDP object, loaded with its own pin directory, run on crafted
+//! packets through BPF_PROG_TEST_RUN.
+use crate::PinDir;
+use anyhow::Result;
+use aya::{
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use common::Counter;
+use sipguard::{maps::KernelMaps, program};
+use std::time::Duration;
+
+pub struct TestProgram {
+    pub maps: KernelMaps,
+    ebpf: Ebpf,
+    // Dropped last: the pins go after the program and maps are closed.
+    _pin: PinDir,
+}
+
+impl TestProgram {
+    pub fn load() -> Result<Self> {
+        Self::load_with(program::Capacity::default())
+    }
+
+    pub fn load_with(capacity: program::Capacity) -> Result<Self> {
+        let pin = PinDir::new()?;
+        let ebpf = program::load_with(&pin.path, capacity)?;
+        let mut maps = KernelMaps::open(&pin.path)?;
+        maps.set_ports(&sipguard::cli::DEFAULT_PORTS)?;
+        Ok(Self { maps, ebpf, _pin: pin })
+    }
+
+    /// Runs `frame` through the program once; returns the XDP action.
+    pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_repeat(frame, 1)?.0)
+    }
+
+    /// Runs `frame` `repeat` times in the kernel; returns the action and the
+    /// kernel's mean time per run.
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let prog = program::program_mut(&mut self.ebpf)?;
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok((result.return_value, result.duration))
+    }
+
+    pub fn counters(&self) -> Result<Vec<Counter>> {
+        self.maps.counters()
+    }
+}

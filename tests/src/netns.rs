@@ -1,0 +1,179 @@
+//! Two network namespaces joined by a veth pair: a client and a server with
+//! IPv4 and IPv6 addresses of their own. Traffic in the tests goes only
+//! between these namespaces.
+use crate::unique;
+use anyhow::{bail, Context as _, Result};
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+pub const SERVER_V4: &str = "10.213.0.1";
+pub const CLIENT_V4: &str = "10.213.0.2";
+/// A second client address: "another source" that must keep working.
+pub const OTHER_V4: &str = "10.213.0.3";
+pub const SERVER_V6: &str = "fd00:5167::1";
+pub const CLIENT_V6: &str = "fd00:5167::2";
+pub const OTHER_V6: &str = "fd00:5167::3";
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Result<Self> {
+        let name = unique("sgt");
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("cannot run ip")?;
+    if !out.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The two namespaces and the veth between them.
+pub struct Pair {
+    pub client: Netns,
+    pub server: Netns,
+    pub client_if: String,
+    pub server_if: String,
+}
+
+impl Pair {
+    pub fn new() -> Result<Self> {
+        let client = Netns::new()?;
+        let server = Netns::new()?;
+        let client_if = unique("sgc");
+        let server_if = unique("sgs");
+        ip(&[
+            "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name", &server_if, "netns",
+            &server.name,
+        ])?;
+        for (ns, dev, addrs) in [
+            (&client, &client_if, [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6].as_slice()),
+            (&server, &server_if, [SERVER_V4, SERVER_V6].as_slice()),
+        ] {
+            for a in addrs {
+                if a.contains(':') {
+                    ns.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])?;
+                } else {
+                    ns.ip(&["addr", "add", &format!("{a}/24"), "dev", dev])?;
+                }
+            }
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        let pair = Self {
+            client,
+            server,
+            client_if,
+            server_if,
+        };
+        // Static neighbours: no ARP/ND round trips to wait for or lose.
+        let client_mac = pair.mac(&pair.client, &pair.client_if)?;
+        let server_mac = pair.mac(&pair.server, &pair.server_if)?;
+        for a in [SERVER_V4, SERVER_V6] {
+            pair.client.ip(&["neigh", "replace", a, "lladdr", &server_mac, "dev", &pair.client_if])?;
+        }
+        for a in [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6] {
+            pair.server.ip(&["neigh", "replace", a, "lladdr", &client_mac, "dev", &pair.server_if])?;
+        }
+        Ok(pair)
+    }
+
+    fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
+        let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["address"].as_str().map(str::to_owned).context("no MAC address in `ip -j link`")
+    }
+
+    /// True if the program is attached to the server's veth.
+    pub fn server_has_xdp(&self) -> Result<bool> {
+        Ok(self.server.ip(&["link", "show", "dev", &self.server_if])?.contains("prog/xdp"))
+    }
+}
+
+/// Runs `f` on a thread that has entered `ns`'s network namespace, so that
+/// sockets it creates live there (they stay there when used from any thread).
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+    let path = ns.path();
+    let handle = std::thread::spawn(move || -> io::Result<T> {
+        let file = File::open(&path)?;
+        // SAFETY: a valid namespace fd; setns only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        f()
+    });
+    Ok(handle.join().expect("netns thread panicked")?)
+}
+
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("test addresses are valid"), port)
+}
+
+pub fn udp_socket(ns: &Netns, local: SocketAddr) -> Result<UdpSocket> {
+    in_netns(ns, move || UdpSocket::bind(local))
+}
+
+pub fn tcp_listener(ns: &Netns, local: SocketAddr) -> Result<TcpListener> {
+    in_netns(ns, move || TcpListener::bind(local))
+}
+
+/// Sends `count` datagrams from `from` to `to`'s address and returns how many
+/// `to` received within a short grace period. Bounded in count and time.
+pub fn udp_delivered(from: &UdpSocket, to: &UdpSocket, count: usize) -> Result<usize> {
+    let dst = to.local_addr()?;
+    to.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut buf = [0u8; 2048];
+    while to.recv(&mut buf).is_ok() {} // drain leftovers from earlier checks
+    for i in 0..count {
+        from.send_to(format!("OPTIONS sip:probe-{i} SIP/2.0\r\n\r\n").as_bytes(), dst)?;
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut got = 0;
+    while got < count && Instant::now() < deadline {
+        if to.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    Ok(got)
+}
+
+/// Whether a TCP connection from `src` (in `ns`) to `dst` completes within a second.
+pub fn tcp_connects(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Result<bool> {
+    in_netns(ns, move || {
+        let domain = if dst.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        Ok(s.connect_timeout(&dst.into(), Duration::from_secs(1)).is_ok())
+    })
+}

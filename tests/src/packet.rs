@@ -1,0 +1,136 @@
+//! Hand-built frames, byte by byte, so that tests can craft exactly the edge
+//! cases the parser must survive (VLAN stacks, IPv4 options, fragments,
+//! IPv6 extension chains, truncation at every layer). Checksums are not
+//! filled in: XDP never looks at them.
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+pub const HOPOPTS: u8 = 0;
+pub const ROUTING: u8 = 43;
+pub const FRAGMENT: u8 = 44;
+pub const DSTOPTS: u8 = 60;
+
+/// IPv4 flags/offset field values.
+pub const MORE_FRAGMENTS: u16 = 0x2000;
+pub const DONT_FRAGMENT: u16 = 0x4000;
+
+/// Ethernet header, then one VLAN tag per TPID in `vlan_tpids` (outermost first), then `payload`.
+pub fn frame(vlan_tpids: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let mut types: Vec<u16> = vlan_tpids.to_vec();
+    types.push(ether_type);
+    f.extend_from_slice(&types[0].to_be_bytes());
+    for (i, inner) in types[1..].iter().enumerate() {
+        f.extend_from_slice(&(100 + i as u16).to_be_bytes()); // TCI: VLAN id
+        f.extend_from_slice(&inner.to_be_bytes());
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv4 header with `option_words` 32-bit words of options (NOPs), the
+/// given flags/fragment-offset field, then `payload`.
+pub fn ipv4(src: [u8; 4], proto: u8, option_words: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let ihl = 5 + option_words;
+    let total = usize::from(ihl) * 4 + payload.len();
+    let mut h = vec![0x40 | ihl, 0];
+    h.extend_from_slice(&(total as u16).to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[10, 0, 0, 1]);
+    h.extend(std::iter::repeat_n(1u8, usize::from(option_words) * 4)); // NOP options
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 header (next header `next`), then `payload`.
+pub fn ipv6(src: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src);
+    let mut dst = [0u8; 16];
+    dst[0] = 0xfd;
+    dst[15] = 1;
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 extension header of `8 * (len + 1)` bytes (hop-by-hop, routing,
+/// destination options), then `payload`.
+pub fn v6_ext(next: u8, len: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![next, len];
+    h.extend(std::iter::repeat_n(0u8, usize::from(len) * 8 + 6));
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 fragment header (offset in 8-byte units, more-fragments flag), then `payload`.
+pub fn v6_frag(next: u8, offset: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP header to `dport`, with a SIP-looking payload.
+pub fn udp(dport: u16) -> Vec<u8> {
+    let body = b"OPTIONS sip:100@example.invalid SIP/2.0\r\n\r\n";
+    let mut h = vec![0x13, 0xc4];
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(body);
+    h
+}
+
+/// A minimal TCP SYN header to `dport`.
+pub fn tcp(dport: u16) -> Vec<u8> {
+    let mut h = vec![0xc3, 0x50];
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    h
+}
+
+/// An ICMP/ICMPv6 echo request.
+pub fn icmp_echo() -> Vec<u8> {
+    vec![8, 0, 0, 0, 0, 1, 0, 1]
+}
+
+/// `bytes` cut to `len`.
+pub fn truncated(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
+    bytes.truncate(len);
+    bytes
+}
+
+/// UDP over IPv4 over Ethernet, no VLAN.
+pub fn udp4(src: [u8; 4], dport: u16) -> Vec<u8> {
+    frame(&[], ETH_P_IP, &ipv4(src, UDP, 0, 0, &udp(dport)))
+}
+
+/// TCP over IPv4 over Ethernet, no VLAN.
+pub fn tcp4(src: [u8; 4], dport: u16) -> Vec<u8> {
+    frame(&[], ETH_P_IP, &ipv4(src, TCP, 0, 0, &tcp(dport)))
+}
+
+/// UDP over IPv6 over Ethernet, no VLAN.
+pub fn udp6(src: [u8; 16], dport: u16) -> Vec<u8> {
+    frame(&[], ETH_P_IPV6, &ipv6(src, UDP, &udp(dport)))
+}
+
+/// TCP over IPv6 over Ethernet, no VLAN.
+pub fn tcp6(src: [u8; 16], dport: u16) -> Vec<u8> {
+    frame(&[], ETH_P_IPV6, &ipv6(src, TCP, &tcp(dport)))
+}

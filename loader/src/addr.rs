@@ -17,9 +17,9 @@ pub fn parse_net(text: &str) -> Result<IpNet> {
         text.parse::<IpNet>()
             .with_context(|| format!("invalid network '{text}': expected ADDRESS/PREFIX, e.g. 192.0.2.0/24 or 2001:db8::/64"))?
     } else {
-        let addr: IpAddr = text
-            .parse()
-            .with_context(|| format!("invalid address '{text}': expected an IPv4 or IPv6 address"))?;
+        let addr: IpAddr = text.parse().with_context(|| {
+            format!("invalid address '{text}': expected an IPv4 or IPv6 address")
+        })?;
         IpNet::from(addr)
     };
     Ok(net.trunc())
@@ -56,18 +56,32 @@ mod tests {
     #[test]
     fn bare_addresses_are_host_networks() {
         assert_eq!(parse_net("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_net("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+        assert_eq!(
+            parse_net("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
     }
 
     #[test]
     fn host_bits_are_cleared() {
         assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_net("2001:db8:1:2:3::9/64").unwrap().to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            parse_net("2001:db8:1:2:3::9/64").unwrap().to_string(),
+            "2001:db8:1:2::/64"
+        );
     }
 
     #[test]
     fn bad_input_is_rejected_with_the_text() {
-        for bad in ["", "1.2.3", "1.2.3.4/33", "2001:db8::/129", "host.example", "1.2.3.4/", "1.2.3.4/x"] {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4/33",
+            "2001:db8::/129",
+            "host.example",
+            "1.2.3.4/",
+            "1.2.3.4/x",
+        ] {
             let err = parse_net(bad).unwrap_err().to_string();
             assert!(err.contains(bad.trim()), "{bad}: {err}");
         }

@@ -26,7 +26,10 @@ pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
     if pin_dir.starts_with(default_mount) && !is_bpffs(default_mount) {
         mount_bpffs(default_mount)?;
     }
-    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if !is_bpffs(existing) {
         bail!(
             "{} is not on a BPF filesystem: choose a pin directory under {DEFAULT_MOUNT} or mount one with `mount -t bpf bpf DIR`",

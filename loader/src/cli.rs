@@ -11,7 +11,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipguard";
 pub const DEFAULT_PORTS: [u16; 3] = [5060, 5066, 7443];
 
 #[derive(Parser)]
-#[command(name = "sipguard", version, about = "Line-rate XDP protection for SIP servers")]
+#[command(
+    name = "sipguard",
+    version,
+    about = "Line-rate XDP protection for SIP servers"
+)]
 pub struct Cli {
     /// Where the maps (and XDP links) are pinned; must be on a BPF filesystem.
     #[arg(long, global = true, env = "SIPGUARD_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
@@ -85,7 +89,9 @@ pub fn run(cli: Cli) -> Result<()> {
             all_ports,
         } => {
             require_root("run the daemon")?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(daemon::run(daemon::RunOptions {
                 pin_dir,
                 ifaces,
@@ -105,7 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut maps = open(&pin_dir)?;
             let expires = bantime.map_or(0, clock::deadline_ns);
             let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
-            maps.ban(net, expires, flags, clock::boot_now_ns())?;
+            maps.ban(net, expires, flags, clock::mono_now_ns())?;
             match bantime {
                 Some(d) => println!("banned {} for {}", addr::display(&net), clock::human(d)),
                 None => println!("banned {} permanently", addr::display(&net)),
@@ -116,7 +122,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let net = addr::parse_net(&net)?;
             require_root("change bans")?;
             if !open(&pin_dir)?.unban(net)? {
-                bail!("{} is not banned (unban takes the exact address or network that was banned)", addr::display(&net));
+                bail!(
+                    "{} is not banned (unban takes the exact address or network that was banned)",
+                    addr::display(&net)
+                );
             }
             println!("unbanned {}", addr::display(&net));
             Ok(())
@@ -152,9 +161,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Detach { ifaces } => {
             require_root("detach the program")?;
-            let ifaces = if ifaces.is_empty() { program::pinned_links(&pin_dir) } else { ifaces };
+            let ifaces = if ifaces.is_empty() {
+                program::pinned_links(&pin_dir)
+            } else {
+                ifaces
+            };
             if ifaces.is_empty() {
-                println!("nothing attached (no links pinned in {})", pin_dir.display());
+                println!(
+                    "nothing attached (no links pinned in {})",
+                    pin_dir.display()
+                );
             }
             for iface in ifaces {
                 if program::detach(&pin_dir, &iface)? {
@@ -184,9 +200,9 @@ fn open(pin_dir: &Path) -> Result<KernelMaps> {
 }
 
 fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
-    let now = clock::boot_now_ns();
+    let now = clock::mono_now_ns();
     let mut bans = maps.bans()?;
-    bans.sort_by(|a, b| a.net.cmp(&b.net));
+    bans.sort_by_key(|b| b.net);
     if json {
         let rows: Vec<_> = bans
             .iter()
@@ -208,7 +224,10 @@ fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<40} {:>14} {:>10} {:>12} {:>12} PORTS", "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN");
+    println!(
+        "{:<40} {:>14} {:>10} {:>12} {:>12} PORTS",
+        "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN"
+    );
     for b in &bans {
         let e = &b.entry;
         let expires = if e.expires_at_ns == 0 {
@@ -223,8 +242,17 @@ fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
         } else {
             format!("{} ago", clock::human(clock::age(e.last_seen_ns)))
         };
-        let ports = if e.flags & BAN_ALL_PORTS != 0 { "all" } else { "protected" };
-        println!("{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports}", addr::display(&b.net), e.packets, e.bytes);
+        let ports = if e.flags & BAN_ALL_PORTS != 0 {
+            "all"
+        } else {
+            "protected"
+        };
+        println!(
+            "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports}",
+            addr::display(&b.net),
+            e.packets,
+            e.bytes
+        );
     }
     println!("{} ban(s)", bans.len());
     Ok(())
@@ -232,7 +260,7 @@ fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
 
 fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
     let mut allowed = maps.allowed()?;
-    allowed.sort_by(|a, b| a.net.cmp(&b.net));
+    allowed.sort_by_key(|a| a.net);
     if json {
         let rows: Vec<_> = allowed
             .iter()
@@ -245,7 +273,11 @@ fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
     for a in &allowed {
         println!("{:<40} {:>10}", addr::display(&a.net), a.entry.hits);
     }
-    println!("{} allow-list entr{}", allowed.len(), if allowed.len() == 1 { "y" } else { "ies" });
+    println!(
+        "{} allow-list entr{}",
+        allowed.len(),
+        if allowed.len() == 1 { "y" } else { "ies" }
+    );
     Ok(())
 }
 
@@ -259,7 +291,10 @@ fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     if json {
         let mut c = serde_json::Map::new();
         for (name, v) in counter::NAMES.iter().zip(&counters) {
-            c.insert((*name).to_owned(), json!({"packets": v.packets, "bytes": v.bytes}));
+            c.insert(
+                (*name).to_owned(),
+                json!({"packets": v.packets, "bytes": v.bytes}),
+            );
         }
         let out = json!({
             "counters": c,
@@ -272,10 +307,21 @@ fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("attached to: {}", if attached.is_empty() { "nothing".to_owned() } else { attached.join(", ") });
+    println!(
+        "attached to: {}",
+        if attached.is_empty() {
+            "nothing".to_owned()
+        } else {
+            attached.join(", ")
+        }
+    );
     println!(
         "protecting:  {}",
-        if all_ports { "all ports".to_owned() } else { format!("ports {}", daemon::join_ports(&ports)) }
+        if all_ports {
+            "all ports".to_owned()
+        } else {
+            format!("ports {}", daemon::join_ports(&ports))
+        }
     );
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");

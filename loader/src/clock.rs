@@ -1,33 +1,38 @@
-//! The kernel times bans with `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`): it
-//! keeps counting through suspend, like wall time, but never jumps.
+//! The kernel times bans with `CLOCK_MONOTONIC` read at tick resolution
+//! (`bpf_ktime_get_coarse_ns`, the cheapest clock in XDP): it never jumps
+//! with wall-time changes. It stops during suspend, which can only make a ban
+//! last longer.
 use std::time::{Duration, SystemTime};
 
-pub fn boot_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec; CLOCK_BOOTTIME exists on every kernel with BPF.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+pub fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The boot-clock deadline `duration` from now.
+/// The monotonic-clock deadline `duration` from now.
 pub fn deadline_ns(duration: Duration) -> u64 {
-    boot_now_ns().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
+    mono_now_ns().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// How long ago a boot-clock instant was (zero if in the future).
+/// How long ago a monotonic-clock instant was (zero if in the future).
 pub fn age(ns: u64) -> Duration {
-    Duration::from_nanos(boot_now_ns().saturating_sub(ns))
+    Duration::from_nanos(mono_now_ns().saturating_sub(ns))
 }
 
-/// How long until a boot-clock instant (zero if past).
+/// How long until a monotonic-clock instant (zero if past).
 pub fn remaining(ns: u64) -> Duration {
-    Duration::from_nanos(ns.saturating_sub(boot_now_ns()))
+    Duration::from_nanos(ns.saturating_sub(mono_now_ns()))
 }
 
-/// The wall-clock time of a boot-clock instant.
+/// The wall-clock time of a monotonic-clock instant.
 pub fn to_system_time(ns: u64) -> SystemTime {
-    let now = boot_now_ns();
+    let now = mono_now_ns();
     if ns <= now {
         SystemTime::now() - Duration::from_nanos(now - ns)
     } else {

@@ -66,7 +66,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick.tick() => {
-                match maps.sweep_expired(clock::boot_now_ns()) {
+                match maps.sweep_expired(clock::mono_now_ns()) {
                     Ok(expired) => for ban in expired {
                         tracing::info!("ban of {} expired after dropping {} packet(s)", addr::display(&ban.net), ban.entry.packets);
                     },
@@ -89,5 +89,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 pub fn join_ports(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -8,7 +8,7 @@
 //! | `maps`    | typed access to the pinned kernel maps                       |
 //! | `addr`    | `ADDR[/PREFIX]` parsing                                      |
 //! | `duration`| ban durations (`30`, `10m`, `1h30m`, `-1`)                   |
-//! | `clock`   | the kernel's boot clock, which times bans                    |
+//! | `clock`   | the monotonic clock the kernel times bans with               |
 //! | `bpffs`   | making sure the BPF filesystem is there                      |
 pub mod addr;
 pub mod bpffs;

@@ -5,7 +5,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
-use common::{counter, map_name, AllowEntry, BanEntry, Config, Counter, PORT_WORDS};
+use common::{counter, map_name, v4_key, AllowEntry, BanEntry, Config, Counter, V4Key, PORT_WORDS};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{
     mem::size_of,
@@ -16,9 +16,17 @@ use std::{
 /// A pin left by an older sipguard with another layout is refused, never
 /// reinterpreted. Capacities may differ (see `program::Capacity`).
 const LAYOUT: [(&str, usize, usize); 7] = [
-    (map_name::BANNED_V4, 4 + 4, size_of::<BanEntry>()),
+    (
+        map_name::BANNED_V4,
+        4 + size_of::<V4Key>(),
+        size_of::<BanEntry>(),
+    ),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>()),
-    (map_name::ALLOWED_V4, 4 + 4, size_of::<AllowEntry>()),
+    (
+        map_name::ALLOWED_V4,
+        4 + size_of::<V4Key>(),
+        size_of::<AllowEntry>(),
+    ),
     (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>()),
     (map_name::PORTS, 4, size_of::<u64>()),
     (map_name::CONFIG, 4, size_of::<Config>()),
@@ -32,7 +40,8 @@ pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot open pinned map {}", path.display()))?;
         let found = (info.key_size() as usize, info.value_size() as usize);
         if found != (key, value) {
             bail!(
@@ -64,9 +73,9 @@ pub struct Allowed {
 
 pub struct KernelMaps {
     pin_dir: PathBuf,
-    banned_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
+    banned_v4: LpmTrie<MapData, V4Key, BanEntry>,
     banned_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
-    allowed_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    allowed_v4: LpmTrie<MapData, V4Key, AllowEntry>,
     allowed_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
     ports: Array<MapData, u64>,
     config: Array<MapData, Config>,
@@ -86,10 +95,16 @@ impl KernelMaps {
         let open = |name: &str| -> Result<MapData> {
             let path = pin_dir.join(name);
             MapData::from_pin(&path).map_err(|e| match &e {
-                MapError::SyscallError(s) if s.io_error.kind() == std::io::ErrorKind::PermissionDenied => {
-                    anyhow!("permission denied opening {}: sipguard's maps need root", path.display())
+                MapError::SyscallError(s)
+                    if s.io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    anyhow!(
+                        "permission denied opening {}: sipguard's maps need root",
+                        path.display()
+                    )
                 }
-                _ => anyhow::Error::new(e).context(format!("cannot open pinned map {}", path.display())),
+                _ => anyhow::Error::new(e)
+                    .context(format!("cannot open pinned map {}", path.display())),
             })
         };
         Ok(Self {
@@ -108,7 +123,7 @@ impl KernelMaps {
         &self.pin_dir
     }
 
-    /// Bans `net` until `expires_at_ns` (boot clock; 0 = permanent). Re-banning
+    /// Bans `net` until `expires_at_ns` (monotonic clock; 0 = permanent). Re-banning
     /// an address updates its expiry and flags and keeps its counters.
     pub fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, now_ns: u64) -> Result<()> {
         let mut entry = self.ban_entry(net)?.unwrap_or(BanEntry {
@@ -151,18 +166,28 @@ impl KernelMaps {
         let mut out = Vec::new();
         for item in self.banned_v4.iter() {
             let (k, entry) = item?;
-            out.push(Ban { net: IpNet::V4(k_v4(&k)), entry });
+            out.push(Ban {
+                net: IpNet::V4(k_v4(&k)),
+                entry,
+            });
         }
         for item in self.banned_v6.iter() {
             let (k, entry) = item?;
-            out.push(Ban { net: IpNet::V6(k_v6(&k)), entry });
+            out.push(Ban {
+                net: IpNet::V6(k_v6(&k)),
+                entry,
+            });
         }
         Ok(out)
     }
 
     /// Deletes bans that ended before `now_ns`; returns them.
     pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Vec<Ban>> {
-        let expired: Vec<Ban> = self.bans()?.into_iter().filter(|b| b.entry.is_expired(now_ns)).collect();
+        let expired: Vec<Ban> = self
+            .bans()?
+            .into_iter()
+            .filter(|b| b.entry.is_expired(now_ns))
+            .collect();
         for ban in &expired {
             self.unban(ban.net)?;
         }
@@ -189,11 +214,17 @@ impl KernelMaps {
         let mut out = Vec::new();
         for item in self.allowed_v4.iter() {
             let (k, entry) = item?;
-            out.push(Allowed { net: IpNet::V4(k_v4(&k)), entry });
+            out.push(Allowed {
+                net: IpNet::V4(k_v4(&k)),
+                entry,
+            });
         }
         for item in self.allowed_v6.iter() {
             let (k, entry) = item?;
-            out.push(Allowed { net: IpNet::V6(k_v6(&k)), entry });
+            out.push(Allowed {
+                net: IpNet::V6(k_v6(&k)),
+                entry,
+            });
         }
         Ok(out)
     }
@@ -245,16 +276,18 @@ impl KernelMaps {
     }
 }
 
-fn key_v4(n: Ipv4Net) -> Key<[u8; 4]> {
-    Key::new(u32::from(n.prefix_len()), n.network().octets())
+fn key_v4(n: Ipv4Net) -> Key<V4Key> {
+    Key::new(u32::from(n.prefix_len()), v4_key(n.network().octets()))
 }
 
 fn key_v6(n: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(n.prefix_len()), n.network().octets())
 }
 
-fn k_v4(k: &Key<[u8; 4]>) -> Ipv4Net {
-    Ipv4Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel keys have valid prefixes")
+fn k_v4(k: &Key<V4Key>) -> Ipv4Net {
+    let d = k.data();
+    Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
+        .expect("kernel keys have valid prefixes")
 }
 
 fn k_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
@@ -265,15 +298,22 @@ fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
     match result {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),
-        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 fn full_or(e: MapError, what: &str, net: IpNet) -> anyhow::Error {
     if let MapError::SyscallError(s) = &e {
-        if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG)) {
-            return anyhow!("the {what} is full: cannot add {net} (remove entries, or ban a covering prefix)");
+        if matches!(
+            s.io_error.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::E2BIG)
+        ) {
+            return anyhow!(
+                "the {what} is full: cannot add {net} (remove entries, or ban a covering prefix)"
+            );
         }
     }
     anyhow::Error::new(e).context(format!("cannot add {net} to the {what}"))

@@ -8,11 +8,11 @@
 //! SIGTERM) or `sipguard detach` removes it.
 use crate::maps;
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::map_name;
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
+use common::map_name;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -108,7 +108,8 @@ pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
 
 /// Returns the interface index, or a clear error naming the interface.
 pub fn if_index(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface).map_err(|_| anyhow!("invalid interface name {iface:?}"))?;
+    let c =
+        std::ffi::CString::new(iface).map_err(|_| anyhow!("invalid interface name {iface:?}"))?;
     // SAFETY: c is a valid C string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
@@ -119,7 +120,12 @@ pub fn if_index(iface: &str) -> Result<u32> {
 
 /// Attaches the loaded program to `iface`, taking over a link pinned by an
 /// earlier daemon when there is one.
-pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: AttachMode) -> Result<Attachment> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Attachment> {
     if_index(iface)?;
     let pin = link_pin_path(pin_dir, iface);
     let prog = program_mut(ebpf)?;
@@ -133,8 +139,12 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: AttachMode) ->
                 })
             }
             Err(e) => {
-                tracing::warn!("cannot take over the link pinned at {}: {e:#}; attaching anew", pin.display());
-                fs::remove_file(&pin).with_context(|| format!("cannot remove stale link {}", pin.display()))?;
+                tracing::warn!(
+                    "cannot take over the link pinned at {}: {e:#}; attaching anew",
+                    pin.display()
+                );
+                fs::remove_file(&pin)
+                    .with_context(|| format!("cannot remove stale link {}", pin.display()))?;
             }
         }
     }
@@ -145,7 +155,11 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: AttachMode) ->
             Ok(id) => (id, "driver"),
             Err(e) => {
                 tracing::warn!("driver-mode XDP failed on {iface} ({e}); falling back to skb mode, which is slower");
-                (prog.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?, "skb")
+                (
+                    prog.attach(iface, XdpMode::Skb)
+                        .with_context(|| format!("cannot attach XDP to {iface}"))?,
+                    "skb",
+                )
             }
         },
     };
@@ -153,7 +167,9 @@ pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: AttachMode) ->
     let pinned = match FdLink::try_from(link) {
         Ok(fd_link) => {
             fs::create_dir_all(pin.parent().expect("link pins have a parent"))?;
-            fd_link.pin(&pin).with_context(|| format!("cannot pin link at {}", pin.display()))?;
+            fd_link
+                .pin(&pin)
+                .with_context(|| format!("cannot pin link at {}", pin.display()))?;
             Some(pin)
         }
         Err(_) => {
@@ -198,7 +214,9 @@ pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
     let Ok(dir) = fs::read_dir(pin_dir.join("links")) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
     names.sort();
     names
 }

@@ -10,23 +10,36 @@ use std::{
 /// The binary under test: `SIPGUARD_BIN` (set by `cargo xtask test`), else the debug build.
 pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SIPGUARD_BIN") {
-        return p.into();
+        // Tests run from the package folder: make a relative path absolute.
+        return std::path::absolute(p).expect("current dir readable");
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sipguard");
-    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
 /// `sipguard --pin-dir PIN ARGS` in the host's namespaces.
 pub fn cli(pin: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(bin()).arg("--pin-dir").arg(pin).args(args).output()?)
+    Ok(Command::new(bin())
+        .arg("--pin-dir")
+        .arg(pin)
+        .args(args)
+        .output()?)
 }
 
 /// Like `cli`, but fails unless the command succeeded; returns stdout.
 pub fn cli_ok(pin: &Path, args: &[&str]) -> Result<String> {
     let out = cli(pin, args)?;
     if !out.status.success() {
-        bail!("sipguard {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "sipguard {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -54,14 +67,20 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .context("cannot start the daemon")?;
-        let mut daemon = Self { child: Some(child), log };
+        let mut daemon = Self {
+            child: Some(child),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if daemon.log().contains("sipguard running") {
                 return Ok(daemon);
             }
             if let Some(status) = daemon.child.as_mut().expect("running").try_wait()? {
-                bail!("daemon exited with {status} before attaching:\n{}", daemon.log());
+                bail!(
+                    "daemon exited with {status} before attaching:\n{}",
+                    daemon.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("daemon did not attach within 30 s:\n{}", daemon.log());

@@ -1,7 +1,7 @@
 //! The real XDP object, loaded with its own pin directory, run on crafted
 //! packets through BPF_PROG_TEST_RUN.
 use crate::PinDir;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
@@ -9,6 +9,9 @@ use aya::{
 use common::Counter;
 use sipguard::{maps::KernelMaps, program};
 use std::time::Duration;
+
+/// The empty program in the object, for benchmarks.
+pub const FLOOR: &str = "pass_all";
 
 pub struct TestProgram {
     pub maps: KernelMaps,
@@ -24,10 +27,19 @@ impl TestProgram {
 
     pub fn load_with(capacity: program::Capacity) -> Result<Self> {
         let pin = PinDir::new()?;
-        let ebpf = program::load_with(&pin.path, capacity)?;
+        let mut ebpf = program::load_with(&pin.path, capacity)?;
+        let floor: &mut aya::programs::Xdp = ebpf
+            .program_mut(FLOOR)
+            .context("floor program missing")?
+            .try_into()?;
+        floor.load()?;
         let mut maps = KernelMaps::open(&pin.path)?;
         maps.set_ports(&sipguard::cli::DEFAULT_PORTS)?;
-        Ok(Self { maps, ebpf, _pin: pin })
+        Ok(Self {
+            maps,
+            ebpf,
+            _pin: pin,
+        })
     }
 
     /// Runs `frame` through the program once; returns the XDP action.
@@ -38,7 +50,20 @@ impl TestProgram {
     /// Runs `frame` `repeat` times in the kernel; returns the action and the
     /// kernel's mean time per run.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        let prog = program::program_mut(&mut self.ebpf)?;
+        self.run_named(program::PROGRAM, frame, repeat)
+    }
+
+    /// Like `run_repeat`, on the empty program: the cost floor of XDP itself.
+    pub fn run_floor(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        self.run_named(FLOOR, frame, repeat)
+    }
+
+    fn run_named(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let prog: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(name)
+            .context("program missing")?
+            .try_into()?;
         let result = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             repeat,

@@ -27,7 +27,8 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new() -> anyhow::Result<Self> {
-        let path = std::path::Path::new(sipguard::bpffs::DEFAULT_MOUNT).join(unique("sipguard-test-"));
+        let path =
+            std::path::Path::new(sipguard::bpffs::DEFAULT_MOUNT).join(unique("sipguard-test-"));
         sipguard::bpffs::ensure_pin_dir(&path)?;
         Ok(Self { path })
     }

@@ -53,9 +53,16 @@ impl Drop for Netns {
 }
 
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("cannot run ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip")?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -75,11 +82,25 @@ impl Pair {
         let client_if = unique("sgc");
         let server_if = unique("sgs");
         ip(&[
-            "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name", &server_if, "netns",
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_if,
+            "netns",
             &server.name,
         ])?;
         for (ns, dev, addrs) in [
-            (&client, &client_if, [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6].as_slice()),
+            (
+                &client,
+                &client_if,
+                [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6].as_slice(),
+            ),
             (&server, &server_if, [SERVER_V4, SERVER_V6].as_slice()),
         ] {
             for a in addrs {
@@ -101,10 +122,26 @@ impl Pair {
         let client_mac = pair.mac(&pair.client, &pair.client_if)?;
         let server_mac = pair.mac(&pair.server, &pair.server_if)?;
         for a in [SERVER_V4, SERVER_V6] {
-            pair.client.ip(&["neigh", "replace", a, "lladdr", &server_mac, "dev", &pair.client_if])?;
+            pair.client.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &server_mac,
+                "dev",
+                &pair.client_if,
+            ])?;
         }
         for a in [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6] {
-            pair.server.ip(&["neigh", "replace", a, "lladdr", &client_mac, "dev", &pair.server_if])?;
+            pair.server.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &client_mac,
+                "dev",
+                &pair.server_if,
+            ])?;
         }
         Ok(pair)
     }
@@ -112,18 +149,27 @@ impl Pair {
     fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
         let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["address"].as_str().map(str::to_owned).context("no MAC address in `ip -j link`")
+        v[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no MAC address in `ip -j link`")
     }
 
     /// True if the program is attached to the server's veth.
     pub fn server_has_xdp(&self) -> Result<bool> {
-        Ok(self.server.ip(&["link", "show", "dev", &self.server_if])?.contains("prog/xdp"))
+        Ok(self
+            .server
+            .ip(&["link", "show", "dev", &self.server_if])?
+            .contains("prog/xdp"))
     }
 }
 
 /// Runs `f` on a thread that has entered `ns`'s network namespace, so that
 /// sockets it creates live there (they stay there when used from any thread).
-pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
     let path = ns.path();
     let handle = std::thread::spawn(move || -> io::Result<T> {
         let file = File::open(&path)?;
@@ -156,7 +202,10 @@ pub fn udp_delivered(from: &UdpSocket, to: &UdpSocket, count: usize) -> Result<u
     let mut buf = [0u8; 2048];
     while to.recv(&mut buf).is_ok() {} // drain leftovers from earlier checks
     for i in 0..count {
-        from.send_to(format!("OPTIONS sip:probe-{i} SIP/2.0\r\n\r\n").as_bytes(), dst)?;
+        from.send_to(
+            format!("OPTIONS sip:probe-{i} SIP/2.0\r\n\r\n").as_bytes(),
+            dst,
+        )?;
     }
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut got = 0;
@@ -171,9 +220,14 @@ pub fn udp_delivered(from: &UdpSocket, to: &UdpSocket, count: usize) -> Result<u
 /// Whether a TCP connection from `src` (in `ns`) to `dst` completes within a second.
 pub fn tcp_connects(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Result<bool> {
     in_netns(ns, move || {
-        let domain = if dst.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let domain = if dst.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
         let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         s.bind(&SocketAddr::new(src, 0).into())?;
-        Ok(s.connect_timeout(&dst.into(), Duration::from_secs(1)).is_ok())
+        Ok(s.connect_timeout(&dst.into(), Duration::from_secs(1))
+            .is_ok())
     })
 }

@@ -18,11 +18,17 @@ const BANNED_ALLOWED: [u8; 4] = [192, 0, 2, 77]; // banned and allow-listed
 const BANNED_ALL_PORTS: [u8; 4] = [192, 0, 2, 88]; // banned with BAN_ALL_PORTS
 
 const CLEAN6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const BANNED6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66];
+const BANNED6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66,
+];
 // Anywhere in 2001:db8:bad::/64, which is banned as one entry.
-const IN_BANNED_NET6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4];
+const IN_BANNED_NET6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4,
+];
 // In 2001:db8:a11::/48 (allow-listed), and 2001:db8:a11::1 is banned.
-const BANNED_ALLOWED6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x0a, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const BANNED_ALLOWED6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0x0a, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
 
 fn net(s: &str) -> IpNet {
     sipguard::addr::parse_net(s).unwrap()
@@ -31,12 +37,13 @@ fn net(s: &str) -> IpNet {
 /// A program with the bans and allowlist every case below relies on.
 fn setup() -> Result<TestProgram> {
     let mut t = TestProgram::load()?;
-    let now = clock::boot_now_ns();
+    let now = clock::mono_now_ns();
     let later = clock::deadline_ns(Duration::from_secs(3600));
     let m = &mut t.maps;
     m.ban(net("192.0.2.66"), later, 0, now)?;
     m.ban(net("198.51.100.0/24"), 0, 0, now)?;
-    m.ban(net("203.0.113.5"), now - 1, 0, now)?; // already expired
+    // Expired a second ago: the kernel reads the clock at tick resolution.
+    m.ban(net("203.0.113.5"), now - 1_000_000_000, 0, now)?;
     m.ban(net("192.0.2.77"), 0, 0, now)?;
     m.allow(net("192.0.2.77"))?;
     m.ban(net("192.0.2.88"), 0, BAN_ALL_PORTS, now)?;
@@ -51,13 +58,22 @@ fn setup() -> Result<TestProgram> {
 /// packet of the frame's length.
 fn check(t: &mut TestProgram, name: &str, frame: &[u8], action: u32, counter: u32) {
     let before = t.counters().unwrap();
-    let got = t.run(frame).unwrap_or_else(|e| panic!("{name}: test_run failed: {e:#}"));
+    let got = t
+        .run(frame)
+        .unwrap_or_else(|e| panic!("{name}: test_run failed: {e:#}"));
     let after = t.counters().unwrap();
     assert_eq!(got, action, "{name}: XDP action");
     for i in 0..counter::COUNT as usize {
-        let (want_p, want_b) = if i as u32 == counter { (1, frame.len() as u64) } else { (0, 0) };
+        let (want_p, want_b) = if i as u32 == counter {
+            (1, frame.len() as u64)
+        } else {
+            (0, 0)
+        };
         assert_eq!(
-            (after[i].packets - before[i].packets, after[i].bytes - before[i].bytes),
+            (
+                after[i].packets - before[i].packets,
+                after[i].bytes - before[i].bytes
+            ),
             (want_p, want_b),
             "{name}: counter {} (expected only {} to move)",
             counter::NAMES[i],
@@ -70,32 +86,150 @@ fn check(t: &mut TestProgram, name: &str, frame: &[u8], action: u32, counter: u3
 fn ipv4_ports_bans_cidr_expiry_allowlist() -> Result<()> {
     let mut t = setup()?;
     for port in [5060, 5066, 7443] {
-        check(&mut t, &format!("clean udp {port}"), &udp4(CLEAN, port), PASS, counter::PASS_NOT_BANNED);
-        check(&mut t, &format!("banned udp {port}"), &udp4(BANNED, port), DROP, counter::DROP_BANNED);
-        check(&mut t, &format!("banned tcp {port}"), &tcp4(BANNED, port), DROP, counter::DROP_BANNED);
+        check(
+            &mut t,
+            &format!("clean udp {port}"),
+            &udp4(CLEAN, port),
+            PASS,
+            counter::PASS_NOT_BANNED,
+        );
+        check(
+            &mut t,
+            &format!("banned udp {port}"),
+            &udp4(BANNED, port),
+            DROP,
+            counter::DROP_BANNED,
+        );
+        check(
+            &mut t,
+            &format!("banned tcp {port}"),
+            &tcp4(BANNED, port),
+            DROP,
+            counter::DROP_BANNED,
+        );
     }
-    check(&mut t, "banned udp other port", &udp4(BANNED, 53), PASS, counter::PASS_BANNED_OTHER_PORT);
-    check(&mut t, "banned tcp other port", &tcp4(BANNED, 22), PASS, counter::PASS_BANNED_OTHER_PORT);
-    check(&mut t, "banned icmp (no ports)", &frame(&[], ETH_P_IP, &ipv4(BANNED, ICMP, 0, 0, &icmp_echo())), PASS, counter::PASS_BANNED_OTHER_PORT);
-    check(&mut t, "in banned /24", &udp4(IN_BANNED_NET, 5060), DROP, counter::DROP_BANNED);
-    check(&mut t, "next to banned /24", &udp4([198, 51, 101, 1], 5060), PASS, counter::PASS_NOT_BANNED);
-    check(&mut t, "expired ban", &udp4(EXPIRED, 5060), PASS, counter::PASS_BAN_EXPIRED);
-    check(&mut t, "banned but allow-listed", &udp4(BANNED_ALLOWED, 5060), PASS, counter::PASS_ALLOWLISTED);
-    check(&mut t, "all-ports ban, udp 53", &udp4(BANNED_ALL_PORTS, 53), DROP, counter::DROP_BANNED);
-    check(&mut t, "all-ports ban, icmp", &frame(&[], ETH_P_IP, &ipv4(BANNED_ALL_PORTS, ICMP, 0, 0, &icmp_echo())), DROP, counter::DROP_BANNED);
+    check(
+        &mut t,
+        "banned udp other port",
+        &udp4(BANNED, 53),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    check(
+        &mut t,
+        "banned tcp other port",
+        &tcp4(BANNED, 22),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    check(
+        &mut t,
+        "banned icmp (no ports)",
+        &frame(&[], ETH_P_IP, &ipv4(BANNED, ICMP, 0, 0, &icmp_echo())),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    check(
+        &mut t,
+        "in banned /24",
+        &udp4(IN_BANNED_NET, 5060),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "next to banned /24",
+        &udp4([198, 51, 101, 1], 5060),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    check(
+        &mut t,
+        "expired ban",
+        &udp4(EXPIRED, 5060),
+        PASS,
+        counter::PASS_BAN_EXPIRED,
+    );
+    check(
+        &mut t,
+        "banned but allow-listed",
+        &udp4(BANNED_ALLOWED, 5060),
+        PASS,
+        counter::PASS_ALLOWLISTED,
+    );
+    check(
+        &mut t,
+        "all-ports ban, udp 53",
+        &udp4(BANNED_ALL_PORTS, 53),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "all-ports ban, icmp",
+        &frame(
+            &[],
+            ETH_P_IP,
+            &ipv4(BANNED_ALL_PORTS, ICMP, 0, 0, &icmp_echo()),
+        ),
+        DROP,
+        counter::DROP_BANNED,
+    );
     Ok(())
 }
 
 #[test]
 fn ipv6_ports_bans_prefix_allowlist() -> Result<()> {
     let mut t = setup()?;
-    check(&mut t, "clean v6", &udp6(CLEAN6, 5060), PASS, counter::PASS_NOT_BANNED);
-    check(&mut t, "banned v6 udp", &udp6(BANNED6, 5060), DROP, counter::DROP_BANNED);
-    check(&mut t, "banned v6 tcp", &tcp6(BANNED6, 7443), DROP, counter::DROP_BANNED);
-    check(&mut t, "banned v6 other port", &udp6(BANNED6, 53), PASS, counter::PASS_BANNED_OTHER_PORT);
-    check(&mut t, "in banned /64", &udp6(IN_BANNED_NET6, 5066), DROP, counter::DROP_BANNED);
-    check(&mut t, "banned v6 but allow-listed /48", &udp6(BANNED_ALLOWED6, 5060), PASS, counter::PASS_ALLOWLISTED);
-    check(&mut t, "banned v6 icmpv6", &frame(&[], ETH_P_IPV6, &ipv6(BANNED6, ICMPV6, &icmp_echo())), PASS, counter::PASS_BANNED_OTHER_PORT);
+    check(
+        &mut t,
+        "clean v6",
+        &udp6(CLEAN6, 5060),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    check(
+        &mut t,
+        "banned v6 udp",
+        &udp6(BANNED6, 5060),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "banned v6 tcp",
+        &tcp6(BANNED6, 7443),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "banned v6 other port",
+        &udp6(BANNED6, 53),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    check(
+        &mut t,
+        "in banned /64",
+        &udp6(IN_BANNED_NET6, 5066),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "banned v6 but allow-listed /48",
+        &udp6(BANNED_ALLOWED6, 5060),
+        PASS,
+        counter::PASS_ALLOWLISTED,
+    );
+    check(
+        &mut t,
+        "banned v6 icmpv6",
+        &frame(&[], ETH_P_IPV6, &ipv6(BANNED6, ICMPV6, &icmp_echo())),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
     Ok(())
 }
 
@@ -103,12 +237,56 @@ fn ipv6_ports_bans_prefix_allowlist() -> Result<()> {
 fn vlan_tags() -> Result<()> {
     let mut t = setup()?;
     let l3 = ipv4(BANNED, UDP, 0, 0, &udp(5060));
-    check(&mut t, "802.1Q", &frame(&[ETH_P_8021Q], ETH_P_IP, &l3), DROP, counter::DROP_BANNED);
-    check(&mut t, "802.1ad + 802.1Q", &frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &l3), DROP, counter::DROP_BANNED);
-    check(&mut t, "802.1Q + 802.1Q v6", &frame(&[ETH_P_8021Q, ETH_P_8021Q], ETH_P_IPV6, &ipv6(BANNED6, UDP, &udp(5060))), DROP, counter::DROP_BANNED);
-    check(&mut t, "clean behind two tags", &frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &ipv4(CLEAN, UDP, 0, 0, &udp(5060))), PASS, counter::PASS_NOT_BANNED);
-    check(&mut t, "three tags: not parsed", &frame(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &l3), PASS, counter::PASS_NOT_IP);
-    check(&mut t, "arp", &frame(&[], ETH_P_ARP, &[0u8; 28]), PASS, counter::PASS_NOT_IP);
+    check(
+        &mut t,
+        "802.1Q",
+        &frame(&[ETH_P_8021Q], ETH_P_IP, &l3),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "802.1ad + 802.1Q",
+        &frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &l3),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "802.1Q + 802.1Q v6",
+        &frame(
+            &[ETH_P_8021Q, ETH_P_8021Q],
+            ETH_P_IPV6,
+            &ipv6(BANNED6, UDP, &udp(5060)),
+        ),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "clean behind two tags",
+        &frame(
+            &[ETH_P_8021AD, ETH_P_8021Q],
+            ETH_P_IP,
+            &ipv4(CLEAN, UDP, 0, 0, &udp(5060)),
+        ),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    check(
+        &mut t,
+        "three tags: not parsed",
+        &frame(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &l3),
+        PASS,
+        counter::PASS_NOT_IP,
+    );
+    check(
+        &mut t,
+        "arp",
+        &frame(&[], ETH_P_ARP, &[0u8; 28]),
+        PASS,
+        counter::PASS_NOT_IP,
+    );
     Ok(())
 }
 
@@ -117,9 +295,21 @@ fn ipv4_options_move_the_port() -> Result<()> {
     let mut t = setup()?;
     for words in [1, 3, 10] {
         let f = frame(&[], ETH_P_IP, &ipv4(BANNED, UDP, words, 0, &udp(5060)));
-        check(&mut t, &format!("{words} option words, protected port"), &f, DROP, counter::DROP_BANNED);
+        check(
+            &mut t,
+            &format!("{words} option words, protected port"),
+            &f,
+            DROP,
+            counter::DROP_BANNED,
+        );
         let f = frame(&[], ETH_P_IP, &ipv4(BANNED, UDP, words, 0, &udp(53)));
-        check(&mut t, &format!("{words} option words, other port"), &f, PASS, counter::PASS_BANNED_OTHER_PORT);
+        check(
+            &mut t,
+            &format!("{words} option words, other port"),
+            &f,
+            PASS,
+            counter::PASS_BANNED_OTHER_PORT,
+        );
     }
     Ok(())
 }
@@ -127,35 +317,121 @@ fn ipv4_options_move_the_port() -> Result<()> {
 #[test]
 fn fragments_from_banned_sources_are_dropped_whatever_the_port() -> Result<()> {
     let mut t = setup()?;
-    let first = |src, port| frame(&[], ETH_P_IP, &ipv4(src, UDP, 0, MORE_FRAGMENTS, &udp(port)));
+    let first = |src, port| {
+        frame(
+            &[],
+            ETH_P_IP,
+            &ipv4(src, UDP, 0, MORE_FRAGMENTS, &udp(port)),
+        )
+    };
     let later = |src| frame(&[], ETH_P_IP, &ipv4(src, UDP, 0, 185, &[0u8; 64])); // offset 1480, last
-    check(&mut t, "first fragment, other port", &first(BANNED, 53), DROP, counter::DROP_BANNED_NO_PORT);
-    check(&mut t, "non-first fragment", &later(BANNED), DROP, counter::DROP_BANNED_NO_PORT);
-    check(&mut t, "clean fragment", &later(CLEAN), PASS, counter::PASS_NOT_BANNED);
-    check(&mut t, "DF is not a fragment", &frame(&[], ETH_P_IP, &ipv4(BANNED, UDP, 0, DONT_FRAGMENT, &udp(53))), PASS, counter::PASS_BANNED_OTHER_PORT);
-    let v6_first = frame(&[], ETH_P_IPV6, &ipv6(BANNED6, FRAGMENT, &v6_frag(UDP, 0, true, &udp(53))));
-    check(&mut t, "v6 first fragment", &v6_first, DROP, counter::DROP_BANNED_NO_PORT);
-    let v6_later = frame(&[], ETH_P_IPV6, &ipv6(BANNED6, FRAGMENT, &v6_frag(UDP, 181, false, &[0u8; 64])));
-    check(&mut t, "v6 non-first fragment", &v6_later, DROP, counter::DROP_BANNED_NO_PORT);
-    let v6_clean = frame(&[], ETH_P_IPV6, &ipv6(CLEAN6, FRAGMENT, &v6_frag(UDP, 181, false, &[0u8; 64])));
-    check(&mut t, "v6 clean fragment", &v6_clean, PASS, counter::PASS_NOT_BANNED);
+    check(
+        &mut t,
+        "first fragment, other port",
+        &first(BANNED, 53),
+        DROP,
+        counter::DROP_BANNED_NO_PORT,
+    );
+    check(
+        &mut t,
+        "non-first fragment",
+        &later(BANNED),
+        DROP,
+        counter::DROP_BANNED_NO_PORT,
+    );
+    check(
+        &mut t,
+        "clean fragment",
+        &later(CLEAN),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    check(
+        &mut t,
+        "DF is not a fragment",
+        &frame(
+            &[],
+            ETH_P_IP,
+            &ipv4(BANNED, UDP, 0, DONT_FRAGMENT, &udp(53)),
+        ),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    let v6_first = frame(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(BANNED6, FRAGMENT, &v6_frag(UDP, 0, true, &udp(53))),
+    );
+    check(
+        &mut t,
+        "v6 first fragment",
+        &v6_first,
+        DROP,
+        counter::DROP_BANNED_NO_PORT,
+    );
+    let v6_later = frame(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(BANNED6, FRAGMENT, &v6_frag(UDP, 181, false, &[0u8; 64])),
+    );
+    check(
+        &mut t,
+        "v6 non-first fragment",
+        &v6_later,
+        DROP,
+        counter::DROP_BANNED_NO_PORT,
+    );
+    let v6_clean = frame(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(CLEAN6, FRAGMENT, &v6_frag(UDP, 181, false, &[0u8; 64])),
+    );
+    check(
+        &mut t,
+        "v6 clean fragment",
+        &v6_clean,
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
     Ok(())
 }
 
 #[test]
 fn ipv6_extension_headers_are_walked() -> Result<()> {
     let mut t = setup()?;
-    let chain = ipv6(BANNED6, HOPOPTS, &v6_ext(DSTOPTS, 1, &v6_ext(UDP, 0, &udp(5060))));
-    check(&mut t, "hop-by-hop + dst-opts, protected", &frame(&[], ETH_P_IPV6, &chain), DROP, counter::DROP_BANNED);
+    let chain = ipv6(
+        BANNED6,
+        HOPOPTS,
+        &v6_ext(DSTOPTS, 1, &v6_ext(UDP, 0, &udp(5060))),
+    );
+    check(
+        &mut t,
+        "hop-by-hop + dst-opts, protected",
+        &frame(&[], ETH_P_IPV6, &chain),
+        DROP,
+        counter::DROP_BANNED,
+    );
     let chain = ipv6(BANNED6, ROUTING, &v6_ext(UDP, 2, &udp(53)));
-    check(&mut t, "routing, other port", &frame(&[], ETH_P_IPV6, &chain), PASS, counter::PASS_BANNED_OTHER_PORT);
+    check(
+        &mut t,
+        "routing, other port",
+        &frame(&[], ETH_P_IPV6, &chain),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
     // Five headers: past the walk limit, so the port is unknown.
     let mut payload = udp(53);
     for _ in 0..4 {
         payload = v6_ext(DSTOPTS, 0, &payload);
     }
     let chain = ipv6(BANNED6, HOPOPTS, &v6_ext(DSTOPTS, 0, &payload));
-    check(&mut t, "too many ext headers", &frame(&[], ETH_P_IPV6, &chain), DROP, counter::DROP_BANNED_NO_PORT);
+    check(
+        &mut t,
+        "too many ext headers",
+        &frame(&[], ETH_P_IPV6, &chain),
+        DROP,
+        counter::DROP_BANNED_NO_PORT,
+    );
     Ok(())
 }
 
@@ -167,16 +443,47 @@ fn truncated_and_invalid_headers_pass_untouched() -> Result<()> {
     // (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as
     // no driver hands one to XDP; the layers after it are all covered.)
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("vlan tag cut", truncated(frame(&[ETH_P_8021Q], ETH_P_IP, &[]), 16)),
-        ("second vlan tag cut", truncated(frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &[]), 20)),
+        (
+            "vlan tag cut",
+            truncated(frame(&[ETH_P_8021Q], ETH_P_IP, &[]), 16),
+        ),
+        (
+            "second vlan tag cut",
+            truncated(frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &[]), 20),
+        ),
         ("ipv4 header cut", truncated(v4.clone(), 14 + 19)),
-        ("ipv4 options cut before udp", truncated(frame(&[], ETH_P_IP, &ipv4(BANNED, UDP, 4, 0, &udp(5060))), 14 + 24)),
+        (
+            "ipv4 options cut before udp",
+            truncated(
+                frame(&[], ETH_P_IP, &ipv4(BANNED, UDP, 4, 0, &udp(5060))),
+                14 + 24,
+            ),
+        ),
         ("udp header cut", truncated(v4.clone(), 14 + 20 + 7)),
-        ("tcp header cut", truncated(tcp4(BANNED, 5060), 14 + 20 + 19)),
+        (
+            "tcp header cut",
+            truncated(tcp4(BANNED, 5060), 14 + 20 + 19),
+        ),
         ("ipv6 header cut", truncated(v6.clone(), 14 + 39)),
         ("ipv6 udp cut", truncated(v6.clone(), 14 + 40 + 7)),
-        ("ipv6 ext header cut", truncated(frame(&[], ETH_P_IPV6, &ipv6(BANNED6, HOPOPTS, &[])), 14 + 40 + 1)),
-        ("ipv6 ext header longer than packet", truncated(frame(&[], ETH_P_IPV6, &ipv6(BANNED6, HOPOPTS, &v6_ext(UDP, 8, &udp(5060)))), 14 + 40 + 16)),
+        (
+            "ipv6 ext header cut",
+            truncated(
+                frame(&[], ETH_P_IPV6, &ipv6(BANNED6, HOPOPTS, &[])),
+                14 + 40 + 1,
+            ),
+        ),
+        (
+            "ipv6 ext header longer than packet",
+            truncated(
+                frame(
+                    &[],
+                    ETH_P_IPV6,
+                    &ipv6(BANNED6, HOPOPTS, &v6_ext(UDP, 8, &udp(5060))),
+                ),
+                14 + 40 + 16,
+            ),
+        ),
         ("ihl below 5", {
             let mut f = v4.clone();
             f[14] = 0x44;
@@ -208,10 +515,16 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
     }
     let ban = t.maps.ban_entry(net("192.0.2.66"))?.expect("ban present");
     assert_eq!((ban.packets, ban.bytes), (3, 3 * f.len() as u64));
-    assert!(clock::age(ban.last_seen_ns) < Duration::from_secs(60), "last seen is recent");
+    assert!(
+        clock::age(ban.last_seen_ns) < Duration::from_secs(60),
+        "last seen is recent"
+    );
     // A CIDR ban counts on the CIDR entry.
     assert_eq!(t.run(&udp4(IN_BANNED_NET, 5060))?, DROP);
-    assert_eq!(t.maps.ban_entry(net("198.51.100.0/24"))?.unwrap().packets, 1);
+    assert_eq!(
+        t.maps.ban_entry(net("198.51.100.0/24"))?.unwrap().packets,
+        1
+    );
     // Passing traffic does not count on the ban.
     assert_eq!(t.run(&udp4(BANNED, 53))?, PASS);
     assert_eq!(t.maps.ban_entry(net("192.0.2.66"))?.unwrap().packets, 3);
@@ -220,7 +533,7 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
     let a = allowed.iter().find(|a| a.net == net("192.0.2.77")).unwrap();
     assert_eq!(a.entry.hits, 1);
     // Re-banning (e.g. extending) keeps the counters.
-    t.maps.ban(net("192.0.2.66"), 0, 0, clock::boot_now_ns())?;
+    t.maps.ban(net("192.0.2.66"), 0, 0, clock::mono_now_ns())?;
     let ban = t.maps.ban_entry(net("192.0.2.66"))?.unwrap();
     assert_eq!((ban.packets, ban.expires_at_ns), (3, 0));
     Ok(())
@@ -229,17 +542,62 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
 #[test]
 fn global_all_ports_mode_and_port_set_changes() -> Result<()> {
     let mut t = setup()?;
-    check(&mut t, "ports mode, udp 53", &udp4(BANNED, 53), PASS, counter::PASS_BANNED_OTHER_PORT);
-    t.maps.set_config(common::Config { flags: CONFIG_ALL_PORTS, ..Default::default() })?;
-    check(&mut t, "all-ports mode, udp 53", &udp4(BANNED, 53), DROP, counter::DROP_BANNED);
-    check(&mut t, "all-ports mode, clean", &udp4(CLEAN, 53), PASS, counter::PASS_NOT_BANNED);
-    check(&mut t, "all-ports mode, allowlist still wins", &udp4(BANNED_ALLOWED, 53), PASS, counter::PASS_ALLOWLISTED);
+    check(
+        &mut t,
+        "ports mode, udp 53",
+        &udp4(BANNED, 53),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
+    t.maps.set_config(common::Config {
+        flags: CONFIG_ALL_PORTS,
+        ..Default::default()
+    })?;
+    check(
+        &mut t,
+        "all-ports mode, udp 53",
+        &udp4(BANNED, 53),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "all-ports mode, clean",
+        &udp4(CLEAN, 53),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    check(
+        &mut t,
+        "all-ports mode, allowlist still wins",
+        &udp4(BANNED_ALLOWED, 53),
+        PASS,
+        counter::PASS_ALLOWLISTED,
+    );
     t.maps.set_config(common::Config::default())?;
     t.maps.set_ports(&[5080, 65535, 0])?;
     assert_eq!(t.maps.ports()?, vec![0, 5080, 65535]);
-    check(&mut t, "new port 5080", &udp4(BANNED, 5080), DROP, counter::DROP_BANNED);
-    check(&mut t, "port 65535", &tcp4(BANNED, 65535), DROP, counter::DROP_BANNED);
-    check(&mut t, "5060 no longer protected", &udp4(BANNED, 5060), PASS, counter::PASS_BANNED_OTHER_PORT);
+    check(
+        &mut t,
+        "new port 5080",
+        &udp4(BANNED, 5080),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "port 65535",
+        &tcp4(BANNED, 65535),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    check(
+        &mut t,
+        "5060 no longer protected",
+        &udp4(BANNED, 5060),
+        PASS,
+        counter::PASS_BANNED_OTHER_PORT,
+    );
     Ok(())
 }
 
@@ -247,27 +605,60 @@ fn global_all_ports_mode_and_port_set_changes() -> Result<()> {
 fn unban_and_sweep() -> Result<()> {
     let mut t = setup()?;
     assert!(t.maps.unban(net("192.0.2.66"))?);
-    assert!(!t.maps.unban(net("192.0.2.66"))?, "second unban finds nothing");
-    check(&mut t, "after unban", &udp4(BANNED, 5060), PASS, counter::PASS_NOT_BANNED);
+    assert!(
+        !t.maps.unban(net("192.0.2.66"))?,
+        "second unban finds nothing"
+    );
+    check(
+        &mut t,
+        "after unban",
+        &udp4(BANNED, 5060),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
     // Unbanning a host inside a banned network does not touch the network.
     assert!(!t.maps.unban(net("198.51.100.200"))?);
-    check(&mut t, "network ban intact", &udp4(IN_BANNED_NET, 5060), DROP, counter::DROP_BANNED);
-    let swept = t.maps.sweep_expired(clock::boot_now_ns())?;
-    assert_eq!(swept.iter().map(|b| b.net).collect::<Vec<_>>(), vec![net("203.0.113.5")]);
+    check(
+        &mut t,
+        "network ban intact",
+        &udp4(IN_BANNED_NET, 5060),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    let swept = t.maps.sweep_expired(clock::mono_now_ns())?;
+    assert_eq!(
+        swept.iter().map(|b| b.net).collect::<Vec<_>>(),
+        vec![net("203.0.113.5")]
+    );
     assert!(t.maps.bans()?.iter().all(|b| b.net != net("203.0.113.5")));
     Ok(())
 }
 
 #[test]
 fn full_blocklist_is_a_clear_error() -> Result<()> {
-    let mut t = TestProgram::load_with(Capacity { bans: 4, allowed: 4 })?;
-    let now = clock::boot_now_ns();
+    let mut t = TestProgram::load_with(Capacity {
+        bans: 4,
+        allowed: 4,
+    })?;
+    let now = clock::mono_now_ns();
     for i in 0..4u8 {
         t.maps.ban(net(&format!("192.0.2.{i}")), 0, 0, now)?;
     }
-    let err = t.maps.ban(net("192.0.2.200"), 0, 0, now).unwrap_err().to_string();
-    assert!(err.contains("blocklist is full") && err.contains("192.0.2.200"), "{err}");
+    let err = t
+        .maps
+        .ban(net("192.0.2.200"), 0, 0, now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blocklist is full") && err.contains("192.0.2.200"),
+        "{err}"
+    );
     // Updating an existing entry still works when full.
-    t.maps.ban(net("192.0.2.1"), clock::deadline_ns(Duration::from_secs(60)), 0, now)?;
+    t.maps.ban(
+        net("192.0.2.1"),
+        clock::deadline_ns(Duration::from_secs(60)),
+        0,
+        now,
+    )?;
     Ok(())
 }

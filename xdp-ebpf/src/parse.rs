@@ -7,7 +7,9 @@
 use aya_ebpf::programs::XdpContext;
 use common::counter;
 use core::mem;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr, vlan::VlanHdr};
+use network_types::{
+    eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr, vlan::VlanHdr,
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -93,7 +95,8 @@ fn is_vlan(ether_type: u16) -> bool {
 fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, u32> {
     const MALFORMED: u32 = counter::PASS_MALFORMED;
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(MALFORMED)?;
-    let (vihl, proto, frags, src) = unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr) };
+    let (vihl, proto, frags, src) =
+        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr) };
     if vihl >> 4 != 4 {
         return Err(MALFORMED);
     }

@@ -4,6 +4,8 @@
 //! * `build`  build the XDP object and the `sipguard` binary that embeds it
 //! * `run`    setup + build, then `sipguard ARGS` as root
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
+//! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
+//! * `bench`  setup + benchmarks (`bench xdp`: per-packet cost against an empty program)
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -34,6 +36,14 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// rustfmt check and clippy (-D warnings) on every crate, the XDP one on its own target.
+    Lint,
+    /// Benchmarks, reported as ratios to a baseline measured in the same run.
+    Bench {
+        /// Which: `xdp` (per-packet cost in the kernel).
+        #[arg(default_value = "xdp")]
+        which: String,
     },
     /// Run every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns).
     Test {
@@ -72,9 +82,72 @@ fn run(cli: Cli) -> Result<()> {
                 c.arg(&bin);
                 c
             };
-            let status = cmd.args(&args).status().with_context(|| format!("cannot run {}", bin.display()))?;
+            let status = cmd
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", bin.display()))?;
             if !status.success() {
                 bail!("sipguard exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Lint => {
+            ensure_setup()?;
+            let steps: [&[&str]; 3] = [
+                &["fmt", "--all", "--check"],
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "sipguard-xdp",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                // The XDP crate only builds for BPF (no_std, nightly intrinsics).
+                &[
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "sipguard-xdp",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ];
+            for args in steps {
+                if !cargo_plain().args(args).status()?.success() {
+                    bail!("`cargo {}` failed", args.join(" "));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Bench { which } => {
+            if !setup::is_root() {
+                bail!("the benchmarks load XDP programs: run `cargo xtask bench` as root");
+            }
+            ensure_setup()?;
+            let status = cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "--package",
+                    "sipguard-tests",
+                    "--bin",
+                    "sipguard-bench",
+                    "--",
+                ])
+                .arg(&which)
+                .status()?;
+            if !status.success() {
+                bail!("benchmark {which} failed");
             }
             Ok(())
         }
@@ -122,19 +195,41 @@ fn build(release: bool) -> Result<()> {
 /// `cargo` in the workspace root, with bpf-linker's folder on PATH.
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    with_path(&mut cmd);
+    cmd
+}
+
+/// The rustup proxy `cargo` (so `+nightly` works), same folder and PATH.
+fn cargo_plain() -> Command {
+    let mut cmd = Command::new("cargo");
+    with_path(&mut cmd);
+    // Let the proxy pick the toolchain named by `+toolchain`.
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC");
+    cmd
+}
+
+fn with_path(cmd: &mut Command) {
     cmd.current_dir(workspace_root());
     let mut paths = vec![setup::cargo_bin_dir()];
     if let Some(path) = std::env::var_os("PATH") {
         paths.extend(std::env::split_paths(&path));
     }
-    cmd.env("PATH", std::env::join_paths(paths).expect("PATH entries are valid"));
-    cmd
+    cmd.env(
+        "PATH",
+        std::env::join_paths(paths).expect("PATH entries are valid"),
+    );
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }

@@ -35,10 +35,18 @@ fn steps() -> [Step; 5] {
             what: "rust-src for the nightly toolchain",
             why: "build-std compiles core for bpfel-unknown-none from source",
             done: || {
-                output("rustup", &["component", "list", "--toolchain", NIGHTLY, "--installed"])
-                    .is_some_and(|o| o.lines().any(|l| l.starts_with("rust-src")))
+                output(
+                    "rustup",
+                    &["component", "list", "--toolchain", NIGHTLY, "--installed"],
+                )
+                .is_some_and(|o| o.lines().any(|l| l.starts_with("rust-src")))
             },
-            run: || sh("rustup", &["component", "add", "rust-src", "--toolchain", NIGHTLY]),
+            run: || {
+                sh(
+                    "rustup",
+                    &["component", "add", "rust-src", "--toolchain", NIGHTLY],
+                )
+            },
         },
         Step {
             what: "LLVM 22 development files (llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)",
@@ -49,13 +57,22 @@ fn steps() -> [Step; 5] {
         Step {
             what: "bpf-linker",
             why: "the linker rustc uses for the BPF target",
-            done: || Command::new(bpf_linker_path()).arg("--version").output().is_ok_and(|o| o.status.success()),
+            done: || {
+                Command::new(bpf_linker_path())
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
             run: || {
                 let prefix = format!("/usr/lib/llvm-{LLVM_VERSION}");
                 println!("  (building from crates.io takes about two minutes)");
                 let status = Command::new("cargo")
                     .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-                    .args(["--no-default-features", "--features", &format!("llvm-{LLVM_VERSION}")])
+                    .args([
+                        "--no-default-features",
+                        "--features",
+                        &format!("llvm-{LLVM_VERSION}"),
+                    ])
                     // Debian also ships an older /usr/bin/llvm-config; point the
                     // build at LLVM 22 explicitly.
                     .env("LLVM_PREFIX", &prefix)
@@ -91,7 +108,12 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 /// True when every step would be skipped: lets `test` and `run` stay quiet.
 pub fn is_complete() -> bool {
@@ -116,12 +138,17 @@ fn bpf_linker_path() -> std::path::PathBuf {
 }
 
 fn rustup(args: &[&str]) -> bool {
-    Command::new("rustup").args(args).output().is_ok_and(|o| o.status.success())
+    Command::new("rustup")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn which(cmd: &str) -> bool {
@@ -132,15 +159,22 @@ fn which(cmd: &str) -> bool {
 }
 
 fn deb_installed(pkg: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${Status}", pkg]).is_some_and(|s| s.trim() == "install ok installed")
+    output("dpkg-query", &["-W", "-f=${Status}", pkg])
+        .is_some_and(|s| s.trim() == "install ok installed")
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !which("apt-get") {
-        bail!("no apt-get on this machine: install {} with your package manager", pkgs.join(" "));
+        bail!(
+            "no apt-get on this machine: install {} with your package manager",
+            pkgs.join(" ")
+        );
     }
     if !is_root() {
-        bail!("installing {} needs root: run `sudo cargo xtask setup`", pkgs.join(" "));
+        bail!(
+            "installing {} needs root: run `sudo cargo xtask setup`",
+            pkgs.join(" ")
+        );
     }
     let install = |pkgs: &[&str]| {
         Command::new("apt-get")
@@ -162,7 +196,10 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new(cmd).args(args).status().with_context(|| format!("cannot run {cmd}"))?;
+    let status = Command::new(cmd)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {cmd}"))?;
     if !status.success() {
         bail!("`{cmd} {}` failed ({status})", args.join(" "));
     }

@@ -59,14 +59,19 @@ fn tcp_to(pair: &Pair, src: &Source, srv: &Server, port: u16) -> Result<bool> {
 /// Ports mode: before a ban everything flows; after it the source's SIP
 /// traffic (UDP and TCP) dies while its other ports and other sources flow;
 /// after unban it flows again.
-fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str) -> Result<()> {
+fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str, mode: &str) -> Result<()> {
     let pin = PinDir::new()?;
     let pair = Pair::new()?;
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &pair.server,
         &pin.path,
-        &["--iface", &pair.server_if, "--xdp-mode", "driver"],
+        &["--iface", &pair.server_if, "--xdp-mode", mode],
     )?;
+    assert!(
+        daemon.log().contains(&format!("({mode})")),
+        "attached in {mode} mode: {}",
+        daemon.log()
+    );
     assert!(
         pair.server_has_xdp()?,
         "program attached to the server veth"
@@ -132,12 +137,55 @@ fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str) -> Resul
 
 #[test]
 fn ipv4_ban_unban_ports_mode() -> Result<()> {
-    ports_mode(SERVER_V4, CLIENT_V4, OTHER_V4)
+    ports_mode(SERVER_V4, CLIENT_V4, OTHER_V4, "driver")
+}
+
+#[test]
+fn ipv4_ban_unban_skb_mode() -> Result<()> {
+    ports_mode(SERVER_V4, CLIENT_V4, OTHER_V4, "skb")
 }
 
 #[test]
 fn ipv6_ban_unban_ports_mode() -> Result<()> {
-    ports_mode(SERVER_V6, CLIENT_V6, OTHER_V6)
+    ports_mode(SERVER_V6, CLIENT_V6, OTHER_V6, "driver")
+}
+
+#[test]
+fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result<()> {
+    let pin = PinDir::new()?;
+    let pair = Pair::new()?;
+    // Loopback has no driver-mode XDP: auto falls back to skb, loudly.
+    let mut daemon = Daemon::start(&pair.server, &pin.path, &["--iface", "lo"])?;
+    let log = daemon.log();
+    assert!(
+        log.contains("falling back to skb mode") && log.contains("attached to lo (skb)"),
+        "{log}"
+    );
+    daemon.stop()?;
+    // Driver mode asked for explicitly is an error, not a silent fallback.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pair.server.path()))
+        .arg(sipguard_tests::daemon::bin())
+        .arg("--pin-dir")
+        .arg(&pin.path)
+        .args(["run", "--iface", "lo", "--xdp-mode", "driver"])
+        .output()?;
+    assert!(!out.status.success(), "driver mode on loopback must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot attach to lo"));
+    // No --iface: the default route's interface.
+    pair.server
+        .ip(&["route", "add", "default", "via", CLIENT_V4])?;
+    let daemon = Daemon::start(&pair.server, &pin.path, &[])?;
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "protecting {}, the interface of the default route",
+            pair.server_if
+        )),
+        "{log}"
+    );
+    assert!(pair.server_has_xdp()?);
+    Ok(())
 }
 
 #[test]

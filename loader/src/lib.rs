@@ -18,3 +18,4 @@ pub mod daemon;
 pub mod duration;
 pub mod maps;
 pub mod program;
+pub mod filter;

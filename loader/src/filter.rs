@@ -1,0 +1,286 @@
+//! Matching log lines: fail2ban-style `failregex`/`ignoreregex` with `<HOST>`,
+//! and the built-in FreeSWITCH filters.
+//!
+//! Security: the address to count is whatever `<HOST>` captures, so a filter
+//! must take it from a part of the line the attacker cannot write. The
+//! built-in filters anchor `<HOST>` to the very end of the line (FreeSWITCH
+//! writes `from ip <HOST>` last), so nothing inside `for [...]` (the SIP user
+//! and domain, chosen by the attacker) can supply it. Likewise, a line's
+//! timestamp is only read from the text before the match, which FreeSWITCH
+//! wrote.
+use anyhow::{bail, Context as _, Result};
+use chrono::{Datelike as _, Local, NaiveDate, NaiveDateTime, TimeZone as _};
+use regex::Regex;
+use std::{net::IpAddr, sync::LazyLock};
+
+/// What `<HOST>` becomes: an IPv4 address, or an IPv6 address (which may end
+/// in an embedded IPv4). Host names are not accepted: no DNS lookups, ever.
+const HOST_PATTERN: &str = r"(?P<host>(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?|(?:\d{1,3}\.){3}\d{1,3})";
+
+/// The level/location part common to FreeSWITCH's sofia_reg lines in every
+/// shape we know: `[WARNING] sofia_reg.c:1842 `, `[WARN] [SOFIA] [sofia_reg.c:2248] `.
+const SOFIA: &str = r"\[(?:WARNING|WARN)\] (?:\[SOFIA\] )?\[?sofia_reg\.c:\d+\]? ";
+
+/// Built-in filters: (name, description, failregex list).
+pub const BUILTIN: &[(&str, &str, &[&str])] = &[
+    (
+        "freeswitch",
+        "real authentication failures: 'SIP auth failure' and 'Can't find user'",
+        &[
+            r"SIP auth failure \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$",
+            r"Can't find user \[.*\] from <HOST>\s*$",
+        ],
+    ),
+    (
+        "freeswitch-challenge",
+        "digest challenges: one per normal registration, so only a flood of them is suspicious",
+        &[r"SIP auth challenge \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$"],
+    ),
+];
+
+/// The failregex list of a built-in filter, with the shared FreeSWITCH prefix.
+pub fn builtin(name: &str) -> Option<Vec<String>> {
+    BUILTIN
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, res)| res.iter().map(|re| format!("{SOFIA}{re}")).collect())
+}
+
+pub fn builtin_names() -> String {
+    BUILTIN.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Compiles one failregex, replacing `<HOST>` (also `<ADDR>`, `<IP4>`, `<IP6>`).
+pub fn compile_failregex(re: &str) -> Result<Regex> {
+    let count = ["<HOST>", "<ADDR>", "<IP4>", "<IP6>"].iter().map(|t| re.matches(t).count()).sum::<usize>();
+    if count != 1 {
+        bail!("failregex must contain <HOST> exactly once (found {count}): {re}");
+    }
+    let expanded = re
+        .replace("<HOST>", HOST_PATTERN)
+        .replace("<ADDR>", HOST_PATTERN)
+        .replace("<IP4>", HOST_PATTERN)
+        .replace("<IP6>", HOST_PATTERN);
+    Regex::new(&expanded).with_context(|| format!("invalid failregex {re:?}"))
+}
+
+pub fn compile_ignoreregex(re: &str) -> Result<Regex> {
+    Regex::new(re).with_context(|| format!("invalid ignoreregex {re:?}"))
+}
+
+/// What a filter says about one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No failregex matched.
+    Miss,
+    /// A failregex matched, but so did an ignoreregex.
+    Ignored,
+    /// A failregex matched but what `<HOST>` captured is not an IP address.
+    BadHost(String),
+    /// A failure from `host`, at the line's own time when it has one (ms since
+    /// the epoch, local time as FreeSWITCH writes it).
+    Hit { host: IpAddr, time_ms: Option<i64> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Filter {
+    fail: Vec<Regex>,
+    ignore: Vec<Regex>,
+}
+
+impl Filter {
+    pub fn new(failregex: &[String], ignoreregex: &[String]) -> Result<Self> {
+        if failregex.is_empty() {
+            bail!("a filter needs at least one failregex");
+        }
+        Ok(Self {
+            fail: failregex.iter().map(|r| compile_failregex(r)).collect::<Result<_>>()?,
+            ignore: ignoreregex.iter().map(|r| compile_ignoreregex(r)).collect::<Result<_>>()?,
+        })
+    }
+
+    pub fn builtin(name: &str) -> Result<Self> {
+        let res = builtin(name)
+            .with_context(|| format!("unknown filter '{name}' (built-in filters: {})", builtin_names()))?;
+        Self::new(&res, &[])
+    }
+
+    pub fn check(&self, line: &str) -> Outcome {
+        let Some(caps) = self.fail.iter().find_map(|re| re.captures(line)) else {
+            return Outcome::Miss;
+        };
+        if self.ignore.iter().any(|re| re.is_match(line)) {
+            return Outcome::Ignored;
+        }
+        let whole = caps.get(0).expect("group 0 always exists");
+        let text = caps.name("host").map_or("", |m| m.as_str());
+        let Ok(host) = text.parse::<IpAddr>() else {
+            return Outcome::BadHost(text.to_owned());
+        };
+        Outcome::Hit {
+            host: host.to_canonical(),
+            time_ms: line_time_ms(&line[..whole.start()]),
+        }
+    }
+}
+
+static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:(\d{4})-)?(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?").expect("valid")
+});
+
+/// The last timestamp in `prefix` (FreeSWITCH's own, after any syslog prefix),
+/// as local time, in ms since the epoch. A year-less date (`08-03 08:10:21`)
+/// is taken in the current year, or the previous one if that would put it
+/// more than a day in the future.
+pub fn line_time_ms(prefix: &str) -> Option<i64> {
+    let caps = TIMESTAMP.captures_iter(prefix).last()?;
+    let num = |i: usize| caps.get(i).map(|m| m.as_str().parse::<u32>().ok()).unwrap_or(None);
+    let (month, day, h, m, s) = (num(2)?, num(3)?, num(4)?, num(5)?, num(6)?);
+    let nanos = caps.get(7).map_or(0, |f| {
+        let digits = f.as_str();
+        digits.parse::<u32>().unwrap_or(0) * 10u32.pow(9 - digits.len() as u32)
+    });
+    let at = |year: i32| -> Option<NaiveDateTime> {
+        NaiveDate::from_ymd_opt(year, month, day)?.and_hms_nano_opt(h, m, s, nanos)
+    };
+    let to_ms = |t: NaiveDateTime| Local.from_local_datetime(&t).earliest().map(|t| t.timestamp_millis());
+    match caps.get(1) {
+        Some(y) => to_ms(at(y.as_str().parse().ok()?)?),
+        None => {
+            let now = Local::now();
+            let this_year = to_ms(at(now.year())?)?;
+            if this_year > now.timestamp_millis() + 86_400_000 {
+                to_ms(at(now.year() - 1)?)
+            } else {
+                Some(this_year)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(filter: &str, line: &str) -> Option<IpAddr> {
+        match Filter::builtin(filter).unwrap().check(line) {
+            Outcome::Hit { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// Every shape FreeSWITCH writes (issue 3's list).
+    #[test]
+    fn freeswitch_failure_shapes() {
+        let cases = [
+            ("2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:1478 SIP auth failure (INVITE) on sofia profile 'internal' for [000972543480510@192.168.2.51] from ip 5.11.47.236", "5.11.47.236"),
+            ("2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:2531 Can't find user [1001@192.168.2.51] from 5.11.47.236", "5.11.47.236"),
+            ("c2a1b7e2-1f1c-4a5e-9d6f-2b0a3c1d4e5f 2021-10-29 14:13:24.894719 95.00% [WARNING] sofia_reg.c:1842 SIP auth failure (INVITE) on sofia profile 'external' for [x@y] from ip 2001:db8::1", "2001:db8::1"),
+            ("08-03 08:10:21.026299 [WARN] [SOFIA] [sofia_reg.c:2248] SIP auth failure (INVITE) on sofia profile 'external' for [41801148436701961@148.251.134.154] from ip 192.0.2.4", "192.0.2.4"),
+            ("2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.1", "192.0.2.1"),
+            ("2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [215@10.0.8.5] from ip 108.181.22.221", "108.181.22.221"),
+            ("2024-03-01 12:00:00.123456 [WARNING] sofia_reg.c:1842 SIP auth failure (SUBSCRIBE) on sofia profile 'internal' for [215@10.0.8.5] from ip ::ffff:198.51.100.9", "198.51.100.9"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(hit("freeswitch", line), ip(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn challenges_are_a_separate_filter() {
+        let line = "2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [215@10.0.8.5] from ip 108.181.22.221";
+        assert_eq!(hit("freeswitch", line), None, "a challenge is not a failure");
+        assert_eq!(hit("freeswitch-challenge", line), ip("108.181.22.221"));
+    }
+
+    /// The sample lines of fail2ban's own test suite for its freeswitch filter
+    /// (fail2ban/tests/files/logs/freeswitch), with fail2ban's expected host.
+    /// Its "ddos" mode is our challenge filter, its "normal" mode our failures.
+    #[test]
+    fn fail2ban_sample_lines() {
+        let ddos = [(
+            "2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:1533 SIP auth challenge (INVITE) on sofia profile 'internal' for [011448708752617@192.168.2.51] from ip 81.94.202.251",
+            Some("81.94.202.251"),
+        )];
+        let normal = [
+            ("2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:1478 SIP auth failure (INVITE) on sofia profile 'internal' for [000972543480510@192.168.2.51] from ip 5.11.47.236", Some("5.11.47.236")),
+            ("2013-12-31 17:39:54.767815 [DEBUG] sofia.c:7954 IP 185.24.234.141 Rejected by acl \"domains\". Falling back to Digest auth.", None),
+            ("2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:2531 Can't find user [1001@192.168.2.51] from 5.11.47.236", Some("5.11.47.236")),
+            ("2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:2531 Can't find user [100@192.168.2.51] from 185.24.234.141", Some("185.24.234.141")),
+            ("2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.1", Some("192.0.2.1")),
+            ("2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:1720 SIP auth failure (INVITE) on sofia profile 'sipinterface_1' for [9810972597751739@::1] from ip 192.0.2.2", Some("192.0.2.2")),
+            ("08-03 07:56:53.026292 [WARN] [SOFIA] [sofia_reg.c:4130] Can't find user [101@148.251.134.154] from 192.0.2.3", Some("192.0.2.3")),
+            ("08-03 08:10:21.026299 [WARN] [SOFIA] [sofia_reg.c:2248] SIP auth failure (INVITE) on sofia profile 'external' for [41801148436701961@148.251.134.154] from ip 192.0.2.4", Some("192.0.2.4")),
+            ("2021-10-29 21:04:58.150982 00.00% [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.5", Some("192.0.2.5")),
+            ("2021-10-29 21:05:58.894719 www.srv.tld freeswitch[123456]: 2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.5", Some("192.0.2.5")),
+        ];
+        for (line, want) in ddos {
+            assert_eq!(hit("freeswitch-challenge", line), want.and_then(ip), "{line}");
+            assert_eq!(hit("freeswitch", line), None, "a challenge is not a failure: {line}");
+        }
+        for (line, want) in normal {
+            assert_eq!(hit("freeswitch", line), want.and_then(ip), "{line}");
+        }
+    }
+
+    /// The attacker writes the user and domain. Nothing in them may make
+    /// another address counted: the host is always the real trailing one.
+    #[test]
+    fn crafted_usernames_cannot_redirect_the_host() {
+        let real = "203.0.113.66";
+        let users = [
+            "x] from ip 192.0.2.1",
+            "] from ip 192.0.2.1 [",
+            "a' for [b@c] from ip 192.0.2.1",
+            "from ip 192.0.2.1",
+            "192.0.2.1",
+            "\"quoted\" from 192.0.2.1",
+            "x] from ip 192.0.2.1\t",
+            "2001:db8::1] from ip 2001:db8::1",
+            "x@y] from 192.0.2.1 from ip 192.0.2.2",
+        ];
+        for user in users {
+            let line = format!("2024-03-01 12:00:00.123456 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {real}");
+            assert_eq!(hit("freeswitch", &line), ip(real), "{line}");
+            let line = format!("2024-03-01 12:00:00.123456 [WARNING] sofia_reg.c:2531 Can't find user [{user}@10.0.8.5] from {real}");
+            assert_eq!(hit("freeswitch", &line), ip(real), "{line}");
+        }
+        // A line that does not end with an address (truncated, or with
+        // trailing text) counts nobody rather than someone in the middle.
+        let line = "2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u@d] from ip 192.0.2.1 and more";
+        assert_eq!(hit("freeswitch", line), None);
+    }
+
+    #[test]
+    fn timestamps_come_from_freeswitch_not_from_the_user() {
+        let f = Filter::builtin("freeswitch").unwrap();
+        let line = "2024-03-01 12:00:00.250000 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [1999-01-01 00:00:00@d] from ip 192.0.2.1";
+        let Outcome::Hit { time_ms: Some(t), .. } = f.check(line) else { panic!("no time") };
+        let want = Local.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap().timestamp_millis() + 250;
+        assert_eq!(t, want);
+        // Syslog prefix: FreeSWITCH's own timestamp (the last before the match) wins.
+        let line = "2016-09-25T18:57:59.000000 host freeswitch[1]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.1";
+        let Outcome::Hit { time_ms: Some(t), .. } = f.check(line) else { panic!("no time") };
+        assert_eq!(t, Local.with_ymd_and_hms(2016, 9, 25, 18, 57, 58).unwrap().timestamp_millis() + 150);
+        // Year-less dates land within the last year.
+        let t = line_time_ms("08-03 08:10:21.026299 ").unwrap();
+        let now = Local::now().timestamp_millis();
+        assert!(t <= now + 86_400_000 && t > now - 367 * 86_400_000);
+    }
+
+    #[test]
+    fn failregex_rules() {
+        assert!(compile_failregex("no host here").unwrap_err().to_string().contains("<HOST> exactly once"));
+        assert!(compile_failregex("<HOST> and <HOST>").is_err());
+        assert!(compile_failregex("from (<HOST>").unwrap_err().to_string().contains("invalid failregex"));
+        let f = Filter::new(&["login failed from <HOST>$".into()], &["from 192\\.0\\.2\\.9$".into()]).unwrap();
+        assert_eq!(f.check("login failed from 192.0.2.8"), Outcome::Hit { host: "192.0.2.8".parse().unwrap(), time_ms: None });
+        assert_eq!(f.check("login failed from 192.0.2.9"), Outcome::Ignored);
+        assert_eq!(f.check("login ok from 192.0.2.8"), Outcome::Miss);
+        assert_eq!(f.check("login failed from 999.1.1.1"), Outcome::BadHost("999.1.1.1".into()));
+    }
+}

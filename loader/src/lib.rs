@@ -19,3 +19,4 @@ pub mod duration;
 pub mod maps;
 pub mod program;
 pub mod filter;
+pub mod config;

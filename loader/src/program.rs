@@ -26,7 +26,8 @@ pub const PROGRAM: &str = "sipguard";
 
 /// How to attach: driver (native) XDP, generic (skb) XDP, or driver with a
 /// fallback to skb.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
     Driver,

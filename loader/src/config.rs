@@ -1,0 +1,403 @@
+//! `/etc/sipguard/sipguard.toml`: global settings and jails.
+//!
+//! Values are validated while they are deserialized (durations, networks,
+//! regexes), so a bad one is reported by the TOML parser with the file, the
+//! line, the key and the reason. With no file at the default path, the
+//! built-in default below applies: the FreeSWITCH jails on the default log.
+use crate::{addr, duration, filter, program::AttachMode};
+use anyhow::{bail, Context as _, Result};
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub const DEFAULT_PATH: &str = "/etc/sipguard/sipguard.toml";
+pub const DEFAULT_LOG: &str = "/var/log/freeswitch/freeswitch.log";
+
+/// The configuration used when there is no file: ban a brute-forcer after 10
+/// real failures in a minute; count challenges only as a flood (a site of
+/// hundreds of phones behind one NAT address produces one per registration).
+pub const DEFAULT_TOML: &str = r#"
+[jails.freeswitch]
+logpath = ["/var/log/freeswitch/freeswitch.log"]
+filter = "freeswitch"
+maxretry = 10
+findtime = "1m"
+bantime = "1h"
+bantime_increment = true
+
+[jails.freeswitch-flood]
+logpath = ["/var/log/freeswitch/freeswitch.log"]
+filter = "freeswitch-challenge"
+maxretry = 600
+findtime = "1m"
+bantime = "10m"
+"#;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Never counted, never banned, never dropped (also written to the XDP
+    /// allowlist). Loopback and this host's own addresses are always added.
+    #[serde(default)]
+    pub ignoreip: Vec<Net>,
+    /// Interfaces to attach to (default: the default route's).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub all_ports: bool,
+    #[serde(default = "default_mode")]
+    pub xdp_mode: AttachMode,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where to start reading a log seen for the first time.
+    #[serde(default)]
+    pub start: StartAt,
+    #[serde(default)]
+    pub jails: BTreeMap<String, JailConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    End,
+    Beginning,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Paths or globs.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub logpath: Vec<String>,
+    /// A built-in filter name.
+    pub filter: Option<String>,
+    /// Inline filter: regexes with `<HOST>` (instead of `filter`).
+    #[serde(default, deserialize_with = "regexes_with_host")]
+    pub failregex: Vec<String>,
+    #[serde(default, deserialize_with = "regexes")]
+    pub ignoreregex: Vec<String>,
+    #[serde(default = "default_maxretry")]
+    pub maxretry: u32,
+    #[serde(default = "default_findtime", deserialize_with = "some_duration")]
+    pub findtime: Duration,
+    /// `None`: permanent (`-1`).
+    #[serde(default = "default_bantime", deserialize_with = "bantime")]
+    pub bantime: Option<Duration>,
+    #[serde(default, alias = "bantime.increment")]
+    pub bantime_increment: bool,
+    #[serde(default = "default_factor", alias = "bantime.factor")]
+    pub bantime_factor: f64,
+    #[serde(default = "default_maxtime", alias = "bantime.maxtime", deserialize_with = "some_duration")]
+    pub bantime_maxtime: Duration,
+    /// `"all"` or a list of ports (merged into the protected set). Default:
+    /// the global protected ports.
+    #[serde(default)]
+    pub ports: Option<Ports>,
+    /// IPv6 offenders are counted and banned as their /N.
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Most distinct sources tracked at once; the least recently seen go first.
+    #[serde(default = "default_max_offenders")]
+    pub max_offenders: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ports {
+    All,
+    List(Vec<u16>),
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<u16>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(Ports::All),
+            Raw::Word(w) => Err(de::Error::custom(format!("expected \"all\" or a list of ports, got {w:?}"))),
+            Raw::List(l) => Ok(Ports::List(l)),
+        }
+    }
+}
+
+/// A network in the config (`192.0.2.0/24`, `2001:db8::1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net(pub IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        addr::parse_net(&s).map(Net).map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ports() -> Vec<u16> {
+    crate::cli::DEFAULT_PORTS.to_vec()
+}
+fn default_mode() -> AttachMode {
+    AttachMode::Auto
+}
+fn default_pin_dir() -> PathBuf {
+    crate::cli::DEFAULT_PIN_DIR.into()
+}
+fn default_state_file() -> PathBuf {
+    "/var/lib/sipguard/state.json".into()
+}
+fn default_socket() -> PathBuf {
+    "/run/sipguard/sipguard.sock".into()
+}
+fn default_maxretry() -> u32 {
+    5
+}
+fn default_findtime() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_bantime() -> Option<Duration> {
+    Some(Duration::from_secs(3600))
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_maxtime() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_v6_prefix() -> u8 {
+    64
+}
+fn default_max_offenders() -> usize {
+    1_000_000
+}
+
+/// A duration written as a number of seconds or a string (`"10m"`).
+fn raw_duration<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Int(i) => i.to_string(),
+        Raw::Text(s) => s,
+    })
+}
+
+fn bantime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration::parse_bantime(&raw_duration(d)?).map_err(|e| de::Error::custom(format!("{e:#}")))
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = raw_duration(d)?;
+    duration::parse_bantime(&text)
+        .map_err(|e| de::Error::custom(format!("{e:#}")))?
+        .ok_or_else(|| de::Error::custom(format!("'{text}' is not allowed here: a finite duration is needed")))
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+fn regexes_with_host<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = one_or_many(d)?;
+    for re in &list {
+        filter::compile_failregex(re).map_err(|e| de::Error::custom(format!("{e:#}")))?;
+    }
+    Ok(list)
+}
+
+fn regexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = one_or_many(d)?;
+    for re in &list {
+        filter::compile_ignoreregex(re).map_err(|e| de::Error::custom(format!("{e:#}")))?;
+    }
+    Ok(list)
+}
+
+impl Config {
+    /// Parses and checks a configuration; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        config.check().with_context(|| origin.to_owned())?;
+        Ok(config)
+    }
+
+    /// Loads `path`. A missing file at the default path means the built-in
+    /// default; a missing file named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+                Self::parse(&text, &path.display().to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                tracing::info!("no {}: using the built-in FreeSWITCH configuration", path.display());
+                Self::parse(DEFAULT_TOML, "built-in default configuration")
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),
+        }
+    }
+
+    /// Checks what spans several keys.
+    fn check(&self) -> Result<()> {
+        for (name, jail) in &self.jails {
+            let here = |msg: String| anyhow::anyhow!("jail '{name}': {msg}");
+            match (&jail.filter, jail.failregex.is_empty()) {
+                (Some(_), false) => return Err(here("set either `filter` or `failregex`, not both".into())),
+                (None, true) => return Err(here("needs `filter` (built-in name) or `failregex`".into())),
+                (Some(f), true) if filter::builtin(f).is_none() => {
+                    return Err(here(format!("key `filter`: unknown filter '{f}' (built-in: {})", filter::builtin_names())))
+                }
+                _ => {}
+            }
+            if jail.enabled && jail.logpath.is_empty() {
+                return Err(here("key `logpath`: an enabled jail needs at least one log path".into()));
+            }
+            if jail.maxretry == 0 {
+                return Err(here("key `maxretry` must be at least 1".into()));
+            }
+            if !(16..=128).contains(&jail.ipv6_prefix) {
+                return Err(here(format!("key `ipv6_prefix` must be between 16 and 128, not {}", jail.ipv6_prefix)));
+            }
+            if !(jail.bantime_factor >= 1.0 && jail.bantime_factor.is_finite()) {
+                return Err(here("key `bantime_factor` must be a number ≥ 1".into()));
+            }
+            if jail.max_offenders == 0 {
+                return Err(here("key `max_offenders` must be at least 1".into()));
+            }
+        }
+        if self.ports.is_empty() && !self.all_ports {
+            bail!("key `ports`: at least one protected port is needed (or all_ports = true)");
+        }
+        Ok(())
+    }
+
+    /// The filter of a jail.
+    pub fn jail_filter(jail: &JailConfig) -> Result<filter::Filter> {
+        match &jail.filter {
+            Some(name) => filter::Filter::builtin(name),
+            None => filter::Filter::new(&jail.failregex, &jail.ignoreregex),
+        }
+    }
+
+    /// Protected ports: the global list plus every jail's own.
+    pub fn protected_ports(&self) -> Vec<u16> {
+        let mut ports = self.ports.clone();
+        for jail in self.jails.values().filter(|j| j.enabled) {
+            if let Some(Ports::List(l)) = &jail.ports {
+                ports.extend(l);
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text, "test.toml").unwrap_err())
+    }
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let c = Config::parse(DEFAULT_TOML, "default").unwrap();
+        assert_eq!(c.jails.len(), 2);
+        let j = &c.jails["freeswitch"];
+        assert_eq!((j.maxretry, j.findtime, j.bantime), (10, Duration::from_secs(60), Some(Duration::from_secs(3600))));
+        assert_eq!(c.protected_ports(), vec![5060, 5066, 7443]);
+    }
+
+    #[test]
+    fn durations_and_ports_forms() {
+        let c = Config::parse(
+            r#"
+            ports = [5060]
+            [jails.a]
+            logpath = "/tmp/x.log"
+            failregex = ["fail from <HOST>$"]
+            findtime = 30
+            bantime = -1
+            "bantime.increment" = true
+            "bantime.maxtime" = "1d"
+            ports = [5080]
+            [jails.b]
+            logpath = ["/tmp/y.log", "/tmp/z*.log"]
+            filter = "freeswitch"
+            bantime = "1h30m"
+            ports = "all"
+            "#,
+            "t",
+        )
+        .unwrap();
+        let a = &c.jails["a"];
+        assert_eq!((a.findtime, a.bantime, a.bantime_increment), (Duration::from_secs(30), None, true));
+        assert_eq!(a.bantime_maxtime, Duration::from_secs(86400));
+        assert_eq!(c.jails["b"].bantime, Some(Duration::from_secs(5400)));
+        assert_eq!(c.jails["b"].ports, Some(Ports::All));
+        assert_eq!(c.protected_ports(), vec![5060, 5080]);
+    }
+
+    #[test]
+    fn bad_config_names_line_and_key() {
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretr = 3\n");
+        assert!(e.contains("test.toml") && e.contains("line 4") && e.contains("maxretr"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"10x\"\n");
+        assert!(e.contains("line 4") && e.contains("bantime") && e.contains("invalid duration '10x'"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfailregex = [\"failed (\"]\n");
+        assert!(e.contains("line 3") && e.contains("failregex") && e.contains("<HOST>"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfailregex = [\"failed from (<HOST>\"]\n");
+        assert!(e.contains("line 3") && e.contains("invalid failregex"), "{e}");
+        let e = err("ignoreip = [\"10.0.0.0/33\"]\n");
+        assert!(e.contains("line 1") && e.contains("ignoreip") && e.contains("10.0.0.0/33"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"nope\"\n");
+        assert!(e.contains("jail 'a'") && e.contains("unknown filter 'nope'"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\n");
+        assert!(e.contains("needs `filter`"), "{e}");
+        let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nfindtime = -1\n");
+        assert!(e.contains("finite duration"), "{e}");
+        let e = err("[jails.a\n");
+        assert!(e.contains("test.toml") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_falls_back_but_explicit_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert_eq!(Config::load(&missing, false).unwrap().jails.len(), 2);
+        assert!(format!("{:#}", Config::load(&missing, true).unwrap_err()).contains("nope.toml"));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, [0xff, 0xfe, b'\n']).unwrap();
+        assert!(format!("{:#}", Config::load(&bad, true).unwrap_err()).contains("not UTF-8"));
+    }
+}

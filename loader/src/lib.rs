@@ -20,3 +20,6 @@ pub mod maps;
 pub mod program;
 pub mod filter;
 pub mod config;
+pub mod offenders;
+pub mod state;
+pub mod follow;

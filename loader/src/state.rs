@@ -1,0 +1,116 @@
+//! What the daemon keeps across restarts (and reboots, which lose the pinned
+//! maps): bans with their metadata, ban counts for `bantime_increment`, and
+//! read positions in the logs. Written atomically: a temporary file, fsync,
+//! rename, so a daemon killed mid-write leaves the old state or the new one,
+//! never half of each.
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub bans: Vec<SavedBan>,
+    /// Bans so far per network, for `bantime_increment`.
+    pub ban_counts: BTreeMap<String, u32>,
+    /// Read position per log path.
+    pub positions: BTreeMap<String, Position>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedBan {
+    pub net: String,
+    pub jail: String,
+    /// Unix time in ms.
+    pub banned_at: i64,
+    /// Unix time in ms; none for permanent bans.
+    pub expires_at: Option<i64>,
+    pub reason: String,
+    #[serde(default)]
+    pub line: String,
+    #[serde(default)]
+    pub all_ports: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+}
+
+/// Loads the state. A missing file is an empty state. An unreadable one is
+/// moved aside (never deleted) and the daemon starts from the kernel's maps,
+/// which still hold every ban.
+pub fn load(path: &Path) -> Result<State> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State { version: VERSION, ..Default::default() }),
+        Err(e) => return Err(e).with_context(|| format!("cannot read state {}", path.display())),
+    };
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), std::process::id()));
+            fs::rename(path, &aside).with_context(|| format!("cannot move aside {}", path.display()))?;
+            tracing::error!(
+                "state {} is unreadable ({e}); moved it to {} and starting from the bans in the kernel",
+                path.display(),
+                aside.display()
+            );
+            Ok(State { version: VERSION, ..Default::default() })
+        }
+    }
+}
+
+pub fn save(path: &Path, state: &State) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+    {
+        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec(state)?)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    // Make the rename itself durable.
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(load(&path).unwrap().bans.len(), 0);
+        let mut s = State { version: VERSION, ..Default::default() };
+        s.bans.push(SavedBan {
+            net: "192.0.2.1/32".into(),
+            jail: "j".into(),
+            banned_at: 1,
+            expires_at: None,
+            reason: "r".into(),
+            line: "l".into(),
+            all_ports: false,
+        });
+        s.positions.insert("/x".into(), Position { dev: 1, ino: 2, offset: 3 });
+        save(&path, &s).unwrap();
+        assert_eq!(load(&path).unwrap(), s);
+        // Half a file (what a crash without atomic rename would leave).
+        fs::write(&path, b"{\"version\":1,\"bans\":[{\"net\":").unwrap();
+        assert_eq!(load(&path).unwrap().bans.len(), 0);
+        let aside: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().into_string().unwrap()).collect();
+        assert!(aside.iter().any(|n| n.starts_with("state.json.corrupt-")), "{aside:?}");
+    }
+}

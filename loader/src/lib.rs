@@ -23,3 +23,6 @@ pub mod config;
 pub mod offenders;
 pub mod state;
 pub mod follow;
+pub mod bans;
+pub mod ignore;
+pub mod jail;

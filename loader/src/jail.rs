@@ -1,0 +1,322 @@
+//! A jail: one filter over some logs, its offenders, and the rule that turns
+//! `maxretry` failures within `findtime` into a ban of `bantime`.
+use crate::{
+    config::{Config, JailConfig, Ports, StartAt},
+    filter::{Filter, Outcome},
+    follow::{self, Follower, Start},
+    ignore::IgnoreList,
+    offenders::Offenders,
+    state::Position,
+};
+use anyhow::Result;
+use ipnet::IpNet;
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
+
+/// A ban a jail asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BanRequest {
+    pub net: IpNet,
+    pub jail: String,
+    pub duration: Option<Duration>,
+    pub reason: String,
+    pub line: String,
+    pub all_ports: bool,
+}
+
+/// Counters shown by `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JailStats {
+    pub lines: u64,
+    pub total_failed: u64,
+    pub ignored_ip: u64,
+    pub ignored_regex: u64,
+    pub too_old: u64,
+    pub bad_host: u64,
+    pub already_banned: u64,
+}
+
+pub struct Jail {
+    pub name: String,
+    pub config: JailConfig,
+    filter: Filter,
+    pub offenders: Offenders,
+    followers: BTreeMap<PathBuf, Follower>,
+    start: StartAt,
+    pub stats: JailStats,
+}
+
+/// The network an address is counted and banned as: itself for IPv4, its
+/// /`ipv6_prefix` for IPv6 (an attacker owns a whole /64 and rotates in it).
+pub fn offender_net(host: IpAddr, ipv6_prefix: u8) -> IpNet {
+    match host {
+        IpAddr::V4(_) => IpNet::from(host),
+        IpAddr::V6(v6) => IpNet::V6(ipnet::Ipv6Net::new(v6, ipv6_prefix).expect("prefix checked by config").trunc()),
+    }
+}
+
+/// `bantime` for a source banned `previous` times before: multiplied by
+/// `factor` each time, capped at `maxtime`, when `bantime_increment` is on.
+pub fn ban_duration(config: &JailConfig, previous: u32) -> Option<Duration> {
+    let base = config.bantime?;
+    if !config.bantime_increment || previous == 0 {
+        return Some(base);
+    }
+    let scaled = base.as_secs_f64() * config.bantime_factor.powi(previous.min(64) as i32);
+    Some(Duration::from_secs_f64(scaled.min(config.bantime_maxtime.as_secs_f64())).max(base))
+}
+
+impl Jail {
+    pub fn new(name: &str, config: &JailConfig, start: StartAt) -> Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            filter: Config::jail_filter(config)?,
+            offenders: Offenders::new(
+                config.maxretry,
+                i64::try_from(config.findtime.as_millis()).unwrap_or(i64::MAX),
+                config.max_offenders,
+            ),
+            config: config.clone(),
+            followers: BTreeMap::new(),
+            start,
+            stats: JailStats::default(),
+        })
+    }
+
+    pub fn all_ports(&self) -> bool {
+        self.config.ports == Some(Ports::All)
+    }
+
+    /// Picks up files matching the jail's `logpath` that are not followed yet.
+    /// `saved` positions win; otherwise files present at startup start at
+    /// `start`, and files that appear later are read from their beginning.
+    pub fn refresh_files(&mut self, saved: &BTreeMap<String, Position>, at_startup: bool) {
+        for path in follow::expand(&self.config.logpath) {
+            if self.followers.contains_key(&path) {
+                continue;
+            }
+            let key = path.display().to_string();
+            let start = match saved.get(&key) {
+                Some(pos) => Start::Saved(*pos),
+                None if at_startup && self.start == StartAt::End => Start::End,
+                None => Start::Beginning,
+            };
+            self.followers.insert(path.clone(), Follower::new(path, start));
+        }
+    }
+
+    /// Reads new lines from every file; returns the bans they call for.
+    pub fn poll(
+        &mut self,
+        ignore: &IgnoreList,
+        banned: &dyn Fn(&IpNet) -> bool,
+        previous_bans: &dyn Fn(&IpNet) -> u32,
+        now_ms: i64,
+    ) -> Vec<BanRequest> {
+        let mut lines = Vec::new();
+        for follower in self.followers.values_mut() {
+            if let Err(e) = follower.poll(&mut |l| lines.push(l.to_owned())) {
+                tracing::warn!("jail {}: reading {} failed: {e}", self.name, follower.path.display());
+            }
+        }
+        lines
+            .iter()
+            .filter_map(|l| self.on_line(l, now_ms, true, ignore, banned, previous_bans))
+            .collect()
+    }
+
+    /// Handles one line that arrived at `arrival_ms`. With `live`, a line whose
+    /// own time is older than `findtime` is not counted (re-read or replayed
+    /// history must not ban anyone).
+    pub fn on_line(
+        &mut self,
+        line: &str,
+        arrival_ms: i64,
+        live: bool,
+        ignore: &IgnoreList,
+        banned: &dyn Fn(&IpNet) -> bool,
+        previous_bans: &dyn Fn(&IpNet) -> u32,
+    ) -> Option<BanRequest> {
+        self.stats.lines += 1;
+        let (host, time_ms) = match self.filter.check(line) {
+            Outcome::Miss => return None,
+            Outcome::Ignored => {
+                self.stats.ignored_regex += 1;
+                return None;
+            }
+            Outcome::BadHost(_) => {
+                self.stats.bad_host += 1;
+                return None;
+            }
+            Outcome::Hit { host, time_ms } => (host, time_ms),
+        };
+        self.stats.total_failed += 1;
+        if ignore.contains(host) {
+            self.stats.ignored_ip += 1;
+            return None;
+        }
+        let t = time_ms.unwrap_or(arrival_ms);
+        let findtime_ms = i64::try_from(self.config.findtime.as_millis()).unwrap_or(i64::MAX);
+        if live && t < arrival_ms.saturating_sub(findtime_ms) {
+            self.stats.too_old += 1;
+            return None;
+        }
+        let net = offender_net(host, self.config.ipv6_prefix);
+        if banned(&net) {
+            self.stats.already_banned += 1;
+            return None;
+        }
+        if !self.offenders.record(net, t) {
+            return None;
+        }
+        Some(BanRequest {
+            net,
+            jail: self.name.clone(),
+            duration: ban_duration(&self.config, previous_bans(&net)),
+            reason: format!(
+                "{} failures within {}",
+                self.config.maxretry,
+                humantime::format_duration(self.config.findtime)
+            ),
+            line: line.chars().take(1024).collect(),
+            all_ports: self.all_ports(),
+        })
+    }
+
+    pub fn positions(&self) -> impl Iterator<Item = (String, Position)> + '_ {
+        self.followers.iter().filter_map(|(p, f)| Some((p.display().to_string(), f.position()?)))
+    }
+
+    pub fn files(&self) -> Vec<String> {
+        self.followers.keys().map(|p| p.display().to_string()).collect()
+    }
+
+    pub fn skipped_long_lines(&self) -> u64 {
+        self.followers.values().map(|f| f.skipped_long).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jail(toml: &str) -> Jail {
+        let c = Config::parse(toml, "t").unwrap();
+        let (name, j) = c.jails.iter().next().unwrap();
+        Jail::new(name, j, StartAt::End).unwrap()
+    }
+
+    fn default_jail(name: &str) -> Jail {
+        let c = Config::parse(crate::config::DEFAULT_TOML, "default").unwrap();
+        Jail::new(name, &c.jails[name], StartAt::End).unwrap()
+    }
+
+    fn failure(ip: &str, user: &str) -> String {
+        format!("2024-03-01 12:00:00.123456 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {ip}")
+    }
+
+    fn challenge(ip: &str, user: &str) -> String {
+        format!("2024-03-01 12:00:00.123456 [WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {ip}")
+    }
+
+    /// Feeds lines in replay mode (line times), returns the bans requested.
+    fn feed(j: &mut Jail, lines: &[String]) -> Vec<BanRequest> {
+        let ignore = IgnoreList::default();
+        let mut banned = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for l in lines {
+            if let Some(b) = j.on_line(l, 0, false, &ignore, &|n| banned.contains(n), &|_| 0) {
+                banned.insert(b.net);
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn brute_force_is_banned_by_default() {
+        let mut j = default_jail("freeswitch");
+        let lines: Vec<String> = (0..10).map(|i| failure("203.0.113.9", &format!("{i}"))).collect();
+        let bans = feed(&mut j, &lines);
+        assert_eq!(bans.len(), 1, "ten failures within a minute ban");
+        assert_eq!(bans[0].net.to_string(), "203.0.113.9/32");
+        assert_eq!(bans[0].duration, Some(Duration::from_secs(3600)));
+        let mut j = default_jail("freeswitch");
+        assert!(feed(&mut j, &lines[..9]).is_empty(), "nine do not");
+    }
+
+    /// Power cut: 50 phones behind one NAT address re-register at once, each
+    /// with one challenge then success. Neither default jail bans them, also
+    /// when it happens three times in a row.
+    #[test]
+    fn power_outage_behind_one_nat_is_never_banned() {
+        let nat = "198.51.100.20";
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            for phone in 0..50 {
+                lines.push(challenge(nat, &format!("phone{phone}")));
+            }
+        }
+        assert!(feed(&mut default_jail("freeswitch"), &lines).is_empty());
+        assert!(feed(&mut default_jail("freeswitch-flood"), &lines).is_empty());
+        // ...while a real challenge flood from one address is caught.
+        let flood: Vec<String> = (0..600).map(|i| challenge("203.0.113.7", &format!("u{i}"))).collect();
+        assert_eq!(feed(&mut default_jail("freeswitch-flood"), &flood).len(), 1);
+    }
+
+    #[test]
+    fn injected_usernames_count_only_the_real_source() {
+        let mut j = default_jail("freeswitch");
+        let victim = "192.0.2.50";
+        let lines: Vec<String> = (0..30)
+            .map(|i| failure("203.0.113.66", &format!("x] from ip {victim} {i}")))
+            .collect();
+        let bans = feed(&mut j, &lines);
+        assert!(bans.iter().all(|b| b.net.to_string() == "203.0.113.66/32"), "{bans:?}");
+        assert_eq!(bans.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_offenders_are_counted_per_64() {
+        let mut j = default_jail("freeswitch");
+        let lines: Vec<String> = (0..10).map(|i| failure(&format!("2001:db8:1:2::{i:x}"), "u")).collect();
+        let bans = feed(&mut j, &lines);
+        assert_eq!(bans.len(), 1, "ten addresses of one /64 are one offender");
+        assert_eq!(bans[0].net.to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn live_lines_older_than_findtime_do_not_count() {
+        let mut j = default_jail("freeswitch");
+        let ignore = IgnoreList::default();
+        // The lines are from 2024; "now" is much later.
+        let now = chrono::Utc::now().timestamp_millis();
+        for i in 0..20 {
+            assert!(j.on_line(&failure("203.0.113.9", &i.to_string()), now, true, &ignore, &|_| false, &|_| 0).is_none());
+        }
+        assert_eq!(j.stats.too_old, 20);
+    }
+
+    #[test]
+    fn ignoreip_is_never_counted() {
+        let mut j = default_jail("freeswitch");
+        let ignore = IgnoreList::new(["203.0.113.0/24".parse().unwrap()]);
+        for i in 0..20 {
+            assert!(j.on_line(&failure("203.0.113.9", &i.to_string()), 0, false, &ignore, &|_| false, &|_| 0).is_none());
+        }
+        assert_eq!(j.stats.ignored_ip, 20);
+    }
+
+    #[test]
+    fn bantime_increment() {
+        let j = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"1h\"\nbantime_increment = true\nbantime_factor = 2\nbantime_maxtime = \"5h\"\n");
+        let h = |n: u64| Some(Duration::from_secs(3600 * n));
+        assert_eq!(ban_duration(&j.config, 0), h(1));
+        assert_eq!(ban_duration(&j.config, 1), h(2));
+        assert_eq!(ban_duration(&j.config, 2), h(4));
+        assert_eq!(ban_duration(&j.config, 3), h(5), "capped at maxtime");
+        let plain = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"1h\"\n");
+        assert_eq!(ban_duration(&plain.config, 5), h(1));
+        let forever = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = -1\n");
+        assert_eq!(ban_duration(&forever.config, 0), None);
+    }
+}

@@ -77,8 +77,12 @@ impl BanManager {
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let now = now_ms();
         let mut report = Restored::default();
-        let in_kernel: HashMap<IpNet, common::BanEntry> =
-            self.maps.bans()?.into_iter().map(|b| (b.net, b.entry)).collect();
+        let in_kernel: HashMap<IpNet, common::BanEntry> = self
+            .maps
+            .bans()?
+            .into_iter()
+            .map(|b| (b.net, b.entry))
+            .collect();
         for saved in &state.bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
@@ -118,9 +122,11 @@ impl BanManager {
                 net,
                 BanInfo {
                     jail: "manual".into(),
-                    banned_at_ms: now - (mono_now.saturating_sub(entry.banned_at_ns) / 1_000_000) as i64,
+                    banned_at_ms: now
+                        - (mono_now.saturating_sub(entry.banned_at_ns) / 1_000_000) as i64,
                     expires_at_ms,
-                    reason: "found in the kernel map (banned while the daemon was not running)".into(),
+                    reason: "found in the kernel map (banned while the daemon was not running)"
+                        .into(),
                     line: String::new(),
                     all_ports: entry.flags & BAN_ALL_PORTS != 0,
                 },
@@ -248,6 +254,10 @@ impl BanManager {
             })
             .collect();
         state.bans.sort_by(|a, b| a.net.cmp(&b.net));
-        state.ban_counts = self.counts.iter().map(|(n, c)| (n.to_string(), *c)).collect::<BTreeMap<_, _>>();
+        state.ban_counts = self
+            .counts
+            .iter()
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect::<BTreeMap<_, _>>();
     }
 }

@@ -1,10 +1,17 @@
-//! The `sipguard` command line: the daemon (`run`) and the verbs that mirror
-//! the maps (ban, unban, allow, disallow, list, stats, detach).
-use crate::{addr, clock, daemon, duration, maps::KernelMaps, program};
-use anyhow::{bail, Result};
+//! The `sipguard` command line: the daemon (`run`), the verbs that mirror the
+//! maps (ban, unban, allow, disallow, list, stats, detach), the daemon's own
+//! (status, reload), and the tools (test-filter, import-fail2ban).
+use crate::{
+    addr, clock,
+    config::{self, Config},
+    control::{self, Request},
+    daemon, duration, import,
+    maps::KernelMaps,
+    program, show, test_filter,
+};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use common::{counter, BAN_ALL_PORTS, CONFIG_ALL_PORTS};
-use serde_json::json;
+use common::BAN_ALL_PORTS;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipguard";
@@ -17,31 +24,43 @@ pub const DEFAULT_PORTS: [u16; 3] = [5060, 5066, 7443];
     about = "Line-rate XDP protection for SIP servers"
 )]
 pub struct Cli {
-    /// Where the maps (and XDP links) are pinned; must be on a BPF filesystem.
-    #[arg(long, global = true, env = "SIPGUARD_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    /// Configuration file (a missing default file means the built-in FreeSWITCH setup).
+    #[arg(long, global = true, env = "SIPGUARD_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Where the maps (and XDP links) are pinned, on a BPF filesystem [default: from the config, else /sys/fs/bpf/sipguard].
+    #[arg(long, global = true, env = "SIPGUARD_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// The daemon's control socket [default: from the config, else /run/sipguard/sipguard.sock].
+    #[arg(long, global = true, env = "SIPGUARD_SOCKET")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load and attach the XDP program and keep it running until SIGINT/SIGTERM.
+    /// Run the daemon: attach XDP, follow the jails' logs, ban, until SIGINT/SIGTERM.
     Run {
-        /// Interface to protect (repeat for several). Default: the default route's.
+        /// Interface to protect (repeat for several) [default: config, else the default route's].
         #[arg(long = "iface", short = 'i')]
         ifaces: Vec<String>,
         /// driver (native), skb (generic), or auto: driver with fallback to skb.
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: program::AttachMode,
-        /// Protected destination ports, TCP and UDP.
-        #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_PORTS)]
-        ports: Vec<u16>,
+        #[arg(long, value_enum)]
+        xdp_mode: Option<program::AttachMode>,
+        /// Protected destination ports, TCP and UDP [default: config, else 5060,5066,7443].
+        #[arg(long, value_delimiter = ',')]
+        ports: Option<Vec<u16>>,
         /// Bans drop every packet of the source, not only the protected ports.
         #[arg(long)]
         all_ports: bool,
+        /// State file (bans, ban counts, read positions) [default: config, else /var/lib/sipguard/state.json].
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Read logs seen for the first time from their beginning, not their end.
+        #[arg(long)]
+        from_beginning: bool,
     },
-    /// Ban an address or network.
+    /// Ban an address or network (through the daemon when it runs).
     Ban {
         /// ADDRESS or ADDRESS/PREFIX, IPv4 or IPv6.
         net: String,
@@ -58,7 +77,7 @@ pub enum Command {
     Allow { net: String },
     /// Remove exactly ADDRESS[/PREFIX] from the allowlist.
     Disallow { net: String },
-    /// List bans (or the allowlist) with their counters.
+    /// List bans (or the allowlist) with their counters, from the kernel maps.
     List {
         #[arg(long)]
         json: bool,
@@ -71,57 +90,113 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Jails: failures, bans and banned addresses, like `fail2ban-client status`.
+    Status {
+        jail: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration; bans stay.
+    Reload,
     /// Detach the program left attached by a daemon that did not stop cleanly.
     Detach {
         /// Interface (default: every interface with a pinned link).
         #[arg(long = "iface", short = 'i')]
         ifaces: Vec<String>,
     },
+    /// Run a filter over a log file, like fail2ban-regex.
+    TestFilter(test_filter::Args),
+    /// Translate a fail2ban configuration into sipguard's.
+    ImportFail2ban(import::Args),
+}
+
+/// Pin directory and socket: the flag, else the config file's, else the default.
+fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
+    let from_config = match Config::load(&cli.config, false) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e:#}", cli.config.display());
+            None
+        }
+    };
+    let pin = cli
+        .pin_dir
+        .clone()
+        .or_else(|| from_config.as_ref().map(|c| c.pin_dir.clone()));
+    let socket = cli
+        .socket
+        .clone()
+        .or_else(|| from_config.as_ref().map(|c| c.socket.clone()));
+    (
+        pin.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        socket.unwrap_or_else(|| "/run/sipguard/sipguard.sock".into()),
+    )
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let pin_dir = cli.pin_dir;
     match cli.command {
         Command::Run {
-            ifaces,
+            ref ifaces,
             xdp_mode,
-            ports,
+            ref ports,
             all_ports,
+            ref state_file,
+            from_beginning,
         } => {
             require_root("run the daemon")?;
+            let opts = daemon::RunOptions {
+                explicit_config: cli.config.as_os_str() != config::DEFAULT_PATH,
+                config_path: cli.config.clone(),
+                overrides: daemon::Overrides {
+                    ifaces: ifaces.clone(),
+                    mode: xdp_mode,
+                    ports: ports.clone(),
+                    all_ports,
+                    pin_dir: cli.pin_dir.clone(),
+                    state_file: state_file.clone(),
+                    socket: cli.socket.clone(),
+                    from_beginning,
+                },
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(daemon::run(daemon::RunOptions {
-                pin_dir,
-                ifaces,
-                mode: xdp_mode,
-                ports,
-                all_ports,
-            }))
+            runtime.block_on(daemon::run(opts))
         }
         Command::Ban {
-            net,
-            duration,
+            ref net,
+            ref duration,
             all_ports,
         } => {
-            let net = addr::parse_ban_net(&net)?;
-            let bantime = duration::parse_bantime(&duration)?;
+            let net = addr::parse_ban_net(net)?;
+            let bantime = duration::parse_bantime(duration)?;
             require_root("change bans")?;
-            let mut maps = open(&pin_dir)?;
-            let expires = bantime.map_or(0, clock::deadline_ns);
-            let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
-            maps.ban(net, expires, flags, clock::mono_now_ns())?;
+            let (pin_dir, socket) = paths(&cli);
+            let req = Request::Ban {
+                net: net.to_string(),
+                duration: duration.clone(),
+                all_ports,
+            };
+            if daemon_request(&socket, &req)?.is_none() {
+                let mut maps = open(&pin_dir)?;
+                let expires = bantime.map_or(0, clock::deadline_ns);
+                let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
+                maps.ban(net, expires, flags, clock::mono_now_ns())?;
+            }
             match bantime {
                 Some(d) => println!("banned {} for {}", addr::display(&net), clock::human(d)),
                 None => println!("banned {} permanently", addr::display(&net)),
             }
             Ok(())
         }
-        Command::Unban { net } => {
-            let net = addr::parse_net(&net)?;
+        Command::Unban { ref net } => {
+            let net = addr::parse_net(net)?;
             require_root("change bans")?;
-            if !open(&pin_dir)?.unban(net)? {
+            let (pin_dir, socket) = paths(&cli);
+            let req = Request::Unban {
+                net: net.to_string(),
+            };
+            if daemon_request(&socket, &req)?.is_none() && !open(&pin_dir)?.unban(net)? {
                 bail!(
                     "{} is not banned (unban takes the exact address or network that was banned)",
                     addr::display(&net)
@@ -130,17 +205,17 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("unbanned {}", addr::display(&net));
             Ok(())
         }
-        Command::Allow { net } => {
-            let net = addr::parse_net(&net)?;
+        Command::Allow { ref net } => {
+            let net = addr::parse_net(net)?;
             require_root("change the allowlist")?;
-            open(&pin_dir)?.allow(net)?;
+            open(&paths(&cli).0)?.allow(net)?;
             println!("allow-listed {}", addr::display(&net));
             Ok(())
         }
-        Command::Disallow { net } => {
-            let net = addr::parse_net(&net)?;
+        Command::Disallow { ref net } => {
+            let net = addr::parse_net(net)?;
             require_root("change the allowlist")?;
-            if !open(&pin_dir)?.disallow(net)? {
+            if !open(&paths(&cli).0)?.disallow(net)? {
                 bail!("{} is not in the allowlist", addr::display(&net));
             }
             println!("removed {} from the allowlist", addr::display(&net));
@@ -148,23 +223,53 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::List { json, allowed } => {
             require_root("read sipguard's maps")?;
-            let maps = open(&pin_dir)?;
+            let maps = open(&paths(&cli).0)?;
             if allowed {
-                list_allowed(&maps, json)
+                show::list_allowed(&maps, json)
             } else {
-                list_bans(&maps, json)
+                show::list_bans(&maps, json)
             }
         }
         Command::Stats { json } => {
             require_root("read sipguard's maps")?;
-            stats(&open(&pin_dir)?, json)
+            show::stats(&open(&paths(&cli).0)?, json)
         }
-        Command::Detach { ifaces } => {
+        Command::Status { ref jail, json } => {
+            require_root("read the daemon's status")?;
+            let socket = paths(&cli).1;
+            let data = daemon_request(&socket, &Request::Status { jail: jail.clone() })?
+                .with_context(|| {
+                    format!(
+                        "the daemon is not running (no one listens on {})",
+                        socket.display()
+                    )
+                })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                show::status(&data, jail.is_some());
+            }
+            Ok(())
+        }
+        Command::Reload => {
+            require_root("reload the daemon")?;
+            let socket = paths(&cli).1;
+            daemon_request(&socket, &Request::Reload)?.with_context(|| {
+                format!(
+                    "the daemon is not running (no one listens on {})",
+                    socket.display()
+                )
+            })?;
+            println!("configuration reloaded");
+            Ok(())
+        }
+        Command::Detach { ref ifaces } => {
             require_root("detach the program")?;
+            let pin_dir = paths(&cli).0;
             let ifaces = if ifaces.is_empty() {
                 program::pinned_links(&pin_dir)
             } else {
-                ifaces
+                ifaces.clone()
             };
             if ifaces.is_empty() {
                 println!(
@@ -181,6 +286,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::TestFilter(ref args) => test_filter::run(args, &cli.config),
+        Command::ImportFail2ban(ref args) => import::run(args),
+    }
+}
+
+/// Sends a request to the daemon; `None` when no daemon runs. A daemon's
+/// refusal is an error carrying its message.
+fn daemon_request(socket: &Path, req: &Request) -> Result<Option<serde_json::Value>> {
+    match control::request(socket, req)? {
+        None => Ok(None),
+        Some(r) if r.ok => Ok(Some(r.data)),
+        Some(r) => bail!("{}", r.error.unwrap_or_else(|| "the daemon refused".into())),
     }
 }
 
@@ -197,138 +314,4 @@ fn require_root(action: &str) -> Result<()> {
 fn open(pin_dir: &Path) -> Result<KernelMaps> {
     crate::bpffs::ensure_pin_dir(pin_dir)?;
     KernelMaps::open(pin_dir)
-}
-
-fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
-    let now = clock::mono_now_ns();
-    let mut bans = maps.bans()?;
-    bans.sort_by_key(|b| b.net);
-    if json {
-        let rows: Vec<_> = bans
-            .iter()
-            .map(|b| {
-                let e = &b.entry;
-                json!({
-                    "address": b.net.addr().to_string(),
-                    "prefix": b.net.prefix_len(),
-                    "permanent": e.expires_at_ns == 0,
-                    "expired": e.is_expired(now),
-                    "expires_in_secs": (e.expires_at_ns != 0).then(|| clock::remaining(e.expires_at_ns).as_secs()),
-                    "packets": e.packets,
-                    "bytes": e.bytes,
-                    "last_seen_secs_ago": (e.last_seen_ns != 0).then(|| clock::age(e.last_seen_ns).as_secs()),
-                    "all_ports": e.flags & BAN_ALL_PORTS != 0,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!(
-        "{:<40} {:>14} {:>10} {:>12} {:>12} PORTS",
-        "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN"
-    );
-    for b in &bans {
-        let e = &b.entry;
-        let expires = if e.expires_at_ns == 0 {
-            "permanent".to_owned()
-        } else if e.is_expired(now) {
-            "expired".to_owned()
-        } else {
-            format!("in {}", clock::human(clock::remaining(e.expires_at_ns)))
-        };
-        let seen = if e.last_seen_ns == 0 {
-            "never".to_owned()
-        } else {
-            format!("{} ago", clock::human(clock::age(e.last_seen_ns)))
-        };
-        let ports = if e.flags & BAN_ALL_PORTS != 0 {
-            "all"
-        } else {
-            "protected"
-        };
-        println!(
-            "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports}",
-            addr::display(&b.net),
-            e.packets,
-            e.bytes
-        );
-    }
-    println!("{} ban(s)", bans.len());
-    Ok(())
-}
-
-fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
-    let mut allowed = maps.allowed()?;
-    allowed.sort_by_key(|a| a.net);
-    if json {
-        let rows: Vec<_> = allowed
-            .iter()
-            .map(|a| json!({"address": a.net.addr().to_string(), "prefix": a.net.prefix_len(), "hits": a.entry.hits}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!("{:<40} {:>10}", "ALLOWED", "HITS");
-    for a in &allowed {
-        println!("{:<40} {:>10}", addr::display(&a.net), a.entry.hits);
-    }
-    println!(
-        "{} allow-list entr{}",
-        allowed.len(),
-        if allowed.len() == 1 { "y" } else { "ies" }
-    );
-    Ok(())
-}
-
-fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
-    let counters = maps.counters()?;
-    let bans = maps.bans()?.len();
-    let allowed = maps.allowed()?.len();
-    let ports = maps.ports()?;
-    let all_ports = maps.config()?.flags & CONFIG_ALL_PORTS != 0;
-    let attached = program::pinned_links(maps.pin_dir());
-    if json {
-        let mut c = serde_json::Map::new();
-        for (name, v) in counter::NAMES.iter().zip(&counters) {
-            c.insert(
-                (*name).to_owned(),
-                json!({"packets": v.packets, "bytes": v.bytes}),
-            );
-        }
-        let out = json!({
-            "counters": c,
-            "bans": bans,
-            "allowed": allowed,
-            "ports": ports,
-            "all_ports": all_ports,
-            "attached": attached,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!(
-        "attached to: {}",
-        if attached.is_empty() {
-            "nothing".to_owned()
-        } else {
-            attached.join(", ")
-        }
-    );
-    println!(
-        "protecting:  {}",
-        if all_ports {
-            "all ports".to_owned()
-        } else {
-            format!("ports {}", daemon::join_ports(&ports))
-        }
-    );
-    println!("bans:        {bans}");
-    println!("allowlist:   {allowed}");
-    println!();
-    println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
-    for (name, v) in counter::NAMES.iter().zip(&counters) {
-        println!("{name:<24} {:>14} {:>16}", v.packets, v.bytes);
-    }
-    Ok(())
 }

@@ -100,7 +100,11 @@ pub struct JailConfig {
     pub bantime_increment: bool,
     #[serde(default = "default_factor", alias = "bantime.factor")]
     pub bantime_factor: f64,
-    #[serde(default = "default_maxtime", alias = "bantime.maxtime", deserialize_with = "some_duration")]
+    #[serde(
+        default = "default_maxtime",
+        alias = "bantime.maxtime",
+        deserialize_with = "some_duration"
+    )]
     pub bantime_maxtime: Duration,
     /// `"all"` or a list of ports (merged into the protected set). Default:
     /// the global protected ports.
@@ -130,7 +134,9 @@ impl<'de> Deserialize<'de> for Ports {
         }
         match Raw::deserialize(d)? {
             Raw::Word(w) if w == "all" => Ok(Ports::All),
-            Raw::Word(w) => Err(de::Error::custom(format!("expected \"all\" or a list of ports, got {w:?}"))),
+            Raw::Word(w) => Err(de::Error::custom(format!(
+                "expected \"all\" or a list of ports, got {w:?}"
+            ))),
             Raw::List(l) => Ok(Ports::List(l)),
         }
     }
@@ -143,7 +149,9 @@ pub struct Net(pub IpNet);
 impl<'de> Deserialize<'de> for Net {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        addr::parse_net(&s).map(Net).map_err(|e| de::Error::custom(format!("{e:#}")))
+        addr::parse_net(&s)
+            .map(Net)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))
     }
 }
 
@@ -209,7 +217,11 @@ fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
     let text = raw_duration(d)?;
     duration::parse_bantime(&text)
         .map_err(|e| de::Error::custom(format!("{e:#}")))?
-        .ok_or_else(|| de::Error::custom(format!("'{text}' is not allowed here: a finite duration is needed")))
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "'{text}' is not allowed here: a finite duration is needed"
+            ))
+        })
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -254,11 +266,15 @@ impl Config {
     pub fn load(path: &Path, explicit: bool) -> Result<Self> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
                 Self::parse(&text, &path.display().to_string())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                tracing::info!("no {}: using the built-in FreeSWITCH configuration", path.display());
+                tracing::info!(
+                    "no {}: using the built-in FreeSWITCH configuration",
+                    path.display()
+                );
                 Self::parse(DEFAULT_TOML, "built-in default configuration")
             }
             Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),
@@ -270,21 +286,33 @@ impl Config {
         for (name, jail) in &self.jails {
             let here = |msg: String| anyhow::anyhow!("jail '{name}': {msg}");
             match (&jail.filter, jail.failregex.is_empty()) {
-                (Some(_), false) => return Err(here("set either `filter` or `failregex`, not both".into())),
-                (None, true) => return Err(here("needs `filter` (built-in name) or `failregex`".into())),
+                (Some(_), false) => {
+                    return Err(here("set either `filter` or `failregex`, not both".into()))
+                }
+                (None, true) => {
+                    return Err(here("needs `filter` (built-in name) or `failregex`".into()))
+                }
                 (Some(f), true) if filter::builtin(f).is_none() => {
-                    return Err(here(format!("key `filter`: unknown filter '{f}' (built-in: {})", filter::builtin_names())))
+                    return Err(here(format!(
+                        "key `filter`: unknown filter '{f}' (built-in: {})",
+                        filter::builtin_names()
+                    )))
                 }
                 _ => {}
             }
             if jail.enabled && jail.logpath.is_empty() {
-                return Err(here("key `logpath`: an enabled jail needs at least one log path".into()));
+                return Err(here(
+                    "key `logpath`: an enabled jail needs at least one log path".into(),
+                ));
             }
             if jail.maxretry == 0 {
                 return Err(here("key `maxretry` must be at least 1".into()));
             }
             if !(16..=128).contains(&jail.ipv6_prefix) {
-                return Err(here(format!("key `ipv6_prefix` must be between 16 and 128, not {}", jail.ipv6_prefix)));
+                return Err(here(format!(
+                    "key `ipv6_prefix` must be between 16 and 128, not {}",
+                    jail.ipv6_prefix
+                )));
             }
             if !(jail.bantime_factor >= 1.0 && jail.bantime_factor.is_finite()) {
                 return Err(here("key `bantime_factor` must be a number ≥ 1".into()));
@@ -334,7 +362,10 @@ mod tests {
         let c = Config::parse(DEFAULT_TOML, "default").unwrap();
         assert_eq!(c.jails.len(), 2);
         let j = &c.jails["freeswitch"];
-        assert_eq!((j.maxretry, j.findtime, j.bantime), (10, Duration::from_secs(60), Some(Duration::from_secs(3600))));
+        assert_eq!(
+            (j.maxretry, j.findtime, j.bantime),
+            (10, Duration::from_secs(60), Some(Duration::from_secs(3600)))
+        );
         assert_eq!(c.protected_ports(), vec![5060, 5066, 7443]);
     }
 
@@ -361,7 +392,10 @@ mod tests {
         )
         .unwrap();
         let a = &c.jails["a"];
-        assert_eq!((a.findtime, a.bantime, a.bantime_increment), (Duration::from_secs(30), None, true));
+        assert_eq!(
+            (a.findtime, a.bantime, a.bantime_increment),
+            (Duration::from_secs(30), None, true)
+        );
         assert_eq!(a.bantime_maxtime, Duration::from_secs(86400));
         assert_eq!(c.jails["b"].bantime, Some(Duration::from_secs(5400)));
         assert_eq!(c.jails["b"].ports, Some(Ports::All));
@@ -371,17 +405,35 @@ mod tests {
     #[test]
     fn bad_config_names_line_and_key() {
         let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretr = 3\n");
-        assert!(e.contains("test.toml") && e.contains("line 4") && e.contains("maxretr"), "{e}");
+        assert!(
+            e.contains("test.toml") && e.contains("line 4") && e.contains("maxretr"),
+            "{e}"
+        );
         let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"10x\"\n");
-        assert!(e.contains("line 4") && e.contains("bantime") && e.contains("invalid duration '10x'"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("bantime") && e.contains("invalid duration '10x'"),
+            "{e}"
+        );
         let e = err("[jails.a]\nlogpath = \"/x\"\nfailregex = [\"failed (\"]\n");
-        assert!(e.contains("line 3") && e.contains("failregex") && e.contains("<HOST>"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("failregex") && e.contains("<HOST>"),
+            "{e}"
+        );
         let e = err("[jails.a]\nlogpath = \"/x\"\nfailregex = [\"failed from (<HOST>\"]\n");
-        assert!(e.contains("line 3") && e.contains("invalid failregex"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("invalid failregex"),
+            "{e}"
+        );
         let e = err("ignoreip = [\"10.0.0.0/33\"]\n");
-        assert!(e.contains("line 1") && e.contains("ignoreip") && e.contains("10.0.0.0/33"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("ignoreip") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
         let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"nope\"\n");
-        assert!(e.contains("jail 'a'") && e.contains("unknown filter 'nope'"), "{e}");
+        assert!(
+            e.contains("jail 'a'") && e.contains("unknown filter 'nope'"),
+            "{e}"
+        );
         let e = err("[jails.a]\nlogpath = \"/x\"\n");
         assert!(e.contains("needs `filter`"), "{e}");
         let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nfindtime = -1\n");

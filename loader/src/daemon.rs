@@ -1,91 +1,498 @@
-//! `sipguard run`: load the program, configure it, attach it, keep the maps
-//! tidy, and detach cleanly on SIGINT/SIGTERM.
-use crate::{addr, clock, maps::KernelMaps, program};
-use anyhow::{Context as _, Result};
-use common::{Config, CONFIG_ALL_PORTS};
-use std::{path::PathBuf, time::Duration};
+//! `sipguard run`: load and attach the program, follow the jails' logs, ban,
+//! expire, persist, answer the control socket, and detach cleanly on
+//! SIGINT/SIGTERM. SIGHUP (or `sipguard reload`) re-reads the configuration
+//! without touching bans.
+use crate::{
+    addr,
+    bans::{now_ms, BanManager},
+    clock,
+    config::{Config, StartAt},
+    control::{self, Request, Response},
+    duration,
+    ignore::IgnoreList,
+    jail::Jail,
+    maps::KernelMaps,
+    program::{self, AttachMode},
+    state::{self, Position, State},
+};
+use anyhow::{bail, Context as _, Result};
+use common::CONFIG_ALL_PORTS;
+use ipnet::IpNet;
+use serde_json::json;
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    path::PathBuf,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How often expired bans are deleted from the maps. The kernel already
-/// ignores them from the moment they expire; this only frees their slots.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the logs are read: the bound on line-to-ban latency.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often bans are expired and new files matched by globs picked up.
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+/// The state file is written at most this often (and at exit). Bans made in
+/// between are in the kernel maps already, which a restart adopts.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
-pub struct RunOptions {
-    pub pin_dir: PathBuf,
+/// Command-line settings that override the configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
     pub ifaces: Vec<String>,
-    pub mode: program::AttachMode,
-    pub ports: Vec<u16>,
+    pub mode: Option<AttachMode>,
+    pub ports: Option<Vec<u16>>,
     pub all_ports: bool,
+    pub pin_dir: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub from_beginning: bool,
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
-    let ifaces = if opts.ifaces.is_empty() {
-        let iface = program::default_route_iface()?;
-        tracing::info!("no --iface given: protecting {iface}, the interface of the default route");
-        vec![iface]
-    } else {
-        opts.ifaces.clone()
-    };
-    // Fail on a missing interface before touching anything.
-    for iface in &ifaces {
-        program::if_index(iface)?;
+#[derive(Clone)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub explicit_config: bool,
+    pub overrides: Overrides,
+}
+
+fn load_config(opts: &RunOptions) -> Result<Config> {
+    let mut c = Config::load(&opts.config_path, opts.explicit_config)?;
+    let o = &opts.overrides;
+    if !o.ifaces.is_empty() {
+        c.interfaces = o.ifaces.clone();
+    }
+    if let Some(m) = o.mode {
+        c.xdp_mode = m;
+    }
+    if let Some(p) = &o.ports {
+        c.ports = p.clone();
+    }
+    c.all_ports |= o.all_ports;
+    if let Some(p) = &o.pin_dir {
+        c.pin_dir = p.clone();
+    }
+    if let Some(p) = &o.state_file {
+        c.state_file = p.clone();
+    }
+    if let Some(p) = &o.socket {
+        c.socket = p.clone();
+    }
+    if o.from_beginning {
+        c.start = StartAt::Beginning;
+    }
+    Ok(c)
+}
+
+/// Everything the running daemon knows.
+pub struct Engine {
+    config: Config,
+    jails: Vec<Jail>,
+    bans: BanManager,
+    ignore: IgnoreList,
+    /// Read positions from the state file, for files not followed yet.
+    positions: BTreeMap<String, Position>,
+    /// Allowlist entries this daemon wrote from `ignoreip`.
+    config_allowed: Vec<IpNet>,
+    /// Bans changed since the last save.
+    dirty: bool,
+    last_save: Instant,
+    saved_positions: BTreeMap<String, Position>,
+}
+
+impl Engine {
+    fn start(config: Config, maps: KernelMaps) -> Result<Self> {
+        let saved = state::load(&config.state_file)?;
+        let mut bans = BanManager::new(maps);
+        let r = bans.restore(&saved)?;
+        tracing::info!(
+            "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
+            r.kept,
+            r.reinstated,
+            r.adopted,
+            r.expired
+        );
+        let mut engine = Self {
+            config,
+            jails: Vec::new(),
+            bans,
+            ignore: IgnoreList::default(),
+            positions: saved.positions,
+            config_allowed: Vec::new(),
+            dirty: true,
+            last_save: Instant::now(),
+            saved_positions: BTreeMap::new(),
+        };
+        engine.apply_config(true)?;
+        Ok(engine)
     }
 
-    let mut ebpf = program::load(&opts.pin_dir)?;
-    let mut maps = KernelMaps::open(&opts.pin_dir)?;
-    maps.set_ports(&opts.ports)?;
-    maps.set_config(Config {
-        flags: if opts.all_ports { CONFIG_ALL_PORTS } else { 0 },
-        ..Default::default()
-    })?;
-    let restored = maps.bans()?.len();
-
-    let mut attachments = Vec::new();
-    for iface in &ifaces {
-        let attachment = program::attach(&mut ebpf, &opts.pin_dir, iface, opts.mode)
-            .with_context(|| format!("cannot attach to {iface}"))?;
-        tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
-        attachments.push(attachment);
+    /// (Re)builds jails and pushes ports, mode and allowlist to the kernel.
+    fn apply_config(&mut self, at_startup: bool) -> Result<()> {
+        let mut jails = Vec::new();
+        for (name, jc) in self.config.jails.iter().filter(|(_, j)| j.enabled) {
+            let mut jail = Jail::new(name, jc, self.config.start)?;
+            jail.refresh_files(&self.positions, true);
+            jails.push(jail);
+        }
+        if !at_startup {
+            tracing::info!("configuration reloaded: {} jail(s)", jails.len());
+        }
+        self.jails = jails;
+        let ports = self.config.protected_ports();
+        let maps = self.bans.maps();
+        maps.set_ports(&ports)?;
+        maps.set_config(common::Config {
+            flags: if self.config.all_ports {
+                CONFIG_ALL_PORTS
+            } else {
+                0
+            },
+            ..Default::default()
+        })?;
+        self.ignore = IgnoreList::new(self.config.ignoreip.iter().map(|n| n.0));
+        let wanted: Vec<IpNet> = self.ignore.nets().to_vec();
+        for old in self.config_allowed.iter().filter(|n| !wanted.contains(n)) {
+            maps.disallow(*old)?;
+        }
+        for net in &wanted {
+            maps.allow(*net)?;
+        }
+        self.config_allowed = wanted;
+        Ok(())
     }
-    let scope = if opts.all_ports {
-        "all ports".to_owned()
-    } else {
-        format!("ports {}", join_ports(&opts.ports))
-    };
-    tracing::info!(
-        "sipguard running: {} ban(s) in force, protecting {scope}, maps in {}",
-        restored,
-        opts.pin_dir.display()
-    );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = tick.tick() => {
-                match maps.sweep_expired(clock::mono_now_ns()) {
-                    Ok(expired) => for ban in expired {
-                        tracing::info!("ban of {} expired after dropping {} packet(s)", addr::display(&ban.net), ban.entry.packets);
-                    },
-                    Err(e) => tracing::warn!("sweeping expired bans failed: {e:#}"),
+    fn reload(&mut self, config: Config) -> Result<()> {
+        if config.interfaces != self.config.interfaces || config.pin_dir != self.config.pin_dir {
+            tracing::warn!(
+                "reload: interfaces and pin_dir changes need a restart; keeping the current ones"
+            );
+        }
+        // Keep reading each file where we are.
+        for jail in &self.jails {
+            self.positions.extend(jail.positions());
+        }
+        let (interfaces, pin_dir, socket) = (
+            self.config.interfaces.clone(),
+            self.config.pin_dir.clone(),
+            self.config.socket.clone(),
+        );
+        self.config = Config {
+            interfaces,
+            pin_dir,
+            socket,
+            ..config
+        };
+        self.apply_config(false)
+    }
+
+    fn poll_logs(&mut self) {
+        let now = now_ms();
+        let Self {
+            jails,
+            bans,
+            ignore,
+            dirty,
+            ..
+        } = self;
+        for jail in jails.iter_mut() {
+            let requests = jail.poll(ignore, &|n| bans.is_banned(n), &|n| bans.ban_count(n), now);
+            for r in requests {
+                match bans.ban(
+                    r.net,
+                    &r.jail,
+                    r.duration,
+                    r.reason.clone(),
+                    r.line,
+                    r.all_ports,
+                ) {
+                    Ok(true) => {
+                        *dirty = true;
+                        let how = r.duration.map_or("permanently".to_owned(), |d| {
+                            format!("for {}", clock::human(d))
+                        });
+                        tracing::info!(
+                            "[{}] banned {} {how}: {}",
+                            r.jail,
+                            addr::display(&r.net),
+                            r.reason
+                        );
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net))
+                    }
                 }
             }
         }
     }
 
-    tracing::info!("stopping: detaching from {}", ifaces.join(", "));
+    fn tick(&mut self) {
+        match self.bans.sweep() {
+            Ok(ended) => {
+                for (net, info) in &ended {
+                    tracing::info!("[{}] ban of {} ended", info.jail, addr::display(net));
+                }
+                self.dirty |= !ended.is_empty();
+            }
+            Err(e) => tracing::warn!("expiring bans failed: {e:#}"),
+        }
+        let now = now_ms();
+        for jail in &mut self.jails {
+            jail.refresh_files(&self.positions, false);
+            jail.offenders.prune(now);
+        }
+        if self.last_save.elapsed() >= SAVE_INTERVAL
+            && (self.dirty || self.current_positions() != self.saved_positions)
+        {
+            self.save();
+        }
+    }
+
+    fn current_positions(&self) -> BTreeMap<String, Position> {
+        let mut positions = self.positions.clone();
+        for jail in &self.jails {
+            positions.extend(jail.positions());
+        }
+        positions
+    }
+
+    fn save(&mut self) {
+        let mut st = State {
+            version: state::VERSION,
+            positions: self.current_positions(),
+            ..Default::default()
+        };
+        self.bans.save_into(&mut st);
+        match state::save(&self.config.state_file, &st) {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_save = Instant::now();
+                self.saved_positions = st.positions;
+            }
+            Err(e) => tracing::error!("saving state failed: {e:#}"),
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> Result<serde_json::Value> {
+        match req {
+            Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Ban {
+                net,
+                duration,
+                all_ports,
+            } => {
+                let net = addr::parse_ban_net(&net)?;
+                let bantime = duration::parse_bantime(&duration)?;
+                self.bans.unban(net)?; // a manual ban replaces whatever was there
+                self.bans.ban(
+                    net,
+                    "manual",
+                    bantime,
+                    "banned by hand".into(),
+                    String::new(),
+                    all_ports,
+                )?;
+                for jail in &mut self.jails {
+                    jail.offenders.forget(&net);
+                }
+                self.dirty = true;
+                Ok(json!({ "banned": addr::display(&net) }))
+            }
+            Request::Unban { net } => {
+                let net = addr::parse_net(&net)?;
+                if !self.bans.unban(net)? {
+                    bail!("{} is not banned (unban takes the exact address or network that was banned)", addr::display(&net));
+                }
+                for jail in &mut self.jails {
+                    jail.offenders.forget(&net);
+                }
+                self.dirty = true;
+                Ok(json!({ "unbanned": addr::display(&net) }))
+            }
+            Request::Reload => unreachable!("handled by the socket handler, which has the options"),
+        }
+    }
+
+    /// fail2ban-client-like status: per jail, failures and bans.
+    fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
+        if let Some(name) = only {
+            if name != "manual" && !self.jails.iter().any(|j| j.name == name) {
+                bail!(
+                    "no jail named '{name}' (jails: {})",
+                    self.jail_names().join(", ")
+                );
+            }
+        }
+        let now = now_ms();
+        let mut by_jail: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+        for (net, b) in self.bans.iter() {
+            by_jail.entry(b.jail.as_str()).or_default().push(json!({
+                "address": addr::display(net),
+                "expires_in_secs": b.expires_at_ms.map(|e| ((e - now).max(0)) / 1000),
+                "reason": b.reason,
+                "line": b.line,
+                "all_ports": b.all_ports,
+            }));
+        }
+        for list in by_jail.values_mut() {
+            list.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
+        }
+        let mut jails = Vec::new();
+        for j in &self.jails {
+            if only.is_some_and(|n| n != j.name) {
+                continue;
+            }
+            let banned = by_jail.get(j.name.as_str()).cloned().unwrap_or_default();
+            jails.push(json!({
+                "name": j.name,
+                "filter": {
+                    "currently_failed": j.offenders.currently_failed(now),
+                    "total_failed": j.stats.total_failed,
+                    "files": j.files(),
+                    "lines": j.stats.lines,
+                    "ignored": j.stats.ignored_ip + j.stats.ignored_regex,
+                    "too_old": j.stats.too_old,
+                    "skipped_long_lines": j.skipped_long_lines(),
+                },
+                "actions": {
+                    "currently_banned": banned.len(),
+                    "total_banned": self.bans.total_by_jail.get(&j.name).copied().unwrap_or(0),
+                    "banned": banned,
+                },
+            }));
+        }
+        if only.is_none_or(|n| n == "manual") {
+            if let Some(banned) = by_jail.get("manual") {
+                jails.push(json!({
+                    "name": "manual",
+                    "filter": null,
+                    "actions": {
+                        "currently_banned": banned.len(),
+                        "total_banned": self.bans.total_by_jail.get("manual").copied().unwrap_or(0),
+                        "banned": banned,
+                    },
+                }));
+            }
+        }
+        Ok(json!({ "jails": jails, "bans": self.bans.len() }))
+    }
+
+    fn jail_names(&self) -> Vec<String> {
+        self.jails.iter().map(|j| j.name.clone()).collect()
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let config = load_config(&opts)?;
+    let ifaces = if config.interfaces.is_empty() {
+        let iface = program::default_route_iface()?;
+        tracing::info!(
+            "no interface configured: protecting {iface}, the interface of the default route"
+        );
+        vec![iface]
+    } else {
+        config.interfaces.clone()
+    };
+    // Fail on a missing interface before touching anything.
+    for iface in &ifaces {
+        program::if_index(iface)?;
+    }
+    let pin_dir = config.pin_dir.clone();
+    let socket = config.socket.clone();
+    let mut ebpf = program::load(&pin_dir)?;
+    let maps = KernelMaps::open(&pin_dir)?;
+    let listener = control::bind(&socket)?;
+    let scope = if config.all_ports {
+        "all ports".to_owned()
+    } else {
+        format!("ports {}", join_ports(&config.protected_ports()))
+    };
+    let jails: Vec<String> = config
+        .jails
+        .iter()
+        .filter(|(_, j)| j.enabled)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mode = config.xdp_mode;
+    let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
+
+    let mut attachments = Vec::new();
+    for iface in &ifaces {
+        let attachment = program::attach(&mut ebpf, &pin_dir, iface, mode)
+            .with_context(|| format!("cannot attach to {iface}"))?;
+        tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
+        attachments.push(attachment);
+    }
+    tracing::info!(
+        "sipguard running: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
+        engine.borrow().bans.len(),
+        if jails.is_empty() { "none".to_owned() } else { jails.join(", ") },
+        pin_dir.display(),
+        socket.display()
+    );
+
+    let local = tokio::task::LocalSet::new();
+    let (handler_engine, handler_opts) = (engine.clone(), opts.clone());
+    local.spawn_local(control::serve(listener, move |req| {
+        let result = match req {
+            Request::Reload => {
+                reload(&handler_engine, &handler_opts).map(|()| json!({ "reloaded": true }))
+            }
+            req => handler_engine.borrow_mut().handle(req),
+        };
+        match result {
+            Ok(data) => Response::ok(data),
+            Err(e) => Response::err(&e),
+        }
+    }));
+
+    let result = local
+        .run_until(async {
+            let mut sigterm = signal(SignalKind::terminate())?;
+            let mut sigint = signal(SignalKind::interrupt())?;
+            let mut sighup = signal(SignalKind::hangup())?;
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = tokio::time::interval(TICK_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
+                    _ = sighup.recv() => {
+                        if let Err(e) = reload(&engine, &opts) {
+                            tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                        }
+                    }
+                    _ = poll.tick() => engine.borrow_mut().poll_logs(),
+                    _ = tick.tick() => engine.borrow_mut().tick(),
+                }
+            }
+            anyhow::Ok(())
+        })
+        .await;
+
+    tracing::info!(
+        "stopping: saving state and detaching from {}",
+        ifaces.join(", ")
+    );
+    engine.borrow_mut().save();
+    let _ = std::fs::remove_file(&socket);
     for a in &attachments {
         if a.pin.is_some() {
-            program::detach(&opts.pin_dir, &a.iface)?;
+            program::detach(&pin_dir, &a.iface)?;
         }
     }
     // Dropping the object closes the last link fds, which detaches the program.
     drop(ebpf);
-    tracing::info!("detached; bans stay pinned in {}", opts.pin_dir.display());
-    Ok(())
+    tracing::info!("detached; bans stay pinned in {}", pin_dir.display());
+    result
+}
+
+/// Re-reads the configuration; on any error the running one stays.
+fn reload(engine: &Rc<RefCell<Engine>>, opts: &RunOptions) -> Result<()> {
+    let config = load_config(opts)?;
+    engine.borrow_mut().reload(config)
 }
 
 pub fn join_ports(ports: &[u16]) -> String {

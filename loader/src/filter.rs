@@ -47,12 +47,42 @@ pub fn builtin(name: &str) -> Option<Vec<String>> {
 }
 
 pub fn builtin_names() -> String {
-    BUILTIN.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+    BUILTIN
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Real FreeSWITCH authentication-failure lines in every shape we know
+/// (including fail2ban's test samples). A filter meant for FreeSWITCH that
+/// matches none of them is broken: `import-fail2ban` checks against these.
+pub const REAL_FAILURE_LINES: &[&str] = &[
+    "2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:1478 SIP auth failure (INVITE) on sofia profile 'internal' for [000972543480510@192.168.2.51] from ip 5.11.47.236",
+    "2013-12-31 17:39:54.767815 [WARNING] sofia_reg.c:2531 Can't find user [1001@192.168.2.51] from 5.11.47.236",
+    "2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [215@10.0.8.5] from ip 108.181.22.221",
+    "c2a1b7e2-1f1c-4a5e-9d6f-2b0a3c1d4e5f 2021-10-29 14:13:24.894719 95.00% [WARNING] sofia_reg.c:1842 SIP auth failure (INVITE) on sofia profile 'external' for [x@y] from ip 2001:db8::1",
+    "08-03 08:10:21.026299 [WARN] [SOFIA] [sofia_reg.c:2248] SIP auth failure (INVITE) on sofia profile 'external' for [41801148436701961@148.251.134.154] from ip 192.0.2.4",
+    "2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.1",
+    "2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:1720 SIP auth failure (INVITE) on sofia profile 'sipinterface_1' for [9810972597751739@::1] from ip 192.0.2.2",
+    "08-03 07:56:53.026292 [WARN] [SOFIA] [sofia_reg.c:4130] Can't find user [101@148.251.134.154] from 192.0.2.3",
+    "2021-10-29 21:04:58.150982 00.00% [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.5",
+];
+
+/// How many of `REAL_FAILURE_LINES` a filter matches.
+pub fn real_lines_matched(filter: &Filter) -> usize {
+    REAL_FAILURE_LINES
+        .iter()
+        .filter(|l| matches!(filter.check(l), Outcome::Hit { .. }))
+        .count()
 }
 
 /// Compiles one failregex, replacing `<HOST>` (also `<ADDR>`, `<IP4>`, `<IP6>`).
 pub fn compile_failregex(re: &str) -> Result<Regex> {
-    let count = ["<HOST>", "<ADDR>", "<IP4>", "<IP6>"].iter().map(|t| re.matches(t).count()).sum::<usize>();
+    let count = ["<HOST>", "<ADDR>", "<IP4>", "<IP6>"]
+        .iter()
+        .map(|t| re.matches(t).count())
+        .sum::<usize>();
     if count != 1 {
         bail!("failregex must contain <HOST> exactly once (found {count}): {re}");
     }
@@ -94,14 +124,24 @@ impl Filter {
             bail!("a filter needs at least one failregex");
         }
         Ok(Self {
-            fail: failregex.iter().map(|r| compile_failregex(r)).collect::<Result<_>>()?,
-            ignore: ignoreregex.iter().map(|r| compile_ignoreregex(r)).collect::<Result<_>>()?,
+            fail: failregex
+                .iter()
+                .map(|r| compile_failregex(r))
+                .collect::<Result<_>>()?,
+            ignore: ignoreregex
+                .iter()
+                .map(|r| compile_ignoreregex(r))
+                .collect::<Result<_>>()?,
         })
     }
 
     pub fn builtin(name: &str) -> Result<Self> {
-        let res = builtin(name)
-            .with_context(|| format!("unknown filter '{name}' (built-in filters: {})", builtin_names()))?;
+        let res = builtin(name).with_context(|| {
+            format!(
+                "unknown filter '{name}' (built-in filters: {})",
+                builtin_names()
+            )
+        })?;
         Self::new(&res, &[])
     }
 
@@ -125,7 +165,8 @@ impl Filter {
 }
 
 static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:(\d{4})-)?(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?").expect("valid")
+    Regex::new(r"(?:(\d{4})-)?(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
+        .expect("valid")
 });
 
 /// The last timestamp in `prefix` (FreeSWITCH's own, after any syslog prefix),
@@ -134,7 +175,11 @@ static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
 /// more than a day in the future.
 pub fn line_time_ms(prefix: &str) -> Option<i64> {
     let caps = TIMESTAMP.captures_iter(prefix).last()?;
-    let num = |i: usize| caps.get(i).map(|m| m.as_str().parse::<u32>().ok()).unwrap_or(None);
+    let num = |i: usize| {
+        caps.get(i)
+            .map(|m| m.as_str().parse::<u32>().ok())
+            .unwrap_or(None)
+    };
     let (month, day, h, m, s) = (num(2)?, num(3)?, num(4)?, num(5)?, num(6)?);
     let nanos = caps.get(7).map_or(0, |f| {
         let digits = f.as_str();
@@ -143,7 +188,12 @@ pub fn line_time_ms(prefix: &str) -> Option<i64> {
     let at = |year: i32| -> Option<NaiveDateTime> {
         NaiveDate::from_ymd_opt(year, month, day)?.and_hms_nano_opt(h, m, s, nanos)
     };
-    let to_ms = |t: NaiveDateTime| Local.from_local_datetime(&t).earliest().map(|t| t.timestamp_millis());
+    let to_ms = |t: NaiveDateTime| {
+        Local
+            .from_local_datetime(&t)
+            .earliest()
+            .map(|t| t.timestamp_millis())
+    };
     match caps.get(1) {
         Some(y) => to_ms(at(y.as_str().parse().ok()?)?),
         None => {
@@ -173,6 +223,18 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    #[test]
+    fn the_builtin_failure_filter_matches_every_real_line() {
+        assert_eq!(
+            real_lines_matched(&Filter::builtin("freeswitch").unwrap()),
+            REAL_FAILURE_LINES.len()
+        );
+        assert_eq!(
+            real_lines_matched(&Filter::builtin("freeswitch-challenge").unwrap()),
+            0
+        );
+    }
+
     /// Every shape FreeSWITCH writes (issue 3's list).
     #[test]
     fn freeswitch_failure_shapes() {
@@ -193,7 +255,11 @@ mod tests {
     #[test]
     fn challenges_are_a_separate_filter() {
         let line = "2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [215@10.0.8.5] from ip 108.181.22.221";
-        assert_eq!(hit("freeswitch", line), None, "a challenge is not a failure");
+        assert_eq!(
+            hit("freeswitch", line),
+            None,
+            "a challenge is not a failure"
+        );
         assert_eq!(hit("freeswitch-challenge", line), ip("108.181.22.221"));
     }
 
@@ -219,8 +285,16 @@ mod tests {
             ("2021-10-29 21:05:58.894719 www.srv.tld freeswitch[123456]: 2021-10-29 14:13:24.894719 82.43% [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.5", Some("192.0.2.5")),
         ];
         for (line, want) in ddos {
-            assert_eq!(hit("freeswitch-challenge", line), want.and_then(ip), "{line}");
-            assert_eq!(hit("freeswitch", line), None, "a challenge is not a failure: {line}");
+            assert_eq!(
+                hit("freeswitch-challenge", line),
+                want.and_then(ip),
+                "{line}"
+            );
+            assert_eq!(
+                hit("freeswitch", line),
+                None,
+                "a challenge is not a failure: {line}"
+            );
         }
         for (line, want) in normal {
             assert_eq!(hit("freeswitch", line), want.and_then(ip), "{line}");
@@ -259,13 +333,34 @@ mod tests {
     fn timestamps_come_from_freeswitch_not_from_the_user() {
         let f = Filter::builtin("freeswitch").unwrap();
         let line = "2024-03-01 12:00:00.250000 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [1999-01-01 00:00:00@d] from ip 192.0.2.1";
-        let Outcome::Hit { time_ms: Some(t), .. } = f.check(line) else { panic!("no time") };
-        let want = Local.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap().timestamp_millis() + 250;
+        let Outcome::Hit {
+            time_ms: Some(t), ..
+        } = f.check(line)
+        else {
+            panic!("no time")
+        };
+        let want = Local
+            .with_ymd_and_hms(2024, 3, 1, 12, 0, 0)
+            .unwrap()
+            .timestamp_millis()
+            + 250;
         assert_eq!(t, want);
         // Syslog prefix: FreeSWITCH's own timestamp (the last before the match) wins.
         let line = "2016-09-25T18:57:59.000000 host freeswitch[1]: 2016-09-25 18:57:58.150982 [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.1";
-        let Outcome::Hit { time_ms: Some(t), .. } = f.check(line) else { panic!("no time") };
-        assert_eq!(t, Local.with_ymd_and_hms(2016, 9, 25, 18, 57, 58).unwrap().timestamp_millis() + 150);
+        let Outcome::Hit {
+            time_ms: Some(t), ..
+        } = f.check(line)
+        else {
+            panic!("no time")
+        };
+        assert_eq!(
+            t,
+            Local
+                .with_ymd_and_hms(2016, 9, 25, 18, 57, 58)
+                .unwrap()
+                .timestamp_millis()
+                + 150
+        );
         // Year-less dates land within the last year.
         let t = line_time_ms("08-03 08:10:21.026299 ").unwrap();
         let now = Local::now().timestamp_millis();
@@ -274,13 +369,32 @@ mod tests {
 
     #[test]
     fn failregex_rules() {
-        assert!(compile_failregex("no host here").unwrap_err().to_string().contains("<HOST> exactly once"));
+        assert!(compile_failregex("no host here")
+            .unwrap_err()
+            .to_string()
+            .contains("<HOST> exactly once"));
         assert!(compile_failregex("<HOST> and <HOST>").is_err());
-        assert!(compile_failregex("from (<HOST>").unwrap_err().to_string().contains("invalid failregex"));
-        let f = Filter::new(&["login failed from <HOST>$".into()], &["from 192\\.0\\.2\\.9$".into()]).unwrap();
-        assert_eq!(f.check("login failed from 192.0.2.8"), Outcome::Hit { host: "192.0.2.8".parse().unwrap(), time_ms: None });
+        assert!(compile_failregex("from (<HOST>")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid failregex"));
+        let f = Filter::new(
+            &["login failed from <HOST>$".into()],
+            &["from 192\\.0\\.2\\.9$".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            f.check("login failed from 192.0.2.8"),
+            Outcome::Hit {
+                host: "192.0.2.8".parse().unwrap(),
+                time_ms: None
+            }
+        );
         assert_eq!(f.check("login failed from 192.0.2.9"), Outcome::Ignored);
         assert_eq!(f.check("login ok from 192.0.2.8"), Outcome::Miss);
-        assert_eq!(f.check("login failed from 999.1.1.1"), Outcome::BadHost("999.1.1.1".into()));
+        assert_eq!(
+            f.check("login failed from 999.1.1.1"),
+            Outcome::BadHost("999.1.1.1".into())
+        );
     }
 }

@@ -108,12 +108,20 @@ impl Follower {
             // A file that appears after we started is new: read all of it.
             None | Some(Start::Beginning) => 0,
             Some(Start::End) => meta.len(),
-            Some(Start::Saved(pos)) if (pos.dev, pos.ino) == self.id && pos.offset <= meta.len() => pos.offset,
+            Some(Start::Saved(pos))
+                if (pos.dev, pos.ino) == self.id && pos.offset <= meta.len() =>
+            {
+                pos.offset
+            }
             Some(Start::Saved(pos)) => {
                 // Rotated while we were not running: finish the old file
                 // (found by its inode next to the new one), then read the new.
                 if let Some(old) = sibling_with_inode(&self.path, pos) {
-                    tracing::info!("{}: reading the rest of rotated {}", self.path.display(), old.display());
+                    tracing::info!(
+                        "{}: reading the rest of rotated {}",
+                        self.path.display(),
+                        old.display()
+                    );
                     self.drain_from(&old, pos.offset, emit)?;
                 }
                 0
@@ -149,7 +157,8 @@ impl Follower {
         }
         let mut buf = Vec::new();
         file.seek(SeekFrom::Start(self.offset))?;
-        file.take((size - self.offset).min(MAX_READ)).read_to_end(&mut buf)?;
+        file.take((size - self.offset).min(MAX_READ))
+            .read_to_end(&mut buf)?;
         self.offset += buf.len() as u64;
         self.consume(&buf, emit);
         Ok(())
@@ -171,7 +180,10 @@ impl Follower {
     /// Copy-truncate: take what we had not read yet from the copy, then start
     /// the file again from its beginning.
     fn truncated(&mut self, emit: &mut dyn FnMut(&str)) -> io::Result<()> {
-        tracing::info!("{}: truncated (copy-truncate rotation)", self.path.display());
+        tracing::info!(
+            "{}: truncated (copy-truncate rotation)",
+            self.path.display()
+        );
         if let Some(copy) = self.copy_holding_our_tail() {
             let from = self.offset;
             self.drain_from(&copy, from, emit)?;
@@ -189,7 +201,9 @@ impl Follower {
         siblings(&self.path).into_iter().find(|p| {
             let Ok(f) = File::open(p) else { return false };
             let mut buf = vec![0; self.tail.len()];
-            f.read_exact_at(&mut buf, self.offset - self.tail.len() as u64).is_ok() && buf == self.tail
+            f.read_exact_at(&mut buf, self.offset - self.tail.len() as u64)
+                .is_ok()
+                && buf == self.tail
         })
     }
 
@@ -269,7 +283,11 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     found.sort_by(|a, b| b.0.cmp(&a.0));
@@ -277,7 +295,9 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
 }
 
 fn sibling_with_inode(path: &Path, pos: Position) -> Option<PathBuf> {
-    siblings(path).into_iter().find(|p| fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (pos.dev, pos.ino)))
+    siblings(path)
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (pos.dev, pos.ino)))
 }
 
 /// Expands a jail's `logpath` entries (paths or globs) to existing files;
@@ -310,7 +330,13 @@ mod tests {
     }
 
     fn append(path: &Path, text: &[u8]) {
-        OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text).unwrap();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(text)
+            .unwrap();
     }
 
     #[test]
@@ -321,7 +347,11 @@ mod tests {
         assert!(collect(&mut f).is_empty(), "missing file is fine");
         append(&p, b"one\ntw");
         assert_eq!(collect(&mut f), ["one"]);
-        assert_eq!(f.position().unwrap().offset, 4, "position is before the partial line");
+        assert_eq!(
+            f.position().unwrap().offset,
+            4,
+            "position is before the partial line"
+        );
         append(&p, b"o\r\nthree\n");
         assert_eq!(collect(&mut f), ["two", "three"]);
     }
@@ -385,7 +415,11 @@ mod tests {
                             out.set_len(0).unwrap();
                         } else {
                             fs::rename(&p, &rotated).unwrap();
-                            out = OpenOptions::new().create(true).append(true).open(&p).unwrap();
+                            out = OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(&p)
+                                .unwrap();
                         }
                     }
                 }

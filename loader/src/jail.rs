@@ -50,7 +50,11 @@ pub struct Jail {
 pub fn offender_net(host: IpAddr, ipv6_prefix: u8) -> IpNet {
     match host {
         IpAddr::V4(_) => IpNet::from(host),
-        IpAddr::V6(v6) => IpNet::V6(ipnet::Ipv6Net::new(v6, ipv6_prefix).expect("prefix checked by config").trunc()),
+        IpAddr::V6(v6) => IpNet::V6(
+            ipnet::Ipv6Net::new(v6, ipv6_prefix)
+                .expect("prefix checked by config")
+                .trunc(),
+        ),
     }
 }
 
@@ -82,6 +86,11 @@ impl Jail {
         })
     }
 
+    /// What the jail's filter says about a line (no counting).
+    pub fn check(&self, line: &str) -> Outcome {
+        self.filter.check(line)
+    }
+
     pub fn all_ports(&self) -> bool {
         self.config.ports == Some(Ports::All)
     }
@@ -100,7 +109,8 @@ impl Jail {
                 None if at_startup && self.start == StartAt::End => Start::End,
                 None => Start::Beginning,
             };
-            self.followers.insert(path.clone(), Follower::new(path, start));
+            self.followers
+                .insert(path.clone(), Follower::new(path, start));
         }
     }
 
@@ -115,7 +125,11 @@ impl Jail {
         let mut lines = Vec::new();
         for follower in self.followers.values_mut() {
             if let Err(e) = follower.poll(&mut |l| lines.push(l.to_owned())) {
-                tracing::warn!("jail {}: reading {} failed: {e}", self.name, follower.path.display());
+                tracing::warn!(
+                    "jail {}: reading {} failed: {e}",
+                    self.name,
+                    follower.path.display()
+                );
             }
         }
         lines
@@ -183,11 +197,16 @@ impl Jail {
     }
 
     pub fn positions(&self) -> impl Iterator<Item = (String, Position)> + '_ {
-        self.followers.iter().filter_map(|(p, f)| Some((p.display().to_string(), f.position()?)))
+        self.followers
+            .iter()
+            .filter_map(|(p, f)| Some((p.display().to_string(), f.position()?)))
     }
 
     pub fn files(&self) -> Vec<String> {
-        self.followers.keys().map(|p| p.display().to_string()).collect()
+        self.followers
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     pub fn skipped_long_lines(&self) -> u64 {
@@ -235,7 +254,9 @@ mod tests {
     #[test]
     fn brute_force_is_banned_by_default() {
         let mut j = default_jail("freeswitch");
-        let lines: Vec<String> = (0..10).map(|i| failure("203.0.113.9", &format!("{i}"))).collect();
+        let lines: Vec<String> = (0..10)
+            .map(|i| failure("203.0.113.9", &format!("{i}")))
+            .collect();
         let bans = feed(&mut j, &lines);
         assert_eq!(bans.len(), 1, "ten failures within a minute ban");
         assert_eq!(bans[0].net.to_string(), "203.0.113.9/32");
@@ -259,7 +280,9 @@ mod tests {
         assert!(feed(&mut default_jail("freeswitch"), &lines).is_empty());
         assert!(feed(&mut default_jail("freeswitch-flood"), &lines).is_empty());
         // ...while a real challenge flood from one address is caught.
-        let flood: Vec<String> = (0..600).map(|i| challenge("203.0.113.7", &format!("u{i}"))).collect();
+        let flood: Vec<String> = (0..600)
+            .map(|i| challenge("203.0.113.7", &format!("u{i}")))
+            .collect();
         assert_eq!(feed(&mut default_jail("freeswitch-flood"), &flood).len(), 1);
     }
 
@@ -271,14 +294,19 @@ mod tests {
             .map(|i| failure("203.0.113.66", &format!("x] from ip {victim} {i}")))
             .collect();
         let bans = feed(&mut j, &lines);
-        assert!(bans.iter().all(|b| b.net.to_string() == "203.0.113.66/32"), "{bans:?}");
+        assert!(
+            bans.iter().all(|b| b.net.to_string() == "203.0.113.66/32"),
+            "{bans:?}"
+        );
         assert_eq!(bans.len(), 1);
     }
 
     #[test]
     fn ipv6_offenders_are_counted_per_64() {
         let mut j = default_jail("freeswitch");
-        let lines: Vec<String> = (0..10).map(|i| failure(&format!("2001:db8:1:2::{i:x}"), "u")).collect();
+        let lines: Vec<String> = (0..10)
+            .map(|i| failure(&format!("2001:db8:1:2::{i:x}"), "u"))
+            .collect();
         let bans = feed(&mut j, &lines);
         assert_eq!(bans.len(), 1, "ten addresses of one /64 are one offender");
         assert_eq!(bans[0].net.to_string(), "2001:db8:1:2::/64");
@@ -291,7 +319,16 @@ mod tests {
         // The lines are from 2024; "now" is much later.
         let now = chrono::Utc::now().timestamp_millis();
         for i in 0..20 {
-            assert!(j.on_line(&failure("203.0.113.9", &i.to_string()), now, true, &ignore, &|_| false, &|_| 0).is_none());
+            assert!(j
+                .on_line(
+                    &failure("203.0.113.9", &i.to_string()),
+                    now,
+                    true,
+                    &ignore,
+                    &|_| false,
+                    &|_| 0
+                )
+                .is_none());
         }
         assert_eq!(j.stats.too_old, 20);
     }
@@ -301,7 +338,16 @@ mod tests {
         let mut j = default_jail("freeswitch");
         let ignore = IgnoreList::new(["203.0.113.0/24".parse().unwrap()]);
         for i in 0..20 {
-            assert!(j.on_line(&failure("203.0.113.9", &i.to_string()), 0, false, &ignore, &|_| false, &|_| 0).is_none());
+            assert!(j
+                .on_line(
+                    &failure("203.0.113.9", &i.to_string()),
+                    0,
+                    false,
+                    &ignore,
+                    &|_| false,
+                    &|_| 0
+                )
+                .is_none());
         }
         assert_eq!(j.stats.ignored_ip, 20);
     }
@@ -314,7 +360,8 @@ mod tests {
         assert_eq!(ban_duration(&j.config, 1), h(2));
         assert_eq!(ban_duration(&j.config, 2), h(4));
         assert_eq!(ban_duration(&j.config, 3), h(5), "capped at maxtime");
-        let plain = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"1h\"\n");
+        let plain =
+            jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"1h\"\n");
         assert_eq!(ban_duration(&plain.config, 5), h(1));
         let forever = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = -1\n");
         assert_eq!(ban_duration(&forever.config, 0), None);

@@ -11,18 +11,22 @@
 //! | `clock`   | the monotonic clock the kernel times bans with               |
 //! | `bpffs`   | making sure the BPF filesystem is there                      |
 pub mod addr;
+pub mod bans;
 pub mod bpffs;
 pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod duration;
-pub mod maps;
-pub mod program;
 pub mod filter;
-pub mod config;
-pub mod offenders;
-pub mod state;
 pub mod follow;
-pub mod bans;
 pub mod ignore;
+pub mod import;
 pub mod jail;
+pub mod maps;
+pub mod offenders;
+pub mod program;
+pub mod show;
+pub mod state;
+pub mod test_filter;

@@ -48,7 +48,10 @@ impl Offenders {
     pub fn currently_failed(&self, now_ms: i64) -> usize {
         self.sources
             .iter()
-            .filter(|(_, t)| t.back().is_some_and(|&last| last > now_ms - self.findtime_ms))
+            .filter(|(_, t)| {
+                t.back()
+                    .is_some_and(|&last| last > now_ms - self.findtime_ms)
+            })
             .count()
     }
 
@@ -57,7 +60,10 @@ impl Offenders {
         let stale: Vec<IpNet> = self
             .sources
             .iter()
-            .filter(|(_, t)| t.back().is_none_or(|&last| last <= now_ms - self.findtime_ms))
+            .filter(|(_, t)| {
+                t.back()
+                    .is_none_or(|&last| last <= now_ms - self.findtime_ms)
+            })
             .map(|(n, _)| *n)
             .collect();
         for n in stale {
@@ -107,7 +113,12 @@ mod tests {
     fn memory_is_bounded_by_capacity() {
         let mut o = Offenders::new(5, 60_000, 1000);
         for i in 0..100_000u32 {
-            o.record(IpNet::from(std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))), 0);
+            o.record(
+                IpNet::from(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                    0x0a00_0000 + i,
+                ))),
+                0,
+            );
         }
         assert_eq!(o.tracked(), 1000);
     }

@@ -52,20 +52,29 @@ pub struct Position {
 pub fn load(path: &Path) -> Result<State> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State { version: VERSION, ..Default::default() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(State {
+                version: VERSION,
+                ..Default::default()
+            })
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read state {}", path.display())),
     };
     match serde_json::from_slice::<State>(&bytes) {
         Ok(state) => Ok(state),
         Err(e) => {
             let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), std::process::id()));
-            fs::rename(path, &aside).with_context(|| format!("cannot move aside {}", path.display()))?;
+            fs::rename(path, &aside)
+                .with_context(|| format!("cannot move aside {}", path.display()))?;
             tracing::error!(
                 "state {} is unreadable ({e}); moved it to {} and starting from the bans in the kernel",
                 path.display(),
                 aside.display()
             );
-            Ok(State { version: VERSION, ..Default::default() })
+            Ok(State {
+                version: VERSION,
+                ..Default::default()
+            })
         }
     }
 }
@@ -73,9 +82,13 @@ pub fn load(path: &Path) -> Result<State> {
 pub fn save(path: &Path, state: &State) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
     {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec(state)?)?;
         f.sync_all()?;
     }
@@ -94,7 +107,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         assert_eq!(load(&path).unwrap().bans.len(), 0);
-        let mut s = State { version: VERSION, ..Default::default() };
+        let mut s = State {
+            version: VERSION,
+            ..Default::default()
+        };
         s.bans.push(SavedBan {
             net: "192.0.2.1/32".into(),
             jail: "j".into(),
@@ -104,13 +120,27 @@ mod tests {
             line: "l".into(),
             all_ports: false,
         });
-        s.positions.insert("/x".into(), Position { dev: 1, ino: 2, offset: 3 });
+        s.positions.insert(
+            "/x".into(),
+            Position {
+                dev: 1,
+                ino: 2,
+                offset: 3,
+            },
+        );
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), s);
         // Half a file (what a crash without atomic rename would leave).
         fs::write(&path, b"{\"version\":1,\"bans\":[{\"net\":").unwrap();
         assert_eq!(load(&path).unwrap().bans.len(), 0);
-        let aside: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().into_string().unwrap()).collect();
-        assert!(aside.iter().any(|n| n.starts_with("state.json.corrupt-")), "{aside:?}");
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            aside.iter().any(|n| n.starts_with("state.json.corrupt-")),
+            "{aside:?}"
+        );
     }
 }

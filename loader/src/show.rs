@@ -1,0 +1,179 @@
+//! What the CLI prints: bans, the allowlist, counters, and jail status.
+use crate::{addr, clock, daemon, maps::KernelMaps, program};
+use anyhow::Result;
+use common::{counter, BAN_ALL_PORTS, CONFIG_ALL_PORTS};
+use serde_json::json;
+
+pub fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
+    let now = clock::mono_now_ns();
+    let mut bans = maps.bans()?;
+    bans.sort_by_key(|b| b.net);
+    if json {
+        let rows: Vec<_> = bans
+            .iter()
+            .map(|b| {
+                let e = &b.entry;
+                json!({
+                    "address": b.net.addr().to_string(),
+                    "prefix": b.net.prefix_len(),
+                    "permanent": e.expires_at_ns == 0,
+                    "expired": e.is_expired(now),
+                    "expires_in_secs": (e.expires_at_ns != 0).then(|| clock::remaining(e.expires_at_ns).as_secs()),
+                    "packets": e.packets,
+                    "bytes": e.bytes,
+                    "last_seen_secs_ago": (e.last_seen_ns != 0).then(|| clock::age(e.last_seen_ns).as_secs()),
+                    "all_ports": e.flags & BAN_ALL_PORTS != 0,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>14} {:>10} {:>12} {:>12} PORTS",
+        "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN"
+    );
+    for b in &bans {
+        let e = &b.entry;
+        let expires = if e.expires_at_ns == 0 {
+            "permanent".to_owned()
+        } else if e.is_expired(now) {
+            "expired".to_owned()
+        } else {
+            format!("in {}", clock::human(clock::remaining(e.expires_at_ns)))
+        };
+        let seen = if e.last_seen_ns == 0 {
+            "never".to_owned()
+        } else {
+            format!("{} ago", clock::human(clock::age(e.last_seen_ns)))
+        };
+        let ports = if e.flags & BAN_ALL_PORTS != 0 {
+            "all"
+        } else {
+            "protected"
+        };
+        println!(
+            "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports}",
+            addr::display(&b.net),
+            e.packets,
+            e.bytes
+        );
+    }
+    println!("{} ban(s)", bans.len());
+    Ok(())
+}
+
+pub fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
+    let mut allowed = maps.allowed()?;
+    allowed.sort_by_key(|a| a.net);
+    if json {
+        let rows: Vec<_> = allowed
+            .iter()
+            .map(|a| json!({"address": a.net.addr().to_string(), "prefix": a.net.prefix_len(), "hits": a.entry.hits}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<40} {:>10}", "ALLOWED", "HITS");
+    for a in &allowed {
+        println!("{:<40} {:>10}", addr::display(&a.net), a.entry.hits);
+    }
+    println!(
+        "{} allow-list entr{}",
+        allowed.len(),
+        if allowed.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(())
+}
+
+pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
+    let counters = maps.counters()?;
+    let bans = maps.bans()?.len();
+    let allowed = maps.allowed()?.len();
+    let ports = maps.ports()?;
+    let all_ports = maps.config()?.flags & CONFIG_ALL_PORTS != 0;
+    let attached = program::pinned_links(maps.pin_dir());
+    if json {
+        let mut c = serde_json::Map::new();
+        for (name, v) in counter::NAMES.iter().zip(&counters) {
+            c.insert(
+                (*name).to_owned(),
+                json!({"packets": v.packets, "bytes": v.bytes}),
+            );
+        }
+        let out = json!({
+            "counters": c,
+            "bans": bans,
+            "allowed": allowed,
+            "ports": ports,
+            "all_ports": all_ports,
+            "attached": attached,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "attached to: {}",
+        if attached.is_empty() {
+            "nothing".to_owned()
+        } else {
+            attached.join(", ")
+        }
+    );
+    println!(
+        "protecting:  {}",
+        if all_ports {
+            "all ports".to_owned()
+        } else {
+            format!("ports {}", daemon::join_ports(&ports))
+        }
+    );
+    println!("bans:        {bans}");
+    println!("allowlist:   {allowed}");
+    println!();
+    println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
+    for (name, v) in counter::NAMES.iter().zip(&counters) {
+        println!("{name:<24} {:>14} {:>16}", v.packets, v.bytes);
+    }
+    Ok(())
+}
+
+/// `status` like `fail2ban-client status [JAIL]`.
+pub fn status(data: &serde_json::Value, one_jail: bool) {
+    let empty = Vec::new();
+    let jails = data["jails"].as_array().unwrap_or(&empty);
+    if !one_jail {
+        let names: Vec<&str> = jails.iter().filter_map(|j| j["name"].as_str()).collect();
+        println!("Status");
+        println!("|- Number of jail:      {}", names.len());
+        println!("|- Bans in force:       {}", data["bans"]);
+        println!("`- Jail list:           {}", names.join(", "));
+    }
+    for j in jails {
+        let f = &j["filter"];
+        let a = &j["actions"];
+        let banned: Vec<&str> = a["banned"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|b| b["address"].as_str())
+            .collect();
+        println!("Status for the jail: {}", j["name"].as_str().unwrap_or("?"));
+        if !f.is_null() {
+            let files: Vec<&str> = f["files"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect();
+            println!("|- Filter");
+            println!("|  |- Currently failed: {}", f["currently_failed"]);
+            println!("|  |- Total failed:     {}", f["total_failed"]);
+            println!("|  `- File list:        {}", files.join(" "));
+        }
+        println!("`- Actions");
+        println!("   |- Currently banned: {}", a["currently_banned"]);
+        println!("   |- Total banned:     {}", a["total_banned"]);
+        println!("   `- Banned IP list:   {}", banned.join(" "));
+    }
+}

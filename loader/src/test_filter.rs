@@ -1,0 +1,200 @@
+//! `sipguard test-filter LOGFILE`: run a jail's filter over a log, like
+//! `fail2ban-regex`: lines read, matched, missed, ignored, per-host counts,
+//! and with `--replay` who would have been banned and when, under the jail's
+//! thresholds and timed by the lines' own timestamps.
+use crate::{
+    config::{self, Config, JailConfig, StartAt},
+    filter::{self, Outcome},
+    ignore::IgnoreList,
+    jail::Jail,
+};
+use anyhow::{Context as _, Result};
+use ipnet::IpNet;
+use serde_json::json;
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    io::{BufRead as _, BufReader, IsTerminal as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// The log file to read.
+    pub logfile: PathBuf,
+    /// Use this jail of the configuration: its filter and thresholds [default: freeswitch].
+    #[arg(long, conflicts_with_all = ["filter", "failregex"])]
+    pub jail: Option<String>,
+    /// A built-in filter instead (freeswitch, freeswitch-challenge).
+    #[arg(long, conflicts_with = "failregex")]
+    pub filter: Option<String>,
+    /// An inline failregex with <HOST> instead (repeatable).
+    #[arg(long)]
+    pub failregex: Vec<String>,
+    /// An ignoreregex for --failregex (repeatable).
+    #[arg(long, requires = "failregex")]
+    pub ignoreregex: Vec<String>,
+    /// Also show who would have been banned, and when.
+    #[arg(long)]
+    pub replay: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The jail whose filter and thresholds to use.
+fn jail_config(args: &Args, config_path: &Path) -> Result<(String, JailConfig)> {
+    let config = Config::load(config_path, false)?;
+    let defaults = Config::parse(config::DEFAULT_TOML, "built-in default")?;
+    let name = args.jail.clone().unwrap_or_else(|| "freeswitch".into());
+    let mut jail = config
+        .jails
+        .get(&name)
+        .or_else(|| defaults.jails.get(&name))
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no jail named '{name}' in {} or the built-in default",
+                config_path.display()
+            )
+        })?;
+    if let Some(f) = &args.filter {
+        filter::Filter::builtin(f)?;
+        jail.filter = Some(f.clone());
+        jail.failregex.clear();
+    } else if !args.failregex.is_empty() {
+        jail.filter = None;
+        jail.failregex = args.failregex.clone();
+        jail.ignoreregex = args.ignoreregex.clone();
+    }
+    Ok((name, jail))
+}
+
+pub fn run(args: &Args, config_path: &Path) -> Result<()> {
+    let (name, jc) = jail_config(args, config_path)?;
+    let mut jail = Jail::new(&name, &jc, StartAt::Beginning)?;
+    let file = std::fs::File::open(&args.logfile)
+        .with_context(|| format!("cannot open {}", args.logfile.display()))?;
+    let size = file.metadata()?.len().max(1);
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+
+    let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long, mut read) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut hosts: HashMap<IpAddr, u64> = HashMap::new();
+    let mut bans: Vec<(i64, crate::jail::BanRequest)> = Vec::new();
+    let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
+    let now = Cell::new(0i64);
+    let no_ignore = IgnoreList::default();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        lines += 1;
+        if buf.len() > crate::follow::MAX_LINE {
+            too_long += 1;
+            continue;
+        }
+        let line = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        match jail.check(line) {
+            Outcome::Miss => {}
+            Outcome::Ignored => ignored += 1,
+            Outcome::BadHost(_) => bad_host += 1,
+            Outcome::Hit { host, time_ms } => {
+                matched += 1;
+                *hosts.entry(host).or_default() += 1;
+                if args.replay {
+                    if let Some(t) = time_ms {
+                        now.set(t);
+                    }
+                    let t = now.get();
+                    let req = jail.on_line(
+                        line,
+                        t,
+                        false,
+                        &no_ignore,
+                        &|n| banned_until.get(n).is_some_and(|&until| until > t),
+                        &|n| bans.iter().filter(|(_, b)| b.net == *n).count() as u32,
+                    );
+                    if let Some(req) = req {
+                        let until = req.duration.map_or(i64::MAX, |d| t + d.as_millis() as i64);
+                        banned_until.insert(req.net, until);
+                        bans.push((t, req));
+                    }
+                }
+            }
+        }
+        if last_progress.elapsed().as_secs() >= 2 {
+            last_progress = Instant::now();
+            let pct = read * 100 / size;
+            if tty {
+                eprint!("\r{pct:3}% {lines} lines, {matched} matched");
+            } else {
+                eprintln!("{pct}% {lines} lines, {matched} matched");
+            }
+        }
+    }
+    if tty && lines > 0 {
+        eprint!("\r{:60}\r", "");
+    }
+    let missed = lines - matched - ignored - bad_host - too_long;
+    let mut by_host: Vec<(IpAddr, u64)> = hosts.into_iter().collect();
+    by_host.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if args.json {
+        let out = json!({
+            "jail": name,
+            "lines": lines, "matched": matched, "missed": missed, "ignored": ignored,
+            "bad_host": bad_host, "too_long": too_long,
+            "hosts": by_host.iter().map(|(h, n)| json!({"host": h.to_string(), "count": n})).collect::<Vec<_>>(),
+            "bans": bans.iter().map(|(t, b)| json!({
+                "time_ms": t, "net": crate::addr::display(&b.net),
+                "duration_secs": b.duration.map(|d| d.as_secs()), "reason": b.reason,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "Jail:    {name} (maxretry {} within {})",
+        jc.maxretry,
+        humantime::format_duration(jc.findtime)
+    );
+    println!(
+        "Lines:   {lines} lines, {matched} matched, {missed} missed, {ignored} ignored, {bad_host} with a bad host, {too_long} too long"
+    );
+    println!("Hosts:   {} distinct", by_host.len());
+    for (host, n) in by_host.iter().take(20) {
+        println!("  {host:<40} {n}");
+    }
+    if by_host.len() > 20 {
+        println!("  ... and {} more (--json lists all)", by_host.len() - 20);
+    }
+    if args.replay {
+        println!("Replay:  {} ban(s)", bans.len());
+        for (t, b) in &bans {
+            let when = chrono::DateTime::from_timestamp_millis(*t)
+                .map(|d| {
+                    d.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M:%S")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "?".into());
+            let how = b.duration.map_or("permanently".to_owned(), |d| {
+                format!("for {}", humantime::format_duration(d))
+            });
+            println!(
+                "  {when}  {:<40} {how} ({})",
+                crate::addr::display(&b.net),
+                b.reason
+            );
+        }
+    }
+    Ok(())
+}

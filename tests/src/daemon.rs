@@ -1,5 +1,6 @@
 //! The real `sipguard` binary: the daemon inside the server namespace, and
 //! the CLI.
+use crate::Sandbox;
 use anyhow::{bail, Context as _, Result};
 use std::{
     path::{Path, PathBuf},
@@ -22,18 +23,17 @@ pub fn bin() -> PathBuf {
     p
 }
 
-/// `sipguard --pin-dir PIN ARGS` in the host's namespaces.
-pub fn cli(pin: &Path, args: &[&str]) -> Result<Output> {
+/// `sipguard ARGS` against `sandbox`, in the host's namespaces.
+pub fn cli(sandbox: &Sandbox, args: &[&str]) -> Result<Output> {
     Ok(Command::new(bin())
-        .arg("--pin-dir")
-        .arg(pin)
+        .args(sandbox.args())
         .args(args)
         .output()?)
 }
 
 /// Like `cli`, but fails unless the command succeeded; returns stdout.
-pub fn cli_ok(pin: &Path, args: &[&str]) -> Result<String> {
-    let out = cli(pin, args)?;
+pub fn cli_ok(sandbox: &Sandbox, args: &[&str]) -> Result<String> {
+    let out = cli(sandbox, args)?;
     if !out.status.success() {
         bail!(
             "sipguard {} failed: {}",
@@ -53,15 +53,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `sipguard run ARGS` in `netns` (network namespace only, so the
     /// host's /sys/fs/bpf stays visible) and waits until it is attached.
-    pub fn start(netns: &crate::netns::Netns, pin: &Path, args: &[&str]) -> Result<Self> {
+    pub fn start(netns: &crate::netns::Netns, sandbox: &Sandbox, args: &[&str]) -> Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique("sipguard-daemon-")));
         let file = std::fs::File::create(&log)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.path()))
             .arg(bin())
-            .arg("--pin-dir")
-            .arg(pin)
+            .args(sandbox.args())
             .arg("run")
+            .arg("--state-file")
+            .arg(sandbox.state())
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)

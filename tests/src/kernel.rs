@@ -1,6 +1,6 @@
 //! The real XDP object, loaded with its own pin directory, run on crafted
 //! packets through BPF_PROG_TEST_RUN.
-use crate::PinDir;
+use crate::Sandbox;
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{TestRun, TestRunOptions},
@@ -17,7 +17,7 @@ pub struct TestProgram {
     pub maps: KernelMaps,
     ebpf: Ebpf,
     // Dropped last: the pins go after the program and maps are closed.
-    _pin: PinDir,
+    _sandbox: Sandbox,
 }
 
 impl TestProgram {
@@ -26,19 +26,19 @@ impl TestProgram {
     }
 
     pub fn load_with(capacity: program::Capacity) -> Result<Self> {
-        let pin = PinDir::new()?;
-        let mut ebpf = program::load_with(&pin.path, capacity)?;
+        let sandbox = Sandbox::bare()?;
+        let mut ebpf = program::load_with(&sandbox.pin, capacity)?;
         let floor: &mut aya::programs::Xdp = ebpf
             .program_mut(FLOOR)
             .context("floor program missing")?
             .try_into()?;
         floor.load()?;
-        let mut maps = KernelMaps::open(&pin.path)?;
+        let mut maps = KernelMaps::open(&sandbox.pin)?;
         maps.set_ports(&sipguard::cli::DEFAULT_PORTS)?;
         Ok(Self {
             maps,
             ebpf,
-            _pin: pin,
+            _sandbox: sandbox,
         })
     }
 

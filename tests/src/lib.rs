@@ -20,22 +20,68 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}{n}", std::process::id() % 1_000_000)
 }
 
-/// A unique pin directory on the BPF filesystem, removed (pins and all) on drop.
-pub struct PinDir {
-    pub path: std::path::PathBuf,
+/// Everything a test's sipguard touches, unique to the test and removed on
+/// drop: a pin directory on the BPF filesystem, and a temporary folder with
+/// the config file, the state file, the control socket and the logs.
+pub struct Sandbox {
+    pub pin: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
-impl PinDir {
-    pub fn new() -> anyhow::Result<Self> {
-        let path =
-            std::path::Path::new(sipguard::bpffs::DEFAULT_MOUNT).join(unique("sipguard-test-"));
-        sipguard::bpffs::ensure_pin_dir(&path)?;
-        Ok(Self { path })
+impl Sandbox {
+    /// A sandbox whose config file holds `config` (TOML). `{dir}` in it is
+    /// replaced by the sandbox folder (for log paths).
+    pub fn new(config: &str) -> anyhow::Result<Self> {
+        let pin = std::path::Path::new(sipguard::bpffs::DEFAULT_MOUNT).join(unique("sipguard-test-"));
+        sipguard::bpffs::ensure_pin_dir(&pin)?;
+        let dir = tempfile::tempdir()?;
+        let s = Self { pin, dir };
+        s.write_config(config)?;
+        Ok(s)
+    }
+
+    /// No jails: the kernel path alone.
+    pub fn bare() -> anyhow::Result<Self> {
+        Self::new("")
+    }
+
+    pub fn write_config(&self, config: &str) -> anyhow::Result<()> {
+        let text = config.replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(self.config(), text)?;
+        Ok(())
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config(&self) -> std::path::PathBuf {
+        self.path("sipguard.toml")
+    }
+
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.path("sipguard.sock")
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.path("state.json")
+    }
+
+    /// The global options that point sipguard at this sandbox.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            self.config().into(),
+            "--pin-dir".into(),
+            self.pin.clone().into(),
+            "--socket".into(),
+            self.socket().into(),
+        ]
     }
 }
 
-impl Drop for PinDir {
+impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_dir_all(&self.pin);
     }
 }

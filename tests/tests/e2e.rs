@@ -5,7 +5,7 @@ use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli, cli_ok, Daemon},
     netns::*,
-    PinDir,
+    Sandbox,
 };
 use std::{
     net::{TcpListener, UdpSocket},
@@ -60,11 +60,11 @@ fn tcp_to(pair: &Pair, src: &Source, srv: &Server, port: u16) -> Result<bool> {
 /// traffic (UDP and TCP) dies while its other ports and other sources flow;
 /// after unban it flows again.
 fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str, mode: &str) -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     let daemon = Daemon::start(
         &pair.server,
-        &pin.path,
+        &sb,
         &["--iface", &pair.server_if, "--xdp-mode", mode],
     )?;
     assert!(
@@ -90,7 +90,7 @@ fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str, mode: &s
         "before the ban, SIP/TCP connects"
     );
 
-    cli_ok(&pin.path, &["ban", client_ip])?;
+    cli_ok(&sb, &["ban", client_ip])?;
     assert_eq!(
         udp_to(&attacker, &srv.udp_sip)?,
         0,
@@ -115,14 +115,14 @@ fn ports_mode(server_ip: &'static str, client_ip: &str, other_ip: &str, mode: &s
         "another source still reaches SIP"
     );
 
-    let list: serde_json::Value = serde_json::from_str(&cli_ok(&pin.path, &["list", "--json"])?)?;
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["list", "--json"])?)?;
     let dropped = list[0]["packets"].as_u64().unwrap();
     assert!(
         dropped >= PROBES as u64,
         "the ban counted its drops: {list}"
     );
 
-    cli_ok(&pin.path, &["unban", client_ip])?;
+    cli_ok(&sb, &["unban", client_ip])?;
     assert_eq!(
         udp_to(&attacker, &srv.udp_sip)?,
         PROBES,
@@ -152,10 +152,10 @@ fn ipv6_ban_unban_ports_mode() -> Result<()> {
 
 #[test]
 fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     // Loopback has no driver-mode XDP: auto falls back to skb, loudly.
-    let mut daemon = Daemon::start(&pair.server, &pin.path, &["--iface", "lo"])?;
+    let mut daemon = Daemon::start(&pair.server, &sb, &["--iface", "lo"])?;
     let log = daemon.log();
     assert!(
         log.contains("falling back to skb mode") && log.contains("attached to lo (skb)"),
@@ -166,8 +166,7 @@ fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", pair.server.path()))
         .arg(sipguard_tests::daemon::bin())
-        .arg("--pin-dir")
-        .arg(&pin.path)
+        .args(sb.args())
         .args(["run", "--iface", "lo", "--xdp-mode", "driver"])
         .output()?;
     assert!(!out.status.success(), "driver mode on loopback must fail");
@@ -175,7 +174,7 @@ fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result
     // No --iface: the default route's interface.
     pair.server
         .ip(&["route", "add", "default", "via", CLIENT_V4])?;
-    let daemon = Daemon::start(&pair.server, &pin.path, &[])?;
+    let daemon = Daemon::start(&pair.server, &sb, &[])?;
     let log = daemon.log();
     assert!(
         log.contains(&format!(
@@ -190,18 +189,18 @@ fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result
 
 #[test]
 fn all_ports_mode_drops_every_port() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     let _daemon = Daemon::start(
         &pair.server,
-        &pin.path,
+        &sb,
         &["--iface", &pair.server_if, "--all-ports"],
     )?;
     for (server_ip, client_ip) in [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)] {
         let srv = server(&pair, server_ip)?;
         let attacker = source(&pair, client_ip)?;
         assert_eq!(udp_to(&attacker, &srv.udp_other)?, PROBES);
-        cli_ok(&pin.path, &["ban", client_ip, "--for", "10m"])?;
+        cli_ok(&sb, &["ban", client_ip, "--for", "10m"])?;
         assert_eq!(
             udp_to(&attacker, &srv.udp_sip)?,
             0,
@@ -222,16 +221,16 @@ fn all_ports_mode_drops_every_port() -> Result<()> {
 
 #[test]
 fn cidr_ban_and_allowlist_win() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
-    let _daemon = Daemon::start(&pair.server, &pin.path, &["--iface", &pair.server_if])?;
+    let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     let srv = server(&pair, SERVER_V4)?;
     let a = source(&pair, CLIENT_V4)?;
     let b = source(&pair, OTHER_V4)?;
-    cli_ok(&pin.path, &["ban", "10.213.0.0/24"])?;
+    cli_ok(&sb, &["ban", "10.213.0.0/24"])?;
     assert_eq!(udp_to(&a, &srv.udp_sip)?, 0);
     assert_eq!(udp_to(&b, &srv.udp_sip)?, 0);
-    cli_ok(&pin.path, &["allow", OTHER_V4])?;
+    cli_ok(&sb, &["allow", OTHER_V4])?;
     assert_eq!(
         udp_to(&b, &srv.udp_sip)?,
         PROBES,
@@ -243,30 +242,33 @@ fn cidr_ban_and_allowlist_win() -> Result<()> {
         "the rest of the /24 stays banned"
     );
     let allowed: serde_json::Value =
-        serde_json::from_str(&cli_ok(&pin.path, &["list", "--allowed", "--json"])?)?;
-    assert!(
-        allowed[0]["hits"].as_u64().unwrap() >= PROBES as u64,
-        "{allowed}"
-    );
+        serde_json::from_str(&cli_ok(&sb, &["list", "--allowed", "--json"])?)?;
+    let entry = allowed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["address"] == OTHER_V4)
+        .expect("the allow-listed source is listed");
+    assert!(entry["hits"].as_u64().unwrap() >= PROBES as u64, "{allowed}");
     Ok(())
 }
 
 #[test]
 fn ban_survives_daemon_restart() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     let args = ["--iface", pair.server_if.as_str()];
-    let mut daemon = Daemon::start(&pair.server, &pin.path, &args)?;
+    let mut daemon = Daemon::start(&pair.server, &sb, &args)?;
     let srv = server(&pair, SERVER_V4)?;
     let attacker = source(&pair, CLIENT_V4)?;
-    cli_ok(&pin.path, &["ban", CLIENT_V4, "--for", "1h"])?;
+    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "1h"])?;
     assert_eq!(udp_to(&attacker, &srv.udp_sip)?, 0);
 
     assert!(daemon.stop()?.success(), "clean stop:\n{}", daemon.log());
     assert!(!pair.server_has_xdp()?, "a clean stop detaches the program");
     assert!(daemon.log().contains("detached"), "{}", daemon.log());
 
-    let _daemon = Daemon::start(&pair.server, &pin.path, &args)?;
+    let _daemon = Daemon::start(&pair.server, &sb, &args)?;
     assert!(
         _daemon.log().contains("1 ban(s) in force"),
         "{}",
@@ -277,7 +279,7 @@ fn ban_survives_daemon_restart() -> Result<()> {
         0,
         "the ban is enforced again after restart"
     );
-    let list = cli_ok(&pin.path, &["list"])?;
+    let list = cli_ok(&sb, &["list"])?;
     assert!(
         list.contains(CLIENT_V4) && list.contains("in 59m"),
         "{list}"
@@ -287,13 +289,13 @@ fn ban_survives_daemon_restart() -> Result<()> {
 
 #[test]
 fn killed_daemon_keeps_protecting_and_bans_expire_in_the_kernel() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     let args = ["--iface", pair.server_if.as_str()];
-    let mut daemon = Daemon::start(&pair.server, &pin.path, &args)?;
+    let mut daemon = Daemon::start(&pair.server, &sb, &args)?;
     let srv = server(&pair, SERVER_V4)?;
     let attacker = source(&pair, CLIENT_V4)?;
-    cli_ok(&pin.path, &["ban", CLIENT_V4, "--for", "3"])?;
+    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "3"])?;
     let banned_at = Instant::now();
     daemon.kill()?;
     assert!(
@@ -314,12 +316,12 @@ fn killed_daemon_keeps_protecting_and_bans_expire_in_the_kernel() -> Result<()> 
         PROBES,
         "the kernel ended the ban on time"
     );
-    let list = cli_ok(&pin.path, &["list"])?;
+    let list = cli_ok(&sb, &["list"])?;
     assert!(
         list.contains("expired"),
         "the entry is still there, marked expired: {list}"
     );
-    let stats: serde_json::Value = serde_json::from_str(&cli_ok(&pin.path, &["stats", "--json"])?)?;
+    let stats: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["stats", "--json"])?)?;
     assert!(
         stats["counters"]["pass_ban_expired"]["packets"]
             .as_u64()
@@ -329,10 +331,10 @@ fn killed_daemon_keeps_protecting_and_bans_expire_in_the_kernel() -> Result<()> 
     );
 
     // A new daemon takes over the pinned link, then sweeps the expired ban.
-    let _daemon = Daemon::start(&pair.server, &pin.path, &args)?;
+    let _daemon = Daemon::start(&pair.server, &sb, &args)?;
     assert!(_daemon.log().contains("existing link"), "{}", _daemon.log());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cli_ok(&pin.path, &["list"])?.contains(CLIENT_V4) {
+    while cli_ok(&sb, &["list"])?.contains(CLIENT_V4) {
         assert!(Instant::now() < deadline, "expired ban not swept");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -341,12 +343,12 @@ fn killed_daemon_keeps_protecting_and_bans_expire_in_the_kernel() -> Result<()> 
 
 #[test]
 fn detach_removes_a_program_left_by_a_killed_daemon() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
-    let mut daemon = Daemon::start(&pair.server, &pin.path, &["--iface", &pair.server_if])?;
+    let mut daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     daemon.kill()?;
     assert!(pair.server_has_xdp()?);
-    let out = cli_ok(&pin.path, &["detach"])?;
+    let out = cli_ok(&sb, &["detach"])?;
     assert!(out.contains(&pair.server_if), "{out}");
     assert!(!pair.server_has_xdp()?, "detached");
     Ok(())
@@ -354,14 +356,13 @@ fn detach_removes_a_program_left_by_a_killed_daemon() -> Result<()> {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_nonzero_exit() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
     // A missing interface: the daemon refuses before loading anything.
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", pair.server.path()))
         .arg(sipguard_tests::daemon::bin())
-        .args(["--pin-dir"])
-        .arg(&pin.path)
+        .args(sb.args())
         .args(["run", "--iface", "sgnosuchif0"])
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -370,7 +371,7 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() -> Result<()> {
         "{err}"
     );
 
-    let _daemon = Daemon::start(&pair.server, &pin.path, &["--iface", &pair.server_if])?;
+    let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     for (args, expect) in [
         (vec!["ban", "10.0.0.300"], "invalid address '10.0.0.300'"),
         (vec!["ban", "10.0.0.0/33"], "invalid network '10.0.0.0/33'"),
@@ -382,7 +383,7 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() -> Result<()> {
         (vec!["unban", "192.0.2.99"], "192.0.2.99 is not banned"),
         (vec!["allow", "fe80::/xx"], "invalid network 'fe80::/xx'"),
     ] {
-        let out = cli(&pin.path, &args)?;
+        let out = cli(&sb, &args)?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
         assert!(err.contains(expect), "{args:?}: {err}");
@@ -393,9 +394,9 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() -> Result<()> {
 
 #[test]
 fn only_root_changes_bans() -> Result<()> {
-    let pin = PinDir::new()?;
+    let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
-    let _daemon = Daemon::start(&pair.server, &pin.path, &["--iface", &pair.server_if])?;
+    let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     for args in [
         vec!["ban", "192.0.2.1"],
         vec!["unban", "192.0.2.1"],
@@ -405,8 +406,7 @@ fn only_root_changes_bans() -> Result<()> {
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(sipguard_tests::daemon::bin())
-            .arg("--pin-dir")
-            .arg(&pin.path)
+            .args(sb.args())
             .args(&args)
             .output()?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -416,7 +416,7 @@ fn only_root_changes_bans() -> Result<()> {
         );
     }
     assert!(
-        cli_ok(&pin.path, &["list"])?.contains("0 ban(s)"),
+        cli_ok(&sb, &["list"])?.contains("0 ban(s)"),
         "nothing was banned"
     );
     Ok(())

@@ -32,9 +32,11 @@ use tokio::signal::unix::{signal, SignalKind};
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How often bans are expired and new files matched by globs picked up.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
-/// The state file is written at most this often (and at exit). Bans made in
-/// between are in the kernel maps already, which a restart adopts.
-const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Ban changes reach the state file within a tick (at most one write per
+/// tick); read positions alone at most this often. Everything is written at
+/// exit. A ban made since the last write is in the kernel map already, which
+/// a restart adopts (only a crash followed by a reboot within a second loses one).
+const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Command-line settings that override the configuration file.
 #[derive(Clone, Debug, Default)]
@@ -242,9 +244,9 @@ impl Engine {
             jail.refresh_files(&self.positions, false);
             jail.offenders.prune(now);
         }
-        if self.last_save.elapsed() >= SAVE_INTERVAL
-            && (self.dirty || self.current_positions() != self.saved_positions)
-        {
+        let positions_due = self.last_save.elapsed() >= POSITIONS_SAVE_INTERVAL
+            && self.current_positions() != self.saved_positions;
+        if self.dirty || positions_due {
             self.save();
         }
     }

@@ -50,6 +50,19 @@ pub enum Start {
 
 impl Follower {
     pub fn new(path: PathBuf, start: Start) -> Self {
+        // "The end" is the end now, not whenever the first poll happens:
+        // lines written in between must not be skipped.
+        let start = match start {
+            Start::End => match fs::metadata(&path) {
+                Ok(m) => Start::Saved(Position {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                    offset: m.len(),
+                }),
+                Err(_) => Start::Beginning,
+            },
+            other => other,
+        };
         Self {
             path,
             file: None,
@@ -107,7 +120,7 @@ impl Follower {
         self.offset = match self.first.take() {
             // A file that appears after we started is new: read all of it.
             None | Some(Start::Beginning) => 0,
-            Some(Start::End) => meta.len(),
+            Some(Start::End) => unreachable!("resolved in new()"),
             Some(Start::Saved(pos))
                 if (pos.dev, pos.ino) == self.id && pos.offset <= meta.len() =>
             {
@@ -290,7 +303,7 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -376,6 +389,21 @@ mod tests {
         append(&p, b"fresh\n");
         let mut h = Follower::new(p.clone(), Start::Saved(saved));
         assert_eq!(collect(&mut h), ["late", "fresh"]);
+    }
+
+    #[test]
+    fn end_means_the_end_when_created_not_when_first_polled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"before\n");
+        let mut f = Follower::new(p.clone(), Start::End);
+        append(&p, b"after creation, before the first poll\n");
+        assert_eq!(collect(&mut f), ["after creation, before the first poll"]);
+        // A file that does not exist yet is read from its beginning once it appears.
+        let q = dir.path().join("b.log");
+        let mut g = Follower::new(q.clone(), Start::End);
+        append(&q, b"first\n");
+        assert_eq!(collect(&mut g), ["first"]);
     }
 
     #[test]

@@ -249,7 +249,10 @@ fn cidr_ban_and_allowlist_win() -> Result<()> {
         .iter()
         .find(|a| a["address"] == OTHER_V4)
         .expect("the allow-listed source is listed");
-    assert!(entry["hits"].as_u64().unwrap() >= PROBES as u64, "{allowed}");
+    assert!(
+        entry["hits"].as_u64().unwrap() >= PROBES as u64,
+        "{allowed}"
+    );
     Ok(())
 }
 

@@ -1,0 +1,330 @@
+//! End to end, log-driven: FreeSWITCH-style failure lines appended to a log
+//! the daemon follows make the attacker's SIP traffic die in XDP, while
+//! allow-listed and other sources keep flowing; bans and read positions
+//! survive restarts and reboots; status, reload and the control socket work.
+use anyhow::Result;
+use sipguard_tests::{
+    daemon::{cli, cli_ok, Daemon},
+    netns::*,
+    Sandbox,
+};
+use std::{
+    io::Write as _,
+    net::UdpSocket,
+    os::unix::fs::PermissionsExt as _,
+    time::{Duration, Instant},
+};
+
+const PROBES: usize = 20;
+
+/// A jail on `{dir}/freeswitch.log`: 3 failures within a minute ban for an hour.
+/// OTHER_V6 is in ignoreip.
+const CONFIG: &str = r#"
+ignoreip = ["fd00:5167::3"]
+[jails.freeswitch]
+logpath = "{dir}/freeswitch.log"
+filter = "freeswitch"
+maxretry = 3
+findtime = "1m"
+bantime = "1h"
+"#;
+
+fn now_stamp() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
+}
+
+fn failure(ip: &str, user: &str) -> String {
+    format!(
+        "{} 97.10% [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {ip}\n",
+        now_stamp()
+    )
+}
+
+fn append(sb: &Sandbox, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sb.path("freeswitch.log"))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn failures(ip: &str, n: usize) -> String {
+    (0..n).map(|i| failure(ip, &format!("10{i}"))).collect()
+}
+
+/// Waits (bounded) until `udp_delivered` from `src` to `dst` returns `want`.
+fn wait_delivered(src: &UdpSocket, dst: &UdpSocket, want: usize, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = udp_delivered(src, dst, PROBES)?;
+        if got == want {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {got} of {PROBES} delivered, expected {want}"
+        );
+    }
+}
+
+fn status(sb: &Sandbox) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&cli_ok(
+        sb,
+        &["status", "freeswitch", "--json"],
+    )?)?)
+}
+
+#[test]
+fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let sip4 = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let sip6 = udp_socket(&pair.server, addr(SERVER_V6, 5060))?;
+    let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
+    let bystander = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
+    let allowed = udp_socket(&pair.client, addr(OTHER_V6, 0))?;
+    let attacker6 = udp_socket(&pair.client, addr(CLIENT_V6, 0))?;
+    assert_eq!(udp_delivered(&attacker, &sip4, PROBES)?, PROBES);
+
+    // The attacker tries to frame the bystander through the SIP username, and
+    // the allow-listed address fails as often as the attacker.
+    let framing: String = (0..5)
+        .map(|i| failure(CLIENT_V4, &format!("x] from ip {OTHER_V4} {i}")))
+        .collect();
+    append(&sb, &framing)?;
+    append(&sb, &failures(OTHER_V6, 10))?;
+    wait_delivered(
+        &attacker,
+        &sip4,
+        0,
+        &format!("attacker banned by its log lines\n{}", d.log()),
+    )?;
+    assert_eq!(
+        udp_delivered(&bystander, &sip4, PROBES)?,
+        PROBES,
+        "the framed bystander is not banned"
+    );
+    assert_eq!(
+        udp_delivered(&allowed, &sip6, PROBES)?,
+        PROBES,
+        "ignoreip is never banned"
+    );
+
+    // IPv6: banned as its /64.
+    append(&sb, &failures("fd00:5167::99", 3))?;
+    wait_delivered(
+        &attacker6,
+        &sip6,
+        0,
+        "another address of the same /64 is banned",
+    )?;
+    assert_eq!(
+        udp_delivered(&allowed, &sip6, PROBES)?,
+        PROBES,
+        "the ignoreip address in that /64 still flows"
+    );
+
+    let st = status(&sb)?;
+    let jail = &st["jails"][0];
+    assert_eq!(jail["filter"]["total_failed"], 18, "{st}");
+    assert_eq!(jail["actions"]["currently_banned"], 2, "{st}");
+    let banned: Vec<&str> = jail["actions"]["banned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(banned, vec![CLIENT_V4, "fd00:5167::/64"], "{st}");
+    let first = &jail["actions"]["banned"][0];
+    assert!(
+        first["reason"].as_str().unwrap().contains("3 failures"),
+        "{st}"
+    );
+    assert!(
+        first["line"].as_str().unwrap().contains(CLIENT_V4),
+        "the matched line is kept: {st}"
+    );
+    let text = cli_ok(&sb, &["status", "freeswitch"])?;
+    assert!(
+        text.contains("Currently banned: 2") && text.contains("Total failed:     18"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn restart_keeps_bans_and_read_position_and_reboot_reinstates_bans() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let args = ["--iface", pair.server_if.as_str()];
+    let mut d = Daemon::start(&pair.server, &sb, &args)?;
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let a = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
+    let b = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
+    append(&sb, &failures(CLIENT_V4, 3))?;
+    wait_delivered(&a, &sip, 0, "a banned")?;
+    d.stop()?;
+
+    // Written while the daemon is down: must be read after the restart.
+    append(&sb, &failures(OTHER_V4, 3))?;
+    let d = Daemon::start(&pair.server, &sb, &args)?;
+    assert!(
+        d.log().contains("1 kept in the kernel, 0 written again"),
+        "no unban/re-ban on restart:\n{}",
+        d.log()
+    );
+    wait_delivered(&b, &sip, 0, "b banned from lines written while stopped")?;
+    assert_eq!(udp_delivered(&a, &sip, PROBES)?, 0, "a still banned");
+    let st = status(&sb)?;
+    assert_eq!(
+        st["jails"][0]["filter"]["total_failed"], 3,
+        "old lines are not read twice: {st}"
+    );
+    let mut d = d;
+    d.stop()?;
+
+    // "Reboot" (systemd stops the daemon, the pinned maps are gone): the
+    // state file brings the bans back.
+    std::fs::remove_dir_all(&sb.pin)?;
+    let d = Daemon::start(&pair.server, &sb, &args)?;
+    assert!(
+        d.log().contains("0 kept in the kernel, 2 written again"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        udp_delivered(&a, &sip, PROBES)?,
+        0,
+        "a banned again after the reboot"
+    );
+    assert_eq!(
+        udp_delivered(&b, &sip, PROBES)?,
+        0,
+        "b banned again after the reboot"
+    );
+    let list = cli_ok(&sb, &["list"])?;
+    assert!(
+        list.contains("in 59m"),
+        "expiry kept, not restarted: {list}"
+    );
+    Ok(())
+}
+
+#[test]
+fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let mode = std::fs::metadata(sb.socket())?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket is root-only");
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let a = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
+    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "10m"])?;
+    assert_eq!(udp_delivered(&a, &sip, PROBES)?, 0);
+    let all: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["status", "--json"])?)?;
+    let manual = all["jails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "manual")
+        .expect("manual jail");
+    assert_eq!(
+        manual["actions"]["banned"][0]["address"], CLIENT_V4,
+        "{all}"
+    );
+
+    // A bad config on reload is refused with its line; the daemon and bans stay.
+    sb.write_config(&CONFIG.replace("bantime = \"1h\"", "bantime = \"soon\""))?;
+    let out = cli(&sb, &["reload"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 8") && err.contains("bantime"),
+        "{err}"
+    );
+    sb.write_config(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
+    cli_ok(&sb, &["reload"])?;
+    assert_eq!(udp_delivered(&a, &sip, PROBES)?, 0, "bans survive a reload");
+    let b = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
+    append(&sb, &failures(OTHER_V4, 1))?;
+    wait_delivered(&b, &sip, 0, "the reloaded maxretry = 1 applies")?;
+
+    cli_ok(&sb, &["unban", CLIENT_V4])?;
+    assert_eq!(udp_delivered(&a, &sip, PROBES)?, PROBES);
+    let out = cli(&sb, &["unban", CLIENT_V4])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not banned"));
+    Ok(())
+}
+
+#[test]
+fn bad_config_stops_the_daemon_with_file_line_and_key() -> Result<()> {
+    let sb = Sandbox::new("[jails.fs]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretr = 3\n")?;
+    let pair = Pair::new()?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", pair.server.path()))
+        .arg(sipguard_tests::daemon::bin())
+        .args(sb.args())
+        .args(["run", "--iface", &pair.server_if])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("sipguard.toml") && err.contains("line 4") && err.contains("maxretr"),
+        "{err}"
+    );
+    assert!(!pair.server_has_xdp()?, "nothing attached");
+    Ok(())
+}
+
+#[test]
+fn test_filter_counts_and_replays() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    let mut log = String::new();
+    for i in 0..4 {
+        log.push_str(&format!("2024-03-01 12:00:0{i}.000000 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u{i}@d] from ip 203.0.113.9\n"));
+    }
+    log.push_str("2024-03-01 12:00:05.000000 [WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [u@d] from ip 203.0.113.10\n");
+    log.push_str("2024-03-01 12:00:06.000000 [NOTICE] switch_core.c:1 something else\n");
+    log.push_str("\u{fffd} broken \u{1} line\n");
+    std::fs::write(sb.path("test.log"), log)?;
+    let out: serde_json::Value = serde_json::from_str(&cli_ok(
+        &sb,
+        &[
+            "test-filter",
+            sb.path("test.log").to_str().unwrap(),
+            "--jail",
+            "freeswitch",
+            "--replay",
+            "--json",
+        ],
+    )?)?;
+    assert_eq!(
+        (
+            out["lines"].as_u64(),
+            out["matched"].as_u64(),
+            out["missed"].as_u64()
+        ),
+        (Some(7), Some(4), Some(3)),
+        "{out}"
+    );
+    assert_eq!(out["hosts"][0]["host"], "203.0.113.9");
+    assert_eq!(out["bans"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(out["bans"][0]["net"], "203.0.113.9");
+    let text = cli_ok(
+        &sb,
+        &[
+            "test-filter",
+            sb.path("test.log").to_str().unwrap(),
+            "--filter",
+            "freeswitch-challenge",
+        ],
+    )?;
+    assert!(text.contains("1 matched"), "{text}");
+    Ok(())
+}

@@ -28,8 +28,9 @@ use std::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How often the logs are read: the bound on line-to-ban latency.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Logs are read as soon as inotify reports a change in their folders, and
+/// at least this often (the safety net for missed events).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often bans are expired and new files matched by globs picked up.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Ban changes reach the state file within a tick (at most one write per
@@ -417,6 +418,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .map(|(n, _)| n.clone())
         .collect();
     let mode = config.xdp_mode;
+    let logpaths: Vec<String> = config
+        .jails
+        .values()
+        .filter(|j| j.enabled)
+        .flat_map(|j| j.logpath.clone())
+        .collect();
+    let watch = crate::watch::LogWatch::new(&logpaths)?;
     let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
 
     let mut attachments = Vec::new();
@@ -466,6 +474,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                             tracing::error!("reload failed, keeping the running configuration: {e:#}");
                         }
                     }
+                    _ = watch.changed() => engine.borrow_mut().poll_logs(),
                     _ = poll.tick() => engine.borrow_mut().poll_logs(),
                     _ = tick.tick() => engine.borrow_mut().tick(),
                 }

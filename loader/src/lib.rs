@@ -30,3 +30,4 @@ pub mod program;
 pub mod show;
 pub mod state;
 pub mod test_filter;
+pub mod watch;

@@ -41,7 +41,8 @@ enum Cmd {
     Lint,
     /// Benchmarks, reported as ratios to a baseline measured in the same run.
     Bench {
-        /// Which: `xdp` (per-packet cost in the kernel).
+        /// Which: `xdp` (per-packet cost in the kernel), `logs` (log
+        /// throughput against fail2ban-regex), `latency` (line to ban).
         #[arg(default_value = "xdp")]
         which: String,
     },
@@ -133,7 +134,10 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the benchmarks load XDP programs: run `cargo xtask bench` as root");
             }
             ensure_setup()?;
+            // The log benchmarks drive the release binary.
+            build(true)?;
             let status = cargo()
+                .env("SIPGUARD_BIN", target_dir().join("release/sipguard"))
                 .args([
                     "run",
                     "--quiet",

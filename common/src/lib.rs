@@ -23,6 +23,10 @@ pub mod map_name {
     pub const CONFIG: &str = "config";
     /// Per-CPU [`super::Counter`] per verdict, indexed by [`super::counter`].
     pub const COUNTERS: &str = "counters";
+    /// LRU hash of per-source rate state: [`super::RateKey`] → [`super::RateState`].
+    pub const RATE: &str = "rate";
+    /// Ring buffer of [`super::FloodEvent`]s: sources to ban for flooding.
+    pub const FLOOD_EVENTS: &str = "flood_events";
 }
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
@@ -45,6 +49,12 @@ pub const MAX_BANS: u32 = 1 << 20;
 pub const MAX_ALLOWED: u32 = 1 << 16;
 /// The protected-port bitmap: 65 536 bits in 1 024 words.
 pub const PORT_WORDS: u32 = 1024;
+/// Sources whose rate is tracked at once. An LRU map: a spoofed-source flood
+/// evicts the least recently seen sources' rate state, never a ban (bans live
+/// in their own maps).
+pub const MAX_RATE_SOURCES: u32 = 1 << 18;
+/// Bytes of the flood ring buffer (a power of two, a multiple of the page size).
+pub const FLOOD_RING_BYTES: u32 = 1 << 16;
 
 /// `BanEntry::flags`: this ban drops every packet of the source, not only
 /// packets to protected ports (fail2ban's `iptables-allports`).
@@ -98,13 +108,95 @@ pub struct AllowEntry {
     pub last_hit_ns: u64,
 }
 
-/// Global settings, written by the daemon at start.
+/// Global settings, written by the daemon at start and on reload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// `CONFIG_*` flags.
     pub flags: u32,
+    /// Per-source packet rate limit on the protected ports, packets per
+    /// second; 0 turns the limiter off.
+    pub rate_pps: u32,
+    /// Packets a source may send at once above its rate (the bucket depth).
+    pub burst: u32,
+    /// A source limited during this many distinct seconds within
+    /// `escalate_window_secs` is reported for a ban; 0: never.
+    pub escalate_secs: u32,
+    pub escalate_window_secs: u32,
     pub _pad: u32,
+    /// `1e9 / rate_pps` and `burst * interval_ns`, computed by userspace
+    /// (`Config::with_rate`) so the program never divides.
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+impl Config {
+    /// Sets the rate limit; `rate_pps = 0` turns it off.
+    pub fn with_rate(mut self, rate_pps: u32, burst: u32) -> Self {
+        self.rate_pps = rate_pps;
+        self.burst = burst;
+        self.interval_ns = if rate_pps == 0 {
+            0
+        } else {
+            1_000_000_000 / u64::from(rate_pps)
+        };
+        self.tolerance_ns = self.interval_ns * u64::from(burst);
+        self
+    }
+}
+
+/// The key of the rate map: an IPv6 /64 (the rest zeroed), or an IPv4
+/// address mapped into IPv6 (`::ffff:a.b.c.d`).
+pub type RateKey = [u8; 16];
+
+/// The `RateKey` of an IPv4 address.
+#[inline(always)]
+pub const fn rate_key_v4(a: [u8; 4]) -> RateKey {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The `RateKey` of an IPv6 address: its /64.
+#[inline(always)]
+pub const fn rate_key_v6(a: [u8; 16]) -> RateKey {
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], 0, 0, 0, 0, 0, 0, 0, 0,
+    ]
+}
+
+/// Per-source rate state, shared by all CPUs (one LRU hash entry per source,
+/// not per CPU: a source spread over many RX queues gets one budget).
+///
+/// The limiter is GCRA (a token bucket expressed as one timestamp): `tat_ns`
+/// is the theoretical arrival time of the next packet. A packet conforms when
+/// `tat_ns - now <= burst * interval`; a conforming packet moves `tat_ns` on
+/// by one interval with an atomic add, so concurrent CPUs never lose each
+/// other's packets. Only the reset of an idle source's `tat_ns` to now is a
+/// plain store; racing it can admit one extra packet per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub tat_ns: u64,
+    /// Packets dropped by the limiter.
+    pub limited: u64,
+    /// The second (`now / 1e9`) of the last limited packet.
+    pub last_over_sec: u64,
+    /// Distinct seconds with limited packets in the current window.
+    pub over_secs: u32,
+    /// 1 once this source was reported for a ban in the current window.
+    pub reported: u32,
+}
+
+/// A source that kept exceeding its rate: read by the daemon from the
+/// `flood_events` ring buffer and banned in the `sip-flood` jail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodEvent {
+    pub key: RateKey,
+    pub over_secs: u32,
+    pub _pad: u32,
+    pub limited: u64,
 }
 
 /// A per-CPU counter of packets and bytes.
@@ -136,8 +228,12 @@ pub mod counter {
     /// extension-header chain too long to walk): dropped so that fragmenting
     /// cannot smuggle SIP past a ban.
     pub const DROP_BANNED_NO_PORT: u32 = 7;
+    /// Source over its packet rate on a protected port: dropped.
+    pub const DROP_RATE_LIMITED: u32 = 8;
+    /// Source over its rate but allow-listed: passed.
+    pub const PASS_RATE_ALLOWLISTED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 
     /// Display names, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -149,6 +245,8 @@ pub mod counter {
         "pass_allowlisted",
         "drop_banned",
         "drop_banned_no_port",
+        "drop_rate_limited",
+        "pass_rate_allowlisted",
     ];
 }
 
@@ -160,4 +258,6 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::FloodEvent {}
 }

@@ -64,6 +64,82 @@ pub struct Config {
     pub start: StartAt,
     #[serde(default)]
     pub jails: BTreeMap<String, JailConfig>,
+    /// Packet-level flood defence in XDP.
+    #[serde(default)]
+    pub flood: FloodConfig,
+}
+
+/// `[flood]`: the per-source rate limit on the protected ports, and when a
+/// source that keeps exceeding it is banned (jail `sip-flood`).
+///
+/// The defaults let a site of hundreds of phones behind one NAT address
+/// re-register at once after a power cut (each REGISTER, 401, REGISTER: a few
+/// packets per phone, well inside `burst`) and keep up its keepalives (far
+/// below `rate`), while a single source sending thousands of SIP packets per
+/// second is limited within a second and banned after `escalate_after`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Packets per second per source (IPv4 address, IPv6 /64).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Packets a source may send at once above its rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Ban a source limited during this many distinct seconds...
+    #[serde(default = "default_escalate_after")]
+    pub escalate_after: u32,
+    /// ...with no gap between them longer than this (seconds).
+    #[serde(
+        default = "default_escalate_window",
+        deserialize_with = "some_duration"
+    )]
+    pub window: Duration,
+    /// How long a flooding source is banned (`-1`: permanently).
+    #[serde(default = "default_flood_bantime", deserialize_with = "bantime")]
+    pub bantime: Option<Duration>,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: default_rate(),
+            burst: default_burst(),
+            escalate_after: default_escalate_after(),
+            window: default_escalate_window(),
+            bantime: default_flood_bantime(),
+        }
+    }
+}
+
+fn default_rate() -> u32 {
+    500
+}
+fn default_burst() -> u32 {
+    2000
+}
+fn default_escalate_after() -> u32 {
+    5
+}
+fn default_escalate_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_flood_bantime() -> Option<Duration> {
+    Some(Duration::from_secs(3600))
+}
+
+impl FloodConfig {
+    /// The kernel's view: rate 0 turns the limiter off.
+    pub fn apply(&self, mut config: common::Config) -> common::Config {
+        let rate = if self.enabled { self.rate } else { 0 };
+        config = config.with_rate(rate, self.burst);
+        config.escalate_secs = self.escalate_after;
+        config.escalate_window_secs = u32::try_from(self.window.as_secs()).unwrap_or(u32::MAX);
+        config
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -320,6 +396,9 @@ impl Config {
             if jail.max_offenders == 0 {
                 return Err(here("key `max_offenders` must be at least 1".into()));
             }
+        }
+        if self.flood.enabled && self.flood.rate == 0 {
+            bail!("[flood] key `rate` must be at least 1 (or enabled = false)");
         }
         if self.ports.is_empty() && !self.all_ports {
             bail!("key `ports`: at least one protected port is needed (or all_ports = true)");

@@ -39,6 +39,9 @@ const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// a restart adopts (only a crash followed by a reboot within a second loses one).
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The jail name of bans made by the XDP flood limiter.
+pub const FLOOD_JAIL: &str = "sip-flood";
+
 /// Command-line settings that override the configuration file.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -145,14 +148,14 @@ impl Engine {
         let ports = self.config.protected_ports();
         let maps = self.bans.maps();
         maps.set_ports(&ports)?;
-        maps.set_config(common::Config {
+        maps.set_config(self.config.flood.apply(common::Config {
             flags: if self.config.all_ports {
                 CONFIG_ALL_PORTS
             } else {
                 0
             },
             ..Default::default()
-        })?;
+        }))?;
         self.ignore = IgnoreList::new(self.config.ignoreip.iter().map(|n| n.0));
         let wanted: Vec<IpNet> = self.ignore.nets().to_vec();
         for old in self.config_allowed.iter().filter(|n| !wanted.contains(n)) {
@@ -227,6 +230,34 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Bans a source the XDP limiter reported for flooding.
+    fn on_flood(&mut self, event: &common::FloodEvent) {
+        let net = crate::maps::rate_key_net(&event.key);
+        if self.ignore.contains(net.addr()) {
+            return;
+        }
+        let flood = &self.config.flood;
+        let reason = format!(
+            "over {} packets/s during {} s ({} packets dropped by the limiter)",
+            flood.rate, event.over_secs, event.limited
+        );
+        match self.bans.ban(
+            net,
+            FLOOD_JAIL,
+            flood.bantime,
+            reason.clone(),
+            String::new(),
+            false,
+        ) {
+            Ok(true) => {
+                self.dirty = true;
+                tracing::info!("[{FLOOD_JAIL}] banned {}: {reason}", addr::display(&net));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("[{FLOOD_JAIL}] cannot ban {}: {e:#}", addr::display(&net)),
         }
     }
 
@@ -320,7 +351,8 @@ impl Engine {
     /// fail2ban-client-like status: per jail, failures and bans.
     fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
         if let Some(name) = only {
-            if name != "manual" && !self.jails.iter().any(|j| j.name == name) {
+            if name != "manual" && name != FLOOD_JAIL && !self.jails.iter().any(|j| j.name == name)
+            {
                 bail!(
                     "no jail named '{name}' (jails: {})",
                     self.jail_names().join(", ")
@@ -365,18 +397,21 @@ impl Engine {
                 },
             }));
         }
-        if only.is_none_or(|n| n == "manual") {
-            if let Some(banned) = by_jail.get("manual") {
-                jails.push(json!({
-                    "name": "manual",
-                    "filter": null,
-                    "actions": {
-                        "currently_banned": banned.len(),
-                        "total_banned": self.bans.total_by_jail.get("manual").copied().unwrap_or(0),
-                        "banned": banned,
-                    },
-                }));
+        // Bans that no log jail made: by hand, and by the XDP flood limiter.
+        for name in ["manual", FLOOD_JAIL] {
+            if only.is_some_and(|n| n != name) {
+                continue;
             }
+            let banned = by_jail.get(name).cloned().unwrap_or_default();
+            let total = self.bans.total_by_jail.get(name).copied().unwrap_or(0);
+            if banned.is_empty() && total == 0 && only.is_none() {
+                continue;
+            }
+            jails.push(json!({
+                "name": name,
+                "filter": null,
+                "actions": { "currently_banned": banned.len(), "total_banned": total, "banned": banned },
+            }));
         }
         Ok(json!({ "jails": jails, "bans": self.bans.len() }))
     }
@@ -425,6 +460,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .flat_map(|j| j.logpath.clone())
         .collect();
     let watch = crate::watch::LogWatch::new(&logpaths)?;
+    // SAFETY: the ring buffer's fd stays open and the same for the AsyncFd's life.
+    let mut flood_events = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            crate::maps::flood_events(&pin_dir)?,
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(std::io::Error::from)?;
     let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
 
     let mut attachments = Vec::new();
@@ -475,6 +518,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         }
                     }
                     _ = watch.changed() => engine.borrow_mut().poll_logs(),
+                    guard = flood_events.readable_mut() => {
+                        let mut guard = guard?;
+                        let ring = guard.get_inner_mut();
+                        while let Some(item) = ring.next() {
+                            if let Some(event) = crate::maps::flood_event(&item) {
+                                engine.borrow_mut().on_flood(&event);
+                            }
+                        }
+                        guard.clear_ready();
+                    }
                     _ = poll.tick() => engine.borrow_mut().poll_logs(),
                     _ = tick.tick() => engine.borrow_mut().tick(),
                 }

@@ -3,53 +3,56 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, Map, MapData, MapError, MapInfo, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
-use common::{counter, map_name, v4_key, AllowEntry, BanEntry, Config, Counter, V4Key, PORT_WORDS};
+use common::{
+    counter, map_name, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent, RateKey,
+    RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{
     mem::size_of,
     path::{Path, PathBuf},
 };
 
-/// What a pinned map must look like for this build: (name, key size, value size).
-/// A pin left by an older sipguard with another layout is refused, never
-/// reinterpreted. Capacities may differ (see `program::Capacity`).
-const LAYOUT: [(&str, usize, usize); 7] = [
-    (
-        map_name::BANNED_V4,
-        4 + size_of::<V4Key>(),
-        size_of::<BanEntry>(),
-    ),
-    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>()),
-    (
-        map_name::ALLOWED_V4,
-        4 + size_of::<V4Key>(),
-        size_of::<AllowEntry>(),
-    ),
-    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>()),
-    (map_name::PORTS, 4, size_of::<u64>()),
-    (map_name::CONFIG, 4, size_of::<Config>()),
-    (map_name::COUNTERS, 4, size_of::<Counter>()),
+/// What a pinned map must look like for this build: (name, key size, value
+/// size, and the capacity where it is part of the layout). A pin left by an
+/// older sipguard with another layout is refused, never reinterpreted. The
+/// tries' capacities may differ (see `program::Capacity`).
+#[rustfmt::skip]
+const LAYOUT: [(&str, usize, usize, Option<u32>); 9] = [
+    (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
+    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
+    (map_name::ALLOWED_V4, 4 + size_of::<V4Key>(), size_of::<AllowEntry>(), None),
+    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>(), None),
+    (map_name::PORTS, 4, size_of::<u64>(), Some(PORT_WORDS)),
+    (map_name::CONFIG, 4, size_of::<Config>(), Some(1)),
+    (map_name::COUNTERS, 4, size_of::<Counter>(), Some(counter::COUNT)),
+    (map_name::RATE, size_of::<RateKey>(), size_of::<RateState>(), None),
+    (map_name::FLOOD_EVENTS, 0, 0, Some(FLOOD_RING_BYTES)),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.
 pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
-    for (name, key, value) in LAYOUT {
+    for (name, key, value, max) in LAYOUT {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path)
             .with_context(|| format!("cannot open pinned map {}", path.display()))?;
-        let found = (info.key_size() as usize, info.value_size() as usize);
-        if found != (key, value) {
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            max.map(|_| info.max_entries()),
+        );
+        if found != (key, value, max) {
             bail!(
-                "pinned map {} has key/value sizes {found:?}, this sipguard expects {:?}: \
+                "pinned map {} has key/value sizes and capacity {found:?}, this sipguard expects {:?}: \
                  it was made by another version. Export what you need with `sipguard list --json`, \
                  then remove {} (dropping all bans) and start again",
                 path.display(),
-                (key, value),
+                (key, value, max),
                 pin_dir.display()
             );
         }
@@ -80,6 +83,32 @@ pub struct KernelMaps {
     ports: Array<MapData, u64>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
+    rate: HashMap<MapData, RateKey, RateState>,
+}
+
+/// The network a rate key stands for: an IPv4 host, or an IPv6 /64.
+pub fn rate_key_net(key: &RateKey) -> IpNet {
+    if key[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        IpNet::V4(Ipv4Net::new([key[12], key[13], key[14], key[15]].into(), 32).expect("valid"))
+    } else {
+        IpNet::V6(Ipv6Net::new((*key).into(), 64).expect("valid").trunc())
+    }
+}
+
+/// Opens the flood ring buffer pinned in `pin_dir` (one reader: the daemon).
+pub fn flood_events(pin_dir: &Path) -> Result<aya::maps::RingBuf<MapData>> {
+    let path = pin_dir.join(map_name::FLOOD_EVENTS);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(aya::maps::RingBuf::try_from(Map::RingBuf(data))?)
+}
+
+/// Decodes a ring buffer record.
+pub fn flood_event(bytes: &[u8]) -> Option<FloodEvent> {
+    (bytes.len() >= size_of::<FloodEvent>())
+        // SAFETY: FloodEvent is plain old data and the length was checked;
+        // read_unaligned copes with any alignment.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FloodEvent>()) })
 }
 
 impl KernelMaps {
@@ -116,6 +145,7 @@ impl KernelMaps {
             ports: Array::try_from(Map::Array(open(map_name::PORTS)?))?,
             config: Array::try_from(Map::Array(open(map_name::CONFIG)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::COUNTERS)?))?,
+            rate: HashMap::try_from(Map::LruHashMap(open(map_name::RATE)?))?,
         })
     }
 
@@ -260,6 +290,16 @@ impl KernelMaps {
 
     pub fn config(&self) -> Result<Config> {
         Ok(self.config.get(&0, 0)?)
+    }
+
+    /// The rate state of every tracked source.
+    pub fn rate_states(&self) -> Result<Vec<(IpNet, RateState)>> {
+        let mut out = Vec::new();
+        for item in self.rate.iter() {
+            let (k, v) = item?;
+            out.push((rate_key_net(&k), v));
+        }
+        Ok(out)
     }
 
     /// The verdict counters, summed over CPUs, by `common::counter` index.

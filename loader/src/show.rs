@@ -91,7 +91,8 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     let bans = maps.bans()?.len();
     let allowed = maps.allowed()?.len();
     let ports = maps.ports()?;
-    let all_ports = maps.config()?.flags & CONFIG_ALL_PORTS != 0;
+    let cfg = maps.config()?;
+    let all_ports = cfg.flags & CONFIG_ALL_PORTS != 0;
     let attached = program::pinned_links(maps.pin_dir());
     if json {
         let mut c = serde_json::Map::new();
@@ -107,6 +108,8 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             "allowed": allowed,
             "ports": ports,
             "all_ports": all_ports,
+            "rate_pps": cfg.rate_pps,
+            "burst": cfg.burst,
             "attached": attached,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -128,6 +131,14 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             format!("ports {}", daemon::join_ports(&ports))
         }
     );
+    if cfg.rate_pps == 0 {
+        println!("rate limit:  off");
+    } else {
+        println!(
+            "rate limit:  {} packets/s per source, burst {}",
+            cfg.rate_pps, cfg.burst
+        );
+    }
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");
     println!();

@@ -97,9 +97,18 @@ mod tests {
     fn folders_of_paths_and_globs() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        assert_eq!(folder_of(&format!("{d}/freeswitch.log")), Some(dir.path().to_owned()));
-        assert_eq!(folder_of(&format!("{d}/*.log")), Some(dir.path().to_owned()));
-        assert_eq!(folder_of(&format!("{d}/fs-*.log")), Some(dir.path().to_owned()));
+        assert_eq!(
+            folder_of(&format!("{d}/freeswitch.log")),
+            Some(dir.path().to_owned())
+        );
+        assert_eq!(
+            folder_of(&format!("{d}/*.log")),
+            Some(dir.path().to_owned())
+        );
+        assert_eq!(
+            folder_of(&format!("{d}/fs-*.log")),
+            Some(dir.path().to_owned())
+        );
         assert_eq!(folder_of("/nonexistent-sipguard/x.log"), None);
     }
 
@@ -110,6 +119,8 @@ mod tests {
         std::fs::write(&log, "").unwrap();
         let watch = LogWatch::new(&[log.display().to_string()]).unwrap();
         std::fs::write(&log, "line\n").unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed()).await.expect("woken");
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
+            .await
+            .expect("woken");
     }
 }

@@ -72,6 +72,11 @@ impl TestProgram {
         Ok((result.return_value, result.duration))
     }
 
+    /// The pin directory (for maps not wrapped by `KernelMaps`).
+    pub fn pin(&self) -> &std::path::Path {
+        &self._sandbox.pin
+    }
+
     pub fn counters(&self) -> Result<Vec<Counter>> {
         self.maps.counters()
     }

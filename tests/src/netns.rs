@@ -186,8 +186,24 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("test addresses are valid"), port)
 }
 
+/// A UDP socket bound in `ns`, with a 4 MiB receive buffer so that bursts in
+/// the tests are not lost to the socket (what XDP drops is what is measured).
 pub fn udp_socket(ns: &Netns, local: SocketAddr) -> Result<UdpSocket> {
-    in_netns(ns, move || UdpSocket::bind(local))
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(local)?;
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: a valid socket and a c_int option value; FORCE works as root.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Ok(s)
+    })
 }
 
 pub fn tcp_listener(ns: &Netns, local: SocketAddr) -> Result<TcpListener> {

@@ -7,6 +7,9 @@
 //!   not expired is dropped when the packet goes to a protected port, to any port
 //!   in all-ports mode, or to a port we cannot know (fragments). The allowlist
 //!   always wins. Everything else, including anything we cannot parse, passes.
+//! * Rate-limit: an unbanned source's packets to a protected port go through a
+//!   per-source limiter (GCRA over a shared LRU map); a source that keeps
+//!   exceeding it is reported through a ring buffer, to be banned.
 //! * Count: every packet lands in exactly one per-CPU verdict counter; a dropped
 //!   packet also bumps its ban's own packet/byte counters.
 #![no_std]
@@ -20,14 +23,16 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use common::{
-    counter, v4_key, AllowEntry, BanEntry, Config, Counter, V4Key, BAN_ALL_PORTS, CONFIG_ALL_PORTS,
-    MAX_ALLOWED, MAX_BANS, PORT_WORDS,
+    counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent,
+    RateKey, RateState, V4Key, BAN_ALL_PORTS, CONFIG_ALL_PORTS, FLOOD_RING_BYTES, MAX_ALLOWED,
+    MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -48,6 +53,10 @@ static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(counter::COUNT, 0);
+#[map(name = "rate")]
+static RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE_SOURCES, 0);
+#[map(name = "flood_events")]
+static FLOOD_EVENTS: RingBuf = RingBuf::pinned(FLOOD_RING_BYTES, 0);
 
 #[xdp]
 pub fn sipguard(ctx: XdpContext) -> u32 {
@@ -75,16 +84,22 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
         Source::V4(addr) => BANNED_V4.get(Key::new(32, v4_key(addr))),
         Source::V6(addr) => BANNED_V6.get(Key::new(128, addr)),
     };
-    let Some(ban) = ban else {
-        return (counter::PASS_NOT_BANNED, xdp_action::XDP_PASS);
-    };
     // The coarse clock (tick resolution) costs a few ns where the precise
-    // one costs ~60; bans need no better than milliseconds.
+    // one costs ~60; bans and rates need no better than milliseconds.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if ban.is_expired(now) {
-        // The daemon deletes expired entries; until then the kernel ignores them.
-        return (counter::PASS_BAN_EXPIRED, xdp_action::XDP_PASS);
-    }
+    let ban = match ban {
+        Some(ban) if !ban.is_expired(now) => ban,
+        // Expired bans are ignored from the moment they end; the daemon
+        // deletes them.
+        expired => {
+            let pass = if expired.is_some() {
+                counter::PASS_BAN_EXPIRED
+            } else {
+                counter::PASS_NOT_BANNED
+            };
+            return rate_limit(&pkt, now, pass);
+        }
+    };
     let all_ports = ban.flags & BAN_ALL_PORTS != 0 || config_flags() & CONFIG_ALL_PORTS != 0;
     let drop_verdict = match pkt.port {
         Port::Dst(port) if all_ports || is_protected(port) => counter::DROP_BANNED,
@@ -106,6 +121,98 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
         (*ban).last_seen_ns = now;
     }
     (drop_verdict, xdp_action::XDP_DROP)
+}
+
+/// The limiter for a source that is not banned: packets to protected ports
+/// within the source's rate pass (counted as `pass`), the rest drop unless
+/// the source is allow-listed.
+#[inline(always)]
+fn rate_limit(pkt: &parse::Packet, now: u64, pass: u32) -> (u32, u32) {
+    let Port::Dst(port) = pkt.port else {
+        return (pass, xdp_action::XDP_PASS);
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return (pass, xdp_action::XDP_PASS);
+    };
+    if cfg.interval_ns == 0 || !is_protected(port) {
+        return (pass, xdp_action::XDP_PASS);
+    }
+    let key = match pkt.src {
+        Source::V4(a) => rate_key_v4(a),
+        Source::V6(a) => rate_key_v6(a),
+    };
+    if conforms(&key, now, cfg) {
+        return (pass, xdp_action::XDP_PASS);
+    }
+    // Checked only for packets over the limit: the common path stays cheap.
+    if allowlisted(&pkt.src, now) {
+        return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+    }
+    (counter::DROP_RATE_LIMITED, xdp_action::XDP_DROP)
+}
+
+/// GCRA: true if a packet from `key` at `now` is within its rate and burst.
+#[inline(always)]
+fn conforms(key: &RateKey, now: u64, cfg: &Config) -> bool {
+    let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
+    let Some(st) = RATE.get_ptr_mut(key) else {
+        let fresh = RateState {
+            tat_ns: now + interval,
+            ..RateState::default()
+        };
+        // Another CPU may have inserted it meanwhile: either way this packet conforms.
+        let _ = RATE.insert(key, fresh, u64::from(BPF_NOEXIST));
+        return true;
+    };
+    unsafe {
+        let tat = (*st).tat_ns;
+        if tat <= now {
+            // Idle long enough to have a full bucket: restart the schedule.
+            (*st).tat_ns = now + interval;
+            return true;
+        }
+        if tat - now <= tolerance {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
+            return true;
+        }
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).limited, 1);
+        escalate(st, key, now, cfg);
+    }
+    false
+}
+
+/// Counts the distinct seconds a source is over its limit; after
+/// `escalate_secs` of them with no gap longer than `escalate_window_secs`,
+/// reports it once through the ring buffer. Runs once per second per
+/// limited source, not per packet.
+#[inline(always)]
+unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
+    let sec = now / 1_000_000_000;
+    unsafe {
+        let last = (*st).last_over_sec;
+        if last == sec {
+            return;
+        }
+        if sec - last > u64::from(cfg.escalate_window_secs) {
+            (*st).over_secs = 0;
+            (*st).reported = 0;
+        }
+        (*st).last_over_sec = sec;
+        (*st).over_secs += 1;
+        if cfg.escalate_secs == 0 || (*st).over_secs < cfg.escalate_secs || (*st).reported != 0 {
+            return;
+        }
+        (*st).reported = 1;
+        if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
+            entry.write(FloodEvent {
+                key: *key,
+                over_secs: (*st).over_secs,
+                _pad: 0,
+                limited: (*st).limited,
+            });
+            entry.submit(0);
+        }
+    }
 }
 
 #[inline(always)]

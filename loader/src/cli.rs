@@ -90,6 +90,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sources the rate limiter is holding back now, with their rates.
+    Top {
+        /// Sampling interval in seconds.
+        #[arg(long, default_value = "1")]
+        interval: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Jails: failures, bans and banned addresses, like `fail2ban-client status`.
     Status {
         jail: Option<String>,
@@ -233,6 +241,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats { json } => {
             require_root("read sipguard's maps")?;
             show::stats(&open(&paths(&cli).0)?, json)
+        }
+        Command::Top { interval, json } => {
+            require_root("read sipguard's maps")?;
+            if !(0.1..=60.0).contains(&interval) {
+                bail!("--interval must be between 0.1 and 60 seconds");
+            }
+            show::top(
+                &open(&paths(&cli).0)?,
+                std::time::Duration::from_secs_f64(interval),
+                json,
+            )
         }
         Command::Status { ref jail, json } => {
             require_root("read the daemon's status")?;

@@ -188,3 +188,70 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
         println!("   `- Banned IP list:   {}", banned.join(" "));
     }
 }
+
+/// `top`: samples the rate map twice, `interval` apart, and shows the sources
+/// over their limit: packets dropped per second by the limiter, and whether
+/// they were reported for a ban.
+pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Result<()> {
+    let first: std::collections::HashMap<_, _> = maps.rate_states()?.into_iter().collect();
+    std::thread::sleep(interval);
+    let second = maps.rate_states()?;
+    let now_sec = clock::mono_now_ns() / 1_000_000_000;
+    let cfg = maps.config()?;
+    let mut rows: Vec<(ipnet::IpNet, f64, common::RateState)> = second
+        .iter()
+        .filter(|(_, st)| st.last_over_sec + 2 >= now_sec)
+        .map(|(net, st)| {
+            let before = first.get(net).map_or(0, |s| s.limited);
+            (
+                *net,
+                st.limited.saturating_sub(before) as f64 / interval.as_secs_f64(),
+                *st,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let escalated = second.iter().filter(|(_, st)| st.reported != 0).count();
+    if json {
+        let out = json!({
+            "tracked": second.len(),
+            "over_limit": rows.len(),
+            "escalated": escalated,
+            "rate_pps": cfg.rate_pps,
+            "burst": cfg.burst,
+            "sources": rows.iter().map(|(n, pps, st)| json!({
+                "source": addr::display(n), "limited_pps": pps, "limited_total": st.limited,
+                "seconds_over": st.over_secs, "reported": st.reported != 0,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if cfg.rate_pps == 0 {
+        println!("rate limit: off");
+    } else {
+        println!(
+            "rate limit: {} packets/s per source, burst {}",
+            cfg.rate_pps, cfg.burst
+        );
+    }
+    println!(
+        "sources tracked: {}, over their limit now: {}, reported for a ban: {escalated}",
+        second.len(),
+        rows.len()
+    );
+    println!(
+        "{:<40} {:>14} {:>14} {:>9} REPORTED",
+        "SOURCE", "LIMITED PKT/S", "LIMITED TOTAL", "SECS OVER"
+    );
+    for (net, pps, st) in rows.iter().take(50) {
+        println!(
+            "{:<40} {pps:>14.0} {:>14} {:>9} {}",
+            addr::display(net),
+            st.limited,
+            st.over_secs,
+            if st.reported != 0 { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}

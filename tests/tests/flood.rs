@@ -74,6 +74,16 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
         "XDP saw a flood, and limited it: {limited} limited, {passed} passed"
     );
     assert!(got <= passed, "{got} received, {passed} passed");
+    let top: serde_json::Value =
+        serde_json::from_str(&cli_ok(&sb, &["top", "--interval", "0.2", "--json"])?)?;
+    assert_eq!(
+        top["sources"][0]["source"], CLIENT_V4,
+        "top shows the flooding source: {top}"
+    );
+    assert!(
+        top["sources"][0]["limited_total"].as_u64().unwrap() >= limited as u64,
+        "{top}"
+    );
     assert_eq!(
         udp_delivered(&quiet, &quiet_sip, 20)?,
         20,

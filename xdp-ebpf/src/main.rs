@@ -84,22 +84,15 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
         Source::V4(addr) => BANNED_V4.get(Key::new(32, v4_key(addr))),
         Source::V6(addr) => BANNED_V6.get(Key::new(128, addr)),
     };
-    // The coarse clock (tick resolution) costs a few ns where the precise
-    // one costs ~60; bans and rates need no better than milliseconds.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ban = match ban {
-        Some(ban) if !ban.is_expired(now) => ban,
-        // Expired bans are ignored from the moment they end; the daemon
-        // deletes them.
-        expired => {
-            let pass = if expired.is_some() {
-                counter::PASS_BAN_EXPIRED
-            } else {
-                counter::PASS_NOT_BANNED
-            };
-            return rate_limit(&pkt, now, pass);
-        }
+        Some(ban) => ban,
+        None => return rate_limit(&pkt, counter::PASS_NOT_BANNED),
     };
+    let now = now_ns();
+    if ban.is_expired(now) {
+        // Ignored from the moment it ends; the daemon deletes it.
+        return rate_limit(&pkt, counter::PASS_BAN_EXPIRED);
+    }
     let all_ports = ban.flags & BAN_ALL_PORTS != 0 || config_flags() & CONFIG_ALL_PORTS != 0;
     let drop_verdict = match pkt.port {
         Port::Dst(port) if all_ports || is_protected(port) => counter::DROP_BANNED,
@@ -127,7 +120,7 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
 /// within the source's rate pass (counted as `pass`), the rest drop unless
 /// the source is allow-listed.
 #[inline(always)]
-fn rate_limit(pkt: &parse::Packet, now: u64, pass: u32) -> (u32, u32) {
+fn rate_limit(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     let Port::Dst(port) = pkt.port else {
         return (pass, xdp_action::XDP_PASS);
     };
@@ -141,6 +134,7 @@ fn rate_limit(pkt: &parse::Packet, now: u64, pass: u32) -> (u32, u32) {
         Source::V4(a) => rate_key_v4(a),
         Source::V6(a) => rate_key_v6(a),
     };
+    let now = now_ns();
     if conforms(&key, now, cfg) {
         return (pass, xdp_action::XDP_PASS);
     }
@@ -213,6 +207,14 @@ unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
             entry.submit(0);
         }
     }
+}
+
+/// The coarse clock (tick resolution) costs a few ns where the precise one
+/// costs ~60; bans and rates need no better than milliseconds. Read only on
+/// the paths that need it.
+#[inline(always)]
+fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

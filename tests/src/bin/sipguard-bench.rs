@@ -96,6 +96,52 @@ fn xdp() -> Result<()> {
     println!(
         "\nLine rate for 64-byte frames: 10 GbE 14.88 Mpps, 25 GbE 37.2 Mpps, 100 GbE 148.8 Mpps."
     );
+    rate_limiter()
+}
+
+/// The cost the rate limiter adds to unbanned SIP traffic, beside the same
+/// packet with the limiter off and the empty program, in one run.
+fn rate_limiter() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    let frame = udp4([192, 0, 2, 1], 5060);
+    let run = |t: &mut TestProgram, cfg: common::Config, want: u32| -> Result<f64> {
+        t.maps.set_config(cfg)?;
+        median_ns(|| {
+            let (got, d) = t.run_repeat(&frame, REPEAT)?;
+            if got != want {
+                bail!("action {got}, expected {want}");
+            }
+            Ok(d)
+        })
+    };
+    let floor = median_ns(|| Ok(t.run_floor(&frame, REPEAT)?.1))?;
+    let off = run(&mut t, common::Config::default(), 2)?;
+    // Never over: 100 M packets/s with an enormous burst.
+    let under = run(
+        &mut t,
+        common::Config::default().with_rate(100_000_000, u32::MAX),
+        2,
+    )?;
+    // Over after the first two packets: 1 packet/s, burst 1.
+    let mut cfg = common::Config::default().with_rate(1, 1);
+    cfg.escalate_secs = 5;
+    cfg.escalate_window_secs = 60;
+    let over = run(&mut t, cfg, 1)?;
+    println!("\n## Rate limiter cost (SIP/UDP from one unbanned source, {REPEAT} repeats, median of {RUNS})\n");
+    println!("| case | ns/packet | × empty program | added by the limiter |");
+    println!("|---|---:|---:|---:|");
+    println!("| empty XDP program (floor) | {floor:.1} | 1.00 | |");
+    println!("| limiter off | {off:.1} | {:.2} | |", off / floor);
+    println!(
+        "| limiter on, under the rate (pass) | {under:.1} | {:.2} | {:+.1} ns |",
+        under / floor,
+        under - off
+    );
+    println!(
+        "| limiter on, over the rate (drop) | {over:.1} | {:.2} | {:+.1} ns |",
+        over / floor,
+        over - off
+    );
     Ok(())
 }
 

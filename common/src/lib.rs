@@ -62,6 +62,17 @@ pub const BAN_ALL_PORTS: u32 = 1;
 
 /// `Config::flags`: every ban applies to all ports (global all-ports mode).
 pub const CONFIG_ALL_PORTS: u32 = 1;
+/// `Config::flags`: drop UDP SIP requests with a scanner's User-Agent.
+pub const CONFIG_SCANNERS: u32 = 2;
+
+/// `FloodEvent::kind`: the source kept exceeding its rate.
+pub const EVENT_FLOOD: u32 = 0;
+/// `FloodEvent::kind`: the source sent a scanner's User-Agent.
+pub const EVENT_SCANNER: u32 = 1;
+
+/// `RateState::reported` bits.
+pub const REPORTED_FLOOD: u32 = 1;
+pub const REPORTED_SCANNER: u32 = 2;
 
 /// One ban: the value of the `banned_v4`/`banned_v6` tries.
 ///
@@ -184,7 +195,8 @@ pub struct RateState {
     pub last_over_sec: u64,
     /// Distinct seconds with limited packets in the current window.
     pub over_secs: u32,
-    /// 1 once this source was reported for a ban in the current window.
+    /// `REPORTED_*` bits: what this source was reported for (flooding: in
+    /// the current window).
     pub reported: u32,
 }
 
@@ -195,7 +207,8 @@ pub struct RateState {
 pub struct FloodEvent {
     pub key: RateKey,
     pub over_secs: u32,
-    pub _pad: u32,
+    /// `EVENT_*`.
+    pub kind: u32,
     pub limited: u64,
 }
 
@@ -232,8 +245,12 @@ pub mod counter {
     pub const DROP_RATE_LIMITED: u32 = 8;
     /// Source over its rate but allow-listed: passed.
     pub const PASS_RATE_ALLOWLISTED: u32 = 9;
+    /// UDP SIP request with a scanner's User-Agent: dropped.
+    pub const DROP_SCANNER: u32 = 10;
+    /// Scanner's User-Agent from an allow-listed source: passed.
+    pub const PASS_SCANNER_ALLOWLISTED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
 
     /// Display names, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -247,6 +264,8 @@ pub mod counter {
         "drop_banned_no_port",
         "drop_rate_limited",
         "pass_rate_allowlisted",
+        "drop_scanner",
+        "pass_scanner_allowlisted",
     ];
 }
 

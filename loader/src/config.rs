@@ -100,6 +100,12 @@ pub struct FloodConfig {
     /// How long a flooding source is banned (`-1`: permanently).
     #[serde(default = "default_flood_bantime", deserialize_with = "bantime")]
     pub bantime: Option<Duration>,
+    /// Drop UDP SIP requests whose User-Agent is a known scanner's, and ban
+    /// the source (jail `sip-scanner`).
+    #[serde(default = "yes")]
+    pub scanners: bool,
+    #[serde(default = "default_scanner_bantime", deserialize_with = "bantime")]
+    pub scanner_bantime: Option<Duration>,
 }
 
 impl Default for FloodConfig {
@@ -111,8 +117,14 @@ impl Default for FloodConfig {
             escalate_after: default_escalate_after(),
             window: default_escalate_window(),
             bantime: default_flood_bantime(),
+            scanners: true,
+            scanner_bantime: default_scanner_bantime(),
         }
     }
+}
+
+fn default_scanner_bantime() -> Option<Duration> {
+    Some(Duration::from_secs(86_400))
 }
 
 fn default_rate() -> u32 {
@@ -138,6 +150,9 @@ impl FloodConfig {
         config = config.with_rate(rate, self.burst);
         config.escalate_secs = self.escalate_after;
         config.escalate_window_secs = u32::try_from(self.window.as_secs()).unwrap_or(u32::MAX);
+        if self.scanners {
+            config.flags |= common::CONFIG_SCANNERS;
+        }
         config
     }
 }

@@ -41,6 +41,8 @@ const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The jail name of bans made by the XDP flood limiter.
 pub const FLOOD_JAIL: &str = "sip-flood";
+/// The jail name of bans of sources with a scanner's User-Agent.
+pub const SCANNER_JAIL: &str = "sip-scanner";
 
 /// Command-line settings that override the configuration file.
 #[derive(Clone, Debug, Default)]
@@ -233,31 +235,40 @@ impl Engine {
         }
     }
 
-    /// Bans a source the XDP limiter reported for flooding.
+    /// Bans a source the XDP program reported: for flooding, or for a
+    /// scanner's User-Agent.
     fn on_flood(&mut self, event: &common::FloodEvent) {
         let net = crate::maps::rate_key_net(&event.key);
         if self.ignore.contains(net.addr()) {
             return;
         }
         let flood = &self.config.flood;
-        let reason = format!(
-            "over {} packets/s during {} s ({} packets dropped by the limiter)",
-            flood.rate, event.over_secs, event.limited
-        );
-        match self.bans.ban(
-            net,
-            FLOOD_JAIL,
-            flood.bantime,
-            reason.clone(),
-            String::new(),
-            false,
-        ) {
+        let (jail, bantime, reason) = if event.kind == common::EVENT_SCANNER {
+            (
+                SCANNER_JAIL,
+                flood.scanner_bantime,
+                "a SIP scanner's User-Agent".to_owned(),
+            )
+        } else {
+            (
+                FLOOD_JAIL,
+                flood.bantime,
+                format!(
+                    "over {} packets/s during {} s ({} packets dropped by the limiter)",
+                    flood.rate, event.over_secs, event.limited
+                ),
+            )
+        };
+        match self
+            .bans
+            .ban(net, jail, bantime, reason.clone(), String::new(), false)
+        {
             Ok(true) => {
                 self.dirty = true;
-                tracing::info!("[{FLOOD_JAIL}] banned {}: {reason}", addr::display(&net));
+                tracing::info!("[{jail}] banned {}: {reason}", addr::display(&net));
             }
             Ok(false) => {}
-            Err(e) => tracing::error!("[{FLOOD_JAIL}] cannot ban {}: {e:#}", addr::display(&net)),
+            Err(e) => tracing::error!("[{jail}] cannot ban {}: {e:#}", addr::display(&net)),
         }
     }
 
@@ -351,8 +362,8 @@ impl Engine {
     /// fail2ban-client-like status: per jail, failures and bans.
     fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
         if let Some(name) = only {
-            if name != "manual" && name != FLOOD_JAIL && !self.jails.iter().any(|j| j.name == name)
-            {
+            let pseudo = ["manual", FLOOD_JAIL, SCANNER_JAIL].contains(&name);
+            if !pseudo && !self.jails.iter().any(|j| j.name == name) {
                 bail!(
                     "no jail named '{name}' (jails: {})",
                     self.jail_names().join(", ")
@@ -398,7 +409,7 @@ impl Engine {
             }));
         }
         // Bans that no log jail made: by hand, and by the XDP flood limiter.
-        for name in ["manual", FLOOD_JAIL] {
+        for name in ["manual", FLOOD_JAIL, SCANNER_JAIL] {
             if only.is_some_and(|n| n != name) {
                 continue;
             }

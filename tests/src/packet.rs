@@ -134,3 +134,32 @@ pub fn udp6(src: [u8; 16], dport: u16) -> Vec<u8> {
 pub fn tcp6(src: [u8; 16], dport: u16) -> Vec<u8> {
     frame(&[], ETH_P_IPV6, &ipv6(src, TCP, &tcp(dport)))
 }
+
+/// A UDP header to `dport` with `body` as payload.
+pub fn udp_with(dport: u16, body: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x13, 0xc4];
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(body);
+    h
+}
+
+/// A SIP OPTIONS request like SIPVicious' svmap sends, with `user_agent` as
+/// its User-Agent header line (or no such line when empty) after `padding`
+/// extra bytes of headers.
+pub fn sip_options(user_agent: &str, padding: usize) -> Vec<u8> {
+    let mut m = String::from(
+        "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-1;rport\r\nMax-Forwards: 70\r\n",
+    );
+    m.push_str(&format!("X-Padding: {}\r\n", "p".repeat(padding)));
+    m.push_str(
+        "To: \"sipvicious\"<sip:100@10.0.0.1>\r\nFrom: \"sipvicious\"<sip:100@10.0.0.1>;tag=1\r\n",
+    );
+    if !user_agent.is_empty() {
+        m.push_str(user_agent);
+        m.push_str("\r\n");
+    }
+    m.push_str("Call-ID: 1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    m.into_bytes()
+}

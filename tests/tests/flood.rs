@@ -158,3 +158,57 @@ fn the_power_outage_pattern_passes_untouched() -> Result<()> {
     assert!(cli_ok(&sb, &["list"])?.contains("0 ban(s)"));
     Ok(())
 }
+
+/// A real scanner: SIPVicious' svmap (Debian's `sipvicious` package), run in
+/// the client namespace against the server namespace's address only, with a
+/// time limit. Its OPTIONS never reach the listener and the source is banned.
+#[test]
+fn sipvicious_svmap_is_dropped_and_banned() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "ip",
+            "netns",
+            "exec",
+            &pair.client.name,
+            "svmap",
+            SERVER_V4,
+            "-p",
+            "5060",
+        ])
+        .output()?;
+    assert!(
+        out.status.code() != Some(127),
+        "svmap missing: run `cargo xtask setup`"
+    );
+    sip.set_nonblocking(true)?;
+    let mut buf = [0u8; 4096];
+    assert!(
+        sip.recv(&mut buf).is_err(),
+        "no scanner packet reached the listener"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["stats", "--json"])?)?;
+    assert!(
+        stats["counters"]["drop_scanner"]["packets"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{stats}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_str(&cli_ok(&sb, &["status", "sip-scanner", "--json"])?)?;
+        if st["jails"][0]["actions"]["banned"][0]["address"] == CLIENT_V4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "svmap's source not banned: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

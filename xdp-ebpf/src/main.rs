@@ -20,6 +20,7 @@
 #![feature(core_intrinsics)]
 
 mod parse;
+mod scanner;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -31,8 +32,9 @@ use aya_ebpf::{
 };
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent,
-    RateKey, RateState, V4Key, BAN_ALL_PORTS, CONFIG_ALL_PORTS, FLOOD_RING_BYTES, MAX_ALLOWED,
-    MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS,
+    RateKey, RateState, V4Key, BAN_ALL_PORTS, CONFIG_ALL_PORTS, CONFIG_SCANNERS, EVENT_FLOOD,
+    EVENT_SCANNER, FLOOD_RING_BYTES, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS,
+    REPORTED_FLOOD, REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -86,12 +88,12 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
     };
     let ban = match ban {
         Some(ban) => ban,
-        None => return rate_limit(&pkt, counter::PASS_NOT_BANNED),
+        None => return unbanned(ctx, &pkt, counter::PASS_NOT_BANNED),
     };
     let now = now_ns();
     if ban.is_expired(now) {
         // Ignored from the moment it ends; the daemon deletes it.
-        return rate_limit(&pkt, counter::PASS_BAN_EXPIRED);
+        return unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED);
     }
     let all_ports = ban.flags & BAN_ALL_PORTS != 0 || config_flags() & CONFIG_ALL_PORTS != 0;
     let drop_verdict = match pkt.port {
@@ -116,18 +118,19 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
     (drop_verdict, xdp_action::XDP_DROP)
 }
 
-/// The limiter for a source that is not banned: packets to protected ports
-/// within the source's rate pass (counted as `pass`), the rest drop unless
-/// the source is allow-listed.
+/// A source that is not banned, on a protected port: first the rate limiter
+/// (cheap, so a flood is dropped before any payload is read), then the
+/// scanner signatures on what conforms. Allow-listed sources pass both.
 #[inline(always)]
-fn rate_limit(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
+fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     let Port::Dst(port) = pkt.port else {
         return (pass, xdp_action::XDP_PASS);
     };
     let Some(cfg) = CONFIG.get(0) else {
         return (pass, xdp_action::XDP_PASS);
     };
-    if cfg.interval_ns == 0 || !is_protected(port) {
+    let scanners = cfg.flags & CONFIG_SCANNERS != 0 && pkt.udp_payload != 0;
+    if (cfg.interval_ns == 0 && !scanners) || !is_protected(port) {
         return (pass, xdp_action::XDP_PASS);
     }
     let key = match pkt.src {
@@ -135,14 +138,55 @@ fn rate_limit(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Source::V6(a) => rate_key_v6(a),
     };
     let now = now_ns();
-    if conforms(&key, now, cfg) {
-        return (pass, xdp_action::XDP_PASS);
+    if cfg.interval_ns != 0 && !conforms(&key, now, cfg) {
+        // Checked only for packets over the limit: the common path stays cheap.
+        if allowlisted(&pkt.src, now) {
+            return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+        }
+        return (counter::DROP_RATE_LIMITED, xdp_action::XDP_DROP);
     }
-    // Checked only for packets over the limit: the common path stays cheap.
-    if allowlisted(&pkt.src, now) {
-        return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+    if scanners && scanner::is_scanner(ctx, scanner::launder(pkt.udp_payload)) {
+        if allowlisted(&pkt.src, now) {
+            return (counter::PASS_SCANNER_ALLOWLISTED, xdp_action::XDP_PASS);
+        }
+        report_scanner(&key, now);
+        return (counter::DROP_SCANNER, xdp_action::XDP_DROP);
     }
-    (counter::DROP_RATE_LIMITED, xdp_action::XDP_DROP)
+    (pass, xdp_action::XDP_PASS)
+}
+
+/// Reports a scanning source once (until its rate state is forgotten).
+#[inline(always)]
+fn report_scanner(key: &RateKey, now: u64) {
+    let st = match RATE.get_ptr_mut(key) {
+        Some(st) => st,
+        None => {
+            let fresh = RateState {
+                tat_ns: now,
+                ..RateState::default()
+            };
+            let _ = RATE.insert(key, fresh, u64::from(BPF_NOEXIST));
+            match RATE.get_ptr_mut(key) {
+                Some(st) => st,
+                None => return,
+            }
+        }
+    };
+    unsafe {
+        if (*st).reported & REPORTED_SCANNER != 0 {
+            return;
+        }
+        (*st).reported |= REPORTED_SCANNER;
+    }
+    if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
+        entry.write(FloodEvent {
+            key: *key,
+            over_secs: 0,
+            kind: EVENT_SCANNER,
+            limited: 0,
+        });
+        entry.submit(0);
+    }
 }
 
 /// GCRA: true if a packet from `key` at `now` is within its rate and burst.
@@ -189,19 +233,22 @@ unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
         }
         if sec - last > u64::from(cfg.escalate_window_secs) {
             (*st).over_secs = 0;
-            (*st).reported = 0;
+            (*st).reported &= !REPORTED_FLOOD;
         }
         (*st).last_over_sec = sec;
         (*st).over_secs += 1;
-        if cfg.escalate_secs == 0 || (*st).over_secs < cfg.escalate_secs || (*st).reported != 0 {
+        if cfg.escalate_secs == 0
+            || (*st).over_secs < cfg.escalate_secs
+            || (*st).reported & REPORTED_FLOOD != 0
+        {
             return;
         }
-        (*st).reported = 1;
+        (*st).reported |= REPORTED_FLOOD;
         if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
             entry.write(FloodEvent {
                 key: *key,
                 over_secs: (*st).over_secs,
-                _pad: 0,
+                kind: EVENT_FLOOD,
                 limited: (*st).limited,
             });
             entry.submit(0);

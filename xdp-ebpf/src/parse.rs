@@ -48,6 +48,8 @@ pub enum Port {
 pub struct Packet {
     pub src: Source,
     pub port: Port,
+    /// Offset of the UDP payload in the packet; 0 when not UDP.
+    pub udp_payload: usize,
 }
 
 /// A pointer to a `T` at `offset` in the packet, or `None` if the packet is too short.
@@ -108,14 +110,15 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, u32> {
     // More-fragments flag (0x2000) or a non-zero offset: any fragment. Even the
     // first one is not trusted for its port, as overlapping fragments can
     // rewrite it.
-    let port = if frags & 0x3fff != 0 {
-        Port::Unknown
+    let (port, udp_payload) = if frags & 0x3fff != 0 {
+        (Port::Unknown, 0)
     } else {
         l4_port(ctx, off + ihl, proto)?
     };
     Ok(Packet {
         src: Source::V4(src),
         port,
+        udp_payload,
     })
 }
 
@@ -142,30 +145,35 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, u32> {
         l4 += (usize::from(ext_len) + extra) * len_unit;
         next = ext_next;
     }
-    let port = match next {
+    let (port, udp_payload) = match next {
         IPPROTO_FRAGMENT | IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-            Port::Unknown
+            (Port::Unknown, 0)
         }
         _ => l4_port(ctx, l4, next)?,
     };
     Ok(Packet {
         src: Source::V6(src),
         port,
+        udp_payload,
     })
 }
 
-/// The destination port of a complete TCP or UDP header at `off`.
+/// The destination port of a complete TCP or UDP header at `off`, and the
+/// UDP payload's offset (0 when not UDP).
 #[inline(always)]
-fn l4_port(ctx: &XdpContext, off: usize, proto: u8) -> Result<Port, u32> {
+fn l4_port(ctx: &XdpContext, off: usize, proto: u8) -> Result<(Port, usize), u32> {
     match proto {
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, off).ok_or(counter::PASS_MALFORMED)?;
-            Ok(Port::Dst(u16::from_be_bytes(unsafe { (*udp).dst })))
+            Ok((
+                Port::Dst(u16::from_be_bytes(unsafe { (*udp).dst })),
+                off + UdpHdr::LEN,
+            ))
         }
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, off).ok_or(counter::PASS_MALFORMED)?;
-            Ok(Port::Dst(u16::from_be_bytes(unsafe { (*tcp).dest })))
+            Ok((Port::Dst(u16::from_be_bytes(unsafe { (*tcp).dest })), 0))
         }
-        _ => Ok(Port::NoPorts),
+        _ => Ok((Port::NoPorts, 0)),
     }
 }

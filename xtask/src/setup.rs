@@ -85,10 +85,10 @@ fn steps() -> [Step; 5] {
             },
         },
         Step {
-            what: "iproute2 and util-linux (ip, nsenter)",
-            why: "the end-to-end tests build network namespaces joined by veth pairs",
-            done: || which("ip") && which("nsenter"),
-            run: || apt_install(&["iproute2", "util-linux"]),
+            what: "iproute2, util-linux and sipvicious (ip, nsenter, svmap)",
+            why: "the end-to-end tests build network namespaces joined by veth pairs, and scan with a real SIP scanner",
+            done: || which("ip") && which("nsenter") && which("svmap"),
+            run: || apt_install(&["iproute2", "util-linux", "sipvicious"]),
         },
     ]
 }

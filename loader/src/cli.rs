@@ -231,11 +231,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::List { json, allowed } => {
             require_root("read sipguard's maps")?;
-            let maps = open(&paths(&cli).0)?;
+            let (pin_dir, socket) = paths(&cli);
+            let maps = open(&pin_dir)?;
             if allowed {
                 show::list_allowed(&maps, json)
             } else {
-                show::list_bans(&maps, json)
+                // The kernel has the bans; the daemon, when it runs, their jail and reason.
+                let notes = daemon_request(&socket, &Request::Status { jail: None })
+                    .ok()
+                    .flatten()
+                    .map(|status| show::ban_notes(&status))
+                    .unwrap_or_default();
+                show::list_bans(&maps, &notes, json)
             }
         }
         Command::Stats { json } => {

@@ -4,7 +4,32 @@ use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, CONFIG_ALL_PORTS};
 use serde_json::json;
 
-pub fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
+/// A ban's jail and reason, from the daemon's status, by address as displayed.
+pub type BanNotes = std::collections::HashMap<String, (String, String)>;
+
+/// Jail and reason of every ban the daemon knows, from a `status` answer.
+pub fn ban_notes(status: &serde_json::Value) -> BanNotes {
+    let mut notes = BanNotes::new();
+    for jail in status["jails"].as_array().into_iter().flatten() {
+        let name = jail["name"].as_str().unwrap_or("?");
+        for b in jail["actions"]["banned"].as_array().into_iter().flatten() {
+            if let Some(a) = b["address"].as_str() {
+                notes.insert(
+                    a.to_owned(),
+                    (
+                        name.to_owned(),
+                        b["reason"].as_str().unwrap_or("").to_owned(),
+                    ),
+                );
+            }
+        }
+    }
+    notes
+}
+
+/// Bans from the kernel maps, with their jail and reason when the daemon
+/// runs (`notes`; empty otherwise).
+pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> {
     let now = clock::mono_now_ns();
     let mut bans = maps.bans()?;
     bans.sort_by_key(|b| b.net);
@@ -23,6 +48,8 @@ pub fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
                     "bytes": e.bytes,
                     "last_seen_secs_ago": (e.last_seen_ns != 0).then(|| clock::age(e.last_seen_ns).as_secs()),
                     "all_ports": e.flags & BAN_ALL_PORTS != 0,
+                    "jail": notes.get(&addr::display(&b.net)).map(|n| n.0.clone()),
+                    "reason": notes.get(&addr::display(&b.net)).map(|n| n.1.clone()),
                 })
             })
             .collect();
@@ -30,8 +57,8 @@ pub fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<40} {:>14} {:>10} {:>12} {:>12} PORTS",
-        "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN"
+        "{:<40} {:>14} {:>10} {:>12} {:>12} {:<9} {:<12} REASON",
+        "ADDRESS", "EXPIRES", "PACKETS", "BYTES", "LAST SEEN", "PORTS", "JAIL"
     );
     for b in &bans {
         let e = &b.entry;
@@ -52,11 +79,16 @@ pub fn list_bans(maps: &KernelMaps, json: bool) -> Result<()> {
         } else {
             "protected"
         };
+        let (jail, reason) = notes
+            .get(&addr::display(&b.net))
+            .cloned()
+            .unwrap_or_default();
         println!(
-            "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports}",
+            "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports:<9} {:<12} {reason}",
             addr::display(&b.net),
             e.packets,
-            e.bytes
+            e.bytes,
+            if jail.is_empty() { "-" } else { &jail }
         );
     }
     println!("{} ban(s)", bans.len());

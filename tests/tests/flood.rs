@@ -109,6 +109,16 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
         }
         assert!(Instant::now() < deadline, "not banned in time: {st}");
     }
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["list", "--json"])?)?;
+    assert_eq!(
+        (list[0]["address"].as_str(), list[0]["jail"].as_str()),
+        (Some(CLIENT_V4), Some("sip-flood")),
+        "{list}"
+    );
+    assert!(
+        list[0]["reason"].as_str().unwrap().contains("packets/s"),
+        "{list}"
+    );
     let (_, got) = flood(&flooder, &sip, 10, 0.3)?;
     assert_eq!(got, 0, "banned: nothing gets through");
     assert!(counter(&sb, "drop_banned")? > 0);

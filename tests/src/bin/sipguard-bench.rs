@@ -142,6 +142,49 @@ fn rate_limiter() -> Result<()> {
         over / floor,
         over - off
     );
+
+    // Scanner signatures on (limiter off), SIP packets of real sizes.
+    let scan = |t: &mut TestProgram, body: &[u8], want: u32| -> Result<f64> {
+        let f = sipguard_tests::packet::frame(
+            &[],
+            ETH_P_IP,
+            &ipv4([192, 0, 2, 1], UDP, 0, 0, &udp_with(5060, body)),
+        );
+        median_ns(|| {
+            let (got, d) = t.run_repeat(&f, REPEAT)?;
+            if got != want {
+                bail!("action {got}, expected {want}");
+            }
+            Ok(d)
+        })
+    };
+    let phone = sip_options("User-Agent: Yealink SIP-T46S 66.86.0.15", 0);
+    let no_ua = sip_options("", 400);
+    let scanner = sip_options("User-Agent: friendly-scanner", 0);
+    t.maps.set_config(common::Config::default())?;
+    let phone_off = scan(&mut t, &phone, 2)?;
+    t.maps.set_config(common::Config {
+        flags: common::CONFIG_SCANNERS,
+        ..common::Config::default()
+    })?;
+    let phone_on = scan(&mut t, &phone, 2)?;
+    let no_ua_on = scan(&mut t, &no_ua, 2)?;
+    let scanner_on = scan(&mut t, &scanner, 1)?;
+    println!("\n## Scanner signature cost (SIP/UDP OPTIONS from one unbanned source, {REPEAT} repeats, median of {RUNS})\n");
+    println!("| case | ns/packet | × empty program | added by the scan |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| scanners off, a phone's OPTIONS ({} bytes) | {phone_off:.1} | {:.2} | |",
+        phone.len(),
+        phone_off / floor
+    );
+    println!("| scanners on, a phone's OPTIONS (User-Agent at byte {}) | {phone_on:.1} | {:.2} | {:+.1} ns |", ua_at(&phone), phone_on / floor, phone_on - phone_off);
+    println!("| scanners on, no User-Agent in the 512-byte window (worst case) | {no_ua_on:.1} | {:.2} | {:+.1} ns |", no_ua_on / floor, no_ua_on - phone_off);
+    println!(
+        "| scanners on, svmap's OPTIONS (drop) | {scanner_on:.1} | {:.2} | {:+.1} ns |",
+        scanner_on / floor,
+        scanner_on - phone_off
+    );
     Ok(())
 }
 
@@ -380,4 +423,10 @@ fn latency() -> Result<()> {
         "\n(The daemon wakes on inotify events for the log folders; it also polls every 100 ms.)"
     );
     Ok(())
+}
+
+fn ua_at(body: &[u8]) -> usize {
+    body.windows(11)
+        .position(|w| w == b"User-Agent:")
+        .unwrap_or(0)
 }

@@ -362,10 +362,6 @@ impl Config {
                 Self::parse(&text, &path.display().to_string())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                tracing::info!(
-                    "no {}: using the built-in FreeSWITCH configuration",
-                    path.display()
-                );
                 Self::parse(DEFAULT_TOML, "built-in default configuration")
             }
             Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),

@@ -66,6 +66,12 @@ pub struct RunOptions {
 
 fn load_config(opts: &RunOptions) -> Result<Config> {
     let mut c = Config::load(&opts.config_path, opts.explicit_config)?;
+    if !opts.config_path.exists() {
+        tracing::info!(
+            "no {}: using the built-in FreeSWITCH configuration",
+            opts.config_path.display()
+        );
+    }
     let o = &opts.overrides;
     if !o.ifaces.is_empty() {
         c.interfaces = o.ifaces.clone();

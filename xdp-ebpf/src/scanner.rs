@@ -66,25 +66,41 @@ pub fn is_scanner(ctx: &XdpContext, off: usize) -> bool {
 }
 
 /// The packet offset of the User-Agent value within the window, or 0.
+///
+/// Eight bytes per step: a word is searched for '\n' with the has-zero-byte
+/// trick on `word ^ 0x0a0a…`, so the ~3 in 4 words of a SIP message that hold
+/// no line break cost a handful of instructions. Flagged bytes are then
+/// checked exactly (the trick can flag a byte above a real match).
 #[inline(always)]
 fn user_agent_value(ctx: &XdpContext, off: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
     if off == 0 {
         return 0;
     }
     let data = ctx.data();
     let start = data + off;
     let end = ctx.data_end();
-    let mut i = 0;
-    while i < WINDOW {
-        let p = start + i;
-        // Room for '\n' and the header name.
-        if p + 1 + HEADER.len() > end {
+    let mut word = 0;
+    while word < WINDOW / 8 {
+        let p = start + word * 8;
+        // Room for the word, and for the header name after its last byte.
+        if p + 8 + HEADER.len() > end {
             return 0;
         }
-        if unsafe { *(p as *const u8) } == b'\n' && header_at(p + 1) {
-            return p + 1 + HEADER.len() - data;
+        let w = unsafe { core::ptr::read_unaligned(p as *const u64) };
+        let x = w ^ NEWLINES;
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            let mut j = 0;
+            while j < 8 {
+                if (w >> (8 * j)) & 0xff == 0x0a && header_at(p + j + 1) {
+                    return p + j + 1 + HEADER.len() - data;
+                }
+                j += 1;
+            }
         }
-        i += 1;
+        word += 1;
     }
     0
 }

@@ -163,14 +163,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             format!("ports {}", daemon::join_ports(&ports))
         }
     );
-    if cfg.rate_pps == 0 {
-        println!("rate limit:  off");
-    } else {
-        println!(
-            "rate limit:  {} packets/s per source, burst {}",
-            cfg.rate_pps, cfg.burst
-        );
-    }
+    println!("rate limit:  {}", rate_limit(&cfg));
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");
     println!();
@@ -259,14 +252,7 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    if cfg.rate_pps == 0 {
-        println!("rate limit: off");
-    } else {
-        println!(
-            "rate limit: {} packets/s per source, burst {}",
-            cfg.rate_pps, cfg.burst
-        );
-    }
+    println!("rate limit: {}", rate_limit(&cfg));
     println!(
         "sources tracked: {}, over their limit now: {}, reported for a ban: {escalated}",
         second.len(),
@@ -286,4 +272,13 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
         );
     }
     Ok(())
+}
+
+/// The rate limit the kernel applies, in words.
+fn rate_limit(cfg: &common::Config) -> String {
+    if cfg.rate_pps == 0 {
+        "off".to_owned()
+    } else {
+        format!("{} packets/s per source, burst {}", cfg.rate_pps, cfg.burst)
+    }
 }

@@ -158,19 +158,8 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
 /// Reports a scanning source once (until its rate state is forgotten).
 #[inline(always)]
 fn report_scanner(key: &RateKey, now: u64) {
-    let st = match RATE.get_ptr_mut(key) {
-        Some(st) => st,
-        None => {
-            let fresh = RateState {
-                tat_ns: now,
-                ..RateState::default()
-            };
-            let _ = RATE.insert(key, fresh, u64::from(BPF_NOEXIST));
-            match RATE.get_ptr_mut(key) {
-                Some(st) => st,
-                None => return,
-            }
-        }
+    let Some(st) = rate_state(key, now) else {
+        return;
     };
     unsafe {
         if (*st).reported & REPORTED_SCANNER != 0 {
@@ -178,34 +167,50 @@ fn report_scanner(key: &RateKey, now: u64) {
         }
         (*st).reported |= REPORTED_SCANNER;
     }
+    report(key, EVENT_SCANNER, 0, 0);
+}
+
+/// Sends a source to the daemon, to be banned.
+#[inline(always)]
+fn report(key: &RateKey, kind: u32, over_secs: u32, limited: u64) {
     if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
         entry.write(FloodEvent {
             key: *key,
-            over_secs: 0,
-            kind: EVENT_SCANNER,
-            limited: 0,
+            over_secs,
+            kind,
+            limited,
         });
         entry.submit(0);
     }
+}
+
+/// The rate state of `key`, created when missing as a source idle until now
+/// (another CPU may create it meanwhile: either way one entry results).
+#[inline(always)]
+fn rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
+    if let Some(st) = RATE.get_ptr_mut(key) {
+        return Some(st);
+    }
+    let fresh = RateState {
+        tat_ns: now,
+        ..RateState::default()
+    };
+    let _ = RATE.insert(key, fresh, u64::from(BPF_NOEXIST));
+    RATE.get_ptr_mut(key)
 }
 
 /// GCRA: true if a packet from `key` at `now` is within its rate and burst.
 #[inline(always)]
 fn conforms(key: &RateKey, now: u64, cfg: &Config) -> bool {
     let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
-    let Some(st) = RATE.get_ptr_mut(key) else {
-        let fresh = RateState {
-            tat_ns: now + interval,
-            ..RateState::default()
-        };
-        // Another CPU may have inserted it meanwhile: either way this packet conforms.
-        let _ = RATE.insert(key, fresh, u64::from(BPF_NOEXIST));
+    let Some(st) = rate_state(key, now) else {
+        // The map refused a new entry: let the packet through rather than guess.
         return true;
     };
     unsafe {
         let tat = (*st).tat_ns;
         if tat <= now {
-            // Idle long enough to have a full bucket: restart the schedule.
+            // Idle long enough to have a full bucket (or new): restart the schedule.
             (*st).tat_ns = now + interval;
             return true;
         }
@@ -244,15 +249,7 @@ unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
             return;
         }
         (*st).reported |= REPORTED_FLOOD;
-        if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
-            entry.write(FloodEvent {
-                key: *key,
-                over_secs: (*st).over_secs,
-                kind: EVENT_FLOOD,
-                limited: (*st).limited,
-            });
-            entry.submit(0);
-        }
+        report(key, EVENT_FLOOD, (*st).over_secs, (*st).limited);
     }
 }
 

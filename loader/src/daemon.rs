@@ -10,7 +10,7 @@ use crate::{
     control::{self, Request, Response},
     duration,
     ignore::IgnoreList,
-    jail::Jail,
+    jail::{BanRequest, Jail},
     maps::KernelMaps,
     program::{self, AttachMode},
     state::{self, Position, State},
@@ -212,31 +212,7 @@ impl Engine {
         for jail in jails.iter_mut() {
             let requests = jail.poll(ignore, &|n| bans.is_banned(n), &|n| bans.ban_count(n), now);
             for r in requests {
-                match bans.ban(
-                    r.net,
-                    &r.jail,
-                    r.duration,
-                    r.reason.clone(),
-                    r.line,
-                    r.all_ports,
-                ) {
-                    Ok(true) => {
-                        *dirty = true;
-                        let how = r.duration.map_or("permanently".to_owned(), |d| {
-                            format!("for {}", clock::human(d))
-                        });
-                        tracing::info!(
-                            "[{}] banned {} {how}: {}",
-                            r.jail,
-                            addr::display(&r.net),
-                            r.reason
-                        );
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net))
-                    }
-                }
+                enforce(bans, dirty, r);
             }
         }
     }
@@ -265,17 +241,15 @@ impl Engine {
                 ),
             )
         };
-        match self
-            .bans
-            .ban(net, jail, bantime, reason.clone(), String::new(), false)
-        {
-            Ok(true) => {
-                self.dirty = true;
-                tracing::info!("[{jail}] banned {}: {reason}", addr::display(&net));
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!("[{jail}] cannot ban {}: {e:#}", addr::display(&net)),
-        }
+        let request = BanRequest {
+            net,
+            jail: jail.to_owned(),
+            duration: bantime,
+            reason,
+            line: String::new(),
+            all_ports: false,
+        };
+        enforce(&mut self.bans, &mut self.dirty, request);
     }
 
     fn tick(&mut self) {
@@ -568,6 +542,34 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     drop(ebpf);
     tracing::info!("detached; bans stay pinned in {}", pin_dir.display());
     result
+}
+
+/// Writes a ban a jail or the XDP program asked for, and logs it. A ban
+/// already in force that lasts as long is left alone (nothing to log).
+fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) {
+    let how = r.duration.map_or("permanently".to_owned(), |d| {
+        format!("for {}", clock::human(d))
+    });
+    match bans.ban(
+        r.net,
+        &r.jail,
+        r.duration,
+        r.reason.clone(),
+        r.line,
+        r.all_ports,
+    ) {
+        Ok(true) => {
+            *dirty = true;
+            tracing::info!(
+                "[{}] banned {} {how}: {}",
+                r.jail,
+                addr::display(&r.net),
+                r.reason
+            );
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net)),
+    }
 }
 
 /// Re-reads the configuration; on any error the running one stays.

@@ -263,13 +263,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { ref jail, json } => {
             require_root("read the daemon's status")?;
             let socket = paths(&cli).1;
-            let data = daemon_request(&socket, &Request::Status { jail: jail.clone() })?
-                .with_context(|| {
-                    format!(
-                        "the daemon is not running (no one listens on {})",
-                        socket.display()
-                    )
-                })?;
+            let data = running_daemon(&socket, &Request::Status { jail: jail.clone() })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
             } else {
@@ -280,12 +274,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reload => {
             require_root("reload the daemon")?;
             let socket = paths(&cli).1;
-            daemon_request(&socket, &Request::Reload)?.with_context(|| {
-                format!(
-                    "the daemon is not running (no one listens on {})",
-                    socket.display()
-                )
-            })?;
+            running_daemon(&socket, &Request::Reload)?;
             println!("configuration reloaded");
             Ok(())
         }
@@ -325,6 +314,16 @@ fn daemon_request(socket: &Path, req: &Request) -> Result<Option<serde_json::Val
         Some(r) if r.ok => Ok(Some(r.data)),
         Some(r) => bail!("{}", r.error.unwrap_or_else(|| "the daemon refused".into())),
     }
+}
+
+/// Like `daemon_request`, for requests only a running daemon can answer.
+fn running_daemon(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    daemon_request(socket, req)?.with_context(|| {
+        format!(
+            "the daemon is not running (no one listens on {})",
+            socket.display()
+        )
+    })
 }
 
 /// Bans and the allowlist are root's business: the maps are root-only, and a

@@ -193,22 +193,10 @@ impl KernelMaps {
     }
 
     pub fn bans(&self) -> Result<Vec<Ban>> {
-        let mut out = Vec::new();
-        for item in self.banned_v4.iter() {
-            let (k, entry) = item?;
-            out.push(Ban {
-                net: IpNet::V4(k_v4(&k)),
-                entry,
-            });
-        }
-        for item in self.banned_v6.iter() {
-            let (k, entry) = item?;
-            out.push(Ban {
-                net: IpNet::V6(k_v6(&k)),
-                entry,
-            });
-        }
-        Ok(out)
+        Ok(entries(&self.banned_v4, &self.banned_v6)?
+            .into_iter()
+            .map(|(net, entry)| Ban { net, entry })
+            .collect())
     }
 
     /// Deletes bans that ended before `now_ns`; returns them.
@@ -241,22 +229,10 @@ impl KernelMaps {
     }
 
     pub fn allowed(&self) -> Result<Vec<Allowed>> {
-        let mut out = Vec::new();
-        for item in self.allowed_v4.iter() {
-            let (k, entry) = item?;
-            out.push(Allowed {
-                net: IpNet::V4(k_v4(&k)),
-                entry,
-            });
-        }
-        for item in self.allowed_v6.iter() {
-            let (k, entry) = item?;
-            out.push(Allowed {
-                net: IpNet::V6(k_v6(&k)),
-                entry,
-            });
-        }
-        Ok(out)
+        Ok(entries(&self.allowed_v4, &self.allowed_v6)?
+            .into_iter()
+            .map(|(net, entry)| Allowed { net, entry })
+            .collect())
     }
 
     /// Replaces the set of protected destination ports.
@@ -314,6 +290,23 @@ impl KernelMaps {
             })
             .collect()
     }
+}
+
+/// Every entry of a pair of IPv4/IPv6 tries, as networks.
+fn entries<V: aya::Pod>(
+    v4: &LpmTrie<MapData, V4Key, V>,
+    v6: &LpmTrie<MapData, [u8; 16], V>,
+) -> Result<Vec<(IpNet, V)>> {
+    let mut out = Vec::new();
+    for item in v4.iter() {
+        let (k, entry) = item?;
+        out.push((IpNet::V4(k_v4(&k)), entry));
+    }
+    for item in v6.iter() {
+        let (k, entry) = item?;
+        out.push((IpNet::V6(k_v6(&k)), entry));
+    }
+    Ok(out)
 }
 
 fn key_v4(n: Ipv4Net) -> Key<V4Key> {

@@ -84,6 +84,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let mut hosts: HashMap<IpAddr, u64> = HashMap::new();
     let mut bans: Vec<(i64, crate::jail::BanRequest)> = Vec::new();
     let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
+    let mut ban_counts: HashMap<IpNet, u32> = HashMap::new();
     let now = Cell::new(0i64);
     let no_ignore = IgnoreList::default();
     let tty = std::io::stderr().is_terminal();
@@ -121,11 +122,12 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
                         false,
                         &no_ignore,
                         &|n| banned_until.get(n).is_some_and(|&until| until > t),
-                        &|n| bans.iter().filter(|(_, b)| b.net == *n).count() as u32,
+                        &|n| ban_counts.get(n).copied().unwrap_or(0),
                     );
                     if let Some(req) = req {
                         let until = req.duration.map_or(i64::MAX, |d| t + d.as_millis() as i64);
                         banned_until.insert(req.net, until);
+                        *ban_counts.entry(req.net).or_default() += 1;
                         bans.push((t, req));
                     }
                 }

@@ -90,6 +90,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,9 +1,10 @@
 //! The real XDP object, loaded with its own pin directory, run on crafted
 //! packets through BPF_PROG_TEST_RUN.
+use crate::netns::{in_netns_scoped, Netns};
 use crate::Sandbox;
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, XdpMode},
     Ebpf,
 };
 use common::Counter;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 /// The empty program in the object, for benchmarks.
 pub const FLOOR: &str = "pass_all";
+/// The program that drops everything: the floor of a real receive path.
+pub const DROP_FLOOR: &str = "drop_all";
 
 pub struct TestProgram {
     pub maps: KernelMaps,
@@ -33,6 +36,11 @@ impl TestProgram {
             .context("floor program missing")?
             .try_into()?;
         floor.load()?;
+        let drop_floor: &mut aya::programs::Xdp = ebpf
+            .program_mut(DROP_FLOOR)
+            .context("drop floor program missing")?
+            .try_into()?;
+        drop_floor.load()?;
         let mut maps = KernelMaps::open(&sandbox.pin)?;
         maps.set_ports(&sipguard::cli::DEFAULT_PORTS)?;
         Ok(Self {
@@ -70,6 +78,35 @@ impl TestProgram {
             ..TestRunOptions::default()
         })?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// Attaches `program` (sipguard's, or one of the floors) to `iface` in
+    /// `ns`; it stays attached until this `TestProgram` or the namespace goes.
+    pub fn attach_in(
+        &mut self,
+        ns: &Netns,
+        iface: &str,
+        program: &str,
+        mode: XdpMode,
+    ) -> Result<()> {
+        let pin = self._sandbox.pin.clone();
+        let ebpf = &mut self.ebpf;
+        in_netns_scoped(ns, move || -> Result<()> {
+            if program == program::PROGRAM {
+                let mode = match mode {
+                    XdpMode::Skb => program::AttachMode::Skb,
+                    _ => program::AttachMode::Driver,
+                };
+                program::attach(ebpf, &pin, iface, mode)?;
+            } else {
+                let prog: &mut aya::programs::Xdp = ebpf
+                    .program_mut(program)
+                    .context("program missing")?
+                    .try_into()?;
+                prog.attach(iface, mode)?;
+            }
+            Ok(())
+        })
     }
 
     /// The pin directory (for maps not wrapped by `KernelMaps`).

@@ -41,6 +41,35 @@ impl Netns {
         ip(&all)
     }
 
+    /// Runs `cmd ARGS` inside the namespace with `stdin` as its input
+    /// (`ip netns exec`, which also mounts the namespace's own /sys);
+    /// returns its output, or an error with what it printed.
+    pub fn exec(&self, cmd: &str, args: &[&str], stdin: &[u8]) -> Result<String> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {cmd}"))?;
+        let mut input = child.stdin.take().expect("piped");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || input.write_all(&data));
+        let out = child.wait_with_output()?;
+        writer.join().expect("stdin writer")?;
+        if !out.status.success() {
+            bail!(
+                "{cmd} {} failed in namespace {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
@@ -146,7 +175,7 @@ impl Pair {
         Ok(pair)
     }
 
-    fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
+    pub fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
         let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         v[0]["address"]
@@ -172,14 +201,35 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     let path = ns.path();
     let handle = std::thread::spawn(move || -> io::Result<T> {
-        let file = File::open(&path)?;
-        // SAFETY: a valid namespace fd; setns only affects this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        enter(&path)?;
         f()
     });
     Ok(handle.join().expect("netns thread panicked")?)
+}
+
+/// Like `in_netns`, for work that borrows from the caller: runs `f` on a
+/// scoped thread inside `ns` and waits for it.
+pub fn in_netns_scoped<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = ns.path();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<T> {
+                enter(&path)?;
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+    })
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter(path: &str) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: a valid namespace fd; setns only affects this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn addr(ip: &str, port: u16) -> SocketAddr {

@@ -163,3 +163,41 @@ pub fn sip_options(user_agent: &str, padding: usize) -> Vec<u8> {
     m.push_str("Call-ID: 1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
     m.into_bytes()
 }
+
+/// A UDP/IPv4 frame that a real receive path accepts: the given MAC and IP
+/// addresses and a valid IPv4 header checksum (the stack drops frames without
+/// one before any firewall sees them). The UDP checksum is 0, "none", which
+/// IPv4 allows.
+pub fn routable_udp4(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42 + body.len());
+    f.extend_from_slice(&macs.1); // destination first
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    let mut ip = ipv4(src, UDP, 0, 0, &udp_with(dport, body));
+    ip[16..20].copy_from_slice(&dst);
+    let sum = ip[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    ip[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// A MAC address written as `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}

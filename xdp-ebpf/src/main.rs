@@ -75,6 +75,14 @@ pub fn pass_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Drops every packet: the floor of `cargo xtask bench drop`, attached to a
+/// veth in a benchmark's own namespace to measure what the receive path costs
+/// before any filtering. Never attached by sipguard itself.
+#[xdp]
+pub fn drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Returns the counter to bump and the XDP action.
 #[inline(always)]
 fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {

@@ -1,0 +1,661 @@
+//! `cargo xtask bench drop`: dropping a flood from banned sources on a real
+//! receive path, sipguard against the firewalls fail2ban drives.
+//!
+//! Two namespaces joined by a veth pair. A sender in the client namespace,
+//! pinned to CPU 0, floods SIP-sized UDP to port 5060 from N banned sources
+//! through an AF_PACKET socket, for a bounded time and count. A veth runs its
+//! receiver in the sender's softirq, so the receive work is moved to CPU 1:
+//! RPS on the server's veth (the stack's path) and, with driver-mode XDP, the
+//! veth's NAPI in a thread pinned to CPU 1. CPU 1's busy time from
+//! /proc/stat is then the receive side's cost, whatever the filter does.
+//!
+//! Each filter counts its own drops (sipguard's per-CPU counters, iptables'
+//! and nftables' rule counters); the packets the veth lost before the filter
+//! (queue full) and those that got through to UDP are counted apart, and the
+//! three must add up to what was sent.
+use crate::report::Section;
+use anyhow::{bail, Context as _, Result};
+use aya::programs::XdpMode;
+use sipguard_tests::{
+    kernel::{TestProgram, DROP_FLOOR},
+    netns::{self, Netns, Pair, SERVER_V4},
+    packet::{parse_mac, routable_udp4},
+};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+const BANS: [u32; 3] = [1, 1_000, 10_000];
+/// How long each flood lasts, and its upper bound in packets.
+const FLOOD: Duration = Duration::from_secs(2);
+const MAX_PACKETS: u64 = 20_000_000;
+/// Floods per filter and ban count; the median is reported.
+const RUNS: usize = 3;
+/// Frames handed to the kernel per sendmmsg call.
+const BATCH: usize = 32;
+const SENDER_CPU: usize = 0;
+const RECEIVER_CPU: usize = 1;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Filter {
+    /// An XDP program that drops everything: what the veth costs by itself.
+    XdpFloor,
+    Sipguard(XdpMode),
+    /// fail2ban's `iptables-allports` action: a chain of one rule per ban.
+    Iptables {
+        legacy: bool,
+    },
+    /// fail2ban's `iptables-ipset` action: one rule matching a `hash:ip` set.
+    Ipset,
+    /// fail2ban's `nftables-allports` action: one rule matching a set.
+    Nftables,
+}
+
+impl Filter {
+    fn name(self) -> &'static str {
+        match self {
+            Filter::XdpFloor => "XDP drop-all program (floor: the veth itself)",
+            Filter::Sipguard(XdpMode::Skb) => "sipguard, XDP skb (generic) mode",
+            Filter::Sipguard(_) => "**sipguard, XDP driver mode**",
+            Filter::Iptables { legacy: false } => "iptables (nf_tables), one rule per ban",
+            Filter::Iptables { legacy: true } => "iptables-legacy, one rule per ban",
+            Filter::Ipset => "iptables + ipset hash:ip",
+            Filter::Nftables => "nftables set",
+        }
+    }
+}
+
+const FILTERS: [Filter; 6] = [
+    Filter::Sipguard(XdpMode::Driver),
+    Filter::Sipguard(XdpMode::Skb),
+    Filter::Iptables { legacy: false },
+    Filter::Iptables { legacy: true },
+    Filter::Ipset,
+    Filter::Nftables,
+];
+
+/// What one flood did.
+struct Outcome {
+    secs: f64,
+    sent: u64,
+    dropped: u64,
+    lost_before: u64,
+    got_through: u64,
+    /// Busy fraction of the sender's and the receiver's CPU.
+    cpu_tx: f64,
+    cpu_rx: f64,
+}
+
+impl Outcome {
+    fn dropped_pps(&self) -> f64 {
+        self.dropped as f64 / self.secs
+    }
+
+    /// Receive CPU time per dropped packet, in µs.
+    fn rx_us_per_drop(&self) -> f64 {
+        self.cpu_rx * self.secs * 1e6 / self.dropped.max(1) as f64
+    }
+}
+
+pub fn run(out: &mut Section) -> Result<()> {
+    if std::thread::available_parallelism()?.get() < 2 {
+        bail!("the drop benchmark needs two CPUs: one sends, the other receives");
+    }
+    let missing: Vec<_> = ["iptables", "iptables-legacy", "ipset", "nft"]
+        .into_iter()
+        .filter(|c| !on_path(c))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} missing: `cargo xtask bench` installs them (apt-get install iptables ipset nftables)",
+            missing.join(", ")
+        );
+    }
+    say!(
+        out,
+        "## Drop throughput on a real receive path (veth between namespaces)\n"
+    );
+    say!(out, "A sender pinned to CPU {SENDER_CPU} floods {}-byte SIP REGISTER frames (UDP to port 5060) from N banned sources, in turn, for {} s. The receive side runs on CPU {RECEIVER_CPU} (RPS, threaded NAPI). *Dropped/s* is what the filter dropped, by its own counters; *rx CPU per drop* is CPU {RECEIVER_CPU}'s busy time (/proc/stat) divided by that; each is also given as a ratio to sipguard in driver mode with the same bans (× sipguard: above 1 means more drops/s, or more CPU per drop). *Lost before* is what the veth dropped because the receive side's queue was full.\n",
+        frame_len(), FLOOD.as_secs());
+    say!(out, "| bans | filter | sent/s | tx CPU busy | dropped/s | × sipguard | rx CPU busy | rx CPU per drop | × sipguard | lost before | got through |");
+    say!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    // Everything of ours but the receive side (NAPI threads, RPS) stays on
+    // the sender's CPU, so CPU 1's busy time is the receive path alone.
+    let all_cpus = affinity()?;
+    set_affinity(0, SENDER_CPU)?;
+    let result = table(out);
+    apply_affinity(0, &all_cpus)?;
+    result
+}
+
+fn table(out: &mut Section) -> Result<()> {
+    let floor = median_flood(Filter::XdpFloor, 1)?;
+    row(out, 1, Filter::XdpFloor, &floor, None);
+    let mut slowest = Vec::new();
+    for bans in BANS {
+        let mut reference = None;
+        for filter in FILTERS {
+            let o = median_flood(filter, bans)?;
+            row(out, bans, filter, &o, reference.as_ref());
+            if reference.is_none() {
+                reference = Some(o);
+            } else if let Some(r) = &reference {
+                slowest.push((o.rx_us_per_drop() / r.rx_us_per_drop(), bans, filter));
+            }
+        }
+    }
+    say!(out, "\nHow to read it: a filter whose rx CPU is near 100 % is the bottleneck, and its dropped/s is what one core can filter; below that, the sender (one core building and queueing frames) is the limit and the CPU per drop is the figure to compare. Every row's dropped + lost before + got through is within 1 % of what was sent, or the run fails.");
+    if let Some((ratio, bans, filter)) = slowest.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0))
+    {
+        say!(out, "The costliest baseline: {} with {bans} bans, {ratio:.0}× sipguard's receive CPU per dropped packet.", filter.name().trim_matches('*'));
+    }
+    Ok(())
+}
+
+fn row(out: &mut Section, bans: u32, filter: Filter, o: &Outcome, reference: Option<&Outcome>) {
+    let (pps_ratio, cpu_ratio) = reference.map_or(("1.00".into(), "1.00".into()), |r| {
+        (
+            format!("{:.2}", o.dropped_pps() / r.dropped_pps()),
+            format!("{:.1}", o.rx_us_per_drop() / r.rx_us_per_drop()),
+        )
+    });
+    let (pps_ratio, cpu_ratio) = if filter == Filter::XdpFloor {
+        ("".into(), "".into())
+    } else {
+        (pps_ratio, cpu_ratio)
+    };
+    say!(
+        out,
+        "| {bans} | {} | {:.0} | {:.0} % | {:.0} | {pps_ratio} | {:.0} % | {:.2} µs | {cpu_ratio} | {:.1} % | {} |",
+        filter.name(),
+        o.sent as f64 / o.secs,
+        o.cpu_tx * 100.0,
+        o.dropped_pps(),
+        o.cpu_rx * 100.0,
+        o.rx_us_per_drop(),
+        o.lost_before as f64 * 100.0 / o.sent.max(1) as f64,
+        o.got_through
+    );
+}
+
+/// The median (by receive CPU per drop) of `RUNS` floods: single floods on
+/// a VM vary by ±20 %.
+fn median_flood(filter: Filter, bans: u32) -> Result<Outcome> {
+    let mut runs = (0..RUNS)
+        .map(|_| flood(filter, bans))
+        .collect::<Result<Vec<_>>>()?;
+    runs.sort_by(|a, b| a.rx_us_per_drop().total_cmp(&b.rx_us_per_drop()));
+    Ok(runs.swap_remove(RUNS / 2))
+}
+
+/// Builds fresh namespaces, installs `filter` with `bans` banned sources,
+/// floods from all of them and measures.
+fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
+    let pair = Pair::new()?;
+    let sources: Vec<[u8; 4]> = (0..bans)
+        .map(|i| (0x6440_0000u32 + i).to_be_bytes())
+        .collect();
+    // Held until the flood is over: the XDP program and its maps.
+    let mut program = None;
+    match filter {
+        Filter::XdpFloor | Filter::Sipguard(_) => {
+            let mut t = TestProgram::load()?;
+            let now = sipguard::clock::mono_now_ns();
+            for s in &sources {
+                t.maps
+                    .ban(ipnet::IpNet::from(std::net::IpAddr::from(*s)), 0, 0, now)?;
+            }
+            let (name, mode) = match filter {
+                Filter::Sipguard(mode) => (sipguard::program::PROGRAM, mode),
+                _ => (DROP_FLOOR, XdpMode::Driver),
+            };
+            t.attach_in(&pair.server, &pair.server_if, name, mode)?;
+            program = Some(t);
+        }
+        Filter::Iptables { legacy } => iptables(&pair.server, &sources, legacy)?,
+        Filter::Ipset => ipset(&pair.server, &sources)?,
+        Filter::Nftables => nftables(&pair.server, &sources)?,
+    }
+    receive_on_other_cpu(&pair)?;
+
+    let macs = (
+        mac(&pair, &pair.client, &pair.client_if)?,
+        mac(&pair, &pair.server, &pair.server_if)?,
+    );
+    let server: [u8; 4] = SERVER_V4.parse::<std::net::Ipv4Addr>()?.octets();
+    let frames: Vec<Vec<u8>> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| routable_udp4(macs, *s, server, 5060, &register(i)))
+        .collect();
+
+    let lost_at_start = tx_dropped(&pair)?;
+    let udp_at_start = udp_received(&pair.server)?;
+    let cpu_start = cpu_busy()?;
+    let (sent, secs) = send_flood(&pair.client, &pair.client_if, &frames)?;
+    // Let the receive side finish what is queued; its work is counted.
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu_end = cpu_busy()?;
+    let busy = |cpu: usize| {
+        let (b0, t0) = cpu_start[cpu];
+        let (b1, t1) = cpu_end[cpu];
+        (b1 - b0) as f64 / (t1 - t0).max(1) as f64
+    };
+    let window = secs + 0.2;
+    let dropped = match filter {
+        Filter::Sipguard(_) => {
+            let c = program.as_ref().expect("loaded").counters()?;
+            c[common::counter::DROP_BANNED as usize].packets
+        }
+        // The floor has no counter: everything that reached it was dropped.
+        Filter::XdpFloor => sent.saturating_sub(tx_dropped(&pair)? - lost_at_start),
+        Filter::Iptables { legacy } => {
+            let cmd = if legacy {
+                "iptables-legacy"
+            } else {
+                "iptables"
+            };
+            rule_packets(
+                &pair
+                    .server
+                    .exec(cmd, &["-w", "-nvxL", "f2b-sipguard-bench"], b"")?,
+                "DROP",
+            )
+        }
+        Filter::Ipset => rule_packets(
+            &pair
+                .server
+                .exec("iptables", &["-w", "-nvxL", "INPUT"], b"")?,
+            "DROP",
+        ),
+        Filter::Nftables => nft_counter(&pair.server.exec(
+            "nft",
+            &["list", "table", "inet", "f2b-table"],
+            b"",
+        )?)?,
+    };
+    let outcome = Outcome {
+        // CPU fractions are over the flood and its drain; rates over the flood.
+        secs,
+        sent,
+        dropped,
+        lost_before: tx_dropped(&pair)? - lost_at_start,
+        got_through: udp_received(&pair.server)? - udp_at_start,
+        cpu_tx: busy(SENDER_CPU) * window / secs,
+        cpu_rx: busy(RECEIVER_CPU) * window / secs,
+    };
+    let accounted = outcome.dropped + outcome.lost_before + outcome.got_through;
+    if (accounted as f64 - sent as f64).abs() > sent as f64 * 0.01 {
+        bail!(
+            "{} with {bans} bans: sent {sent}, but dropped {} + lost {} + through {} = {accounted}",
+            filter.name(),
+            outcome.dropped,
+            outcome.lost_before,
+            outcome.got_through
+        );
+    }
+    drop(program);
+    Ok(outcome)
+}
+
+/// RPS sends the stack's receive work to the receiver CPU; with driver-mode
+/// XDP the veth also has a NAPI instance, run as a thread pinned there.
+fn receive_on_other_cpu(pair: &Pair) -> Result<()> {
+    let dev = format!("/sys/class/net/{}", pair.server_if);
+    let mask = 1u32 << RECEIVER_CPU;
+    pair.server.exec(
+        "sh",
+        &["-c", &format!("echo {mask:x} > {dev}/queues/rx-0/rps_cpus")],
+        b"",
+    )?;
+    // Only devices with NAPI instances accept `threaded` (veth: with XDP).
+    if pair
+        .server
+        .exec("sh", &["-c", &format!("echo 1 > {dev}/threaded")], b"")
+        .is_ok()
+    {
+        let prefix = format!("napi/{}-", pair.server_if);
+        let mut pinned = 0;
+        for entry in std::fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim_end().starts_with(&prefix) {
+                set_affinity(pid, RECEIVER_CPU)?;
+                pinned += 1;
+            }
+        }
+        if pinned == 0 {
+            bail!(
+                "threaded NAPI is on for {} but no napi/ thread was found",
+                pair.server_if
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Pins `pid` (0: the calling thread) to `cpu`.
+fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    apply_affinity(pid, &set).with_context(|| format!("cannot pin {pid} to CPU {cpu}"))
+}
+
+fn apply_affinity(pid: i32, set: &libc::cpu_set_t) -> Result<()> {
+    // SAFETY: a valid set of the size given.
+    if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(set), set) } != 0 {
+        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's CPUs.
+fn affinity() -> Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed set, filled in by the kernel.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(set)
+}
+
+/// Floods `frames` in turn out of `iface` in `ns` from a thread pinned to the
+/// sender CPU, for `FLOOD` or `MAX_PACKETS`; returns packets sent and seconds.
+fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)> {
+    let sent = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let path = ns.path();
+    let secs = std::thread::scope(|scope| -> Result<f64> {
+        let sender = scope.spawn(|| -> Result<()> {
+            netns::enter(&path)?;
+            set_affinity(0, SENDER_CPU)?;
+            let fd = packet_socket(iface)?;
+            let mut iovs: Vec<libc::iovec> = frames
+                .iter()
+                .map(|f| libc::iovec {
+                    iov_base: f.as_ptr() as *mut libc::c_void,
+                    iov_len: f.len(),
+                })
+                .collect();
+            // Enough messages to send a batch from any starting frame.
+            let mut msgs: Vec<libc::mmsghdr> = (0..frames.len() + BATCH)
+                .map(|i| {
+                    // SAFETY: all-zero is a valid, empty msghdr.
+                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    m.msg_hdr.msg_iov = &mut iovs[i % frames.len()];
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let mut next = 0;
+            let mut total = 0u64;
+            while !stop.load(Ordering::Relaxed) && total < MAX_PACKETS {
+                // SAFETY: BATCH valid messages starting at `next`, each
+                // pointing at a live frame.
+                let n = unsafe { libc::sendmmsg(fd.0, msgs[next..].as_mut_ptr(), BATCH as u32, 0) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::ENOBUFS) {
+                        continue;
+                    }
+                    return Err(e).context("sendmmsg");
+                }
+                total += n as u64;
+                sent.store(total, Ordering::Relaxed);
+                next = (next + n as usize) % frames.len();
+            }
+            Ok(())
+        });
+        let start = Instant::now();
+        while start.elapsed() < FLOOD && !sender.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        sender.join().expect("sender thread")?;
+        Ok(secs)
+    })?;
+    Ok((sent.load(Ordering::Relaxed), secs))
+}
+
+struct Fd(i32);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: our own open descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A send-only AF_PACKET socket bound to `iface` that skips the qdisc: the
+/// sender does as little as the kernel allows per frame.
+fn packet_socket(iface: &str) -> Result<Fd> {
+    // SAFETY: plain socket(2); protocol 0 means it receives nothing.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    let fd = Fd(fd);
+    let index = sipguard::program::if_index(iface)?;
+    // SAFETY: a zeroed sockaddr_ll with family and interface set.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket, address and option of the sizes given.
+    unsafe {
+        if libc::bind(
+            fd.0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) != 0
+        {
+            bail!("bind to {iface}: {}", std::io::Error::last_os_error());
+        }
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+/// A REGISTER of a realistic size, different per source.
+fn register(i: usize) -> Vec<u8> {
+    format!(
+        "REGISTER sip:{SERVER_V4} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 100.64.0.1:5060;branch=z9hG4bK-{i:08};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{i}@{SERVER_V4}>;tag=a73kszlfl{i:08}\r\n\
+         To: <sip:{i}@{SERVER_V4}>\r\n\
+         Call-ID: 1j9FpLxk3uxtm8tn@100.64.0.1-{i:08}\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:{i}@100.64.0.1:5060>\r\n\
+         User-Agent: Grandstream GXP2170 1.0.11.3\r\n\
+         Authorization: Digest username=\"{i}\", realm=\"{SERVER_V4}\", nonce=\"1f6c3e9a\", uri=\"sip:{SERVER_V4}\", response=\"0123456789abcdef0123456789abcdef\"\r\n\
+         Expires: 3600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn frame_len() -> usize {
+    routable_udp4(([0; 6], [0; 6]), [0; 4], [0; 4], 5060, &register(0)).len()
+}
+
+fn mac(pair: &Pair, ns: &Netns, dev: &str) -> Result<[u8; 6]> {
+    let text = pair.mac(ns, dev)?;
+    parse_mac(&text).with_context(|| format!("bad MAC {text}"))
+}
+
+/// Frames the client's veth dropped because the server side's queue was full.
+fn tx_dropped(pair: &Pair) -> Result<u64> {
+    let out = pair
+        .client
+        .ip(&["-j", "-s", "link", "show", "dev", &pair.client_if])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .context("no tx dropped counter in `ip -s link`")
+}
+
+/// Datagrams that reached UDP in `ns` (delivered, or to a closed port).
+fn udp_received(ns: &Netns) -> Result<u64> {
+    let snmp = netns::in_netns_scoped(ns, || {
+        Ok(std::fs::read_to_string("/proc/thread-self/net/snmp")?)
+    })?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        lines.next().context("no Udp line")?,
+        lines.next().context("no Udp values")?,
+    );
+    let field = |name: &str| -> Result<u64> {
+        let i = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .context("no such Udp field")?;
+        Ok(values
+            .split_whitespace()
+            .nth(i)
+            .context("short Udp line")?
+            .parse()?)
+    };
+    Ok(field("InDatagrams")? + field("NoPorts")? + field("InErrors")?)
+}
+
+/// Per CPU: (busy, total) jiffies from /proc/stat.
+fn cpu_busy() -> Result<Vec<(u64, u64)>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    Ok(stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect())
+}
+
+/// The chain fail2ban's `iptables-allports` action builds (`-I INPUT -p udp
+/// -j f2b-NAME`, then `-I f2b-NAME 1 -s IP -j DROP` per ban, so the newest
+/// ban comes first), loaded at once with iptables-restore. DROP rather than
+/// fail2ban's default REJECT: a reject sends a reply per packet, and the
+/// comparison is of dropping.
+fn iptables(ns: &Netns, sources: &[[u8; 4]], legacy: bool) -> Result<()> {
+    let mut rules = String::from(
+        "*filter\n:f2b-sipguard-bench - [0:0]\n-A INPUT -p udp -j f2b-sipguard-bench\n",
+    );
+    for s in sources.iter().rev() {
+        rules.push_str(&format!(
+            "-A f2b-sipguard-bench -s {}/32 -j DROP\n",
+            std::net::Ipv4Addr::from(*s)
+        ));
+    }
+    rules.push_str("-A f2b-sipguard-bench -j RETURN\nCOMMIT\n");
+    let cmd = if legacy {
+        "iptables-legacy-restore"
+    } else {
+        "iptables-restore"
+    };
+    ns.exec(cmd, &["-w"], rules.as_bytes())?;
+    Ok(())
+}
+
+/// fail2ban's `iptables-ipset` action: a `hash:ip` set with timeouts, and one
+/// rule that drops its members.
+fn ipset(ns: &Netns, sources: &[[u8; 4]]) -> Result<()> {
+    let mut set = String::from("create f2b-sipguard-bench hash:ip timeout 0\n");
+    for s in sources {
+        set.push_str(&format!(
+            "add f2b-sipguard-bench {} timeout 0\n",
+            std::net::Ipv4Addr::from(*s)
+        ));
+    }
+    ns.exec("ipset", &["restore"], set.as_bytes())?;
+    ns.exec(
+        "iptables",
+        &[
+            "-w",
+            "-I",
+            "INPUT",
+            "-p",
+            "udp",
+            "-m",
+            "set",
+            "--match-set",
+            "f2b-sipguard-bench",
+            "src",
+            "-j",
+            "DROP",
+        ],
+        b"",
+    )?;
+    Ok(())
+}
+
+/// fail2ban's `nftables-allports` action: table `inet f2b-table`, an input
+/// chain at priority -1, an `ipv4_addr` set and one rule (with a counter, so
+/// that its drops can be read).
+fn nftables(ns: &Netns, sources: &[[u8; 4]]) -> Result<()> {
+    let elements: Vec<String> = sources
+        .iter()
+        .map(|s| std::net::Ipv4Addr::from(*s).to_string())
+        .collect();
+    let script = format!(
+        "table inet f2b-table {{\n\
+         set addr-set-sipguard-bench {{ type ipv4_addr; elements = {{ {} }} }}\n\
+         chain f2b-chain {{ type filter hook input priority -1; meta l4proto {{ udp }} ip saddr @addr-set-sipguard-bench counter drop; }}\n\
+         }}\n",
+        elements.join(", ")
+    );
+    ns.exec("nft", &["-f", "-"], script.as_bytes())?;
+    Ok(())
+}
+
+/// The sum of the packet counters of `iptables -nvxL` rules with `target`.
+fn rule_packets(listing: &str, target: &str) -> u64 {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() > 2 && cols[2] == target).then(|| cols[0].parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// The packets of the `counter packets N bytes M` in an nft listing.
+fn nft_counter(listing: &str) -> Result<u64> {
+    let at = listing
+        .find("counter packets ")
+        .context("no counter in the nft rule")?;
+    listing[at + "counter packets ".len()..]
+        .split_whitespace()
+        .next()
+        .context("no packet count")?
+        .parse()
+        .context("bad packet count")
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        || std::path::Path::new("/usr/sbin").join(cmd).is_file()
+}

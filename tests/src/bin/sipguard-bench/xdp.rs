@@ -1,0 +1,219 @@
+//! `cargo xtask bench xdp`: the XDP program's cost per packet, measured in the
+//! kernel with BPF_PROG_TEST_RUN, beside an empty XDP program in the same run.
+//! Figures are medians of several runs of `REPEAT` packets each; what matters
+//! is the ratio to the empty program, which cancels most of the machine.
+use crate::report::Section;
+use anyhow::{bail, Result};
+use sipguard::{addr::parse_net, clock};
+use sipguard_tests::{kernel::TestProgram, packet::*};
+use std::time::Duration;
+
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 5;
+/// Line rate of 64-byte frames (84 bytes on the wire), in Mpps.
+const LINE_RATES: [(&str, f64); 3] = [("10 GbE", 14.88), ("25 GbE", 37.2), ("100 GbE", 148.8)];
+const RATE_LIMITED: &str = "rate-limited drop (v4, over 1 pps)";
+
+fn median_ns(mut f: impl FnMut() -> Result<Duration>) -> Result<f64> {
+    let mut v = (0..RUNS)
+        .map(|_| f().map(|d| d.as_nanos() as f64))
+        .collect::<Result<Vec<_>>>()?;
+    v.sort_by(f64::total_cmp);
+    Ok(v[RUNS / 2])
+}
+
+/// Fills the blocklist with `n` distinct /32s (v4) and /128s (v6) in
+/// 100.64.0.0/10 and fd00::/16, none of them the probe sources.
+fn fill(t: &mut TestProgram, n: u32) -> Result<()> {
+    let now = clock::mono_now_ns();
+    for i in 0..n {
+        let v4 = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
+        t.maps
+            .ban(ipnet::IpNet::from(std::net::IpAddr::V4(v4)), 0, 0, now)?;
+        let v6 =
+            std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i));
+        t.maps
+            .ban(ipnet::IpNet::from(std::net::IpAddr::V6(v6)), 0, 0, now)?;
+    }
+    Ok(())
+}
+
+pub fn run(out: &mut Section) -> Result<()> {
+    let clean = [192, 0, 2, 1];
+    let banned = [192, 0, 2, 66];
+    let in_cidr = [198, 51, 100, 7];
+    let clean6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let banned6 = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66,
+    ];
+    let limited = [192, 0, 2, 77];
+    let cases: [(&str, Vec<u8>, u32); 8] = [
+        ("non-SIP pass (udp/53, v4)", udp4(clean, 53), 2),
+        ("SIP pass, unbanned (udp/5060, v4)", udp4(clean, 5060), 2),
+        ("SIP pass, unbanned (udp/5060, v6)", udp6(clean6, 5060), 2),
+        ("banned drop (v4 /32)", udp4(banned, 5060), 1),
+        ("banned drop (v6 /128)", udp6(banned6, 5060), 1),
+        ("CIDR-banned drop (v4 in /24)", udp4(in_cidr, 5060), 1),
+        ("banned, other port pass (v4)", udp4(banned, 53), 2),
+        (RATE_LIMITED, udp4(limited, 5060), 1),
+    ];
+    say!(
+        out,
+        "## XDP per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {RUNS})\n"
+    );
+    say!(out, "One core's packets per second is 1000 / (ns per packet); the last column is how many cores that would take at the line rate of 64-byte frames: {} Mpps.\n",
+        LINE_RATES.map(|(name, mpps)| format!("{name} {mpps}")).join(", "));
+    say!(out, "| blocklist size (v4 and v6 each) | case | ns/packet | × empty program | Mpps per core | cores for 10 / 25 / 100 GbE |");
+    say!(out, "|---:|---|---:|---:|---:|---:|");
+    let mut t = TestProgram::load()?;
+    let now = clock::mono_now_ns();
+    t.maps.ban(parse_net("192.0.2.66")?, 0, 0, now)?;
+    t.maps.ban(parse_net("2001:db8::66")?, 0, 0, now)?;
+    t.maps.ban(parse_net("198.51.100.0/24")?, 0, 0, now)?;
+    let row = |out: &mut Section, size: u32, name: &str, ns: f64, floor: f64| {
+        let cores = LINE_RATES
+            .map(|(_, mpps)| format!("{:.1}", mpps * ns / 1e3))
+            .join(" / ");
+        say!(
+            out,
+            "| {size} (+3) | {name} | {ns:.1} | {:.2} | {:.1} | {cores} |",
+            ns / floor,
+            1e3 / ns
+        );
+    };
+    let mut size = 0;
+    for target in [1u32, 10_000, 1_000_000] {
+        fill(&mut t, target - size)?;
+        size = target;
+        let floor = median_ns(|| Ok(t.run_floor(&udp4(clean, 5060), REPEAT)?.1))?;
+        row(out, size, "empty XDP program (floor)", floor, floor);
+        for (name, frame, action) in &cases {
+            // The limiter is on only for its own case: 1 packet/s, burst 1,
+            // so every repeat after the first is over the rate.
+            let config = if *name == RATE_LIMITED {
+                let mut c = common::Config::default().with_rate(1, 1);
+                c.escalate_secs = 5;
+                c.escalate_window_secs = 60;
+                c
+            } else {
+                common::Config::default()
+            };
+            t.maps.set_config(config)?;
+            let ns = median_ns(|| {
+                let (got, d) = t.run_repeat(frame, REPEAT)?;
+                if got != *action {
+                    bail!("{name}: action {got}, expected {action}");
+                }
+                Ok(d)
+            })?;
+            row(out, size, name, ns, floor);
+        }
+        t.maps.set_config(common::Config::default())?;
+    }
+    rate_limiter(out)
+}
+
+/// The cost the rate limiter adds to unbanned SIP traffic, beside the same
+/// packet with the limiter off and the empty program, in one run.
+fn rate_limiter(out: &mut Section) -> Result<()> {
+    let mut t = TestProgram::load()?;
+    let frame = udp4([192, 0, 2, 1], 5060);
+    let run = |t: &mut TestProgram, cfg: common::Config, want: u32| -> Result<f64> {
+        t.maps.set_config(cfg)?;
+        median_ns(|| {
+            let (got, d) = t.run_repeat(&frame, REPEAT)?;
+            if got != want {
+                bail!("action {got}, expected {want}");
+            }
+            Ok(d)
+        })
+    };
+    let floor = median_ns(|| Ok(t.run_floor(&frame, REPEAT)?.1))?;
+    let off = run(&mut t, common::Config::default(), 2)?;
+    // Never over: 100 M packets/s with an enormous burst.
+    let under = run(
+        &mut t,
+        common::Config::default().with_rate(100_000_000, u32::MAX),
+        2,
+    )?;
+    // Over after the first two packets: 1 packet/s, burst 1.
+    let mut cfg = common::Config::default().with_rate(1, 1);
+    cfg.escalate_secs = 5;
+    cfg.escalate_window_secs = 60;
+    let over = run(&mut t, cfg, 1)?;
+    say!(out, "\n## Rate limiter cost (SIP/UDP from one unbanned source, {REPEAT} repeats, median of {RUNS})\n");
+    say!(
+        out,
+        "| case | ns/packet | × empty program | added by the limiter |"
+    );
+    say!(out, "|---|---:|---:|---:|");
+    say!(out, "| empty XDP program (floor) | {floor:.1} | 1.00 | |");
+    say!(out, "| limiter off | {off:.1} | {:.2} | |", off / floor);
+    say!(
+        out,
+        "| limiter on, under the rate (pass) | {under:.1} | {:.2} | {:+.1} ns |",
+        under / floor,
+        under - off
+    );
+    say!(
+        out,
+        "| limiter on, over the rate (drop) | {over:.1} | {:.2} | {:+.1} ns |",
+        over / floor,
+        over - off
+    );
+
+    // Scanner signatures on (limiter off), SIP packets of real sizes.
+    let scan = |t: &mut TestProgram, body: &[u8], want: u32| -> Result<f64> {
+        let f = sipguard_tests::packet::frame(
+            &[],
+            ETH_P_IP,
+            &ipv4([192, 0, 2, 1], UDP, 0, 0, &udp_with(5060, body)),
+        );
+        median_ns(|| {
+            let (got, d) = t.run_repeat(&f, REPEAT)?;
+            if got != want {
+                bail!("action {got}, expected {want}");
+            }
+            Ok(d)
+        })
+    };
+    let phone = sip_options("User-Agent: Yealink SIP-T46S 66.86.0.15", 0);
+    let no_ua = sip_options("", 400);
+    let scanner = sip_options("User-Agent: friendly-scanner", 0);
+    t.maps.set_config(common::Config::default())?;
+    let phone_off = scan(&mut t, &phone, 2)?;
+    t.maps.set_config(common::Config {
+        flags: common::CONFIG_SCANNERS,
+        ..common::Config::default()
+    })?;
+    let phone_on = scan(&mut t, &phone, 2)?;
+    let no_ua_on = scan(&mut t, &no_ua, 2)?;
+    let scanner_on = scan(&mut t, &scanner, 1)?;
+    say!(out, "\n## Scanner signature cost (SIP/UDP OPTIONS from one unbanned source, {REPEAT} repeats, median of {RUNS})\n");
+    say!(
+        out,
+        "| case | ns/packet | × empty program | added by the scan |"
+    );
+    say!(out, "|---|---:|---:|---:|");
+    say!(
+        out,
+        "| scanners off, a phone's OPTIONS ({} bytes) | {phone_off:.1} | {:.2} | |",
+        phone.len(),
+        phone_off / floor
+    );
+    say!(out, "| scanners on, a phone's OPTIONS (User-Agent at byte {}) | {phone_on:.1} | {:.2} | {:+.1} ns |", ua_at(&phone), phone_on / floor, phone_on - phone_off);
+    say!(out, "| scanners on, no User-Agent in the 512-byte window (worst case) | {no_ua_on:.1} | {:.2} | {:+.1} ns |", no_ua_on / floor, no_ua_on - phone_off);
+    say!(
+        out,
+        "| scanners on, svmap's OPTIONS (drop) | {scanner_on:.1} | {:.2} | {:+.1} ns |",
+        scanner_on / floor,
+        scanner_on - phone_off
+    );
+    Ok(())
+}
+
+fn ua_at(body: &[u8]) -> usize {
+    body.windows(11)
+        .position(|w| w == b"User-Agent:")
+        .unwrap_or(0)
+}

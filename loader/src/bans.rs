@@ -77,6 +77,7 @@ impl BanManager {
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let now = now_ms();
         let mut report = Restored::default();
+        self.bans.reserve(state.bans.len());
         let in_kernel: HashMap<IpNet, common::BanEntry> = self
             .maps
             .bans()?
@@ -113,7 +114,12 @@ impl BanManager {
         }
         let mono_now = clock::mono_now_ns();
         for (net, entry) in in_kernel {
-            if self.bans.contains_key(&net) || entry.is_expired(mono_now) {
+            if self.bans.contains_key(&net) {
+                continue;
+            }
+            if entry.is_expired(mono_now) {
+                // Ended while no daemon ran; the program already ignores it.
+                self.maps.unban(net)?;
                 continue;
             }
             let expires_at_ms = (entry.expires_at_ns != 0)
@@ -193,10 +199,13 @@ impl BanManager {
         Ok(self.bans.remove(&net).is_some() || in_kernel)
     }
 
-    /// Removes bans that have ended; returns them.
+    /// Removes bans that have ended; returns them. Only the bans known here
+    /// are looked at: walking a kernel trie of a million bans every second
+    /// would keep the daemon busy (two system calls per entry). Every ban
+    /// goes through this manager while the daemon runs; strays found in the
+    /// kernel at start are adopted or, when expired, deleted by `restore`.
     pub fn sweep(&mut self) -> Result<Vec<(IpNet, BanInfo)>> {
         let now = now_ms();
-        self.maps.sweep_expired(clock::mono_now_ns())?;
         let ended: Vec<IpNet> = self
             .bans
             .iter()

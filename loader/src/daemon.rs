@@ -116,7 +116,7 @@ pub struct Engine {
 
 impl Engine {
     fn start(config: Config, maps: KernelMaps) -> Result<Self> {
-        let saved = state::load(&config.state_file)?;
+        let saved = state::load_with_positions(&config.state_file)?;
         let mut bans = BanManager::new(maps);
         let r = bans.restore(&saved)?;
         tracing::info!(
@@ -269,8 +269,10 @@ impl Engine {
         }
         let positions_due = self.last_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
-        if self.dirty || positions_due {
+        if self.dirty {
             self.save();
+        } else if positions_due {
+            self.save_positions();
         }
     }
 
@@ -280,6 +282,18 @@ impl Engine {
             positions.extend(jail.positions());
         }
         positions
+    }
+
+    /// Read positions alone, into their own small file.
+    fn save_positions(&mut self) {
+        let positions = self.current_positions();
+        match state::save_positions(&self.config.state_file, &positions) {
+            Ok(()) => {
+                self.last_save = Instant::now();
+                self.saved_positions = positions;
+            }
+            Err(e) => tracing::error!("saving read positions failed: {e:#}"),
+        }
     }
 
     fn save(&mut self) {

@@ -156,18 +156,32 @@ impl KernelMaps {
     /// Bans `net` until `expires_at_ns` (monotonic clock; 0 = permanent). Re-banning
     /// an address updates its expiry and flags and keeps its counters.
     pub fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, now_ns: u64) -> Result<()> {
-        let mut entry = self.ban_entry(net)?.unwrap_or(BanEntry {
+        let fresh = BanEntry {
             banned_at_ns: now_ns,
             prefix_len: u32::from(net.prefix_len()),
+            expires_at_ns,
+            flags,
             ..Default::default()
-        });
-        entry.expires_at_ns = expires_at_ns;
-        entry.flags = flags;
-        let result = match net {
-            IpNet::V4(n) => self.banned_v4.insert(&key_v4(n), entry, 0),
-            IpNet::V6(n) => self.banned_v6.insert(&key_v6(n), entry, 0),
         };
-        result.map_err(|e| full_or(e, "blocklist", net))
+        // A new ban (the usual case, and a million of them at start after a
+        // reboot) is one system call; only an existing one is read first.
+        match self.insert_ban(net, fresh, BPF_NOEXIST) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                let mut entry = self.ban_entry(net)?.unwrap_or(fresh);
+                entry.expires_at_ns = expires_at_ns;
+                entry.flags = flags;
+                self.insert_ban(net, entry, 0)
+            }
+            other => other,
+        }
+        .map_err(|e| full_or(e, "blocklist", net))
+    }
+
+    fn insert_ban(&mut self, net: IpNet, entry: BanEntry, flags: u64) -> Result<(), MapError> {
+        match net {
+            IpNet::V4(n) => self.banned_v4.insert(&key_v4(n), entry, flags),
+            IpNet::V6(n) => self.banned_v6.insert(&key_v6(n), entry, flags),
+        }
     }
 
     /// The entry banning exactly `net`, if any (a covering wider prefix is not it).
@@ -337,6 +351,9 @@ fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// BPF_NOEXIST: fail with EEXIST instead of replacing an entry.
+const BPF_NOEXIST: u64 = 1;
 
 fn full_or(e: MapError, what: &str, net: IpNet) -> anyhow::Error {
     if let MapError::SyscallError(s) = &e {

@@ -57,17 +57,17 @@ impl Offenders {
 
     /// Drops sources whose failures are all older than `findtime`.
     pub fn prune(&mut self, now_ms: i64) {
-        let stale: Vec<IpNet> = self
-            .sources
-            .iter()
-            .filter(|(_, t)| {
-                t.back()
-                    .is_none_or(|&last| last <= now_ms - self.findtime_ms)
-            })
-            .map(|(n, _)| *n)
-            .collect();
-        for n in stale {
-            self.sources.pop(&n);
+        // Least recently failed first: stop at the first source still within
+        // findtime, so a tick costs what it removes, not the whole table.
+        // (A line stamped out of order may leave a stale source a little
+        // longer; counting looks at the times themselves.)
+        while let Some((_, t)) = self.sources.peek_lru() {
+            if t.back()
+                .is_some_and(|&last| last > now_ms - self.findtime_ms)
+            {
+                break;
+            }
+            self.sources.pop_lru();
         }
     }
 

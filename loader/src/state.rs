@@ -80,6 +80,11 @@ pub fn load(path: &Path) -> Result<State> {
 }
 
 pub fn save(path: &Path, state: &State) -> Result<()> {
+    write_atomically(path, &serde_json::to_vec(state)?)?;
+    save_positions(path, &state.positions)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(
@@ -89,7 +94,7 @@ pub fn save(path: &Path, state: &State) -> Result<()> {
     {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(state)?)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
@@ -98,9 +103,67 @@ pub fn save(path: &Path, state: &State) -> Result<()> {
     Ok(())
 }
 
+/// Read positions also live in a small file of their own beside the state
+/// (`state.json` → `state.positions.json`): they change with every log line,
+/// and rewriting a state of a million bans every few seconds for them alone
+/// would cost a second of work and 150 MB of writes each time.
+pub fn positions_path(state: &Path) -> PathBuf {
+    state.with_extension("positions.json")
+}
+
+/// Writes the positions file, atomically like the state.
+pub fn save_positions(state: &Path, positions: &BTreeMap<String, Position>) -> Result<()> {
+    write_atomically(&positions_path(state), &serde_json::to_vec(positions)?)
+}
+
+/// The state with the newest read positions: the positions file is written
+/// whenever the state is, and more often, so it wins when it can be read.
+pub fn load_with_positions(path: &Path) -> Result<State> {
+    let mut state = load(path)?;
+    let file = positions_path(path);
+    match fs::read(&file) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(positions) => state.positions = positions,
+            Err(e) => tracing::warn!(
+                "ignoring unreadable read positions {} ({e}); using those in the state",
+                file.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+    Ok(state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newest_read_positions_come_from_their_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let at = |offset| Position {
+            dev: 1,
+            ino: 2,
+            offset,
+        };
+        let mut st = State {
+            version: VERSION,
+            ..Default::default()
+        };
+        st.positions.insert("/var/log/fs.log".into(), at(10));
+        save(&path, &st).unwrap();
+        assert_eq!(load_with_positions(&path).unwrap(), st);
+        // Positions saved alone, later: they win over the state's.
+        let newer = BTreeMap::from([("/var/log/fs.log".to_owned(), at(99))]);
+        save_positions(&path, &newer).unwrap();
+        assert_eq!(load_with_positions(&path).unwrap().positions, newer);
+        assert_eq!(load(&path).unwrap().positions["/var/log/fs.log"], at(10));
+        // An unreadable positions file loses nothing else: the state's are used.
+        fs::write(positions_path(&path), b"{half").unwrap();
+        assert_eq!(load_with_positions(&path).unwrap(), st);
+    }
 
     #[test]
     fn round_trip_and_corrupt_file_is_moved_aside() {

@@ -297,3 +297,58 @@ pub fn tcp_connects(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Result<bool> {
             .is_ok())
     })
 }
+
+/// A send-only AF_PACKET socket bound to an interface of the calling
+/// thread's namespace, skipping the qdisc: frames leave exactly as built
+/// (any source address), at as little cost per frame as the kernel allows.
+pub struct RawSocket(std::os::fd::OwnedFd);
+
+impl RawSocket {
+    pub fn bind(iface: &str) -> Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2); protocol 0 means it receives nothing.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let sock = Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        let index = sipguard::program::if_index(iface)?;
+        // SAFETY: a zeroed sockaddr_ll with family and interface set.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        let one: libc::c_int = 1;
+        // SAFETY: valid socket, address and option of the sizes given.
+        unsafe {
+            if libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) != 0
+            {
+                bail!("bind to {iface}: {}", io::Error::last_os_error());
+            }
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        Ok(sock)
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: a valid buffer of the length given.
+        if unsafe { libc::send(self.fd(), frame.as_ptr().cast(), frame.len(), 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -5,7 +5,7 @@
 //! * `run`    setup + build, then `sipguard ARGS` as root
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
 //! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
-//! * `bench`  setup + benchmarks (`bench xdp`: per-packet cost against an empty program)
+//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale`)
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -39,11 +39,14 @@ enum Cmd {
     },
     /// rustfmt check and clippy (-D warnings) on every crate, the XDP one on its own target.
     Lint,
-    /// Benchmarks, reported as ratios to a baseline measured in the same run.
+    /// Benchmarks, reported as ratios to a baseline measured in the same run;
+    /// each part writes its section of BENCHMARKS.md.
     Bench {
-        /// Which: `xdp` (per-packet cost in the kernel), `logs` (log
-        /// throughput against fail2ban-regex), `latency` (line to ban).
-        #[arg(default_value = "xdp")]
+        /// Which: `all`, or one of `xdp` (per-packet cost in the kernel),
+        /// `drop` (a veth flood against iptables, ipset, nftables), `logs`
+        /// (against fail2ban-regex), `latency` (line to ban to drop), `scale`
+        /// (ban rates, 1 M bans, memory; against fail2ban and the firewalls).
+        #[arg(default_value = "all")]
         which: String,
     },
     /// Run every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns).
@@ -134,6 +137,8 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the benchmarks load XDP programs: run `cargo xtask bench` as root");
             }
             ensure_setup()?;
+            // The baselines: iptables, ipset, nftables, fail2ban.
+            setup::bench()?;
             // The log benchmarks drive the release binary.
             build(true)?;
             let status = cargo()

@@ -115,6 +115,47 @@ const LLVM_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
+/// The benchmarks' baselines, from the distribution: what fail2ban drives
+/// (iptables, both backends; ipset; nftables) and fail2ban itself. fail2ban
+/// is optional: the parts that compare with it say so and go on without it.
+pub fn bench() -> Result<()> {
+    let firewalls = ["iptables", "ipset", "nftables"];
+    if !firewalls.iter().all(|p| deb_installed(p)) {
+        println!(
+            "setup: installing {} (the benchmarks' baselines)",
+            firewalls.join(", ")
+        );
+        apt_install(&firewalls)?;
+    }
+    if !deb_installed("fail2ban") {
+        println!("setup: installing fail2ban (the benchmarks' baseline for logs and ban rates), without starting its service");
+        if let Err(e) = without_service_starts(|| apt_install(&["fail2ban"])) {
+            println!(
+                "setup: fail2ban could not be installed ({e:#}); its comparisons will be skipped"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` with Debian's policy-rc.d saying "no service starts", so that
+/// installing fail2ban does not start its service (and its firewall rules)
+/// on this host: the benchmarks run their own fail2ban-server in a namespace.
+fn without_service_starts(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    if policy.exists() {
+        return f(); // the machine's own policy applies
+    }
+    std::fs::write(
+        policy,
+        "#!/bin/sh\n# written by cargo xtask bench while installing fail2ban\nexit 101\n",
+    )?;
+    std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let result = f();
+    std::fs::remove_file(policy)?;
+    result
+}
+
 /// True when every step would be skipped: lets `test` and `run` stay quiet.
 pub fn is_complete() -> bool {
     steps().iter().all(|s| (s.done)())

@@ -377,7 +377,7 @@ fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)>
         let sender = scope.spawn(|| -> Result<()> {
             netns::enter(&path)?;
             set_affinity(0, SENDER_CPU)?;
-            let fd = packet_socket(iface)?;
+            let sock = netns::RawSocket::bind(iface)?;
             let mut iovs: Vec<libc::iovec> = frames
                 .iter()
                 .map(|f| libc::iovec {
@@ -400,7 +400,9 @@ fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)>
             while !stop.load(Ordering::Relaxed) && total < MAX_PACKETS {
                 // SAFETY: BATCH valid messages starting at `next`, each
                 // pointing at a live frame.
-                let n = unsafe { libc::sendmmsg(fd.0, msgs[next..].as_mut_ptr(), BATCH as u32, 0) };
+                let n = unsafe {
+                    libc::sendmmsg(sock.fd(), msgs[next..].as_mut_ptr(), BATCH as u32, 0)
+                };
                 if n < 0 {
                     let e = std::io::Error::last_os_error();
                     if e.raw_os_error() == Some(libc::ENOBUFS) {
@@ -424,51 +426,6 @@ fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)>
         Ok(secs)
     })?;
     Ok((sent.load(Ordering::Relaxed), secs))
-}
-
-struct Fd(i32);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: our own open descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-/// A send-only AF_PACKET socket bound to `iface` that skips the qdisc: the
-/// sender does as little as the kernel allows per frame.
-fn packet_socket(iface: &str) -> Result<Fd> {
-    // SAFETY: plain socket(2); protocol 0 means it receives nothing.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    let fd = Fd(fd);
-    let index = sipguard::program::if_index(iface)?;
-    // SAFETY: a zeroed sockaddr_ll with family and interface set.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = index as i32;
-    let one: libc::c_int = 1;
-    // SAFETY: valid socket, address and option of the sizes given.
-    unsafe {
-        if libc::bind(
-            fd.0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        ) != 0
-        {
-            bail!("bind to {iface}: {}", std::io::Error::last_os_error());
-        }
-        libc::setsockopt(
-            fd.0,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-    }
-    Ok(fd)
 }
 
 /// A REGISTER of a realistic size, different per source.

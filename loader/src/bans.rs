@@ -14,7 +14,7 @@ use anyhow::Result;
 use common::BAN_ALL_PORTS;
 use ipnet::IpNet;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -78,12 +78,7 @@ impl BanManager {
         let now = now_ms();
         let mut report = Restored::default();
         self.bans.reserve(state.bans.len());
-        let in_kernel: HashMap<IpNet, common::BanEntry> = self
-            .maps
-            .bans()?
-            .into_iter()
-            .map(|b| (b.net, b.entry))
-            .collect();
+        let in_kernel: HashSet<IpNet> = self.maps.banned_nets()?.into_iter().collect();
         for saved in &state.bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
@@ -91,7 +86,7 @@ impl BanManager {
             };
             if saved.expires_at.is_some_and(|e| e <= now) {
                 report.expired += 1;
-                if in_kernel.contains_key(&net) {
+                if in_kernel.contains(&net) {
                     self.maps.unban(net)?;
                 }
                 continue;
@@ -104,7 +99,7 @@ impl BanManager {
                 line: saved.line.clone(),
                 all_ports: saved.all_ports,
             };
-            if in_kernel.contains_key(&net) {
+            if in_kernel.contains(&net) {
                 report.kept += 1;
             } else {
                 self.write_kernel(net, &info, now)?;
@@ -113,10 +108,13 @@ impl BanManager {
             self.bans.insert(net, info);
         }
         let mono_now = clock::mono_now_ns();
-        for (net, entry) in in_kernel {
+        for net in in_kernel {
             if self.bans.contains_key(&net) {
                 continue;
             }
+            let Some(entry) = self.maps.ban_entry(net)? else {
+                continue;
+            };
             if entry.is_expired(mono_now) {
                 // Ended while no daemon ran; the program already ignores it.
                 self.maps.unban(net)?;

@@ -22,7 +22,10 @@ impl Section {
 
 /// The workspace root, where `BENCHMARKS.md` lives.
 fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_owned()
 }
 
 pub fn file() -> PathBuf {

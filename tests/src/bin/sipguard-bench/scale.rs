@@ -140,6 +140,38 @@ fn ban_rate(out: &mut Section) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let sipguard_cli = f64::from(ONE_BY_ONE) / secs;
     say!(out, "| `sipguard ban`, one process per ban (through the daemon) | {ONE_BY_ONE} | {secs:.2} | {sipguard_cli:.0} | 1.00 |");
+    // What starting each binary costs by itself, doing nothing.
+    for (name, program, arg) in [
+        (
+            "`sipguard --version` (starting the process alone)",
+            sipguard_tests::daemon::bin(),
+            "--version",
+        ),
+        (
+            "`iptables --version` (starting the process alone)",
+            "iptables".into(),
+            "--version",
+        ),
+    ] {
+        let start = Instant::now();
+        for _ in 0..ONE_BY_ONE {
+            if !std::process::Command::new(&program)
+                .arg(arg)
+                .output()?
+                .status
+                .success()
+            {
+                bail!("{} {arg} failed", program.display());
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let rate = f64::from(ONE_BY_ONE) / secs;
+        say!(
+            out,
+            "| {name} | {ONE_BY_ONE} | {secs:.2} | {rate:.0} | {:.2} |",
+            rate / sipguard_cli
+        );
+    }
     // (row, setup script for `nft -f`-like input or a command, ban command)
     type Setup = fn(&Netns) -> Result<()>;
     let commands: [(&str, Setup, &str, &[&str]); 4] = [

@@ -34,8 +34,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often bans are expired and new files matched by globs picked up.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Ban changes reach the state file within a tick (at most one write per
-/// tick); read positions alone at most this often. Everything is written at
-/// exit. A ban made since the last write is in the kernel map already, which
+/// tick); read positions, in their own small file, at most this often (a
+/// crash re-reads at most this much log, and lines older than findtime are
+/// never counted). Everything is written at exit. A ban made since the last write is in the kernel map already, which
 /// a restart adopts (only a crash followed by a reboot within a second loses one).
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -110,7 +111,7 @@ pub struct Engine {
     config_allowed: Vec<IpNet>,
     /// Bans changed since the last save.
     dirty: bool,
-    last_save: Instant,
+    last_positions_save: Instant,
     saved_positions: BTreeMap<String, Position>,
 }
 
@@ -134,7 +135,7 @@ impl Engine {
             positions: saved.positions,
             config_allowed: Vec::new(),
             dirty: true,
-            last_save: Instant::now(),
+            last_positions_save: Instant::now(),
             saved_positions: BTreeMap::new(),
         };
         engine.apply_config(true)?;
@@ -267,11 +268,12 @@ impl Engine {
             jail.refresh_files(&self.positions, false);
             jail.offenders.prune(now);
         }
-        let positions_due = self.last_save.elapsed() >= POSITIONS_SAVE_INTERVAL
+        let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
         if self.dirty {
-            self.save();
-        } else if positions_due {
+            self.save_bans();
+        }
+        if positions_due {
             self.save_positions();
         }
     }
@@ -289,28 +291,30 @@ impl Engine {
         let positions = self.current_positions();
         match state::save_positions(&self.config.state_file, &positions) {
             Ok(()) => {
-                self.last_save = Instant::now();
+                self.last_positions_save = Instant::now();
                 self.saved_positions = positions;
             }
             Err(e) => tracing::error!("saving read positions failed: {e:#}"),
         }
     }
 
-    fn save(&mut self) {
+    /// Bans and ban counts; read positions go to their own file.
+    fn save_bans(&mut self) {
         let mut st = State {
             version: state::VERSION,
-            positions: self.current_positions(),
             ..Default::default()
         };
         self.bans.save_into(&mut st);
         match state::save(&self.config.state_file, &st) {
-            Ok(()) => {
-                self.dirty = false;
-                self.last_save = Instant::now();
-                self.saved_positions = st.positions;
-            }
+            Ok(()) => self.dirty = false,
             Err(e) => tracing::error!("saving state failed: {e:#}"),
         }
+    }
+
+    /// Everything, at exit.
+    fn save(&mut self) {
+        self.save_bans();
+        self.save_positions();
     }
 
     fn handle(&mut self, req: Request) -> Result<serde_json::Value> {

@@ -80,8 +80,7 @@ pub fn load(path: &Path) -> Result<State> {
 }
 
 pub fn save(path: &Path, state: &State) -> Result<()> {
-    write_atomically(path, &serde_json::to_vec(state)?)?;
-    save_positions(path, &state.positions)
+    write_atomically(path, &serde_json::to_vec(state)?)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -116,8 +115,9 @@ pub fn save_positions(state: &Path, positions: &BTreeMap<String, Position>) -> R
     write_atomically(&positions_path(state), &serde_json::to_vec(positions)?)
 }
 
-/// The state with the newest read positions: the positions file is written
-/// whenever the state is, and more often, so it wins when it can be read.
+/// The state with its read positions: from the positions file when it can be
+/// read (the daemon writes them only there), else those in the state itself
+/// (written by sipguard before the positions had a file of their own).
 pub fn load_with_positions(path: &Path) -> Result<State> {
     let mut state = load(path)?;
     let file = positions_path(path);

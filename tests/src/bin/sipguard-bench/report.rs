@@ -41,27 +41,33 @@ pub fn save(name: &str, section: &Section, secs: f64) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# sipguard benchmarks\n".to_owned(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let (begin, end) = (
-        format!("<!-- bench:{name} -->"),
-        format!("<!-- /bench:{name} -->"),
-    );
-    let body = format!(
-        "{begin}\n_From `cargo xtask bench {name}` on commit `{}`, {} UTC, in {secs:.0} s. Machine: {}._\n\n{}{end}",
+    let stamp = format!(
+        "_From `cargo xtask bench {name}` on commit `{}`, {} UTC, in {secs:.0} s. Machine: {}._\n\n",
         commit(),
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
         machine(),
-        section.text.trim_start(),
     );
-    let new = match (old.find(&begin), old.find(&end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{body}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n{body}\n", old.trim_end()),
-    };
+    let new = with_section(&old, name, &format!("{stamp}{}", section.text.trim_start()));
     // Written whole, then renamed: an interrupted run leaves the old file.
     let tmp = path.with_extension("md.tmp");
     std::fs::write(&tmp, new)?;
     std::fs::rename(&tmp, &path)?;
     println!("\n(saved in {})", path.display());
     Ok(())
+}
+
+/// `file` with part `name`'s section (between its markers) replaced by
+/// `text`, or added at the end when it has none yet.
+fn with_section(file: &str, name: &str, text: &str) -> String {
+    let (begin, end) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let body = format!("{begin}\n{text}{end}");
+    match (file.find(&begin), file.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{body}{}", &file[..b], &file[e + end.len()..]),
+        _ => format!("{}\n\n{body}\n", file.trim_end()),
+    }
 }
 
 /// The commit measured, marked when the work tree differs from it.
@@ -113,4 +119,26 @@ pub fn machine() -> String {
         "{cores} × {model}, {mem_gib:.0} GiB, Linux {}",
         kernel.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_section;
+
+    #[test]
+    fn a_part_replaces_only_its_own_section() {
+        let file = "# head\n<!-- bench:xdp -->\nold xdp\n<!-- /bench:xdp -->\n<!-- bench:drop -->\nold drop\n<!-- /bench:drop -->\n## Reading\nby hand\n";
+        let new = with_section(file, "drop", "new drop\n");
+        assert_eq!(
+            new,
+            "# head\n<!-- bench:xdp -->\nold xdp\n<!-- /bench:xdp -->\n<!-- bench:drop -->\nnew drop\n<!-- /bench:drop -->\n## Reading\nby hand\n"
+        );
+        // A part without a section yet goes at the end; the rest is kept.
+        let added = with_section(&new, "scale", "scale\n");
+        assert!(added.starts_with(new.trim_end()), "{added}");
+        assert!(
+            added.ends_with("<!-- bench:scale -->\nscale\n<!-- /bench:scale -->\n"),
+            "{added}"
+        );
+    }
 }

@@ -53,6 +53,11 @@ fn failure_line(ip: Ipv4Addr) -> String {
     )
 }
 
+/// One failure line for each of `n` sources from `base` on.
+fn failure_lines(base: u32, n: u32) -> String {
+    (0..n).map(|i| failure_line(addr(base, i))).collect()
+}
+
 fn append(path: &std::path::Path, text: &str) -> Result<()> {
     std::fs::OpenOptions::new()
         .append(true)
@@ -97,9 +102,7 @@ fn ban_rate(out: &mut Section) -> Result<()> {
     let pair = Pair::new()?;
     let daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     let maps = sipguard::maps::KernelMaps::open(&sb.pin)?;
-    let lines: String = (0..BURST)
-        .map(|i| failure_line(addr(BANNED_BASE, i)))
-        .collect();
+    let lines: String = failure_lines(BANNED_BASE, BURST);
     let last = ipnet::IpNet::from(std::net::IpAddr::V4(addr(BANNED_BASE, BURST - 1)));
     let start = Instant::now();
     append(&log, &lines)?;
@@ -324,9 +327,7 @@ fn fail2ban_burst() -> Result<(u32, f64)> {
         },
     )
     .context("fail2ban did not start its jail")?;
-    let lines: String = (0..ONE_BY_ONE)
-        .map(|i| failure_line(addr(BANNED_BASE, i)))
-        .collect();
+    let lines: String = failure_lines(BANNED_BASE, ONE_BY_ONE);
     let start = Instant::now();
     append(&log, &lines)?;
     let secs = wait_until(
@@ -438,9 +439,7 @@ fn bulk(out: &mut Section) -> Result<()> {
     say!(out, "| sipguard daemon restart, the {SAVED} bans still in the pinned maps | {warm:.2} | {:.2} | |", warm / cold);
 
     // Offenders: one failure each from SAVED other sources, never enough to ban.
-    let lines: String = (0..SAVED)
-        .map(|i| failure_line(addr(OFFENDER_BASE, i)))
-        .collect();
+    let lines: String = failure_lines(OFFENDER_BASE, SAVED);
     let start = Instant::now();
     append(&sb.path("freeswitch.log"), &lines)?;
     let secs = wait_until(

@@ -80,10 +80,12 @@ pub fn load(path: &Path) -> Result<State> {
 }
 
 pub fn save(path: &Path, state: &State) -> Result<()> {
-    write_atomically(path, &serde_json::to_vec(state)?)
+    write_atomically(path, state)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Serializes `value` into `path`: a temporary file, fsync, rename. Streamed
+/// through a buffer: a million bans are 150 MB of JSON, never held whole.
+fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(
@@ -91,10 +93,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
     ));
     {
-        let mut f =
+        let f =
             fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut out = std::io::BufWriter::new(f);
+        serde_json::to_writer(&mut out, value)?;
+        out.flush()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     // Make the rename itself durable.
@@ -112,7 +116,7 @@ pub fn positions_path(state: &Path) -> PathBuf {
 
 /// Writes the positions file, atomically like the state.
 pub fn save_positions(state: &Path, positions: &BTreeMap<String, Position>) -> Result<()> {
-    write_atomically(&positions_path(state), &serde_json::to_vec(positions)?)
+    write_atomically(&positions_path(state), positions)
 }
 
 /// The state with its read positions: from the positions file when it can be

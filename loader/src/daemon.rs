@@ -36,8 +36,9 @@ const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Ban changes reach the state file within a tick (at most one write per
 /// tick); read positions, in their own small file, at most this often (a
 /// crash re-reads at most this much log, and lines older than findtime are
-/// never counted). Everything is written at exit. A ban made since the last write is in the kernel map already, which
-/// a restart adopts (only a crash followed by a reboot within a second loses one).
+/// never counted). Everything is written at exit. A ban made since the last
+/// write is in the kernel map already, which a restart adopts (only a crash
+/// followed by a reboot within a second loses one).
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The jail name of bans made by the XDP flood limiter.

@@ -175,7 +175,19 @@ impl Pair {
         Ok(pair)
     }
 
-    pub fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
+    /// The (client, server) MAC addresses, as bytes for hand-built frames.
+    pub fn macs(&self) -> Result<([u8; 6], [u8; 6])> {
+        let bytes = |ns, dev| -> Result<[u8; 6]> {
+            let text = self.mac(ns, dev)?;
+            crate::packet::parse_mac(&text).with_context(|| format!("bad MAC address {text}"))
+        };
+        Ok((
+            bytes(&self.client, &self.client_if)?,
+            bytes(&self.server, &self.server_if)?,
+        ))
+    }
+
+    fn mac(&self, ns: &Netns, dev: &str) -> Result<String> {
         let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         v[0]["address"]
@@ -195,16 +207,8 @@ impl Pair {
 
 /// Runs `f` on a thread that has entered `ns`'s network namespace, so that
 /// sockets it creates live there (they stay there when used from any thread).
-pub fn in_netns<T: Send + 'static>(
-    ns: &Netns,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> Result<T> {
-    let path = ns.path();
-    let handle = std::thread::spawn(move || -> io::Result<T> {
-        enter(&path)?;
-        f()
-    });
-    Ok(handle.join().expect("netns thread panicked")?)
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -> Result<T> {
+    in_netns_scoped(ns, || Ok(f()?))
 }
 
 /// Like `in_netns`, for work that borrows from the caller: runs `f` on a

@@ -634,6 +634,43 @@ fn unban_and_sweep() -> Result<()> {
     Ok(())
 }
 
+/// A daemon starting over pinned maps that hold bans nobody saved (made
+/// while it was stopped): live ones are adopted, ended ones deleted, and a
+/// saved ban still in the map is kept, not written again.
+#[test]
+fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    let now = clock::mono_now_ns();
+    let later = clock::deadline_ns(Duration::from_secs(3600));
+    let (live, ended, saved) = (net("192.0.2.70"), net("192.0.2.71"), net("192.0.2.72"));
+    t.maps.ban(live, later, 0, now)?;
+    t.maps.ban(ended, now - 1, 0, now - 2)?;
+    t.maps.ban(saved, later, 0, now)?;
+    let state = sipguard::state::State {
+        bans: vec![sipguard::state::SavedBan {
+            net: saved.to_string(),
+            jail: "fs".into(),
+            banned_at: sipguard::bans::now_ms(),
+            expires_at: Some(sipguard::bans::now_ms() + 3_600_000),
+            reason: "test".into(),
+            line: String::new(),
+            all_ports: false,
+        }],
+        ..Default::default()
+    };
+    let mut bans = sipguard::bans::BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let r = bans.restore(&state)?;
+    assert_eq!((r.kept, r.reinstated, r.adopted), (1, 0, 1));
+    assert!(bans.is_banned(&live) && bans.is_banned(&saved));
+    assert!(!bans.is_banned(&ended));
+    assert!(t.maps.ban_entry(live)?.is_some());
+    assert!(
+        t.maps.ban_entry(ended)?.is_none(),
+        "an ended stray is deleted from the map"
+    );
+    Ok(())
+}
+
 #[test]
 fn full_blocklist_is_a_clear_error() -> Result<()> {
     let mut t = TestProgram::load_with(Capacity {

@@ -19,7 +19,7 @@ use aya::programs::XdpMode;
 use sipguard_tests::{
     kernel::{TestProgram, DROP_FLOOR},
     netns::{self, Netns, Pair, SERVER_V4},
-    packet::{parse_mac, routable_udp4},
+    packet::routable_udp4,
 };
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -144,10 +144,9 @@ fn table(out: &mut Section) -> Result<()> {
         for filter in FILTERS {
             let o = median_flood(filter, bans)?;
             row(out, bans, filter, &o, reference.as_ref());
-            if reference.is_none() {
-                reference = Some(o);
-            } else if let Some(r) = &reference {
-                slowest.push((o.rx_us_per_drop() / r.rx_us_per_drop(), bans, filter));
+            match &reference {
+                None => reference = Some(o),
+                Some(r) => slowest.push((o.rx_us_per_drop() / r.rx_us_per_drop(), bans, filter)),
             }
         }
     }
@@ -160,16 +159,14 @@ fn table(out: &mut Section) -> Result<()> {
 }
 
 fn row(out: &mut Section, bans: u32, filter: Filter, o: &Outcome, reference: Option<&Outcome>) {
-    let (pps_ratio, cpu_ratio) = reference.map_or(("1.00".into(), "1.00".into()), |r| {
-        (
+    // The floor has no ratio; sipguard's own row is the reference (1.00).
+    let (pps_ratio, cpu_ratio) = match (filter, reference) {
+        (Filter::XdpFloor, _) => (String::new(), String::new()),
+        (_, None) => ("1.00".into(), "1.00".into()),
+        (_, Some(r)) => (
             format!("{:.2}", o.dropped_pps() / r.dropped_pps()),
             format!("{:.1}", o.rx_us_per_drop() / r.rx_us_per_drop()),
-        )
-    });
-    let (pps_ratio, cpu_ratio) = if filter == Filter::XdpFloor {
-        ("".into(), "".into())
-    } else {
-        (pps_ratio, cpu_ratio)
+        ),
     };
     say!(
         out,
@@ -224,10 +221,7 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
     }
     receive_on_other_cpu(&pair)?;
 
-    let macs = (
-        mac(&pair, &pair.client, &pair.client_if)?,
-        mac(&pair, &pair.server, &pair.server_if)?,
-    );
+    let macs = pair.macs()?;
     let server: [u8; 4] = SERVER_V4.parse::<std::net::Ipv4Addr>()?.octets();
     let frames: Vec<Vec<u8>> = sources
         .iter()
@@ -457,11 +451,6 @@ fn register(i: usize) -> Vec<u8> {
 
 fn frame_len() -> usize {
     routable_udp4(([0; 6], [0; 6]), [0; 4], [0; 4], 5060, &register(0)).len()
-}
-
-fn mac(pair: &Pair, ns: &Netns, dev: &str) -> Result<[u8; 6]> {
-    let text = pair.mac(ns, dev)?;
-    parse_mac(&text).with_context(|| format!("bad MAC {text}"))
 }
 
 /// Frames the client's veth dropped because the server side's queue was full.

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use sipguard_tests::{
     daemon::Daemon,
     netns::{self, Pair, RawSocket, SERVER_V4},
-    packet::{parse_mac, routable_udp4},
+    packet::routable_udp4,
     Sandbox,
 };
 use std::{
@@ -32,14 +32,7 @@ pub fn run(out: &mut Section) -> Result<()> {
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .open(sb.path("freeswitch.log"))?;
-    let mac = |ns, dev| -> Result<[u8; 6]> {
-        let text = pair.mac(ns, dev)?;
-        parse_mac(&text).ok_or_else(|| anyhow::anyhow!("bad MAC {text}"))
-    };
-    let macs = (
-        mac(&pair.client, &pair.client_if)?,
-        mac(&pair.server, &pair.server_if)?,
-    );
+    let macs = pair.macs()?;
     let server = SERVER_V4.parse::<Ipv4Addr>()?.octets();
     let frames: Vec<Vec<u8>> = (0..BANS)
         .map(|i| {

@@ -27,6 +27,9 @@ pub mod map_name {
     pub const RATE: &str = "rate";
     /// Ring buffer of [`super::FloodEvent`]s: sources to ban for flooding.
     pub const FLOOD_EVENTS: &str = "flood_events";
+    /// Per-CPU `u64` at index 0: reports lost because the ring buffer was full
+    /// (each is sent again with the source's next offending packet or second).
+    pub const LOST_REPORTS: &str = "lost_reports";
 }
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
@@ -59,6 +62,11 @@ pub const FLOOD_RING_BYTES: u32 = 1 << 16;
 /// `BanEntry::flags`: this ban drops every packet of the source, not only
 /// packets to protected ports (fail2ban's `iptables-allports`).
 pub const BAN_ALL_PORTS: u32 = 1;
+
+/// `BanEntry::flags`: this ban drops only packets to the protected ports,
+/// even in global all-ports mode: bans on packet evidence, which a forged
+/// source address can earn, never cut a peer off entirely.
+pub const BAN_PORTS_ONLY: u32 = 2;
 
 /// `Config::flags`: every ban applies to all ports (global all-ports mode).
 pub const CONFIG_ALL_PORTS: u32 = 1;
@@ -210,6 +218,9 @@ pub struct FloodEvent {
     /// `EVENT_*`.
     pub kind: u32,
     pub limited: u64,
+    /// The packet's own source address (IPv4 mapped into IPv6), so that a
+    /// ban the never-ban set narrows can be narrowed to this one address.
+    pub src: [u8; 16],
 }
 
 /// A per-CPU counter of packets and bytes.

@@ -161,17 +161,31 @@ impl Follower {
         if size < self.offset || (size > self.offset && !self.tail_matches(file)?) {
             self.truncated(emit)?;
         }
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
         let size = file.metadata()?.len();
         if size <= self.offset {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        file.seek(SeekFrom::Start(self.offset))?;
-        file.take((size - self.offset).min(MAX_READ))
-            .read_to_end(&mut buf)?;
+        let mut buf = vec![0; (size - self.offset).min(MAX_READ) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], self.offset + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        buf.truncate(got);
+        // A copy-truncate between the check above and this read would hand
+        // us the new file's bytes as if they followed ours: if the bytes
+        // before our offset are no longer ours, drop what we read and take
+        // the rest from the copy (the next poll reads the new file).
+        let still_ours = self.tail_matches(file)?;
+        if !still_ours {
+            self.truncated(emit)?;
+            return Ok(());
+        }
         self.offset += buf.len() as u64;
         self.consume(&buf, emit);
         Ok(())

@@ -20,7 +20,7 @@ use std::{
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const LAYOUT: [(&str, usize, usize, Option<u32>); 9] = [
+const LAYOUT: [(&str, usize, usize, Option<u32>); 10] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
     (map_name::ALLOWED_V4, 4 + size_of::<V4Key>(), size_of::<AllowEntry>(), None),
@@ -30,6 +30,7 @@ const LAYOUT: [(&str, usize, usize, Option<u32>); 9] = [
     (map_name::COUNTERS, 4, size_of::<Counter>(), Some(counter::COUNT)),
     (map_name::RATE, size_of::<RateKey>(), size_of::<RateState>(), None),
     (map_name::FLOOD_EVENTS, 0, 0, Some(FLOOD_RING_BYTES)),
+    (map_name::LOST_REPORTS, 4, size_of::<u64>(), Some(1)),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.
@@ -84,6 +85,7 @@ pub struct KernelMaps {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
     rate: HashMap<MapData, RateKey, RateState>,
+    lost_reports: PerCpuArray<MapData, u64>,
 }
 
 /// The network a rate key stands for: an IPv4 host, or an IPv6 /64.
@@ -101,6 +103,15 @@ pub fn flood_events(pin_dir: &Path) -> Result<aya::maps::RingBuf<MapData>> {
     let data =
         MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     Ok(aya::maps::RingBuf::try_from(Map::RingBuf(data))?)
+}
+
+/// The address that sent the reported packet: an IPv4 host, or an IPv6 /128.
+pub fn event_source(event: &FloodEvent) -> IpNet {
+    let addr = std::net::Ipv6Addr::from(event.src);
+    match addr.to_ipv4_mapped() {
+        Some(v4) => IpNet::V4(Ipv4Net::from(v4)),
+        None => IpNet::V6(Ipv6Net::from(addr)),
+    }
 }
 
 /// Decodes a ring buffer record.
@@ -146,6 +157,7 @@ impl KernelMaps {
             config: Array::try_from(Map::Array(open(map_name::CONFIG)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::COUNTERS)?))?,
             rate: HashMap::try_from(Map::LruHashMap(open(map_name::RATE)?))?,
+            lost_reports: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::LOST_REPORTS)?))?,
         })
     }
 
@@ -304,6 +316,12 @@ impl KernelMaps {
             out.push((rate_key_net(&k), v));
         }
         Ok(out)
+    }
+
+    /// Reports the program could not send because the ring buffer was full
+    /// (each was sent again later), summed over CPUs.
+    pub fn lost_reports(&self) -> Result<u64> {
+        Ok(self.lost_reports.get(&0, 0)?.iter().sum())
     }
 
     /// The verdict counters, summed over CPUs, by `common::counter` index.

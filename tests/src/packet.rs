@@ -201,3 +201,28 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(mac)
 }
+
+/// TCP flags, for `tcp_with_flags`.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_PSH: u8 = 0x08;
+
+/// A minimal TCP header to `dport` with the given flags (a SYN, an ACK of
+/// an established connection, ...).
+pub fn tcp_with_flags(dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = tcp(dport);
+    h[13] = flags;
+    h
+}
+
+/// An IPv6 destination-options header whose option bytes are `content`
+/// (padded with zeros to a multiple of eight bytes), then `payload`: a long
+/// chain in one header, with bytes the test chooses.
+pub fn v6_dstopts_with(next: u8, content: &[u8], payload: &[u8]) -> Vec<u8> {
+    let total = (content.len() + 2).div_ceil(8) * 8;
+    let mut h = vec![next, (total / 8 - 1) as u8];
+    h.extend_from_slice(content);
+    h.resize(total, 0);
+    h.extend_from_slice(payload);
+    h
+}

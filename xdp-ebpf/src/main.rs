@@ -1,15 +1,18 @@
 //! sipguard's XDP program: parse → decide → count, one flat path per packet.
 //!
 //! * Parse: Ethernet with up to two VLAN tags (802.1Q, 802.1ad, and the old
-//!   0x9100 QinQ), IPv4 honouring IHL, IPv6 with a bounded walk over extension
-//!   headers, then the TCP or UDP destination port.
+//!   0x9100 QinQ), IPv4 honouring IHL and fragments, IPv6 with a bounded walk
+//!   over extension headers (the fragment header included), then the TCP or
+//!   UDP destination port.
 //! * Decide: a source in the blocklist (LPM tries, exact or CIDR) whose ban has
 //!   not expired is dropped when the packet goes to a protected port, to any port
-//!   in all-ports mode, or to a port we cannot know (fragments). The allowlist
-//!   always wins. Everything else, including anything we cannot parse, passes.
-//! * Rate-limit: an unbanned source's packets to a protected port go through a
-//!   per-source limiter (GCRA over a shared LRU map); a source that keeps
-//!   exceeding it is reported through a ring buffer, to be banned.
+//!   in all-ports mode, or is a fragment. When the most specific ban has ended or
+//!   is for other ports, the bans covering it decide. The allowlist always wins.
+//!   Everything else, including anything we cannot parse, passes.
+//! * Rate-limit: an unbanned source's packets to a protected port, and its
+//!   fragments, go through a per-source limiter (GCRA over a shared LRU map)
+//!   when a forger could send them (UDP, TCP SYN, fragments); a source that
+//!   keeps exceeding it is reported through a ring buffer, to be banned.
 //! * Count: every packet lands in exactly one per-CPU verdict counter; a dropped
 //!   packet also bumps its ban's own packet/byte counters.
 #![no_std]
@@ -32,9 +35,9 @@ use aya_ebpf::{
 };
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent,
-    RateKey, RateState, V4Key, BAN_ALL_PORTS, CONFIG_ALL_PORTS, CONFIG_SCANNERS, EVENT_FLOOD,
-    EVENT_SCANNER, FLOOD_RING_BYTES, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS,
-    REPORTED_FLOOD, REPORTED_SCANNER,
+    RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_SCANNERS,
+    EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
+    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -59,6 +62,8 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(counter::COUNT, 0);
 static RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE_SOURCES, 0);
 #[map(name = "flood_events")]
 static FLOOD_EVENTS: RingBuf = RingBuf::pinned(FLOOD_RING_BYTES, 0);
+#[map(name = "lost_reports")]
+static LOST_REPORTS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[xdp]
 pub fn sipguard(ctx: XdpContext) -> u32 {
@@ -83,6 +88,13 @@ pub fn drop_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// How many covering prefixes are looked at when the most specific ban is
+/// expired or does not cover the packet's port: a /32 that ended, or a
+/// ports-only /32, must not hide a live or all-ports /24 around it. Nested
+/// bans deeper than this are not something sipguard writes (the daemon
+/// deletes ended bans within a second).
+const MAX_COVERING: usize = 4;
+
 /// Returns the counter to bump and the XDP action.
 #[inline(always)]
 fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
@@ -90,34 +102,18 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
         Ok(pkt) => pkt,
         Err(verdict) => return (verdict, xdp_action::XDP_PASS),
     };
-    let ban = match pkt.src {
-        Source::V4(addr) => BANNED_V4.get(Key::new(32, v4_key(addr))),
-        Source::V6(addr) => BANNED_V6.get(Key::new(128, addr)),
-    };
-    let ban = match ban {
-        Some(ban) => ban,
-        None => return unbanned(ctx, &pkt, counter::PASS_NOT_BANNED),
-    };
-    let now = now_ns();
-    if ban.is_expired(now) {
+    let (ban, drop_verdict, now) = match banned(&pkt) {
+        Ban::Drop(ban, verdict, now) => (ban, verdict, now),
+        Ban::None => return unbanned(ctx, &pkt, counter::PASS_NOT_BANNED),
         // Ignored from the moment it ends; the daemon deletes it.
-        return unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED);
-    }
-    let all_ports = ban.flags & BAN_ALL_PORTS != 0 || config_flags() & CONFIG_ALL_PORTS != 0;
-    let drop_verdict = match pkt.port {
-        Port::Dst(port) if all_ports || is_protected(port) => counter::DROP_BANNED,
-        Port::NoPorts if all_ports => counter::DROP_BANNED,
-        // A banned source must not get through by fragmenting: without a port we
-        // cannot tell SIP from anything else, so it is dropped.
-        Port::Unknown => counter::DROP_BANNED_NO_PORT,
-        _ => return (counter::PASS_BANNED_OTHER_PORT, xdp_action::XDP_PASS),
+        Ban::Expired => return unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED),
+        Ban::OtherPort => return (counter::PASS_BANNED_OTHER_PORT, xdp_action::XDP_PASS),
     };
     if allowlisted(&pkt.src, now) {
         return (counter::PASS_ALLOWLISTED, xdp_action::XDP_PASS);
     }
     // The trie hands out a pointer into its node; the counters are updated with
     // atomic adds because several CPUs may drop packets of one source at once.
-    let ban = ban as *const BanEntry as *mut BanEntry;
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*ban).packets, 1);
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*ban).bytes, len);
@@ -126,19 +122,103 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
     (drop_verdict, xdp_action::XDP_DROP)
 }
 
-/// A source that is not banned, on a protected port: first the rate limiter
-/// (cheap, so a flood is dropped before any payload is read), then the
-/// scanner signatures on what conforms. Allow-listed sources pass both.
+/// What the blocklist says about a packet's source.
+enum Ban {
+    /// No ban covers the source.
+    None,
+    /// The most specific ban has ended, and no covering one drops the packet.
+    Expired,
+    /// A live ban covers the source but not the packet's port, and no
+    /// covering one drops it.
+    OtherPort,
+    /// This ban drops the packet, with this verdict (clock read at `now`).
+    Drop(*mut BanEntry, u32, u64),
+}
+
+/// The longest-prefix ban of the source, then, while that one does not drop
+/// the packet, the bans covering it: a lookup with prefix length `p - 1`
+/// returns the longest match shorter than `p`.
+#[inline(always)]
+fn banned(pkt: &parse::Packet) -> Ban {
+    let mut prefix = match pkt.src {
+        Source::V4(_) => 32,
+        Source::V6(_) => 128,
+    };
+    let mut found = Ban::None;
+    let mut now = 0;
+    for i in 0..MAX_COVERING {
+        let ban = match pkt.src {
+            Source::V4(addr) => BANNED_V4.get(Key::new(prefix, v4_key(addr))),
+            Source::V6(addr) => BANNED_V6.get(Key::new(prefix, addr)),
+        };
+        let Some(ban) = ban else {
+            break;
+        };
+        if now == 0 {
+            now = now_ns();
+        }
+        let this = if ban.is_expired(now) {
+            Ban::Expired
+        } else {
+            match drops(ban, pkt) {
+                Some(verdict) => {
+                    return Ban::Drop(ban as *const BanEntry as *mut BanEntry, verdict, now)
+                }
+                None => Ban::OtherPort,
+            }
+        };
+        // A live ban for other ports says more than an ended one.
+        if i == 0 || matches!(this, Ban::OtherPort) {
+            found = this;
+        }
+        if ban.prefix_len == 0 || ban.prefix_len > prefix {
+            break;
+        }
+        prefix = ban.prefix_len - 1;
+    }
+    found
+}
+
+/// The drop verdict of a live ban for this packet, or `None` when the packet
+/// goes to a port the ban does not cover.
+#[inline(always)]
+fn drops(ban: &BanEntry, pkt: &parse::Packet) -> Option<u32> {
+    // Global all-ports mode widens every ban but those scoped to the ports
+    // (bans on packet evidence, which a forged source address can earn).
+    let all_ports = ban.flags & BAN_ALL_PORTS != 0
+        || (ban.flags & BAN_PORTS_ONLY == 0 && config_flags() & CONFIG_ALL_PORTS != 0);
+    if pkt.fragment {
+        // A banned source must not get through by fragmenting: a fragment's
+        // port cannot be trusted, so every fragment is dropped.
+        return Some(counter::DROP_BANNED_NO_PORT);
+    }
+    match pkt.port {
+        Port::Dst(port) if all_ports || is_protected(port) => Some(counter::DROP_BANNED),
+        Port::NoPorts if all_ports => Some(counter::DROP_BANNED),
+        Port::Unknown => Some(counter::DROP_BANNED_NO_PORT),
+        _ => None,
+    }
+}
+
+/// A source that is not banned: packets to a protected port (and fragments,
+/// whose port may be one) go first through the rate limiter (cheap, so a
+/// flood is dropped before any payload is read), then the scanner
+/// signatures on what conforms. Allow-listed sources pass both.
 #[inline(always)]
 fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
-    let Port::Dst(port) = pkt.port else {
-        return (pass, xdp_action::XDP_PASS);
-    };
     let Some(cfg) = CONFIG.get(0) else {
         return (pass, xdp_action::XDP_PASS);
     };
-    let scanners = cfg.flags & CONFIG_SCANNERS != 0 && pkt.udp_payload != 0;
-    if (cfg.interval_ns == 0 && !scanners) || !is_protected(port) {
+    let (protected, scanners) = match pkt.port {
+        Port::Dst(port) => (
+            is_protected(port),
+            cfg.flags & CONFIG_SCANNERS != 0 && pkt.udp_payload != 0,
+        ),
+        Port::Unknown => (true, false),
+        Port::NoPorts => (false, false),
+    };
+    let limit = cfg.interval_ns != 0 && pkt.charged;
+    if !protected || (!limit && !scanners) {
         return (pass, xdp_action::XDP_PASS);
     }
     let key = match pkt.src {
@@ -146,7 +226,7 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Source::V6(a) => rate_key_v6(a),
     };
     let now = now_ns();
-    if cfg.interval_ns != 0 && !conforms(&key, now, cfg) {
+    if limit && !conforms(&key, &pkt.src, now, cfg) {
         // Checked only for packets over the limit: the common path stays cheap.
         if allowlisted(&pkt.src, now) {
             return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
@@ -157,15 +237,16 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         if allowlisted(&pkt.src, now) {
             return (counter::PASS_SCANNER_ALLOWLISTED, xdp_action::XDP_PASS);
         }
-        report_scanner(&key, now);
+        report_scanner(&key, &pkt.src, now);
         return (counter::DROP_SCANNER, xdp_action::XDP_DROP);
     }
     (pass, xdp_action::XDP_PASS)
 }
 
-/// Reports a scanning source once (until its rate state is forgotten).
+/// Reports a scanning source once (until its rate state is forgotten); a
+/// report lost to a full ring buffer is tried again with its next packet.
 #[inline(always)]
-fn report_scanner(key: &RateKey, now: u64) {
+fn report_scanner(key: &RateKey, src: &Source, now: u64) {
     let Some(st) = rate_state(key, now) else {
         return;
     };
@@ -173,23 +254,36 @@ fn report_scanner(key: &RateKey, now: u64) {
         if (*st).reported & REPORTED_SCANNER != 0 {
             return;
         }
-        (*st).reported |= REPORTED_SCANNER;
+        if report(key, src, EVENT_SCANNER, 0, 0) {
+            (*st).reported |= REPORTED_SCANNER;
+        }
     }
-    report(key, EVENT_SCANNER, 0, 0);
 }
 
-/// Sends a source to the daemon, to be banned.
+/// Sends a source to the daemon, to be banned. False when the ring buffer
+/// is full: the report is counted as lost (`lost_reports`) and the caller
+/// leaves the source unmarked, so that it is reported again.
 #[inline(always)]
-fn report(key: &RateKey, kind: u32, over_secs: u32, limited: u64) {
-    if let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) {
-        entry.write(FloodEvent {
-            key: *key,
-            over_secs,
-            kind,
-            limited,
-        });
-        entry.submit(0);
-    }
+fn report(key: &RateKey, src: &Source, kind: u32, over_secs: u32, limited: u64) -> bool {
+    let Some(mut entry) = FLOOD_EVENTS.reserve::<FloodEvent>(0) else {
+        if let Some(lost) = LOST_REPORTS.get_ptr_mut(0) {
+            // Per-CPU slot: no other CPU writes it.
+            unsafe { *lost += 1 };
+        }
+        return false;
+    };
+    entry.write(FloodEvent {
+        key: *key,
+        over_secs,
+        kind,
+        limited,
+        src: match src {
+            Source::V4(a) => rate_key_v4(*a),
+            Source::V6(a) => *a,
+        },
+    });
+    entry.submit(0);
+    true
 }
 
 /// The rate state of `key`, created when missing as a source idle until now
@@ -209,7 +303,7 @@ fn rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
 
 /// GCRA: true if a packet from `key` at `now` is within its rate and burst.
 #[inline(always)]
-fn conforms(key: &RateKey, now: u64, cfg: &Config) -> bool {
+fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
     let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
     let Some(st) = rate_state(key, now) else {
         // The map refused a new entry: let the packet through rather than guess.
@@ -227,7 +321,7 @@ fn conforms(key: &RateKey, now: u64, cfg: &Config) -> bool {
             return true;
         }
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).limited, 1);
-        escalate(st, key, now, cfg);
+        escalate(st, key, src, now, cfg);
     }
     false
 }
@@ -237,7 +331,7 @@ fn conforms(key: &RateKey, now: u64, cfg: &Config) -> bool {
 /// reports it once through the ring buffer. Runs once per second per
 /// limited source, not per packet.
 #[inline(always)]
-unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
+unsafe fn escalate(st: *mut RateState, key: &RateKey, src: &Source, now: u64, cfg: &Config) {
     let sec = now / 1_000_000_000;
     unsafe {
         let last = (*st).last_over_sec;
@@ -256,8 +350,11 @@ unsafe fn escalate(st: *mut RateState, key: &RateKey, now: u64, cfg: &Config) {
         {
             return;
         }
-        (*st).reported |= REPORTED_FLOOD;
-        report(key, EVENT_FLOOD, (*st).over_secs, (*st).limited);
+        // Marked only once the report is on its way: a lost one is sent
+        // again the next second the source is over its limit.
+        if report(key, src, EVENT_FLOOD, (*st).over_secs, (*st).limited) {
+            (*st).reported |= REPORTED_FLOOD;
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! Header parsing with fixed-size, bounds-checked reads the verifier accepts.
 //!
-//! What we need from a packet is only its source address and, when there is
-//! one, its destination port. Anything that is not IP, or whose headers are
-//! truncated or invalid, is reported as such and passes untouched.
+//! What we need from a packet is its source address, its destination port
+//! when one can be known, whether it is a fragment, and whether it is the
+//! kind of packet a forger can send freely (charged to the source's rate
+//! budget). Anything that is not IP, or whose headers are truncated or
+//! invalid, is reported as such and passes untouched: the kernel's own
+//! checks drop it. The one exception is a first fragment, whose headers may
+//! continue in the next fragment: its ports are then unknown, not malformed.
 
 use aya_ebpf::programs::XdpContext;
 use common::counter;
 use core::mem;
-use network_types::{
-    eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr, vlan::VlanHdr,
-};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -25,10 +27,15 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// TCP flags (byte 13 of the header).
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_HDR_LEN: usize = 20;
+
 /// How many IPv6 extension headers we walk before giving up on the port.
-/// Real SIP traffic carries none; four covers hop-by-hop, routing, two
-/// destination-options headers or AH in any legal order.
-const MAX_V6_EXT_HEADERS: usize = 4;
+/// Real SIP traffic carries none; five covers hop-by-hop, routing, a
+/// fragment header, two destination-options headers or AH in any legal order.
+const MAX_V6_EXT_HEADERS: usize = 5;
 
 pub enum Source {
     V4([u8; 4]),
@@ -40,14 +47,22 @@ pub enum Port {
     Dst(u16),
     /// A protocol without ports (ICMP, ESP, ...).
     NoPorts,
-    /// Ports exist but we cannot see them: an IPv4/IPv6 fragment, or an IPv6
-    /// extension-header chain longer than we walk.
+    /// Ports exist but we cannot see them: a non-first fragment, a first
+    /// fragment too short to hold them, or an IPv6 extension-header chain
+    /// longer than we walk.
     Unknown,
 }
 
 pub struct Packet {
     pub src: Source,
     pub port: Port,
+    /// Part of a fragmented datagram (an IPv6 atomic fragment, offset 0 and
+    /// no more fragments, is an ordinary packet and not one).
+    pub fragment: bool,
+    /// Charged to the source's rate budget: what a forger can send without
+    /// a handshake (UDP, a TCP SYN, a fragment whose ports are unknown).
+    /// Segments of TCP connections are not: their source proved itself.
+    pub charged: bool,
     /// Offset of the UDP payload in the packet; 0 when not UDP.
     pub udp_payload: usize,
 }
@@ -107,19 +122,16 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, u32> {
         return Err(MALFORMED);
     }
     let frags = u16::from_be_bytes(frags);
-    // More-fragments flag (0x2000) or a non-zero offset: any fragment. Even the
-    // first one is not trusted for its port, as overlapping fragments can
-    // rewrite it.
-    let (port, udp_payload) = if frags & 0x3fff != 0 {
-        (Port::Unknown, 0)
+    // A non-zero offset: a later fragment, no ports. More-fragments (0x2000)
+    // with offset 0: the first fragment, whose ports are read like any
+    // packet's (so the limiter and the scanner see it).
+    let fragment = frags & 0x3fff != 0;
+    let l4 = if frags & 0x1fff != 0 {
+        L4::UNKNOWN
     } else {
-        l4_port(ctx, off + ihl, proto)?
+        l4(ctx, off + ihl, proto, fragment)?
     };
-    Ok(Packet {
-        src: Source::V4(src),
-        port,
-        udp_payload,
-    })
+    Ok(l4.packet(Source::V4(src), fragment))
 }
 
 #[inline(always)]
@@ -130,50 +142,123 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, u32> {
     if vcf0 >> 4 != 6 {
         return Err(MALFORMED);
     }
-    let mut l4 = off + Ipv6Hdr::LEN;
+    let mut pos = off + Ipv6Hdr::LEN;
+    let mut fragment = false;
     for _ in 0..MAX_V6_EXT_HEADERS {
-        // Every extension header we walk starts with (next header, length).
-        let len_unit = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => 8,
-            IPPROTO_AH => 4,
-            _ => break,
+        if !is_v6_ext(next) {
+            break;
+        }
+        // Every extension header starts with (next header, length) and is
+        // at least eight bytes long.
+        let Some(ext) = ptr_at::<[u8; 4]>(ctx, pos) else {
+            // Cut short: in a first fragment the rest is in the next one.
+            if fragment {
+                return Ok(L4::UNKNOWN.packet(Source::V6(src), true));
+            }
+            return Err(MALFORMED);
         };
-        let ext: *const [u8; 2] = ptr_at(ctx, l4).ok_or(MALFORMED)?;
-        let (ext_next, ext_len) = unsafe { ((*ext)[0], (*ext)[1]) };
-        // Hop-by-hop/routing/dst-opts: (len + 1) * 8 bytes; AH: (len + 2) * 4.
-        let extra = if len_unit == 8 { 1 } else { 2 };
-        l4 += (usize::from(ext_len) + extra) * len_unit;
+        let (ext_next, ext_len, frag_hi, frag_lo) =
+            unsafe { ((*ext)[0], (*ext)[1], (*ext)[2], (*ext)[3]) };
+        pos += match next {
+            IPPROTO_FRAGMENT => {
+                let offset_flags = u16::from_be_bytes([frag_hi, frag_lo]);
+                if offset_flags & 0xfff8 != 0 {
+                    // A later fragment: no ports.
+                    return Ok(L4::UNKNOWN.packet(Source::V6(src), true));
+                }
+                // Offset 0: with M set the first fragment, without it an
+                // atomic fragment, which is an ordinary packet.
+                fragment |= offset_flags & 1 != 0;
+                8
+            }
+            // AH: (len + 2) * 4 bytes.
+            IPPROTO_AH => (usize::from(ext_len) + 2) * 4,
+            // Hop-by-hop, routing, destination options: (len + 1) * 8.
+            _ => (usize::from(ext_len) + 1) * 8,
+        };
         next = ext_next;
     }
-    let (port, udp_payload) = match next {
-        IPPROTO_FRAGMENT | IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-            (Port::Unknown, 0)
-        }
-        _ => l4_port(ctx, l4, next)?,
+    let l4 = if is_v6_ext(next) {
+        // A chain longer than we walk.
+        L4::UNKNOWN
+    } else {
+        l4(ctx, pos, next, fragment)?
     };
-    Ok(Packet {
-        src: Source::V6(src),
-        port,
-        udp_payload,
-    })
+    Ok(l4.packet(Source::V6(src), fragment))
 }
 
-/// The destination port of a complete TCP or UDP header at `off`, and the
-/// UDP payload's offset (0 when not UDP).
 #[inline(always)]
-fn l4_port(ctx: &XdpContext, off: usize, proto: u8) -> Result<(Port, usize), u32> {
+fn is_v6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+    )
+}
+
+/// What the transport header says.
+struct L4 {
+    port: Port,
+    charged: bool,
+    udp_payload: usize,
+}
+
+impl L4 {
+    /// Ports unknown: charged, so that fragments cannot flood past the limiter.
+    const UNKNOWN: L4 = L4 {
+        port: Port::Unknown,
+        charged: true,
+        udp_payload: 0,
+    };
+
+    #[inline(always)]
+    fn packet(self, src: Source, fragment: bool) -> Packet {
+        Packet {
+            src,
+            port: self.port,
+            fragment,
+            charged: self.charged,
+            udp_payload: self.udp_payload,
+        }
+    }
+}
+
+/// The transport header at `off`. A truncated one is malformed, except in a
+/// first fragment, where it may continue in the next fragment (the tiny
+/// fragment attack): there the ports are unknown.
+#[inline(always)]
+fn l4(ctx: &XdpContext, off: usize, proto: u8, fragment: bool) -> Result<L4, u32> {
+    let truncated = if fragment {
+        Ok(L4::UNKNOWN)
+    } else {
+        Err(counter::PASS_MALFORMED)
+    };
     match proto {
         IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, off).ok_or(counter::PASS_MALFORMED)?;
-            Ok((
-                Port::Dst(u16::from_be_bytes(unsafe { (*udp).dst })),
-                off + UdpHdr::LEN,
-            ))
+            let Some(udp) = ptr_at::<UdpHdr>(ctx, off) else {
+                return truncated;
+            };
+            Ok(L4 {
+                port: Port::Dst(u16::from_be_bytes(unsafe { (*udp).dst })),
+                charged: true,
+                udp_payload: off + UdpHdr::LEN,
+            })
         }
         IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, off).ok_or(counter::PASS_MALFORMED)?;
-            Ok((Port::Dst(u16::from_be_bytes(unsafe { (*tcp).dest })), 0))
+            let Some(tcp) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, off) else {
+                return truncated;
+            };
+            let (dst_hi, dst_lo, flags) = unsafe { ((*tcp)[2], (*tcp)[3], (*tcp)[13]) };
+            Ok(L4 {
+                port: Port::Dst(u16::from_be_bytes([dst_hi, dst_lo])),
+                // Only a connection attempt costs the source nothing to forge.
+                charged: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                udp_payload: 0,
+            })
         }
-        _ => Ok((Port::NoPorts, 0)),
+        _ => Ok(L4 {
+            port: Port::NoPorts,
+            charged: false,
+            udp_payload: 0,
+        }),
     }
 }

@@ -42,10 +42,16 @@ fn lower(b: u8) -> u8 {
 #[map]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Largest packet offset the scan works with. XDP sees at most a page of
+/// packet, but a long IPv6 extension-header chain can push the UDP payload
+/// past 1 KiB, so the bound is well above any offset a real frame has.
+const MAX_OFFSET: u64 = 0x3fff;
+
 /// Returns `value` as the verifier sees a number read from a map: unknown,
-/// but bounded by the mask. Code after it is then verified once, not once per
-/// path that led there (VLAN tags, IPv4 or IPv6, the loop iteration that found
-/// the header...). Packet offsets are below 1 024 here.
+/// but bounded. Code after it is then verified once, not once per path that
+/// led there (VLAN tags, IPv4 or IPv6, the loop iteration that found the
+/// header...). An offset beyond the bound becomes 0, "nothing to scan":
+/// never a wrapped offset pointing at some other part of the packet.
 #[inline(always)]
 pub fn launder(value: usize) -> usize {
     let Some(slot) = SCRATCH.get_ptr_mut(0) else {
@@ -53,7 +59,11 @@ pub fn launder(value: usize) -> usize {
     };
     unsafe {
         core::ptr::write_volatile(slot, value as u64);
-        (core::ptr::read_volatile(slot) & 0x3ff) as usize
+        let v = core::ptr::read_volatile(slot);
+        if v > MAX_OFFSET {
+            return 0;
+        }
+        (v & MAX_OFFSET) as usize
     }
 }
 
@@ -62,7 +72,11 @@ pub fn launder(value: usize) -> usize {
 #[inline(never)]
 pub fn is_scanner(ctx: &XdpContext, off: usize) -> bool {
     let value = user_agent_value(ctx, off);
-    value != 0 && value_matches(ctx, launder(value))
+    if value == 0 {
+        return false;
+    }
+    let value = launder(value);
+    value != 0 && value_matches(ctx, value)
 }
 
 /// The packet offset of the User-Agent value within the window, or 0.

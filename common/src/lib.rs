@@ -72,6 +72,9 @@ pub const BAN_PORTS_ONLY: u32 = 2;
 pub const CONFIG_ALL_PORTS: u32 = 1;
 /// `Config::flags`: drop UDP SIP requests with a scanner's User-Agent.
 pub const CONFIG_SCANNERS: u32 = 2;
+/// `Config::flags`: also report scanning sources, to be banned (off: the
+/// packets are dropped and nothing else happens).
+pub const CONFIG_REPORT_SCANNERS: u32 = 4;
 
 /// `FloodEvent::kind`: the source kept exceeding its rate.
 pub const EVENT_FLOOD: u32 = 0;

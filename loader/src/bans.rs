@@ -11,12 +11,53 @@ use crate::{
     state::{SavedBan, State},
 };
 use anyhow::Result;
-use common::BAN_ALL_PORTS;
+use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
 use ipnet::IpNet;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
+
+/// Which of the source's packets a ban drops, narrowest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Only packets to the protected ports, even in all-ports mode: bans on
+    /// packet evidence, which a forged source address can earn.
+    PortsOnly,
+    /// The protected ports, or every port in global all-ports mode.
+    #[default]
+    Ports,
+    /// Every packet (fail2ban's `iptables-allports`).
+    AllPorts,
+}
+
+impl Scope {
+    pub fn flags(self) -> u32 {
+        match self {
+            Scope::PortsOnly => BAN_PORTS_ONLY,
+            Scope::Ports => 0,
+            Scope::AllPorts => BAN_ALL_PORTS,
+        }
+    }
+
+    pub fn from_flags(flags: u32) -> Self {
+        if flags & BAN_ALL_PORTS != 0 {
+            Scope::AllPorts
+        } else if flags & BAN_PORTS_ONLY != 0 {
+            Scope::PortsOnly
+        } else {
+            Scope::Ports
+        }
+    }
+
+    fn from_saved(all_ports: bool, ports_only: bool) -> Self {
+        match (all_ports, ports_only) {
+            (true, _) => Scope::AllPorts,
+            (false, true) => Scope::PortsOnly,
+            (false, false) => Scope::Ports,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanInfo {
@@ -27,7 +68,7 @@ pub struct BanInfo {
     pub expires_at_ms: Option<i64>,
     pub reason: String,
     pub line: String,
-    pub all_ports: bool,
+    pub scope: Scope,
 }
 
 /// What `restore` found.
@@ -97,7 +138,7 @@ impl BanManager {
                 expires_at_ms: saved.expires_at,
                 reason: saved.reason.clone(),
                 line: saved.line.clone(),
-                all_ports: saved.all_ports,
+                scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
             if in_kernel.contains(&net) {
                 report.kept += 1;
@@ -132,7 +173,7 @@ impl BanManager {
                     reason: "found in the kernel map (banned while the daemon was not running)"
                         .into(),
                     line: String::new(),
-                    all_ports: entry.flags & BAN_ALL_PORTS != 0,
+                    scope: Scope::from_flags(entry.flags),
                 },
             );
             report.adopted += 1;
@@ -150,8 +191,8 @@ impl BanManager {
             None => 0,
             Some(at) => clock::mono_now_ns() + (at - now_ms).max(1) as u64 * 1_000_000,
         };
-        let flags = if info.all_ports { BAN_ALL_PORTS } else { 0 };
-        self.maps.ban(net, expires_ns, flags, clock::mono_now_ns())
+        self.maps
+            .ban(net, expires_ns, info.scope.flags(), clock::mono_now_ns())
     }
 
     /// Bans `net` for `duration` (`None`: permanently). A ban already in force
@@ -163,7 +204,7 @@ impl BanManager {
         duration: Option<Duration>,
         reason: String,
         line: String,
-        all_ports: bool,
+        scope: Scope,
     ) -> Result<bool> {
         let now = now_ms();
         let expires_at_ms = duration.map(|d| now.saturating_add(duration_ms(d)));
@@ -173,7 +214,7 @@ impl BanManager {
                 (Some(_), None) => false,
                 (Some(a), Some(b)) => a >= b,
             };
-            if covers && (current.all_ports || !all_ports) {
+            if covers && current.scope >= scope {
                 return Ok(false);
             }
         }
@@ -183,7 +224,7 @@ impl BanManager {
             expires_at_ms,
             reason,
             line,
-            all_ports,
+            scope,
         };
         self.write_kernel(net, &info, now)?;
         self.bans.insert(net, info);
@@ -257,7 +298,8 @@ impl BanManager {
                 expires_at: b.expires_at_ms,
                 reason: b.reason.clone(),
                 line: b.line.clone(),
-                all_ports: b.all_ports,
+                all_ports: b.scope == Scope::AllPorts,
+                ports_only: b.scope == Scope::PortsOnly,
             })
             .collect();
         state.bans.sort_by(|a, b| a.net.cmp(&b.net));

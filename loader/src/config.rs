@@ -59,6 +59,9 @@ pub struct Config {
     pub state_file: PathBuf,
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// Its nameservers are never banned (with gateways and own addresses).
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
     /// Where to start reading a log seen for the first time.
     #[serde(default)]
     pub start: StartAt,
@@ -97,15 +100,28 @@ pub struct FloodConfig {
         deserialize_with = "some_duration"
     )]
     pub window: Duration,
-    /// How long a flooding source is banned (`-1`: permanently).
+    /// How long a flooding source is banned (`-1`: permanently). Short:
+    /// the source address of a flood can be forged.
     #[serde(default = "default_flood_bantime", deserialize_with = "bantime")]
     pub bantime: Option<Duration>,
-    /// Drop UDP SIP requests whose User-Agent is a known scanner's, and ban
-    /// the source (jail `sip-scanner`).
+    /// Drop UDP SIP requests whose User-Agent is a known scanner's.
     #[serde(default = "yes")]
     pub scanners: bool,
+    /// Also ban the source of a scanner's packet (jail `sip-scanner`). Off
+    /// by default: dropping the packets costs a forger's victim nothing,
+    /// banning would let one forged packet ban any address.
+    #[serde(default)]
+    pub scanner_bans: bool,
     #[serde(default = "default_scanner_bantime", deserialize_with = "bantime")]
     pub scanner_bantime: Option<Duration>,
+    /// Most bans each packet jail (`sip-flood`, `sip-scanner`) makes in a
+    /// minute; over it the packets are still dropped, the bans skipped.
+    #[serde(default = "default_max_bans_per_minute")]
+    pub max_bans_per_minute: u32,
+    /// Most packet bans in force at once; at the cap the oldest is lifted,
+    /// so log-driven and manual bans always have room.
+    #[serde(default = "default_max_packet_bans")]
+    pub max_packet_bans: usize,
 }
 
 impl Default for FloodConfig {
@@ -118,13 +134,22 @@ impl Default for FloodConfig {
             window: default_escalate_window(),
             bantime: default_flood_bantime(),
             scanners: true,
+            scanner_bans: false,
             scanner_bantime: default_scanner_bantime(),
+            max_bans_per_minute: default_max_bans_per_minute(),
+            max_packet_bans: default_max_packet_bans(),
         }
     }
 }
 
 fn default_scanner_bantime() -> Option<Duration> {
-    Some(Duration::from_secs(86_400))
+    Some(Duration::from_secs(3600))
+}
+fn default_max_bans_per_minute() -> u32 {
+    60
+}
+fn default_max_packet_bans() -> usize {
+    65_536
 }
 
 fn default_rate() -> u32 {
@@ -140,7 +165,7 @@ fn default_escalate_window() -> Duration {
     Duration::from_secs(60)
 }
 fn default_flood_bantime() -> Option<Duration> {
-    Some(Duration::from_secs(3600))
+    Some(Duration::from_secs(600))
 }
 
 impl FloodConfig {
@@ -152,6 +177,9 @@ impl FloodConfig {
         config.escalate_window_secs = u32::try_from(self.window.as_secs()).unwrap_or(u32::MAX);
         if self.scanners {
             config.flags |= common::CONFIG_SCANNERS;
+            if self.scanner_bans {
+                config.flags |= common::CONFIG_REPORT_SCANNERS;
+            }
         }
         config
     }
@@ -260,6 +288,9 @@ fn default_pin_dir() -> PathBuf {
 }
 fn default_state_file() -> PathBuf {
     "/var/lib/sipguard/state.json".into()
+}
+fn default_resolv_conf() -> PathBuf {
+    "/etc/resolv.conf".into()
 }
 fn default_socket() -> PathBuf {
     "/run/sipguard/sipguard.sock".into()
@@ -407,6 +438,14 @@ impl Config {
             if jail.max_offenders == 0 {
                 return Err(here("key `max_offenders` must be at least 1".into()));
             }
+        }
+        if self.flood.max_packet_bans == 0
+            || self.flood.max_packet_bans > common::MAX_BANS as usize / 2
+        {
+            bail!(
+                "[flood] key `max_packet_bans` must be between 1 and {} (half the blocklist, so that log-driven and manual bans keep room)",
+                common::MAX_BANS / 2
+            );
         }
         if self.flood.enabled && self.flood.rate == 0 {
             bail!("[flood] key `rate` must be at least 1 (or enabled = false)");

@@ -4,14 +4,15 @@
 //! without touching bans.
 use crate::{
     addr,
-    bans::{now_ms, BanManager},
+    bans::{now_ms, BanManager, Scope},
     clock,
     config::{Config, StartAt},
     control::{self, Request, Response},
     duration,
-    ignore::IgnoreList,
     jail::{BanRequest, Jail},
     maps::KernelMaps,
+    never_ban::{NeverBan, Sources, Vetted},
+    packet_bans::PacketBans,
     program::{self, AttachMode},
     state::{self, Position, State},
 };
@@ -21,7 +22,7 @@ use ipnet::IpNet;
 use serde_json::json;
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     rc::Rc,
     time::{Duration, Instant},
@@ -40,6 +41,9 @@ const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// write is in the kernel map already, which a restart adopts (only a crash
 /// followed by a reboot within a second loses one).
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the never-ban set is read again (addresses, routes and
+/// resolvers change under a running daemon: DHCP, failover, VRRP).
+const NEVER_BAN_REFRESH: Duration = Duration::from_secs(10);
 
 /// The jail name of bans made by the XDP flood limiter.
 pub const FLOOD_JAIL: &str = "sip-flood";
@@ -105,10 +109,14 @@ pub struct Engine {
     config: Config,
     jails: Vec<Jail>,
     bans: BanManager,
-    ignore: IgnoreList,
+    never_ban: NeverBan,
+    last_never_ban: Instant,
+    packet_bans: PacketBans,
+    /// Automatic bans the never-ban set refused, per jail.
+    refused: HashMap<String, u64>,
     /// Read positions from the state file, for files not followed yet.
     positions: BTreeMap<String, Position>,
-    /// Allowlist entries this daemon wrote from `ignoreip`.
+    /// Allowlist entries this daemon wrote from the never-ban set.
     config_allowed: Vec<IpNet>,
     /// Bans changed since the last save.
     dirty: bool,
@@ -129,10 +137,16 @@ impl Engine {
             r.expired
         );
         let mut engine = Self {
+            packet_bans: PacketBans::new(
+                config.flood.max_bans_per_minute,
+                config.flood.max_packet_bans,
+            ),
             config,
             jails: Vec::new(),
             bans,
-            ignore: IgnoreList::default(),
+            never_ban: NeverBan::default(),
+            last_never_ban: Instant::now(),
+            refused: HashMap::new(),
             positions: saved.positions,
             config_allowed: Vec::new(),
             dirty: true,
@@ -166,15 +180,41 @@ impl Engine {
             },
             ..Default::default()
         }))?;
-        self.ignore = IgnoreList::new(self.config.ignoreip.iter().map(|n| n.0));
-        let wanted: Vec<IpNet> = self.ignore.nets().to_vec();
+        self.packet_bans.set_limits(
+            self.config.flood.max_bans_per_minute,
+            self.config.flood.max_packet_bans,
+        );
+        self.refresh_never_ban()
+    }
+
+    /// Reads the never-ban set again and makes the XDP allowlist hold it:
+    /// entries this daemon wrote that are no longer in it are removed.
+    fn refresh_never_ban(&mut self) -> Result<()> {
+        let sources = Sources {
+            resolv_conf: &self.config.resolv_conf,
+            ..Sources::default()
+        };
+        let set = NeverBan::discover(self.config.ignoreip.iter().map(|n| n.0), &sources);
+        self.last_never_ban = Instant::now();
+        if set == self.never_ban {
+            return Ok(());
+        }
+        for (net, why) in set.entries() {
+            if !self.never_ban.entries().iter().any(|(n, _)| n == net) {
+                tracing::info!("never banned: {} ({why})", addr::display(net));
+            }
+        }
+        let wanted: Vec<IpNet> = set.nets().collect();
+        let maps = self.bans.maps();
         for old in self.config_allowed.iter().filter(|n| !wanted.contains(n)) {
+            tracing::info!("no longer protected: {}", addr::display(old));
             maps.disallow(*old)?;
         }
         for net in &wanted {
             maps.allow(*net)?;
         }
         self.config_allowed = wanted;
+        self.never_ban = set;
         Ok(())
     }
 
@@ -204,30 +244,71 @@ impl Engine {
 
     fn poll_logs(&mut self) {
         let now = now_ms();
-        let Self {
-            jails,
-            bans,
-            ignore,
-            dirty,
-            ..
-        } = self;
-        for jail in jails.iter_mut() {
-            let requests = jail.poll(ignore, &|n| bans.is_banned(n), &|n| bans.ban_count(n), now);
-            for r in requests {
-                enforce(bans, dirty, r);
+        let mut requests = Vec::new();
+        for jail in &mut self.jails {
+            let bans = &self.bans;
+            requests.extend(jail.poll(
+                &self.never_ban,
+                &|n| bans.is_banned(n),
+                &|n| bans.ban_count(n),
+                now,
+            ));
+        }
+        for r in requests {
+            let Some(r) = self.vet(r) else {
+                continue;
+            };
+            if enforce(&mut self.bans, &mut self.dirty, r.clone()) {
+                // Proven by the log: no longer a ban on packet evidence.
+                self.packet_bans.forget(&r.net);
             }
         }
     }
 
-    /// Bans a source the XDP program reported: for flooding, or for a
-    /// scanner's User-Agent.
-    fn on_flood(&mut self, event: &common::FloodEvent) {
-        let net = crate::maps::rate_key_net(&event.key);
-        if self.ignore.contains(net.addr()) {
-            return;
+    /// An automatic ban, checked against the never-ban set: as asked,
+    /// narrowed to the offender's address, or refused (logged and counted).
+    fn vet(&mut self, mut r: BanRequest) -> Option<BanRequest> {
+        match self.never_ban.vet(r.net, r.host) {
+            Vetted::Ban(_) => Some(r),
+            Vetted::Narrowed {
+                net,
+                protected,
+                why,
+            } => {
+                tracing::warn!(
+                    "[{}] narrowed the ban of {} to {}: it would cover {} ({why})",
+                    r.jail,
+                    addr::display(&r.net),
+                    addr::display(&net),
+                    addr::display(&protected)
+                );
+                r.net = net;
+                Some(r)
+            }
+            Vetted::Refused { protected, why } => {
+                tracing::warn!(
+                    "[{}] refused to ban {}: it lies in {} ({why}), which is never banned",
+                    r.jail,
+                    addr::display(&r.net),
+                    addr::display(&protected)
+                );
+                *self.refused.entry(r.jail).or_default() += 1;
+                None
+            }
         }
+    }
+
+    /// A source the XDP program reported: for flooding, or for a scanner's
+    /// User-Agent. Its packets are dropped in XDP whatever happens here; a
+    /// ban on this evidence (a source address anyone can forge) is vetted
+    /// against the never-ban set, within the jail's budget, scoped to the
+    /// protected ports, and never takes the room of other bans.
+    fn on_flood(&mut self, event: &common::FloodEvent) {
         let flood = &self.config.flood;
         let (jail, bantime, reason) = if event.kind == common::EVENT_SCANNER {
+            if !flood.scanner_bans {
+                return;
+            }
             (
                 SCANNER_JAIL,
                 flood.scanner_bantime,
@@ -244,14 +325,35 @@ impl Engine {
             )
         };
         let request = BanRequest {
-            net,
+            net: crate::maps::rate_key_net(&event.key),
+            host: crate::maps::event_source(event).addr(),
             jail: jail.to_owned(),
             duration: bantime,
             reason,
             line: String::new(),
-            all_ports: false,
+            scope: Scope::PortsOnly,
         };
-        enforce(&mut self.bans, &mut self.dirty, request);
+        let Some(request) = self.vet(request) else {
+            return;
+        };
+        if self.bans.is_banned(&request.net) || !self.packet_bans.admit(jail, Instant::now()) {
+            return;
+        }
+        if let Some(oldest) = self.packet_bans.make_room() {
+            match self.bans.unban(oldest) {
+                Ok(_) => tracing::info!(
+                    "lifted the oldest packet ban, {}, to make room ({} packet bans at most)",
+                    addr::display(&oldest),
+                    self.config.flood.max_packet_bans
+                ),
+                Err(e) => tracing::warn!("cannot lift {}: {e:#}", addr::display(&oldest)),
+            }
+            self.dirty = true;
+        }
+        let net = request.net;
+        if enforce(&mut self.bans, &mut self.dirty, request) {
+            self.packet_bans.record(net);
+        }
     }
 
     fn tick(&mut self) {
@@ -259,10 +361,16 @@ impl Engine {
             Ok(ended) => {
                 for (net, info) in &ended {
                     tracing::info!("[{}] ban of {} ended", info.jail, addr::display(net));
+                    self.packet_bans.forget(net);
                 }
                 self.dirty |= !ended.is_empty();
             }
             Err(e) => tracing::warn!("expiring bans failed: {e:#}"),
+        }
+        if self.last_never_ban.elapsed() >= NEVER_BAN_REFRESH {
+            if let Err(e) = self.refresh_never_ban() {
+                tracing::warn!("updating the never-ban set failed: {e:#}");
+            }
         }
         let now = now_ms();
         for jail in &mut self.jails {
@@ -331,13 +439,18 @@ impl Engine {
                 let net = addr::parse_ban_net(&net)?;
                 let bantime = duration::parse_bantime(&duration)?;
                 self.bans.unban(net)?; // a manual ban replaces whatever was there
+                self.packet_bans.forget(&net);
                 self.bans.ban(
                     net,
                     "manual",
                     bantime,
                     "banned by hand".into(),
                     String::new(),
-                    all_ports,
+                    if all_ports {
+                        Scope::AllPorts
+                    } else {
+                        Scope::Ports
+                    },
                 )?;
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
@@ -347,6 +460,7 @@ impl Engine {
             }
             Request::Unban { net } => {
                 let net = addr::parse_net(&net)?;
+                self.packet_bans.forget(&net);
                 if !self.bans.unban(net)? {
                     bail!("{} is not banned (unban takes the exact address or network that was banned)", addr::display(&net));
                 }
@@ -383,7 +497,8 @@ impl Engine {
                 "expires_in_secs": b.expires_at_ms.map(|e| ((e - now).max(0)) / 1000),
                 "reason": b.reason,
                 "line": b.line,
-                "all_ports": b.all_ports,
+                "all_ports": b.scope == Scope::AllPorts,
+                "ports_only": b.scope == Scope::PortsOnly,
             }));
         }
         for list in by_jail.values_mut() {
@@ -420,13 +535,22 @@ impl Engine {
             }
             let banned = by_jail.get(name).cloned().unwrap_or_default();
             let total = self.bans.total_by_jail.get(name).copied().unwrap_or(0);
-            if banned.is_empty() && total == 0 && only.is_none() {
+            let quiet = total == 0
+                && self.packet_bans.skipped(name) == 0
+                && !self.refused.contains_key(name);
+            if banned.is_empty() && quiet && only.is_none() {
                 continue;
             }
             jails.push(json!({
                 "name": name,
                 "filter": null,
-                "actions": { "currently_banned": banned.len(), "total_banned": total, "banned": banned },
+                "actions": {
+                    "currently_banned": banned.len(),
+                    "total_banned": total,
+                    "skipped_over_budget": self.packet_bans.skipped(name),
+                    "refused_never_ban": self.refused.get(name).copied().unwrap_or(0),
+                    "banned": banned,
+                },
             }));
         }
         Ok(json!({ "jails": jails, "bans": self.bans.len() }))
@@ -581,9 +705,10 @@ fn release_freed_memory() {
     }
 }
 
-/// Writes a ban a jail or the XDP program asked for, and logs it. A ban
-/// already in force that lasts as long is left alone (nothing to log).
-fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) {
+/// Writes a ban a jail or the XDP program asked for, and logs it; true when
+/// written. A ban already in force that lasts as long is left alone (nothing
+/// to log).
+fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) -> bool {
     let how = r.duration.map_or("permanently".to_owned(), |d| {
         format!("for {}", clock::human(d))
     });
@@ -593,7 +718,7 @@ fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) {
         r.duration,
         r.reason.clone(),
         r.line,
-        r.all_ports,
+        r.scope,
     ) {
         Ok(true) => {
             *dirty = true;
@@ -603,9 +728,13 @@ fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) {
                 addr::display(&r.net),
                 r.reason
             );
+            true
         }
-        Ok(false) => {}
-        Err(e) => tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net)),
+        Ok(false) => false,
+        Err(e) => {
+            tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net));
+            false
+        }
     }
 }
 

@@ -443,14 +443,28 @@ mod tests {
         append(&p, b"");
         let mut f = Follower::new(p.clone(), Start::Beginning);
         let total = 20_000;
+        // Lines the follower has seen: a rotation waits until the follower
+        // has caught up with the writer, as the follower's guarantee is for
+        // rotations far apart compared with polls (hours against 100 ms).
+        // A loaded machine could otherwise deschedule the follower across
+        // two rotations, or across a whole file's life.
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
             let p = p.clone();
             let dir = dir.path().to_owned();
+            let seen = seen.clone();
             std::thread::spawn(move || {
                 let mut out = OpenOptions::new().append(true).open(&p).unwrap();
                 for i in 0..total {
                     writeln!(out, "line {i}").unwrap();
                     if i % 3000 == 2999 {
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        while seen.load(std::sync::atomic::Ordering::Relaxed) <= i
+                            && std::time::Instant::now() < deadline
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
                         let rotated = dir.join(format!("freeswitch.log.{i}"));
                         if copy_truncate {
                             fs::copy(&p, &rotated).unwrap();
@@ -471,6 +485,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while got.len() < total && std::time::Instant::now() < deadline {
             f.poll(&mut |l| got.push(l.to_owned())).unwrap();
+            seen.store(got.len(), std::sync::atomic::Ordering::Relaxed);
             if writer.is_finished() && got.len() < total {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
@@ -478,7 +493,13 @@ mod tests {
         writer.join().unwrap();
         f.poll(&mut |l| got.push(l.to_owned())).unwrap();
         let want: Vec<String> = (0..total).map(|i| format!("line {i}")).collect();
-        assert_eq!(got.len(), want.len(), "lines lost or repeated");
+        let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).take(3).collect();
+        let last_missing = want.iter().rev().find(|w| !got.contains(w));
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "lines lost or repeated: first missing {missing:?}, last {last_missing:?}"
+        );
         assert_eq!(got, want);
     }
 

@@ -1,10 +1,11 @@
 //! A jail: one filter over some logs, its offenders, and the rule that turns
 //! `maxretry` failures within `findtime` into a ban of `bantime`.
 use crate::{
+    bans::Scope,
     config::{Config, JailConfig, Ports, StartAt},
     filter::{Filter, Outcome},
     follow::{self, Follower, Start},
-    ignore::IgnoreList,
+    never_ban::NeverBan,
     offenders::Offenders,
     state::Position,
 };
@@ -16,11 +17,13 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 #[derive(Clone, Debug, PartialEq)]
 pub struct BanRequest {
     pub net: IpNet,
+    /// The address whose failures earned the ban (inside `net`).
+    pub host: IpAddr,
     pub jail: String,
     pub duration: Option<Duration>,
     pub reason: String,
     pub line: String,
-    pub all_ports: bool,
+    pub scope: Scope,
 }
 
 /// Counters shown by `status`.
@@ -117,7 +120,7 @@ impl Jail {
     /// Reads new lines from every file; returns the bans they call for.
     pub fn poll(
         &mut self,
-        ignore: &IgnoreList,
+        ignore: &NeverBan,
         banned: &dyn Fn(&IpNet) -> bool,
         previous_bans: &dyn Fn(&IpNet) -> u32,
         now_ms: i64,
@@ -146,7 +149,7 @@ impl Jail {
         line: &str,
         arrival_ms: i64,
         live: bool,
-        ignore: &IgnoreList,
+        ignore: &NeverBan,
         banned: &dyn Fn(&IpNet) -> bool,
         previous_bans: &dyn Fn(&IpNet) -> u32,
     ) -> Option<BanRequest> {
@@ -184,6 +187,7 @@ impl Jail {
         }
         Some(BanRequest {
             net,
+            host,
             jail: self.name.clone(),
             duration: ban_duration(&self.config, previous_bans(&net)),
             reason: format!(
@@ -192,7 +196,11 @@ impl Jail {
                 humantime::format_duration(self.config.findtime)
             ),
             line: line.chars().take(1024).collect(),
-            all_ports: self.all_ports(),
+            scope: if self.all_ports() {
+                Scope::AllPorts
+            } else {
+                Scope::Ports
+            },
         })
     }
 
@@ -239,7 +247,7 @@ mod tests {
 
     /// Feeds lines in replay mode (line times), returns the bans requested.
     fn feed(j: &mut Jail, lines: &[String]) -> Vec<BanRequest> {
-        let ignore = IgnoreList::default();
+        let ignore = NeverBan::default();
         let mut banned = std::collections::HashSet::new();
         let mut out = Vec::new();
         for l in lines {
@@ -315,7 +323,7 @@ mod tests {
     #[test]
     fn live_lines_older_than_findtime_do_not_count() {
         let mut j = default_jail("freeswitch");
-        let ignore = IgnoreList::default();
+        let ignore = NeverBan::default();
         // The lines are from 2024; "now" is much later.
         let now = chrono::Utc::now().timestamp_millis();
         for i in 0..20 {
@@ -336,7 +344,10 @@ mod tests {
     #[test]
     fn ignoreip_is_never_counted() {
         let mut j = default_jail("freeswitch");
-        let ignore = IgnoreList::new(["203.0.113.0/24".parse().unwrap()]);
+        let ignore = NeverBan::from_nets(vec![(
+            "203.0.113.0/24".parse().unwrap(),
+            crate::never_ban::Why::Configured,
+        )]);
         for i in 0..20 {
             assert!(j
                 .on_line(

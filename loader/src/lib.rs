@@ -11,7 +11,8 @@
 //! | `watch`       | inotify wake-ups for the followed logs' folders                  |
 //! | `jail`        | a filter + offenders + thresholds → ban requests                 |
 //! | `offenders`   | counting failures per source, memory-bounded                     |
-//! | `ignore`      | `ignoreip`, loopback and own addresses: never banned             |
+//! | `never_ban`   | ignoreip, loopback, own addresses, gateways, resolvers            |
+//! | `packet_bans` | bans on packet evidence: budget, scope, reserved room            |
 //! | `bans`        | the ban manager: every ban, its metadata, restore on start       |
 //! | `state`       | the state file: atomic saves, bans, positions                    |
 //! | `control`     | the root-only control socket (status, ban, unban, reload)        |
@@ -34,11 +35,12 @@ pub mod daemon;
 pub mod duration;
 pub mod filter;
 pub mod follow;
-pub mod ignore;
 pub mod import;
 pub mod jail;
 pub mod maps;
+pub mod never_ban;
 pub mod offenders;
+pub mod packet_bans;
 pub mod program;
 pub mod show;
 pub mod state;

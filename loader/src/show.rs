@@ -1,7 +1,7 @@
 //! What the CLI prints: bans, the allowlist, counters, and jail status.
 use crate::{addr, clock, daemon, maps::KernelMaps, program};
 use anyhow::Result;
-use common::{counter, BAN_ALL_PORTS, CONFIG_ALL_PORTS};
+use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS};
 use serde_json::json;
 
 /// A ban's jail and reason, from the daemon's status, by address as displayed.
@@ -48,6 +48,7 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
                     "bytes": e.bytes,
                     "last_seen_secs_ago": (e.last_seen_ns != 0).then(|| clock::age(e.last_seen_ns).as_secs()),
                     "all_ports": e.flags & BAN_ALL_PORTS != 0,
+                    "ports_only": e.flags & BAN_PORTS_ONLY != 0,
                     "jail": notes.get(&addr::display(&b.net)).map(|n| n.0.clone()),
                     "reason": notes.get(&addr::display(&b.net)).map(|n| n.1.clone()),
                 })
@@ -76,6 +77,8 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
         };
         let ports = if e.flags & BAN_ALL_PORTS != 0 {
             "all"
+        } else if e.flags & BAN_PORTS_ONLY != 0 {
+            "protected-only"
         } else {
             "protected"
         };
@@ -142,6 +145,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             "all_ports": all_ports,
             "rate_pps": cfg.rate_pps,
             "burst": cfg.burst,
+            "lost_reports": maps.lost_reports()?,
             "attached": attached,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -166,6 +170,10 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     println!("rate limit:  {}", rate_limit(&cfg));
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");
+    println!(
+        "lost reports: {} (ring buffer full; each sent again)",
+        maps.lost_reports()?
+    );
     println!();
     println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
     for (name, v) in counter::NAMES.iter().zip(&counters) {

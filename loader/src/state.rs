@@ -37,6 +37,9 @@ pub struct SavedBan {
     pub line: String,
     #[serde(default)]
     pub all_ports: bool,
+    /// Only the protected ports, even in all-ports mode (packet evidence).
+    #[serde(default)]
+    pub ports_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ mod tests {
             reason: "r".into(),
             line: "l".into(),
             all_ports: false,
+            ports_only: false,
         });
         s.positions.insert(
             "/x".into(),

@@ -5,8 +5,8 @@
 use crate::{
     config::{self, Config, JailConfig, StartAt},
     filter::{self, Outcome},
-    ignore::IgnoreList,
     jail::Jail,
+    never_ban::NeverBan,
 };
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -86,7 +86,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
     let mut ban_counts: HashMap<IpNet, u32> = HashMap::new();
     let now = Cell::new(0i64);
-    let no_ignore = IgnoreList::default();
+    let no_ignore = NeverBan::default();
     let tty = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut buf = Vec::new();

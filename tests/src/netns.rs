@@ -196,6 +196,13 @@ impl Pair {
             .context("no MAC address in `ip -j link`")
     }
 
+    /// An AF_PACKET socket on the client's veth: frames with any source
+    /// address, as a forger sends them, reach the server's XDP program.
+    pub fn forger(&self) -> Result<RawSocket> {
+        let iface = self.client_if.clone();
+        in_netns_scoped(&self.client, move || RawSocket::bind(&iface))
+    }
+
     /// True if the program is attached to the server's veth.
     pub fn server_has_xdp(&self) -> Result<bool> {
         Ok(self

@@ -5,8 +5,8 @@
 //! window pushed past 1 KiB by IPv6 extension headers.
 use anyhow::Result;
 use common::{
-    counter, rate_key_v4, Config, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_SCANNERS,
-    EVENT_SCANNER,
+    counter, rate_key_v4, Config, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
+    CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_SCANNER,
 };
 use ipnet::IpNet;
 use sipguard::{clock, maps};
@@ -355,7 +355,7 @@ fn ports_only_bans_stay_on_the_ports_in_all_ports_mode() -> Result<()> {
 /// the source's next offending packet; the source is not marked meanwhile.
 #[test]
 fn lost_reports_are_counted_and_sent_again() -> Result<()> {
-    let mut t = limited(CONFIG_SCANNERS)?;
+    let mut t = limited(CONFIG_SCANNERS | CONFIG_REPORT_SCANNERS)?;
     let body = sip_options("User-Agent: friendly-scanner", 0);
     let from = |i: u32| {
         let a = (0x0a00_0000u32 + i).to_be_bytes();

@@ -655,6 +655,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
             reason: "test".into(),
             line: String::new(),
             all_ports: false,
+            ports_only: false,
         }],
         ..Default::default()
     };

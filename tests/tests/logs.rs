@@ -115,18 +115,20 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
         "ignoreip is never banned"
     );
 
-    // IPv6: banned as its /64.
-    append(&sb, &failures("fd00:5167::99", 3))?;
-    wait_delivered(
-        &attacker6,
-        &sip6,
-        0,
-        "another address of the same /64 is banned",
-    )?;
+    // IPv6 offenders are banned as their /64, but this one shares the
+    // server's own /64: the ban is narrowed to the attacker's /128.
+    append(&sb, &failures(CLIENT_V6, 3))?;
+    wait_delivered(&attacker6, &sip6, 0, "the IPv6 attacker is banned")?;
     assert_eq!(
         udp_delivered(&allowed, &sip6, PROBES)?,
         PROBES,
         "the ignoreip address in that /64 still flows"
+    );
+    assert!(
+        d.log()
+            .contains("narrowed the ban of fd00:5167::/64 to fd00:5167::2"),
+        "{}",
+        d.log()
     );
 
     let st = status(&sb)?;
@@ -139,7 +141,7 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
         .iter()
         .map(|b| b["address"].as_str().unwrap())
         .collect();
-    assert_eq!(banned, vec![CLIENT_V4, "fd00:5167::/64"], "{st}");
+    assert_eq!(banned, vec![CLIENT_V4, CLIENT_V6], "{st}");
     let first = &jail["actions"]["banned"][0];
     assert!(
         first["reason"].as_str().unwrap().contains("3 failures"),

@@ -4,7 +4,9 @@
 //! header split across datagrams or beyond the window, TCP, other ports,
 //! allow-listed sources, the switch off) passes.
 use anyhow::Result;
-use common::{counter, rate_key_v4, Config, CONFIG_SCANNERS, EVENT_SCANNER};
+use common::{
+    counter, rate_key_v4, Config, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_SCANNER,
+};
 use sipguard::{addr::parse_net, maps};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 
@@ -16,7 +18,7 @@ const SRC6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 fn scanning() -> Result<TestProgram> {
     let mut t = TestProgram::load()?;
     t.maps.set_config(Config {
-        flags: CONFIG_SCANNERS,
+        flags: CONFIG_SCANNERS | CONFIG_REPORT_SCANNERS,
         ..Config::default()
     })?;
     Ok(t)
@@ -174,5 +176,26 @@ fn a_scanner_is_reported_once() -> Result<()> {
         (events[0].kind, events[0].key),
         (EVENT_SCANNER, rate_key_v4(SRC))
     );
+    assert_eq!(
+        maps::event_source(&events[0]),
+        parse_net("198.51.100.9")?,
+        "the event carries the packet's own address"
+    );
+    Ok(())
+}
+
+/// Drop-only (the default: `scanner_bans = false`): the packets are
+/// dropped, nobody is reported, so a forged scanner packet bans no one.
+#[test]
+fn drop_only_reports_nobody() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    t.maps.set_config(Config {
+        flags: CONFIG_SCANNERS,
+        ..Config::default()
+    })?;
+    let mut ring = maps::flood_events(t.pin())?;
+    let (action, moved) = verdict(&mut t, &sip_options("User-Agent: friendly-scanner", 0))?;
+    assert_eq!((action, moved[counter::DROP_SCANNER as usize]), (DROP, 1));
+    assert!(ring.next().is_none(), "no report");
     Ok(())
 }

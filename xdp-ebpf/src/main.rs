@@ -35,9 +35,9 @@ use aya_ebpf::{
 };
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent,
-    RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_SCANNERS,
-    EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
-    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
+    RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
+    CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES,
+    MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -237,7 +237,9 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         if allowlisted(&pkt.src, now) {
             return (counter::PASS_SCANNER_ALLOWLISTED, xdp_action::XDP_PASS);
         }
-        report_scanner(&key, &pkt.src, now);
+        if cfg.flags & CONFIG_REPORT_SCANNERS != 0 {
+            report_scanner(&key, &pkt.src, now);
+        }
         return (counter::DROP_SCANNER, xdp_action::XDP_DROP);
     }
     (pass, xdp_action::XDP_PASS)

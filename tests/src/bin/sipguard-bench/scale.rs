@@ -554,6 +554,7 @@ fn saved_bans(n: u32) -> sipguard::state::State {
                 reason: "1 failure in 10m".into(),
                 line: String::new(),
                 all_ports: false,
+                ports_only: false,
             })
             .collect(),
         ..Default::default()

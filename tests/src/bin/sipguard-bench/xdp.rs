@@ -110,7 +110,135 @@ pub fn run(out: &mut Section) -> Result<()> {
         }
         t.maps.set_config(common::Config::default())?;
     }
-    rate_limiter(out)
+    rate_limiter(out)?;
+    fragments(out)?;
+    forged_storm(out)
+}
+
+/// A limiter that is on but never over: the path every packet takes.
+fn limiter_on() -> common::Config {
+    common::Config::default().with_rate(100_000_000, u32::MAX)
+}
+
+/// What fragments cost beside a whole packet, limiter on (never over).
+fn fragments(out: &mut Section) -> Result<()> {
+    let mut t = TestProgram::load()?;
+    t.maps.set_config(limiter_on())?;
+    t.maps
+        .ban(parse_net("192.0.2.66")?, 0, 0, clock::mono_now_ns())?;
+    let src = [192, 0, 2, 1];
+    let src6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let cases: [(&str, Vec<u8>, u32); 6] = [
+        ("whole SIP packet (v4, the clean path)", udp4(src, 5060), 2),
+        (
+            "IPv4 first fragment (ports read, limited)",
+            frame(
+                &[],
+                ETH_P_IP,
+                &ipv4(src, UDP, 0, MORE_FRAGMENTS, &udp(5060)),
+            ),
+            2,
+        ),
+        (
+            "IPv4 later fragment (charged to its source)",
+            frame(&[], ETH_P_IP, &ipv4(src, UDP, 0, 185, &[0u8; 64])),
+            2,
+        ),
+        (
+            "IPv6 atomic fragment (an ordinary packet)",
+            frame(
+                &[],
+                ETH_P_IPV6,
+                &ipv6(src6, FRAGMENT, &v6_frag(UDP, 0, false, &udp(5060))),
+            ),
+            2,
+        ),
+        (
+            "IPv6 later fragment (charged to its source)",
+            frame(
+                &[],
+                ETH_P_IPV6,
+                &ipv6(src6, FRAGMENT, &v6_frag(UDP, 181, false, &[0u8; 64])),
+            ),
+            2,
+        ),
+        (
+            "banned source's fragment (drop)",
+            frame(
+                &[],
+                ETH_P_IP,
+                &ipv4([192, 0, 2, 66], UDP, 0, 185, &[0u8; 64]),
+            ),
+            1,
+        ),
+    ];
+    let floor = median_ns(|| Ok(t.run_floor(&cases[0].1, REPEAT)?.1))?;
+    say!(
+        out,
+        "\n## Fragments (limiter on and never over, {REPEAT} repeats, median of {RUNS})\n"
+    );
+    say!(out, "| case | ns/packet | × empty program |");
+    say!(out, "|---|---:|---:|");
+    say!(out, "| empty XDP program (floor) | {floor:.1} | 1.00 |");
+    for (name, f, want) in &cases {
+        let ns = median_ns(|| {
+            let (got, d) = t.run_repeat(f, REPEAT)?;
+            if got != *want {
+                bail!("{name}: action {got}, expected {want}");
+            }
+            Ok(d)
+        })?;
+        say!(out, "| {name} | {ns:.1} | {:.2} |", ns / floor);
+    }
+    Ok(())
+}
+
+/// Sources the storm is made of: more than the rate map holds, so the LRU
+/// map evicts on every new source once it is full.
+const STORM_SOURCES: u32 = 300_000;
+
+/// A forged-source storm: every packet from a new source, one packet each,
+/// the rate map's worst case (a new entry, and once full an eviction, per
+/// packet), beside the same packet from one source, for the shared LRU list
+/// and for per-CPU lists (`BPF_F_NO_COMMON_LRU`).
+fn forged_storm(out: &mut Section) -> Result<()> {
+    say!(out, "\n## Forged-source storm (limiter on, {STORM_SOURCES} packets, one BPF_PROG_TEST_RUN each)\n");
+    say!(out, "Each packet is one run (the kernel's timing of a single run), so the figures carry the timer's own cost; compare them with each other, not with the tables above.\n");
+    say!(out, "| rate map | one source, repeated (ns/packet) | a new source each packet (ns/packet) | new / repeated |");
+    say!(out, "|---|---:|---:|---:|");
+    for (name, flags) in [
+        ("LRU hash, shared list (sipguard's)", 0),
+        (
+            "LRU hash, per-CPU lists (BPF_F_NO_COMMON_LRU)",
+            sipguard_tests::kernel::BPF_F_NO_COMMON_LRU,
+        ),
+    ] {
+        let mut t = TestProgram::load_with_rate_flags(flags)?;
+        t.maps.set_config(limiter_on())?;
+        let mut f = udp4([100, 64, 0, 0], 5060);
+        let src_at = 14 + 12;
+        let mut each = |t: &mut TestProgram, vary: bool| -> Result<f64> {
+            let mut total = Duration::ZERO;
+            for i in 0..STORM_SOURCES {
+                let a = if vary { 0x6440_0000 + i } else { 0x6440_0000 };
+                f[src_at..src_at + 4].copy_from_slice(&a.to_be_bytes());
+                let (got, d) = t.run_repeat(&f, 1)?;
+                if got != 2 {
+                    bail!("storm: action {got}, expected pass");
+                }
+                total += d;
+            }
+            Ok(total.as_nanos() as f64 / f64::from(STORM_SOURCES))
+        };
+        let same = each(&mut t, false)?;
+        let storm = each(&mut t, true)?;
+        say!(
+            out,
+            "| {name} | {same:.1} | {storm:.1} | {:.2} |",
+            storm / same
+        );
+    }
+    Ok(())
 }
 
 /// The cost the rate limiter adds to unbanned SIP traffic, beside the same

@@ -65,6 +65,11 @@ pub struct Config {
     /// Where to start reading a log seen for the first time.
     #[serde(default)]
     pub start: StartAt,
+    /// The timezone of the logs' timestamps: `local` (the default), `UTC`,
+    /// or an offset like `+02:00` (FreeSWITCH in a UTC container on a host
+    /// in another zone).
+    #[serde(default, deserialize_with = "log_tz")]
+    pub log_timezone: filter::LogTz,
     #[serde(default)]
     pub jails: BTreeMap<String, JailConfig>,
     /// Packet-level flood defence in XDP.
@@ -346,6 +351,12 @@ fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
         })
 }
 
+fn log_tz<'de, D: Deserializer<'de>>(d: D) -> Result<filter::LogTz, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(|e| de::Error::custom(format!("{e:#}")))
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -457,11 +468,12 @@ impl Config {
     }
 
     /// The filter of a jail.
-    pub fn jail_filter(jail: &JailConfig) -> Result<filter::Filter> {
-        match &jail.filter {
+    pub fn jail_filter(jail: &JailConfig, tz: filter::LogTz) -> Result<filter::Filter> {
+        let f = match &jail.filter {
             Some(name) => filter::Filter::builtin(name),
             None => filter::Filter::new(&jail.failregex, &jail.ignoreregex),
-        }
+        }?;
+        Ok(f.with_timezone(tz))
     }
 
     /// Protected ports: the global list plus every jail's own.

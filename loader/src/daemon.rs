@@ -161,7 +161,7 @@ impl Engine {
     fn apply_config(&mut self, at_startup: bool) -> Result<()> {
         let mut jails = Vec::new();
         for (name, jc) in self.config.jails.iter().filter(|(_, j)| j.enabled) {
-            let mut jail = Jail::new(name, jc, self.config.start)?;
+            let mut jail = Jail::new(name, jc, self.config.start, self.config.log_timezone)?;
             jail.refresh_files(&self.positions, true);
             jails.push(jail);
         }
@@ -519,6 +519,7 @@ impl Engine {
                     "lines": j.stats.lines,
                     "ignored": j.stats.ignored_ip + j.stats.ignored_regex,
                     "too_old": j.stats.too_old,
+                    "skewed": j.stats.skewed,
                     "skipped_long_lines": j.skipped_long_lines(),
                 },
                 "actions": {

@@ -1,15 +1,22 @@
 //! Matching log lines: fail2ban-style `failregex`/`ignoreregex` with `<HOST>`,
 //! and the built-in FreeSWITCH filters.
 //!
-//! Security: the address to count is whatever `<HOST>` captures, so a filter
-//! must take it from a part of the line the attacker cannot write. The
-//! built-in filters anchor `<HOST>` to the very end of the line (FreeSWITCH
-//! writes `from ip <HOST>` last), so nothing inside `for [...]` (the SIP user
-//! and domain, chosen by the attacker) can supply it. Likewise, a line's
-//! timestamp is only read from the text before the match, which FreeSWITCH
-//! wrote.
+//! Security: anything a SIP client sends can end up in the log (usernames,
+//! User-Agents, whole headers with siptrace on). So
+//! * the built-in filters are anchored: a line counts only if it starts with
+//!   the prefix FreeSWITCH itself writes (an optional syslog/journald prefix,
+//!   an optional session UUID, its own timestamp, the optional CPU-idle
+//!   percentage, the level, `sofia_reg.c:NNNN`), so failure text that merely
+//!   appears inside another line (a siptrace header, a dialplan `log`) does
+//!   not;
+//! * `<HOST>` is anchored to the very end of the line (FreeSWITCH writes
+//!   `from ip <HOST>` last), so nothing inside `for [...]` (the SIP user and
+//!   domain, chosen by the attacker) can supply it;
+//! * a line's time is read only from that prefix, at the start of the line.
 use anyhow::{bail, Context as _, Result};
-use chrono::{Datelike as _, Local, NaiveDate, NaiveDateTime, TimeZone as _};
+use chrono::{
+    DateTime, Datelike as _, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeZone as _,
+};
 use regex::Regex;
 use std::{net::IpAddr, sync::LazyLock};
 
@@ -17,11 +24,37 @@ use std::{net::IpAddr, sync::LazyLock};
 /// in an embedded IPv4). Host names are not accepted: no DNS lookups, ever.
 const HOST_PATTERN: &str = r"(?P<host>(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?|(?:\d{1,3}\.){3}\d{1,3})";
 
-/// The level/location part common to FreeSWITCH's sofia_reg lines in every
-/// shape we know: `[WARNING] sofia_reg.c:1842 `, `[WARN] [SOFIA] [sofia_reg.c:2248] `.
+/// A syslog or journald prefix: an RFC 3164 date (`Oct  1 12:00:00`) or an
+/// ISO one (`2016-09-25T18:57:58.150982` or with a space, with an optional
+/// offset), the host,
+/// and `freeswitch[PID]: `.
+const SYSLOG: &str = r"(?:(?P<systime>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})?)|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}) \S+ freeswitch(?:\[\d+\])?: ";
+/// A session UUID, which FreeSWITCH writes first with `log-uuid`.
+const UUID: &str = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12} ";
+/// FreeSWITCH's own timestamp (`2013-12-31 17:39:54.767815`, or year-less).
+const FSTIME: &str = r"(?P<fstime>(?:\d{4}-)?\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,9})?) ";
+/// The CPU-idle percentage FreeSWITCH 1.10.7+ writes after the time.
+const CPU: &str = r"(?:\d{1,3}\.\d{1,2}% )?";
+
+/// The start of every line FreeSWITCH writes to its log, anchored: with a
+/// syslog prefix, FreeSWITCH's own timestamp may be absent; without one, it
+/// is required.
+pub static LINE_START: LazyLock<String> = LazyLock::new(|| {
+    // A group name may appear once: the syslog branch's timestamp is `fstime2`.
+    let optional = FSTIME.replace("fstime", "fstime2");
+    format!("^(?:{SYSLOG}(?:{UUID})?(?:{optional})?|(?:{UUID})?{FSTIME}){CPU}")
+});
+
+/// The level/location part of FreeSWITCH's sofia_reg lines in every shape we
+/// know: `[WARNING] sofia_reg.c:1842 `, `[WARN] [SOFIA] [sofia_reg.c:2248] `.
 const SOFIA: &str = r"\[(?:WARNING|WARN)\] (?:\[SOFIA\] )?\[?sofia_reg\.c:\d+\]? ";
 
-/// Built-in filters: (name, description, failregex list).
+/// Any level and source location, for anchoring imported filters: the
+/// imported regex may itself start with the level, or with the message.
+const ANY_LEVEL: &str = r"(?:\[[A-Z]+\] (?:\[[A-Z]+\] )?\[?[\w.]+\.c(?:pp)?:\d+\]? )?";
+
+/// Built-in filters: (name, description, failregex list, each after the
+/// anchored FreeSWITCH prefix).
 pub const BUILTIN: &[(&str, &str, &[&str])] = &[
     (
         "freeswitch",
@@ -38,12 +71,32 @@ pub const BUILTIN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The failregex list of a built-in filter, with the shared FreeSWITCH prefix.
+/// The failregex list of a built-in filter, anchored to the FreeSWITCH prefix.
 pub fn builtin(name: &str) -> Option<Vec<String>> {
     BUILTIN
         .iter()
         .find(|(n, _, _)| *n == name)
-        .map(|(_, _, res)| res.iter().map(|re| format!("{SOFIA}{re}")).collect())
+        .map(|(_, _, res)| {
+            res.iter()
+                .map(|re| format!("{}{SOFIA}{re}", *LINE_START))
+                .collect()
+        })
+}
+
+/// `re` anchored as fail2ban anchors its filters (`^%(__prefix_line)s`):
+/// an anchored one is kept; any other must follow the FreeSWITCH line prefix
+/// (and optionally a level and source location).
+pub fn anchored(re: &str) -> String {
+    if is_anchored(re) {
+        re.to_owned()
+    } else {
+        format!("{}{ANY_LEVEL}{re}", *LINE_START)
+    }
+}
+
+/// True if a failregex only matches from the start of a line.
+pub fn is_anchored(re: &str) -> bool {
+    re.starts_with('^') || re.starts_with("\\A")
 }
 
 pub fn builtin_names() -> String {
@@ -52,6 +105,47 @@ pub fn builtin_names() -> String {
         .map(|(n, _, _)| *n)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The timezone the log's timestamps are written in (`log_timezone`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogTz {
+    /// The daemon's own (what FreeSWITCH uses on the same host).
+    #[default]
+    Local,
+    /// A fixed offset: `UTC`, `+02:00`, `-0500`.
+    Fixed(FixedOffset),
+}
+
+impl std::str::FromStr for LogTz {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("local") {
+            return Ok(LogTz::Local);
+        }
+        if t.eq_ignore_ascii_case("utc") || t == "Z" {
+            return Ok(LogTz::Fixed(FixedOffset::east_opt(0).expect("valid")));
+        }
+        let (sign, rest) = match t.as_bytes().first() {
+            Some(b'+') => (1, &t[1..]),
+            Some(b'-') => (-1, &t[1..]),
+            _ => bail!("invalid log_timezone '{s}': expected local, UTC, or an offset like +02:00"),
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        let (h, m) = match digits.len() {
+            2 => (digits.parse::<i32>().ok(), Some(0)),
+            4 => (digits[..2].parse().ok(), digits[2..].parse().ok()),
+            _ => (None, None),
+        };
+        match (h, m) {
+            (Some(h), Some(m)) if h <= 14 && m < 60 => Ok(LogTz::Fixed(
+                FixedOffset::east_opt(sign * (h * 3600 + m * 60)).expect("in range"),
+            )),
+            _ => bail!("invalid log_timezone '{s}': expected local, UTC, or an offset like +02:00"),
+        }
+    }
 }
 
 /// Real FreeSWITCH authentication-failure lines in every shape we know
@@ -116,6 +210,7 @@ pub enum Outcome {
 pub struct Filter {
     fail: Vec<Regex>,
     ignore: Vec<Regex>,
+    tz: LogTz,
 }
 
 impl Filter {
@@ -132,7 +227,14 @@ impl Filter {
                 .iter()
                 .map(|r| compile_ignoreregex(r))
                 .collect::<Result<_>>()?,
+            tz: LogTz::Local,
         })
+    }
+
+    /// Reads line times in `tz` instead of the local timezone.
+    pub fn with_timezone(mut self, tz: LogTz) -> Self {
+        self.tz = tz;
+        self
     }
 
     pub fn builtin(name: &str) -> Result<Self> {
@@ -152,29 +254,60 @@ impl Filter {
         if self.ignore.iter().any(|re| re.is_match(line)) {
             return Outcome::Ignored;
         }
-        let whole = caps.get(0).expect("group 0 always exists");
         let text = caps.name("host").map_or("", |m| m.as_str());
         let Ok(host) = text.parse::<IpAddr>() else {
             return Outcome::BadHost(text.to_owned());
         };
         Outcome::Hit {
             host: host.to_canonical(),
-            time_ms: line_time_ms(&line[..whole.start()]),
+            time_ms: line_time_ms(line, self.tz),
         }
     }
 }
 
-static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:(\d{4})-)?(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
+/// The prefix alone, to read a line's time from the start of the line
+/// (never from text a client wrote further on).
+static PREFIX: LazyLock<Regex> = LazyLock::new(|| Regex::new(&LINE_START).expect("valid"));
+
+static FS_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:(\d{4})-)?(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
         .expect("valid")
 });
 
-/// The last timestamp in `prefix` (FreeSWITCH's own, after any syslog prefix),
-/// as local time, in ms since the epoch. A year-less date (`08-03 08:10:21`)
-/// is taken in the current year, or the previous one if that would put it
-/// more than a day in the future.
-pub fn line_time_ms(prefix: &str) -> Option<i64> {
-    let caps = TIMESTAMP.captures_iter(prefix).last()?;
+/// The time of a line, in ms since the epoch, from the prefix FreeSWITCH
+/// wrote at its start: FreeSWITCH's own timestamp (in `tz`), else the
+/// syslog one when it is ISO. A year-less date (`08-03 08:10:21`) is taken
+/// in the current year, or the previous one if that would put it more than
+/// a day in the future. `None` when the line has no such prefix.
+pub fn line_time_ms(line: &str, tz: LogTz) -> Option<i64> {
+    let caps = PREFIX.captures(line)?;
+    if let Some(fs) = caps.name("fstime").or_else(|| caps.name("fstime2")) {
+        return fs_time_ms(fs.as_str(), tz);
+    }
+    let sys = caps.name("systime")?.as_str().replacen(' ', "T", 1);
+    let sys = sys.as_str();
+    if let Ok(t) = DateTime::parse_from_rfc3339(sys) {
+        return Some(t.timestamp_millis());
+    }
+    let t = NaiveDateTime::parse_from_str(sys, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    to_ms(t, tz)
+}
+
+fn to_ms(t: NaiveDateTime, tz: LogTz) -> Option<i64> {
+    match tz {
+        LogTz::Local => Local
+            .from_local_datetime(&t)
+            .earliest()
+            .map(|t| t.timestamp_millis()),
+        LogTz::Fixed(off) => off
+            .from_local_datetime(&t)
+            .earliest()
+            .map(|t| t.timestamp_millis()),
+    }
+}
+
+fn fs_time_ms(text: &str, tz: LogTz) -> Option<i64> {
+    let caps = FS_TIME.captures(text)?;
     let num = |i: usize| {
         caps.get(i)
             .map(|m| m.as_str().parse::<u32>().ok())
@@ -188,19 +321,14 @@ pub fn line_time_ms(prefix: &str) -> Option<i64> {
     let at = |year: i32| -> Option<NaiveDateTime> {
         NaiveDate::from_ymd_opt(year, month, day)?.and_hms_nano_opt(h, m, s, nanos)
     };
-    let to_ms = |t: NaiveDateTime| {
-        Local
-            .from_local_datetime(&t)
-            .earliest()
-            .map(|t| t.timestamp_millis())
-    };
     match caps.get(1) {
-        Some(y) => to_ms(at(y.as_str().parse().ok()?)?),
+        Some(y) => to_ms(at(y.as_str().parse().ok()?)?, tz),
         None => {
-            let now = Local::now();
-            let this_year = to_ms(at(now.year())?)?;
-            if this_year > now.timestamp_millis() + 86_400_000 {
-                to_ms(at(now.year() - 1)?)
+            let now = chrono::Utc::now().timestamp_millis();
+            let year = Local::now().year();
+            let this_year = to_ms(at(year)?, tz)?;
+            if this_year > now + 86_400_000 {
+                to_ms(at(year - 1)?, tz)
             } else {
                 Some(this_year)
             }
@@ -362,9 +490,101 @@ mod tests {
                 + 150
         );
         // Year-less dates land within the last year.
-        let t = line_time_ms("08-03 08:10:21.026299 ").unwrap();
+        let t = line_time_ms("08-03 08:10:21.026299 [WARNING] x", LogTz::Local).unwrap();
         let now = Local::now().timestamp_millis();
         assert!(t <= now + 86_400_000 && t > now - 367 * 86_400_000);
+    }
+
+    /// Failure text that merely appears inside a line FreeSWITCH wrote for
+    /// something else (a siptrace header, a dialplan `log`, a User-Agent
+    /// logged at INFO) counts nobody: the built-in filters are anchored.
+    #[test]
+    fn injected_failure_text_counts_nobody() {
+        let fail = "[WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@10.0.8.5] from ip 10.199.0.77";
+        let find = "[WARNING] sofia_reg.c:2531 Can't find user [1000@10.0.8.5] from 10.199.0.77";
+        let chal = "[WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [1000@10.0.8.5] from ip 10.199.0.77";
+        let stamp = "2024-03-01 12:00:00.123456";
+        let mut lines = Vec::new();
+        for text in [fail, find, chal] {
+            let stamped = format!("{stamp} {text}");
+            lines.extend([
+                // siptrace prints each header of the SIP message on its own line
+                format!("User-Agent: x {text}"),
+                format!("User-Agent: {stamped}"),
+                format!("Subject: {stamped}"),
+                format!("   {stamped}"),
+                format!("\t{stamped}"),
+                format!("x{stamped}"),
+                // dialplan `log` and variables logged at INFO/NOTICE/WARNING
+                format!("{stamp} [INFO] mod_dptools.c:1712 User-Agent: {text}"),
+                format!("{stamp} 97.00% [NOTICE] switch_cpp.cpp:1466 {text}"),
+                format!("{stamp} [WARNING] switch_cpp.cpp:1466 x {text}"),
+                format!("{stamp} [WARNING] mod_logfile.c:12 {stamped}"),
+                format!("c2a1b7e2-1f1c-4a5e-9d6f-2b0a3c1d4e5f {stamp} [INFO] switch_channel.c:1104 EXPORT (export_vars) [sip_user_agent]=[{stamped}]"),
+                // a syslog line of another program
+                format!("Mar  1 12:00:00 host kamailio[12]: {stamped}"),
+                // no FreeSWITCH prefix at all
+                text.to_owned(),
+            ]);
+        }
+        for filter in ["freeswitch", "freeswitch-challenge"] {
+            let f = Filter::builtin(filter).unwrap();
+            for line in &lines {
+                assert_eq!(f.check(line), Outcome::Miss, "{filter}: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn line_times_come_only_from_the_prefix_and_follow_log_timezone() {
+        let line = "2024-03-01 12:00:00.000000 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [2031-01-01 00:00:00@x] from ip 192.0.2.1";
+        let utc = Filter::builtin("freeswitch")
+            .unwrap()
+            .with_timezone("UTC".parse().unwrap());
+        let plus2 = Filter::builtin("freeswitch")
+            .unwrap()
+            .with_timezone("+02:00".parse().unwrap());
+        let time = |f: &Filter| match f.check(line) {
+            Outcome::Hit { time_ms, .. } => time_ms.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let want = chrono::Utc
+            .with_ymd_and_hms(2024, 3, 1, 12, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(time(&utc), want);
+        assert_eq!(time(&plus2), want - 2 * 3_600_000);
+        // An ISO syslog timestamp with an offset needs no log_timezone.
+        assert_eq!(
+            line_time_ms(
+                "2024-03-01T14:00:00+02:00 host freeswitch[1]: [WARNING] x",
+                LogTz::Local
+            ),
+            Some(want)
+        );
+        for bad in ["", "Mars/Olympus", "+2", "+25:00", "0200"] {
+            assert!(bad.parse::<LogTz>().is_err(), "{bad}");
+        }
+        assert_eq!("local".parse::<LogTz>().unwrap(), LogTz::Local);
+        assert!("-0530".parse::<LogTz>().is_ok());
+    }
+
+    #[test]
+    fn custom_filters_are_anchored_on_import() {
+        let plain =
+            "SIP auth failure \\([A-Z]+\\) on sofia profile '[^']*' for \\[.*\\] from ip <HOST>$";
+        assert!(!is_anchored(plain));
+        let f = Filter::new(&[anchored(plain)], &[]).unwrap();
+        assert!(matches!(
+            f.check(REAL_FAILURE_LINES[2]),
+            Outcome::Hit { .. }
+        ));
+        assert_eq!(
+            f.check("User-Agent: x 2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1 SIP auth failure (REGISTER) on sofia profile 'i' for [u@d] from ip 192.0.2.1"),
+            Outcome::Miss
+        );
+        let already = "^custom <HOST>$";
+        assert_eq!(anchored(already), already);
     }
 
     #[test]

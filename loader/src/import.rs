@@ -240,12 +240,12 @@ fn filter_definition(ini: &Ini, jail_vars: &BTreeMap<String, String>) -> Result<
 }
 
 /// Python regex → Rust regex, for what fail2ban filters use: `\'` and `\"`
-/// are plain quotes; `<HOST>` stays (ours).
+/// are plain quotes; `<HOST>` stays (ours). Anchors are kept, and a regex
+/// without one is anchored after the FreeSWITCH line prefix, as fail2ban
+/// anchors its own filters (`^%(__prefix_line)s`): failure text that only
+/// appears inside another line must not count.
 fn translate_regex(re: &str) -> String {
-    re.replace("\\'", "'")
-        .replace("\\\"", "\"")
-        .trim_start_matches('^')
-        .to_owned()
+    crate::filter::anchored(&re.replace("\\'", "'").replace("\\\"", "\""))
 }
 
 /// `port = 5060,5066,7443` / `sip,sips` / `5060:5062` → port numbers.
@@ -639,10 +639,21 @@ mod tests {
         assert_eq!(ip.ports, Some(Ports::List(vec![5060, 5066, 7443])));
         assert_eq!(ip.failregex.len(), 1, "a working custom filter is kept");
         assert!(
-            ip.failregex[0].starts_with("\\[WARNING\\] sofia_reg"),
+            ip.failregex[0].contains(" )?\\[WARNING\\] sofia_reg"),
             "%(_pre)s interpolated: {:?}",
             ip.failregex
         );
+        assert!(
+            ip.failregex[0].starts_with(crate::filter::LINE_START.as_str()),
+            "anchored after the FreeSWITCH prefix: {:?}",
+            ip.failregex
+        );
+        // Anchored, it counts real lines and not the same text inside another.
+        let f = crate::filter::Filter::new(&ip.failregex, &[]).unwrap();
+        let real = "2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u@d] from ip 192.0.2.1";
+        assert!(matches!(f.check(real), crate::filter::Outcome::Hit { .. }));
+        let injected = format!("User-Agent: {real}");
+        assert_eq!(f.check(&injected), crate::filter::Outcome::Miss);
     }
 
     #[test]

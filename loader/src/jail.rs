@@ -3,7 +3,7 @@
 use crate::{
     bans::Scope,
     config::{Config, JailConfig, Ports, StartAt},
-    filter::{Filter, Outcome},
+    filter::{self, Filter, LogTz, Outcome},
     follow::{self, Follower, Start},
     never_ban::NeverBan,
     offenders::Offenders,
@@ -34,6 +34,9 @@ pub struct JailStats {
     pub ignored_ip: u64,
     pub ignored_regex: u64,
     pub too_old: u64,
+    /// Failure lines stamped more than `findtime` away from the clock (in
+    /// the past or the future): a timezone mismatch shows here.
+    pub skewed: u64,
     pub bad_host: u64,
     pub already_banned: u64,
 }
@@ -46,6 +49,48 @@ pub struct Jail {
     followers: BTreeMap<PathBuf, Follower>,
     start: StartAt,
     pub stats: JailStats,
+    skew: SkewWatch,
+}
+
+/// Notices a log whose timestamps are off by a steady amount (FreeSWITCH
+/// logging in another timezone): then every line looks too old, or from the
+/// future, and a jail would silently never ban. History re-read at start is
+/// off by varying amounts and does not trigger it.
+#[derive(Debug, Default)]
+struct SkewWatch {
+    run: u32,
+    first_ms: i64,
+    warned: Option<std::time::Instant>,
+}
+
+/// Consecutive live lines off by about the same amount before a warning.
+const SKEW_RUN: u32 = 10;
+/// How close their offsets must be to count as one steady offset.
+const SKEW_SPREAD_MS: i64 = 300_000;
+/// At most one warning per jail this often.
+const SKEW_WARN_EVERY: Duration = Duration::from_secs(600);
+
+impl SkewWatch {
+    /// Records one live line off by `skew_ms`; returns true when a warning
+    /// is due.
+    fn observe(&mut self, skew_ms: i64, findtime_ms: i64) -> bool {
+        if skew_ms.abs() <= findtime_ms {
+            self.run = 0;
+            return false;
+        }
+        if self.run == 0 || (skew_ms - self.first_ms).abs() > SKEW_SPREAD_MS {
+            self.run = 1;
+            self.first_ms = skew_ms;
+            return false;
+        }
+        self.run += 1;
+        let due =
+            self.run >= SKEW_RUN && self.warned.is_none_or(|t| t.elapsed() >= SKEW_WARN_EVERY);
+        if due {
+            self.warned = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 /// The network an address is counted and banned as: itself for IPv4, its
@@ -73,10 +118,20 @@ pub fn ban_duration(config: &JailConfig, previous: u32) -> Option<Duration> {
 }
 
 impl Jail {
-    pub fn new(name: &str, config: &JailConfig, start: StartAt) -> Result<Self> {
+    pub fn new(name: &str, config: &JailConfig, start: StartAt, tz: LogTz) -> Result<Self> {
+        for re in config
+            .failregex
+            .iter()
+            .filter(|re| !filter::is_anchored(re))
+        {
+            tracing::warn!(
+                "jail {name}: failregex {re:?} is not anchored (^): it also matches failure text \
+                 that appears inside other lines, where a SIP client can write it"
+            );
+        }
         Ok(Self {
             name: name.to_owned(),
-            filter: Config::jail_filter(config)?,
+            filter: Config::jail_filter(config, tz)?,
             offenders: Offenders::new(
                 config.maxretry,
                 i64::try_from(config.findtime.as_millis()).unwrap_or(i64::MAX),
@@ -86,6 +141,7 @@ impl Jail {
             followers: BTreeMap::new(),
             start,
             stats: JailStats::default(),
+            skew: SkewWatch::default(),
         })
     }
 
@@ -173,6 +229,22 @@ impl Jail {
         }
         let t = time_ms.unwrap_or(arrival_ms);
         let findtime_ms = i64::try_from(self.config.findtime.as_millis()).unwrap_or(i64::MAX);
+        if live {
+            let skew = t.saturating_sub(arrival_ms);
+            if skew.abs() > findtime_ms {
+                self.stats.skewed += 1;
+            }
+            if self.skew.observe(skew, findtime_ms) {
+                tracing::warn!(
+                    "jail {}: the last {SKEW_RUN} failure lines are stamped about {} in the {} \
+                     (more than findtime): is FreeSWITCH logging in another timezone? Set \
+                     log_timezone (e.g. \"UTC\") in the configuration",
+                    self.name,
+                    humantime::format_duration(Duration::from_secs(skew.unsigned_abs() / 1000)),
+                    if skew < 0 { "past" } else { "future" }
+                );
+            }
+        }
         if live && t < arrival_ms.saturating_sub(findtime_ms) {
             self.stats.too_old += 1;
             return None;
@@ -229,12 +301,12 @@ mod tests {
     fn jail(toml: &str) -> Jail {
         let c = Config::parse(toml, "t").unwrap();
         let (name, j) = c.jails.iter().next().unwrap();
-        Jail::new(name, j, StartAt::End).unwrap()
+        Jail::new(name, j, StartAt::End, LogTz::Local).unwrap()
     }
 
     fn default_jail(name: &str) -> Jail {
         let c = Config::parse(crate::config::DEFAULT_TOML, "default").unwrap();
-        Jail::new(name, &c.jails[name], StartAt::End).unwrap()
+        Jail::new(name, &c.jails[name], StartAt::End, LogTz::Local).unwrap()
     }
 
     fn failure(ip: &str, user: &str) -> String {
@@ -339,6 +411,48 @@ mod tests {
                 .is_none());
         }
         assert_eq!(j.stats.too_old, 20);
+    }
+
+    /// FreeSWITCH in UTC, sipguard two hours ahead: every line looks two
+    /// hours old. Counted as skewed, and noticed after a run of them.
+    #[test]
+    fn a_log_in_another_timezone_is_noticed() {
+        let mut j = default_jail("freeswitch");
+        let ignore = NeverBan::default();
+        let now = chrono::Utc::now();
+        let stamp = (now - chrono::Duration::hours(2)).format("%Y-%m-%d %H:%M:%S%.6f");
+        let line = |i: usize| {
+            format!("{stamp} [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{i}@d] from ip 203.0.113.9")
+        };
+        let mut warned = 0;
+        for i in 0..25 {
+            j.on_line(
+                &line(i),
+                now.timestamp_millis(),
+                true,
+                &ignore,
+                &|_| false,
+                &|_| 0,
+            );
+            warned += usize::from(j.skew.warned.is_some() && j.skew.run == SKEW_RUN);
+        }
+        assert_eq!(j.stats.skewed, 25);
+        assert_eq!(warned, 1, "warned once, at the tenth line");
+        // History re-read at start (varying ages) is not a timezone problem.
+        let mut h = default_jail("freeswitch");
+        for days in 1..30 {
+            let old = (now - chrono::Duration::days(days)).format("%Y-%m-%d %H:%M:%S%.6f");
+            let l = format!("{old} [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u@d] from ip 203.0.113.9");
+            h.on_line(
+                &l,
+                now.timestamp_millis(),
+                true,
+                &ignore,
+                &|_| false,
+                &|_| 0,
+            );
+        }
+        assert!(h.skew.warned.is_none());
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct Args {
 }
 
 /// The jail whose filter and thresholds to use.
-fn jail_config(args: &Args, config_path: &Path) -> Result<(String, JailConfig)> {
+fn jail_config(args: &Args, config_path: &Path) -> Result<(String, JailConfig, filter::LogTz)> {
     let config = Config::load(config_path, false)?;
     let defaults = Config::parse(config::DEFAULT_TOML, "built-in default")?;
     let name = args.jail.clone().unwrap_or_else(|| "freeswitch".into());
@@ -68,12 +68,18 @@ fn jail_config(args: &Args, config_path: &Path) -> Result<(String, JailConfig)> 
         jail.failregex = args.failregex.clone();
         jail.ignoreregex = args.ignoreregex.clone();
     }
-    Ok((name, jail))
+    Ok((name, jail, config.log_timezone))
 }
 
 pub fn run(args: &Args, config_path: &Path) -> Result<()> {
-    let (name, jc) = jail_config(args, config_path)?;
-    let mut jail = Jail::new(&name, &jc, StartAt::Beginning)?;
+    let (name, jc, tz) = jail_config(args, config_path)?;
+    for re in jc.failregex.iter().filter(|re| !filter::is_anchored(re)) {
+        eprintln!(
+            "test-filter: WARNING: failregex {re:?} is not anchored (^): it also matches failure \
+             text inside other lines (siptrace headers, dialplan logs), which SIP clients can write"
+        );
+    }
+    let mut jail = Jail::new(&name, &jc, StartAt::Beginning, tz)?;
     let file = std::fs::File::open(&args.logfile)
         .with_context(|| format!("cannot open {}", args.logfile.display()))?;
     let size = file.metadata()?.len().max(1);

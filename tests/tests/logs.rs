@@ -330,3 +330,92 @@ fn test_filter_counts_and_replays() -> Result<()> {
     assert!(text.contains("1 matched"), "{text}");
     Ok(())
 }
+
+/// Lines that merely contain failure text (siptrace headers, dialplan logs
+/// of a User-Agent, a forged syslog line of another program) ban nobody:
+/// only lines FreeSWITCH wrote, parsed from their start, count.
+#[test]
+fn injected_failure_text_bans_nobody() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let victim = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
+    let text = format!("[WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@10.0.8.5] from ip {OTHER_V4}");
+    let stamped = format!("{} {text}", now_stamp());
+    let injected = [
+        format!("User-Agent: x {text}"),
+        format!("User-Agent: {stamped}"),
+        format!("Subject: {stamped}"),
+        format!("   {stamped}"),
+        format!(
+            "{} [INFO] mod_dptools.c:1712 User-Agent: {text}",
+            now_stamp()
+        ),
+        format!("{} 97.00% [NOTICE] switch_cpp.cpp:1466 {text}", now_stamp()),
+        format!("{} [WARNING] switch_cpp.cpp:1466 x {text}", now_stamp()),
+        format!(
+            "{} [INFO] switch_channel.c:1104 EXPORT (export_vars) [sip_user_agent]=[{stamped}]",
+            now_stamp()
+        ),
+        format!("Mar  1 12:00:00 host kamailio[12]: {stamped}"),
+        text.clone(),
+        format!("x{stamped}"),
+        format!("\t{stamped}"),
+    ];
+    append(&sb, &(injected.join("\n") + "\n"))?;
+    // A real failure line after them proves the daemon read past them.
+    append(&sb, &failure(CLIENT_V4, "marker"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&sb)?["jails"][0]["filter"]["total_failed"] != 1 {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = status(&sb)?;
+    assert_eq!(st["jails"][0]["filter"]["lines"], 13, "{st}");
+    assert_eq!(st["jails"][0]["actions"]["currently_banned"], 0, "{st}");
+    assert_eq!(udp_delivered(&victim, &sip, PROBES)?, PROBES);
+    Ok(())
+}
+
+/// FreeSWITCH logging two hours behind the daemon's timezone: every line
+/// looks two hours old, so the jail cannot ban; that is counted and
+/// warned about, and `log_timezone` puts it right (through a reload).
+#[test]
+fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
+    // Written in UTC-2, whatever the daemon's own zone is.
+    let behind = || {
+        (chrono::Utc::now() - chrono::Duration::hours(2))
+            .format("%Y-%m-%d %H:%M:%S%.6f")
+            .to_string()
+    };
+    let line = |i: usize| {
+        format!("{} [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{i}@10.0.8.5] from ip {CLIENT_V4}\n", behind())
+    };
+    append(&sb, &(0..12).map(line).collect::<String>())?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d
+        .log()
+        .contains("is FreeSWITCH logging in another timezone")
+    {
+        assert!(Instant::now() < deadline, "no warning:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = status(&sb)?;
+    assert_eq!(st["jails"][0]["filter"]["skewed"], 12, "{st}");
+    assert_eq!(st["jails"][0]["actions"]["currently_banned"], 0, "{st}");
+    assert_eq!(udp_delivered(&attacker, &sip, PROBES)?, PROBES);
+
+    sb.write_config(&format!("log_timezone = \"-02:00\"\n{CONFIG}"))?;
+    cli_ok(&sb, &["reload"])?;
+    append(&sb, &(20..23).map(line).collect::<String>())?;
+    wait_delivered(&attacker, &sip, 0, "banned once the timezone is right")?;
+    Ok(())
+}

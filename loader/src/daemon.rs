@@ -1,6 +1,7 @@
 //! `sipguard run`: load and attach the program, follow the jails' logs, ban,
-//! expire, persist, answer the control socket, and detach cleanly on
-//! SIGINT/SIGTERM. SIGHUP (or `sipguard reload`) re-reads the configuration
+//! expire, persist, answer the control socket, and stop on SIGINT/SIGTERM
+//! leaving the program attached (restarts have no gap; `sipguard detach`
+//! removes it). SIGHUP (or `sipguard reload`) re-reads the configuration
 //! without touching bans.
 use crate::{
     addr,
@@ -172,14 +173,7 @@ impl Engine {
         let ports = self.config.protected_ports();
         let maps = self.bans.maps();
         maps.set_ports(&ports)?;
-        maps.set_config(self.config.flood.apply(common::Config {
-            flags: if self.config.all_ports {
-                CONFIG_ALL_PORTS
-            } else {
-                0
-            },
-            ..Default::default()
-        }))?;
+        maps.set_config(kernel_config(&self.config))?;
         self.packet_bans.set_limits(
             self.config.flood.max_bans_per_minute,
             self.config.flood.max_packet_bans,
@@ -609,16 +603,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         )
     }
     .map_err(std::io::Error::from)?;
-    let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
-    release_freed_memory();
-
-    let mut attachments = Vec::new();
+    // Attach before anything slow: a program left attached by the previous
+    // daemon (its pinned link) keeps dropping until this one replaces it
+    // atomically, and after a reboot the program is in place before the
+    // saved bans are written back, each dropping from the moment it is in.
+    let mut maps = maps;
+    maps.set_ports(&config.protected_ports())?;
+    maps.set_config(kernel_config(&config))?;
     for iface in &ifaces {
         let attachment = program::attach(&mut ebpf, &pin_dir, iface, mode)
             .with_context(|| format!("cannot attach to {iface}"))?;
         tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
-        attachments.push(attachment);
     }
+    let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
+    release_freed_memory();
     tracing::info!(
         "sipguard running: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
         engine.borrow().bans.len(),
@@ -678,21 +676,31 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
         .await;
 
-    tracing::info!(
-        "stopping: saving state and detaching from {}",
-        ifaces.join(", ")
-    );
+    tracing::info!("stopping: saving state");
     engine.borrow_mut().save();
     let _ = std::fs::remove_file(&socket);
-    for a in &attachments {
-        if a.pin.is_some() {
-            program::detach(&pin_dir, &a.iface)?;
-        }
-    }
-    // Dropping the object closes the last link fds, which detaches the program.
+    // The pinned links keep the program attached: bans keep dropping (and
+    // ending on time, in the kernel) until the next daemon swaps its
+    // program in. Only `sipguard detach` leaves the box unprotected.
     drop(ebpf);
-    tracing::info!("detached; bans stay pinned in {}", pin_dir.display());
+    tracing::info!(
+        "stopped; the program stays attached to {} with the bans pinned in {} (`sipguard detach` removes it)",
+        ifaces.join(", "),
+        pin_dir.display()
+    );
     result
+}
+
+/// The program's settings for a configuration.
+fn kernel_config(config: &Config) -> common::Config {
+    config.flood.apply(common::Config {
+        flags: if config.all_ports {
+            CONFIG_ALL_PORTS
+        } else {
+            0
+        },
+        ..Default::default()
+    })
 }
 
 /// Hands freed memory back to the system: reading or writing the state of a

@@ -116,7 +116,7 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM: a clean stop that detaches the program.
+    /// SIGTERM: a clean stop (the program stays attached).
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.signal(libc::SIGTERM)
     }

@@ -162,6 +162,9 @@ fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result
         "{log}"
     );
     daemon.stop()?;
+    // The program stays attached after a stop; a new daemon would take over
+    // its link, mode and all. Detach to attach anew.
+    assert!(cli_ok(&sb, &["detach"])?.contains("detached from lo"));
     // Driver mode asked for explicitly is an error, not a silent fallback.
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", pair.server.path()))
@@ -268,8 +271,15 @@ fn ban_survives_daemon_restart() -> Result<()> {
     assert_eq!(udp_to(&attacker, &srv.udp_sip)?, 0);
 
     assert!(daemon.stop()?.success(), "clean stop:\n{}", daemon.log());
-    assert!(!pair.server_has_xdp()?, "a clean stop detaches the program");
-    assert!(daemon.log().contains("detached"), "{}", daemon.log());
+    assert!(
+        pair.server_has_xdp()?,
+        "a clean stop leaves the program attached"
+    );
+    assert_eq!(
+        udp_to(&attacker, &srv.udp_sip)?,
+        0,
+        "dropped with no daemon"
+    );
 
     let _daemon = Daemon::start(&pair.server, &sb, &args)?;
     assert!(
@@ -287,6 +297,50 @@ fn ban_survives_daemon_restart() -> Result<()> {
         list.contains(CLIENT_V4) && list.contains("in 59m"),
         "{list}"
     );
+    Ok(())
+}
+
+/// A banned source sending 1 000 packets a second while the daemon is
+/// restarted as a service manager does it (SIGTERM, then a new start, which
+/// verifies the program for seconds): not one packet gets through.
+#[test]
+fn a_restart_lets_nothing_through() -> Result<()> {
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let args = ["--iface", pair.server_if.as_str()];
+    let mut daemon = Daemon::start(&pair.server, &sb, &args)?;
+    let srv = server(&pair, SERVER_V4)?;
+    let attacker = source(&pair, CLIENT_V4)?;
+    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "1h"])?;
+    let dst = srv.udp_sip.local_addr()?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|scope| -> Result<usize> {
+        let sender = scope.spawn(|| {
+            let mut sent = 0;
+            // 1 000 a second, bounded to 60 s.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 60_000 {
+                let _ = attacker.udp.send_to(b"OPTIONS sip:x SIP/2.0\r\n\r\n", dst);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(daemon.stop()?.success(), "{}", daemon.log());
+        let restarted = Daemon::start(&pair.server, &sb, &args)?;
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(restarted);
+        Ok(sender.join().expect("sender"))
+    })?;
+    assert!(sent > 500, "the flood ran through the restart: {sent}");
+    srv.udp_sip.set_nonblocking(true)?;
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    while srv.udp_sip.recv(&mut buf).is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, 0, "{got} of {sent} packets got through the restart");
     Ok(())
 }
 

@@ -5,8 +5,11 @@
 //! Restart rule: what the kernel map already holds stays untouched. A ban is
 //! only written when it is missing (after a reboot wiped the pinned maps), so
 //! a restart never unbans everything and bans it again.
+//!
+//! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
+//! `clock`), so the daemon and the program always agree on when a ban ends.
 use crate::{
-    clock,
+    clock::{self, Clock as _},
     maps::KernelMaps,
     state::{SavedBan, State},
 };
@@ -62,10 +65,10 @@ impl Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanInfo {
     pub jail: String,
-    /// Unix ms.
-    pub banned_at_ms: i64,
-    /// Unix ms; `None` is permanent.
-    pub expires_at_ms: Option<i64>,
+    /// `CLOCK_MONOTONIC` ns.
+    pub banned_at_ns: u64,
+    /// `CLOCK_MONOTONIC` deadline, as in the kernel map; `None` is permanent.
+    pub expires_at_ns: Option<u64>,
     pub reason: String,
     pub line: String,
     pub scope: Scope,
@@ -83,6 +86,9 @@ pub struct Restored {
     pub adopted: usize,
     /// Saved bans that ran out while the daemon was down.
     pub expired: usize,
+    /// Bans that could not be written to the kernel map (logged; the rest
+    /// were restored).
+    pub failed: usize,
 }
 
 pub struct BanManager {
@@ -93,12 +99,21 @@ pub struct BanManager {
     pub total_by_jail: HashMap<String, u64>,
 }
 
+/// Wall-clock now, ms: for log lines, whose own times are wall times.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The later of two deadlines (`None`, permanent, is the latest).
+fn later(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    }
 }
 
 impl BanManager {
@@ -116,7 +131,12 @@ impl BanManager {
     }
 
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
-        let now = now_ms();
+        let clock = clock::System;
+        let now = clock.mono_ns();
+        let same_boot = state
+            .boot_id
+            .as_deref()
+            .is_some_and(|b| !b.is_empty() && b == clock.boot_id());
         let mut report = Restored::default();
         self.bans.reserve(state.bans.len());
         let in_kernel: HashSet<IpNet> = self.maps.banned_nets()?.into_iter().collect();
@@ -125,30 +145,50 @@ impl BanManager {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
                 continue;
             };
-            if saved.expires_at.is_some_and(|e| e <= now) {
-                report.expired += 1;
-                if in_kernel.contains(&net) {
-                    self.maps.unban(net)?;
+            let expires_at_ns = match saved.expires_at {
+                None => None,
+                Some(wall_ms) => {
+                    let end = clock::SavedEnd {
+                        wall_ms,
+                        mono_ns: saved.expires_mono,
+                        saved_wall_ms: state.saved_at,
+                    };
+                    match clock::from_saved(end, same_boot, &clock) {
+                        Some(deadline) => Some(deadline),
+                        None => {
+                            report.expired += 1;
+                            if in_kernel.contains(&net) {
+                                self.maps.unban(net)?;
+                            }
+                            continue;
+                        }
+                    }
                 }
-                continue;
-            }
+            };
             let info = BanInfo {
                 jail: saved.jail.clone(),
-                banned_at_ms: saved.banned_at,
-                expires_at_ms: saved.expires_at,
+                banned_at_ns: now.saturating_sub(
+                    (state.saved_at.unwrap_or(saved.banned_at) - saved.banned_at).max(0) as u64
+                        * 1_000_000,
+                ),
+                expires_at_ns,
                 reason: saved.reason.clone(),
                 line: saved.line.clone(),
                 scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
             if in_kernel.contains(&net) {
                 report.kept += 1;
+            } else if let Err(e) = self.write_kernel(net, &info) {
+                // One full or failing map write must not stop the daemon
+                // from protecting with everything else.
+                tracing::error!("restoring the ban of {net} failed: {e:#}");
+                report.failed += 1;
+                continue;
             } else {
-                self.write_kernel(net, &info, now)?;
                 report.reinstated += 1;
             }
             self.bans.insert(net, info);
         }
-        let mono_now = clock::mono_now_ns();
         for net in in_kernel {
             if self.bans.contains_key(&net) {
                 continue;
@@ -156,20 +196,17 @@ impl BanManager {
             let Some(entry) = self.maps.ban_entry(net)? else {
                 continue;
             };
-            if entry.is_expired(mono_now) {
+            if entry.is_expired(now) {
                 // Ended while no daemon ran; the program already ignores it.
                 self.maps.unban(net)?;
                 continue;
             }
-            let expires_at_ms = (entry.expires_at_ns != 0)
-                .then(|| now + (entry.expires_at_ns.saturating_sub(mono_now) / 1_000_000) as i64);
             self.bans.insert(
                 net,
                 BanInfo {
                     jail: "manual".into(),
-                    banned_at_ms: now
-                        - (mono_now.saturating_sub(entry.banned_at_ns) / 1_000_000) as i64,
-                    expires_at_ms,
+                    banned_at_ns: entry.banned_at_ns,
+                    expires_at_ns: (entry.expires_at_ns != 0).then_some(entry.expires_at_ns),
                     reason: "found in the kernel map (banned while the daemon was not running)"
                         .into(),
                     line: String::new(),
@@ -186,17 +223,19 @@ impl BanManager {
         Ok(report)
     }
 
-    fn write_kernel(&mut self, net: IpNet, info: &BanInfo, now_ms: i64) -> Result<()> {
-        let expires_ns = match info.expires_at_ms {
-            None => 0,
-            Some(at) => clock::mono_now_ns() + (at - now_ms).max(1) as u64 * 1_000_000,
-        };
-        self.maps
-            .ban(net, expires_ns, info.scope.flags(), clock::mono_now_ns())
+    fn write_kernel(&mut self, net: IpNet, info: &BanInfo) -> Result<()> {
+        self.maps.ban(
+            net,
+            info.expires_at_ns.unwrap_or(0),
+            info.scope.flags(),
+            info.banned_at_ns,
+        )
     }
 
-    /// Bans `net` for `duration` (`None`: permanently). A ban already in force
-    /// that lasts at least as long is left as it is; returns whether anything changed.
+    /// Bans `net` for `duration` (`None`: permanently). A ban already in
+    /// force is merged with the new one: the later end and the wider scope
+    /// win, so a short ban never cuts a long or permanent one. Returns
+    /// whether anything changed.
     pub fn ban(
         &mut self,
         net: IpNet,
@@ -206,27 +245,27 @@ impl BanManager {
         line: String,
         scope: Scope,
     ) -> Result<bool> {
-        let now = now_ms();
-        let expires_at_ms = duration.map(|d| now.saturating_add(duration_ms(d)));
+        let now = clock::mono_now_ns();
+        let mut expires_at_ns = duration.map(|d| now.saturating_add(duration_ns(d)));
+        let mut scope = scope;
         if let Some(current) = self.bans.get(&net) {
-            let covers = match (current.expires_at_ms, expires_at_ms) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(a), Some(b)) => a >= b,
-            };
-            if covers && current.scope >= scope {
+            let merged_end = later(current.expires_at_ns, expires_at_ns);
+            let merged_scope = current.scope.max(scope);
+            if merged_end == current.expires_at_ns && merged_scope == current.scope {
                 return Ok(false);
             }
+            expires_at_ns = merged_end;
+            scope = merged_scope;
         }
         let info = BanInfo {
             jail: jail.to_owned(),
-            banned_at_ms: now,
-            expires_at_ms,
+            banned_at_ns: now,
+            expires_at_ns,
             reason,
             line,
             scope,
         };
-        self.write_kernel(net, &info, now)?;
+        self.write_kernel(net, &info)?;
         self.bans.insert(net, info);
         *self.counts.entry(net).or_default() += 1;
         *self.total_by_jail.entry(jail.to_owned()).or_default() += 1;
@@ -244,11 +283,11 @@ impl BanManager {
     /// goes through this manager while the daemon runs; strays found in the
     /// kernel at start are adopted or, when expired, deleted by `restore`.
     pub fn sweep(&mut self) -> Result<Vec<(IpNet, BanInfo)>> {
-        let now = now_ms();
+        let now = clock::mono_now_ns();
         let ended: Vec<IpNet> = self
             .bans
             .iter()
-            .filter(|(_, b)| b.expires_at_ms.is_some_and(|e| e <= now))
+            .filter(|(_, b)| b.expires_at_ns.is_some_and(|e| e <= now))
             .map(|(n, _)| *n)
             .collect();
         let mut out = Vec::new();
@@ -286,20 +325,30 @@ impl BanManager {
         self.bans.is_empty()
     }
 
-    /// The bans and ban counts, for the state file.
+    /// The bans and ban counts, for the state file: each end both as wall
+    /// time and as this boot's monotonic deadline (see `clock`).
     pub fn save_into(&self, state: &mut State) {
+        let clock = clock::System;
+        let (now_ns, now_wall) = (clock.mono_ns(), clock.wall_ms());
+        state.boot_id = Some(clock.boot_id());
+        state.saved_at = Some(now_wall);
         state.bans = self
             .bans
             .iter()
-            .map(|(net, b)| SavedBan {
-                net: net.to_string(),
-                jail: b.jail.clone(),
-                banned_at: b.banned_at_ms,
-                expires_at: b.expires_at_ms,
-                reason: b.reason.clone(),
-                line: b.line.clone(),
-                all_ports: b.scope == Scope::AllPorts,
-                ports_only: b.scope == Scope::PortsOnly,
+            .map(|(net, b)| {
+                let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
+                SavedBan {
+                    net: net.to_string(),
+                    jail: b.jail.clone(),
+                    banned_at: now_wall
+                        - (now_ns.saturating_sub(b.banned_at_ns) / 1_000_000) as i64,
+                    expires_at: end.map(|e| e.wall_ms),
+                    expires_mono: end.and_then(|e| e.mono_ns),
+                    reason: b.reason.clone(),
+                    line: b.line.clone(),
+                    all_ports: b.scope == Scope::AllPorts,
+                    ports_only: b.scope == Scope::PortsOnly,
+                }
             })
             .collect();
         state.bans.sort_by(|a, b| a.net.cmp(&b.net));

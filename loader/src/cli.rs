@@ -5,7 +5,7 @@ use crate::{
     addr, clock,
     config::{self, Config},
     control::{self, Request},
-    daemon, duration, import,
+    daemon, defaults, duration, import, journal,
     maps::KernelMaps,
     program, show, test_filter,
 };
@@ -14,8 +14,7 @@ use clap::{Parser, Subcommand};
 use common::BAN_ALL_PORTS;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sipguard";
-pub const DEFAULT_PORTS: [u16; 3] = [5060, 5066, 7443];
+pub use crate::defaults::{PIN_DIR as DEFAULT_PIN_DIR, PORTS as DEFAULT_PORTS};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +32,10 @@ pub struct Cli {
     /// The daemon's control socket [default: from the config, else /run/sipguard/sipguard.sock].
     #[arg(long, global = true, env = "SIPGUARD_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// State file (bans, ban counts, the operator's allowlist, read positions); changes made
+    /// while the daemon is stopped are journaled beside it [default: config, else /var/lib/sipguard/state.json].
+    #[arg(long, global = true, env = "SIPGUARD_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,9 +56,6 @@ pub enum Command {
         /// Bans drop every packet of the source, not only the protected ports.
         #[arg(long)]
         all_ports: bool,
-        /// State file (bans, ban counts, read positions) [default: config, else /var/lib/sipguard/state.json].
-        #[arg(long)]
-        state_file: Option<PathBuf>,
         /// Read logs seen for the first time from their beginning, not their end.
         #[arg(long)]
         from_beginning: bool,
@@ -118,27 +118,50 @@ pub enum Command {
     ImportFail2ban(import::Args),
 }
 
-/// Pin directory and socket: the flag, else the config file's, else the default.
-fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
-    let from_config = match Config::load(&cli.config, false) {
+/// Where the CLI finds the daemon's things: each the flag, else the config
+/// file's, else the default.
+struct Paths {
+    pin_dir: PathBuf,
+    socket: PathBuf,
+    state_file: PathBuf,
+}
+
+fn paths(cli: &Cli) -> Paths {
+    let config = match Config::load(&cli.config, false) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!("ignoring {}: {e:#}", cli.config.display());
             None
         }
     };
-    let pin = cli
-        .pin_dir
-        .clone()
-        .or_else(|| from_config.as_ref().map(|c| c.pin_dir.clone()));
-    let socket = cli
-        .socket
-        .clone()
-        .or_else(|| from_config.as_ref().map(|c| c.socket.clone()));
-    (
-        pin.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-        socket.unwrap_or_else(|| "/run/sipguard/sipguard.sock".into()),
-    )
+    let pick = |flag: &Option<PathBuf>, from: fn(&Config) -> &PathBuf, default: &str| {
+        flag.clone()
+            .or_else(|| config.as_ref().map(|c| from(c).clone()))
+            .unwrap_or_else(|| default.into())
+    };
+    Paths {
+        pin_dir: pick(&cli.pin_dir, |c| &c.pin_dir, DEFAULT_PIN_DIR),
+        socket: pick(&cli.socket, |c| &c.socket, defaults::SOCKET),
+        state_file: pick(&cli.state_file, |c| &c.state_file, defaults::STATE_FILE),
+    }
+}
+
+/// A change the operator makes: through the daemon when it runs; else
+/// straight into the maps, and journaled so the next start keeps it. The
+/// journal is locked before looking for the daemon (see `journal`).
+fn operator_change(
+    cli: &Cli,
+    req: &Request,
+    change: journal::Change,
+    in_maps: impl FnOnce(&mut KernelMaps) -> Result<()>,
+) -> Result<()> {
+    let p = paths(cli);
+    let mut journal = journal::lock(&p.state_file)?;
+    if daemon_request(&p.socket, req)?.is_some() {
+        return Ok(());
+    }
+    in_maps(&mut open(&p.pin_dir)?)?;
+    journal.append(&change)
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -148,7 +171,6 @@ pub fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             ref ports,
             all_ports,
-            ref state_file,
             from_beginning,
         } => {
             require_root("run the daemon")?;
@@ -161,7 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     ports: ports.clone(),
                     all_ports,
                     pin_dir: cli.pin_dir.clone(),
-                    state_file: state_file.clone(),
+                    state_file: cli.state_file.clone(),
                     socket: cli.socket.clone(),
                     from_beginning,
                 },
@@ -179,18 +201,23 @@ pub fn run(cli: Cli) -> Result<()> {
             let net = addr::parse_ban_net(net)?;
             let bantime = duration::parse_bantime(duration)?;
             require_root("change bans")?;
-            let (pin_dir, socket) = paths(&cli);
             let req = Request::Ban {
                 net: net.to_string(),
                 duration: duration.clone(),
                 all_ports,
             };
-            if daemon_request(&socket, &req)?.is_none() {
-                let mut maps = open(&pin_dir)?;
+            let change = journal::Change::Ban {
+                net: net.to_string(),
+                expires_at: bantime.map(|d| {
+                    crate::bans::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+                }),
+                all_ports,
+            };
+            operator_change(&cli, &req, change, |maps| {
                 let expires = bantime.map_or(0, clock::deadline_ns);
                 let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
-                maps.ban(net, expires, flags, clock::mono_now_ns())?;
-            }
+                maps.ban(net, expires, flags, clock::mono_now_ns())
+            })?;
             match bantime {
                 Some(d) => println!("banned {} for {}", addr::display(&net), clock::human(d)),
                 None => println!("banned {} permanently", addr::display(&net)),
@@ -200,38 +227,60 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unban { ref net } => {
             let net = addr::parse_net(net)?;
             require_root("change bans")?;
-            let (pin_dir, socket) = paths(&cli);
             let req = Request::Unban {
                 net: net.to_string(),
             };
-            if daemon_request(&socket, &req)?.is_none() && !open(&pin_dir)?.unban(net)? {
-                bail!(
-                    "{} is not banned (unban takes the exact address or network that was banned)",
-                    addr::display(&net)
-                );
-            }
+            let change = journal::Change::Unban {
+                net: net.to_string(),
+            };
+            operator_change(&cli, &req, change, |maps| {
+                if !maps.unban(net)? {
+                    bail!(
+                        "{} is not banned (unban takes the exact address or network that was banned)",
+                        addr::display(&net)
+                    );
+                }
+                Ok(())
+            })?;
             println!("unbanned {}", addr::display(&net));
             Ok(())
         }
         Command::Allow { ref net } => {
             let net = addr::parse_net(net)?;
             require_root("change the allowlist")?;
-            open(&paths(&cli).0)?.allow(net)?;
+            let req = Request::Allow {
+                net: net.to_string(),
+            };
+            let change = journal::Change::Allow {
+                net: net.to_string(),
+            };
+            operator_change(&cli, &req, change, |maps| maps.allow(net))?;
             println!("allow-listed {}", addr::display(&net));
             Ok(())
         }
         Command::Disallow { ref net } => {
             let net = addr::parse_net(net)?;
             require_root("change the allowlist")?;
-            if !open(&paths(&cli).0)?.disallow(net)? {
-                bail!("{} is not in the allowlist", addr::display(&net));
-            }
+            let req = Request::Disallow {
+                net: net.to_string(),
+            };
+            let change = journal::Change::Disallow {
+                net: net.to_string(),
+            };
+            operator_change(&cli, &req, change, |maps| {
+                if !maps.disallow(net)? {
+                    bail!("{} is not in the allowlist", addr::display(&net));
+                }
+                Ok(())
+            })?;
             println!("removed {} from the allowlist", addr::display(&net));
             Ok(())
         }
         Command::List { json, allowed } => {
             require_root("read sipguard's maps")?;
-            let (pin_dir, socket) = paths(&cli);
+            let Paths {
+                pin_dir, socket, ..
+            } = paths(&cli);
             let maps = open(&pin_dir)?;
             if allowed {
                 show::list_allowed(&maps, json)
@@ -247,7 +296,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Stats { json } => {
             require_root("read sipguard's maps")?;
-            show::stats(&open(&paths(&cli).0)?, json)
+            show::stats(&open(&paths(&cli).pin_dir)?, json)
         }
         Command::Top { interval, json } => {
             require_root("read sipguard's maps")?;
@@ -255,14 +304,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("--interval must be between 0.1 and 60 seconds");
             }
             show::top(
-                &open(&paths(&cli).0)?,
+                &open(&paths(&cli).pin_dir)?,
                 std::time::Duration::from_secs_f64(interval),
                 json,
             )
         }
         Command::Status { ref jail, json } => {
             require_root("read the daemon's status")?;
-            let socket = paths(&cli).1;
+            let socket = paths(&cli).socket;
             let data = running_daemon(&socket, &Request::Status { jail: jail.clone() })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
@@ -273,14 +322,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Reload => {
             require_root("reload the daemon")?;
-            let socket = paths(&cli).1;
+            let socket = paths(&cli).socket;
             running_daemon(&socket, &Request::Reload)?;
             println!("configuration reloaded");
             Ok(())
         }
         Command::Detach { ref ifaces } => {
             require_root("detach the program")?;
-            let pin_dir = paths(&cli).0;
+            let pin_dir = paths(&cli).pin_dir;
             let ifaces = if ifaces.is_empty() {
                 program::pinned_links(&pin_dir)
             } else {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-pub const DEFAULT_PATH: &str = "/etc/sipguard/sipguard.toml";
+pub const DEFAULT_PATH: &str = crate::defaults::CONFIG;
 pub const DEFAULT_LOG: &str = "/var/log/freeswitch/freeswitch.log";
 
 /// The configuration used when there is no file: ban a brute-forcer after 10
@@ -283,22 +283,22 @@ fn yes() -> bool {
     true
 }
 fn default_ports() -> Vec<u16> {
-    crate::cli::DEFAULT_PORTS.to_vec()
+    crate::defaults::PORTS.to_vec()
 }
 fn default_mode() -> AttachMode {
     AttachMode::Auto
 }
 fn default_pin_dir() -> PathBuf {
-    crate::cli::DEFAULT_PIN_DIR.into()
+    crate::defaults::PIN_DIR.into()
 }
 fn default_state_file() -> PathBuf {
-    "/var/lib/sipguard/state.json".into()
+    crate::defaults::STATE_FILE.into()
 }
 fn default_resolv_conf() -> PathBuf {
     "/etc/resolv.conf".into()
 }
 fn default_socket() -> PathBuf {
-    "/run/sipguard/sipguard.sock".into()
+    crate::defaults::SOCKET.into()
 }
 fn default_maxretry() -> u32 {
     5

@@ -25,6 +25,12 @@ pub enum Request {
     Unban {
         net: String,
     },
+    Allow {
+        net: String,
+    },
+    Disallow {
+        net: String,
+    },
     Reload,
 }
 

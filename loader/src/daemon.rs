@@ -11,6 +11,7 @@ use crate::{
     control::{self, Request, Response},
     duration,
     jail::{BanRequest, Jail},
+    journal,
     maps::KernelMaps,
     never_ban::{NeverBan, Sources, Vetted},
     packet_bans::PacketBans,
@@ -23,7 +24,7 @@ use ipnet::IpNet;
 use serde_json::json;
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     rc::Rc,
     time::{Duration, Instant},
@@ -117,8 +118,8 @@ pub struct Engine {
     refused: HashMap<String, u64>,
     /// Read positions from the state file, for files not followed yet.
     positions: BTreeMap<String, Position>,
-    /// Allowlist entries this daemon wrote from the never-ban set.
-    config_allowed: Vec<IpNet>,
+    /// The operator's allowlist (`sipguard allow`), kept in the state.
+    operator_allowed: BTreeSet<IpNet>,
     /// Bans changed since the last save.
     dirty: bool,
     last_positions_save: Instant,
@@ -127,7 +128,42 @@ pub struct Engine {
 
 impl Engine {
     fn start(config: Config, maps: KernelMaps) -> Result<Self> {
-        let saved = state::load_with_positions(&config.state_file)?;
+        let mut saved = state::load_with_positions(&config.state_file)?;
+        // Changes the operator made while no daemon ran are applied to the
+        // saved state before it is restored, so none of them is undone.
+        let mut journal = journal::lock(&config.state_file)?;
+        let changes = journal.changes()?;
+        if !changes.is_empty() {
+            tracing::info!(
+                "applying {} change(s) made with the CLI while the daemon was stopped",
+                changes.len()
+            );
+            journal::apply(&mut saved, &changes);
+        }
+        let operator_allowed = match &saved.allowed {
+            Some(list) => list
+                .iter()
+                .filter_map(|n| crate::addr::parse_net(n).ok())
+                .collect(),
+            // A state from before the allowlist was kept: what the kernel
+            // holds beyond the never-ban set is the operator's.
+            None => {
+                let protected = NeverBan::discover(
+                    config.ignoreip.iter().map(|n| n.0),
+                    [],
+                    &Sources {
+                        resolv_conf: &config.resolv_conf,
+                        ..Sources::default()
+                    },
+                );
+                let protected: BTreeSet<IpNet> = protected.nets().collect();
+                maps.allowed()?
+                    .into_iter()
+                    .map(|a| a.net)
+                    .filter(|n| !protected.contains(n))
+                    .collect()
+            }
+        };
         let mut bans = BanManager::new(maps);
         let r = bans.restore(&saved)?;
         tracing::info!(
@@ -137,6 +173,12 @@ impl Engine {
             r.adopted,
             r.expired
         );
+        if r.failed > 0 {
+            tracing::error!(
+                "{} saved ban(s) could not be written to the kernel (see above); the others are in force",
+                r.failed
+            );
+        }
         let mut engine = Self {
             packet_bans: PacketBans::new(
                 config.flood.max_bans_per_minute,
@@ -149,12 +191,17 @@ impl Engine {
             last_never_ban: Instant::now(),
             refused: HashMap::new(),
             positions: saved.positions,
-            config_allowed: Vec::new(),
+            operator_allowed,
             dirty: true,
             last_positions_save: Instant::now(),
             saved_positions: BTreeMap::new(),
         };
         engine.apply_config(true)?;
+        // The journal's changes are in the state now: save, then empty it.
+        engine.save_bans();
+        if !engine.dirty {
+            journal.clear()?;
+        }
         Ok(engine)
     }
 
@@ -181,14 +228,18 @@ impl Engine {
         self.refresh_never_ban()
     }
 
-    /// Reads the never-ban set again and makes the XDP allowlist hold it:
-    /// entries this daemon wrote that are no longer in it are removed.
+    /// Reads the never-ban set again (with the operator's allowlist) and,
+    /// when it changed, makes the XDP allowlist hold exactly it.
     fn refresh_never_ban(&mut self) -> Result<()> {
         let sources = Sources {
             resolv_conf: &self.config.resolv_conf,
             ..Sources::default()
         };
-        let set = NeverBan::discover(self.config.ignoreip.iter().map(|n| n.0), &sources);
+        let set = NeverBan::discover(
+            self.config.ignoreip.iter().map(|n| n.0),
+            self.operator_allowed.iter().copied(),
+            &sources,
+        );
         self.last_never_ban = Instant::now();
         if set == self.never_ban {
             return Ok(());
@@ -198,17 +249,25 @@ impl Engine {
                 tracing::info!("never banned: {} ({why})", addr::display(net));
             }
         }
-        let wanted: Vec<IpNet> = set.nets().collect();
+        self.never_ban = set;
+        self.reconcile_allowlist()
+    }
+
+    /// The kernel allowlist becomes exactly the never-ban set: an entry no
+    /// longer wanted (a network removed from `ignoreip`, an old gateway) is
+    /// removed, also when a daemon before this one wrote it.
+    fn reconcile_allowlist(&mut self) -> Result<()> {
+        let wanted: BTreeSet<IpNet> = self.never_ban.nets().collect();
         let maps = self.bans.maps();
-        for old in self.config_allowed.iter().filter(|n| !wanted.contains(n)) {
-            tracing::info!("no longer protected: {}", addr::display(old));
-            maps.disallow(*old)?;
+        for entry in maps.allowed()? {
+            if !wanted.contains(&entry.net) {
+                tracing::info!("no longer allow-listed: {}", addr::display(&entry.net));
+                maps.disallow(entry.net)?;
+            }
         }
         for net in &wanted {
             maps.allow(*net)?;
         }
-        self.config_allowed = wanted;
-        self.never_ban = set;
         Ok(())
     }
 
@@ -408,6 +467,12 @@ impl Engine {
             ..Default::default()
         };
         self.bans.save_into(&mut st);
+        st.allowed = Some(
+            self.operator_allowed
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+        );
         match state::save(&self.config.state_file, &st) {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::error!("saving state failed: {e:#}"),
@@ -464,6 +529,29 @@ impl Engine {
                 self.dirty = true;
                 Ok(json!({ "unbanned": addr::display(&net) }))
             }
+            Request::Allow { net } => {
+                let net = addr::parse_net(&net)?;
+                self.operator_allowed.insert(net);
+                self.dirty = true;
+                self.refresh_never_ban()?;
+                Ok(json!({ "allowed": addr::display(&net) }))
+            }
+            Request::Disallow { net } => {
+                let net = addr::parse_net(&net)?;
+                if !self.operator_allowed.remove(&net) {
+                    if let Some((_, why)) = self.never_ban.entries().iter().find(|(n, _)| *n == net)
+                    {
+                        bail!(
+                            "{} is not yours to remove: it is never banned as {why}",
+                            addr::display(&net)
+                        );
+                    }
+                    bail!("{} is not in the allowlist", addr::display(&net));
+                }
+                self.dirty = true;
+                self.refresh_never_ban()?;
+                Ok(json!({ "disallowed": addr::display(&net) }))
+            }
             Request::Reload => unreachable!("handled by the socket handler, which has the options"),
         }
     }
@@ -488,7 +576,7 @@ impl Engine {
             }
             by_jail.entry(b.jail.as_str()).or_default().push(json!({
                 "address": addr::display(net),
-                "expires_in_secs": b.expires_at_ms.map(|e| ((e - now).max(0)) / 1000),
+                "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
                 "reason": b.reason,
                 "line": b.line,
                 "all_ports": b.scope == Scope::AllPorts,

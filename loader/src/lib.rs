@@ -13,6 +13,8 @@
 //! | `offenders`   | counting failures per source, memory-bounded                     |
 //! | `never_ban`   | ignoreip, loopback, own addresses, gateways, resolvers            |
 //! | `packet_bans` | bans on packet evidence: budget, scope, reserved room            |
+//! | `journal`     | operator changes made while the daemon is stopped                |
+//! | `defaults`    | default paths and ports, shared by every layer                   |
 //! | `bans`        | the ban manager: every ban, its metadata, restore on start       |
 //! | `state`       | the state file: atomic saves, bans, positions                    |
 //! | `control`     | the root-only control socket (status, ban, unban, reload)        |
@@ -32,11 +34,13 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod defaults;
 pub mod duration;
 pub mod filter;
 pub mod follow;
 pub mod import;
 pub mod jail;
+pub mod journal;
 pub mod maps;
 pub mod never_ban;
 pub mod offenders;

@@ -21,6 +21,8 @@ use std::{fmt, fs, net::IpAddr, path::Path};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Why {
     Configured,
+    /// The operator's `sipguard allow`.
+    Operator,
     Loopback,
     OwnAddress,
     Gateway,
@@ -31,6 +33,7 @@ impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Why::Configured => "ignoreip",
+            Why::Operator => "allow-listed with `sipguard allow`",
             Why::Loopback => "loopback",
             Why::OwnAddress => "an address of this host",
             Why::Gateway => "a gateway of the routing table",
@@ -81,10 +84,15 @@ impl NeverBan {
     /// The configured networks plus loopback, own addresses, gateways and
     /// resolvers as the system has them now. Unreadable sources add nothing
     /// (and are logged): the configured part always holds.
-    pub fn discover(configured: impl IntoIterator<Item = IpNet>, from: &Sources) -> Self {
+    pub fn discover(
+        configured: impl IntoIterator<Item = IpNet>,
+        operator: impl IntoIterator<Item = IpNet>,
+        from: &Sources,
+    ) -> Self {
         let mut nets: Vec<(IpNet, Why)> = configured
             .into_iter()
             .map(|n| (n, Why::Configured))
+            .chain(operator.into_iter().map(|n| (n, Why::Operator)))
             .collect();
         nets.push(("127.0.0.0/8".parse().expect("valid"), Why::Loopback));
         nets.push(("::1/128".parse().expect("valid"), Why::Loopback));
@@ -266,6 +274,7 @@ mod tests {
         let missing = dir.path().join("no-ipv6");
         let set = NeverBan::discover(
             [n("203.0.113.0/24")],
+            [n("10.0.8.0/24")],
             &Sources {
                 resolv_conf: &resolv,
                 route_v4: &route,
@@ -274,6 +283,7 @@ mod tests {
         );
         for (addr, why) in [
             ("203.0.113.9", Why::Configured),
+            ("10.0.8.50", Why::Operator),
             ("127.0.0.1", Why::Loopback),
             ("::1", Why::Loopback),
             ("172.16.1.254", Why::Gateway),

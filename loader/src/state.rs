@@ -17,7 +17,19 @@ pub const VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
+    /// The boot that wrote the state: on the same boot, bans end at their
+    /// monotonic deadlines (`expires_mono`); after a reboot, by wall time.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// When the state was written (Unix ms).
+    #[serde(default)]
+    pub saved_at: Option<i64>,
     pub bans: Vec<SavedBan>,
+    /// The operator's allowlist (`sipguard allow`), restored after a reboot.
+    /// `None` in a state written before sipguard kept it: the entries found
+    /// in the kernel are then adopted.
+    #[serde(default)]
+    pub allowed: Option<Vec<String>>,
     /// Bans so far per network, for `bantime_increment`.
     pub ban_counts: BTreeMap<String, u32>,
     /// Read position per log path.
@@ -32,6 +44,9 @@ pub struct SavedBan {
     pub banned_at: i64,
     /// Unix time in ms; none for permanent bans.
     pub expires_at: Option<i64>,
+    /// The same end as a `CLOCK_MONOTONIC` deadline of the boot `boot_id`.
+    #[serde(default)]
+    pub expires_mono: Option<u64>,
     pub reason: String,
     #[serde(default)]
     pub line: String,
@@ -190,6 +205,7 @@ mod tests {
             line: "l".into(),
             all_ports: false,
             ports_only: false,
+            expires_mono: None,
         });
         s.positions.insert(
             "/x".into(),

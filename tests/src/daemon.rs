@@ -61,8 +61,6 @@ impl Daemon {
             .arg(bin())
             .args(sandbox.args())
             .arg("run")
-            .arg("--state-file")
-            .arg(sandbox.state())
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)

@@ -77,6 +77,8 @@ impl Sandbox {
             self.pin.clone().into(),
             "--socket".into(),
             self.socket().into(),
+            "--state-file".into(),
+            self.state().into(),
         ]
     }
 }

@@ -656,6 +656,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
             line: String::new(),
             all_ports: false,
             ports_only: false,
+            expires_mono: None,
         }],
         ..Default::default()
     };
@@ -698,5 +699,86 @@ fn full_blocklist_is_a_clear_error() -> Result<()> {
         0,
         now,
     )?;
+    Ok(())
+}
+
+/// Merging a ban into one in force keeps the later end and the wider scope:
+/// a short or narrow ban never cuts a long, permanent or all-ports one.
+#[test]
+fn ban_merges_keep_the_later_end_and_the_wider_scope() -> Result<()> {
+    use sipguard::bans::{BanManager, Scope};
+    let t = TestProgram::load()?;
+    let mut bans = BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let h = |n: u64| Some(Duration::from_secs(3600 * n));
+    let (a, b, c) = (net("192.0.2.1"), net("192.0.2.2"), net("192.0.2.3"));
+    bans.ban(a, "manual", None, "r".into(), String::new(), Scope::Ports)?;
+    assert!(bans.ban(
+        a,
+        "sip-flood",
+        h(1),
+        "r".into(),
+        String::new(),
+        Scope::AllPorts
+    )?);
+    let entry = t.maps.ban_entry(a)?.unwrap();
+    assert_eq!(
+        (entry.expires_at_ns, entry.flags),
+        (0, BAN_ALL_PORTS),
+        "permanent and all ports"
+    );
+    assert_eq!(bans.get(&a).unwrap().expires_at_ns, None);
+
+    bans.ban(b, "j", h(2), "r".into(), String::new(), Scope::Ports)?;
+    let two_hours = t.maps.ban_entry(b)?.unwrap().expires_at_ns;
+    assert!(
+        !bans.ban(b, "j", h(1), "r".into(), String::new(), Scope::PortsOnly)?,
+        "nothing to change"
+    );
+    assert_eq!(t.maps.ban_entry(b)?.unwrap().expires_at_ns, two_hours);
+
+    bans.ban(
+        c,
+        "sip-scanner",
+        h(1),
+        "r".into(),
+        String::new(),
+        Scope::PortsOnly,
+    )?;
+    assert!(bans.ban(c, "j", h(2), "r".into(), String::new(), Scope::Ports)?);
+    let entry = t.maps.ban_entry(c)?.unwrap();
+    assert_eq!(entry.flags, 0, "widened from ports-only");
+    assert!(entry.expires_at_ns > two_hours - 1_000_000_000);
+    Ok(())
+}
+
+/// A restore that cannot write every saved ban (here: a blocklist of four)
+/// writes the others and says how many failed; it does not stop the daemon.
+#[test]
+fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
+    let t = TestProgram::load_with(Capacity {
+        bans: 4,
+        allowed: 4,
+    })?;
+    let wall = sipguard::bans::now_ms();
+    let state = sipguard::state::State {
+        bans: (0..6)
+            .map(|i| sipguard::state::SavedBan {
+                net: format!("192.0.2.{i}/32"),
+                jail: "fs".into(),
+                banned_at: wall,
+                expires_at: Some(wall + 3_600_000),
+                expires_mono: None,
+                reason: "test".into(),
+                line: String::new(),
+                all_ports: false,
+                ports_only: false,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut bans = sipguard::bans::BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let r = bans.restore(&state)?;
+    assert_eq!((r.reinstated, r.failed), (4, 2));
+    assert_eq!(bans.len(), 4);
     Ok(())
 }

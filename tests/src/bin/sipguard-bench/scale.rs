@@ -555,6 +555,7 @@ fn saved_bans(n: u32) -> sipguard::state::State {
                 line: String::new(),
                 all_ports: false,
                 ports_only: false,
+                expires_mono: None,
             })
             .collect(),
         ..Default::default()

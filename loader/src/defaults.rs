@@ -1,0 +1,13 @@
+//! Defaults shared by the configuration, the CLI and the daemon: one place,
+//! so that no layer has to reach into another for them.
+
+/// Where the maps and links are pinned.
+pub const PIN_DIR: &str = "/sys/fs/bpf/sipguard";
+/// The ports FreeSWITCH's stock profiles listen on for SIP, WS and WSS.
+pub const PORTS: [u16; 3] = [5060, 5066, 7443];
+/// The daemon's control socket.
+pub const SOCKET: &str = "/run/sipguard/sipguard.sock";
+/// Bans, ban counts, the operator's allowlist, read positions.
+pub const STATE_FILE: &str = "/var/lib/sipguard/state.json";
+/// The configuration file.
+pub const CONFIG: &str = "/etc/sipguard/sipguard.toml";

@@ -94,12 +94,20 @@ pub struct Restored {
 pub struct BanManager {
     maps: KernelMaps,
     bans: HashMap<IpNet, BanInfo>,
-    counts: HashMap<IpNet, u32>,
+    /// Bans so far per network, and when the last one began (monotonic),
+    /// for `bantime_increment`; forgotten `BAN_COUNT_MEMORY` after that.
+    counts: HashMap<IpNet, (u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
 }
 
 /// Wall-clock now, ms: for log lines, whose own times are wall times.
+/// How long a network's ban count is remembered after its last ban began
+/// (and only once no ban of it is in force): long enough for repeat
+/// offenders to meet `bantime_increment`, bounded so the table does not grow
+/// for ever under a long campaign of one-off sources.
+pub const BAN_COUNT_MEMORY: Duration = Duration::from_secs(7 * 86_400);
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -215,9 +223,16 @@ impl BanManager {
             );
             report.adopted += 1;
         }
-        for (net, n) in &state.ban_counts {
-            if let Ok(net) = crate::addr::parse_net(net) {
-                self.counts.insert(net, *n);
+        let wall = clock.wall_ms();
+        for (text, n) in &state.ban_counts {
+            if let Ok(net) = crate::addr::parse_net(text) {
+                // Unknown (an older state): as if banned just now.
+                let ago_ms = state
+                    .ban_counted_at
+                    .get(text)
+                    .map_or(0, |at| (wall - at).max(0) as u64);
+                let at = now.saturating_sub(ago_ms.saturating_mul(1_000_000));
+                self.counts.insert(net, (*n, at));
             }
         }
         Ok(report)
@@ -267,7 +282,8 @@ impl BanManager {
         };
         self.write_kernel(net, &info)?;
         self.bans.insert(net, info);
-        *self.counts.entry(net).or_default() += 1;
+        let count = self.counts.entry(net).or_default();
+        *count = (count.0 + 1, now);
         *self.total_by_jail.entry(jail.to_owned()).or_default() += 1;
         Ok(true)
     }
@@ -300,6 +316,17 @@ impl BanManager {
         Ok(out)
     }
 
+    /// Forgets the ban counts of networks not banned now whose last ban
+    /// began more than `memory` before `now_ns`; returns how many.
+    pub fn prune_counts(&mut self, now_ns: u64, memory: Duration) -> usize {
+        let before = self.counts.len();
+        let bans = &self.bans;
+        let memory = duration_ns(memory);
+        self.counts
+            .retain(|net, (_, at)| bans.contains_key(net) || now_ns.saturating_sub(*at) < memory);
+        before - self.counts.len()
+    }
+
     pub fn get(&self, net: &IpNet) -> Option<&BanInfo> {
         self.bans.get(net)
     }
@@ -310,7 +337,7 @@ impl BanManager {
 
     /// How many times `net` was banned before.
     pub fn ban_count(&self, net: &IpNet) -> u32 {
-        self.counts.get(net).copied().unwrap_or(0)
+        self.counts.get(net).map_or(0, |c| c.0)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &BanInfo)> {
@@ -355,7 +382,15 @@ impl BanManager {
         state.ban_counts = self
             .counts
             .iter()
-            .map(|(n, c)| (n.to_string(), *c))
+            .map(|(n, c)| (n.to_string(), c.0))
+            .collect::<BTreeMap<_, _>>();
+        state.ban_counted_at = self
+            .counts
+            .iter()
+            .map(|(n, c)| {
+                let ago_ms = (now_ns.saturating_sub(c.1) / 1_000_000) as i64;
+                (n.to_string(), now_wall - ago_ms)
+            })
             .collect::<BTreeMap<_, _>>();
     }
 }

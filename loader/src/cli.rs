@@ -118,6 +118,9 @@ pub enum Command {
     ImportFail2ban(import::Args),
 }
 
+/// Ban notes asked of the daemon per request: each page costs it a few ms.
+const NOTES_PAGE: usize = 20_000;
+
 /// Where the CLI finds the daemon's things: each the flag, else the config
 /// file's, else the default.
 struct Paths {
@@ -285,12 +288,23 @@ pub fn run(cli: Cli) -> Result<()> {
             if allowed {
                 show::list_allowed(&maps, json)
             } else {
-                // The kernel has the bans; the daemon, when it runs, their jail and reason.
-                let notes = daemon_request(&socket, &Request::Status { jail: None })
-                    .ok()
-                    .flatten()
-                    .map(|status| show::ban_notes(&status))
-                    .unwrap_or_default();
+                // The kernel has the bans; the daemon, when it runs, their
+                // jail and reason, a page at a time.
+                let mut notes = show::BanNotes::new();
+                let mut offset = 0;
+                while let Ok(Some(page)) = daemon_request(
+                    &socket,
+                    &Request::Notes {
+                        offset,
+                        limit: NOTES_PAGE,
+                    },
+                ) {
+                    let got = show::add_notes(&mut notes, &page);
+                    offset += got;
+                    if got < NOTES_PAGE {
+                        break;
+                    }
+                }
                 show::list_bans(&maps, &notes, json)
             }
         }

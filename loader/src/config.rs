@@ -198,7 +198,7 @@ pub enum StartAt {
     Beginning,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailConfig {
     #[serde(default = "yes")]
@@ -458,6 +458,25 @@ impl Config {
                 common::MAX_BANS / 2
             );
         }
+        for net in &self.ignoreip {
+            let min = match net.0 {
+                IpNet::V4(_) => addr::MIN_BAN_PREFIX_V4,
+                IpNet::V6(_) => addr::MIN_BAN_PREFIX_V6,
+            };
+            if net.0.prefix_len() < min {
+                bail!(
+                    "key `ignoreip`: {} would never ban, limit or drop a large part of the Internet; \
+                     prefixes shorter than /{min} are refused",
+                    net.0
+                );
+            }
+        }
+        if self.flood.window < Duration::from_secs(1) {
+            bail!("[flood] key `window` must be at least 1s (escalation counts whole seconds)");
+        }
+        if self.flood.rate > 1_000_000_000 {
+            bail!("[flood] key `rate` must be at most 1000000000 packets/s (above, the limiter could not tell packets apart)");
+        }
         if self.flood.enabled && self.flood.rate == 0 {
             bail!("[flood] key `rate` must be at least 1 (or enabled = false)");
         }
@@ -579,6 +598,16 @@ mod tests {
         assert!(e.contains("needs `filter`"), "{e}");
         let e = err("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nfindtime = -1\n");
         assert!(e.contains("finite duration"), "{e}");
+        for (text, what) in [
+            ("ignoreip = [\"0.0.0.0/0\"]\n", "ignoreip"),
+            ("ignoreip = [\"::/0\"]\n", "ignoreip"),
+            ("[flood]\nwindow = \"500ms\"\n", "window"),
+            ("[flood]\nwindow = 0\n", "window"),
+            ("[flood]\nrate = 2000000000\n", "rate"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(what), "{text}: {e}");
+        }
         let e = err("[jails.a\n");
         assert!(e.contains("test.toml") && e.contains("line 1"), "{e}");
     }

@@ -31,6 +31,13 @@ pub enum Request {
     Disallow {
         net: String,
     },
+    /// Jail and reason of bans, a page at a time: `list` reads the bans
+    /// from the kernel maps and asks the daemon only for these, so a
+    /// million bans never hold its one thread for long.
+    Notes {
+        offset: usize,
+        limit: usize,
+    },
     Reload,
 }
 
@@ -64,20 +71,34 @@ impl Response {
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Binds the socket (replacing a stale one) with root-only permissions.
+/// Binds the socket with root-only permissions. The folder is created
+/// (mode 0700) when missing, and only then: an existing one (`/run`, a
+/// shared temporary folder) keeps its mode, as the socket itself is 0600 and
+/// every peer must be root. A stale socket is replaced; anything else at the
+/// path is left alone and is an error.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!(
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
             "another sipguard daemon is already listening on {}",
             path.display()
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?,
+        Ok(_) => bail!(
+            "{} exists and is not a socket: refusing to replace it (choose another `socket` path)",
+            path.display()
         ),
-        Err(_) => {
-            let _ = std::fs::remove_file(path);
-        }
+        Err(_) => {}
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -152,4 +173,40 @@ pub fn request(path: &Path, req: &Request) -> Result<Option<Response>> {
     Ok(Some(
         serde_json::from_str(&answer).context("unreadable answer from the daemon")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn binding_leaves_other_folders_and_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // An existing folder keeps its mode.
+        let sock = dir.path().join("s.sock");
+        drop(bind(&sock).unwrap());
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o1777);
+        assert_eq!(
+            std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A stale socket is replaced.
+        drop(bind(&sock).unwrap());
+        // A folder it makes is 0700.
+        let made = dir.path().join("run/sipguard/s.sock");
+        drop(bind(&made).unwrap());
+        let mode = std::fs::metadata(made.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A file that is not a socket is never removed.
+        let file = dir.path().join("important");
+        std::fs::write(&file, b"keep me").unwrap();
+        let err = format!("{:#}", bind(&file).unwrap_err());
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
 }

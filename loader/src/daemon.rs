@@ -46,6 +46,8 @@ const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the never-ban set is read again (addresses, routes and
 /// resolvers change under a running daemon: DHCP, failover, VRRP).
 const NEVER_BAN_REFRESH: Duration = Duration::from_secs(10);
+/// How often old ban counts are forgotten (a walk over all of them).
+const COUNT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The jail name of bans made by the XDP flood limiter.
 pub const FLOOD_JAIL: &str = "sip-flood";
@@ -110,9 +112,12 @@ fn load_config(opts: &RunOptions) -> Result<Config> {
 pub struct Engine {
     config: Config,
     jails: Vec<Jail>,
+    /// The `log_timezone` the jails were built with.
+    jails_timezone: Option<crate::filter::LogTz>,
     bans: BanManager,
     never_ban: NeverBan,
     last_never_ban: Instant,
+    last_count_prune: Instant,
     packet_bans: PacketBans,
     /// Automatic bans the never-ban set refused, per jail.
     refused: HashMap<String, u64>,
@@ -186,9 +191,11 @@ impl Engine {
             ),
             config,
             jails: Vec::new(),
+            jails_timezone: None,
             bans,
             never_ban: NeverBan::default(),
             last_never_ban: Instant::now(),
+            last_count_prune: Instant::now(),
             refused: HashMap::new(),
             positions: saved.positions,
             operator_allowed,
@@ -207,12 +214,27 @@ impl Engine {
 
     /// (Re)builds jails and pushes ports, mode and allowlist to the kernel.
     fn apply_config(&mut self, at_startup: bool) -> Result<()> {
+        // A jail whose configuration did not change is kept as it is, with
+        // its offenders, counters and open logs: a reload must not hand an
+        // attacker a fresh count.
+        let mut old: BTreeMap<String, Jail> = std::mem::take(&mut self.jails)
+            .into_iter()
+            .map(|j| (j.name.clone(), j))
+            .collect();
+        let same_timezone = self.jails_timezone == Some(self.config.log_timezone);
         let mut jails = Vec::new();
         for (name, jc) in self.config.jails.iter().filter(|(_, j)| j.enabled) {
-            let mut jail = Jail::new(name, jc, self.config.start, self.config.log_timezone)?;
-            jail.refresh_files(&self.positions, true);
-            jails.push(jail);
+            match old.remove(name) {
+                Some(jail) if same_timezone && jail.config == *jc => jails.push(jail),
+                _ => {
+                    let mut jail =
+                        Jail::new(name, jc, self.config.start, self.config.log_timezone)?;
+                    jail.refresh_files(&self.positions, true);
+                    jails.push(jail);
+                }
+            }
         }
+        self.jails_timezone = Some(self.config.log_timezone);
         if !at_startup {
             tracing::info!("configuration reloaded: {} jail(s)", jails.len());
         }
@@ -420,6 +442,13 @@ impl Engine {
             }
             Err(e) => tracing::warn!("expiring bans failed: {e:#}"),
         }
+        if self.last_count_prune.elapsed() >= COUNT_PRUNE_INTERVAL {
+            self.last_count_prune = Instant::now();
+            let forgotten = self
+                .bans
+                .prune_counts(clock::mono_now_ns(), crate::bans::BAN_COUNT_MEMORY);
+            self.dirty |= forgotten > 0;
+        }
         if self.last_never_ban.elapsed() >= NEVER_BAN_REFRESH {
             if let Err(e) = self.refresh_never_ban() {
                 tracing::warn!("updating the never-ban set failed: {e:#}");
@@ -551,6 +580,16 @@ impl Engine {
                 self.dirty = true;
                 self.refresh_never_ban()?;
                 Ok(json!({ "disallowed": addr::display(&net) }))
+            }
+            Request::Notes { offset, limit } => {
+                let notes: Vec<serde_json::Value> = self
+                    .bans
+                    .iter()
+                    .skip(offset)
+                    .take(limit.min(100_000))
+                    .map(|(net, b)| json!([addr::display(net), b.jail, b.reason]))
+                    .collect();
+                Ok(json!({ "notes": notes }))
             }
             Request::Reload => unreachable!("handled by the socket handler, which has the options"),
         }

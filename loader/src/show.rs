@@ -4,27 +4,20 @@ use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS};
 use serde_json::json;
 
-/// A ban's jail and reason, from the daemon's status, by address as displayed.
+/// A ban's jail and reason, from the daemon, by address as displayed.
 pub type BanNotes = std::collections::HashMap<String, (String, String)>;
 
 /// Jail and reason of every ban the daemon knows, from a `status` answer.
-pub fn ban_notes(status: &serde_json::Value) -> BanNotes {
-    let mut notes = BanNotes::new();
-    for jail in status["jails"].as_array().into_iter().flatten() {
-        let name = jail["name"].as_str().unwrap_or("?");
-        for b in jail["actions"]["banned"].as_array().into_iter().flatten() {
-            if let Some(a) = b["address"].as_str() {
-                notes.insert(
-                    a.to_owned(),
-                    (
-                        name.to_owned(),
-                        b["reason"].as_str().unwrap_or("").to_owned(),
-                    ),
-                );
-            }
+/// Adds one page of the daemon's `notes` answer (`[[address, jail,
+/// reason], ...]`); returns how many it held.
+pub fn add_notes(notes: &mut BanNotes, page: &serde_json::Value) -> usize {
+    let rows = page["notes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for row in rows {
+        if let (Some(a), Some(j), Some(r)) = (row[0].as_str(), row[1].as_str(), row[2].as_str()) {
+            notes.insert(a.to_owned(), (j.to_owned(), r.to_owned()));
         }
     }
-    notes
+    rows.len()
 }
 
 /// Bans from the kernel maps, with their jail and reason when the daemon

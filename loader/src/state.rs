@@ -32,6 +32,9 @@ pub struct State {
     pub allowed: Option<Vec<String>>,
     /// Bans so far per network, for `bantime_increment`.
     pub ban_counts: BTreeMap<String, u32>,
+    /// When each network's last ban began (Unix ms), to forget old counts.
+    #[serde(default)]
+    pub ban_counted_at: BTreeMap<String, i64>,
     /// Read position per log path.
     pub positions: BTreeMap<String, Position>,
 }
@@ -111,8 +114,17 @@ fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
     ));
     {
-        let f =
-            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        // 0600: the state holds SIP usernames (the matched lines).
+        let f = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = fs::remove_file(&tmp);
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?
+        };
         let mut out = std::io::BufWriter::new(f);
         serde_json::to_writer(&mut out, value)?;
         out.flush()?;
@@ -185,6 +197,19 @@ mod tests {
         // An unreadable positions file loses nothing else: the state's are used.
         fs::write(positions_path(&path), b"{half").unwrap();
         assert_eq!(load_with_positions(&path).unwrap(), st);
+    }
+
+    #[test]
+    fn state_files_are_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, &State::default()).unwrap();
+        save_positions(&path, &BTreeMap::new()).unwrap();
+        for p in [path.clone(), positions_path(&path)] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        }
     }
 
     #[test]

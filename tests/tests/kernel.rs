@@ -782,3 +782,45 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
     assert_eq!(bans.len(), 4);
     Ok(())
 }
+
+/// Ban counts (for `bantime_increment`) are kept while a ban is in force and
+/// for `BAN_COUNT_MEMORY` after the last one began, then forgotten.
+#[test]
+fn ban_counts_are_forgotten_with_their_bans() -> Result<()> {
+    use sipguard::bans::{BanManager, Scope, BAN_COUNT_MEMORY};
+    let t = TestProgram::load()?;
+    let mut bans = BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let (gone, still) = (net("192.0.2.1"), net("192.0.2.2"));
+    for n in [gone, still] {
+        bans.ban(
+            n,
+            "j",
+            Some(Duration::from_secs(1)),
+            "r".into(),
+            String::new(),
+            Scope::Ports,
+        )?;
+    }
+    bans.ban(
+        still,
+        "j",
+        Some(Duration::from_secs(30 * 86_400)),
+        "r".into(),
+        String::new(),
+        Scope::Ports,
+    )?;
+    std::thread::sleep(Duration::from_millis(1100));
+    bans.sweep()?;
+    let now = clock::mono_now_ns();
+    assert_eq!(
+        bans.prune_counts(now, BAN_COUNT_MEMORY),
+        0,
+        "within the memory"
+    );
+    assert_eq!(bans.ban_count(&gone), 1);
+    let later = now + BAN_COUNT_MEMORY.as_nanos() as u64;
+    assert_eq!(bans.prune_counts(later, BAN_COUNT_MEMORY), 1);
+    assert_eq!(bans.ban_count(&gone), 0, "forgotten");
+    assert_eq!(bans.ban_count(&still), 2, "banned now: kept");
+    Ok(())
+}

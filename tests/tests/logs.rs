@@ -419,3 +419,59 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
     wait_delivered(&attacker, &sip, 0, "banned once the timezone is right")?;
     Ok(())
 }
+
+/// A reload with the jail unchanged keeps its offenders: two failures
+/// before it and one after still make three within findtime.
+#[test]
+fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
+    let sb = Sandbox::new(CONFIG)?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
+    let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
+    append(&sb, &failures(CLIENT_V4, 2))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&sb)?["jails"][0]["filter"]["currently_failed"] != 1 {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cli_ok(&sb, &["reload"])?;
+    append(&sb, &failure(CLIENT_V4, "third"))?;
+    wait_delivered(
+        &attacker,
+        &sip,
+        0,
+        "banned by 2 + 1 failures across the reload",
+    )?;
+    Ok(())
+}
+
+/// `list` reads the bans from the kernel and asks the daemon for their
+/// notes a page at a time: with more bans than a page, every ban still
+/// has its jail.
+#[test]
+fn list_pages_the_notes_of_many_bans() -> Result<()> {
+    let sb = Sandbox::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
+    append(&sb, "")?;
+    let pair = Pair::new()?;
+    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let n = 25_000u32;
+    let lines: String = (0..n)
+        .map(|i| failure(&std::net::Ipv4Addr::from(0x6440_0000 + i).to_string(), "u"))
+        .collect();
+    append(&sb, &lines)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&sb)?["jails"][0]["actions"]["currently_banned"] != n {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["list", "--json"])?)?;
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), n as usize);
+    assert!(
+        rows.iter().all(|b| b["jail"] == "freeswitch"),
+        "a ban without its note"
+    );
+    Ok(())
+}

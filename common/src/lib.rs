@@ -30,7 +30,17 @@ pub mod map_name {
     /// Per-CPU `u64` at index 0: reports lost because the ring buffer was full
     /// (each is sent again with the source's next offending packet or second).
     pub const LOST_REPORTS: &str = "lost_reports";
+    /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the maps pinned
+    /// beside it. Made by userspace, not part of the program.
+    pub const LAYOUT: &str = "layout";
 }
+
+/// The version of the pinned maps' layout (names, key and value formats).
+/// Bump it with every change to a pinned map's layout: a sipguard that finds
+/// another version pinned migrates the bans and the allowlist. 1: every
+/// sipguard before the version map; 2: `lost_reports`, the ports-only flag,
+/// and the reporting packet's address in `FloodEvent`.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value

@@ -18,6 +18,7 @@
 //! | `bans`        | the ban manager: every ban, its metadata, restore on start       |
 //! | `state`       | the state file: atomic saves, bans, positions                    |
 //! | `control`     | the root-only control socket (status, ban, unban, reload)        |
+//! | `migrate`     | the pinned maps' layout version, upgrades over old pins          |
 //! | `maps`        | typed access to the pinned kernel maps                           |
 //! | `program`     | the embedded XDP object, attaching and pinned links              |
 //! | `bpffs`       | making sure the BPF filesystem is there                          |
@@ -42,6 +43,7 @@ pub mod import;
 pub mod jail;
 pub mod journal;
 pub mod maps;
+pub mod migrate;
 pub mod never_ban;
 pub mod offenders;
 pub mod packet_bans;

@@ -125,6 +125,20 @@ pub fn flood_event(bytes: &[u8]) -> Option<FloodEvent> {
 impl KernelMaps {
     /// Opens the maps pinned in `pin_dir` by a daemon (running or not).
     pub fn open(pin_dir: &Path) -> Result<Self> {
+        match crate::migrate::pinned_version(pin_dir)? {
+            Some(v) if v != common::LAYOUT_VERSION => bail!(
+                "the maps in {} were made by another sipguard version (layout {v}, this one uses {}): \
+                 start `sipguard run` once, which migrates the bans and the allowlist",
+                pin_dir.display(),
+                common::LAYOUT_VERSION
+            ),
+            _ => Self::open_unversioned(pin_dir),
+        }
+    }
+
+    /// Opens the maps without looking at the layout version: for the
+    /// loader, which has just made them (and writes the version next).
+    pub(crate) fn open_unversioned(pin_dir: &Path) -> Result<Self> {
         if !pin_dir.join(map_name::BANNED_V4).exists() {
             bail!(
                 "no sipguard maps pinned in {}: start the daemon once with `sipguard run` (it creates them)",
@@ -363,13 +377,13 @@ fn key_v6(n: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(n.prefix_len()), n.network().octets())
 }
 
-fn k_v4(k: &Key<V4Key>) -> Ipv4Net {
+pub(crate) fn k_v4(k: &Key<V4Key>) -> Ipv4Net {
     let d = k.data();
     Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
         .expect("kernel keys have valid prefixes")
 }
 
-fn k_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
+pub(crate) fn k_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
     Ipv6Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel keys have valid prefixes")
 }
 

@@ -59,6 +59,8 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf> {
 
 pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
     crate::bpffs::ensure_pin_dir(pin_dir)?;
+    // Maps of another layout version are moved aside and migrated below.
+    let migration = crate::migrate::prepare(pin_dir)?;
     maps::check_pinned_layout(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -69,6 +71,14 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         .load(OBJECT)
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
         .context("loading the XDP object failed")?;
+    if let Some((version, aside)) = migration {
+        crate::migrate::finish(
+            version,
+            &aside,
+            &mut maps::KernelMaps::open_unversioned(pin_dir)?,
+        )?;
+    }
+    crate::migrate::mark(pin_dir)?;
     program_mut(&mut ebpf)?
         .load()
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))

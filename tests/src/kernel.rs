@@ -37,8 +37,9 @@ impl TestProgram {
     /// the name it would pin its own, so the program runs on this one.
     pub fn load_with_rate_flags(map_flags: u32) -> Result<Self> {
         let sandbox = Sandbox::bare()?;
-        create_pinned_lru(
+        sipguard::bpffs::create_pinned_map(
             &sandbox.pin.join(common::map_name::RATE),
+            sipguard::bpffs::BPF_MAP_TYPE_LRU_HASH,
             std::mem::size_of::<common::RateKey>() as u32,
             std::mem::size_of::<common::RateState>() as u32,
             common::MAX_RATE_SOURCES,
@@ -139,50 +140,3 @@ impl TestProgram {
 
 /// `BPF_F_NO_COMMON_LRU`: an LRU hash with a free list per CPU.
 pub const BPF_F_NO_COMMON_LRU: u32 = 2;
-
-/// Creates an LRU hash map with `bpf(BPF_MAP_CREATE)` and pins it at `path`.
-fn create_pinned_lru(
-    path: &std::path::Path,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-) -> Result<()> {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    // The leading fields of `union bpf_attr` for BPF_MAP_CREATE; the rest zero.
-    let mut attr = [0u8; 128];
-    for (i, v) in [
-        BPF_MAP_TYPE_LRU_HASH,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags,
-    ]
-    .iter()
-    .enumerate()
-    {
-        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    // SAFETY: a zeroed bpf_attr of sufficient size with the create fields set.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), attr.len()) };
-    if fd < 0 {
-        anyhow::bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
-    }
-    let fd = fd as i32;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // BPF_OBJ_PIN: { pathname: u64, bpf_fd: u32, file_flags: u32 }.
-    let mut pin = [0u8; 128];
-    pin[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
-    pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
-    // SAFETY: a zeroed bpf_attr with a valid path pointer and our map fd.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), pin.len()) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: our own descriptor; the pin keeps the map.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        anyhow::bail!("BPF_OBJ_PIN {}: {err}", path.display());
-    }
-    Ok(())
-}

@@ -824,3 +824,63 @@ fn ban_counts_are_forgotten_with_their_bans() -> Result<()> {
     assert_eq!(bans.ban_count(&still), 2, "banned now: kept");
     Ok(())
 }
+
+/// An upgrade over maps pinned by an older layout (here: the pins of a
+/// sipguard from before the version map, which had no `lost_reports`):
+/// the loader migrates the bans and the allowlist into new maps instead of
+/// refusing to start; until then the CLI says what to do.
+#[test]
+fn an_older_layout_is_migrated_not_refused() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    let pin = t.pin().to_owned();
+    let now = clock::mono_now_ns();
+    let later = clock::deadline_ns(Duration::from_secs(3600));
+    t.maps.ban(net("192.0.2.66"), later, 0, now)?;
+    t.maps
+        .ban(net("2001:db8:bad::/64"), 0, BAN_ALL_PORTS, now)?;
+    t.maps.allow(net("10.0.8.0/24"))?;
+    assert_eq!(
+        sipguard::migrate::pinned_version(&pin)?,
+        Some(common::LAYOUT_VERSION)
+    );
+    std::fs::remove_file(pin.join(common::map_name::LAYOUT))?;
+    std::fs::remove_file(pin.join(common::map_name::LOST_REPORTS))?;
+    assert_eq!(sipguard::migrate::pinned_version(&pin)?, Some(1));
+    let err = format!(
+        "{:#}",
+        sipguard::maps::KernelMaps::open(&pin).err().unwrap()
+    );
+    assert!(
+        err.contains("layout 1") && err.contains("sipguard run"),
+        "{err}"
+    );
+
+    let _new = sipguard::program::load(&pin)?;
+    assert_eq!(
+        sipguard::migrate::pinned_version(&pin)?,
+        Some(common::LAYOUT_VERSION)
+    );
+    let maps = sipguard::maps::KernelMaps::open(&pin)?;
+    let mut bans: Vec<(String, u64, u32)> = maps
+        .bans()?
+        .into_iter()
+        .map(|b| (b.net.to_string(), b.entry.expires_at_ns, b.entry.flags))
+        .collect();
+    bans.sort();
+    assert_eq!(
+        bans,
+        [
+            ("192.0.2.66/32".to_owned(), later, 0),
+            ("2001:db8:bad::/64".to_owned(), 0, BAN_ALL_PORTS)
+        ]
+    );
+    let allowed: Vec<String> = maps.allowed()?.iter().map(|a| a.net.to_string()).collect();
+    assert_eq!(allowed, ["10.0.8.0/24"]);
+    // Nothing left aside.
+    let leftovers: Vec<_> = std::fs::read_dir(&pin)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("layout-"))
+        .collect();
+    assert!(leftovers.is_empty());
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! regexes), so a bad one is reported by the TOML parser with the file, the
 //! line, the key and the reason. With no file at the default path, the
 //! built-in default below applies: the FreeSWITCH jails on the default log.
-use crate::{addr, duration, filter, program::AttachMode};
+pub use crate::logs::jail::{JailConfig, Ports, StartAt};
+use crate::{addr, duration, kernel::program::AttachMode, logs::filter};
 use anyhow::{bail, Context as _, Result};
 use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer};
@@ -17,25 +18,8 @@ use std::{
 pub const DEFAULT_PATH: &str = crate::defaults::CONFIG;
 pub const DEFAULT_LOG: &str = "/var/log/freeswitch/freeswitch.log";
 
-/// The configuration used when there is no file: ban a brute-forcer after 10
-/// real failures in a minute; count challenges only as a flood (a site of
-/// hundreds of phones behind one NAT address produces one per registration).
-pub const DEFAULT_TOML: &str = r#"
-[jails.freeswitch]
-logpath = ["/var/log/freeswitch/freeswitch.log"]
-filter = "freeswitch"
-maxretry = 10
-findtime = "1m"
-bantime = "1h"
-bantime_increment = true
-
-[jails.freeswitch-flood]
-logpath = ["/var/log/freeswitch/freeswitch.log"]
-filter = "freeswitch-challenge"
-maxretry = 600
-findtime = "1m"
-bantime = "10m"
-"#;
+/// The configuration used when there is no file: the built-in jails.
+pub const DEFAULT_TOML: &str = crate::logs::jail::DEFAULT_JAILS;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,12 +86,15 @@ pub struct FloodConfig {
     /// ...with no gap between them longer than this (seconds).
     #[serde(
         default = "default_escalate_window",
-        deserialize_with = "some_duration"
+        deserialize_with = "duration::serde::finite"
     )]
     pub window: Duration,
     /// How long a flooding source is banned (`-1`: permanently). Short:
     /// the source address of a flood can be forged.
-    #[serde(default = "default_flood_bantime", deserialize_with = "bantime")]
+    #[serde(
+        default = "default_flood_bantime",
+        deserialize_with = "duration::serde::bantime"
+    )]
     pub bantime: Option<Duration>,
     /// Drop UDP SIP requests whose User-Agent is a known scanner's.
     #[serde(default = "yes")]
@@ -117,7 +104,10 @@ pub struct FloodConfig {
     /// banning would let one forged packet ban any address.
     #[serde(default)]
     pub scanner_bans: bool,
-    #[serde(default = "default_scanner_bantime", deserialize_with = "bantime")]
+    #[serde(
+        default = "default_scanner_bantime",
+        deserialize_with = "duration::serde::bantime"
+    )]
     pub scanner_bantime: Option<Duration>,
     /// Most bans each packet jail (`sip-flood`, `sip-scanner`) makes in a
     /// minute; over it the packets are still dropped, the bans skipped.
@@ -190,82 +180,6 @@ impl FloodConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    #[default]
-    End,
-    Beginning,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JailConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Paths or globs.
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub logpath: Vec<String>,
-    /// A built-in filter name.
-    pub filter: Option<String>,
-    /// Inline filter: regexes with `<HOST>` (instead of `filter`).
-    #[serde(default, deserialize_with = "regexes_with_host")]
-    pub failregex: Vec<String>,
-    #[serde(default, deserialize_with = "regexes")]
-    pub ignoreregex: Vec<String>,
-    #[serde(default = "default_maxretry")]
-    pub maxretry: u32,
-    #[serde(default = "default_findtime", deserialize_with = "some_duration")]
-    pub findtime: Duration,
-    /// `None`: permanent (`-1`).
-    #[serde(default = "default_bantime", deserialize_with = "bantime")]
-    pub bantime: Option<Duration>,
-    #[serde(default, alias = "bantime.increment")]
-    pub bantime_increment: bool,
-    #[serde(default = "default_factor", alias = "bantime.factor")]
-    pub bantime_factor: f64,
-    #[serde(
-        default = "default_maxtime",
-        alias = "bantime.maxtime",
-        deserialize_with = "some_duration"
-    )]
-    pub bantime_maxtime: Duration,
-    /// `"all"` or a list of ports (merged into the protected set). Default:
-    /// the global protected ports.
-    #[serde(default)]
-    pub ports: Option<Ports>,
-    /// IPv6 offenders are counted and banned as their /N.
-    #[serde(default = "default_v6_prefix")]
-    pub ipv6_prefix: u8,
-    /// Most distinct sources tracked at once; the least recently seen go first.
-    #[serde(default = "default_max_offenders")]
-    pub max_offenders: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ports {
-    All,
-    List(Vec<u16>),
-}
-
-impl<'de> Deserialize<'de> for Ports {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            List(Vec<u16>),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Word(w) if w == "all" => Ok(Ports::All),
-            Raw::Word(w) => Err(de::Error::custom(format!(
-                "expected \"all\" or a list of ports, got {w:?}"
-            ))),
-            Raw::List(l) => Ok(Ports::List(l)),
-        }
-    }
-}
-
 /// A network in the config (`192.0.2.0/24`, `2001:db8::1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Net(pub IpNet);
@@ -300,90 +214,10 @@ fn default_resolv_conf() -> PathBuf {
 fn default_socket() -> PathBuf {
     crate::defaults::SOCKET.into()
 }
-fn default_maxretry() -> u32 {
-    5
-}
-fn default_findtime() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_bantime() -> Option<Duration> {
-    Some(Duration::from_secs(3600))
-}
-fn default_factor() -> f64 {
-    2.0
-}
-fn default_maxtime() -> Duration {
-    Duration::from_secs(7 * 86_400)
-}
-fn default_v6_prefix() -> u8 {
-    64
-}
-fn default_max_offenders() -> usize {
-    1_000_000
-}
-
-/// A duration written as a number of seconds or a string (`"10m"`).
-fn raw_duration<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Text(String),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::Int(i) => i.to_string(),
-        Raw::Text(s) => s,
-    })
-}
-
-fn bantime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration::parse_bantime(&raw_duration(d)?).map_err(|e| de::Error::custom(format!("{e:#}")))
-}
-
-fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = raw_duration(d)?;
-    duration::parse_bantime(&text)
-        .map_err(|e| de::Error::custom(format!("{e:#}")))?
-        .ok_or_else(|| {
-            de::Error::custom(format!(
-                "'{text}' is not allowed here: a finite duration is needed"
-            ))
-        })
-}
-
 fn log_tz<'de, D: Deserializer<'de>>(d: D) -> Result<filter::LogTz, D::Error> {
     String::deserialize(d)?
         .parse()
         .map_err(|e| de::Error::custom(format!("{e:#}")))
-}
-
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::One(s) => vec![s],
-        Raw::Many(v) => v,
-    })
-}
-
-fn regexes_with_host<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let list = one_or_many(d)?;
-    for re in &list {
-        filter::compile_failregex(re).map_err(|e| de::Error::custom(format!("{e:#}")))?;
-    }
-    Ok(list)
-}
-
-fn regexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let list = one_or_many(d)?;
-    for re in &list {
-        filter::compile_ignoreregex(re).map_err(|e| de::Error::custom(format!("{e:#}")))?;
-    }
-    Ok(list)
 }
 
 impl Config {
@@ -484,15 +318,6 @@ impl Config {
             bail!("key `ports`: at least one protected port is needed (or all_ports = true)");
         }
         Ok(())
-    }
-
-    /// The filter of a jail.
-    pub fn jail_filter(jail: &JailConfig, tz: filter::LogTz) -> Result<filter::Filter> {
-        let f = match &jail.filter {
-            Some(name) => filter::Filter::builtin(name),
-            None => filter::Filter::new(&jail.failregex, &jail.ignoreregex),
-        }?;
-        Ok(f.with_timezone(tz))
     }
 
     /// Protected ports: the global list plus every jail's own.

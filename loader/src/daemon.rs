@@ -5,18 +5,18 @@
 //! without touching bans.
 use crate::{
     addr,
+    bans::journal,
+    bans::never_ban::{NeverBan, Sources, Vetted},
+    bans::packet_bans::PacketBans,
+    bans::state::{self, Position, State},
     bans::{now_ms, BanManager, Scope},
-    clock,
     config::{Config, StartAt},
     control::{self, Request, Response},
     duration,
-    jail::{BanRequest, Jail},
-    journal,
-    maps::KernelMaps,
-    never_ban::{NeverBan, Sources, Vetted},
-    packet_bans::PacketBans,
-    program::{self, AttachMode},
-    state::{self, Position, State},
+    kernel::clock,
+    kernel::maps::KernelMaps,
+    kernel::program::{self, AttachMode},
+    logs::jail::{BanRequest, Jail},
 };
 use anyhow::{bail, Context as _, Result};
 use common::CONFIG_ALL_PORTS;
@@ -113,7 +113,7 @@ pub struct Engine {
     config: Config,
     jails: Vec<Jail>,
     /// The `log_timezone` the jails were built with.
-    jails_timezone: Option<crate::filter::LogTz>,
+    jails_timezone: Option<crate::logs::filter::LogTz>,
     bans: BanManager,
     never_ban: NeverBan,
     last_never_ban: Instant,
@@ -400,8 +400,8 @@ impl Engine {
             )
         };
         let request = BanRequest {
-            net: crate::maps::rate_key_net(&event.key),
-            host: crate::maps::event_source(event).addr(),
+            net: crate::kernel::maps::rate_key_net(&event.key),
+            host: crate::kernel::maps::event_source(event).addr(),
             jail: jail.to_owned(),
             duration: bantime,
             reason,
@@ -721,11 +721,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .filter(|j| j.enabled)
         .flat_map(|j| j.logpath.clone())
         .collect();
-    let watch = crate::watch::LogWatch::new(&logpaths)?;
+    let watch = crate::logs::watch::LogWatch::new(&logpaths)?;
     // SAFETY: the ring buffer's fd stays open and the same for the AsyncFd's life.
     let mut flood_events = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(
-            crate::maps::flood_events(&pin_dir)?,
+            crate::kernel::maps::flood_events(&pin_dir)?,
             tokio::io::Interest::READABLE,
         )
     }
@@ -789,7 +789,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         let mut guard = guard?;
                         let ring = guard.get_inner_mut();
                         while let Some(item) = ring.next() {
-                            if let Some(event) = crate::maps::flood_event(&item) {
+                            if let Some(event) = crate::kernel::maps::flood_event(&item) {
                                 engine.borrow_mut().on_flood(&event);
                             }
                         }

@@ -26,6 +26,42 @@ pub fn parse_bantime(text: &str) -> Result<BanTime> {
     Ok(Some(duration))
 }
 
+/// Durations in configuration files: a number of seconds or a string
+/// (`"10m"`), checked while they are read so errors carry file and line.
+pub mod serde {
+    use serde::{de, Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// A duration written as a number of seconds or a string (`"10m"`).
+    fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Int(i) => i.to_string(),
+            Raw::Text(s) => s,
+        })
+    }
+
+    pub fn bantime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::parse_bantime(&raw(d)?).map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
+
+    pub fn finite<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = raw(d)?;
+        super::parse_bantime(&text)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))?
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "'{text}' is not allowed here: a finite duration is needed"
+                ))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
 };
 use common::Counter;
-use sipguard::{maps::KernelMaps, program};
+use sipguard::{kernel::maps::KernelMaps, kernel::program};
 use std::time::Duration;
 
 /// The empty program in the object, for benchmarks.
@@ -37,9 +37,9 @@ impl TestProgram {
     /// the name it would pin its own, so the program runs on this one.
     pub fn load_with_rate_flags(map_flags: u32) -> Result<Self> {
         let sandbox = Sandbox::bare()?;
-        sipguard::bpffs::create_pinned_map(
+        sipguard::kernel::bpffs::create_pinned_map(
             &sandbox.pin.join(common::map_name::RATE),
-            sipguard::bpffs::BPF_MAP_TYPE_LRU_HASH,
+            sipguard::kernel::bpffs::BPF_MAP_TYPE_LRU_HASH,
             std::mem::size_of::<common::RateKey>() as u32,
             std::mem::size_of::<common::RateState>() as u32,
             common::MAX_RATE_SOURCES,

@@ -32,9 +32,9 @@ impl Sandbox {
     /// A sandbox whose config file holds `config` (TOML). `{dir}` in it is
     /// replaced by the sandbox folder (for log paths).
     pub fn new(config: &str) -> anyhow::Result<Self> {
-        let pin =
-            std::path::Path::new(sipguard::bpffs::DEFAULT_MOUNT).join(unique("sipguard-test-"));
-        sipguard::bpffs::ensure_pin_dir(&pin)?;
+        let pin = std::path::Path::new(sipguard::kernel::bpffs::DEFAULT_MOUNT)
+            .join(unique("sipguard-test-"));
+        sipguard::kernel::bpffs::ensure_pin_dir(&pin)?;
         let dir = tempfile::tempdir()?;
         let s = Self { pin, dir };
         s.write_config(config)?;

@@ -324,7 +324,7 @@ impl RawSocket {
         }
         // SAFETY: a descriptor we just opened and own.
         let sock = Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-        let index = sipguard::program::if_index(iface)?;
+        let index = sipguard::kernel::program::if_index(iface)?;
         // SAFETY: a zeroed sockaddr_ll with family and interface set.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;

@@ -9,7 +9,7 @@ use common::{
     CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_SCANNER,
 };
 use ipnet::IpNet;
-use sipguard::{clock, maps};
+use sipguard::{kernel::clock, kernel::maps};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, CONFIG_ALL_PORTS};
 use ipnet::IpNet;
-use sipguard::{clock, program::Capacity};
+use sipguard::{kernel::clock, kernel::program::Capacity};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 use std::time::Duration;
 
@@ -646,8 +646,8 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
     t.maps.ban(live, later, 0, now)?;
     t.maps.ban(ended, now - 1, 0, now - 2)?;
     t.maps.ban(saved, later, 0, now)?;
-    let state = sipguard::state::State {
-        bans: vec![sipguard::state::SavedBan {
+    let state = sipguard::bans::state::State {
+        bans: vec![sipguard::bans::state::SavedBan {
             net: saved.to_string(),
             jail: "fs".into(),
             banned_at: sipguard::bans::now_ms(),
@@ -660,7 +660,8 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
         }],
         ..Default::default()
     };
-    let mut bans = sipguard::bans::BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let mut bans =
+        sipguard::bans::BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let r = bans.restore(&state)?;
     assert_eq!((r.kept, r.reinstated, r.adopted), (1, 0, 1));
     assert!(bans.is_banned(&live) && bans.is_banned(&saved));
@@ -708,7 +709,7 @@ fn full_blocklist_is_a_clear_error() -> Result<()> {
 fn ban_merges_keep_the_later_end_and_the_wider_scope() -> Result<()> {
     use sipguard::bans::{BanManager, Scope};
     let t = TestProgram::load()?;
-    let mut bans = BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let mut bans = BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let h = |n: u64| Some(Duration::from_secs(3600 * n));
     let (a, b, c) = (net("192.0.2.1"), net("192.0.2.2"), net("192.0.2.3"));
     bans.ban(a, "manual", None, "r".into(), String::new(), Scope::Ports)?;
@@ -760,9 +761,9 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
         allowed: 4,
     })?;
     let wall = sipguard::bans::now_ms();
-    let state = sipguard::state::State {
+    let state = sipguard::bans::state::State {
         bans: (0..6)
-            .map(|i| sipguard::state::SavedBan {
+            .map(|i| sipguard::bans::state::SavedBan {
                 net: format!("192.0.2.{i}/32"),
                 jail: "fs".into(),
                 banned_at: wall,
@@ -776,7 +777,8 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
             .collect(),
         ..Default::default()
     };
-    let mut bans = sipguard::bans::BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let mut bans =
+        sipguard::bans::BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let r = bans.restore(&state)?;
     assert_eq!((r.reinstated, r.failed), (4, 2));
     assert_eq!(bans.len(), 4);
@@ -789,7 +791,7 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
 fn ban_counts_are_forgotten_with_their_bans() -> Result<()> {
     use sipguard::bans::{BanManager, Scope, BAN_COUNT_MEMORY};
     let t = TestProgram::load()?;
-    let mut bans = BanManager::new(sipguard::maps::KernelMaps::open(t.pin())?);
+    let mut bans = BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let (gone, still) = (net("192.0.2.1"), net("192.0.2.2"));
     for n in [gone, still] {
         bans.ban(
@@ -840,27 +842,29 @@ fn an_older_layout_is_migrated_not_refused() -> Result<()> {
         .ban(net("2001:db8:bad::/64"), 0, BAN_ALL_PORTS, now)?;
     t.maps.allow(net("10.0.8.0/24"))?;
     assert_eq!(
-        sipguard::migrate::pinned_version(&pin)?,
+        sipguard::kernel::migrate::pinned_version(&pin)?,
         Some(common::LAYOUT_VERSION)
     );
     std::fs::remove_file(pin.join(common::map_name::LAYOUT))?;
     std::fs::remove_file(pin.join(common::map_name::LOST_REPORTS))?;
-    assert_eq!(sipguard::migrate::pinned_version(&pin)?, Some(1));
+    assert_eq!(sipguard::kernel::migrate::pinned_version(&pin)?, Some(1));
     let err = format!(
         "{:#}",
-        sipguard::maps::KernelMaps::open(&pin).err().unwrap()
+        sipguard::kernel::maps::KernelMaps::open(&pin)
+            .err()
+            .unwrap()
     );
     assert!(
         err.contains("layout 1") && err.contains("sipguard run"),
         "{err}"
     );
 
-    let _new = sipguard::program::load(&pin)?;
+    let _new = sipguard::kernel::program::load(&pin)?;
     assert_eq!(
-        sipguard::migrate::pinned_version(&pin)?,
+        sipguard::kernel::migrate::pinned_version(&pin)?,
         Some(common::LAYOUT_VERSION)
     );
-    let maps = sipguard::maps::KernelMaps::open(&pin)?;
+    let maps = sipguard::kernel::maps::KernelMaps::open(&pin)?;
     let mut bans: Vec<(String, u64, u32)> = maps
         .bans()?
         .into_iter()

@@ -3,7 +3,7 @@
 //! runtime changes, and escalation through the ring buffer.
 use anyhow::Result;
 use common::{counter, rate_key_v4, rate_key_v6, Config};
-use sipguard::{addr::parse_net, clock, maps};
+use sipguard::{addr::parse_net, kernel::clock, kernel::maps};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 
 const PASS: u32 = 2;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use common::{
     counter, rate_key_v4, Config, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_SCANNER,
 };
-use sipguard::{addr::parse_net, maps};
+use sipguard::{addr::parse_net, kernel::maps};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 
 const PASS: u32 = 2;

@@ -203,13 +203,13 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
     match filter {
         Filter::XdpFloor | Filter::Sipguard(_) => {
             let mut t = TestProgram::load()?;
-            let now = sipguard::clock::mono_now_ns();
+            let now = sipguard::kernel::clock::mono_now_ns();
             for s in &sources {
                 t.maps
                     .ban(ipnet::IpNet::from(std::net::IpAddr::from(*s)), 0, 0, now)?;
             }
             let (name, mode) = match filter {
-                Filter::Sipguard(mode) => (sipguard::program::PROGRAM, mode),
+                Filter::Sipguard(mode) => (sipguard::kernel::program::PROGRAM, mode),
                 _ => (DROP_FLOOR, XdpMode::Driver),
             };
             t.attach_in(&pair.server, &pair.server_if, name, mode)?;

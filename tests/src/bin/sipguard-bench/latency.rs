@@ -28,7 +28,7 @@ pub fn run(out: &mut Section) -> Result<()> {
     std::fs::write(sb.path("freeswitch.log"), "")?;
     let pair = Pair::new()?;
     let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
-    let maps = sipguard::maps::KernelMaps::open(&sb.pin)?;
+    let maps = sipguard::kernel::maps::KernelMaps::open(&sb.pin)?;
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .open(sb.path("freeswitch.log"))?;
@@ -96,7 +96,7 @@ pub fn run(out: &mut Section) -> Result<()> {
 /// Appends one failure line per source in turn; returns, per ban, the time
 /// until it was in the map and until its first drop.
 fn measure(
-    maps: &sipguard::maps::KernelMaps,
+    maps: &sipguard::kernel::maps::KernelMaps,
     log: &mut std::fs::File,
     current: &AtomicU32,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {

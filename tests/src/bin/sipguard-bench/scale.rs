@@ -101,7 +101,7 @@ fn ban_rate(out: &mut Section) -> Result<()> {
     std::fs::write(&log, "")?;
     let pair = Pair::new()?;
     let daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
-    let maps = sipguard::maps::KernelMaps::open(&sb.pin)?;
+    let maps = sipguard::kernel::maps::KernelMaps::open(&sb.pin)?;
     let lines: String = failure_lines(BANNED_BASE, BURST);
     let last = ipnet::IpNet::from(std::net::IpAddr::V4(addr(BANNED_BASE, BURST - 1)));
     let start = Instant::now();
@@ -407,7 +407,7 @@ fn bulk(out: &mut Section) -> Result<()> {
     // The state file as the daemon writes it (temporary file, fsync, rename).
     let state = saved_bans(SAVED);
     let start = Instant::now();
-    sipguard::state::save(&sb.state(), &state)?;
+    sipguard::bans::state::save(&sb.state(), &state)?;
     let save_secs = start.elapsed().as_secs_f64();
     let written_before = std::fs::metadata(sb.state())?.modified()?;
     let save_mib = std::fs::metadata(sb.state())?.len() as f64 / (1 << 20) as f64;
@@ -424,7 +424,7 @@ fn bulk(out: &mut Section) -> Result<()> {
     let start = Instant::now();
     let mut daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
     let cold = start.elapsed().as_secs_f64();
-    let maps = sipguard::maps::KernelMaps::open(&sb.pin)?;
+    let maps = sipguard::kernel::maps::KernelMaps::open(&sb.pin)?;
     let in_kernel = maps.bans()?.len();
     if in_kernel != SAVED as usize {
         bail!("the daemon restored {in_kernel} of {SAVED} bans");
@@ -541,12 +541,12 @@ fn memory(pid: u32) -> Result<(f64, f64)> {
 }
 
 /// A state with `n` saved manual bans.
-fn saved_bans(n: u32) -> sipguard::state::State {
+fn saved_bans(n: u32) -> sipguard::bans::state::State {
     let now = sipguard::bans::now_ms();
-    sipguard::state::State {
-        version: sipguard::state::VERSION,
+    sipguard::bans::state::State {
+        version: sipguard::bans::state::VERSION,
         bans: (0..n)
-            .map(|i| sipguard::state::SavedBan {
+            .map(|i| sipguard::bans::state::SavedBan {
                 net: format!("{}/32", addr(BANNED_BASE, i)),
                 jail: "manual".into(),
                 banned_at: now,

@@ -4,7 +4,7 @@
 //! is the ratio to the empty program, which cancels most of the machine.
 use crate::report::Section;
 use anyhow::{bail, Result};
-use sipguard::{addr::parse_net, clock};
+use sipguard::{addr::parse_net, kernel::clock};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 use std::time::Duration;
 

@@ -8,10 +8,15 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
+pub mod journal;
+pub mod never_ban;
+pub mod packet_bans;
+pub mod state;
+
 use crate::{
-    clock::{self, Clock as _},
-    maps::KernelMaps,
-    state::{SavedBan, State},
+    bans::state::{SavedBan, State},
+    kernel::clock::{self, Clock as _},
+    kernel::maps::KernelMaps,
 };
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};

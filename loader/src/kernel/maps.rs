@@ -125,7 +125,7 @@ pub fn flood_event(bytes: &[u8]) -> Option<FloodEvent> {
 impl KernelMaps {
     /// Opens the maps pinned in `pin_dir` by a daemon (running or not).
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        match crate::migrate::pinned_version(pin_dir)? {
+        match crate::kernel::migrate::pinned_version(pin_dir)? {
             Some(v) if v != common::LAYOUT_VERSION => bail!(
                 "the maps in {} were made by another sipguard version (layout {v}, this one uses {}): \
                  start `sipguard run` once, which migrates the bans and the allowlist",

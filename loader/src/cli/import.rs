@@ -9,7 +9,7 @@
 //! FreeSWITCH lines; one that matches none (a common result of copying a
 //! regex from a guide) is reported loudly and replaced by the built-in
 //! `freeswitch` filter, with the original kept as a comment.
-use crate::filter::{self, Filter};
+use crate::logs::filter::{self, Filter};
 use anyhow::{bail, Context as _, Result};
 use std::{
     collections::BTreeMap,
@@ -245,7 +245,7 @@ fn filter_definition(ini: &Ini, jail_vars: &BTreeMap<String, String>) -> Result<
 /// anchors its own filters (`^%(__prefix_line)s`): failure text that only
 /// appears inside another line must not count.
 fn translate_regex(re: &str) -> String {
-    crate::filter::anchored(&re.replace("\\'", "'").replace("\\\"", "\""))
+    crate::logs::filter::anchored(&re.replace("\\'", "'").replace("\\\"", "\""))
 }
 
 /// `port = 5060,5066,7443` / `sip,sips` / `5060:5062` → port numbers.
@@ -644,16 +644,19 @@ mod tests {
             ip.failregex
         );
         assert!(
-            ip.failregex[0].starts_with(crate::filter::LINE_START.as_str()),
+            ip.failregex[0].starts_with(crate::logs::filter::LINE_START.as_str()),
             "anchored after the FreeSWITCH prefix: {:?}",
             ip.failregex
         );
         // Anchored, it counts real lines and not the same text inside another.
-        let f = crate::filter::Filter::new(&ip.failregex, &[]).unwrap();
+        let f = crate::logs::filter::Filter::new(&ip.failregex, &[]).unwrap();
         let real = "2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u@d] from ip 192.0.2.1";
-        assert!(matches!(f.check(real), crate::filter::Outcome::Hit { .. }));
+        assert!(matches!(
+            f.check(real),
+            crate::logs::filter::Outcome::Hit { .. }
+        ));
         let injected = format!("User-Agent: {real}");
-        assert_eq!(f.check(&injected), crate::filter::Outcome::Miss);
+        assert_eq!(f.check(&injected), crate::logs::filter::Outcome::Miss);
     }
 
     #[test]

@@ -1,17 +1,188 @@
 //! A jail: one filter over some logs, its offenders, and the rule that turns
 //! `maxretry` failures within `findtime` into a ban of `bantime`.
 use crate::{
+    bans::never_ban::NeverBan,
+    bans::state::Position,
     bans::Scope,
-    config::{Config, JailConfig, Ports, StartAt},
-    filter::{self, Filter, LogTz, Outcome},
-    follow::{self, Follower, Start},
-    never_ban::NeverBan,
-    offenders::Offenders,
-    state::Position,
+    logs::filter::{self, Filter, LogTz, Outcome},
+    logs::follow::{self, Follower, Start},
+    logs::offenders::Offenders,
 };
 use anyhow::Result;
 use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
+
+/// The configuration used when there is no file: ban a brute-forcer after 10
+/// real failures in a minute; count challenges only as a flood (a site of
+/// hundreds of phones behind one NAT address produces one per registration).
+pub const DEFAULT_JAILS: &str = r#"
+[jails.freeswitch]
+logpath = ["/var/log/freeswitch/freeswitch.log"]
+filter = "freeswitch"
+maxretry = 10
+findtime = "1m"
+bantime = "1h"
+bantime_increment = true
+
+[jails.freeswitch-flood]
+logpath = ["/var/log/freeswitch/freeswitch.log"]
+filter = "freeswitch-challenge"
+maxretry = 600
+findtime = "1m"
+bantime = "10m"
+"#;
+
+// ---- A jail's configuration (`[jails.NAME]`), read by `config`. ----
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    End,
+    Beginning,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Paths or globs.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub logpath: Vec<String>,
+    /// A built-in filter name.
+    pub filter: Option<String>,
+    /// Inline filter: regexes with `<HOST>` (instead of `filter`).
+    #[serde(default, deserialize_with = "regexes_with_host")]
+    pub failregex: Vec<String>,
+    #[serde(default, deserialize_with = "regexes")]
+    pub ignoreregex: Vec<String>,
+    #[serde(default = "default_maxretry")]
+    pub maxretry: u32,
+    #[serde(
+        default = "default_findtime",
+        deserialize_with = "crate::duration::serde::finite"
+    )]
+    pub findtime: Duration,
+    /// `None`: permanent (`-1`).
+    #[serde(
+        default = "default_bantime",
+        deserialize_with = "crate::duration::serde::bantime"
+    )]
+    pub bantime: Option<Duration>,
+    #[serde(default, alias = "bantime.increment")]
+    pub bantime_increment: bool,
+    #[serde(default = "default_factor", alias = "bantime.factor")]
+    pub bantime_factor: f64,
+    #[serde(
+        default = "default_maxtime",
+        alias = "bantime.maxtime",
+        deserialize_with = "crate::duration::serde::finite"
+    )]
+    pub bantime_maxtime: Duration,
+    /// `"all"` or a list of ports (merged into the protected set). Default:
+    /// the global protected ports.
+    #[serde(default)]
+    pub ports: Option<Ports>,
+    /// IPv6 offenders are counted and banned as their /N.
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Most distinct sources tracked at once; the least recently seen go first.
+    #[serde(default = "default_max_offenders")]
+    pub max_offenders: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ports {
+    All,
+    List(Vec<u16>),
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<u16>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(Ports::All),
+            Raw::Word(w) => Err(de::Error::custom(format!(
+                "expected \"all\" or a list of ports, got {w:?}"
+            ))),
+            Raw::List(l) => Ok(Ports::List(l)),
+        }
+    }
+}
+
+impl JailConfig {
+    /// The filter of a jail.
+    pub fn filter(&self, tz: LogTz) -> Result<Filter> {
+        let f = match &self.filter {
+            Some(name) => Filter::builtin(name),
+            None => Filter::new(&self.failregex, &self.ignoreregex),
+        }?;
+        Ok(f.with_timezone(tz))
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+fn regexes_with_host<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = one_or_many(d)?;
+    for re in &list {
+        crate::logs::filter::compile_failregex(re)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))?;
+    }
+    Ok(list)
+}
+
+fn regexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = one_or_many(d)?;
+    for re in &list {
+        crate::logs::filter::compile_ignoreregex(re)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))?;
+    }
+    Ok(list)
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_maxretry() -> u32 {
+    5
+}
+fn default_findtime() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_bantime() -> Option<Duration> {
+    Some(Duration::from_secs(3600))
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_maxtime() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_v6_prefix() -> u8 {
+    64
+}
+fn default_max_offenders() -> usize {
+    1_000_000
+}
 
 /// A ban a jail asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +302,7 @@ impl Jail {
         }
         Ok(Self {
             name: name.to_owned(),
-            filter: Config::jail_filter(config, tz)?,
+            filter: config.filter(tz)?,
             offenders: Offenders::new(
                 config.maxretry,
                 i64::try_from(config.findtime.as_millis()).unwrap_or(i64::MAX),
@@ -298,14 +469,19 @@ impl Jail {
 mod tests {
     use super::*;
 
+    #[derive(serde::Deserialize)]
+    struct Jails {
+        jails: BTreeMap<String, JailConfig>,
+    }
+
     fn jail(toml: &str) -> Jail {
-        let c = Config::parse(toml, "t").unwrap();
+        let c: Jails = toml::from_str(toml).unwrap();
         let (name, j) = c.jails.iter().next().unwrap();
         Jail::new(name, j, StartAt::End, LogTz::Local).unwrap()
     }
 
     fn default_jail(name: &str) -> Jail {
-        let c = Config::parse(crate::config::DEFAULT_TOML, "default").unwrap();
+        let c: Jails = toml::from_str(DEFAULT_JAILS).unwrap();
         Jail::new(name, &c.jails[name], StartAt::End, LogTz::Local).unwrap()
     }
 
@@ -460,7 +636,7 @@ mod tests {
         let mut j = default_jail("freeswitch");
         let ignore = NeverBan::from_nets(vec![(
             "203.0.113.0/24".parse().unwrap(),
-            crate::never_ban::Why::Configured,
+            crate::bans::never_ban::Why::Configured,
         )]);
         for i in 0..20 {
             assert!(j

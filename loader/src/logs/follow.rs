@@ -12,7 +12,7 @@
 //!   `MAX_LINE` is skipped (and counted); invalid UTF-8 is replaced, not fatal.
 //! * The position saved is the start of the first incomplete line, so a
 //!   restart resumes exactly there, also when the file was rotated meanwhile.
-use crate::state::Position;
+use crate::bans::state::Position;
 use std::{
     fs::{self, File},
     io::{self, Read as _, Seek as _, SeekFrom},

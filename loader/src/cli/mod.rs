@@ -1,13 +1,19 @@
 //! The `sipguard` command line: the daemon (`run`), the verbs that mirror the
 //! maps (ban, unban, allow, disallow, list, stats, detach), the daemon's own
 //! (status, reload), and the tools (test-filter, import-fail2ban).
+pub mod import;
+pub mod show;
+pub mod test_filter;
+
 use crate::{
-    addr, clock,
+    addr,
+    bans::journal,
     config::{self, Config},
     control::{self, Request},
-    daemon, defaults, duration, import, journal,
-    maps::KernelMaps,
-    program, show, test_filter,
+    daemon, defaults, duration,
+    kernel::clock,
+    kernel::maps::KernelMaps,
+    kernel::program,
 };
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -400,6 +406,6 @@ fn require_root(action: &str) -> Result<()> {
 }
 
 fn open(pin_dir: &Path) -> Result<KernelMaps> {
-    crate::bpffs::ensure_pin_dir(pin_dir)?;
+    crate::kernel::bpffs::ensure_pin_dir(pin_dir)?;
     KernelMaps::open(pin_dir)
 }

@@ -10,7 +10,7 @@
 //! listens on its socket before it takes the lock to read the journal. So
 //! every change either reaches the running daemon or is in the journal when
 //! the daemon reads it, never neither.
-use crate::state::{SavedBan, State};
+use crate::bans::state::{SavedBan, State};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::{

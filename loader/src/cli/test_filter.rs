@@ -3,10 +3,10 @@
 //! and with `--replay` who would have been banned and when, under the jail's
 //! thresholds and timed by the lines' own timestamps.
 use crate::{
+    bans::never_ban::NeverBan,
     config::{self, Config, JailConfig, StartAt},
-    filter::{self, Outcome},
-    jail::Jail,
-    never_ban::NeverBan,
+    logs::filter::{self, Outcome},
+    logs::jail::Jail,
 };
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -88,7 +88,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long, mut read) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut hosts: HashMap<IpAddr, u64> = HashMap::new();
-    let mut bans: Vec<(i64, crate::jail::BanRequest)> = Vec::new();
+    let mut bans: Vec<(i64, crate::logs::jail::BanRequest)> = Vec::new();
     let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
     let mut ban_counts: HashMap<IpNet, u32> = HashMap::new();
     let now = Cell::new(0i64);
@@ -104,7 +104,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
         }
         read += n as u64;
         lines += 1;
-        if buf.len() > crate::follow::MAX_LINE {
+        if buf.len() > crate::logs::follow::MAX_LINE {
             too_long += 1;
             continue;
         }

@@ -1,5 +1,5 @@
 //! What the CLI prints: bans, the allowlist, counters, and jail status.
-use crate::{addr, clock, daemon, maps::KernelMaps, program};
+use crate::{addr, daemon, kernel::clock, kernel::maps::KernelMaps, kernel::program};
 use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS};
 use serde_json::json;

@@ -6,7 +6,7 @@
 //! and the bans keep being enforced, expiring in the kernel on time. A new daemon
 //! atomically swaps its program into the pinned link; a clean stop (SIGINT,
 //! SIGTERM) or `sipguard detach` removes it.
-use crate::maps;
+use crate::kernel::maps;
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
@@ -58,9 +58,9 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf> {
 }
 
 pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
-    crate::bpffs::ensure_pin_dir(pin_dir)?;
+    crate::kernel::bpffs::ensure_pin_dir(pin_dir)?;
     // Maps of another layout version are moved aside and migrated below.
-    let migration = crate::migrate::prepare(pin_dir)?;
+    let migration = crate::kernel::migrate::prepare(pin_dir)?;
     maps::check_pinned_layout(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -72,13 +72,13 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
         .context("loading the XDP object failed")?;
     if let Some((version, aside)) = migration {
-        crate::migrate::finish(
+        crate::kernel::migrate::finish(
             version,
             &aside,
             &mut maps::KernelMaps::open_unversioned(pin_dir)?,
         )?;
     }
-    crate::migrate::mark(pin_dir)?;
+    crate::kernel::migrate::mark(pin_dir)?;
     program_mut(&mut ebpf)?
         .load()
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))

@@ -6,7 +6,7 @@
 //! fresh maps, copies the bans and the allowlist into them, and says so. The
 //! old program, still attached through its pinned link, keeps dropping with
 //! the old maps until the new program replaces it: no gap.
-use crate::{bpffs, maps::KernelMaps};
+use crate::{kernel::bpffs, kernel::maps::KernelMaps};
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::LpmTrie, Array, Map, MapData};
 use common::{map_name, AllowEntry, BanEntry, V4Key, LAYOUT_VERSION};
@@ -109,7 +109,7 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
                 let old: LpmTrie<MapData, V4Key, BanEntry> = LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
                     let (k, e) = item?;
-                    let net = IpNet::V4(crate::maps::k_v4(&k));
+                    let net = IpNet::V4(crate::kernel::maps::k_v4(&k));
                     new.ban(net, e.expires_at_ns, e.flags, e.banned_at_ns)?;
                     done.bans += 1;
                 }
@@ -119,7 +119,7 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
                     LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
                     let (k, e) = item?;
-                    let net = IpNet::V6(crate::maps::k_v6(&k));
+                    let net = IpNet::V6(crate::kernel::maps::k_v6(&k));
                     new.ban(net, e.expires_at_ns, e.flags, e.banned_at_ns)?;
                     done.bans += 1;
                 }
@@ -128,7 +128,7 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
                 let old: LpmTrie<MapData, V4Key, AllowEntry> =
                     LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
-                    new.allow(IpNet::V4(crate::maps::k_v4(&item?.0)))?;
+                    new.allow(IpNet::V4(crate::kernel::maps::k_v4(&item?.0)))?;
                     done.allowed += 1;
                 }
             }
@@ -136,7 +136,7 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
                 let old: LpmTrie<MapData, [u8; 16], AllowEntry> =
                     LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
-                    new.allow(IpNet::V6(crate::maps::k_v6(&item?.0)))?;
+                    new.allow(IpNet::V6(crate::kernel::maps::k_v6(&item?.0)))?;
                     done.allowed += 1;
                 }
             }

@@ -1,0 +1,7 @@
+//! The kernel side: the XDP program, its pinned maps, their layout version,
+//! the BPF filesystem, and the clock the kernel ends bans by.
+pub mod bpffs;
+pub mod clock;
+pub mod maps;
+pub mod migrate;
+pub mod program;

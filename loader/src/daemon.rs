@@ -683,8 +683,45 @@ impl Engine {
     }
 }
 
+/// `sipguard run`: load, attach, serve until a signal, shut down.
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let config = load_config(&opts)?;
+    let loaded = load(&opts)?;
+    let Loaded {
+        ebpf,
+        ifaces,
+        listener,
+        watch,
+        flood_events,
+        engine,
+    } = attach(loaded)?;
+    let engine = Rc::new(RefCell::new(engine));
+    let result = serve(&engine, &opts, listener, watch, flood_events).await;
+    shutdown(&engine, ebpf, &ifaces);
+    result
+}
+
+/// What `load` prepares (`E`: the engine's parts) and `attach` completes
+/// (`E`: the started engine).
+struct Loaded<E> {
+    ebpf: aya::Ebpf,
+    ifaces: Vec<String>,
+    listener: tokio::net::UnixListener,
+    watch: crate::logs::watch::LogWatch,
+    flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    engine: E,
+}
+
+/// The engine's inputs, until the program is attached.
+struct EngineParts {
+    config: Config,
+    maps: KernelMaps,
+}
+
+/// Reads the configuration, checks the interfaces, loads (and verifies) the
+/// program with its pinned maps, and opens what the daemon listens to. The
+/// control socket is bound here, before the state is read (see `journal`).
+fn load(opts: &RunOptions) -> Result<Loaded<EngineParts>> {
+    let config = load_config(opts)?;
     let ifaces = if config.interfaces.is_empty() {
         let iface = program::default_route_iface()?;
         tracing::info!(
@@ -698,11 +735,48 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for iface in &ifaces {
         program::if_index(iface)?;
     }
-    let pin_dir = config.pin_dir.clone();
-    let socket = config.socket.clone();
-    let mut ebpf = program::load(&pin_dir)?;
-    let maps = KernelMaps::open(&pin_dir)?;
-    let listener = control::bind(&socket)?;
+    let ebpf = program::load(&config.pin_dir)?;
+    let maps = KernelMaps::open(&config.pin_dir)?;
+    let listener = control::bind(&config.socket)?;
+    let logpaths: Vec<String> = config
+        .jails
+        .values()
+        .filter(|j| j.enabled)
+        .flat_map(|j| j.logpath.clone())
+        .collect();
+    let watch = crate::logs::watch::LogWatch::new(&logpaths)?;
+    // SAFETY: the ring buffer's fd stays open and the same for the AsyncFd's life.
+    let flood_events = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            crate::kernel::maps::flood_events(&config.pin_dir)?,
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(std::io::Error::from)?;
+    Ok(Loaded {
+        ebpf,
+        ifaces,
+        listener,
+        watch,
+        flood_events,
+        engine: EngineParts { config, maps },
+    })
+}
+
+/// Attaches before anything slow: a program left attached by the previous
+/// daemon (its pinned link) keeps dropping until this one replaces it
+/// atomically, and after a reboot the program is in place before the saved
+/// bans are written back, each dropping from the moment it is in. Then the
+/// engine starts: state, journal, jails, allowlist.
+fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
+    let EngineParts { config, mut maps } = loaded.engine;
+    maps.set_ports(&config.protected_ports())?;
+    maps.set_config(kernel_config(&config))?;
+    for iface in &loaded.ifaces {
+        let attachment = program::attach(&mut loaded.ebpf, &config.pin_dir, iface, config.xdp_mode)
+            .with_context(|| format!("cannot attach to {iface}"))?;
+        tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
+    }
     let scope = if config.all_ports {
         "all ports".to_owned()
     } else {
@@ -714,44 +788,34 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .filter(|(_, j)| j.enabled)
         .map(|(n, _)| n.clone())
         .collect();
-    let mode = config.xdp_mode;
-    let logpaths: Vec<String> = config
-        .jails
-        .values()
-        .filter(|j| j.enabled)
-        .flat_map(|j| j.logpath.clone())
-        .collect();
-    let watch = crate::logs::watch::LogWatch::new(&logpaths)?;
-    // SAFETY: the ring buffer's fd stays open and the same for the AsyncFd's life.
-    let mut flood_events = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(
-            crate::kernel::maps::flood_events(&pin_dir)?,
-            tokio::io::Interest::READABLE,
-        )
-    }
-    .map_err(std::io::Error::from)?;
-    // Attach before anything slow: a program left attached by the previous
-    // daemon (its pinned link) keeps dropping until this one replaces it
-    // atomically, and after a reboot the program is in place before the
-    // saved bans are written back, each dropping from the moment it is in.
-    let mut maps = maps;
-    maps.set_ports(&config.protected_ports())?;
-    maps.set_config(kernel_config(&config))?;
-    for iface in &ifaces {
-        let attachment = program::attach(&mut ebpf, &pin_dir, iface, mode)
-            .with_context(|| format!("cannot attach to {iface}"))?;
-        tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
-    }
-    let engine = Rc::new(RefCell::new(Engine::start(config, maps)?));
+    let engine = Engine::start(config, maps)?;
     release_freed_memory();
     tracing::info!(
         "sipguard running: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
-        engine.borrow().bans.len(),
+        engine.bans.len(),
         if jails.is_empty() { "none".to_owned() } else { jails.join(", ") },
-        pin_dir.display(),
-        socket.display()
+        engine.config.pin_dir.display(),
+        engine.config.socket.display()
     );
+    Ok(Loaded {
+        ebpf: loaded.ebpf,
+        ifaces: loaded.ifaces,
+        listener: loaded.listener,
+        watch: loaded.watch,
+        flood_events: loaded.flood_events,
+        engine,
+    })
+}
 
+/// The event loop: the control socket, signals, log wake-ups, reports from
+/// the program, and the once-a-second tick; until SIGTERM or SIGINT.
+async fn serve(
+    engine: &Rc<RefCell<Engine>>,
+    opts: &RunOptions,
+    listener: tokio::net::UnixListener,
+    mut watch: crate::logs::watch::LogWatch,
+    mut flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let (handler_engine, handler_opts) = (engine.clone(), opts.clone());
     local.spawn_local(control::serve(listener, move |req| {
@@ -766,8 +830,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Err(e) => Response::err(&e),
         }
     }));
-
-    let result = local
+    local
         .run_until(async {
             let mut sigterm = signal(SignalKind::terminate())?;
             let mut sigint = signal(SignalKind::interrupt())?;
@@ -780,7 +843,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     _ = sigterm.recv() => break,
                     _ = sigint.recv() => break,
                     _ = sighup.recv() => {
-                        if let Err(e) = reload(&engine, &opts) {
+                        if let Err(e) = reload(engine, opts) {
                             tracing::error!("reload failed, keeping the running configuration: {e:#}");
                         }
                     }
@@ -801,21 +864,23 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             anyhow::Ok(())
         })
-        .await;
+        .await
+}
 
+/// Saves everything and leaves the program attached: the pinned links keep
+/// it dropping (bans ending on time, in the kernel) until the next daemon
+/// swaps its program in. Only `sipguard detach` leaves the box unprotected.
+fn shutdown(engine: &Rc<RefCell<Engine>>, ebpf: aya::Ebpf, ifaces: &[String]) {
     tracing::info!("stopping: saving state");
-    engine.borrow_mut().save();
-    let _ = std::fs::remove_file(&socket);
-    // The pinned links keep the program attached: bans keep dropping (and
-    // ending on time, in the kernel) until the next daemon swaps its
-    // program in. Only `sipguard detach` leaves the box unprotected.
+    let mut engine = engine.borrow_mut();
+    engine.save();
+    let _ = std::fs::remove_file(&engine.config.socket);
     drop(ebpf);
     tracing::info!(
         "stopped; the program stays attached to {} with the bans pinned in {} (`sipguard detach` removes it)",
         ifaces.join(", "),
-        pin_dir.display()
+        engine.config.pin_dir.display()
     );
-    result
 }
 
 /// The program's settings for a configuration.

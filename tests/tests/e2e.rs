@@ -4,6 +4,7 @@
 use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli, cli_ok, Daemon},
+    fixture::Setup,
     netns::*,
     Sandbox,
 };
@@ -224,16 +225,15 @@ fn all_ports_mode_drops_every_port() -> Result<()> {
 
 #[test]
 fn cidr_ban_and_allowlist_win() -> Result<()> {
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
-    let srv = server(&pair, SERVER_V4)?;
-    let a = source(&pair, CLIENT_V4)?;
-    let b = source(&pair, OTHER_V4)?;
-    cli_ok(&sb, &["ban", "10.213.0.0/24"])?;
+    let s = Setup::new("")?;
+    let (sb, pair) = (&s.sb, &s.pair);
+    let srv = server(pair, SERVER_V4)?;
+    let a = source(pair, CLIENT_V4)?;
+    let b = source(pair, OTHER_V4)?;
+    cli_ok(sb, &["ban", "10.213.0.0/24"])?;
     assert_eq!(udp_to(&a, &srv.udp_sip)?, 0);
     assert_eq!(udp_to(&b, &srv.udp_sip)?, 0);
-    cli_ok(&sb, &["allow", OTHER_V4])?;
+    cli_ok(sb, &["allow", OTHER_V4])?;
     assert_eq!(
         udp_to(&b, &srv.udp_sip)?,
         PROBES,
@@ -245,7 +245,7 @@ fn cidr_ban_and_allowlist_win() -> Result<()> {
         "the rest of the /24 stays banned"
     );
     let allowed: serde_json::Value =
-        serde_json::from_str(&cli_ok(&sb, &["list", "--allowed", "--json"])?)?;
+        serde_json::from_str(&cli_ok(sb, &["list", "--allowed", "--json"])?)?;
     let entry = allowed
         .as_array()
         .unwrap()
@@ -451,9 +451,8 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() -> Result<()> {
 
 #[test]
 fn only_root_changes_bans() -> Result<()> {
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let _daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("")?;
+    let sb = &s.sb;
     for args in [
         vec!["ban", "192.0.2.1"],
         vec!["unban", "192.0.2.1"],
@@ -473,7 +472,7 @@ fn only_root_changes_bans() -> Result<()> {
         );
     }
     assert!(
-        cli_ok(&sb, &["list"])?.contains("0 ban(s)"),
+        cli_ok(sb, &["list"])?.contains("0 ban(s)"),
         "nothing was banned"
     );
     Ok(())

@@ -3,11 +3,7 @@
 //! source gets banned (`sip-flood`), while a quiet source keeps flowing; the
 //! power-outage pattern passes untouched under the default settings.
 use anyhow::Result;
-use sipguard_tests::{
-    daemon::{cli_ok, Daemon},
-    netns::*,
-    Sandbox,
-};
+use sipguard_tests::{daemon::cli_ok, fixture::Setup, netns::*, Sandbox};
 use std::{
     net::UdpSocket,
     time::{Duration, Instant},
@@ -49,9 +45,8 @@ fn counter(sb: &Sandbox, name: &str) -> Result<u64> {
 #[test]
 fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::new("[flood]\nrate = 100\nburst = 100\nescalate_after = 2\nwindow = \"60s\"\nbantime = \"10m\"\n")?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("[flood]\nrate = 100\nburst = 100\nescalate_after = 2\nwindow = \"60s\"\nbantime = \"10m\"\n")?;
+    let (sb, pair) = (&s.sb, &s.pair);
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let flooder = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
     let quiet = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
@@ -63,11 +58,11 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
     // XDP let through the burst (100) + about 1 s at 100/s, with slack for
     // the tick-resolution clock, and the listener got those. (What the
     // client's veth queue dropped before XDP is in neither count.)
-    let passed = counter(&sb, "pass_not_banned")? as usize;
-    let limited = counter(&sb, "drop_rate_limited")? as usize;
+    let passed = counter(sb, "pass_not_banned")? as usize;
+    let limited = counter(sb, "drop_rate_limited")? as usize;
     // Escalation counts distinct clock seconds over the limit, so a flood
     // that straddles a second boundary can already be banned in this phase.
-    let banned = counter(&sb, "drop_banned")? as usize;
+    let banned = counter(sb, "drop_banned")? as usize;
     assert!(
         (100..=320).contains(&passed),
         "held to the rate: {passed} passed, {limited} limited, {banned} dropped as banned, {sent} sent"
@@ -78,7 +73,7 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
     );
     assert!(got <= passed, "{got} received, {passed} passed");
     let top: serde_json::Value =
-        serde_json::from_str(&cli_ok(&sb, &["top", "--interval", "0.2", "--json"])?)?;
+        serde_json::from_str(&cli_ok(sb, &["top", "--interval", "0.2", "--json"])?)?;
     assert_eq!(
         top["sources"][0]["source"], CLIENT_V4,
         "top shows the flooding source: {top}"
@@ -98,7 +93,7 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
     loop {
         flood(&flooder, &sip, 10, 0.5)?;
         let st: serde_json::Value =
-            serde_json::from_str(&cli_ok(&sb, &["status", "sip-flood", "--json"])?)?;
+            serde_json::from_str(&cli_ok(sb, &["status", "sip-flood", "--json"])?)?;
         let banned = &st["jails"][0]["actions"]["banned"];
         if banned[0]["address"] == CLIENT_V4 {
             assert!(
@@ -112,7 +107,7 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
         }
         assert!(Instant::now() < deadline, "not banned in time: {st}");
     }
-    let list: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["list", "--json"])?)?;
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["list", "--json"])?)?;
     assert_eq!(
         (list[0]["address"].as_str(), list[0]["jail"].as_str()),
         (Some(CLIENT_V4), Some("sip-flood")),
@@ -124,7 +119,7 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
     );
     let (_, got) = flood(&flooder, &sip, 10, 0.3)?;
     assert_eq!(got, 0, "banned: nothing gets through");
-    assert!(counter(&sb, "drop_banned")? > 0);
+    assert!(counter(sb, "drop_banned")? > 0);
     assert_eq!(
         udp_delivered(&quiet, &quiet_sip, 20)?,
         20,
@@ -139,9 +134,8 @@ fn a_flood_is_held_to_the_rate_then_banned() -> Result<()> {
 #[test]
 fn the_power_outage_pattern_passes_untouched() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("")?;
+    let (sb, pair) = (&s.sb, &s.pair);
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let nat = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
     sip.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -167,8 +161,8 @@ fn the_power_outage_pattern_passes_untouched() -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(got, sent, "every packet delivered");
-    assert_eq!(counter(&sb, "drop_rate_limited")?, 0);
-    assert!(cli_ok(&sb, &["list"])?.contains("0 ban(s)"));
+    assert_eq!(counter(sb, "drop_rate_limited")?, 0);
+    assert!(cli_ok(sb, &["list"])?.contains("0 ban(s)"));
     Ok(())
 }
 
@@ -181,9 +175,8 @@ fn the_power_outage_pattern_passes_untouched() -> Result<()> {
 #[test]
 fn sipvicious_svmap_is_dropped_and_banned_only_when_asked() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("")?;
+    let (sb, pair) = (&s.sb, &s.pair);
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     sip.set_nonblocking(true)?;
     let svmap = || -> Result<()> {
@@ -212,20 +205,20 @@ fn sipvicious_svmap_is_dropped_and_banned_only_when_asked() -> Result<()> {
         Ok(())
     };
     svmap()?;
-    assert!(counter(&sb, "drop_scanner")? >= 1);
+    assert!(counter(sb, "drop_scanner")? >= 1);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        cli_ok(&sb, &["list"])?.contains("0 ban(s)"),
+        cli_ok(sb, &["list"])?.contains("0 ban(s)"),
         "drop-only by default"
     );
 
     sb.write_config("[flood]\nscanner_bans = true\n")?;
-    cli_ok(&sb, &["reload"])?;
+    cli_ok(sb, &["reload"])?;
     svmap()?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let st: serde_json::Value =
-            serde_json::from_str(&cli_ok(&sb, &["status", "sip-scanner", "--json"])?)?;
+            serde_json::from_str(&cli_ok(sb, &["status", "sip-scanner", "--json"])?)?;
         let ban = &st["jails"][0]["actions"]["banned"][0];
         if ban["address"] == CLIENT_V4 {
             assert_eq!(ban["ports_only"], true, "{st}");

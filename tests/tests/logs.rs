@@ -5,6 +5,7 @@
 use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli, cli_ok, Daemon},
+    fixture::Setup,
     netns::*,
     Sandbox,
 };
@@ -79,10 +80,9 @@ fn status(sb: &Sandbox) -> Result<serde_json::Value> {
 
 #[test]
 fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(CONFIG)?;
+    let (sb, pair) = (&s.sb, &s.pair);
+    let d = &s.daemon;
     let sip4 = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let sip6 = udp_socket(&pair.server, addr(SERVER_V6, 5060))?;
     let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
@@ -96,8 +96,8 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
     let framing: String = (0..5)
         .map(|i| failure(CLIENT_V4, &format!("x] from ip {OTHER_V4} {i}")))
         .collect();
-    append(&sb, &framing)?;
-    append(&sb, &failures(OTHER_V6, 10))?;
+    append(sb, &framing)?;
+    append(sb, &failures(OTHER_V6, 10))?;
     wait_delivered(
         &attacker,
         &sip4,
@@ -117,7 +117,7 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
 
     // IPv6 offenders are banned as their /64, but this one shares the
     // server's own /64: the ban is narrowed to the attacker's /128.
-    append(&sb, &failures(CLIENT_V6, 3))?;
+    append(sb, &failures(CLIENT_V6, 3))?;
     wait_delivered(&attacker6, &sip6, 0, "the IPv6 attacker is banned")?;
     assert_eq!(
         udp_delivered(&allowed, &sip6, PROBES)?,
@@ -131,7 +131,7 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
         d.log()
     );
 
-    let st = status(&sb)?;
+    let st = status(sb)?;
     let jail = &st["jails"][0];
     assert_eq!(jail["filter"]["total_failed"], 18, "{st}");
     assert_eq!(jail["actions"]["currently_banned"], 2, "{st}");
@@ -151,7 +151,7 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
         first["line"].as_str().unwrap().contains(CLIENT_V4),
         "the matched line is kept: {st}"
     );
-    let text = cli_ok(&sb, &["status", "freeswitch"])?;
+    let text = cli_ok(sb, &["status", "freeswitch"])?;
     assert!(
         text.contains("Currently banned: 2") && text.contains("Total failed:     18"),
         "{text}"
@@ -220,17 +220,15 @@ fn restart_keeps_bans_and_read_position_and_reboot_reinstates_bans() -> Result<(
 
 #[test]
 fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(CONFIG)?;
+    let (sb, pair) = (&s.sb, &s.pair);
     let mode = std::fs::metadata(sb.socket())?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket is root-only");
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let a = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
-    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "10m"])?;
+    cli_ok(sb, &["ban", CLIENT_V4, "--for", "10m"])?;
     assert_eq!(udp_delivered(&a, &sip, PROBES)?, 0);
-    let all: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["status", "--json"])?)?;
+    let all: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["status", "--json"])?)?;
     let manual = all["jails"]
         .as_array()
         .unwrap()
@@ -244,22 +242,22 @@ fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
 
     // A bad config on reload is refused with its line; the daemon and bans stay.
     sb.write_config(&CONFIG.replace("bantime = \"1h\"", "bantime = \"soon\""))?;
-    let out = cli(&sb, &["reload"])?;
+    let out = cli(sb, &["reload"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("line 8") && err.contains("bantime"),
         "{err}"
     );
     sb.write_config(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
-    cli_ok(&sb, &["reload"])?;
+    cli_ok(sb, &["reload"])?;
     assert_eq!(udp_delivered(&a, &sip, PROBES)?, 0, "bans survive a reload");
     let b = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
-    append(&sb, &failures(OTHER_V4, 1))?;
+    append(sb, &failures(OTHER_V4, 1))?;
     wait_delivered(&b, &sip, 0, "the reloaded maxretry = 1 applies")?;
 
-    cli_ok(&sb, &["unban", CLIENT_V4])?;
+    cli_ok(sb, &["unban", CLIENT_V4])?;
     assert_eq!(udp_delivered(&a, &sip, PROBES)?, PROBES);
-    let out = cli(&sb, &["unban", CLIENT_V4])?;
+    let out = cli(sb, &["unban", CLIENT_V4])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not banned"));
     Ok(())
 }
@@ -336,10 +334,9 @@ fn test_filter_counts_and_replays() -> Result<()> {
 /// only lines FreeSWITCH wrote, parsed from their start, count.
 #[test]
 fn injected_failure_text_bans_nobody() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(CONFIG)?;
+    let (sb, pair) = (&s.sb, &s.pair);
+    let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let victim = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
     let text = format!("[WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@10.0.8.5] from ip {OTHER_V4}");
@@ -364,15 +361,15 @@ fn injected_failure_text_bans_nobody() -> Result<()> {
         format!("x{stamped}"),
         format!("\t{stamped}"),
     ];
-    append(&sb, &(injected.join("\n") + "\n"))?;
+    append(sb, &(injected.join("\n") + "\n"))?;
     // A real failure line after them proves the daemon read past them.
-    append(&sb, &failure(CLIENT_V4, "marker"))?;
+    append(sb, &failure(CLIENT_V4, "marker"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status(&sb)?["jails"][0]["filter"]["total_failed"] != 1 {
+    while status(sb)?["jails"][0]["filter"]["total_failed"] != 1 {
         assert!(Instant::now() < deadline, "{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = status(&sb)?;
+    let st = status(sb)?;
     assert_eq!(st["jails"][0]["filter"]["lines"], 13, "{st}");
     assert_eq!(st["jails"][0]["actions"]["currently_banned"], 0, "{st}");
     assert_eq!(udp_delivered(&victim, &sip, PROBES)?, PROBES);
@@ -384,10 +381,9 @@ fn injected_failure_text_bans_nobody() -> Result<()> {
 /// warned about, and `log_timezone` puts it right (through a reload).
 #[test]
 fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(CONFIG)?;
+    let (sb, pair) = (&s.sb, &s.pair);
+    let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
     // Written in UTC-2, whatever the daemon's own zone is.
@@ -399,7 +395,7 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
     let line = |i: usize| {
         format!("{} [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{i}@10.0.8.5] from ip {CLIENT_V4}\n", behind())
     };
-    append(&sb, &(0..12).map(line).collect::<String>())?;
+    append(sb, &(0..12).map(line).collect::<String>())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !d
         .log()
@@ -408,14 +404,14 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
         assert!(Instant::now() < deadline, "no warning:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = status(&sb)?;
+    let st = status(sb)?;
     assert_eq!(st["jails"][0]["filter"]["skewed"], 12, "{st}");
     assert_eq!(st["jails"][0]["actions"]["currently_banned"], 0, "{st}");
     assert_eq!(udp_delivered(&attacker, &sip, PROBES)?, PROBES);
 
     sb.write_config(&format!("log_timezone = \"-02:00\"\n{CONFIG}"))?;
-    cli_ok(&sb, &["reload"])?;
-    append(&sb, &(20..23).map(line).collect::<String>())?;
+    cli_ok(sb, &["reload"])?;
+    append(sb, &(20..23).map(line).collect::<String>())?;
     wait_delivered(&attacker, &sip, 0, "banned once the timezone is right")?;
     Ok(())
 }
@@ -424,20 +420,19 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
 /// before it and one after still make three within findtime.
 #[test]
 fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(CONFIG)?;
+    let (sb, pair) = (&s.sb, &s.pair);
+    let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
-    append(&sb, &failures(CLIENT_V4, 2))?;
+    append(sb, &failures(CLIENT_V4, 2))?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while status(&sb)?["jails"][0]["filter"]["currently_failed"] != 1 {
+    while status(sb)?["jails"][0]["filter"]["currently_failed"] != 1 {
         assert!(Instant::now() < deadline, "{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    cli_ok(&sb, &["reload"])?;
-    append(&sb, &failure(CLIENT_V4, "third"))?;
+    cli_ok(sb, &["reload"])?;
+    append(sb, &failure(CLIENT_V4, "third"))?;
     wait_delivered(
         &attacker,
         &sip,
@@ -452,21 +447,20 @@ fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
 /// has its jail.
 #[test]
 fn list_pages_the_notes_of_many_bans() -> Result<()> {
-    let sb = Sandbox::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
-    append(&sb, "")?;
-    let pair = Pair::new()?;
-    let d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
+    let sb = &s.sb;
+    let d = &s.daemon;
     let n = 25_000u32;
     let lines: String = (0..n)
         .map(|i| failure(&std::net::Ipv4Addr::from(0x6440_0000 + i).to_string(), "u"))
         .collect();
-    append(&sb, &lines)?;
+    append(sb, &lines)?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&sb)?["jails"][0]["actions"]["currently_banned"] != n {
+    while status(sb)?["jails"][0]["actions"]["currently_banned"] != n {
         assert!(Instant::now() < deadline, "{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let list: serde_json::Value = serde_json::from_str(&cli_ok(&sb, &["list", "--json"])?)?;
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["list", "--json"])?)?;
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), n as usize);
     assert!(

@@ -5,11 +5,10 @@
 //! networks are not counted by the jails.
 use anyhow::Result;
 use sipguard_tests::{
-    daemon::{cli_ok, Daemon},
+    fixture::{wait_until, Setup},
     netns::*,
     Sandbox,
 };
-use std::time::{Duration, Instant};
 
 const PROBES: usize = 20;
 
@@ -39,109 +38,62 @@ fn append(sb: &Sandbox, ip: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn allowed(sb: &Sandbox) -> Result<Vec<String>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&cli_ok(sb, &["list", "--allowed", "--json"])?)?;
-    Ok(v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| format!("{}/{}", a["address"].as_str().unwrap(), a["prefix"]))
-        .collect())
-}
-
-fn banned(sb: &Sandbox) -> Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["list", "--json"])?)?;
-    Ok(v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["address"].as_str().unwrap().to_owned())
-        .collect())
-}
-
-/// A reboot as far as sipguard can tell: the daemon stopped and every pin
-/// (maps and links) gone; only the state file is left.
-fn reboot(sb: &Sandbox) -> Result<()> {
-    std::fs::remove_dir_all(&sb.pin)?;
-    Ok(())
-}
-
-/// Waits (bounded) until `what` holds.
-fn wait(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f()? {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 #[test]
 fn the_allowlist_is_the_operators_across_restarts_and_reboots() -> Result<()> {
-    let sb = Sandbox::new(&format!("ignoreip = [\"198.51.100.0/24\"]\n{CONFIG}"))?;
-    append(&sb, CLIENT_V4, 0)?;
-    let pair = Pair::new()?;
-    let args = ["--iface", pair.server_if.as_str()];
-    let mut d = Daemon::start(&pair.server, &sb, &args)?;
-    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
-    let office = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
+    let mut s = Setup::new(&format!("ignoreip = [\"198.51.100.0/24\"]\n{CONFIG}"))?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    let office = udp_socket(&s.pair.client, addr(OTHER_V4, 0))?;
 
     // "The office", allowed through the running daemon, is never counted.
-    cli_ok(&sb, &["allow", OTHER_V4])?;
-    append(&sb, OTHER_V4, 5)?;
-    append(&sb, CLIENT_V4, 3)?;
-    wait("the attacker is banned", || Ok(banned(&sb)? == [CLIENT_V4]))?;
-    let st: serde_json::Value =
-        serde_json::from_str(&cli_ok(&sb, &["status", "freeswitch", "--json"])?)?;
+    s.cli(&["allow", OTHER_V4])?;
+    append(&s.sb, OTHER_V4, 5)?;
+    append(&s.sb, CLIENT_V4, 3)?;
+    wait_until(5, "the attacker is banned", || {
+        Ok(s.banned()? == [CLIENT_V4])
+    })?;
+    let st = s.json(&["status", "freeswitch"])?;
     assert_eq!(st["jails"][0]["filter"]["ignored"], 5, "{st}");
 
     // Reboot: the operator's entry comes back with the daemon.
-    d.stop()?;
-    reboot(&sb)?;
-    let mut d = Daemon::start(&pair.server, &sb, &args)?;
+    s.reboot()?;
     assert!(
-        allowed(&sb)?.contains(&format!("{OTHER_V4}/32")),
+        s.allowed()?.contains(&format!("{OTHER_V4}/32")),
         "{:?}",
-        allowed(&sb)?
+        s.allowed()?
     );
-    assert!(allowed(&sb)?.contains(&"198.51.100.0/24".to_owned()));
+    assert!(s.allowed()?.contains(&"198.51.100.0/24".to_owned()));
     assert_eq!(udp_delivered(&office, &sip, PROBES)?, PROBES);
 
     // A network removed from ignoreip is no longer allow-listed after a
     // restart, although the program (and the allowlist) stayed in place.
-    d.stop()?;
-    sb.write_config(CONFIG)?;
-    let mut d = Daemon::start(&pair.server, &sb, &args)?;
-    let now = allowed(&sb)?;
+    s.daemon.stop()?;
+    s.sb.write_config(CONFIG)?;
+    s.start_again()?;
+    let now = s.allowed()?;
     assert!(!now.contains(&"198.51.100.0/24".to_owned()), "{now:?}");
     assert!(now.contains(&format!("{OTHER_V4}/32")), "{now:?}");
 
     // Disallowed through the daemon: gone for good, also after a reboot.
-    cli_ok(&sb, &["disallow", OTHER_V4])?;
-    d.stop()?;
-    reboot(&sb)?;
-    let _d = Daemon::start(&pair.server, &sb, &args)?;
-    assert!(!allowed(&sb)?.contains(&format!("{OTHER_V4}/32")));
+    s.cli(&["disallow", OTHER_V4])?;
+    s.reboot()?;
+    assert!(!s.allowed()?.contains(&format!("{OTHER_V4}/32")));
     Ok(())
 }
 
 #[test]
 fn changes_made_while_the_daemon_is_stopped_are_kept() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
-    append(&sb, CLIENT_V4, 0)?;
-    let pair = Pair::new()?;
-    let args = ["--iface", pair.server_if.as_str()];
-    let mut d = Daemon::start(&pair.server, &sb, &args)?;
-    let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
-    let attacker = udp_socket(&pair.client, addr(CLIENT_V4, 0))?;
-    let office = udp_socket(&pair.client, addr(OTHER_V4, 0))?;
-    append(&sb, CLIENT_V4, 3)?;
-    wait("banned by the log", || Ok(banned(&sb)? == [CLIENT_V4]))?;
-    d.stop()?;
+    let mut s = Setup::new(CONFIG)?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    let attacker = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
+    let office = udp_socket(&s.pair.client, addr(OTHER_V4, 0))?;
+    append(&s.sb, CLIENT_V4, 3)?;
+    wait_until(5, "banned by the log", || Ok(s.banned()? == [CLIENT_V4]))?;
+    s.daemon.stop()?;
 
     // The daemon is stopped: the CLI changes the maps itself.
-    cli_ok(&sb, &["unban", CLIENT_V4])?;
-    cli_ok(&sb, &["allow", OTHER_V4])?;
-    cli_ok(&sb, &["ban", "192.0.2.99", "--for", "1h"])?;
+    s.cli(&["unban", CLIENT_V4])?;
+    s.cli(&["allow", OTHER_V4])?;
+    s.cli(&["ban", "192.0.2.99", "--for", "1h"])?;
     assert_eq!(
         udp_delivered(&attacker, &sip, PROBES)?,
         PROBES,
@@ -149,23 +101,25 @@ fn changes_made_while_the_daemon_is_stopped_are_kept() -> Result<()> {
     );
 
     // The start does not undo them, also when it is a reboot.
-    let mut d = Daemon::start(&pair.server, &sb, &args)?;
-    assert!(d.log().contains("applying 3 change(s)"), "{}", d.log());
-    assert_eq!(banned(&sb)?, ["192.0.2.99"]);
+    s.start_again()?;
+    assert!(
+        s.daemon.log().contains("applying 3 change(s)"),
+        "{}",
+        s.daemon.log()
+    );
+    assert_eq!(s.banned()?, ["192.0.2.99"]);
     assert_eq!(
         udp_delivered(&attacker, &sip, PROBES)?,
         PROBES,
         "not banned again"
     );
-    d.stop()?;
-    reboot(&sb)?;
-    let _d = Daemon::start(&pair.server, &sb, &args)?;
+    s.reboot()?;
     assert_eq!(
-        banned(&sb)?,
+        s.banned()?,
         ["192.0.2.99"],
         "the offline ban is kept, the unban too"
     );
-    assert!(allowed(&sb)?.contains(&format!("{OTHER_V4}/32")));
+    assert!(s.allowed()?.contains(&format!("{OTHER_V4}/32")));
     assert_eq!(udp_delivered(&office, &sip, PROBES)?, PROBES);
     assert_eq!(udp_delivered(&attacker, &sip, PROBES)?, PROBES);
     Ok(())

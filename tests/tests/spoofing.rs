@@ -4,12 +4,7 @@
 //! of forged sources adds no more bans than the budget, fragments do not slip
 //! past the limiter, and a busy legitimate TCP peer is never limited.
 use anyhow::Result;
-use sipguard_tests::{
-    daemon::{cli_ok, Daemon},
-    netns::*,
-    packet::*,
-    Sandbox,
-};
+use sipguard_tests::{daemon::Daemon, fixture::Setup, netns::*, packet::*, Sandbox};
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr},
@@ -28,34 +23,6 @@ fn v4(s: &str) -> [u8; 4] {
 
 fn v6(s: &str) -> [u8; 16] {
     s.parse::<Ipv6Addr>().unwrap().octets()
-}
-
-fn json(sb: &Sandbox, args: &[&str]) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&cli_ok(sb, args)?)?)
-}
-
-fn counter(sb: &Sandbox, name: &str) -> Result<u64> {
-    Ok(json(sb, &["stats", "--json"])?["counters"][name]["packets"]
-        .as_u64()
-        .unwrap_or(0))
-}
-
-fn bans(sb: &Sandbox) -> Result<Vec<String>> {
-    Ok(json(sb, &["list", "--json"])?
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["address"].as_str().unwrap().to_owned())
-        .collect())
-}
-
-fn allowed(sb: &Sandbox) -> Result<Vec<String>> {
-    Ok(json(sb, &["list", "--allowed", "--json"])?
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| format!("{}/{}", a["address"].as_str().unwrap(), a["prefix"]))
-        .collect())
 }
 
 /// A scanner's OPTIONS from `src`, as a routable frame to the server.
@@ -89,6 +56,7 @@ fn send_paced(raw: &RawSocket, frames: &[Vec<u8>]) -> Result<()> {
 #[test]
 fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The resolver and the route exist before the daemon starts.
     let sb = Sandbox::new(
         "resolv_conf = \"{dir}/resolv.conf\"\n[flood]\nrate = 50\nburst = 50\nescalate_after = 1\nscanner_bans = true\n",
     )?;
@@ -96,8 +64,10 @@ fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
     let pair = Pair::new()?;
     pair.server
         .ip(&["route", "add", "default", "via", GATEWAY])?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
-    let listed = allowed(&sb)?;
+    let daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup { daemon, pair, sb };
+    let pair = &s.pair;
+    let listed = s.allowed()?;
     for protected in [GATEWAY, RESOLVER, SERVER_V4] {
         assert!(
             listed.contains(&format!("{protected}/32")),
@@ -109,7 +79,7 @@ fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
     sip.set_read_timeout(Some(Duration::from_millis(300)))?;
     for who in [GATEWAY, RESOLVER] {
         // Scanner packets, then a flood, forged from the protected address.
-        send_paced(&raw, &vec![scanner4(&pair, v4(who))?; 5])?;
+        send_paced(&raw, &vec![scanner4(pair, v4(who))?; 5])?;
         let flood = routable_udp4(
             pair.macs()?,
             v4(who),
@@ -122,9 +92,9 @@ fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert!(bans(&sb)?.is_empty(), "nothing banned: {:?}", bans(&sb)?);
-    assert_eq!(counter(&sb, "drop_rate_limited")?, 0);
-    assert_eq!(counter(&sb, "pass_scanner_allowlisted")?, 10);
+    assert!(s.banned()?.is_empty(), "nothing banned: {:?}", s.banned()?);
+    assert_eq!(s.counter("drop_rate_limited")?, 0);
+    assert_eq!(s.counter("pass_scanner_allowlisted")?, 10);
     // The gateway's own SIP packets still reach the listener.
     let mut buf = [0u8; 2048];
     while sip.recv(&mut buf).is_ok() {}
@@ -147,11 +117,11 @@ fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
     pair.server
         .ip(&["route", "add", "198.51.100.0/24", "via", "10.213.0.250"])?;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !allowed(&sb)?.contains(&"10.213.0.250/32".to_owned()) {
+    while !s.allowed()?.contains(&"10.213.0.250/32".to_owned()) {
         assert!(
             Instant::now() < deadline,
             "new gateway not protected: {:?}",
-            allowed(&sb)?
+            s.allowed()?
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -163,9 +133,8 @@ fn forged_packets_never_ban_the_gateway_or_the_resolver() -> Result<()> {
 #[test]
 fn a_neighbour_in_the_own_64_is_banned_alone() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::new("[flood]\nscanner_bans = true\n")?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("[flood]\nscanner_bans = true\n")?;
+    let pair = &s.pair;
     let raw = pair.forger()?;
     let body = sip_options("User-Agent: friendly-scanner", 0);
     let neighbour = "fd00:5167::99";
@@ -175,11 +144,11 @@ fn a_neighbour_in_the_own_64_is_banned_alone() -> Result<()> {
         &ipv6(v6(neighbour), UDP, &udp_with(5060, &body)),
     ))?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while bans(&sb)?.is_empty() {
+    while s.banned()?.is_empty() {
         assert!(Instant::now() < deadline, "not banned at all");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(bans(&sb)?, [neighbour], "the /128 alone");
+    assert_eq!(s.banned()?, [neighbour], "the /128 alone");
     // The client, in the same /64, still reaches the server.
     let client = udp_socket(&pair.client, addr(CLIENT_V6, 0))?;
     let server = udp_socket(&pair.server, addr(SERVER_V6, 5060))?;
@@ -192,29 +161,28 @@ fn a_neighbour_in_the_own_64_is_banned_alone() -> Result<()> {
 #[test]
 fn a_forged_storm_cannot_fill_the_blocklist() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::new("[flood]\nscanner_bans = true\nmax_bans_per_minute = 60\n")?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("[flood]\nscanner_bans = true\nmax_bans_per_minute = 60\n")?;
+    let pair = &s.pair;
     let raw = pair.forger()?;
     let frames: Vec<Vec<u8>> = (0..5000u32)
-        .map(|i| scanner4(&pair, (0x6440_0000 + i).to_be_bytes())) // 100.64.0.0/10
+        .map(|i| scanner4(pair, (0x6440_0000 + i).to_be_bytes())) // 100.64.0.0/10
         .collect::<Result<_>>()?;
     let start = Instant::now();
     send_paced(&raw, &frames)?;
     std::thread::sleep(Duration::from_millis(500));
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(
-        counter(&sb, "drop_scanner")?,
+        s.counter("drop_scanner")?,
         5000,
         "every forged packet dropped"
     );
-    let banned = bans(&sb)?.len();
+    let banned = s.banned()?.len();
     let refill = (secs + 1.0).ceil() as usize;
     assert!(
         (50..=60 + refill).contains(&banned),
         "{banned} bans after {secs:.1} s (budget 60 a minute)"
     );
-    let st = json(&sb, &["status", "sip-scanner", "--json"])?;
+    let st = s.json(&["status", "sip-scanner"])?;
     let skipped = st["jails"][0]["actions"]["skipped_over_budget"]
         .as_u64()
         .unwrap();
@@ -228,9 +196,8 @@ fn a_forged_storm_cannot_fill_the_blocklist() -> Result<()> {
 #[test]
 fn fragment_floods_are_held_to_the_rate() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::new("[flood]\nrate = 100\nburst = 100\nescalate_after = 0\n")?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("[flood]\nrate = 100\nburst = 100\nescalate_after = 0\n")?;
+    let pair = &s.pair;
     let raw = pair.forger()?;
     let src6 = v6("2001:db8:66::1");
     let src4 = [198, 51, 100, 66];
@@ -262,14 +229,14 @@ fn fragment_floods_are_held_to_the_rate() -> Result<()> {
     ];
     for (what, f) in shapes {
         let (passed0, limited0) = (
-            counter(&sb, "pass_not_banned")?,
-            counter(&sb, "drop_rate_limited")?,
+            s.counter("pass_not_banned")?,
+            s.counter("drop_rate_limited")?,
         );
         let start = Instant::now();
         send_paced(&raw, &vec![f; 8000])?;
         let secs = start.elapsed().as_secs_f64();
-        let passed = counter(&sb, "pass_not_banned")? - passed0;
-        let limited = counter(&sb, "drop_rate_limited")? - limited0;
+        let passed = s.counter("pass_not_banned")? - passed0;
+        let limited = s.counter("drop_rate_limited")? - limited0;
         let allowed = 100 + (100.0 * (secs + 0.5)) as u64;
         // (The pass counter also sees the namespaces' own neighbour
         // discovery, a few packets.)
@@ -301,9 +268,8 @@ fn fragment_floods_are_held_to_the_rate() -> Result<()> {
 #[test]
 fn a_busy_tcp_peer_is_not_a_flood() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let _d = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
+    let s = Setup::new("")?;
+    let pair = &s.pair;
     let listener = tcp_listener(&pair.server, addr(SERVER_V4, 5060))?;
     let request = b"OPTIONS sip:trunk@10.213.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 10.213.0.2\r\nContent-Length: 0\r\n\r\n";
     let response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
@@ -341,7 +307,7 @@ fn a_busy_tcp_peer_is_not_a_flood() -> Result<()> {
     assert_eq!(answered, done);
     let rate = done as f64 / start.elapsed().as_secs_f64();
     assert!(rate > 700.0, "the peer was busy: {rate:.0} requests/s");
-    assert_eq!(counter(&sb, "drop_rate_limited")?, 0, "never limited");
-    assert!(bans(&sb)?.is_empty(), "never banned");
+    assert_eq!(s.counter("drop_rate_limited")?, 0, "never limited");
+    assert!(s.banned()?.is_empty(), "never banned");
     Ok(())
 }

@@ -3,70 +3,53 @@
 //! daemon also polls on a slower clock, so a missed or unsupported event
 //! (NFS, a folder created later) only costs latency, never lines.
 use anyhow::{Context as _, Result};
-use std::{
-    ffi::CString,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
-};
+use inotify::{Inotify, WatchMask};
+use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 
 pub struct LogWatch {
-    fd: AsyncFd<OwnedFd>,
+    /// Opened nonblocking by the crate: tokio waits for it to be readable.
+    inotify: AsyncFd<Inotify>,
 }
 
 impl LogWatch {
     /// Watches the folders holding `paths` (or glob patterns); folders that do
     /// not exist are skipped (the slow poll covers them).
     pub fn new(paths: &[String]) -> Result<Self> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("inotify_init1");
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let inotify = Inotify::init().context("inotify_init")?;
         let mut dirs: Vec<PathBuf> = paths.iter().filter_map(|p| folder_of(p)).collect();
         dirs.sort();
         dirs.dedup();
-        let mask = libc::IN_MODIFY
-            | libc::IN_CREATE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_DELETE;
+        let mask = WatchMask::MODIFY
+            | WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE;
         for dir in dirs {
-            let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            // SAFETY: valid fd and C string.
-            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
-                tracing::debug!(
-                    "not watching {}: {}",
-                    dir.display(),
-                    std::io::Error::last_os_error()
-                );
+            if let Err(e) = inotify.watches().add(&dir, mask) {
+                tracing::debug!("not watching {}: {e}", dir.display());
             }
         }
-        // SAFETY: we own `fd`; it stays open, and the same descriptor, for as
-        // long as the AsyncFd that owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-        Ok(Self { fd })
+        // SAFETY: the AsyncFd owns the Inotify, whose descriptor stays open,
+        // and the same, for as long as the AsyncFd lives.
+        let inotify =
+            unsafe { AsyncFd::register_with_interest(inotify, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+                .context("registering the inotify descriptor")?;
+        Ok(Self { inotify })
     }
 
     /// Waits for the next change, then drains the pending events.
-    pub async fn changed(&self) {
-        let Ok(mut guard) = self.fd.readable().await else {
+    pub async fn changed(&mut self) {
+        let Ok(mut guard) = self.inotify.readable_mut().await else {
             return;
         };
         let mut buf = [0u8; 4096];
-        // SAFETY: reading into a valid buffer from our own nonblocking fd.
-        while unsafe {
-            libc::read(
-                self.fd.get_ref().as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        } > 0
+        // Nonblocking: an empty queue reads as WouldBlock and ends the loop.
+        while guard
+            .get_inner_mut()
+            .read_events(&mut buf)
+            .is_ok_and(|mut events| events.next().is_some())
         {}
         guard.clear_ready();
     }
@@ -117,7 +100,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("freeswitch.log");
         std::fs::write(&log, "").unwrap();
-        let watch = LogWatch::new(&[log.display().to_string()]).unwrap();
+        let mut watch = LogWatch::new(&[log.display().to_string()]).unwrap();
         std::fs::write(&log, "line\n").unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
             .await

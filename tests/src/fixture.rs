@@ -1,0 +1,118 @@
+//! The shared end-to-end fixture: a sandbox, a namespace pair, and the
+//! daemon attached to the server's veth, with the CLI and map readers every
+//! end-to-end test needs. Everything it makes is removed on drop.
+use crate::{
+    daemon::{cli_ok, Daemon},
+    netns::Pair,
+    Sandbox,
+};
+use anyhow::Result;
+use std::time::{Duration, Instant};
+
+pub struct Setup {
+    // Dropped in this order: the daemon, then the namespaces, then the pins.
+    pub daemon: Daemon,
+    pub pair: Pair,
+    pub sb: Sandbox,
+}
+
+impl Setup {
+    /// A sandbox with `config` (TOML, `{dir}` for its folder), a namespace
+    /// pair, and the daemon attached to the server's veth in driver mode.
+    pub fn new(config: &str) -> Result<Self> {
+        Self::with_args(config, &[])
+    }
+
+    /// Like `new`, with more `sipguard run` arguments.
+    pub fn with_args(config: &str, args: &[&str]) -> Result<Self> {
+        let sb = Sandbox::new(config)?;
+        let pair = Pair::new()?;
+        let daemon = Daemon::start(&pair.server, &sb, &Self::run_args(&pair, args))?;
+        Ok(Self { daemon, pair, sb })
+    }
+
+    fn run_args<'a>(pair: &'a Pair, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--iface", pair.server_if.as_str()];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Stops the daemon (SIGTERM) and starts a new one.
+    pub fn restart(&mut self) -> Result<()> {
+        self.daemon.stop()?;
+        self.start_again()
+    }
+
+    /// Starts a new daemon after `daemon.stop()` or `daemon.kill()`.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.daemon = Daemon::start(
+            &self.pair.server,
+            &self.sb,
+            &Self::run_args(&self.pair, &[]),
+        )?;
+        Ok(())
+    }
+
+    /// A reboot as far as sipguard can tell: the daemon stopped, every pin
+    /// (maps and links) gone, only the state file left; then a new start.
+    pub fn reboot(&mut self) -> Result<()> {
+        self.daemon.stop()?;
+        std::fs::remove_dir_all(&self.sb.pin)?;
+        self.start_again()
+    }
+
+    /// `sipguard ARGS` against this sandbox; its output, or an error.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        cli_ok(&self.sb, args)
+    }
+
+    /// `sipguard ARGS --json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        Ok(serde_json::from_str(&self.cli(&all)?)?)
+    }
+
+    /// A verdict counter's packets (`sipguard stats`).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.json(&["stats"])?["counters"][name]["packets"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// The banned addresses, as `list` shows them.
+    pub fn banned(&self) -> Result<Vec<String>> {
+        Ok(self
+            .json(&["list"])?
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|b| b["address"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// The allowlist, as `ADDRESS/PREFIX`.
+    pub fn allowed(&self) -> Result<Vec<String>> {
+        Ok(self
+            .json(&["list", "--allowed"])?
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|a| format!("{}/{}", a["address"].as_str().unwrap_or("?"), a["prefix"]))
+            .collect())
+    }
+}
+
+/// Waits (at most `secs` seconds) until `f` holds; fails with `what`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f()? {
+        if Instant::now() >= deadline {
+            anyhow::bail!("not within {secs} s: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -105,6 +105,48 @@ impl Setup {
     }
 }
 
+/// A jail on `{dir}/freeswitch.log`: 3 failures within a minute ban for an
+/// hour (the log-driven tests' configuration, after any global keys).
+pub const FREESWITCH_JAIL: &str = r#"
+[jails.freeswitch]
+logpath = "{dir}/freeswitch.log"
+filter = "freeswitch"
+maxretry = 3
+findtime = "1m"
+bantime = "1h"
+"#;
+
+/// Now, as FreeSWITCH stamps its log lines.
+pub fn now_stamp() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
+}
+
+/// A FreeSWITCH authentication failure of `ip` (user `user`), stamped now.
+pub fn failure(ip: &str, user: &str) -> String {
+    format!(
+        "{} 97.10% [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {ip}\n",
+        now_stamp()
+    )
+}
+
+/// `n` failures of `ip`.
+pub fn failures(ip: &str, n: usize) -> String {
+    (0..n).map(|i| failure(ip, &format!("10{i}"))).collect()
+}
+
+/// Appends `text` to the sandbox's `freeswitch.log` (creating it).
+pub fn append(sb: &Sandbox, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sb.path("freeswitch.log"))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 /// Waits (at most `secs` seconds) until `f` holds; fails with `what`.
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(secs);

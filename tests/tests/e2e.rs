@@ -261,18 +261,19 @@ fn cidr_ban_and_allowlist_win() -> Result<()> {
 
 #[test]
 fn ban_survives_daemon_restart() -> Result<()> {
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let args = ["--iface", pair.server_if.as_str()];
-    let mut daemon = Daemon::start(&pair.server, &sb, &args)?;
-    let srv = server(&pair, SERVER_V4)?;
-    let attacker = source(&pair, CLIENT_V4)?;
-    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "1h"])?;
+    let mut s = Setup::new("")?;
+    let srv = server(&s.pair, SERVER_V4)?;
+    let attacker = source(&s.pair, CLIENT_V4)?;
+    s.cli(&["ban", CLIENT_V4, "--for", "1h"])?;
     assert_eq!(udp_to(&attacker, &srv.udp_sip)?, 0);
 
-    assert!(daemon.stop()?.success(), "clean stop:\n{}", daemon.log());
     assert!(
-        pair.server_has_xdp()?,
+        s.daemon.stop()?.success(),
+        "clean stop:\n{}",
+        s.daemon.log()
+    );
+    assert!(
+        s.pair.server_has_xdp()?,
         "a clean stop leaves the program attached"
     );
     assert_eq!(
@@ -281,18 +282,18 @@ fn ban_survives_daemon_restart() -> Result<()> {
         "dropped with no daemon"
     );
 
-    let _daemon = Daemon::start(&pair.server, &sb, &args)?;
+    s.start_again()?;
     assert!(
-        _daemon.log().contains("1 ban(s) in force"),
+        s.daemon.log().contains("1 ban(s) in force"),
         "{}",
-        _daemon.log()
+        s.daemon.log()
     );
     assert_eq!(
         udp_to(&attacker, &srv.udp_sip)?,
         0,
         "the ban is enforced again after restart"
     );
-    let list = cli_ok(&sb, &["list"])?;
+    let list = s.cli(&["list"])?;
     assert!(
         list.contains(CLIENT_V4) && list.contains("in 59m"),
         "{list}"
@@ -305,13 +306,10 @@ fn ban_survives_daemon_restart() -> Result<()> {
 /// verifies the program for seconds): not one packet gets through.
 #[test]
 fn a_restart_lets_nothing_through() -> Result<()> {
-    let sb = Sandbox::bare()?;
-    let pair = Pair::new()?;
-    let args = ["--iface", pair.server_if.as_str()];
-    let mut daemon = Daemon::start(&pair.server, &sb, &args)?;
-    let srv = server(&pair, SERVER_V4)?;
-    let attacker = source(&pair, CLIENT_V4)?;
-    cli_ok(&sb, &["ban", CLIENT_V4, "--for", "1h"])?;
+    let mut s = Setup::new("")?;
+    let srv = server(&s.pair, SERVER_V4)?;
+    let attacker = source(&s.pair, CLIENT_V4)?;
+    s.cli(&["ban", CLIENT_V4, "--for", "1h"])?;
     let dst = srv.udp_sip.local_addr()?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let sent = std::thread::scope(|scope| -> Result<usize> {
@@ -326,11 +324,9 @@ fn a_restart_lets_nothing_through() -> Result<()> {
             sent
         });
         std::thread::sleep(Duration::from_millis(300));
-        assert!(daemon.stop()?.success(), "{}", daemon.log());
-        let restarted = Daemon::start(&pair.server, &sb, &args)?;
+        s.restart()?;
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        drop(restarted);
         Ok(sender.join().expect("sender"))
     })?;
     assert!(sent > 500, "the flood ran through the restart: {sent}");

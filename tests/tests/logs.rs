@@ -5,12 +5,11 @@
 use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli, cli_ok, Daemon},
-    fixture::Setup,
+    fixture::{append, failure, failures, now_stamp, Setup, FREESWITCH_JAIL},
     netns::*,
     Sandbox,
 };
 use std::{
-    io::Write as _,
     net::UdpSocket,
     os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
@@ -18,43 +17,9 @@ use std::{
 
 const PROBES: usize = 20;
 
-/// A jail on `{dir}/freeswitch.log`: 3 failures within a minute ban for an hour.
-/// OTHER_V6 is in ignoreip.
-const CONFIG: &str = r#"
-ignoreip = ["fd00:5167::3"]
-[jails.freeswitch]
-logpath = "{dir}/freeswitch.log"
-filter = "freeswitch"
-maxretry = 3
-findtime = "1m"
-bantime = "1h"
-"#;
-
-fn now_stamp() -> String {
-    chrono::Local::now()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string()
-}
-
-fn failure(ip: &str, user: &str) -> String {
-    format!(
-        "{} 97.10% [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [{user}@10.0.8.5] from ip {ip}\n",
-        now_stamp()
-    )
-}
-
-fn append(sb: &Sandbox, text: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(sb.path("freeswitch.log"))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-fn failures(ip: &str, n: usize) -> String {
-    (0..n).map(|i| failure(ip, &format!("10{i}"))).collect()
-}
+/// The FreeSWITCH jail, with OTHER_V6 in ignoreip.
+static CONFIG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("ignoreip = [\"fd00:5167::3\"]\n{FREESWITCH_JAIL}"));
 
 /// Waits (bounded) until `udp_delivered` from `src` to `dst` returns `want`.
 fn wait_delivered(src: &UdpSocket, dst: &UdpSocket, want: usize, what: &str) -> Result<()> {
@@ -80,7 +45,7 @@ fn status(sb: &Sandbox) -> Result<serde_json::Value> {
 
 #[test]
 fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
-    let s = Setup::new(CONFIG)?;
+    let s = Setup::new(&CONFIG)?;
     let (sb, pair) = (&s.sb, &s.pair);
     let d = &s.daemon;
     let sip4 = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
@@ -161,7 +126,7 @@ fn failure_lines_ban_the_attacker_and_nobody_else() -> Result<()> {
 
 #[test]
 fn restart_keeps_bans_and_read_position_and_reboot_reinstates_bans() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
+    let sb = Sandbox::new(&CONFIG)?;
     append(&sb, "")?;
     let pair = Pair::new()?;
     let args = ["--iface", pair.server_if.as_str()];
@@ -220,7 +185,7 @@ fn restart_keeps_bans_and_read_position_and_reboot_reinstates_bans() -> Result<(
 
 #[test]
 fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
-    let s = Setup::new(CONFIG)?;
+    let s = Setup::new(&CONFIG)?;
     let (sb, pair) = (&s.sb, &s.pair);
     let mode = std::fs::metadata(sb.socket())?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket is root-only");
@@ -284,7 +249,7 @@ fn bad_config_stops_the_daemon_with_file_line_and_key() -> Result<()> {
 
 #[test]
 fn test_filter_counts_and_replays() -> Result<()> {
-    let sb = Sandbox::new(CONFIG)?;
+    let sb = Sandbox::new(&CONFIG)?;
     let mut log = String::new();
     for i in 0..4 {
         log.push_str(&format!("2024-03-01 12:00:0{i}.000000 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u{i}@d] from ip 203.0.113.9\n"));
@@ -334,7 +299,7 @@ fn test_filter_counts_and_replays() -> Result<()> {
 /// only lines FreeSWITCH wrote, parsed from their start, count.
 #[test]
 fn injected_failure_text_bans_nobody() -> Result<()> {
-    let s = Setup::new(CONFIG)?;
+    let s = Setup::new(&CONFIG)?;
     let (sb, pair) = (&s.sb, &s.pair);
     let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
@@ -381,7 +346,7 @@ fn injected_failure_text_bans_nobody() -> Result<()> {
 /// warned about, and `log_timezone` puts it right (through a reload).
 #[test]
 fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
-    let s = Setup::new(CONFIG)?;
+    let s = Setup::new(&CONFIG)?;
     let (sb, pair) = (&s.sb, &s.pair);
     let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
@@ -409,7 +374,7 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
     assert_eq!(st["jails"][0]["actions"]["currently_banned"], 0, "{st}");
     assert_eq!(udp_delivered(&attacker, &sip, PROBES)?, PROBES);
 
-    sb.write_config(&format!("log_timezone = \"-02:00\"\n{CONFIG}"))?;
+    sb.write_config(&format!("log_timezone = \"-02:00\"\n{}", *CONFIG))?;
     cli_ok(sb, &["reload"])?;
     append(sb, &(20..23).map(line).collect::<String>())?;
     wait_delivered(&attacker, &sip, 0, "banned once the timezone is right")?;
@@ -420,7 +385,7 @@ fn a_log_timezone_mismatch_is_loud_and_log_timezone_fixes_it() -> Result<()> {
 /// before it and one after still make three within findtime.
 #[test]
 fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
-    let s = Setup::new(CONFIG)?;
+    let s = Setup::new(&CONFIG)?;
     let (sb, pair) = (&s.sb, &s.pair);
     let d = &s.daemon;
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;

@@ -5,37 +5,18 @@
 //! networks are not counted by the jails.
 use anyhow::Result;
 use sipguard_tests::{
-    fixture::{wait_until, Setup},
+    fixture::{append, failures, wait_until, Setup, FREESWITCH_JAIL},
     netns::*,
     Sandbox,
 };
 
 const PROBES: usize = 20;
 
-/// A jail on `{dir}/freeswitch.log`: 3 failures within a minute ban for an hour.
-const CONFIG: &str = r#"
-[jails.freeswitch]
-logpath = "{dir}/freeswitch.log"
-filter = "freeswitch"
-maxretry = 3
-findtime = "1m"
-bantime = "1h"
-"#;
+const CONFIG: &str = FREESWITCH_JAIL;
 
-fn append(sb: &Sandbox, ip: &str, n: usize) -> Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(sb.path("freeswitch.log"))?;
-    for i in 0..n {
-        writeln!(
-            f,
-            "{} [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'internal' for [u{i}@10.0.8.5] from ip {ip}",
-            chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f")
-        )?;
-    }
-    Ok(())
+/// `n` failures of `ip`, appended to the followed log.
+fn append_failures(sb: &Sandbox, ip: &str, n: usize) -> Result<()> {
+    append(sb, &failures(ip, n))
 }
 
 #[test]
@@ -46,8 +27,8 @@ fn the_allowlist_is_the_operators_across_restarts_and_reboots() -> Result<()> {
 
     // "The office", allowed through the running daemon, is never counted.
     s.cli(&["allow", OTHER_V4])?;
-    append(&s.sb, OTHER_V4, 5)?;
-    append(&s.sb, CLIENT_V4, 3)?;
+    append_failures(&s.sb, OTHER_V4, 5)?;
+    append_failures(&s.sb, CLIENT_V4, 3)?;
     wait_until(5, "the attacker is banned", || {
         Ok(s.banned()? == [CLIENT_V4])
     })?;
@@ -86,7 +67,7 @@ fn changes_made_while_the_daemon_is_stopped_are_kept() -> Result<()> {
     let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
     let attacker = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
     let office = udp_socket(&s.pair.client, addr(OTHER_V4, 0))?;
-    append(&s.sb, CLIENT_V4, 3)?;
+    append_failures(&s.sb, CLIENT_V4, 3)?;
     wait_until(5, "banned by the log", || Ok(s.banned()? == [CLIENT_V4]))?;
     s.daemon.stop()?;
 

@@ -99,6 +99,18 @@ impl TestProgram {
         Ok((result.return_value, result.duration))
     }
 
+    /// The descriptor of sipguard's loaded program, for runs on several
+    /// CPUs at once (`test_run_on`).
+    pub fn prog_fd(&mut self) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(program::PROGRAM)
+            .context("program missing")?
+            .try_into()?;
+        Ok(prog.fd()?.as_fd().as_raw_fd())
+    }
+
     /// Attaches `program` (sipguard's, or one of the floors) to `iface` in
     /// `ns`; it stays attached until this `TestProgram` or the namespace goes.
     pub fn attach_in(
@@ -140,3 +152,49 @@ impl TestProgram {
 
 /// `BPF_F_NO_COMMON_LRU`: an LRU hash with a free list per CPU.
 pub const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// Runs `frame` `repeat` times through the program `prog_fd` on `cpu`
+/// (the calling thread is pinned there first); returns the action and the
+/// kernel's mean ns per run. Raw `BPF_PROG_TEST_RUN`, so that several
+/// threads can run the same program at once.
+pub fn test_run_on(
+    cpu: usize,
+    prog_fd: std::os::fd::RawFd,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, f64)> {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // `union bpf_attr`'s test struct: prog_fd, retval, data_size_in,
+    // data_size_out, data_in, data_out, repeat, duration; the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
+    // SAFETY: a valid bpf_attr; the kernel only reads `frame` (no data_out).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    let retval = u32::from_ne_bytes(attr[4..8].try_into().expect("4 bytes"));
+    let duration = u32::from_ne_bytes(attr[36..40].try_into().expect("4 bytes"));
+    Ok((retval, f64::from(duration)))
+}

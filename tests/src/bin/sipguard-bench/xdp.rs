@@ -112,7 +112,89 @@ pub fn run(out: &mut Section) -> Result<()> {
     }
     rate_limiter(out)?;
     fragments(out)?;
-    forged_storm(out)
+    forged_storm(out)?;
+    multi_core(out)
+}
+
+/// Repeats per run in the multi-core table.
+const MC_REPEAT: u32 = 5_000_000;
+/// Two-CPU runs per case: the worst is reported (where the host places the
+/// two vCPUs decides whether a shared cache line bounces).
+const MC_RUNS: usize = 5;
+
+/// One source's packets dropped (or passed) on every CPU at once, beside
+/// the same on one CPU: a cache line that every CPU writes for the same
+/// source (a ban's counters, the source's rate state) makes each drop cost
+/// more as CPUs are added; a path with no shared writes stays flat.
+fn multi_core(out: &mut Section) -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get().min(8);
+    let mut t = TestProgram::load()?;
+    let now = clock::mono_now_ns();
+    t.maps.ban(parse_net("192.0.2.66")?, 0, 0, now)?;
+    let fd = t.prog_fd()?;
+    say!(out, "\n## One source on {cpus} CPUs at once (BPF_PROG_TEST_RUN, {MC_REPEAT} repeats per CPU, worst of {MC_RUNS} runs)\n");
+    say!(
+        out,
+        "| case | 1 CPU (ns/packet) | {cpus} CPUs at once (ns/packet, worst run) | × 1 CPU |"
+    );
+    say!(out, "|---|---:|---:|---:|");
+    let cases: [(&str, Vec<u8>, common::Config, u32); 3] = [
+        (
+            "banned drop (v4 /32)",
+            udp4([192, 0, 2, 66], 5060),
+            common::Config::default(),
+            1,
+        ),
+        (
+            "rate-limited drop (over 1 pps)",
+            udp4([192, 0, 2, 77], 5060),
+            {
+                let mut c = common::Config::default().with_rate(1, 1);
+                c.escalate_secs = 5;
+                c.escalate_window_secs = 60;
+                c
+            },
+            1,
+        ),
+        (
+            "SIP pass, limiter on, under the rate",
+            udp4([192, 0, 2, 1], 5060),
+            limiter_on(),
+            2,
+        ),
+    ];
+    for (name, frame, cfg, want) in &cases {
+        t.maps.set_config(*cfg)?;
+        let one = {
+            let (got, ns) = sipguard_tests::kernel::test_run_on(0, fd, frame, MC_REPEAT)?;
+            if got != *want {
+                bail!("{name}: action {got}, expected {want}");
+            }
+            ns
+        };
+        let mut worst: f64 = 0.0;
+        for _ in 0..MC_RUNS {
+            let per_cpu: Vec<f64> = std::thread::scope(|scope| {
+                let runs: Vec<_> = (0..cpus)
+                    .map(|cpu| {
+                        scope.spawn(move || {
+                            sipguard_tests::kernel::test_run_on(cpu, fd, frame, MC_REPEAT)
+                        })
+                    })
+                    .collect();
+                runs.into_iter()
+                    .map(|r| r.join().expect("run thread").map(|(_, ns)| ns))
+                    .collect::<Result<_>>()
+            })?;
+            worst = worst.max(per_cpu.iter().sum::<f64>() / per_cpu.len() as f64);
+        }
+        say!(
+            out,
+            "| {name} | {one:.1} | {worst:.1} | {:.2} |",
+            worst / one
+        );
+    }
+    Ok(())
 }
 
 /// A limiter that is on but never over: the path every packet takes.

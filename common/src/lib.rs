@@ -30,6 +30,12 @@ pub mod map_name {
     /// Per-CPU `u64` at index 0: reports lost because the ring buffer was full
     /// (each is sent again with the source's next offending packet or second).
     pub const LOST_REPORTS: &str = "lost_reports";
+    /// Per-CPU LRU hash: a source's [`super::RateKey`] → `u64`, its packets
+    /// dropped by the limiter on each CPU (nothing two CPUs write).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Per-CPU LRU hash: a ban's `id` → [`super::BanStats`] (its drops on
+    /// each CPU).
+    pub const BAN_STATS: &str = "ban_stats";
     /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the maps pinned
     /// beside it. Made by userspace, not part of the program.
     pub const LAYOUT: &str = "layout";
@@ -39,8 +45,10 @@ pub mod map_name {
 /// Bump it with every change to a pinned map's layout: a sipguard that finds
 /// another version pinned migrates the bans and the allowlist. 1: every
 /// sipguard before the version map; 2: `lost_reports`, the ports-only flag,
-/// and the reporting packet's address in `FloodEvent`.
-pub const LAYOUT_VERSION: u32 = 2;
+/// and the reporting packet's address in `FloodEvent`; 3: ban counters per
+/// CPU in `ban_stats` (`BanEntry` carries an `id` instead), a source's
+/// limited packets per CPU in `rate_limited` (not in `RateState`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value
@@ -99,8 +107,9 @@ pub const REPORTED_SCANNER: u32 = 2;
 ///
 /// Times are `CLOCK_MONOTONIC` nanoseconds, read in the kernel at tick
 /// resolution (`bpf_ktime_get_coarse_ns`), so the kernel can end a ban on time
-/// with no daemon running. The counters are written by the
-/// XDP program; userspace only reads them.
+/// with no daemon running. The XDP program only reads it: its drop counters
+/// live per CPU in `ban_stats`, under `id`, so that CPUs dropping the same
+/// source's packets never write one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanEntry {
@@ -108,12 +117,8 @@ pub struct BanEntry {
     pub expires_at_ns: u64,
     /// When the ban was written.
     pub banned_at_ns: u64,
-    /// Packets dropped by this ban.
-    pub packets: u64,
-    /// Bytes dropped by this ban (whole frames).
-    pub bytes: u64,
-    /// Last time a packet from this source was dropped; 0 if never.
-    pub last_seen_ns: u64,
+    /// The key of this ban's counters in `ban_stats`, unique among bans.
+    pub id: u64,
     /// `BAN_*` flags.
     pub flags: u32,
     /// The prefix length of the entry's own key. An LPM lookup returns the
@@ -121,6 +126,22 @@ pub struct BanEntry {
     /// entry it asked for without walking the whole trie.
     pub prefix_len: u32,
 }
+
+/// A ban's drop counters on one CPU: the value of the per-CPU `ban_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanStats {
+    /// Packets dropped by the ban.
+    pub packets: u64,
+    /// Bytes dropped by the ban (whole frames).
+    pub bytes: u64,
+    /// Last time a packet was dropped; 0 if never.
+    pub last_seen_ns: u64,
+}
+
+/// Bans whose counters are kept at once: an LRU of the bans that drop, so
+/// memory stays `HOT_BANS` × CPUs × 24 bytes however many bans there are.
+pub const HOT_BANS: u32 = 1 << 16;
 
 impl BanEntry {
     /// True when the ban has run out at `now_ns` (`CLOCK_MONOTONIC`).
@@ -205,13 +226,12 @@ pub const fn rate_key_v6(a: [u8; 16]) -> RateKey {
 /// `tat_ns - now <= burst * interval`; a conforming packet moves `tat_ns` on
 /// by one interval with an atomic add, so concurrent CPUs never lose each
 /// other's packets. Only the reset of an idle source's `tat_ns` to now is a
-/// plain store; racing it can admit one extra packet per CPU.
+/// plain store; racing it can admit one extra packet per CPU. A packet over
+/// the limit only reads it (its count goes to the per-CPU `rate_limited`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateState {
     pub tat_ns: u64,
-    /// Packets dropped by the limiter.
-    pub limited: u64,
     /// The second (`now / 1e9`) of the last limited packet.
     pub last_over_sec: u64,
     /// Distinct seconds with limited packets in the current window.
@@ -220,6 +240,10 @@ pub struct RateState {
     /// the current window).
     pub reported: u32,
 }
+
+/// Sources whose limited packets are counted at once (per CPU, in
+/// `rate_limited`): an LRU of the sources being limited.
+pub const HOT_LIMITED: u32 = 1 << 16;
 
 /// A source that kept exceeding its rate: read by the daemon from the
 /// `flood_events` ring buffer and banned in the `sip-flood` jail.
@@ -230,6 +254,8 @@ pub struct FloodEvent {
     pub over_secs: u32,
     /// `EVENT_*`.
     pub kind: u32,
+    /// Packets the limiter dropped on the reporting CPU (the daemon reads
+    /// the total over CPUs from `rate_limited`).
     pub limited: u64,
     /// The packet's own source address (IPv4 mapped into IPv6), so that a
     /// ban the never-ban set narrows can be narrowed to this one address.
@@ -298,6 +324,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, with explicit padding fields and no
     // pointers, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::BanEntry {}
+    unsafe impl aya::Pod for super::BanStats {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}

@@ -395,7 +395,14 @@ impl Engine {
                 flood.bantime,
                 format!(
                     "over {} packets/s during {} s ({} packets dropped by the limiter)",
-                    flood.rate, event.over_secs, event.limited
+                    flood.rate,
+                    event.over_secs,
+                    // Summed over CPUs; the event carries its CPU's alone.
+                    self.bans
+                        .maps()
+                        .limited(&event.key)
+                        .unwrap_or(event.limited)
+                        .max(event.limited)
                 ),
             )
         };

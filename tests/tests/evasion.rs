@@ -322,7 +322,7 @@ fn covering_bans_are_honoured() -> Result<()> {
     }
     // The entry that decided counts the drop.
     let bans = t.maps.bans()?;
-    let packets = |n: &str| bans.iter().find(|b| b.net == net(n)).unwrap().entry.packets;
+    let packets = |n: &str| bans.iter().find(|b| b.net == net(n)).unwrap().stats.packets;
     assert_eq!(packets("198.51.100.0/24"), 1);
     assert_eq!(packets("198.51.100.7"), 0);
     assert_eq!(packets("203.0.113.0/24"), 1, "the other-port drop");
@@ -377,7 +377,7 @@ fn lost_reports_are_counted_and_sent_again() -> Result<()> {
         Ok(t.maps
             .rate_states()?
             .iter()
-            .any(|(n, s)| *n == maps::rate_key_net(&key) && s.reported == 0))
+            .any(|(n, s, _)| *n == maps::rate_key_net(&key) && s.reported == 0))
     };
     assert!(
         unmarked(&t)?,

@@ -513,7 +513,11 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
     for _ in 0..3 {
         assert_eq!(t.run(&f)?, DROP);
     }
-    let ban = t.maps.ban_entry(net("192.0.2.66"))?.expect("ban present");
+    let stats = |t: &TestProgram, n: &str| -> Result<common::BanStats> {
+        let entry = t.maps.ban_entry(net(n))?.expect("ban present");
+        t.maps.ban_stats(&entry)
+    };
+    let ban = stats(&t, "192.0.2.66")?;
     assert_eq!((ban.packets, ban.bytes), (3, 3 * f.len() as u64));
     assert!(
         clock::age(ban.last_seen_ns) < Duration::from_secs(60),
@@ -521,13 +525,10 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
     );
     // A CIDR ban counts on the CIDR entry.
     assert_eq!(t.run(&udp4(IN_BANNED_NET, 5060))?, DROP);
-    assert_eq!(
-        t.maps.ban_entry(net("198.51.100.0/24"))?.unwrap().packets,
-        1
-    );
+    assert_eq!(stats(&t, "198.51.100.0/24")?.packets, 1);
     // Passing traffic does not count on the ban.
     assert_eq!(t.run(&udp4(BANNED, 53))?, PASS);
-    assert_eq!(t.maps.ban_entry(net("192.0.2.66"))?.unwrap().packets, 3);
+    assert_eq!(stats(&t, "192.0.2.66")?.packets, 3);
     assert_eq!(t.run(&udp4(BANNED_ALLOWED, 5060))?, PASS);
     let allowed = t.maps.allowed()?;
     let a = allowed.iter().find(|a| a.net == net("192.0.2.77")).unwrap();
@@ -535,7 +536,13 @@ fn drops_are_counted_on_the_ban_and_allow_hits_on_the_allow_entry() -> Result<()
     // Re-banning (e.g. extending) keeps the counters.
     t.maps.ban(net("192.0.2.66"), 0, 0, clock::mono_now_ns())?;
     let ban = t.maps.ban_entry(net("192.0.2.66"))?.unwrap();
-    assert_eq!((ban.packets, ban.expires_at_ns), (3, 0));
+    assert_eq!(
+        (stats(&t, "192.0.2.66")?.packets, ban.expires_at_ns),
+        (3, 0)
+    );
+    // Each ban has its own counters: a new ban starts at zero.
+    t.maps.ban(net("192.0.2.67"), 0, 0, clock::mono_now_ns())?;
+    assert_eq!(stats(&t, "192.0.2.67")?.packets, 0);
     Ok(())
 }
 
@@ -827,26 +834,63 @@ fn ban_counts_are_forgotten_with_their_bans() -> Result<()> {
     Ok(())
 }
 
-/// An upgrade over maps pinned by an older layout (here: the pins of a
-/// sipguard from before the version map, which had no `lost_reports`):
-/// the loader migrates the bans and the allowlist into new maps instead of
-/// refusing to start; until then the CLI says what to do.
+/// An upgrade over maps pinned by an older layout (here: the four tries of
+/// a sipguard from before the version map, made by hand in that layout:
+/// counters inside each 48-byte ban entry): the loader migrates the bans
+/// and the allowlist into new maps instead of refusing to start; until
+/// then the CLI says what to do.
 #[test]
 fn an_older_layout_is_migrated_not_refused() -> Result<()> {
-    let mut t = TestProgram::load()?;
-    let pin = t.pin().to_owned();
-    let now = clock::mono_now_ns();
+    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+    use sipguard::kernel::bpffs;
+    const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let sb = sipguard_tests::Sandbox::bare()?;
+    let pin = sb.pin.clone();
+    for (name, key, value) in [
+        (common::map_name::BANNED_V4, 12, 48),
+        (common::map_name::BANNED_V6, 20, 48),
+        (common::map_name::ALLOWED_V4, 12, 16),
+        (common::map_name::ALLOWED_V6, 20, 16),
+    ] {
+        bpffs::create_pinned_map(
+            &pin.join(name),
+            BPF_MAP_TYPE_LPM_TRIE,
+            key,
+            value,
+            1024,
+            BPF_F_NO_PREALLOC,
+        )?;
+    }
     let later = clock::deadline_ns(Duration::from_secs(3600));
-    t.maps.ban(net("192.0.2.66"), later, 0, now)?;
-    t.maps
-        .ban(net("2001:db8:bad::/64"), 0, BAN_ALL_PORTS, now)?;
-    t.maps.allow(net("10.0.8.0/24"))?;
-    assert_eq!(
-        sipguard::kernel::migrate::pinned_version(&pin)?,
-        Some(common::LAYOUT_VERSION)
-    );
-    std::fs::remove_file(pin.join(common::map_name::LAYOUT))?;
-    std::fs::remove_file(pin.join(common::map_name::LOST_REPORTS))?;
+    let now = clock::mono_now_ns();
+    // expires, banned_at, packets, bytes, last_seen, flags, prefix_len.
+    let old_ban = |expires: u64, flags: u32, prefix: u32| {
+        let mut v = [0u8; 48];
+        v[0..8].copy_from_slice(&expires.to_ne_bytes());
+        v[8..16].copy_from_slice(&now.to_ne_bytes());
+        v[16..24].copy_from_slice(&77u64.to_ne_bytes());
+        v[40..44].copy_from_slice(&flags.to_ne_bytes());
+        v[44..48].copy_from_slice(&prefix.to_ne_bytes());
+        v
+    };
+    let open = |name: &str| -> Result<MapData> { Ok(MapData::from_pin(pin.join(name))?) };
+    let mut v4: LpmTrie<MapData, [u8; 8], [u8; 48]> =
+        LpmTrie::try_from(Map::LpmTrie(open(common::map_name::BANNED_V4)?))?;
+    v4.insert(
+        &Key::new(32, [192, 0, 2, 66, 0, 0, 0, 0]),
+        old_ban(later, 0, 32),
+        0,
+    )?;
+    let mut v6: LpmTrie<MapData, [u8; 16], [u8; 48]> =
+        LpmTrie::try_from(Map::LpmTrie(open(common::map_name::BANNED_V6)?))?;
+    let bad64 = "2001:db8:bad::".parse::<std::net::Ipv6Addr>()?.octets();
+    v6.insert(&Key::new(64, bad64), old_ban(0, BAN_ALL_PORTS, 64), 0)?;
+    let mut a4: LpmTrie<MapData, [u8; 8], [u8; 16]> =
+        LpmTrie::try_from(Map::LpmTrie(open(common::map_name::ALLOWED_V4)?))?;
+    a4.insert(&Key::new(24, [10, 0, 8, 0, 0, 0, 0, 0]), [0u8; 16], 0)?;
+    drop((v4, v6, a4));
+
     assert_eq!(sipguard::kernel::migrate::pinned_version(&pin)?, Some(1));
     let err = format!(
         "{:#}",
@@ -865,18 +909,26 @@ fn an_older_layout_is_migrated_not_refused() -> Result<()> {
         Some(common::LAYOUT_VERSION)
     );
     let maps = sipguard::kernel::maps::KernelMaps::open(&pin)?;
-    let mut bans: Vec<(String, u64, u32)> = maps
+    let mut bans: Vec<(String, u64, u32, u64)> = maps
         .bans()?
         .into_iter()
-        .map(|b| (b.net.to_string(), b.entry.expires_at_ns, b.entry.flags))
+        .map(|b| {
+            (
+                b.net.to_string(),
+                b.entry.expires_at_ns,
+                b.entry.flags,
+                b.stats.packets,
+            )
+        })
         .collect();
     bans.sort();
     assert_eq!(
         bans,
         [
-            ("192.0.2.66/32".to_owned(), later, 0),
-            ("2001:db8:bad::/64".to_owned(), 0, BAN_ALL_PORTS)
-        ]
+            ("192.0.2.66/32".to_owned(), later, 0, 0),
+            ("2001:db8:bad::/64".to_owned(), 0, BAN_ALL_PORTS, 0)
+        ],
+        "ends and scopes kept; counters start anew"
     );
     let allowed: Vec<String> = maps.allowed()?.iter().map(|a| a.net.to_string()).collect();
     assert_eq!(allowed, ["10.0.8.0/24"]);

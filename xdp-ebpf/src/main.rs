@@ -14,7 +14,7 @@
 //!   when a forger could send them (UDP, TCP SYN, fragments); a source that
 //!   keeps exceeding it is reported through a ring buffer, to be banned.
 //! * Count: every packet lands in exactly one per-CPU verdict counter; a dropped
-//!   packet also bumps its ban's own packet/byte counters.
+//!   packet also bumps its ban's own per-CPU packet/byte counters.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: core's atomic types have no RMW methods on the BPF target, but
@@ -30,14 +30,15 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use common::{
-    counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent,
-    RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
+    counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter,
+    FloodEvent, RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
     CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES,
-    MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
+    HOT_BANS, HOT_LIMITED, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD,
+    REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -62,6 +63,10 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(counter::COUNT, 0);
 static RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE_SOURCES, 0);
 #[map(name = "flood_events")]
 static FLOOD_EVENTS: RingBuf = RingBuf::pinned(FLOOD_RING_BYTES, 0);
+#[map(name = "ban_stats")]
+static BAN_STATS: LruPerCpuHashMap<u64, BanStats> = LruPerCpuHashMap::pinned(HOT_BANS, 0);
+#[map(name = "rate_limited")]
+static RATE_LIMITED: LruPerCpuHashMap<RateKey, u64> = LruPerCpuHashMap::pinned(HOT_LIMITED, 0);
 #[map(name = "lost_reports")]
 static LOST_REPORTS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
@@ -112,14 +117,31 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
     if allowlisted(&pkt.src, now) {
         return (counter::PASS_ALLOWLISTED, xdp_action::XDP_PASS);
     }
-    // The trie hands out a pointer into its node; the counters are updated with
-    // atomic adds because several CPUs may drop packets of one source at once.
-    unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*ban).packets, 1);
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*ban).bytes, len);
-        (*ban).last_seen_ns = now;
-    }
+    count_drop(unsafe { (*ban).id }, len, now);
     (drop_verdict, xdp_action::XDP_DROP)
+}
+
+/// Counts a drop on this CPU's counters of the ban: nothing another CPU
+/// writes, so a flood spread over many receive queues costs each CPU what
+/// it costs one.
+#[inline(always)]
+fn count_drop(id: u64, len: u64, now: u64) {
+    let stats = match BAN_STATS.get_ptr_mut(&id) {
+        Some(stats) => stats,
+        None => {
+            let _ = BAN_STATS.insert(&id, &BanStats::default(), u64::from(BPF_NOEXIST));
+            match BAN_STATS.get_ptr_mut(&id) {
+                Some(stats) => stats,
+                None => return,
+            }
+        }
+    };
+    // Per-CPU value: no other CPU writes it, no atomics needed.
+    unsafe {
+        (*stats).packets += 1;
+        (*stats).bytes += len;
+        (*stats).last_seen_ns = now;
+    }
 }
 
 /// What the blocklist says about a packet's source.
@@ -132,7 +154,7 @@ enum Ban {
     /// covering one drops it.
     OtherPort,
     /// This ban drops the packet, with this verdict (clock read at `now`).
-    Drop(*mut BanEntry, u32, u64),
+    Drop(*const BanEntry, u32, u64),
 }
 
 /// The longest-prefix ban of the source, then, while that one does not drop
@@ -161,9 +183,7 @@ fn banned(pkt: &parse::Packet) -> Ban {
             Ban::Expired
         } else {
             match drops(ban, pkt) {
-                Some(verdict) => {
-                    return Ban::Drop(ban as *const BanEntry as *mut BanEntry, verdict, now)
-                }
+                Some(verdict) => return Ban::Drop(ban as *const BanEntry, verdict, now),
                 None => Ban::OtherPort,
             }
         };
@@ -322,10 +342,30 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
             return true;
         }
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).limited, 1);
-        escalate(st, key, src, now, cfg);
+        let limited = count_limited(key);
+        escalate(st, key, src, now, cfg, limited);
     }
     false
+}
+
+/// Counts a packet of `key` dropped by the limiter on this CPU; returns this
+/// CPU's count. Per CPU: a flood over many queues writes no shared line.
+#[inline(always)]
+fn count_limited(key: &RateKey) -> u64 {
+    let count = match RATE_LIMITED.get_ptr_mut(key) {
+        Some(c) => c,
+        None => {
+            let _ = RATE_LIMITED.insert(key, &0, u64::from(BPF_NOEXIST));
+            match RATE_LIMITED.get_ptr_mut(key) {
+                Some(c) => c,
+                None => return 0,
+            }
+        }
+    };
+    unsafe {
+        *count += 1;
+        *count
+    }
 }
 
 /// Counts the distinct seconds a source is over its limit; after
@@ -333,7 +373,14 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
 /// reports it once through the ring buffer. Runs once per second per
 /// limited source, not per packet.
 #[inline(always)]
-unsafe fn escalate(st: *mut RateState, key: &RateKey, src: &Source, now: u64, cfg: &Config) {
+unsafe fn escalate(
+    st: *mut RateState,
+    key: &RateKey,
+    src: &Source,
+    now: u64,
+    cfg: &Config,
+    limited: u64,
+) {
     let sec = now / 1_000_000_000;
     unsafe {
         let last = (*st).last_over_sec;
@@ -354,7 +401,7 @@ unsafe fn escalate(st: *mut RateState, key: &RateKey, src: &Source, now: u64, cf
         }
         // Marked only once the report is on its way: a lost one is sent
         // again the next second the source is over its limit.
-        if report(key, src, EVENT_FLOOD, (*st).over_secs, (*st).limited) {
+        if report(key, src, EVENT_FLOOD, (*st).over_secs, limited) {
             (*st).reported |= REPORTED_FLOOD;
         }
     }

@@ -37,9 +37,9 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
                     "permanent": e.expires_at_ns == 0,
                     "expired": e.is_expired(now),
                     "expires_in_secs": (e.expires_at_ns != 0).then(|| clock::remaining(e.expires_at_ns).as_secs()),
-                    "packets": e.packets,
-                    "bytes": e.bytes,
-                    "last_seen_secs_ago": (e.last_seen_ns != 0).then(|| clock::age(e.last_seen_ns).as_secs()),
+                    "packets": b.stats.packets,
+                    "bytes": b.stats.bytes,
+                    "last_seen_secs_ago": (b.stats.last_seen_ns != 0).then(|| clock::age(b.stats.last_seen_ns).as_secs()),
                     "all_ports": e.flags & BAN_ALL_PORTS != 0,
                     "ports_only": e.flags & BAN_PORTS_ONLY != 0,
                     "jail": notes.get(&addr::display(&b.net)).map(|n| n.0.clone()),
@@ -63,10 +63,10 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
         } else {
             format!("in {}", clock::human(clock::remaining(e.expires_at_ns)))
         };
-        let seen = if e.last_seen_ns == 0 {
+        let seen = if b.stats.last_seen_ns == 0 {
             "never".to_owned()
         } else {
-            format!("{} ago", clock::human(clock::age(e.last_seen_ns)))
+            format!("{} ago", clock::human(clock::age(b.stats.last_seen_ns)))
         };
         let ports = if e.flags & BAN_ALL_PORTS != 0 {
             "all"
@@ -82,8 +82,8 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
         println!(
             "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports:<9} {:<12} {reason}",
             addr::display(&b.net),
-            e.packets,
-            e.bytes,
+            b.stats.packets,
+            b.stats.bytes,
             if jail.is_empty() { "-" } else { &jail }
         );
     }
@@ -116,7 +116,7 @@ pub fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
 
 pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     let counters = maps.counters()?;
-    let bans = maps.bans()?.len();
+    let bans = maps.banned_nets()?.len();
     let allowed = maps.allowed()?.len();
     let ports = maps.ports()?;
     let cfg = maps.config()?;
@@ -219,25 +219,30 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
 /// over their limit: packets dropped per second by the limiter, and whether
 /// they were reported for a ban.
 pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Result<()> {
-    let first: std::collections::HashMap<_, _> = maps.rate_states()?.into_iter().collect();
+    let first: std::collections::HashMap<_, _> = maps
+        .rate_states()?
+        .into_iter()
+        .map(|(net, _, limited)| (net, limited))
+        .collect();
     std::thread::sleep(interval);
     let second = maps.rate_states()?;
     let now_sec = clock::mono_now_ns() / 1_000_000_000;
     let cfg = maps.config()?;
-    let mut rows: Vec<(ipnet::IpNet, f64, common::RateState)> = second
+    let mut rows: Vec<(ipnet::IpNet, f64, common::RateState, u64)> = second
         .iter()
-        .filter(|(_, st)| st.last_over_sec + 2 >= now_sec)
-        .map(|(net, st)| {
-            let before = first.get(net).map_or(0, |s| s.limited);
+        .filter(|(_, st, _)| st.last_over_sec + 2 >= now_sec)
+        .map(|(net, st, limited)| {
+            let before = first.get(net).copied().unwrap_or(0);
             (
                 *net,
-                st.limited.saturating_sub(before) as f64 / interval.as_secs_f64(),
+                limited.saturating_sub(before) as f64 / interval.as_secs_f64(),
                 *st,
+                *limited,
             )
         })
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let escalated = second.iter().filter(|(_, st)| st.reported != 0).count();
+    let escalated = second.iter().filter(|(_, st, _)| st.reported != 0).count();
     if json {
         let out = json!({
             "tracked": second.len(),
@@ -245,8 +250,8 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
             "escalated": escalated,
             "rate_pps": cfg.rate_pps,
             "burst": cfg.burst,
-            "sources": rows.iter().map(|(n, pps, st)| json!({
-                "source": addr::display(n), "limited_pps": pps, "limited_total": st.limited,
+            "sources": rows.iter().map(|(n, pps, st, limited)| json!({
+                "source": addr::display(n), "limited_pps": pps, "limited_total": limited,
                 "seconds_over": st.over_secs, "reported": st.reported != 0,
             })).collect::<Vec<_>>(),
         });
@@ -263,11 +268,10 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
         "{:<40} {:>14} {:>14} {:>9} REPORTED",
         "SOURCE", "LIMITED PKT/S", "LIMITED TOTAL", "SECS OVER"
     );
-    for (net, pps, st) in rows.iter().take(50) {
+    for (net, pps, st, limited) in rows.iter().take(50) {
         println!(
-            "{:<40} {pps:>14.0} {:>14} {:>9} {}",
+            "{:<40} {pps:>14.0} {limited:>14} {:>9} {}",
             addr::display(net),
-            st.limited,
             st.over_secs,
             if st.reported != 0 { "yes" } else { "no" }
         );

@@ -3,11 +3,11 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap,
 };
 use common::{
-    counter, map_name, v4_key, AllowEntry, BanEntry, Config, Counter, FloodEvent, RateKey,
-    RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
+    counter, map_name, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter, FloodEvent,
+    RateKey, RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{
@@ -20,7 +20,7 @@ use std::{
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const LAYOUT: [(&str, usize, usize, Option<u32>); 10] = [
+const LAYOUT: [(&str, usize, usize, Option<u32>); 12] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
     (map_name::ALLOWED_V4, 4 + size_of::<V4Key>(), size_of::<AllowEntry>(), None),
@@ -31,6 +31,8 @@ const LAYOUT: [(&str, usize, usize, Option<u32>); 10] = [
     (map_name::RATE, size_of::<RateKey>(), size_of::<RateState>(), None),
     (map_name::FLOOD_EVENTS, 0, 0, Some(FLOOD_RING_BYTES)),
     (map_name::LOST_REPORTS, 4, size_of::<u64>(), Some(1)),
+    (map_name::BAN_STATS, size_of::<u64>(), size_of::<BanStats>(), None),
+    (map_name::RATE_LIMITED, size_of::<RateKey>(), size_of::<u64>(), None),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.
@@ -61,11 +63,12 @@ pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One ban as userspace sees it.
+/// One ban as userspace sees it, with its drops summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ban {
     pub net: IpNet,
     pub entry: BanEntry,
+    pub stats: BanStats,
 }
 
 /// One allow-list range.
@@ -86,6 +89,10 @@ pub struct KernelMaps {
     counters: PerCpuArray<MapData, Counter>,
     rate: HashMap<MapData, RateKey, RateState>,
     lost_reports: PerCpuArray<MapData, u64>,
+    ban_stats: PerCpuHashMap<MapData, u64, BanStats>,
+    rate_limited: PerCpuHashMap<MapData, RateKey, u64>,
+    /// The next ban id this process hands out (see `next_id`).
+    next_id: u64,
 }
 
 /// The network a rate key stands for: an IPv4 host, or an IPv6 /64.
@@ -172,6 +179,11 @@ impl KernelMaps {
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::COUNTERS)?))?,
             rate: HashMap::try_from(Map::LruHashMap(open(map_name::RATE)?))?,
             lost_reports: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::LOST_REPORTS)?))?,
+            ban_stats: PerCpuHashMap::try_from(Map::PerCpuLruHashMap(open(map_name::BAN_STATS)?))?,
+            rate_limited: PerCpuHashMap::try_from(Map::PerCpuLruHashMap(open(
+                map_name::RATE_LIMITED,
+            )?))?,
+            next_id: first_id(),
         })
     }
 
@@ -180,27 +192,45 @@ impl KernelMaps {
     }
 
     /// Bans `net` until `expires_at_ns` (monotonic clock; 0 = permanent). Re-banning
-    /// an address updates its expiry and flags and keeps its counters.
+    /// an address updates its expiry and flags and keeps its id (and so its counters).
     pub fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, now_ns: u64) -> Result<()> {
         let fresh = BanEntry {
             banned_at_ns: now_ns,
             prefix_len: u32::from(net.prefix_len()),
             expires_at_ns,
             flags,
-            ..Default::default()
+            id: self.next_id,
         };
         // A new ban (the usual case, and a million of them at start after a
         // reboot) is one system call; only an existing one is read first.
         match self.insert_ban(net, fresh, BPF_NOEXIST) {
+            Ok(()) => {
+                self.next_id = self.next_id.wrapping_add(1);
+                Ok(())
+            }
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 let mut entry = self.ban_entry(net)?.unwrap_or(fresh);
                 entry.expires_at_ns = expires_at_ns;
                 entry.flags = flags;
                 self.insert_ban(net, entry, 0)
             }
-            other => other,
+            Err(e) => Err(e),
         }
         .map_err(|e| full_or(e, "blocklist", net))
+    }
+
+    /// A ban's drops, summed over CPUs (none yet, or counters the LRU let go:
+    /// zeros).
+    pub fn ban_stats(&self, entry: &BanEntry) -> Result<BanStats> {
+        match self.ban_stats.get(&entry.id, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().fold(BanStats::default(), |acc, s| BanStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+                last_seen_ns: acc.last_seen_ns.max(s.last_seen_ns),
+            })),
+            Err(MapError::KeyNotFound) => Ok(BanStats::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn insert_ban(&mut self, net: IpNet, entry: BanEntry, flags: u64) -> Result<(), MapError> {
@@ -247,10 +277,16 @@ impl KernelMaps {
     }
 
     pub fn bans(&self) -> Result<Vec<Ban>> {
-        Ok(entries(&self.banned_v4, &self.banned_v6)?
+        entries(&self.banned_v4, &self.banned_v6)?
             .into_iter()
-            .map(|(net, entry)| Ban { net, entry })
-            .collect())
+            .map(|(net, entry)| {
+                Ok(Ban {
+                    net,
+                    stats: self.ban_stats(&entry)?,
+                    entry,
+                })
+            })
+            .collect()
     }
 
     /// Deletes bans that ended before `now_ns`; returns them.
@@ -322,14 +358,25 @@ impl KernelMaps {
         Ok(self.config.get(&0, 0)?)
     }
 
-    /// The rate state of every tracked source.
-    pub fn rate_states(&self) -> Result<Vec<(IpNet, RateState)>> {
+    /// The rate state of every tracked source, with its packets dropped by
+    /// the limiter (summed over CPUs).
+    pub fn rate_states(&self) -> Result<Vec<(IpNet, RateState, u64)>> {
         let mut out = Vec::new();
         for item in self.rate.iter() {
             let (k, v) = item?;
-            out.push((rate_key_net(&k), v));
+            out.push((rate_key_net(&k), v, self.limited(&k)?));
         }
         Ok(out)
+    }
+
+    /// Packets of the source `key` the limiter dropped, summed over CPUs
+    /// (0 once its counters are forgotten).
+    pub fn limited(&self, key: &RateKey) -> Result<u64> {
+        match self.rate_limited.get(key, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().sum()),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reports the program could not send because the ring buffer was full
@@ -396,6 +443,13 @@ fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The first ban id of this process: ids only need to differ between live
+/// bans, which the daemon and a CLI run while it is stopped may both make;
+/// the clock and the process id set them far apart.
+fn first_id() -> u64 {
+    crate::kernel::clock::mono_now_ns().rotate_left(20) ^ (u64::from(std::process::id()) << 44)
 }
 
 /// BPF_NOEXIST: fail with EEXIST instead of replacing an entry.

@@ -10,6 +10,39 @@ use crate::{kernel::bpffs, kernel::maps::KernelMaps};
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::LpmTrie, Array, Map, MapData};
 use common::{map_name, AllowEntry, BanEntry, V4Key, LAYOUT_VERSION};
+
+/// A ban as layouts 1 and 2 stored it: counters in the entry itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct BanEntryV2 {
+    expires_at_ns: u64,
+    banned_at_ns: u64,
+    packets: u64,
+    bytes: u64,
+    last_seen_ns: u64,
+    flags: u32,
+    prefix_len: u32,
+}
+
+// SAFETY: repr(C), Copy, no padding, no pointers: any bits are a value.
+unsafe impl aya::Pod for BanEntryV2 {}
+
+/// What an old ban entry says: (end, start, flags); its counters start anew.
+trait OldBan: aya::Pod {
+    fn decode(&self) -> (u64, u64, u32);
+}
+
+impl OldBan for BanEntryV2 {
+    fn decode(&self) -> (u64, u64, u32) {
+        (self.expires_at_ns, self.banned_at_ns, self.flags)
+    }
+}
+
+impl OldBan for BanEntry {
+    fn decode(&self) -> (u64, u64, u32) {
+        (self.expires_at_ns, self.banned_at_ns, self.flags)
+    }
+}
 use ipnet::IpNet;
 use std::{
     fs,
@@ -87,15 +120,16 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
         }
         let info = aya::maps::MapInfo::from_pin(&path)?;
         let data = MapData::from_pin(&path)?;
-        // Every layout so far stores bans and allow entries the same way; a
-        // future one that does not adds its decoding here, by version.
+        // Allow entries have not changed; bans carried their counters in
+        // the entry up to layout 2. A future change adds its decoding here.
         let (key, value) = (info.key_size() as usize, info.value_size() as usize);
         let v4 = name.ends_with("v4");
+        let banned = name.starts_with("banned");
         let want_key = 4 + if v4 { size_of::<V4Key>() } else { 16 };
-        let want_value = if name.starts_with("banned") {
-            size_of::<BanEntry>()
-        } else {
-            size_of::<AllowEntry>()
+        let want_value = match (banned, version) {
+            (true, 1 | 2) => size_of::<BanEntryV2>(),
+            (true, _) => size_of::<BanEntry>(),
+            (false, _) => size_of::<AllowEntry>(),
         };
         if (key, value) != (want_key, want_value) {
             bail!(
@@ -104,39 +138,26 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
                 path.display()
             );
         }
-        match (name.starts_with("banned"), v4) {
-            (true, true) => {
-                let old: LpmTrie<MapData, V4Key, BanEntry> = LpmTrie::try_from(Map::LpmTrie(data))?;
-                for item in old.iter() {
-                    let (k, e) = item?;
-                    let net = IpNet::V4(crate::kernel::maps::k_v4(&k));
-                    new.ban(net, e.expires_at_ns, e.flags, e.banned_at_ns)?;
-                    done.bans += 1;
-                }
+        match (banned, v4, version) {
+            (true, true, 1 | 2) => done.bans += copy_bans::<V4Key, BanEntryV2>(data, new, v4_net)?,
+            (true, true, _) => done.bans += copy_bans::<V4Key, BanEntry>(data, new, v4_net)?,
+            (true, false, 1 | 2) => {
+                done.bans += copy_bans::<[u8; 16], BanEntryV2>(data, new, v6_net)?
             }
-            (true, false) => {
-                let old: LpmTrie<MapData, [u8; 16], BanEntry> =
-                    LpmTrie::try_from(Map::LpmTrie(data))?;
-                for item in old.iter() {
-                    let (k, e) = item?;
-                    let net = IpNet::V6(crate::kernel::maps::k_v6(&k));
-                    new.ban(net, e.expires_at_ns, e.flags, e.banned_at_ns)?;
-                    done.bans += 1;
-                }
-            }
-            (false, true) => {
+            (true, false, _) => done.bans += copy_bans::<[u8; 16], BanEntry>(data, new, v6_net)?,
+            (false, true, _) => {
                 let old: LpmTrie<MapData, V4Key, AllowEntry> =
                     LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
-                    new.allow(IpNet::V4(crate::kernel::maps::k_v4(&item?.0)))?;
+                    new.allow(v4_net(&item?.0))?;
                     done.allowed += 1;
                 }
             }
-            (false, false) => {
+            (false, false, _) => {
                 let old: LpmTrie<MapData, [u8; 16], AllowEntry> =
                     LpmTrie::try_from(Map::LpmTrie(data))?;
                 for item in old.iter() {
-                    new.allow(IpNet::V6(crate::kernel::maps::k_v6(&item?.0)))?;
+                    new.allow(v6_net(&item?.0))?;
                     done.allowed += 1;
                 }
             }
@@ -149,6 +170,31 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
         done.allowed
     );
     Ok(done)
+}
+
+fn v4_net(k: &aya::maps::lpm_trie::Key<V4Key>) -> IpNet {
+    IpNet::V4(crate::kernel::maps::k_v4(k))
+}
+
+fn v6_net(k: &aya::maps::lpm_trie::Key<[u8; 16]>) -> IpNet {
+    IpNet::V6(crate::kernel::maps::k_v6(k))
+}
+
+/// Copies every ban of an old trie into the new maps; returns how many.
+fn copy_bans<K: aya::Pod, V: OldBan>(
+    data: MapData,
+    new: &mut KernelMaps,
+    net: fn(&aya::maps::lpm_trie::Key<K>) -> IpNet,
+) -> Result<usize> {
+    let old: LpmTrie<MapData, K, V> = LpmTrie::try_from(Map::LpmTrie(data))?;
+    let mut n = 0;
+    for item in old.iter() {
+        let (k, e) = item?;
+        let (expires, banned_at, flags) = e.decode();
+        new.ban(net(&k), expires, flags, banned_at)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Pins the `layout` map with this build's version (after a fresh load or a

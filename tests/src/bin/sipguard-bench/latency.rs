@@ -115,7 +115,7 @@ fn measure(
         loop {
             if let Some(entry) = maps.ban_entry(net)? {
                 in_map.get_or_insert_with(|| start.elapsed());
-                if entry.packets > 0 {
+                if maps.ban_stats(&entry)?.packets > 0 {
                     break;
                 }
             }

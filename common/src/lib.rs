@@ -176,7 +176,9 @@ pub struct Config {
     /// `escalate_window_secs` is reported for a ban; 0: never.
     pub escalate_secs: u32,
     pub escalate_window_secs: u32,
-    pub _pad: u32,
+    /// Tokens a CPU takes from a source's budget at once and spends alone
+    /// (1: every packet touches the shared budget). See `RateLease`.
+    pub lease: u32,
     /// `1e9 / rate_pps` and `burst * interval_ns`, computed by userspace
     /// (`Config::with_rate`) so the program never divides.
     pub interval_ns: u64,
@@ -194,9 +196,28 @@ impl Config {
             1_000_000_000 / u64::from(rate_pps)
         };
         self.tolerance_ns = self.interval_ns * u64::from(burst);
+        // A lease of 1/64 of the burst (at most 32 tokens): a source spread
+        // over CPUs writes its shared budget once per lease, not per packet,
+        // and small bursts stay exact (a lease of 1).
+        self.lease = (burst / 64).clamp(1, 32);
         self
     }
 }
+
+/// Tokens one CPU leased from a source's budget (a per-CPU slot chosen by
+/// hashing the source): spent without touching the shared rate state, for
+/// at most a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLease {
+    pub key: RateKey,
+    pub tokens: u32,
+    pub _pad: u32,
+    pub valid_until_ns: u64,
+}
+
+/// Lease slots per CPU (a power of two).
+pub const LEASE_SLOTS: u32 = 4096;
 
 /// The key of the rate map: an IPv6 /64 (the rest zeroed), or an IPv4
 /// address mapped into IPv6 (`::ffff:a.b.c.d`).

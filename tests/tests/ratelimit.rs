@@ -185,3 +185,57 @@ fn a_source_over_its_limit_is_reported_once() -> Result<()> {
     assert!(ring.next().is_none());
     Ok(())
 }
+
+/// With a burst large enough for leases (here 640: a CPU takes 10 tokens at
+/// once), a source still gets exactly its burst + 1 on one CPU, and on two
+/// CPUs at once at most one lease per CPU more.
+#[test]
+fn leased_tokens_keep_the_budget_exact() -> Result<()> {
+    use sipguard_tests::kernel::test_run_on;
+    let mut t = TestProgram::load()?;
+    let cfg = Config::default().with_rate(1, 640);
+    assert_eq!(cfg.lease, 10);
+    t.maps.set_config(cfg)?;
+    let fd = t.prog_fd()?;
+    let f = udp4(SRC, 5060);
+    let passed = std::thread::spawn(move || -> Result<usize> {
+        let mut n = 0;
+        for _ in 0..1000 {
+            if test_run_on(0, fd, &f, 1)?.0 == PASS {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+    .join()
+    .expect("run thread")?;
+    assert_eq!(passed, 641, "burst + the packet that opens it, exactly");
+
+    let f = udp4(OTHER, 5060);
+    let cpus = std::thread::available_parallelism()?.get().min(4);
+    let per_cpu: Vec<usize> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let f = f.clone();
+                scope.spawn(move || -> Result<usize> {
+                    let mut n = 0;
+                    for _ in 0..1000 {
+                        if test_run_on(cpu, fd, &f, 1)?.0 == PASS {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("run thread"))
+            .collect::<Result<_>>()
+    })?;
+    let total: usize = per_cpu.iter().sum();
+    assert!(
+        total <= 641 + cpus * 10 && total >= 641 - cpus * 10,
+        "{total} passed on {cpus} CPUs ({per_cpu:?})"
+    );
+    Ok(())
+}

@@ -35,10 +35,10 @@ use aya_ebpf::{
 };
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter,
-    FloodEvent, RateKey, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
-    CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES,
-    HOT_BANS, HOT_LIMITED, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD,
-    REPORTED_SCANNER,
+    FloodEvent, RateKey, RateLease, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY,
+    CONFIG_ALL_PORTS, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER,
+    FLOOD_RING_BYTES, HOT_BANS, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
+    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -65,6 +65,10 @@ static RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE_SOURCE
 static FLOOD_EVENTS: RingBuf = RingBuf::pinned(FLOOD_RING_BYTES, 0);
 #[map(name = "ban_stats")]
 static BAN_STATS: LruPerCpuHashMap<u64, BanStats> = LruPerCpuHashMap::pinned(HOT_BANS, 0);
+/// Per-CPU token leases (see `common::RateLease`); not pinned: a new
+/// program starts with none, which only costs a shared update each.
+#[map]
+static LEASES: PerCpuArray<RateLease> = PerCpuArray::with_max_entries(LEASE_SLOTS, 0);
 #[map(name = "rate_limited")]
 static RATE_LIMITED: LruPerCpuHashMap<RateKey, u64> = LruPerCpuHashMap::pinned(HOT_LIMITED, 0);
 #[map(name = "lost_reports")]
@@ -246,7 +250,7 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Source::V6(a) => rate_key_v6(a),
     };
     let now = now_ns();
-    if limit && !conforms(&key, &pkt.src, now, cfg) {
+    if limit && !spend_lease(&key, now) && !conforms(&key, &pkt.src, now, cfg) {
         // Checked only for packets over the limit: the common path stays cheap.
         if allowlisted(&pkt.src, now) {
             return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
@@ -323,7 +327,38 @@ fn rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
     RATE.get_ptr_mut(key)
 }
 
+/// This CPU's lease slot for `key`.
+#[inline(always)]
+fn lease_slot(key: &RateKey) -> Option<*mut RateLease> {
+    let (a, b) = unsafe {
+        (
+            core::ptr::read_unaligned(key.as_ptr() as *const u64),
+            core::ptr::read_unaligned(key.as_ptr().add(8) as *const u64),
+        )
+    };
+    let h = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
+    LEASES.get_ptr_mut((h as u32) & (LEASE_SLOTS - 1))
+}
+
+/// Spends one token this CPU leased for `key`, if it holds one: a
+/// conforming packet that touches nothing another CPU writes.
+#[inline(always)]
+fn spend_lease(key: &RateKey, now: u64) -> bool {
+    let Some(lease) = lease_slot(key) else {
+        return false;
+    };
+    unsafe {
+        if (*lease).tokens == 0 || now >= (*lease).valid_until_ns || (*lease).key != *key {
+            return false;
+        }
+        (*lease).tokens -= 1;
+    }
+    true
+}
+
 /// GCRA: true if a packet from `key` at `now` is within its rate and burst.
+/// With room for it, a whole lease is taken from the budget at once: this
+/// packet, and `lease - 1` tokens this CPU spends alone.
 #[inline(always)]
 fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
     let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
@@ -338,8 +373,19 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
             (*st).tat_ns = now + interval;
             return true;
         }
-        if tat - now <= tolerance {
-            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
+        let ahead = tat - now;
+        if ahead <= tolerance {
+            let extra = u64::from(cfg.lease.saturating_sub(1));
+            if extra > 0 && ahead + extra * interval <= tolerance {
+                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
+                if let Some(lease) = lease_slot(key) {
+                    (*lease).key = *key;
+                    (*lease).tokens = extra as u32;
+                    (*lease).valid_until_ns = now + 1_000_000_000;
+                }
+            } else {
+                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
+            }
             return true;
         }
         let limited = count_limited(key);

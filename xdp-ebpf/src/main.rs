@@ -130,11 +130,11 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
 /// it costs one.
 #[inline(always)]
 fn count_drop(id: u64, len: u64, now: u64) {
-    let stats = match BAN_STATS.get_ptr_mut(&id) {
+    let stats = match BAN_STATS.get_ptr_mut(id) {
         Some(stats) => stats,
         None => {
-            let _ = BAN_STATS.insert(&id, &BanStats::default(), u64::from(BPF_NOEXIST));
-            match BAN_STATS.get_ptr_mut(&id) {
+            let _ = BAN_STATS.insert(id, BanStats::default(), u64::from(BPF_NOEXIST));
+            match BAN_STATS.get_ptr_mut(id) {
                 Some(stats) => stats,
                 None => return,
             }
@@ -401,7 +401,7 @@ fn count_limited(key: &RateKey) -> u64 {
     let count = match RATE_LIMITED.get_ptr_mut(key) {
         Some(c) => c,
         None => {
-            let _ = RATE_LIMITED.insert(key, &0, u64::from(BPF_NOEXIST));
+            let _ = RATE_LIMITED.insert(key, 0, u64::from(BPF_NOEXIST));
             match RATE_LIMITED.get_ptr_mut(key) {
                 Some(c) => c,
                 None => return 0,

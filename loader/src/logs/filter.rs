@@ -83,6 +83,23 @@ pub fn builtin(name: &str) -> Option<Vec<String>> {
         })
 }
 
+/// The fixed words a built-in failregex starts its message with (up to its
+/// first regex syntax), which every line it matches must contain.
+fn literal_of(re: &str) -> Option<memchr::memmem::Finder<'static>> {
+    let end = re.find(['\\', '(', '[', '.', '*', '+', '?', '{', '|', '^', '$'])?;
+    let words = &re[..end];
+    (words.len() >= 8).then(|| memchr::memmem::Finder::new(words.as_bytes()).into_owned())
+}
+
+/// The fixed text right before `<HOST>` in a failregex that ends with
+/// `<HOST>\s*$` (so the host is whatever follows the line's last one).
+fn host_marker(re: &'static str) -> Option<&'static str> {
+    let before = re.strip_suffix("<HOST>\\s*$")?;
+    let start = before.rfind(['\\', ']', ')', '*', '+', '?', '}', '|', '.'])? + 1;
+    let marker = &before[start..];
+    (marker.len() >= 4 && !marker.trim().is_empty()).then_some(marker)
+}
+
 /// `re` anchored as fail2ban anchors its filters (`^%(__prefix_line)s`):
 /// an anchored one is kept; any other must follow the FreeSWITCH line prefix
 /// (and optionally a level and source location).
@@ -209,6 +226,14 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct Filter {
     fail: Vec<Regex>,
+    /// For each failregex, a literal every line it matches contains: a line
+    /// without it is skipped before the regex runs (most lines of a busy
+    /// log), found with SIMD substring search.
+    literals: Vec<Option<memchr::memmem::Finder<'static>>>,
+    /// For each failregex that ends with `MARKER<HOST>\s*$` (the built-ins),
+    /// the marker: a match is then found without the capture engine, and
+    /// the host is what follows the line's last marker.
+    host_markers: Vec<Option<&'static str>>,
     ignore: Vec<Regex>,
     tz: LogTz,
 }
@@ -219,6 +244,8 @@ impl Filter {
             bail!("a filter needs at least one failregex");
         }
         Ok(Self {
+            literals: vec![None; failregex.len()],
+            host_markers: vec![None; failregex.len()],
             fail: failregex
                 .iter()
                 .map(|r| compile_failregex(r))
@@ -244,17 +271,40 @@ impl Filter {
                 builtin_names()
             )
         })?;
-        Self::new(&res, &[])
+        let mut filter = Self::new(&res, &[])?;
+        if let Some((_, _, res)) = BUILTIN.iter().find(|(n, _, _)| *n == name) {
+            filter.literals = res.iter().map(|re| literal_of(re)).collect();
+            filter.host_markers = res.iter().map(|re| host_marker(re)).collect();
+        }
+        Ok(filter)
     }
 
     pub fn check(&self, line: &str) -> Outcome {
-        let Some(caps) = self.fail.iter().find_map(|re| re.captures(line)) else {
+        let mut found = None;
+        for (i, re) in self.fail.iter().enumerate() {
+            if let Some(Some(lit)) = self.literals.get(i) {
+                if lit.find(line.as_bytes()).is_none() {
+                    continue;
+                }
+            }
+            found = match self.host_markers.get(i).copied().flatten() {
+                Some(marker) => re
+                    .is_match(line)
+                    .then(|| line.trim_end().rsplit_once(marker).map_or("", |(_, h)| h)),
+                None => re
+                    .captures(line)
+                    .map(|c| c.name("host").map_or("", |m| m.as_str())),
+            };
+            if found.is_some() {
+                break;
+            }
+        }
+        let Some(text) = found else {
             return Outcome::Miss;
         };
         if self.ignore.iter().any(|re| re.is_match(line)) {
             return Outcome::Ignored;
         }
-        let text = caps.name("host").map_or("", |m| m.as_str());
         let Ok(host) = text.parse::<IpAddr>() else {
             return Outcome::BadHost(text.to_owned());
         };
@@ -567,6 +617,29 @@ mod tests {
         }
         assert_eq!("local".parse::<LogTz>().unwrap(), LogTz::Local);
         assert!("-0530".parse::<LogTz>().is_ok());
+    }
+
+    /// Every built-in failregex has a literal prefilter and a host marker,
+    /// and they change no outcome: the same lines match, with the same host,
+    /// as with the plain regexes.
+    #[test]
+    fn builtin_prefilters_skip_only_lines_that_cannot_match() {
+        for (name, _, _) in BUILTIN {
+            let fast = Filter::builtin(name).unwrap();
+            assert!(fast.literals.iter().all(Option::is_some), "{name}");
+            assert!(fast.host_markers.iter().all(Option::is_some), "{name}");
+            let plain = Filter::new(&builtin(name).unwrap(), &[]).unwrap();
+            let challenge = REAL_FAILURE_LINES[2].replace("failure", "challenge");
+            let crafted = "2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'i' for [x] from ip 192.0.2.1 [@d] from ip 203.0.113.66  ";
+            for line in REAL_FAILURE_LINES.iter().copied().chain([
+                challenge.as_str(),
+                crafted,
+                "2024-03-01 12:00:00.1 [DEBUG] sofia_reg.c:1 Registration from 192.0.2.1",
+                "",
+            ]) {
+                assert_eq!(fast.check(line), plain.check(line), "{name}: {line}");
+            }
+        }
     }
 
     #[test]

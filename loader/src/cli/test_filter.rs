@@ -14,7 +14,7 @@ use serde_json::json;
 use std::{
     cell::Cell,
     collections::HashMap,
-    io::{BufRead as _, BufReader, IsTerminal as _},
+    io::IsTerminal as _,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Instant,
@@ -83,10 +83,10 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let file = std::fs::File::open(&args.logfile)
         .with_context(|| format!("cannot open {}", args.logfile.display()))?;
     let size = file.metadata()?.len().max(1);
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut file = file;
 
-    let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long, mut read) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut hosts: HashMap<IpAddr, u64> = HashMap::new();
     let mut bans: Vec<(i64, crate::logs::jail::BanRequest)> = Vec::new();
     let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
@@ -95,22 +95,20 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let no_ignore = NeverBan::default();
     let tty = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        read += n as u64;
+    let mut on_line = |raw: &[u8], read: u64, oversized: bool| {
         lines += 1;
-        if buf.len() > crate::logs::follow::MAX_LINE {
+        if oversized {
             too_long += 1;
-            continue;
+            return;
         }
-        let line = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
-        let line = line.strip_suffix('\r').unwrap_or(&line);
-        match jail.check(line) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // Valid UTF-8 (nearly every line) is used as it is; only a line
+        // with invalid bytes pays for the replacement.
+        let line = match std::str::from_utf8(raw) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
+        match jail.check(&line) {
             Outcome::Miss => {}
             Outcome::Ignored => ignored += 1,
             Outcome::BadHost(_) => bad_host += 1,
@@ -123,7 +121,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
                     }
                     let t = now.get();
                     let req = jail.on_line(
-                        line,
+                        &line,
                         t,
                         false,
                         &no_ignore,
@@ -150,7 +148,8 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
                 eprintln!("{pct}% {lines} lines, {matched} matched");
             }
         }
-    }
+    };
+    split_lines(&mut file, crate::logs::follow::MAX_LINE, &mut on_line)?;
     if tty && lines > 0 {
         eprint!("\r{:60}\r", "");
     }
@@ -207,4 +206,94 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads `input` in big chunks and calls `on_line(line, bytes read so far,
+/// too long)` for each line (without its newline; a last line without one
+/// too). Newlines are found with SIMD search; a line longer than `max` is
+/// reported once as too long, and never held in memory whole.
+fn split_lines(
+    input: &mut impl std::io::Read,
+    max: usize,
+    on_line: &mut impl FnMut(&[u8], u64, bool),
+) -> std::io::Result<u64> {
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut partial: Vec<u8> = Vec::new();
+    let mut oversized = false;
+    let mut read = 0u64;
+    loop {
+        let n = input.read(&mut chunk)?;
+        if n == 0 {
+            if oversized || !partial.is_empty() {
+                on_line(&partial, read, oversized);
+            }
+            return Ok(read);
+        }
+        read += n as u64;
+        let data = &chunk[..n];
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            if oversized {
+                on_line(&[], read, true);
+                oversized = false;
+            } else if partial.is_empty() {
+                let line = &data[start..nl];
+                if line.len() > max {
+                    on_line(&[], read, true);
+                } else {
+                    on_line(line, read, false);
+                }
+            } else {
+                partial.extend_from_slice(&data[start..nl]);
+                if partial.len() > max {
+                    on_line(&[], read, true);
+                } else {
+                    on_line(&partial, read, false);
+                }
+                partial.clear();
+            }
+            start = nl + 1;
+        }
+        if !oversized {
+            partial.extend_from_slice(&data[start..]);
+            if partial.len() > max {
+                oversized = true;
+                partial.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(input: &[u8], max: usize) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        split_lines(&mut &input[..], max, &mut |l: &[u8], _, long| {
+            out.push((String::from_utf8_lossy(l).into_owned(), long))
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn lines_are_split_and_long_ones_reported_once() {
+        let got = lines_of(b"a\nbb\n\nlast", 8);
+        let want: Vec<(String, bool)> = ["a", "bb", "", "last"]
+            .iter()
+            .map(|s| (s.to_string(), false))
+            .collect();
+        assert_eq!(got, want);
+        let got = lines_of(b"ok\n0123456789abcdef\nnext\n0123456789", 8);
+        assert_eq!(
+            got,
+            [
+                ("ok".to_owned(), false),
+                (String::new(), true),
+                ("next".to_owned(), false),
+                (String::new(), true)
+            ]
+        );
+    }
 }

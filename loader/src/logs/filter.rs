@@ -319,6 +319,11 @@ impl Filter {
 /// (never from text a client wrote further on).
 static PREFIX: LazyLock<Regex> = LazyLock::new(|| Regex::new(&LINE_START).expect("valid"));
 
+static STARTS_WITH_UUID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(&format!("^{UUID}")).expect("valid"));
+static CPU_NEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^ \d{1,3}\.\d{1,2}% \[").expect("valid"));
+
 static FS_TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:(\d{4})-)?(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
         .expect("valid")
@@ -330,6 +335,20 @@ static FS_TIME: LazyLock<Regex> = LazyLock::new(|| {
 /// in the current year, or the previous one if that would put it more than
 /// a day in the future. `None` when the line has no such prefix.
 pub fn line_time_ms(line: &str, tz: LogTz) -> Option<i64> {
+    // Most lines start with FreeSWITCH's timestamp (after a session UUID
+    // with `log-uuid`): read it there when the level or the CPU percentage
+    // follows (not a syslog host), without running the capture engine.
+    let after_uuid = if STARTS_WITH_UUID.is_match(line) {
+        UUID.len()
+    } else {
+        0
+    };
+    if let Some(m) = line.get(after_uuid..).and_then(|rest| FS_TIME.find(rest)) {
+        let after = &line[after_uuid + m.end()..];
+        if after.starts_with(" [") || CPU_NEXT.is_match(after) {
+            return fs_time_ms(m.as_str(), tz);
+        }
+    }
     let caps = PREFIX.captures(line)?;
     if let Some(fs) = caps.name("fstime").or_else(|| caps.name("fstime2")) {
         return fs_time_ms(fs.as_str(), tz);

@@ -281,13 +281,17 @@ impl Engine {
     fn reconcile_allowlist(&mut self) -> Result<()> {
         let wanted: BTreeSet<IpNet> = self.never_ban.nets().collect();
         let maps = self.bans.maps();
+        let mut present = BTreeSet::new();
         for entry in maps.allowed()? {
-            if !wanted.contains(&entry.net) {
+            if wanted.contains(&entry.net) {
+                present.insert(entry.net);
+            } else {
                 tracing::info!("no longer allow-listed: {}", addr::display(&entry.net));
                 maps.disallow(entry.net)?;
             }
         }
-        for net in &wanted {
+        // Only what is missing: an entry in place keeps its hit counters.
+        for net in wanted.difference(&present) {
             maps.allow(*net)?;
         }
         Ok(())
@@ -333,9 +337,10 @@ impl Engine {
             let Some(r) = self.vet(r) else {
                 continue;
             };
-            if enforce(&mut self.bans, &mut self.dirty, r.clone()) {
+            let net = r.net;
+            if enforce(&mut self.bans, &mut self.dirty, r) {
                 // Proven by the log: no longer a ban on packet evidence.
-                self.packet_bans.forget(&r.net);
+                self.packet_bans.forget(&net);
             }
         }
     }

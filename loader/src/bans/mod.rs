@@ -145,7 +145,7 @@ impl BanManager {
 
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let clock = clock::System;
-        let now = clock.mono_ns();
+        let (now, wall) = (clock.mono_ns(), clock.wall_ms());
         let same_boot = state
             .boot_id
             .as_deref()
@@ -180,10 +180,8 @@ impl BanManager {
             };
             let info = BanInfo {
                 jail: saved.jail.clone(),
-                banned_at_ns: now.saturating_sub(
-                    (state.saved_at.unwrap_or(saved.banned_at) - saved.banned_at).max(0) as u64
-                        * 1_000_000,
-                ),
+                banned_at_ns: now
+                    .saturating_sub((wall - saved.banned_at).max(0) as u64 * 1_000_000),
                 expires_at_ns,
                 reason: saved.reason.clone(),
                 line: saved.line.clone(),
@@ -228,7 +226,6 @@ impl BanManager {
             );
             report.adopted += 1;
         }
-        let wall = clock.wall_ms();
         for (text, n) in &state.ban_counts {
             if let Ok(net) = crate::addr::parse_net(text) {
                 // Unknown (an older state): as if banned just now.

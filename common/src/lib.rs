@@ -322,6 +322,13 @@ pub mod counter {
     pub const PASS_SCANNER_ALLOWLISTED: u32 = 11;
     /// Number of counters.
     pub const COUNT: u32 = 12;
+    /// The counters of dropped packets.
+    pub const DROPS: [u32; 4] = [
+        DROP_BANNED,
+        DROP_BANNED_NO_PORT,
+        DROP_RATE_LIMITED,
+        DROP_SCANNER,
+    ];
 
     /// Display names, by index.
     pub const NAMES: [&str; COUNT as usize] = [

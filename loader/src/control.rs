@@ -144,6 +144,12 @@ pub async fn serve(
 
 /// Sends one request to the daemon. `Ok(None)`: no daemon is listening.
 pub fn request(path: &Path, req: &Request) -> Result<Option<Response>> {
+    request_within(path, req, Duration::from_secs(30))
+}
+
+/// Like `request`, waiting at most `timeout` for the answer (a daemon
+/// still starting has bound its socket but answers once protection is on).
+pub fn request_within(path: &Path, req: &Request, timeout: Duration) -> Result<Option<Response>> {
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -162,7 +168,7 @@ pub fn request(path: &Path, req: &Request) -> Result<Option<Response>> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", path.display())),
     };
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line)?;

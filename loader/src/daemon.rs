@@ -17,6 +17,7 @@ use crate::{
     kernel::maps::KernelMaps,
     kernel::program::{self, AttachMode},
     logs::jail::{BanRequest, Jail},
+    ops::readiness::Readiness,
 };
 use anyhow::{bail, Context as _, Result};
 use common::CONFIG_ALL_PORTS;
@@ -690,13 +691,34 @@ impl Engine {
         Ok(json!({ "jails": jails, "bans": self.bans.len() }))
     }
 
+    /// One line for `systemctl status`: bans in force and what was dropped.
+    fn status_line(&self) -> String {
+        let dropped: u64 = self
+            .bans
+            .kernel()
+            .counters()
+            .map(|c| {
+                common::counter::DROPS
+                    .iter()
+                    .map(|&i| c[i as usize].packets)
+                    .sum()
+            })
+            .unwrap_or(0);
+        format!(
+            "protecting; {} ban(s) in force, {dropped} packet(s) dropped",
+            self.bans.len()
+        )
+    }
+
     fn jail_names(&self) -> Vec<String> {
         self.jails.iter().map(|j| j.name.clone()).collect()
     }
 }
 
-/// `sipguard run`: load, attach, serve until a signal, shut down.
-pub async fn run(opts: RunOptions) -> Result<()> {
+/// `sipguard run`: load, attach, serve until a signal, shut down. The
+/// service manager hears `READY=1` once the program is attached and the
+/// saved bans are in force, not before.
+pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
     let loaded = load(&opts)?;
     let Loaded {
         ebpf,
@@ -706,8 +728,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         flood_events,
         engine,
     } = attach(loaded)?;
+    readiness.ready(&engine.status_line());
     let engine = Rc::new(RefCell::new(engine));
-    let result = serve(&engine, &opts, listener, watch, flood_events).await;
+    let readiness = Rc::new(RefCell::new(readiness));
+    let result = serve(&engine, &opts, &readiness, listener, watch, flood_events).await;
+    readiness.borrow().stopping();
     shutdown(&engine, ebpf, &ifaces);
     result
 }
@@ -803,7 +828,7 @@ fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
     let engine = Engine::start(config, maps)?;
     release_freed_memory();
     tracing::info!(
-        "sipguard running: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
+        "sipguard running, protection active: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
         engine.bans.len(),
         if jails.is_empty() { "none".to_owned() } else { jails.join(", ") },
         engine.config.pin_dir.display(),
@@ -824,17 +849,18 @@ fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
 async fn serve(
     engine: &Rc<RefCell<Engine>>,
     opts: &RunOptions,
+    readiness: &Rc<RefCell<Readiness>>,
     listener: tokio::net::UnixListener,
     mut watch: crate::logs::watch::LogWatch,
     mut flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
 ) -> Result<()> {
     let local = tokio::task::LocalSet::new();
-    let (handler_engine, handler_opts) = (engine.clone(), opts.clone());
+    let (handler_engine, handler_opts, handler_readiness) =
+        (engine.clone(), opts.clone(), readiness.clone());
     local.spawn_local(control::serve(listener, move |req| {
         let result = match req {
-            Request::Reload => {
-                reload(&handler_engine, &handler_opts).map(|()| json!({ "reloaded": true }))
-            }
+            Request::Reload => reload(&handler_engine, &handler_opts, &handler_readiness)
+                .map(|()| json!({ "reloaded": true })),
             req => handler_engine.borrow_mut().handle(req),
         };
         match result {
@@ -850,12 +876,16 @@ async fn serve(
             let mut poll = tokio::time::interval(POLL_INTERVAL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut tick = tokio::time::interval(TICK_INTERVAL);
+            // Without a watchdog this ticks once a day and sends nothing.
+            let watchdog_every = readiness.borrow().watchdog();
+            let mut watchdog =
+                tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(86_400)));
             loop {
                 tokio::select! {
                     _ = sigterm.recv() => break,
                     _ = sigint.recv() => break,
                     _ = sighup.recv() => {
-                        if let Err(e) = reload(engine, opts) {
+                        if let Err(e) = reload(engine, opts, readiness) {
                             tracing::error!("reload failed, keeping the running configuration: {e:#}");
                         }
                     }
@@ -871,7 +901,17 @@ async fn serve(
                         guard.clear_ready();
                     }
                     _ = poll.tick() => engine.borrow_mut().poll_logs(),
-                    _ = tick.tick() => engine.borrow_mut().tick(),
+                    _ = tick.tick() => {
+                        let mut engine = engine.borrow_mut();
+                        engine.tick();
+                        readiness.borrow_mut().status(&engine.status_line());
+                    }
+                    _ = watchdog.tick() => {
+                        // Pinged from the loop itself: a stuck loop misses it.
+                        if watchdog_every.is_some() {
+                            readiness.borrow().watchdog_ping();
+                        }
+                    }
                 }
             }
             anyhow::Ok(())
@@ -951,10 +991,17 @@ fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) -> bool {
     }
 }
 
-/// Re-reads the configuration; on any error the running one stays.
-fn reload(engine: &Rc<RefCell<Engine>>, opts: &RunOptions) -> Result<()> {
-    let config = load_config(opts)?;
-    engine.borrow_mut().reload(config)
+/// Re-reads the configuration; on any error the running one stays. The
+/// service manager hears of it before and after.
+fn reload(
+    engine: &Rc<RefCell<Engine>>,
+    opts: &RunOptions,
+    readiness: &Rc<RefCell<Readiness>>,
+) -> Result<()> {
+    readiness.borrow().reloading();
+    let result = load_config(opts).and_then(|config| engine.borrow_mut().reload(config));
+    readiness.borrow_mut().ready(&engine.borrow().status_line());
+    result
 }
 
 pub fn join_ports(ports: &[u16]) -> String {

@@ -15,6 +15,7 @@
 //! |             | `watch`         | inotify wake-ups for the followed logs' folders           |
 //! |             | `jail`          | a filter + offenders + thresholds → ban requests          |
 //! |             | `offenders`     | counting failures per source, memory-bounded              |
+//! | `ops/`      | `readiness`     | `sd_notify`: ready, reloading, stopping, watchdog, status |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |
@@ -39,3 +40,4 @@ pub mod defaults;
 pub mod duration;
 pub mod kernel;
 pub mod logs;
+pub mod ops;

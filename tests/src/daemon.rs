@@ -3,6 +3,7 @@
 use crate::Sandbox;
 use anyhow::{bail, Context as _, Result};
 use std::{
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
@@ -48,13 +49,34 @@ pub fn cli_ok(sandbox: &Sandbox, args: &[&str]) -> Result<String> {
 pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
+    /// The `NOTIFY_SOCKET` the daemon tells it is ready on, as systemd's.
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+    /// Every notification received so far.
+    notes: Vec<String>,
 }
 
 impl Daemon {
     /// Starts `sipguard run ARGS` in `netns` (network namespace only, so the
-    /// host's /sys/fs/bpf stays visible) and waits until it is attached.
+    /// host's /sys/fs/bpf stays visible) and waits until it tells its
+    /// `NOTIFY_SOCKET` `READY=1`, as systemd would.
     pub fn start(netns: &crate::netns::Netns, sandbox: &Sandbox, args: &[&str]) -> Result<Self> {
-        let log = std::env::temp_dir().join(format!("{}.log", crate::unique("sipguard-daemon-")));
+        let mut daemon = Self::spawn(netns, sandbox, args, &[])?;
+        daemon.wait_for("READY=1", Duration::from_secs(30))?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon with more environment, without waiting.
+    pub fn spawn(
+        netns: &crate::netns::Netns,
+        sandbox: &Sandbox,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let name = crate::unique("sipguard-daemon-");
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let notify_path = std::env::temp_dir().join(format!("{name}.notify"));
+        let notify = UnixDatagram::bind(&notify_path)?;
         let file = std::fs::File::create(&log)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.path()))
@@ -62,29 +84,49 @@ impl Daemon {
             .args(sandbox.args())
             .arg("run")
             .args(args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .context("cannot start the daemon")?;
-        let mut daemon = Self {
+        Ok(Self {
             child: Some(child),
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
+            notify,
+            notify_path,
+            notes: Vec::new(),
+        })
+    }
+
+    /// Waits for a notification with the line `line` (e.g. `READY=1`) and
+    /// returns it whole; each notification is returned once.
+    pub fn wait_for(&mut self, line: &str, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
         loop {
-            if daemon.log().contains("sipguard running") {
-                return Ok(daemon);
+            if let Some(i) = self.notes.iter().position(|n| n.lines().any(|l| l == line)) {
+                return Ok(self.notes.remove(i));
             }
-            if let Some(status) = daemon.child.as_mut().expect("running").try_wait()? {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("daemon exited with {status} before {line}:\n{}", self.log());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 bail!(
-                    "daemon exited with {status} before attaching:\n{}",
-                    daemon.log()
+                    "no {line} from the daemon within {within:?} (got {:?}):\n{}",
+                    self.notes,
+                    self.log()
                 );
             }
-            if Instant::now() > deadline {
-                bail!("daemon did not attach within 30 s:\n{}", daemon.log());
+            self.notify
+                .set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                self.notes
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -132,5 +174,6 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.notify_path);
     }
 }

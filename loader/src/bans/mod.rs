@@ -143,6 +143,11 @@ impl BanManager {
         &mut self.maps
     }
 
+    /// The maps, for reading.
+    pub fn kernel(&self) -> &KernelMaps {
+        &self.maps
+    }
+
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let clock = clock::System;
         let (now, wall) = (clock.mono_ns(), clock.wall_ms());

@@ -109,6 +109,10 @@ pub enum Command {
         jail: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Wait up to SECONDS for a daemon with protection active (program
+        /// attached, saved bans in force); exit 1 if there is none by then.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Re-read the configuration; bans stay.
     Reload,
@@ -197,10 +201,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     from_beginning,
                 },
             };
+            // Read (and cleared) before any thread starts.
+            let readiness = crate::ops::readiness::Readiness::from_env();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(daemon::run(opts))
+            runtime.block_on(daemon::run(opts, readiness))
         }
         Command::Ban {
             ref net,
@@ -329,10 +335,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 json,
             )
         }
-        Command::Status { ref jail, json } => {
+        Command::Status {
+            ref jail,
+            json,
+            wait,
+        } => {
             require_root("read the daemon's status")?;
             let socket = paths(&cli).socket;
-            let data = running_daemon(&socket, &Request::Status { jail: jail.clone() })?;
+            let req = Request::Status { jail: jail.clone() };
+            let data = match wait {
+                None => running_daemon(&socket, &req)?,
+                Some(secs) if (0.0..=86_400.0).contains(&secs) => {
+                    wait_for_daemon(&socket, &req, std::time::Duration::from_secs_f64(secs))?
+                }
+                Some(_) => bail!("--wait takes 0 to 86400 seconds"),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
             } else {
@@ -393,6 +410,38 @@ fn running_daemon(socket: &Path, req: &Request) -> Result<serde_json::Value> {
             socket.display()
         )
     })
+}
+
+/// Asks until a daemon answers (it answers only once protection is
+/// active), for at most `within`.
+fn wait_for_daemon(
+    socket: &Path,
+    req: &Request,
+    within: std::time::Duration,
+) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match control::request_within(socket, req, left) {
+            Ok(Some(r)) if r.ok => return Ok(r.data),
+            Ok(Some(r)) => bail!("{}", r.error.unwrap_or_else(|| "the daemon refused".into())),
+            // Not listening yet, or a daemon that died while starting.
+            Ok(None) | Err(_) if !left.is_zero() => {
+                std::thread::sleep(left.min(std::time::Duration::from_millis(50)))
+            }
+            Ok(None) => bail!(
+                "no daemon with protection active on {} after {:.1} s",
+                socket.display(),
+                within.as_secs_f64()
+            ),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "no daemon answered within {:.1} s",
+                    within.as_secs_f64()
+                )))
+            }
+        }
+    }
 }
 
 /// Bans and the allowlist are root's business: the maps are root-only, and a

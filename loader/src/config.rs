@@ -354,6 +354,26 @@ mod tests {
         assert_eq!(c.protected_ports(), vec![5060, 5066, 7443]);
     }
 
+    /// `cargo xtask install` puts loader/dist/sipguard.toml in place: it
+    /// must mean the built-in default, and every key it shows commented
+    /// out must exist with a valid example value.
+    #[test]
+    fn installed_default_config_is_the_builtin_one() {
+        let text = include_str!("../dist/sipguard.toml");
+        let installed = Config::parse(text, "dist").unwrap();
+        let builtin = Config::parse(DEFAULT_TOML, "default").unwrap();
+        assert_eq!(installed.jails, builtin.jails);
+        assert_eq!(installed.protected_ports(), builtin.protected_ports());
+        let key = regex::Regex::new(r"^#[a-z_]+ = ").unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| if key.is_match(l) { &l[1..] } else { l })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.lines().count() > 40);
+        Config::parse(&uncommented, "dist, every key set").unwrap();
+    }
+
     #[test]
     fn durations_and_ports_forms() {
         let c = Config::parse(

@@ -105,3 +105,49 @@ fn status_wait_returns_once_protection_is_active() -> Result<()> {
     assert!(!out.status.success());
     Ok(())
 }
+
+/// The repository's unit, as `cargo xtask install` writes it for this
+/// binary: systemd accepts it, and its sandbox scores well.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../loader/dist/sipguard.service"
+    ))?
+    .replace(
+        "/usr/local/sbin/sipguard",
+        &sipguard_tests::daemon::bin().display().to_string(),
+    );
+    for key in [
+        "Type=notify",
+        "ExecReload=",
+        "WatchdogSec=",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(unit.contains(key), "{key} missing");
+    }
+    let path = dir.path().join("sipguard.service");
+    std::fs::write(&path, unit)?;
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()?;
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // Exposure is scored 0 (locked down) to 10 (unsafe); 3.5 or less is "OK".
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=35", "--no-pager"])
+        .arg(&path)
+        .output()?;
+    assert!(
+        security.status.success(),
+        "{}",
+        String::from_utf8_lossy(&security.stdout)
+    );
+    Ok(())
+}

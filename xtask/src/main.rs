@@ -4,8 +4,10 @@
 //! * `build`  build the XDP object and the `sipguard` binary that embeds it
 //! * `run`    setup + build, then `sipguard ARGS` as root
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
+//! * `install` the release binary, the systemd unit, a default configuration (`--destdir` to stage)
 //! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
 //! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale`)
+mod install;
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -36,6 +38,15 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build the release binary and install it with the systemd unit, a
+    /// commented default configuration (kept if one exists) and the docs.
+    Install {
+        /// Stage everything under this folder instead of `/`.
+        #[arg(long, default_value = "")]
+        destdir: PathBuf,
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
     },
     /// rustfmt check and clippy (-D warnings) on every crate, the XDP one on its own target.
     Lint,
@@ -94,6 +105,20 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("sipguard exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Install { destdir, prefix } => {
+            if destdir.as_os_str().is_empty() && !setup::is_root() {
+                bail!("installing into the system needs root (or stage with --destdir)");
+            }
+            ensure_setup()?;
+            build(true)?;
+            install::Install {
+                bin: target_dir().join("release/sipguard"),
+                destdir,
+                prefix,
+                root: workspace_root(),
+            }
+            .run()
         }
         Cmd::Lint => {
             ensure_setup()?;

@@ -18,7 +18,7 @@ struct Step {
     run: fn() -> Result<()>,
 }
 
-fn steps() -> [Step; 5] {
+fn steps() -> [Step; 6] {
     [
         Step {
             what: "nightly Rust toolchain",
@@ -89,6 +89,12 @@ fn steps() -> [Step; 5] {
             why: "the end-to-end tests build network namespaces joined by veth pairs, and scan with a real SIP scanner",
             done: || which("ip") && which("nsenter") && which("svmap"),
             run: || apt_install(&["iproute2", "util-linux", "sipvicious"]),
+        },
+        Step {
+            what: "systemd-analyze (systemd)",
+            why: "the service tests verify the systemd unit and score its sandbox",
+            done: || which("systemd-analyze"),
+            run: || apt_install(&["systemd"]),
         },
     ]
 }

@@ -59,6 +59,35 @@ pub struct Config {
     /// Packet-level flood defence in XDP.
     #[serde(default)]
     pub flood: FloodConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics over HTTP, on loopback unless told
+/// otherwise (they show what is banned and how fast; no addresses).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> std::net::SocketAddr {
+    crate::defaults::METRICS_LISTEN
+        .parse()
+        .expect("a valid address")
 }
 
 /// `[flood]`: the per-source rate limit on the protected ports, and when a

@@ -17,6 +17,7 @@ use crate::{
     kernel::maps::KernelMaps,
     kernel::program::{self, AttachMode},
     logs::jail::{BanRequest, Jail},
+    ops::metrics::{self, Metrics},
     ops::readiness::Readiness,
 };
 use anyhow::{bail, Context as _, Result};
@@ -130,6 +131,8 @@ pub struct Engine {
     dirty: bool,
     last_positions_save: Instant,
     saved_positions: BTreeMap<String, Position>,
+    /// What the daemon counts for Prometheus as it happens.
+    metrics: Metrics,
 }
 
 impl Engine {
@@ -203,6 +206,7 @@ impl Engine {
             dirty: true,
             last_positions_save: Instant::now(),
             saved_positions: BTreeMap::new(),
+            metrics: Metrics::default(),
         };
         engine.apply_config(true)?;
         // The journal's changes are in the state now: save, then empty it.
@@ -323,6 +327,7 @@ impl Engine {
     }
 
     fn poll_logs(&mut self) {
+        let read_at = Instant::now();
         let now = now_ms();
         let mut requests = Vec::new();
         for jail in &mut self.jails {
@@ -339,7 +344,8 @@ impl Engine {
                 continue;
             };
             let net = r.net;
-            if enforce(&mut self.bans, &mut self.dirty, r) {
+            if self.enforce(r, "log") {
+                self.metrics.ban_latency(read_at.elapsed());
                 // Proven by the log: no longer a ban on packet evidence.
                 self.packet_bans.forget(&net);
             }
@@ -386,7 +392,7 @@ impl Engine {
     /// protected ports, and never takes the room of other bans.
     fn on_flood(&mut self, event: &common::FloodEvent) {
         let flood = &self.config.flood;
-        let (jail, bantime, reason) = if event.kind == common::EVENT_SCANNER {
+        let (jail, bantime, reason, cause) = if event.kind == common::EVENT_SCANNER {
             if !flood.scanner_bans {
                 return;
             }
@@ -394,6 +400,7 @@ impl Engine {
                 SCANNER_JAIL,
                 flood.scanner_bantime,
                 "a SIP scanner's User-Agent".to_owned(),
+                "scanner",
             )
         } else {
             (
@@ -410,6 +417,7 @@ impl Engine {
                         .unwrap_or(event.limited)
                         .max(event.limited)
                 ),
+                "flood",
             )
         };
         let request = BanRequest {
@@ -428,18 +436,22 @@ impl Engine {
             return;
         }
         if let Some(oldest) = self.packet_bans.make_room() {
+            let jail_of_oldest = self.bans.jail_of(&oldest);
             match self.bans.unban(oldest) {
-                Ok(_) => tracing::info!(
-                    "lifted the oldest packet ban, {}, to make room ({} packet bans at most)",
-                    addr::display(&oldest),
-                    self.config.flood.max_packet_bans
-                ),
+                Ok(_) => {
+                    tracing::info!(
+                        "lifted the oldest packet ban, {}, to make room ({} packet bans at most)",
+                        addr::display(&oldest),
+                        self.config.flood.max_packet_bans
+                    );
+                    self.on_unban(oldest, jail_of_oldest.as_deref().unwrap_or(jail), "evicted");
+                }
                 Err(e) => tracing::warn!("cannot lift {}: {e:#}", addr::display(&oldest)),
             }
             self.dirty = true;
         }
         let net = request.net;
-        if enforce(&mut self.bans, &mut self.dirty, request) {
+        if self.enforce(request, cause) {
             self.packet_bans.record(net);
         }
     }
@@ -450,6 +462,7 @@ impl Engine {
                 for (net, info) in &ended {
                     tracing::info!("[{}] ban of {} ended", info.jail, addr::display(net));
                     self.packet_bans.forget(net);
+                    self.on_unban(*net, &info.jail, "expired");
                 }
                 self.dirty |= !ended.is_empty();
             }
@@ -553,6 +566,7 @@ impl Engine {
                         Scope::Ports
                     },
                 )?;
+                self.on_ban(net, "manual", "manual", "banned by hand", bantime, "");
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
                 }
@@ -562,12 +576,14 @@ impl Engine {
             Request::Unban { net } => {
                 let net = addr::parse_net(&net)?;
                 self.packet_bans.forget(&net);
+                let jail = self.bans.jail_of(&net);
                 if !self.bans.unban(net)? {
                     bail!("{} is not banned (unban takes the exact address or network that was banned)", addr::display(&net));
                 }
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
                 }
+                self.on_unban(net, jail.as_deref().unwrap_or("manual"), "operator");
                 self.dirty = true;
                 Ok(json!({ "unbanned": addr::display(&net) }))
             }
@@ -689,6 +705,125 @@ impl Engine {
             }));
         }
         Ok(json!({ "jails": jails, "bans": self.bans.len() }))
+    }
+
+    /// Writes a ban a jail or the XDP program asked for (`cause`: log,
+    /// flood, scanner), and logs it; true when written. A ban already in
+    /// force that lasts as long is left alone (nothing to log).
+    fn enforce(&mut self, r: BanRequest, cause: &str) -> bool {
+        let how = r.duration.map_or("permanently".to_owned(), |d| {
+            format!("for {}", clock::human(d))
+        });
+        match self.bans.ban(
+            r.net,
+            &r.jail,
+            r.duration,
+            r.reason.clone(),
+            r.line.clone(),
+            r.scope,
+        ) {
+            Ok(true) => {
+                self.dirty = true;
+                tracing::info!(
+                    "[{}] banned {} {how}: {}",
+                    r.jail,
+                    addr::display(&r.net),
+                    r.reason
+                );
+                self.on_ban(r.net, &r.jail, cause, &r.reason, r.duration, &r.line);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net));
+                false
+            }
+        }
+    }
+
+    /// Every ban written, whatever made it: counted (and announced).
+    fn on_ban(
+        &mut self,
+        _net: IpNet,
+        jail: &str,
+        cause: &str,
+        _reason: &str,
+        _bantime: Option<Duration>,
+        _line: &str,
+    ) {
+        self.metrics.banned(jail, cause);
+    }
+
+    /// Every ban lifted: expired, by the operator, evicted to make room.
+    fn on_unban(&mut self, _net: IpNet, jail: &str, cause: &str) {
+        self.metrics.unbanned(jail, cause);
+    }
+
+    /// What Prometheus reads beyond the live counters.
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let maps = self.bans.kernel();
+        let verdicts = maps
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .zip(common::counter::NAMES)
+                    .map(|(c, name)| (name, c.packets, c.bytes))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut by_jail: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
+        for (net, b) in self.bans.iter() {
+            let family = if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
+            *by_jail.entry((b.jail.as_str(), family)).or_default() += 1;
+        }
+        let family_total = |f: &str| {
+            by_jail
+                .iter()
+                .filter(|((_, g), _)| *g == f)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        let allowed_v4 = self.never_ban.nets().filter(|n| n.addr().is_ipv4()).count() as u64;
+        let allowed_v6 = self.never_ban.nets().count() as u64 - allowed_v4;
+        let mut log_lines = Vec::new();
+        for j in &self.jails {
+            let s = &j.stats;
+            for (result, n) in [
+                ("read", s.lines),
+                ("matched", s.total_failed),
+                ("ignored", s.ignored_ip + s.ignored_regex),
+                ("too_old", s.too_old),
+                ("skewed", s.skewed),
+                ("too_long", j.skipped_long_lines()),
+            ] {
+                log_lines.push((j.name.clone(), result, n));
+            }
+        }
+        metrics::Snapshot {
+            verdicts,
+            maps: vec![
+                (
+                    "banned_v4",
+                    family_total("ipv4"),
+                    u64::from(common::MAX_BANS),
+                ),
+                (
+                    "banned_v6",
+                    family_total("ipv6"),
+                    u64::from(common::MAX_BANS),
+                ),
+                ("allowed_v4", allowed_v4, u64::from(common::MAX_ALLOWED)),
+                ("allowed_v6", allowed_v6, u64::from(common::MAX_ALLOWED)),
+            ],
+            bans: by_jail
+                .into_iter()
+                .map(|((jail, family), n)| (jail.to_owned(), family, n))
+                .collect(),
+            log_lines,
+            lost_reports: maps.lost_reports().unwrap_or(0),
+            refused: self.refused.iter().map(|(j, n)| (j.clone(), *n)).collect(),
+            dry_run: false,
+        }
     }
 
     /// One line for `systemctl status`: bans in force and what was dropped.
@@ -868,6 +1003,24 @@ async fn serve(
             Err(e) => Response::err(&e),
         }
     }));
+    let metrics_config = engine.borrow().config.metrics.clone();
+    if metrics_config.enabled {
+        match tokio::net::TcpListener::bind(metrics_config.listen).await {
+            Ok(listener) => {
+                tracing::info!("metrics on http://{}/metrics", metrics_config.listen);
+                let scrape_engine = engine.clone();
+                local.spawn_local(metrics::serve(listener, move || {
+                    let engine = scrape_engine.borrow();
+                    metrics::render(&engine.metrics, &engine.metrics_snapshot())
+                }));
+            }
+            // Protection goes on without its dashboard.
+            Err(e) => tracing::error!(
+                "cannot serve metrics on {}: {e} (set [metrics] listen, or enabled = false)",
+                metrics_config.listen
+            ),
+        }
+    }
     local
         .run_until(async {
             let mut sigterm = signal(SignalKind::terminate())?;
@@ -955,39 +1108,6 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free heap pages; no pointers change.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Writes a ban a jail or the XDP program asked for, and logs it; true when
-/// written. A ban already in force that lasts as long is left alone (nothing
-/// to log).
-fn enforce(bans: &mut BanManager, dirty: &mut bool, r: BanRequest) -> bool {
-    let how = r.duration.map_or("permanently".to_owned(), |d| {
-        format!("for {}", clock::human(d))
-    });
-    match bans.ban(
-        r.net,
-        &r.jail,
-        r.duration,
-        r.reason.clone(),
-        r.line,
-        r.scope,
-    ) {
-        Ok(true) => {
-            *dirty = true;
-            tracing::info!(
-                "[{}] banned {} {how}: {}",
-                r.jail,
-                addr::display(&r.net),
-                r.reason
-            );
-            true
-        }
-        Ok(false) => false,
-        Err(e) => {
-            tracing::error!("[{}] cannot ban {}: {e:#}", r.jail, addr::display(&r.net));
-            false
-        }
     }
 }
 

@@ -11,3 +11,5 @@ pub const SOCKET: &str = "/run/sipguard/sipguard.sock";
 pub const STATE_FILE: &str = "/var/lib/sipguard/state.json";
 /// The configuration file.
 pub const CONFIG: &str = "/etc/sipguard/sipguard.toml";
+/// The Prometheus endpoint (node_exporter's neighbourhood: 9100 + ...).
+pub const METRICS_LISTEN: &str = "127.0.0.1:9713";

@@ -16,6 +16,7 @@
 //! |             | `jail`          | a filter + offenders + thresholds → ban requests          |
 //! |             | `offenders`     | counting failures per source, memory-bounded              |
 //! | `ops/`      | `readiness`     | `sd_notify`: ready, reloading, stopping, watchdog, status |
+//! |             | `metrics`       | Prometheus metrics and their HTTP endpoint                |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |

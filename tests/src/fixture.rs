@@ -92,6 +92,19 @@ impl Setup {
             .collect())
     }
 
+    /// `GET PATH` on the daemon's metrics endpoint (127.0.0.1:9713 inside
+    /// the server's namespace): status line and body.
+    pub fn http_get(&self, path: &str) -> Result<(String, String)> {
+        http_get(&self.pair.server, "127.0.0.1:9713", path)
+    }
+
+    /// One sample of the metrics, `name{labels}` exactly as exposed.
+    pub fn metric(&self, series: &str) -> Result<Option<f64>> {
+        let (status, body) = self.http_get("/metrics")?;
+        anyhow::ensure!(status.contains("200"), "{status}");
+        Ok(sample(&body, series))
+    }
+
     /// The allowlist, as `ADDRESS/PREFIX`.
     pub fn allowed(&self) -> Result<Vec<String>> {
         Ok(self
@@ -157,4 +170,35 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) ->
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// A plain HTTP/1.1 GET from inside `ns`: the status line and the body.
+pub fn http_get(ns: &crate::netns::Netns, host: &str, path: &str) -> Result<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    let (host, path) = (host.to_owned(), path.to_owned());
+    let raw = crate::netns::in_netns(ns, move || {
+        let mut stream = std::net::TcpStream::connect(&host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// The value of `series` (`name{labels}` as exposed) in a Prometheus text
+/// exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

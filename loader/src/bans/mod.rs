@@ -338,6 +338,11 @@ impl BanManager {
         self.bans.get(net)
     }
 
+    /// The jail of the ban of exactly `net`.
+    pub fn jail_of(&self, net: &IpNet) -> Option<String> {
+        self.bans.get(net).map(|b| b.jail.clone())
+    }
+
     pub fn is_banned(&self, net: &IpNet) -> bool {
         self.bans.contains_key(net)
     }

@@ -1,2 +1,4 @@
-//! Running sipguard as a service: readiness for the service manager.
+//! Running sipguard as a service: readiness for the service manager,
+//! Prometheus metrics.
+pub mod metrics;
 pub mod readiness;

@@ -62,6 +62,62 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Hooks told of every ban and unban.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// `[notify]`: exec hooks and webhooks on ban and unban.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Programs (absolute paths) run with the event in `SIPGUARD_*`.
+    #[serde(default)]
+    pub exec: Vec<String>,
+    /// `http://` URLs that receive each event as a JSON POST.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Longest a hook may take before it is given up (killed).
+    #[serde(
+        default = "default_notify_timeout",
+        deserialize_with = "duration::serde::finite"
+    )]
+    pub timeout: Duration,
+    /// While bans come faster than one a second: one digest this often.
+    #[serde(
+        default = "default_digest_every",
+        deserialize_with = "duration::serde::finite"
+    )]
+    pub digest_every: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            exec: Vec::new(),
+            webhooks: Vec::new(),
+            timeout: default_notify_timeout(),
+            digest_every: default_digest_every(),
+        }
+    }
+}
+
+impl NotifyConfig {
+    pub fn hooks(&self) -> crate::ops::notify::Hooks {
+        crate::ops::notify::Hooks {
+            exec: self.exec.clone(),
+            webhooks: self.webhooks.clone(),
+            timeout: self.timeout,
+            digest_every: self.digest_every,
+        }
+    }
+}
+
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_digest_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[metrics]`: Prometheus metrics over HTTP, on loopback unless told
@@ -312,6 +368,17 @@ impl Config {
             if jail.max_offenders == 0 {
                 return Err(here("key `max_offenders` must be at least 1".into()));
             }
+        }
+        for program in &self.notify.exec {
+            if !Path::new(program).is_absolute() {
+                bail!("[notify] key `exec`: `{program}` must be an absolute path");
+            }
+        }
+        for url in &self.notify.webhooks {
+            crate::ops::notify::parse_http_url(url).context("[notify] key `webhooks`")?;
+        }
+        if self.notify.timeout.is_zero() || self.notify.digest_every < Duration::from_secs(1) {
+            bail!("[notify] `timeout` must be above 0 and `digest_every` at least 1s");
         }
         if self.flood.max_packet_bans == 0
             || self.flood.max_packet_bans > common::MAX_BANS as usize / 2

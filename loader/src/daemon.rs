@@ -18,6 +18,7 @@ use crate::{
     kernel::program::{self, AttachMode},
     logs::jail::{BanRequest, Jail},
     ops::metrics::{self, Metrics},
+    ops::notify::{Event, Notifier},
     ops::readiness::Readiness,
 };
 use anyhow::{bail, Context as _, Result};
@@ -133,6 +134,8 @@ pub struct Engine {
     saved_positions: BTreeMap<String, Position>,
     /// What the daemon counts for Prometheus as it happens.
     metrics: Metrics,
+    /// Exec hooks and webhooks, told of bans and unbans off the loop.
+    notifier: Notifier,
 }
 
 impl Engine {
@@ -173,6 +176,7 @@ impl Engine {
                     .collect()
             }
         };
+        let config_hooks = config.notify.hooks();
         let mut bans = BanManager::new(maps);
         let r = bans.restore(&saved)?;
         tracing::info!(
@@ -207,6 +211,7 @@ impl Engine {
             last_positions_save: Instant::now(),
             saved_positions: BTreeMap::new(),
             metrics: Metrics::default(),
+            notifier: Notifier::start(&config_hooks),
         };
         engine.apply_config(true)?;
         // The journal's changes are in the state now: save, then empty it.
@@ -317,6 +322,10 @@ impl Engine {
             self.config.pin_dir.clone(),
             self.config.socket.clone(),
         );
+        if config.notify != self.config.notify {
+            // The old dispatcher sends what it holds and ends.
+            self.notifier = Notifier::start(&config.notify.hooks());
+        }
         self.config = Config {
             interfaces,
             pin_dir,
@@ -741,22 +750,33 @@ impl Engine {
         }
     }
 
-    /// Every ban written, whatever made it: counted (and announced).
+    /// Every ban written, whatever made it: counted and announced.
     fn on_ban(
         &mut self,
-        _net: IpNet,
+        net: IpNet,
         jail: &str,
         cause: &str,
-        _reason: &str,
-        _bantime: Option<Duration>,
-        _line: &str,
+        reason: &str,
+        bantime: Option<Duration>,
+        line: &str,
     ) {
         self.metrics.banned(jail, cause);
+        self.notifier.send(Event::new(
+            "ban",
+            net,
+            jail,
+            cause,
+            reason,
+            Some(bantime),
+            line,
+        ));
     }
 
     /// Every ban lifted: expired, by the operator, evicted to make room.
-    fn on_unban(&mut self, _net: IpNet, jail: &str, cause: &str) {
+    fn on_unban(&mut self, net: IpNet, jail: &str, cause: &str) {
         self.metrics.unbanned(jail, cause);
+        self.notifier
+            .send(Event::new("unban", net, jail, cause, "", None, ""));
     }
 
     /// What Prometheus reads beyond the live counters.
@@ -823,6 +843,7 @@ impl Engine {
             lost_reports: maps.lost_reports().unwrap_or(0),
             refused: self.refused.iter().map(|(j, n)| (j.clone(), *n)).collect(),
             dry_run: false,
+            notifications_dropped: self.notifier.dropped,
         }
     }
 

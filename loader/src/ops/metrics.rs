@@ -100,6 +100,8 @@ pub struct Snapshot {
     /// Automatic bans refused because they would hit the never-ban set.
     pub refused: Vec<(String, u64)>,
     pub dry_run: bool,
+    /// Ban and unban events the notification queue could not take.
+    pub notifications_dropped: u64,
 }
 
 /// The whole exposition, in the Prometheus text format (0.0.4).
@@ -141,6 +143,14 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "xdp_lost_reports",
         "Flood and scanner reports lost to a full ring buffer (each is sent again)",
         lost,
+    );
+
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(snap.notifications_dropped);
+    r.register(
+        "notifications_dropped",
+        "Ban and unban events not handed to the hooks: the queue was full",
+        dropped,
     );
 
     let bans = Family::<JailFamily, Gauge>::default();
@@ -296,6 +306,7 @@ mod tests {
             lost_reports: 2,
             refused: vec![("sip-flood".into(), 1)],
             dry_run: false,
+            notifications_dropped: 0,
         };
         let text = render(&live, &snap);
         for line in [
@@ -311,6 +322,7 @@ mod tests {
             "sipguard_map_capacity{map=\"banned\"} 1048576",
             "sipguard_bans_refused_total{jail=\"sip-flood\",cause=\"never_ban\"} 1",
             "sipguard_dry_run 0",
+            "sipguard_notifications_dropped_total 0",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }

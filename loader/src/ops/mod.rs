@@ -1,4 +1,5 @@
 //! Running sipguard as a service: readiness for the service manager,
-//! Prometheus metrics.
+//! Prometheus metrics, notifications on ban and unban.
 pub mod metrics;
+pub mod notify;
 pub mod readiness;

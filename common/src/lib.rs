@@ -93,6 +93,10 @@ pub const CONFIG_SCANNERS: u32 = 2;
 /// `Config::flags`: also report scanning sources, to be banned (off: the
 /// packets are dropped and nothing else happens).
 pub const CONFIG_REPORT_SCANNERS: u32 = 4;
+/// Dry run: every verdict is reached and counted as usual (bans' counters,
+/// the limiter, reports), but nothing is dropped: the `drop_*` counters
+/// count would-be drops.
+pub const CONFIG_DRY_RUN: u32 = 8;
 
 /// `FloodEvent::kind`: the source kept exceeding its rate.
 pub const EVENT_FLOOD: u32 = 0;

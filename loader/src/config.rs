@@ -35,6 +35,10 @@ pub struct Config {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub all_ports: bool,
+    /// Decide and record everything as usual, drop nothing: the program
+    /// counts would-be drops (for rolling out on a live box).
+    #[serde(default)]
+    pub dry_run: bool,
     #[serde(default = "default_mode")]
     pub xdp_mode: AttachMode,
     #[serde(default = "default_pin_dir")]

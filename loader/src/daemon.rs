@@ -22,7 +22,7 @@ use crate::{
     ops::readiness::Readiness,
 };
 use anyhow::{bail, Context as _, Result};
-use common::CONFIG_ALL_PORTS;
+use common::{CONFIG_ALL_PORTS, CONFIG_DRY_RUN};
 use ipnet::IpNet;
 use serde_json::json;
 use std::{
@@ -64,6 +64,7 @@ pub struct Overrides {
     pub mode: Option<AttachMode>,
     pub ports: Option<Vec<u16>>,
     pub all_ports: bool,
+    pub dry_run: bool,
     pub pin_dir: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub socket: Option<PathBuf>,
@@ -96,6 +97,7 @@ fn load_config(opts: &RunOptions) -> Result<Config> {
         c.ports = p.clone();
     }
     c.all_ports |= o.all_ports;
+    c.dry_run |= o.dry_run;
     if let Some(p) = &o.pin_dir {
         c.pin_dir = p.clone();
     }
@@ -713,7 +715,11 @@ impl Engine {
                 },
             }));
         }
-        Ok(json!({ "jails": jails, "bans": self.bans.len() }))
+        Ok(json!({
+            "jails": jails,
+            "bans": self.bans.len(),
+            "dry_run": self.config.dry_run,
+        }))
     }
 
     /// Writes a ban a jail or the XDP program asked for (`cause`: log,
@@ -842,7 +848,7 @@ impl Engine {
             log_lines,
             lost_reports: maps.lost_reports().unwrap_or(0),
             refused: self.refused.iter().map(|(j, n)| (j.clone(), *n)).collect(),
-            dry_run: false,
+            dry_run: self.config.dry_run,
             notifications_dropped: self.notifier.dropped,
         }
     }
@@ -860,10 +866,17 @@ impl Engine {
                     .sum()
             })
             .unwrap_or(0);
-        format!(
-            "protecting; {} ban(s) in force, {dropped} packet(s) dropped",
-            self.bans.len()
-        )
+        if self.config.dry_run {
+            format!(
+                "DRY RUN, dropping nothing; {} ban(s) recorded, {dropped} packet(s) would have been dropped",
+                self.bans.len()
+            )
+        } else {
+            format!(
+                "protecting; {} ban(s) in force, {dropped} packet(s) dropped",
+                self.bans.len()
+            )
+        }
     }
 
     fn jail_names(&self) -> Vec<String> {
@@ -981,6 +994,11 @@ fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
         .filter(|(_, j)| j.enabled)
         .map(|(n, _)| n.clone())
         .collect();
+    if config.dry_run {
+        tracing::warn!(
+            "DRY RUN: bans are made and recorded as usual, but nothing is dropped; `sipguard stats` counts would-be drops"
+        );
+    }
     let engine = Engine::start(config, maps)?;
     release_freed_memory();
     tracing::info!(
@@ -1111,12 +1129,15 @@ fn shutdown(engine: &Rc<RefCell<Engine>>, ebpf: aya::Ebpf, ifaces: &[String]) {
 
 /// The program's settings for a configuration.
 fn kernel_config(config: &Config) -> common::Config {
+    let mut flags = 0;
+    if config.all_ports {
+        flags |= CONFIG_ALL_PORTS;
+    }
+    if config.dry_run {
+        flags |= CONFIG_DRY_RUN;
+    }
     config.flood.apply(common::Config {
-        flags: if config.all_ports {
-            CONFIG_ALL_PORTS
-        } else {
-            0
-        },
+        flags,
         ..Default::default()
     })
 }

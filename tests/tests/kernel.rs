@@ -940,3 +940,42 @@ fn an_older_layout_is_migrated_not_refused() -> Result<()> {
     assert!(leftovers.is_empty());
     Ok(())
 }
+
+/// Dry run: the same verdicts and counters, nothing dropped.
+#[test]
+fn dry_run_counts_would_be_drops_and_passes_them() -> Result<()> {
+    let mut t = setup()?;
+    t.maps.set_config(common::Config {
+        flags: common::CONFIG_DRY_RUN,
+        ..Default::default()
+    })?;
+    let stats = |t: &TestProgram| -> Result<u64> {
+        let entry = t.maps.ban_entry(net("192.0.2.66"))?.expect("ban present");
+        Ok(t.maps.ban_stats(&entry)?.packets)
+    };
+    let before = stats(&t)?;
+    check(
+        &mut t,
+        "dry run, banned source on a protected port",
+        &udp4(BANNED, 5060),
+        PASS,
+        counter::DROP_BANNED,
+    );
+    assert_eq!(stats(&t)?, before + 1, "the ban's counter still counts");
+    check(
+        &mut t,
+        "dry run, clean source",
+        &udp4(CLEAN, 5060),
+        PASS,
+        counter::PASS_NOT_BANNED,
+    );
+    t.maps.set_config(common::Config::default())?;
+    check(
+        &mut t,
+        "dry run off",
+        &udp4(BANNED, 5060),
+        DROP,
+        counter::DROP_BANNED,
+    );
+    Ok(())
+}

@@ -36,9 +36,9 @@ use aya_ebpf::{
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter,
     FloodEvent, RateKey, RateLease, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY,
-    CONFIG_ALL_PORTS, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER,
-    FLOOD_RING_BYTES, HOT_BANS, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
-    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
+    CONFIG_ALL_PORTS, CONFIG_DRY_RUN, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD,
+    EVENT_SCANNER, FLOOD_RING_BYTES, HOT_BANS, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS,
+    MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -79,6 +79,10 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (verdict, action) = decide(&ctx, len);
     count(verdict, len);
+    // Read only on the drop path: passing costs nothing more.
+    if action == xdp_action::XDP_DROP && config_flags() & CONFIG_DRY_RUN != 0 {
+        return xdp_action::XDP_PASS;
+    }
     action
 }
 

@@ -65,6 +65,10 @@ pub enum Command {
         /// Read logs seen for the first time from their beginning, not their end.
         #[arg(long)]
         from_beginning: bool,
+        /// Decide and record as usual but drop nothing: the program counts
+        /// would-be drops (`stats`, `list`, metrics). For trying sipguard on a live box.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Ban an address or network (through the daemon when it runs).
     Ban {
@@ -185,6 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
             ref ports,
             all_ports,
             from_beginning,
+            dry_run,
         } => {
             require_root("run the daemon")?;
             let opts = daemon::RunOptions {
@@ -195,6 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     mode: xdp_mode,
                     ports: ports.clone(),
                     all_ports,
+                    dry_run,
                     pin_dir: cli.pin_dir.clone(),
                     state_file: cli.state_file.clone(),
                     socket: cli.socket.clone(),

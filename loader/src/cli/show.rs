@@ -1,7 +1,7 @@
 //! What the CLI prints: bans, the allowlist, counters, and jail status.
 use crate::{addr, daemon, kernel::clock, kernel::maps::KernelMaps, kernel::program};
 use anyhow::Result;
-use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS};
+use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN};
 use serde_json::json;
 
 /// A ban's jail and reason, from the daemon, by address as displayed.
@@ -24,6 +24,7 @@ pub fn add_notes(notes: &mut BanNotes, page: &serde_json::Value) -> usize {
 /// runs (`notes`; empty otherwise).
 pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> {
     let now = clock::mono_now_ns();
+    let dry_run = maps.config()?.flags & CONFIG_DRY_RUN != 0;
     let mut bans = maps.bans()?;
     bans.sort_by_key(|b| b.net);
     if json {
@@ -44,11 +45,17 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
                     "ports_only": e.flags & BAN_PORTS_ONLY != 0,
                     "jail": notes.get(&addr::display(&b.net)).map(|n| n.0.clone()),
                     "reason": notes.get(&addr::display(&b.net)).map(|n| n.1.clone()),
+                    "dry_run": dry_run,
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
+    }
+    if dry_run {
+        println!(
+            "DRY RUN: nothing is dropped; PACKETS and BYTES are what these bans would have dropped"
+        );
     }
     println!(
         "{:<40} {:>14} {:>10} {:>12} {:>12} {:<9} {:<12} REASON",
@@ -121,6 +128,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     let ports = maps.ports()?;
     let cfg = maps.config()?;
     let all_ports = cfg.flags & CONFIG_ALL_PORTS != 0;
+    let dry_run = cfg.flags & CONFIG_DRY_RUN != 0;
     let attached = program::pinned_links(maps.pin_dir());
     if json {
         let mut c = serde_json::Map::new();
@@ -136,6 +144,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             "allowed": allowed,
             "ports": ports,
             "all_ports": all_ports,
+            "dry_run": dry_run,
             "rate_pps": cfg.rate_pps,
             "burst": cfg.burst,
             "lost_reports": maps.lost_reports()?,
@@ -160,6 +169,9 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             format!("ports {}", daemon::join_ports(&ports))
         }
     );
+    if dry_run {
+        println!("DRY RUN:     nothing is dropped; the drop_* counters are would-be drops");
+    }
     println!("rate limit:  {}", rate_limit(&cfg));
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");
@@ -184,6 +196,9 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
         println!("Status");
         println!("|- Number of jail:      {}", names.len());
         println!("|- Bans in force:       {}", data["bans"]);
+        if data["dry_run"] == true {
+            println!("|- DRY RUN:             bans are recorded, nothing is dropped");
+        }
         println!("`- Jail list:           {}", names.join(", "));
     }
     for j in jails {

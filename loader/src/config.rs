@@ -31,8 +31,10 @@ pub struct Config {
     /// Interfaces to attach to (default: the default route's).
     #[serde(default)]
     pub interfaces: Vec<String>,
-    #[serde(default = "default_ports")]
-    pub ports: Vec<u16>,
+    /// Protected ports; when unset: what FreeSWITCH's profiles listen on
+    /// (discovered), else the stock FreeSWITCH ports.
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
     #[serde(default)]
     pub all_ports: bool,
     /// Decide and record everything as usual, drop nothing: the program
@@ -63,6 +65,14 @@ pub struct Config {
     /// Packet-level flood defence in XDP.
     #[serde(default)]
     pub flood: FloodConfig,
+    /// FreeSWITCH's configuration folder, read for its ports, trunks and
+    /// log (unset: /etc/freeswitch, then /usr/local/freeswitch/conf; `""`:
+    /// do not look).
+    #[serde(default)]
+    pub freeswitch_conf: Option<PathBuf>,
+    /// What was read there (by the daemon, at start and reload).
+    #[serde(skip)]
+    pub discovered: Option<crate::ops::discovery::Discovered>,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -414,15 +424,25 @@ impl Config {
         if self.flood.enabled && self.flood.rate == 0 {
             bail!("[flood] key `rate` must be at least 1 (or enabled = false)");
         }
-        if self.ports.is_empty() && !self.all_ports {
+        if self.ports.as_ref().is_some_and(Vec::is_empty) && !self.all_ports {
             bail!("key `ports`: at least one protected port is needed (or all_ports = true)");
         }
         Ok(())
     }
 
-    /// Protected ports: the global list plus every jail's own.
+    /// Protected ports: the global list (configured, else discovered, else
+    /// the defaults) plus every jail's own.
     pub fn protected_ports(&self) -> Vec<u16> {
-        let mut ports = self.ports.clone();
+        let discovered = self
+            .discovered
+            .as_ref()
+            .map(|d| d.port_numbers())
+            .filter(|p| !p.is_empty());
+        let mut ports = self
+            .ports
+            .clone()
+            .or(discovered)
+            .unwrap_or_else(default_ports);
         for jail in self.jails.values().filter(|j| j.enabled) {
             if let Some(Ports::List(l)) = &jail.ports {
                 ports.extend(l);
@@ -451,7 +471,10 @@ mod tests {
             (j.maxretry, j.findtime, j.bantime),
             (10, Duration::from_secs(60), Some(Duration::from_secs(3600)))
         );
-        assert_eq!(c.protected_ports(), vec![5060, 5066, 7443]);
+        assert_eq!(
+            c.protected_ports(),
+            vec![5060, 5061, 5066, 5080, 5081, 7443]
+        );
     }
 
     /// `cargo xtask install` puts loader/dist/sipguard.toml in place: it

@@ -17,6 +17,7 @@ use crate::{
     kernel::maps::KernelMaps,
     kernel::program::{self, AttachMode},
     logs::jail::{BanRequest, Jail},
+    ops::discovery,
     ops::metrics::{self, Metrics},
     ops::notify::{Event, Notifier},
     ops::readiness::Readiness,
@@ -94,7 +95,7 @@ fn load_config(opts: &RunOptions) -> Result<Config> {
         c.xdp_mode = m;
     }
     if let Some(p) = &o.ports {
-        c.ports = p.clone();
+        c.ports = Some(p.clone());
     }
     c.all_ports |= o.all_ports;
     c.dry_run |= o.dry_run;
@@ -110,7 +111,55 @@ fn load_config(opts: &RunOptions) -> Result<Config> {
     if o.from_beginning {
         c.start = StartAt::Beginning;
     }
+    discover_freeswitch(&mut c);
     Ok(c)
+}
+
+/// Reads FreeSWITCH's configuration (when there is one) for its ports,
+/// trunks and log, and points jails on the default log at its real one.
+fn discover_freeswitch(c: &mut Config) {
+    let Some(dir) = discovery::conf_dir(c.freeswitch_conf.as_deref()) else {
+        return;
+    };
+    let d = discovery::discover(&dir);
+    for w in &d.warnings {
+        tracing::warn!("FreeSWITCH discovery: {w}");
+    }
+    let ports = d.port_numbers();
+    if c.ports.is_none() && !ports.is_empty() {
+        tracing::info!(
+            "FreeSWITCH ({}) listens on ports {}: protecting them",
+            dir.display(),
+            join_ports(&ports)
+        );
+    }
+    for t in &d.trunks {
+        for a in &t.addresses {
+            tracing::info!(
+                "never banned: {a}, FreeSWITCH gateway {} ({})",
+                t.gateway,
+                t.from
+            );
+        }
+    }
+    if let Some(log) = &d.log {
+        let default = crate::config::DEFAULT_LOG;
+        let real = log.value.display().to_string();
+        for (name, jail) in &mut c.jails {
+            for path in jail
+                .logpath
+                .iter_mut()
+                .filter(|p| *p == default && real != default)
+            {
+                tracing::info!(
+                    "[{name}] following {real} ({}) instead of {default}",
+                    log.from
+                );
+                path.clone_from(&real);
+            }
+        }
+    }
+    c.discovered = Some(d);
 }
 
 /// Everything the running daemon knows.
@@ -265,8 +314,15 @@ impl Engine {
     /// Reads the never-ban set again (with the operator's allowlist) and,
     /// when it changed, makes the XDP allowlist hold exactly it.
     fn refresh_never_ban(&mut self) -> Result<()> {
+        let trunks = self
+            .config
+            .discovered
+            .as_ref()
+            .map(discovery::Discovered::trunk_addresses)
+            .unwrap_or_default();
         let sources = Sources {
             resolv_conf: &self.config.resolv_conf,
+            trunks: &trunks,
             ..Sources::default()
         };
         let set = NeverBan::discover(
@@ -719,6 +775,8 @@ impl Engine {
             "jails": jails,
             "bans": self.bans.len(),
             "dry_run": self.config.dry_run,
+            "ports": self.config.protected_ports(),
+            "freeswitch": self.config.discovered,
         }))
     }
 

@@ -3,8 +3,11 @@
 
 /// Where the maps and links are pinned.
 pub const PIN_DIR: &str = "/sys/fs/bpf/sipguard";
-/// The ports FreeSWITCH's stock profiles listen on for SIP, WS and WSS.
-pub const PORTS: [u16; 3] = [5060, 5066, 7443];
+/// The ports a stock FreeSWITCH may listen on: SIP on the internal (5060)
+/// and external (5080) profiles, their TLS ports (5061, 5081), WS and WSS
+/// (5066, 7443). Used when neither the configuration nor FreeSWITCH's own
+/// (discovery) says otherwise.
+pub const PORTS: [u16; 6] = [5060, 5061, 5066, 5080, 5081, 7443];
 /// The daemon's control socket.
 pub const SOCKET: &str = "/run/sipguard/sipguard.sock";
 /// Bans, ban counts, the operator's allowlist, read positions.

@@ -17,6 +17,8 @@
 //! |             | `offenders`     | counting failures per source, memory-bounded              |
 //! | `ops/`      | `readiness`     | `sd_notify`: ready, reloading, stopping, watchdog, status |
 //! |             | `metrics`       | Prometheus metrics and their HTTP endpoint                |
+//! |             | `notify`        | exec hooks and webhooks on ban and unban, digests         |
+//! |             | `discovery`     | FreeSWITCH's ports, trunks and log, from its own config   |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |

@@ -48,8 +48,14 @@ impl Sandbox {
         Self::new("")
     }
 
+    /// Writes the config file. A FreeSWITCH installed on the machine is not
+    /// read unless the test names a `freeswitch_conf`: tests see only what
+    /// they set up.
     pub fn write_config(&self, config: &str) -> anyhow::Result<()> {
-        let text = config.replace("{dir}", &self.dir.path().display().to_string());
+        let mut text = config.replace("{dir}", &self.dir.path().display().to_string());
+        if !text.contains("freeswitch_conf") {
+            text.insert_str(0, "freeswitch_conf = \"\"\n");
+        }
         std::fs::write(self.config(), text)?;
         Ok(())
     }

@@ -209,8 +209,9 @@ fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
     sb.write_config(&CONFIG.replace("bantime = \"1h\"", "bantime = \"soon\""))?;
     let out = cli(sb, &["reload"])?;
     let err = String::from_utf8_lossy(&out.stderr);
+    // Line 8 of CONFIG: the sandbox's first line keeps FreeSWITCH discovery off.
     assert!(
-        !out.status.success() && err.contains("line 8") && err.contains("bantime"),
+        !out.status.success() && err.contains("line 9") && err.contains("bantime"),
         "{err}"
     );
     sb.write_config(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
@@ -240,7 +241,8 @@ fn bad_config_stops_the_daemon_with_file_line_and_key() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("sipguard.toml") && err.contains("line 4") && err.contains("maxretr"),
+        // Line 4 as written; the sandbox's first line keeps discovery off.
+        err.contains("sipguard.toml") && err.contains("line 5") && err.contains("maxretr"),
         "{err}"
     );
     assert!(!pair.server_has_xdp()?, "nothing attached");

@@ -27,6 +27,8 @@ pub enum Why {
     OwnAddress,
     Gateway,
     Resolver,
+    /// A gateway of FreeSWITCH's configuration (a SIP trunk).
+    Trunk,
 }
 
 impl fmt::Display for Why {
@@ -38,6 +40,7 @@ impl fmt::Display for Why {
             Why::OwnAddress => "an address of this host",
             Why::Gateway => "a gateway of the routing table",
             Why::Resolver => "a nameserver of resolv.conf",
+            Why::Trunk => "a FreeSWITCH gateway (SIP trunk)",
         })
     }
 }
@@ -68,6 +71,8 @@ pub struct Sources<'a> {
     pub resolv_conf: &'a Path,
     pub route_v4: &'a Path,
     pub route_v6: &'a Path,
+    /// FreeSWITCH's gateways, as discovered.
+    pub trunks: &'a [IpAddr],
 }
 
 impl Default for Sources<'static> {
@@ -76,6 +81,7 @@ impl Default for Sources<'static> {
             resolv_conf: Path::new("/etc/resolv.conf"),
             route_v4: Path::new("/proc/net/route"),
             route_v6: Path::new("/proc/net/ipv6_route"),
+            trunks: &[],
         }
     }
 }
@@ -111,6 +117,7 @@ impl NeverBan {
                 .into_iter()
                 .map(|a| (host(a), Why::Resolver)),
         );
+        nets.extend(from.trunks.iter().map(|a| (host(*a), Why::Trunk)));
         Self::from_nets(nets)
     }
 
@@ -279,9 +286,11 @@ mod tests {
                 resolv_conf: &resolv,
                 route_v4: &route,
                 route_v6: &missing,
+                trunks: &["198.51.100.20".parse().unwrap()],
             },
         );
         for (addr, why) in [
+            ("198.51.100.20", Why::Trunk),
             ("203.0.113.9", Why::Configured),
             ("10.0.8.50", Why::Operator),
             ("127.0.0.1", Why::Loopback),

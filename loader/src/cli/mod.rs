@@ -56,7 +56,7 @@ pub enum Command {
         /// driver (native), skb (generic), or auto: driver with fallback to skb.
         #[arg(long, value_enum)]
         xdp_mode: Option<program::AttachMode>,
-        /// Protected destination ports, TCP and UDP [default: config, else 5060,5066,7443].
+        /// Protected destination ports, TCP and UDP [default: config, else what FreeSWITCH listens on, else 5060,5061,5066,5080,5081,7443].
         #[arg(long, value_delimiter = ',')]
         ports: Option<Vec<u16>>,
         /// Bans drop every packet of the source, not only the protected ports.

@@ -187,6 +187,50 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What the daemon read in FreeSWITCH's configuration, and from where.
+fn freeswitch(d: &serde_json::Value) {
+    let empty = Vec::new();
+    let Some(dir) = d["conf_dir"].as_str() else {
+        println!("|- FreeSWITCH:          no configuration found (freeswitch_conf)");
+        return;
+    };
+    println!("|- FreeSWITCH:          {dir}");
+    for p in d["ports"].as_array().unwrap_or(&empty) {
+        println!(
+            "|  |- port {:<6}       {}",
+            p["value"],
+            p["from"].as_str().unwrap_or("")
+        );
+    }
+    for t in d["trunks"].as_array().unwrap_or(&empty) {
+        let addrs: Vec<&str> = t["addresses"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        println!(
+            "|  |- trunk {} = {} never banned ({})",
+            t["host"].as_str().unwrap_or("?"),
+            if addrs.is_empty() {
+                "unresolved".to_owned()
+            } else {
+                addrs.join(" ")
+            },
+            t["from"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(log) = d["log"]["value"].as_str() {
+        println!(
+            "|  |- log {log} ({})",
+            d["log"]["from"].as_str().unwrap_or("")
+        );
+    }
+    for w in d["warnings"].as_array().unwrap_or(&empty) {
+        println!("|  |- warning: {}", w.as_str().unwrap_or(""));
+    }
+}
+
 /// `status` like `fail2ban-client status [JAIL]`.
 pub fn status(data: &serde_json::Value, one_jail: bool) {
     let empty = Vec::new();
@@ -199,6 +243,11 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
         if data["dry_run"] == true {
             println!("|- DRY RUN:             bans are recorded, nothing is dropped");
         }
+        if let Some(ports) = data["ports"].as_array() {
+            let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+            println!("|- Protected ports:     {}", ports.join(","));
+        }
+        freeswitch(&data["freeswitch"]);
         println!("`- Jail list:           {}", names.join(", "));
     }
     for j in jails {

@@ -1,0 +1,584 @@
+//! What FreeSWITCH itself says, read from its configuration tree: the ports
+//! its SIP profiles listen on (so a source banned on 5060 is banned on 5080
+//! too), its gateways (SIP trunks: never to be banned), and its log file.
+//!
+//! FreeSWITCH's `X-PRE-PROCESS` is a textual preprocessor (`set`, `include`
+//! with globs relative to the including file, `$${var}`), so the files are
+//! read the same way: comments removed, tags and their attributes scanned,
+//! no XML tree needed (included files are often fragments).
+use regex::Regex;
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, ToSocketAddrs as _},
+    path::{Path, PathBuf},
+    sync::LazyLock,
+    time::Duration,
+};
+
+/// Where FreeSWITCH's configuration is looked for when not configured:
+/// Debian's packages, then a build from source.
+pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
+
+/// Longest a gateway's host name may take to resolve (all of them at once).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Includes nested deeper than this are not followed (a loop, or a mistake).
+const MAX_DEPTH: usize = 8;
+
+/// What was found, each with where it came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Discovered {
+    pub conf_dir: PathBuf,
+    pub ports: Vec<Found<u16>>,
+    pub trunks: Vec<Trunk>,
+    pub log: Option<Found<PathBuf>>,
+    /// What could not be read or understood.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Found<T> {
+    pub value: T,
+    /// `file: what`.
+    pub from: String,
+}
+
+/// A gateway: the hosts FreeSWITCH sends to and registers with.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trunk {
+    pub gateway: String,
+    pub host: String,
+    pub addresses: Vec<IpAddr>,
+    pub from: String,
+}
+
+impl Discovered {
+    /// The protected ports FreeSWITCH listens on, sorted.
+    pub fn port_numbers(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.ports.iter().map(|f| f.value).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// Every trunk address.
+    pub fn trunk_addresses(&self) -> Vec<IpAddr> {
+        self.trunks
+            .iter()
+            .flat_map(|t| t.addresses.clone())
+            .collect()
+    }
+}
+
+/// The configuration folder: `configured` (empty: discovery off), else the
+/// first of `SEARCH` that holds a `vars.xml`.
+pub fn conf_dir(configured: Option<&Path>) -> Option<PathBuf> {
+    match configured {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p.to_owned()),
+        None => SEARCH
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("vars.xml").is_file()),
+    }
+}
+
+/// Reads the tree at `dir`. Host names are resolved (bounded in time).
+pub fn discover(dir: &Path) -> Discovered {
+    let mut d = Discovered {
+        conf_dir: dir.to_owned(),
+        ..Default::default()
+    };
+    let mut vars = builtin_vars(dir);
+    let mut ignored = Vec::new();
+    // vars.xml: `set` lines only (and what it includes).
+    let mut tags = Vec::new();
+    read_tree(
+        &dir.join("vars.xml"),
+        dir,
+        0,
+        &mut vars,
+        &mut tags,
+        &mut d.warnings,
+    );
+    ignored.append(&mut tags);
+    if !dir.join("vars.xml").is_file() {
+        d.warnings.push(format!("{}: no vars.xml", dir.display()));
+    }
+
+    // Every SIP profile, as sofia.conf.xml includes them.
+    let profiles = glob_sorted(&dir.join("sip_profiles/*.xml"));
+    if profiles.is_empty() {
+        d.warnings
+            .push(format!("{}: no sip_profiles/*.xml", dir.display()));
+    }
+    let mut pending_hosts: Vec<(String, String, String)> = Vec::new();
+    for file in profiles {
+        let mut tags = Vec::new();
+        read_tree(&file, dir, 0, &mut vars, &mut tags, &mut d.warnings);
+        profile_facts(&tags, &mut d, &mut pending_hosts);
+    }
+
+    // mod_logfile's file, else FreeSWITCH's default under log_dir.
+    let mut tags = Vec::new();
+    let logfile_conf = dir.join("autoload_configs/logfile.conf.xml");
+    read_tree(&logfile_conf, dir, 0, &mut vars, &mut tags, &mut d.warnings);
+    d.log = tags
+        .iter()
+        .find(|t| t.name == "param" && t.attr("name") == Some("logfile"))
+        .and_then(|t| t.attr("value"))
+        .map(|v| Found {
+            value: PathBuf::from(v),
+            from: format!("{}: param logfile", rel(dir, &logfile_conf)),
+        })
+        .or_else(|| {
+            vars.get("log_dir").map(|l| Found {
+                value: Path::new(l).join("freeswitch.log"),
+                from: "FreeSWITCH's default: $${log_dir}/freeswitch.log".to_owned(),
+            })
+        });
+
+    d.trunks = resolve(pending_hosts, &mut d.warnings);
+    d
+}
+
+/// FreeSWITCH's own variables that matter here, from where it is installed.
+fn builtin_vars(dir: &Path) -> BTreeMap<String, String> {
+    let log_dir = if dir.starts_with("/etc") {
+        "/var/log/freeswitch".to_owned()
+    } else {
+        dir.parent()
+            .unwrap_or(dir)
+            .join("log")
+            .display()
+            .to_string()
+    };
+    BTreeMap::from([
+        ("conf_dir".to_owned(), dir.display().to_string()),
+        ("log_dir".to_owned(), log_dir),
+    ])
+}
+
+/// One tag: its name and attributes, and whether it closes.
+#[derive(Clone, Debug)]
+struct Tag {
+    name: String,
+    closing: bool,
+    attrs: Vec<(String, String)>,
+    file: PathBuf,
+}
+
+impl Tag {
+    fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+static COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<!--.*?-->").expect("valid"));
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"<(/?)([A-Za-z][\w.-]*)([^>]*)>").expect("valid"));
+static ATTR: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"([\w.-]+)\s*=\s*"([^"]*)""#).expect("valid"));
+static VAR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\$\$\{([^}]*)\}").expect("valid"));
+
+/// Reads `file`, applying `X-PRE-PROCESS` `set` and `include` in order,
+/// and appends its other tags (attributes expanded) to `out`.
+fn read_tree(
+    file: &Path,
+    conf: &Path,
+    depth: usize,
+    vars: &mut BTreeMap<String, String>,
+    out: &mut Vec<Tag>,
+    warnings: &mut Vec<String>,
+) {
+    if depth > MAX_DEPTH {
+        warnings.push(format!("{}: includes nested too deep", file.display()));
+        return;
+    }
+    let text = match std::fs::read(file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth == 0 => return,
+        Err(e) => {
+            warnings.push(format!("{}: {e}", file.display()));
+            return;
+        }
+    };
+    let text = COMMENT.replace_all(&text, "");
+    for cap in TAG.captures_iter(&text) {
+        let name = cap[2].to_owned();
+        let attrs: Vec<(String, String)> = ATTR
+            .captures_iter(&cap[3])
+            .map(|a| (a[1].to_owned(), expand(&a[2], vars)))
+            .collect();
+        let tag = Tag {
+            name,
+            closing: &cap[1] == "/",
+            attrs,
+            file: file.to_owned(),
+        };
+        if tag.name != "X-PRE-PROCESS" {
+            out.push(tag);
+            continue;
+        }
+        let (cmd, data) = (
+            tag.attr("cmd").unwrap_or(""),
+            tag.attr("data").unwrap_or(""),
+        );
+        match cmd {
+            "set" | "stun-set" => {
+                if let Some((k, v)) = data.split_once('=') {
+                    vars.insert(k.trim().to_owned(), v.to_owned());
+                }
+            }
+            "include" => {
+                let pattern = if Path::new(data).is_absolute() {
+                    PathBuf::from(data)
+                } else {
+                    file.parent().unwrap_or(conf).join(data)
+                };
+                for f in glob_sorted(&pattern) {
+                    read_tree(&f, conf, depth + 1, vars, out, warnings);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `$${name}` replaced by its value (unknown ones are left as they are).
+fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
+    VAR.replace_all(value, |c: &regex::Captures| {
+        vars.get(&c[1]).cloned().unwrap_or_else(|| c[0].to_owned())
+    })
+    .into_owned()
+}
+
+fn glob_sorted(pattern: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = glob::glob(&pattern.display().to_string())
+        .map(|g| g.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn rel(conf: &Path, file: &Path) -> String {
+    file.strip_prefix(conf)
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+/// The ports a profile listens on and the hosts of its gateways.
+fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Vec<(String, String, String)>) {
+    let conf = d.conf_dir.clone();
+    let mut gateway: Option<String> = None;
+    let mut gateway_params: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut profile: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut profile_file = String::new();
+    for t in tags {
+        match (t.name.as_str(), t.closing) {
+            ("gateway", false) => {
+                gateway = t.attr("name").map(str::to_owned);
+                gateway_params.clear();
+            }
+            ("gateway", true) => {
+                if let Some(name) = gateway.take() {
+                    gateway_hosts(&name, &gateway_params, hosts);
+                }
+            }
+            ("profile", false) => profile_file = rel(&conf, &t.file),
+            ("param", false) => {
+                let (Some(k), Some(v)) = (t.attr("name"), t.attr("value")) else {
+                    continue;
+                };
+                let at = (v.to_owned(), rel(&conf, &t.file));
+                if gateway.is_some() {
+                    gateway_params.insert(k.to_owned(), at);
+                } else {
+                    profile.insert(k.to_owned(), at);
+                }
+            }
+            _ => {}
+        }
+    }
+    if profile_file.is_empty() {
+        return;
+    }
+    let mut port = |key: &str, default: Option<u16>, value: Option<&(String, String)>| {
+        let (text, file) = match value {
+            Some((v, f)) => (v.clone(), f.clone()),
+            None => match default {
+                Some(p) => (p.to_string(), profile_file.clone()),
+                None => return,
+            },
+        };
+        // A binding is `[ADDRESS]:PORT`; a port is a number.
+        let number = text.rsplit(':').next().unwrap_or("").trim();
+        match number.parse::<u16>() {
+            Ok(p) if p > 0 => d.ports.push(Found {
+                value: p,
+                from: format!(
+                    "{file}: {key}{}",
+                    if value.is_none() {
+                        " (FreeSWITCH's default)"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+            _ => d.warnings.push(format!(
+                "{file}: {key} = `{text}` is not a port (an unknown $${{variable}}?)"
+            )),
+        }
+    };
+    let tls_only = profile.get("tls-only").is_some_and(|(v, _)| is_true(v));
+    if !tls_only {
+        port("sip-port", Some(5060), profile.get("sip-port"));
+    }
+    if profile.get("tls").is_some_and(|(v, _)| is_true(v)) {
+        port("tls-sip-port", Some(5061), profile.get("tls-sip-port"));
+    }
+    port("ws-binding", None, profile.get("ws-binding"));
+    port("wss-binding", None, profile.get("wss-binding"));
+}
+
+fn is_true(v: &str) -> bool {
+    matches!(v.trim(), "true" | "yes" | "on" | "1")
+}
+
+/// A gateway's peers: proxy (else realm, else its name), register-proxy,
+/// outbound-proxy.
+fn gateway_hosts(
+    name: &str,
+    params: &BTreeMap<String, (String, String)>,
+    out: &mut Vec<(String, String, String)>,
+) {
+    let mut add = |key: &str, value: &str, file: &str| {
+        if let Some(host) = sip_host(value) {
+            let from = format!("{file}: gateway {name} {key}");
+            if !out.iter().any(|(_, h, _)| *h == host) {
+                out.push((name.to_owned(), host, from));
+            }
+        }
+    };
+    let file = params
+        .values()
+        .next()
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
+    match ["proxy", "realm"]
+        .iter()
+        .find_map(|k| params.get(*k).map(|v| (*k, v)))
+    {
+        Some((k, (v, f))) => add(k, v, f),
+        None => add("name", name, &file),
+    }
+    for key in ["register-proxy", "outbound-proxy"] {
+        if let Some((v, f)) = params.get(key) {
+            add(key, v, f);
+        }
+    }
+}
+
+/// The host of `sip:host:port;params`, `host:port`, `[v6]:port`, `host`.
+fn sip_host(value: &str) -> Option<String> {
+    let v = value.trim();
+    let v = v
+        .strip_prefix("sips:")
+        .or_else(|| v.strip_prefix("sip:"))
+        .unwrap_or(v);
+    let v = v.split([';', '?', '/']).next().unwrap_or("");
+    let v = v.rsplit('@').next().unwrap_or(v);
+    let host = if let Some(rest) = v.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if v.matches(':').count() > 1 {
+        v // a bare IPv6 address
+    } else {
+        v.split(':').next().unwrap_or("")
+    };
+    let ok = !host.is_empty()
+        && !host.contains("$${")
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+/// Addresses for the gateways' hosts: literal ones as they are, names
+/// looked up in parallel, all within `RESOLVE_TIMEOUT`.
+fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> Vec<Trunk> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut trunks = Vec::new();
+    let mut waiting = 0;
+    for (i, (_, host, _)) in hosts.iter().enumerate() {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            trunks.push((i, vec![ip]));
+            continue;
+        }
+        waiting += 1;
+        let (tx, host) = (tx.clone(), host.clone());
+        std::thread::spawn(move || {
+            let addrs: Vec<IpAddr> = (host.as_str(), 0)
+                .to_socket_addrs()
+                .map(|a| a.map(|s| s.ip()).collect())
+                .unwrap_or_default();
+            let _ = tx.send((i, addrs));
+        });
+    }
+    let deadline = std::time::Instant::now() + RESOLVE_TIMEOUT;
+    while waiting > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(r) => {
+                waiting -= 1;
+                trunks.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (gateway, host, from)) in hosts.into_iter().enumerate() {
+        let mut addresses = trunks
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default();
+        addresses.sort();
+        addresses.dedup();
+        if addresses.is_empty() {
+            warnings.push(format!(
+                "{from}: `{host}` did not resolve (within {} s); not protected until the next reload",
+                RESOLVE_TIMEOUT.as_secs()
+            ));
+        }
+        out.push(Trunk {
+            gateway,
+            host,
+            addresses,
+            from,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_hosts() {
+        for (v, want) in [
+            ("sip.provider.example", Some("sip.provider.example")),
+            ("sip:203.0.113.5:5060;transport=tcp", Some("203.0.113.5")),
+            ("203.0.113.5:5080", Some("203.0.113.5")),
+            ("[2001:db8::5]:5060", Some("2001:db8::5")),
+            ("2001:db8::5", Some("2001:db8::5")),
+            ("sips:user@Trunk.Example", Some("trunk.example")),
+            ("$${unknown}", None),
+            ("", None),
+            ("evil host", None),
+        ] {
+            assert_eq!(sip_host(v).as_deref(), want, "{v}");
+        }
+    }
+
+    /// The vanilla-shaped tree in tests/fixtures, copied to `dir`.
+    pub fn vanilla_tree(dir: &Path) {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/freeswitch");
+        for f in glob_sorted(&from.join("**/*.xml")) {
+            let to = dir.join(f.strip_prefix(&from).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&f, to).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_vanilla_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        vanilla_tree(dir.path());
+        let d = discover(dir.path());
+        assert_eq!(d.port_numbers(), [5060, 5066, 5080, 5081, 7443], "{d:#?}");
+        let from: Vec<&str> = d.ports.iter().map(|f| f.from.as_str()).collect();
+        assert!(
+            from.contains(&"sip_profiles/external.xml: tls-sip-port"),
+            "{from:?}"
+        );
+        let trunks: Vec<(&str, &str, Vec<IpAddr>)> = d
+            .trunks
+            .iter()
+            .map(|t| (t.gateway.as_str(), t.host.as_str(), t.addresses.clone()))
+            .collect();
+        assert_eq!(
+            trunks,
+            [
+                ("carrier", "10.213.0.3", vec!["10.213.0.3".parse().unwrap()]),
+                (
+                    "carrier",
+                    "2001:db8::5",
+                    vec!["2001:db8::5".parse().unwrap()]
+                ),
+                ("backup.example", "localhost", trunks[2].2.clone()),
+            ]
+        );
+        assert!(trunks[2].2.iter().any(|a| a.is_loopback()), "names resolve");
+        assert!(d.trunks[0]
+            .from
+            .contains("external/trunk.xml: gateway carrier proxy"));
+        let log = d.log.unwrap();
+        assert_eq!(
+            log.value,
+            dir.path().parent().unwrap().join("log/fs-custom.log")
+        );
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn broken_trees_warn_and_default() {
+        let dir = tempfile::tempdir().unwrap();
+        vanilla_tree(dir.path());
+        std::fs::write(
+            dir.path().join("sip_profiles/external/gone.xml"),
+            r#"<gateway name="gone"><param name="proxy" value="no-such-host.invalid"/></gateway>"#,
+        )
+        .unwrap();
+        let mut weird =
+            br#"<profile name="w"><settings><param name="sip-port" value="$${nowhere}"/>
+<param name="tls-only" value="false"/></settings></profile><<<>>"#
+                .to_vec();
+        weird.push(0xff);
+        std::fs::write(dir.path().join("sip_profiles/weird.xml"), weird).unwrap();
+        std::fs::remove_file(dir.path().join("autoload_configs/logfile.conf.xml")).unwrap();
+        let d = discover(dir.path());
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("sip-port = `$${nowhere}`")),
+            "{:?}",
+            d.warnings
+        );
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("no-such-host.invalid")),
+            "{:?}",
+            d.warnings
+        );
+        assert_eq!(d.port_numbers(), [5060, 5066, 5080, 5081, 7443]);
+        assert!(d.log.unwrap().from.contains("default"));
+        // Discovery off, or nothing found.
+        assert_eq!(conf_dir(Some(Path::new(""))), None);
+        let empty = tempfile::tempdir().unwrap();
+        let d = discover(empty.path());
+        assert!(d.ports.is_empty() && !d.warnings.is_empty());
+    }
+
+    #[test]
+    fn variables_expand_and_unknown_ones_stay() {
+        let vars = BTreeMap::from([("a".to_owned(), "5080".to_owned())]);
+        assert_eq!(expand("$${a}", &vars), "5080");
+        assert_eq!(expand(":$${a}/x $${b}", &vars), ":5080/x $${b}");
+    }
+}

@@ -737,6 +737,7 @@ impl Engine {
                     "ignored": j.stats.ignored_ip + j.stats.ignored_regex,
                     "too_old": j.stats.too_old,
                     "skewed": j.stats.skewed,
+                    "ambiguous": j.stats.ambiguous,
                     "skipped_long_lines": j.skipped_long_lines(),
                 },
                 "actions": {
@@ -878,6 +879,7 @@ impl Engine {
                 ("ignored", s.ignored_ip + s.ignored_regex),
                 ("too_old", s.too_old),
                 ("skewed", s.skewed),
+                ("ambiguous", s.ambiguous),
                 ("too_long", j.skipped_long_lines()),
             ] {
                 log_lines.push((j.name.clone(), result, n));

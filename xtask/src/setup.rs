@@ -18,7 +18,7 @@ struct Step {
     run: fn() -> Result<()>,
 }
 
-fn steps() -> [Step; 6] {
+fn steps() -> [Step; 7] {
     [
         Step {
             what: "nightly Rust toolchain",
@@ -91,6 +91,12 @@ fn steps() -> [Step; 6] {
             run: || apt_install(&["iproute2", "util-linux", "sipvicious"]),
         },
         Step {
+            what: "fail2ban (its sample logs)",
+            why: "the filter tests check the asterisk and freeswitch filters against fail2ban's own samples, with fail2ban's expected hosts",
+            done: || std::path::Path::new(FAIL2BAN_SAMPLES).is_dir(),
+            run: || without_service_starts(|| apt_install(&["fail2ban"])),
+        },
+        Step {
             what: "systemd-analyze (systemd)",
             why: "the service tests verify the systemd unit and score its sandbox",
             done: || which("systemd-analyze"),
@@ -98,6 +104,9 @@ fn steps() -> [Step; 6] {
         },
     ]
 }
+
+/// Where Debian's fail2ban keeps its filters' sample logs.
+pub const FAIL2BAN_SAMPLES: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";
 
 pub fn run() -> Result<()> {
     for step in &steps() {

@@ -9,7 +9,7 @@
 //! FreeSWITCH lines; one that matches none (a common result of copying a
 //! regex from a guide) is reported loudly and replaced by the built-in
 //! `freeswitch` filter, with the original kept as a comment.
-use crate::logs::filter::{self, Filter};
+use crate::logs::filter::{self, Filter, Server};
 use anyhow::{bail, Context as _, Result};
 use std::{
     collections::BTreeMap,
@@ -244,8 +244,8 @@ fn filter_definition(ini: &Ini, jail_vars: &BTreeMap<String, String>) -> Result<
 /// without one is anchored after the FreeSWITCH line prefix, as fail2ban
 /// anchors its own filters (`^%(__prefix_line)s`): failure text that only
 /// appears inside another line must not count.
-fn translate_regex(re: &str) -> String {
-    crate::logs::filter::anchored(&re.replace("\\'", "'").replace("\\\"", "\""))
+fn translate_regex(re: &str, server: Server) -> String {
+    crate::logs::filter::anchored(&re.replace("\\'", "'").replace("\\\"", "\""), server)
 }
 
 /// `port = 5060,5066,7443` / `sip,sips` / `5060:5062` → port numbers.
@@ -432,15 +432,15 @@ fn import_filter(
     mode: &str,
     warnings: &mut Vec<String>,
 ) -> String {
-    let builtin_for_mode = if mode.contains("ddos") {
-        "freeswitch-challenge"
-    } else {
-        "freeswitch"
+    let server = Server::of_filter(name);
+    let builtin_for_mode = match server {
+        Server::FreeSwitch if mode.contains("ddos") => "freeswitch-challenge",
+        other => other.builtin_filter(),
     };
     let def = read_filter(dir, name, 0).and_then(|ini| filter_definition(&ini, &BTreeMap::new()));
     let def = match def {
         Ok(d) if !d.failregex.is_empty() => d,
-        Ok(_) | Err(_) if name == "freeswitch" => {
+        Ok(_) | Err(_) if name == "freeswitch" || name == "asterisk" => {
             // fail2ban's stock filter, not shipped in this folder.
             return format!(
                 "filter = {}  # fail2ban's own '{name}' filter\n",
@@ -449,31 +449,40 @@ fn import_filter(
         }
         Ok(_) => {
             warnings.push(format!(
-                "[{jail}]: filter '{name}' has no failregex; using the built-in freeswitch filter"
+                "[{jail}]: filter '{name}' has no failregex; using the built-in {builtin_for_mode} filter"
             ));
-            return "filter = \"freeswitch\"\n".into();
+            return format!("filter = {}\n", toml_str(builtin_for_mode));
         }
         Err(e) => {
             warnings.push(format!(
-                "[{jail}]: {e:#}; using the built-in freeswitch filter"
+                "[{jail}]: {e:#}; using the built-in {builtin_for_mode} filter"
             ));
-            return "filter = \"freeswitch\"\n".into();
+            return format!("filter = {}\n", toml_str(builtin_for_mode));
         }
     };
-    let translated: Vec<String> = def.failregex.iter().map(|r| translate_regex(r)).collect();
-    let ignore: Vec<String> = def.ignoreregex.iter().map(|r| translate_regex(r)).collect();
+    let translated: Vec<String> = def
+        .failregex
+        .iter()
+        .map(|r| translate_regex(r, server))
+        .collect();
+    let ignore: Vec<String> = def
+        .ignoreregex
+        .iter()
+        .map(|r| translate_regex(r, server))
+        .collect();
+    let real = server.real_lines().len();
+    let who = server.name();
     let original = def
         .failregex
         .iter()
         .map(|r| format!("#   {r}\n"))
         .collect::<String>();
     match Filter::new(&translated, &ignore) {
-        Ok(f) if filter::real_lines_matched(&f) > 0 => {
-            let n = filter::real_lines_matched(&f);
-            if n < filter::REAL_FAILURE_LINES.len() {
+        Ok(f) if filter::real_lines_matched(&f, server) > 0 => {
+            let n = filter::real_lines_matched(&f, server);
+            if n < real {
                 warnings.push(format!(
-                    "[{jail}]: filter '{name}' matches only {n} of {} real FreeSWITCH failure shapes; the built-in 'freeswitch' matches all",
-                    filter::REAL_FAILURE_LINES.len()
+                    "[{jail}]: filter '{name}' matches only {n} of {real} real {who} failure shapes; the built-in '{builtin_for_mode}' matches all"
                 ));
             }
             let mut s = format!(
@@ -499,13 +508,14 @@ fn import_filter(
         }
         Ok(_) => {
             warnings.push(format!(
-                "[{jail}]: WARNING: filter '{name}' MATCHES NO REAL FREESWITCH LINE, so this jail has never banned anyone. \
+                "[{jail}]: WARNING: filter '{name}' MATCHES NO REAL {} LINE, so this jail has never banned anyone. \
                  Its failregex is replaced by the built-in '{builtin_for_mode}' filter (the original is kept as a comment). \
                  Original: {}",
+                who.to_uppercase(),
                 def.failregex.join(" | ")
             ));
             format!(
-                "# The imported failregex matched no real FreeSWITCH line and was replaced:\n{original}filter = {}\n",
+                "# The imported failregex matched no real {who} line and was replaced:\n{original}filter = {}\n",
                 toml_str(builtin_for_mode)
             )
         }
@@ -669,6 +679,33 @@ mod tests {
         assert_eq!(
             c.jails["freeswitch-ddos"].filter.as_deref(),
             Some("freeswitch-challenge")
+        );
+    }
+
+    /// fail2ban's stock asterisk jail becomes the built-in asterisk filter;
+    /// a custom kamailio filter is kept (anchored after Kamailio's script
+    /// prefix) when it matches real Kamailio lines, and one that matches
+    /// none is replaced by the built-in kamailio filter.
+    #[test]
+    fn asterisk_and_kamailio_jails() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "jail.local", "[asterisk]\nenabled = true\nlogpath = /var/log/asterisk/messages\n[kamailio]\nenabled = true\nfilter = kamailio\nlogpath = /var/log/kamailio.log\n[kamailio-old]\nenabled = true\nfilter = kamailio-old\nlogpath = /var/log/kamailio.log\n");
+        write(dir.path(), "filter.d/kamailio.conf", "[Definition]\nfailregex = pike blocking \\S+ from .* \\(IP:<HOST>:\\d+\\)$\n");
+        write(dir.path(), "filter.d/kamailio-old.conf", "[Definition]\nfailregex = ^SOMETHING ELSE <HOST>$\n");
+        let (toml, warnings) = import(dir.path(), false).unwrap();
+        let c = Config::parse(&toml, "imported").unwrap();
+        assert_eq!(c.jails["asterisk"].filter.as_deref(), Some("asterisk"));
+        let k = &c.jails["kamailio"];
+        assert!(k.filter.is_none() && k.failregex[0].contains("<script>"), "{k:?}");
+        let f = crate::logs::filter::Filter::new(&k.failregex, &[]).unwrap();
+        assert!(matches!(
+            f.check(crate::logs::filter::KAMAILIO_FAILURE_LINES[0]),
+            crate::logs::filter::Outcome::Hit { .. }
+        ));
+        assert_eq!(c.jails["kamailio-old"].filter.as_deref(), Some("kamailio"));
+        assert!(
+            warnings.iter().any(|w| w.contains("MATCHES NO REAL KAMAILIO LINE")),
+            "{warnings:?}"
         );
     }
 

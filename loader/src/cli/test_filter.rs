@@ -27,7 +27,7 @@ pub struct Args {
     /// Use this jail of the configuration: its filter and thresholds [default: freeswitch].
     #[arg(long, conflicts_with_all = ["filter", "failregex"])]
     pub jail: Option<String>,
-    /// A built-in filter instead (freeswitch, freeswitch-challenge).
+    /// A built-in filter instead (freeswitch, freeswitch-challenge, asterisk, kamailio).
     #[arg(long, conflicts_with = "failregex")]
     pub filter: Option<String>,
     /// An inline failregex with <HOST> instead (repeatable).
@@ -85,8 +85,8 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let size = file.metadata()?.len().max(1);
     let mut file = file;
 
-    let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut lines, mut matched, mut ignored, mut bad_host, mut too_long, mut ambiguous) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut hosts: HashMap<IpAddr, u64> = HashMap::new();
     let mut bans: Vec<(i64, crate::logs::jail::BanRequest)> = Vec::new();
     let mut banned_until: HashMap<IpNet, i64> = HashMap::new();
@@ -112,6 +112,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
             Outcome::Miss => {}
             Outcome::Ignored => ignored += 1,
             Outcome::BadHost(_) => bad_host += 1,
+            Outcome::Ambiguous => ambiguous += 1,
             Outcome::Hit { host, time_ms } => {
                 matched += 1;
                 *hosts.entry(host).or_default() += 1;
@@ -153,14 +154,14 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     if tty && lines > 0 {
         eprint!("\r{:60}\r", "");
     }
-    let missed = lines - matched - ignored - bad_host - too_long;
+    let missed = lines - matched - ignored - bad_host - too_long - ambiguous;
     let mut by_host: Vec<(IpAddr, u64)> = hosts.into_iter().collect();
     by_host.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     if args.json {
         let out = json!({
             "jail": name,
             "lines": lines, "matched": matched, "missed": missed, "ignored": ignored,
-            "bad_host": bad_host, "too_long": too_long,
+            "bad_host": bad_host, "too_long": too_long, "ambiguous": ambiguous,
             "hosts": by_host.iter().map(|(h, n)| json!({"host": h.to_string(), "count": n})).collect::<Vec<_>>(),
             "bans": bans.iter().map(|(t, b)| json!({
                 "time_ms": t, "net": crate::addr::display(&b.net),
@@ -176,7 +177,7 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
         humantime::format_duration(jc.findtime)
     );
     println!(
-        "Lines:   {lines} lines, {matched} matched, {missed} missed, {ignored} ignored, {bad_host} with a bad host, {too_long} too long"
+        "Lines:   {lines} lines, {matched} matched, {missed} missed, {ignored} ignored, {bad_host} with a bad host, {too_long} too long, {ambiguous} ambiguous (crafted: counted for nobody)"
     );
     println!("Hosts:   {} distinct", by_host.len());
     for (host, n) in by_host.iter().take(20) {

@@ -53,40 +53,202 @@ const SOFIA: &str = r"\[(?:WARNING|WARN)\] (?:\[SOFIA\] )?\[?sofia_reg\.c:\d+\]?
 /// imported regex may itself start with the level, or with the message.
 const ANY_LEVEL: &str = r"(?:\[[A-Z]+\] (?:\[[A-Z]+\] )?\[?[\w.]+\.c(?:pp)?:\d+\]? )?";
 
-/// Built-in filters: (name, description, failregex list, each after the
-/// anchored FreeSWITCH prefix).
-pub const BUILTIN: &[(&str, &str, &[&str])] = &[
-    (
-        "freeswitch",
-        "real authentication failures: 'SIP auth failure' and 'Can't find user'",
-        &[
-            r"SIP auth failure \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$",
-            r"Can't find user \[.*\] from <HOST>\s*$",
+/// Which SIP server wrote a log: where its lines start, and how their time
+/// is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Server {
+    #[default]
+    FreeSwitch,
+    Asterisk,
+    Kamailio,
+}
+
+/// A syslog prefix for a daemon: an RFC 3164 date (`Nov  4 18:30:40`, also
+/// with one space) or an ISO one, the host, and `DAEMON[PID]: `.
+fn syslog_of(daemon: &str) -> String {
+    format!(
+        r"(?:(?:\d{{4}}-\d{{2}}-\d{{2}}[T ]\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d{{1,9}})?(?:Z|[+-]\d{{2}}:?\d{{2}})?|[A-Z][a-z]{{2}} +\d{{1,2}} \d{{2}}:\d{{2}}:\d{{2}}) \S+ (?:\S*/)?{daemon}(?:\[\d+\])?: )"
+    )
+}
+
+/// Asterisk's own line start (`main/logger.c`): an optional syslog prefix,
+/// the optional `[time]`, the level with thread and call ids, and the source
+/// (`chan_sip.c:`, `res_pjsip/pjsip_distributor.c:`, `chan_sip.c:23417 in
+/// handle_request_register:`) or the dialplan extension (`Ext. s:6 in @
+/// from-sip-external:`, whose name contains no space).
+static ASTERISK_START: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"^{}?(?:\[(?:\d{{4}}-\d{{2}}-\d{{2}}|[A-Z][a-z]{{2}} +\d{{1,2}}) \d{{2}}:\d{{2}}:\d{{2}}(?:\.\d{{1,9}})?\] ?)?(?:NOTICE|SECURITY|WARNING) ?(?:\[\d+\])?(?:\[C-[\da-f]+\])?:? (?:[\w/.-]+\.c:\d*(?: in)?(?: \w+:)?|Ext\. \S+?:\d*(?: in @ [^:\s]+:)?) ",
+        syslog_of("asterisk")
+    )
+});
+
+/// Kamailio's line start for what the routing script logs (`xlog`,
+/// `xnotice`, `xalert`): syslog (`kamailio[PID]: LEVEL: <script>: `) or
+/// stderr (` 0(PID) LEVEL: <script>: `). Only script output carries
+/// `<script>: `.
+static KAMAILIO_START: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"^(?:{}|\s*\d+\(\d+\) )(?:[A-Z]+: )?<script>: ",
+        syslog_of("kamailio")
+    )
+});
+
+impl Server {
+    /// The server whose logs a fail2ban filter of this name reads.
+    pub fn of_filter(name: &str) -> Self {
+        if name.starts_with("asterisk") {
+            Server::Asterisk
+        } else if name.starts_with("kamailio") || name.starts_with("opensips") {
+            Server::Kamailio
+        } else {
+            Server::FreeSwitch
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::FreeSwitch => "FreeSWITCH",
+            Server::Asterisk => "Asterisk",
+            Server::Kamailio => "Kamailio",
+        }
+    }
+
+    /// Where a built-in filter's message starts.
+    fn builtin_start(self) -> String {
+        match self {
+            Server::FreeSwitch => format!("{}{SOFIA}", *LINE_START),
+            Server::Asterisk => ASTERISK_START.clone(),
+            Server::Kamailio => KAMAILIO_START.clone(),
+        }
+    }
+
+    /// Real failure lines of this server, in every shape we know: a filter
+    /// meant for it that matches none is broken (`import-fail2ban`).
+    pub fn real_lines(self) -> &'static [&'static str] {
+        match self {
+            Server::FreeSwitch => REAL_FAILURE_LINES,
+            Server::Asterisk => ASTERISK_FAILURE_LINES,
+            Server::Kamailio => KAMAILIO_FAILURE_LINES,
+        }
+    }
+
+    /// The built-in filter for its failures.
+    pub fn builtin_filter(self) -> &'static str {
+        match self {
+            Server::FreeSwitch => "freeswitch",
+            Server::Asterisk => "asterisk",
+            Server::Kamailio => "kamailio",
+        }
+    }
+}
+
+/// One failregex of a built-in filter, written after the server's line
+/// start. `unique`: text that must appear only once in a matching line.
+/// Where a client's text can stand on both sides of `<HOST>` (a display
+/// name before it, an extension after it), a line that repeats the words
+/// around the host was crafted, and which host is real cannot be told:
+/// such a line counts nobody (`Outcome::Ambiguous`) rather than maybe the
+/// wrong one.
+pub struct Rule {
+    pub re: &'static str,
+    pub unique: Option<&'static str>,
+}
+
+const fn rule(re: &'static str) -> Rule {
+    Rule { re, unique: None }
+}
+
+pub struct Builtin {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub server: Server,
+    pub rules: &'static [Rule],
+}
+
+/// Built-in filters.
+pub const BUILTIN: &[Builtin] = &[
+    Builtin {
+        name: "freeswitch",
+        about: "real authentication failures: 'SIP auth failure' and 'Can't find user'",
+        server: Server::FreeSwitch,
+        rules: &[
+            rule(
+                r"SIP auth failure \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$",
+            ),
+            rule(r"Can't find user \[.*\] from <HOST>\s*$"),
         ],
-    ),
-    (
-        "freeswitch-challenge",
-        "digest challenges: one per normal registration, so only a flood of them is suspicious",
-        &[r"SIP auth challenge \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$"],
-    ),
+    },
+    Builtin {
+        name: "freeswitch-challenge",
+        about:
+            "digest challenges: one per normal registration, so only a flood of them is suspicious",
+        server: Server::FreeSwitch,
+        rules: &[rule(
+            r"SIP auth challenge \([A-Z]+\) on sofia profile '[^']*' for \[.*\] from ip <HOST>\s*$",
+        )],
+    },
+    // fail2ban's asterisk filter, anchored to Asterisk's line start, with a
+    // client's text (From, display name, user, Call-ID) only where it cannot
+    // supply the host: before a host that Asterisk's own words end the line
+    // after (greedy `.*` then takes the last, real one), or guarded by `unique`.
+    Builtin {
+        name: "asterisk",
+        about: "chan_sip, chan_pjsip, IAX2 and AMI failures, and security events",
+        server: Server::Asterisk,
+        rules: &[
+            rule(
+                r"Registration from '.*' failed for '<HOST>(?::\d+)?' - (?:Wrong password|Username/auth name mismatch|No matching peer found|Not a local domain|Device does not match ACL|Peer is not supposed to register|ACL error \(permit/deny\))\s*$",
+            ),
+            Rule {
+                re: r"Call from '.*' \((?:(?:TCP|UDP|TLS|WSS?):)?\[?<HOST>\]?:\d+\) to extension '.*' rejected because extension not found in context '[^']*'\.?\s*$",
+                unique: Some(") to extension '"),
+            },
+            rule(
+                r"(?:Host )?<HOST> (?:failed (?:to authenticate\b|MD5 authentication\b)|tried to authenticate with nonexistent user\b)",
+            ),
+            rule(r"No registration for peer '.*' \(from <HOST>\)\s*$"),
+            rule(r"hacking attempt detected '<HOST>'\s*$"),
+            // The fields after RemoteAddress that come from the client
+            // (Response, ReceivedHash) were quoted strings in SIP: their own
+            // quotes arrive escaped (\"), so they cannot fake a field.
+            rule(
+                r#"SecurityEvent="(?:FailedACL|InvalidAccountID|ChallengeResponseFailed|InvalidPassword)",.*,RemoteAddress="IPV[46]/[A-Z]+/<HOST>/\d+"(?:,\w+="(?:[^"\\]|\\.)*")*\s*$"#,
+            ),
+            rule(r#""Rejecting unknown SIP connection from \[?<HOST>\]?(?::\d+)?"\s*$"#),
+            Rule {
+                re: r"Request (?:'[^']*' )?from '.*' failed for '\[?<HOST>\]?(?::\d+)?' \(callid: .*\) - (?:No matching endpoint found|Not match Endpoint(?: Contact)? ACL|(?:Failed|Error) to authenticate)\s*$",
+                unique: Some("' failed for '"),
+            },
+        ],
+    },
+    // What kamailio.cfg's routing script logs: the stock anti-flood recipe
+    // (`pike blocking $rm from $fu (IP:$si:$sp)`) and authentication
+    // failures logged as the README shows. `$fu` comes from the client, but
+    // only before the host, which the script's own text ends the line after.
+    Builtin {
+        name: "kamailio",
+        about: "xlog recipes: pike blocking, and auth failures ending in (IP:$si:$sp) or from $si",
+        server: Server::Kamailio,
+        rules: &[
+            rule(r"(?:ALERT: )?pike blocking \S+ from .* \(IP:\[?<HOST>\]?:\d+\)\s*$"),
+            rule(r"(?i:auth(?:entication)?(?: check)? failed)\b.* \(IP:\[?<HOST>\]?:\d+\)\s*$"),
+            rule(r"(?i:auth(?:entication)?(?: check)? failed)\b.* from <HOST>\s*$"),
+        ],
+    },
 ];
 
-/// The failregex list of a built-in filter, anchored to the FreeSWITCH prefix.
+/// The failregex list of a built-in filter, anchored to its server's line start.
 pub fn builtin(name: &str) -> Option<Vec<String>> {
-    BUILTIN
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, res)| {
-            res.iter()
-                .map(|re| format!("{}{SOFIA}{re}", *LINE_START))
-                .collect()
-        })
+    let b = BUILTIN.iter().find(|b| b.name == name)?;
+    let start = b.server.builtin_start();
+    Some(b.rules.iter().map(|r| format!("{start}{}", r.re)).collect())
 }
 
 /// The fixed words a built-in failregex starts its message with (up to its
 /// first regex syntax), which every line it matches must contain.
 fn literal_of(re: &str) -> Option<memchr::memmem::Finder<'static>> {
-    let end = re.find(['\\', '(', '[', '.', '*', '+', '?', '{', '|', '^', '$'])?;
+    let end = re.find(['\\', '(', '[', '.', '*', '+', '?', '{', '|', '^', '$', '<'])?;
     let words = &re[..end];
     (words.len() >= 8).then(|| memchr::memmem::Finder::new(words.as_bytes()).into_owned())
 }
@@ -101,13 +263,18 @@ fn host_marker(re: &'static str) -> Option<&'static str> {
 }
 
 /// `re` anchored as fail2ban anchors its filters (`^%(__prefix_line)s`):
-/// an anchored one is kept; any other must follow the FreeSWITCH line prefix
-/// (and optionally a level and source location).
-pub fn anchored(re: &str) -> String {
+/// an anchored one is kept; any other must follow the server's line start
+/// (for FreeSWITCH: its prefix, and optionally a level and source location).
+pub fn anchored(re: &str, server: Server) -> String {
     if is_anchored(re) {
-        re.to_owned()
-    } else {
-        format!("{}{ANY_LEVEL}{re}", *LINE_START)
+        return re.to_owned();
+    }
+    match server {
+        Server::FreeSwitch => format!("{}{ANY_LEVEL}{re}", *LINE_START),
+        Server::Asterisk => format!("{}{re}", *ASTERISK_START),
+        // The script's message may itself start with a level word
+        // (`xlog("L_ALERT", "ALERT: pike blocking ...")`).
+        Server::Kamailio => format!("{}(?:[A-Z]+: )?{re}", *KAMAILIO_START),
     }
 }
 
@@ -119,7 +286,7 @@ pub fn is_anchored(re: &str) -> bool {
 pub fn builtin_names() -> String {
     BUILTIN
         .iter()
-        .map(|(n, _, _)| *n)
+        .map(|b| b.name)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -180,9 +347,27 @@ pub const REAL_FAILURE_LINES: &[&str] = &[
     "2021-10-29 21:04:58.150982 00.00% [WARNING] sofia_reg.c:2889 Can't find user [201@::1] from 192.0.2.5",
 ];
 
-/// How many of `REAL_FAILURE_LINES` a filter matches.
-pub fn real_lines_matched(filter: &Filter) -> usize {
-    REAL_FAILURE_LINES
+/// Real Asterisk failure lines (from fail2ban's samples): chan_sip,
+/// chan_pjsip, IAX2, AMI, security events, syslog.
+pub const ASTERISK_FAILURE_LINES: &[&str] = &[
+    "[2012-02-13 17:21:54] NOTICE[1638] chan_sip.c: Registration from '<sip:301@example.com>' failed for '1.2.3.4' - Wrong password",
+    "[2016-05-23 10:18:16] NOTICE[19388] res_pjsip/pjsip_distributor.c: Request from '\"1000\" <sip:1000@10.0.0.1>' failed for '1.2.3.4:48336' (callid: 276666022) - Failed to authenticate",
+    "[2013-07-06 09:09:25] SECURITY[3308] res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"1373098165-824497\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"972592891005\",SessionID=\"0x88aab6c\",LocalAddress=\"IPV4/UDP/92.28.73.180/5060\",RemoteAddress=\"IPV4/UDP/141.255.164.106/5084\",Challenge=\"41d26de5\",ReceivedChallenge=\"41d26de5\",ReceivedHash=\"7a6a3a2e95a05260aee612896e1b4a39\"",
+    "Nov 4 18:30:40 localhost asterisk[32229]: NOTICE[32257]: chan_sip.c:23417 in handle_request_register: Registration from '<sip:301@example.com>' failed for '192.168.200.100:36998' - Wrong password",
+    "[2015-03-16 18:46:34] NOTICE[3453] chan_sip.c: hacking attempt detected '192.168.2.102'",
+];
+
+/// Kamailio script log lines of the recipes the `kamailio` filter knows.
+pub const KAMAILIO_FAILURE_LINES: &[&str] = &[
+    "Nov 30 10:00:01 sbc /usr/sbin/kamailio[1234]: ALERT: <script>: ALERT: pike blocking INVITE from sip:100@203.0.113.9 (IP:203.0.113.9:5060)",
+    "2024-11-30T10:00:01.123456+00:00 sbc kamailio[1234]: NOTICE: <script>: auth failed: REGISTER from sip:alice@example.com (IP:198.51.100.7:5071)",
+    " 0(1234) NOTICE: <script>: Authentication failed for sip:bob@example.com from 2001:db8::7",
+];
+
+/// How many of a server's real failure lines a filter matches.
+pub fn real_lines_matched(filter: &Filter, server: Server) -> usize {
+    server
+        .real_lines()
         .iter()
         .filter(|l| matches!(filter.check(l), Outcome::Hit { .. }))
         .count()
@@ -218,6 +403,9 @@ pub enum Outcome {
     Ignored,
     /// A failregex matched but what `<HOST>` captured is not an IP address.
     BadHost(String),
+    /// A failregex matched a line that repeats the words around its host
+    /// (see `Rule::unique`): crafted, and counted for nobody.
+    Ambiguous,
     /// A failure from `host`, at the line's own time when it has one (ms since
     /// the epoch, local time as FreeSWITCH writes it).
     Hit { host: IpAddr, time_ms: Option<i64> },
@@ -234,8 +422,12 @@ pub struct Filter {
     /// the marker: a match is then found without the capture engine, and
     /// the host is what follows the line's last marker.
     host_markers: Vec<Option<&'static str>>,
+    /// For each failregex, text a matching line must hold only once.
+    uniques: Vec<Option<memchr::memmem::Finder<'static>>>,
     ignore: Vec<Regex>,
     tz: LogTz,
+    /// Whose line start the time is read from.
+    server: Server,
 }
 
 impl Filter {
@@ -246,6 +438,7 @@ impl Filter {
         Ok(Self {
             literals: vec![None; failregex.len()],
             host_markers: vec![None; failregex.len()],
+            uniques: vec![None; failregex.len()],
             fail: failregex
                 .iter()
                 .map(|r| compile_failregex(r))
@@ -255,7 +448,14 @@ impl Filter {
                 .map(|r| compile_ignoreregex(r))
                 .collect::<Result<_>>()?,
             tz: LogTz::Local,
+            server: Server::FreeSwitch,
         })
+    }
+
+    /// Reads line times from `server`'s line start.
+    pub fn for_server(mut self, server: Server) -> Self {
+        self.server = server;
+        self
     }
 
     /// Reads line times in `tz` instead of the local timezone.
@@ -272,15 +472,25 @@ impl Filter {
             )
         })?;
         let mut filter = Self::new(&res, &[])?;
-        if let Some((_, _, res)) = BUILTIN.iter().find(|(n, _, _)| *n == name) {
-            filter.literals = res.iter().map(|re| literal_of(re)).collect();
-            filter.host_markers = res.iter().map(|re| host_marker(re)).collect();
+        if let Some(b) = BUILTIN.iter().find(|b| b.name == name) {
+            filter.server = b.server;
+            filter.literals = b.rules.iter().map(|r| literal_of(r.re)).collect();
+            filter.host_markers = b.rules.iter().map(|r| host_marker(r.re)).collect();
+            filter.uniques = b
+                .rules
+                .iter()
+                .map(|r| {
+                    r.unique
+                        .map(|u| memchr::memmem::Finder::new(u.as_bytes()).into_owned())
+                })
+                .collect();
         }
         Ok(filter)
     }
 
     pub fn check(&self, line: &str) -> Outcome {
         let mut found = None;
+        let mut matched_rule = 0;
         for (i, re) in self.fail.iter().enumerate() {
             if let Some(Some(lit)) = self.literals.get(i) {
                 if lit.find(line.as_bytes()).is_none() {
@@ -296,21 +506,31 @@ impl Filter {
                     .map(|c| c.name("host").map_or("", |m| m.as_str())),
             };
             if found.is_some() {
+                matched_rule = i;
                 break;
             }
         }
         let Some(text) = found else {
             return Outcome::Miss;
         };
+        if let Some(Some(unique)) = self.uniques.get(matched_rule) {
+            if unique.find_iter(line.as_bytes()).nth(1).is_some() {
+                return Outcome::Ambiguous;
+            }
+        }
         if self.ignore.iter().any(|re| re.is_match(line)) {
             return Outcome::Ignored;
         }
         let Ok(host) = text.parse::<IpAddr>() else {
             return Outcome::BadHost(text.to_owned());
         };
+        let time_ms = match self.server {
+            Server::FreeSwitch => line_time_ms(line, self.tz),
+            Server::Asterisk | Server::Kamailio => other_time_ms(line, self.tz),
+        };
         Outcome::Hit {
             host: host.to_canonical(),
-            time_ms: line_time_ms(line, self.tz),
+            time_ms,
         }
     }
 }
@@ -360,6 +580,48 @@ pub fn line_time_ms(line: &str, tz: LogTz) -> Option<i64> {
     }
     let t = NaiveDateTime::parse_from_str(sys, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
     to_ms(t, tz)
+}
+
+/// Asterisk's `[2012-02-13 17:21:54]` / `[Jan 18 17:39:50]`, else a syslog
+/// date (ISO, or RFC 3164 `Nov  4 18:30:40`), at the very start of the line.
+static OTHER_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\[?(?:(?P<iso>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?)(?P<off>Z|[+-]\d{2}:?\d{2})?|(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d{2}:\d{2}:\d{2}))")
+        .expect("valid")
+});
+
+/// The time of an Asterisk or Kamailio line, from its start only. A date
+/// without a year is this year's (last year's if that is over a day ahead).
+pub fn other_time_ms(line: &str, tz: LogTz) -> Option<i64> {
+    let c = OTHER_TIME.captures(line)?;
+    if let Some(iso) = c.name("iso") {
+        let text = iso.as_str().replacen(' ', "T", 1);
+        if let Some(off) = c.name("off") {
+            return DateTime::parse_from_rfc3339(&format!("{text}{}", off.as_str()))
+                .ok()
+                .map(|t| t.timestamp_millis());
+        }
+        return to_ms(
+            NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f").ok()?,
+            tz,
+        );
+    }
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == &c["mon"])? as u32
+        + 1;
+    let day: u32 = c["day"].parse().ok()?;
+    let hms = chrono::NaiveTime::parse_from_str(&c["hms"], "%H:%M:%S").ok()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let year = Local::now().year();
+    let at = |y: i32| Some(NaiveDate::from_ymd_opt(y, month, day)?.and_time(hms));
+    let this_year = to_ms(at(year)?, tz)?;
+    if this_year > now + 86_400_000 {
+        to_ms(at(year - 1)?, tz)
+    } else {
+        Some(this_year)
+    }
 }
 
 fn to_ms(t: NaiveDateTime, tz: LogTz) -> Option<i64> {
@@ -423,11 +685,14 @@ mod tests {
     #[test]
     fn the_builtin_failure_filter_matches_every_real_line() {
         assert_eq!(
-            real_lines_matched(&Filter::builtin("freeswitch").unwrap()),
+            real_lines_matched(&Filter::builtin("freeswitch").unwrap(), Server::FreeSwitch),
             REAL_FAILURE_LINES.len()
         );
         assert_eq!(
-            real_lines_matched(&Filter::builtin("freeswitch-challenge").unwrap()),
+            real_lines_matched(
+                &Filter::builtin("freeswitch-challenge").unwrap(),
+                Server::FreeSwitch
+            ),
             0
         );
     }
@@ -643,19 +908,30 @@ mod tests {
     /// as with the plain regexes.
     #[test]
     fn builtin_prefilters_skip_only_lines_that_cannot_match() {
-        for (name, _, _) in BUILTIN {
+        for b in BUILTIN {
+            let name = b.name;
             let fast = Filter::builtin(name).unwrap();
-            assert!(fast.literals.iter().all(Option::is_some), "{name}");
-            assert!(fast.host_markers.iter().all(Option::is_some), "{name}");
-            let plain = Filter::new(&builtin(name).unwrap(), &[]).unwrap();
+            if b.server == Server::FreeSwitch {
+                assert!(fast.literals.iter().all(Option::is_some), "{name}");
+                assert!(fast.host_markers.iter().all(Option::is_some), "{name}");
+            }
+            let plain = Filter::new(&builtin(name).unwrap(), &[])
+                .unwrap()
+                .for_server(b.server);
             let challenge = REAL_FAILURE_LINES[2].replace("failure", "challenge");
             let crafted = "2024-03-01 12:00:00.1 [WARNING] sofia_reg.c:1842 SIP auth failure (REGISTER) on sofia profile 'i' for [x] from ip 192.0.2.1 [@d] from ip 203.0.113.66  ";
-            for line in REAL_FAILURE_LINES.iter().copied().chain([
-                challenge.as_str(),
-                crafted,
-                "2024-03-01 12:00:00.1 [DEBUG] sofia_reg.c:1 Registration from 192.0.2.1",
-                "",
-            ]) {
+            for line in REAL_FAILURE_LINES
+                .iter()
+                .chain(ASTERISK_FAILURE_LINES)
+                .chain(KAMAILIO_FAILURE_LINES)
+                .copied()
+                .chain([
+                    challenge.as_str(),
+                    crafted,
+                    "2024-03-01 12:00:00.1 [DEBUG] sofia_reg.c:1 Registration from 192.0.2.1",
+                    "",
+                ])
+            {
                 assert_eq!(fast.check(line), plain.check(line), "{name}: {line}");
             }
         }
@@ -666,7 +942,7 @@ mod tests {
         let plain =
             "SIP auth failure \\([A-Z]+\\) on sofia profile '[^']*' for \\[.*\\] from ip <HOST>$";
         assert!(!is_anchored(plain));
-        let f = Filter::new(&[anchored(plain)], &[]).unwrap();
+        let f = Filter::new(&[anchored(plain, Server::FreeSwitch)], &[]).unwrap();
         assert!(matches!(
             f.check(REAL_FAILURE_LINES[2]),
             Outcome::Hit { .. }
@@ -676,7 +952,7 @@ mod tests {
             Outcome::Miss
         );
         let already = "^custom <HOST>$";
-        assert_eq!(anchored(already), already);
+        assert_eq!(anchored(already, Server::FreeSwitch), already);
     }
 
     #[test]
@@ -708,5 +984,82 @@ mod tests {
             f.check("login failed from 999.1.1.1"),
             Outcome::BadHost("999.1.1.1".into())
         );
+    }
+
+    #[test]
+    fn asterisk_and_kamailio_real_lines() {
+        for server in [Server::Asterisk, Server::Kamailio] {
+            let f = Filter::builtin(server.builtin_filter()).unwrap();
+            assert_eq!(
+                real_lines_matched(&f, server),
+                server.real_lines().len(),
+                "{server:?}"
+            );
+            // And none of another server's lines.
+            assert_eq!(real_lines_matched(&f, Server::FreeSwitch), 0);
+        }
+        assert_eq!(
+            real_lines_matched(&Filter::builtin("freeswitch").unwrap(), Server::Asterisk),
+            0
+        );
+        assert_eq!(
+            hit("kamailio", KAMAILIO_FAILURE_LINES[2]),
+            ip("2001:db8::7")
+        );
+    }
+
+    /// A client's From, display name, Call-ID or digest response can say
+    /// anything; Asterisk's and Kamailio's lines still count their real host
+    /// or nobody, never a host the client wrote.
+    #[test]
+    fn crafted_asterisk_and_kamailio_fields_cannot_supply_the_host() {
+        let victim = "6.6.6.6";
+        // A From ending like Asterisk's own text, before the real host.
+        let l = format!("[2024-01-01 10:00:00] NOTICE[1] chan_sip.c: Registration from '<sip:x' failed for '{victim}' - Wrong password@y>' failed for '1.2.3.4' - Wrong password");
+        assert_eq!(hit("asterisk", &l), ip("1.2.3.4"));
+        // The same words in a display name and a Call-ID around the host.
+        let l = format!("[2024-01-01 10:00:00] NOTICE[1] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '\"a' failed for '{victim}:5060' (callid: z\" <sip:a@b>' failed for '1.2.3.4:5060' (callid: c) - Failed to authenticate");
+        assert_eq!(
+            Filter::builtin("asterisk").unwrap().check(&l),
+            Outcome::Ambiguous
+        );
+        let l = format!("[2024-01-01 10:00:00] NOTICE[1] chan_sip.c: Call from '' (1.2.3.4:5060) to extension 'x' rejected because extension not found in context 'default'. (' ({victim}:1) to extension 'y' rejected because extension not found in context 'default'.");
+        assert_eq!(
+            Filter::builtin("asterisk").unwrap().check(&l),
+            Outcome::Ambiguous
+        );
+        // A security event: a fake RemoteAddress in the Call-ID (before),
+        // and one in the digest response (after, its quotes escaped).
+        let l = format!(
+            r#"[2015-05-24 08:42:16] SECURITY[4583] res_security_log.c: SecurityEvent="ChallengeResponseFailed",EventTV="x",Severity="Error",Service="PJSIP",EventVersion="1",AccountID="<unknown>",SessionID="",LocalAddress="IPV4/UDP/1.1.1.1/5060",RemoteAddress="IPV4/UDP/{victim}/1"",LocalAddress="IPV4/UDP/1.2.3.4/5060",RemoteAddress="IPV4/UDP/10.0.0.9/5060",Challenge="c",Response="\",RemoteAddress=\"IPV4/UDP/{victim}/1\"",ExpectedResponse="""#
+        );
+        assert_eq!(hit("asterisk", &l), ip("10.0.0.9"));
+        // Failure text inside another line counts nobody.
+        let l = format!("[2024-01-01 10:00:00] VERBOSE[1] pbx.c: Executing [s@x:1] NoOp(\"SIP/x\", \"Registration from '' failed for '{victim}' - Wrong password\")");
+        assert_eq!(hit("asterisk", &l), None);
+        // Kamailio: the From URI before the script's own end of line.
+        let l = format!("Nov 30 10:00:01 sbc kamailio[1]: ALERT: <script>: ALERT: pike blocking INVITE from sip:a@b (IP:{victim}:5060) (IP:1.2.3.4:5060)");
+        assert_eq!(hit("kamailio", &l), ip("1.2.3.4"));
+        // Kamailio lines that are not the script's count nobody.
+        let l = format!("Nov 30 10:00:01 sbc kamailio[1]: ERROR: tm [t_reply.c:1]: auth failed for x (IP:{victim}:5060)");
+        assert_eq!(hit("kamailio", &l), None);
+    }
+
+    #[test]
+    fn asterisk_and_kamailio_times_come_from_the_line_start() {
+        let utc = "UTC".parse::<LogTz>().unwrap();
+        let t = |l: &str| other_time_ms(l, utc);
+        assert_eq!(
+            t("[2012-02-13 17:21:54] NOTICE[1638] chan_sip.c: x"),
+            Some(1_329_153_714_000)
+        );
+        assert_eq!(
+            t("2024-11-30T10:00:01.5+01:00 sbc kamailio[1]: x"),
+            Some(1_732_957_201_500)
+        );
+        let year_less = t("Nov  4 18:30:40 localhost asterisk[1]: x").unwrap();
+        assert!(year_less <= chrono::Utc::now().timestamp_millis() + 86_400_000);
+        assert_eq!(t("NOTICE[566]: chan_sip.c: no time"), None);
+        assert_eq!(t("x [2012-02-13 17:21:54] not at the start"), None);
     }
 }

@@ -209,6 +209,9 @@ pub struct JailStats {
     /// the past or the future): a timezone mismatch shows here.
     pub skewed: u64,
     pub bad_host: u64,
+    /// Lines that repeat the words around their host: crafted, counted
+    /// for nobody.
+    pub ambiguous: u64,
     pub already_banned: u64,
 }
 
@@ -389,6 +392,10 @@ impl Jail {
             }
             Outcome::BadHost(_) => {
                 self.stats.bad_host += 1;
+                return None;
+            }
+            Outcome::Ambiguous => {
+                self.stats.ambiguous += 1;
                 return None;
             }
             Outcome::Hit { host, time_ms } => (host, time_ms),

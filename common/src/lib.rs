@@ -39,6 +39,9 @@ pub mod map_name {
     /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the maps pinned
     /// beside it. Made by userspace, not part of the program.
     pub const LAYOUT: &str = "layout";
+    /// One [`super::TraceFilter`] at index 0: the source `sipguard trace`
+    /// follows (off when nobody traces).
+    pub const TRACE: &str = "trace";
 }
 
 /// The version of the pinned maps' layout (names, key and value formats).
@@ -163,6 +166,22 @@ pub struct AllowEntry {
     pub hits: u64,
     /// Last such packet (`CLOCK_MONOTONIC` ns); 0 if never.
     pub last_hit_ns: u64,
+}
+
+/// What `sipguard trace` follows: every packet from `addr/prefix_len`
+/// gets a log record with its verdict. Read once per packet; `on == 0`
+/// (nobody tracing) costs that one read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    pub on: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub prefix_len: u32,
+    /// The tracing process, so a second `trace` does not take over a live one.
+    pub owner_pid: u32,
+    /// IPv4 in the first four bytes.
+    pub addr: [u8; 16],
 }
 
 /// Global settings, written by the daemon at start and on reload.
@@ -359,6 +378,7 @@ mod pod {
     unsafe impl aya::Pod for super::BanStats {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::TraceFilter {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::FloodEvent {}

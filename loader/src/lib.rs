@@ -8,6 +8,7 @@
 //! |             | `show`          | what the CLI prints: bans, counters, status, top          |
 //! |             | `import`        | `sipguard import-fail2ban`                                |
 //! |             | `test_filter`   | `sipguard test-filter`, the fail2ban-regex counterpart    |
+//! |             | `trace`         | `sipguard trace`: each packet of a source, live           |
 //! | `daemon`    |                 | `sipguard run`: load, attach, serve, shut down            |
 //! | `config`    |                 | `/etc/sipguard/sipguard.toml`: settings, jails, `[flood]` |
 //! | `logs/`     | `filter`        | matching log lines: anchored built-ins, `<HOST>`          |

@@ -85,7 +85,20 @@ impl TestProgram {
         self.run_named(FLOOR, frame, repeat)
     }
 
-    fn run_named(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    /// Loads (verifies) another program of the object, e.g. the untraced
+    /// twin `sipguard_untraced` for benchmarks.
+    pub fn load_program(&mut self, name: &str) -> Result<()> {
+        let prog: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(name)
+            .context("program missing")?
+            .try_into()?;
+        prog.load()?;
+        Ok(())
+    }
+
+    /// Runs `frame` `repeat` times through the program `name`.
+    pub fn run_named(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
         let prog: &mut aya::programs::Xdp = self
             .ebpf
             .program_mut(name)

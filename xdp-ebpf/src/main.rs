@@ -24,6 +24,7 @@
 
 mod parse;
 mod scanner;
+mod trace;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -35,7 +36,7 @@ use aya_ebpf::{
 };
 use common::{
     counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter,
-    FloodEvent, RateKey, RateLease, RateState, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY,
+    FloodEvent, RateKey, RateLease, RateState, TraceFilter, V4Key, BAN_ALL_PORTS, BAN_PORTS_ONLY,
     CONFIG_ALL_PORTS, CONFIG_DRY_RUN, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD,
     EVENT_SCANNER, FLOOD_RING_BYTES, HOT_BANS, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS,
     MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
@@ -74,11 +75,34 @@ static RATE_LIMITED: LruPerCpuHashMap<RateKey, u64> = LruPerCpuHashMap::pinned(H
 #[map(name = "lost_reports")]
 static LOST_REPORTS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
+#[map(name = "trace")]
+static TRACE: Array<TraceFilter> = Array::pinned(1, 0);
+
 #[xdp]
 pub fn sipguard(ctx: XdpContext) -> u32 {
+    run(&ctx, true)
+}
+
+/// The same program without the trace switch: the baseline `cargo xtask
+/// bench xdp` measures the switch's cost against. Never attached.
+#[xdp]
+pub fn sipguard_untraced(ctx: XdpContext) -> u32 {
+    run(&ctx, false)
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext, traced: bool) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (verdict, action) = decide(&ctx, len);
+    let (verdict, action, ban_id) = decide(ctx, len);
     count(verdict, len);
+    // One read of a one-entry array while nobody traces.
+    if traced {
+        if let Some(filter) = TRACE.get(0) {
+            if filter.on != 0 {
+                trace::packet(ctx, filter, verdict, ban_id);
+            }
+        }
+    }
     // Read only on the drop path: passing costs nothing more.
     if action == xdp_action::XDP_DROP && config_flags() & CONFIG_DRY_RUN != 0 {
         return xdp_action::XDP_PASS;
@@ -108,25 +132,28 @@ pub fn drop_all(_ctx: XdpContext) -> u32 {
 /// deletes ended bans within a second).
 const MAX_COVERING: usize = 4;
 
-/// Returns the counter to bump and the XDP action.
+/// Returns the counter to bump, the XDP action, and the id of the ban that
+/// drops the packet (0: none).
 #[inline(always)]
-fn decide(ctx: &XdpContext, len: u64) -> (u32, u32) {
+fn decide(ctx: &XdpContext, len: u64) -> (u32, u32, u64) {
+    let pass = |(verdict, action): (u32, u32)| (verdict, action, 0);
     let pkt = match parse::packet(ctx) {
         Ok(pkt) => pkt,
-        Err(verdict) => return (verdict, xdp_action::XDP_PASS),
+        Err(verdict) => return (verdict, xdp_action::XDP_PASS, 0),
     };
     let (ban, drop_verdict, now) = match banned(&pkt) {
         Ban::Drop(ban, verdict, now) => (ban, verdict, now),
-        Ban::None => return unbanned(ctx, &pkt, counter::PASS_NOT_BANNED),
+        Ban::None => return pass(unbanned(ctx, &pkt, counter::PASS_NOT_BANNED)),
         // Ignored from the moment it ends; the daemon deletes it.
-        Ban::Expired => return unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED),
-        Ban::OtherPort => return (counter::PASS_BANNED_OTHER_PORT, xdp_action::XDP_PASS),
+        Ban::Expired => return pass(unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED)),
+        Ban::OtherPort => return (counter::PASS_BANNED_OTHER_PORT, xdp_action::XDP_PASS, 0),
     };
+    let id = unsafe { (*ban).id };
     if allowlisted(&pkt.src, now) {
-        return (counter::PASS_ALLOWLISTED, xdp_action::XDP_PASS);
+        return (counter::PASS_ALLOWLISTED, xdp_action::XDP_PASS, id);
     }
-    count_drop(unsafe { (*ban).id }, len, now);
-    (drop_verdict, xdp_action::XDP_DROP)
+    count_drop(id, len, now);
+    (drop_verdict, xdp_action::XDP_DROP, id)
 }
 
 /// Counts a drop on this CPU's counters of the ban: nothing another CPU

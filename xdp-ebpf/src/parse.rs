@@ -81,6 +81,33 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 /// Parses a packet, or returns the pass counter that says why it is not ours.
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, u32> {
+    match l3(ctx)? {
+        (ETH_P_IP, off) => ipv4(ctx, off),
+        (ETH_P_IPV6, off) => ipv6(ctx, off),
+        _ => Err(counter::PASS_NOT_IP),
+    }
+}
+
+/// The source address alone, also of a packet whose later headers are
+/// malformed (for `sipguard trace`).
+#[inline(always)]
+pub fn source(ctx: &XdpContext) -> Option<Source> {
+    match l3(ctx).ok()? {
+        (ETH_P_IP, off) => {
+            let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
+            Some(Source::V4(unsafe { (*ip).src_addr }))
+        }
+        (ETH_P_IPV6, off) => {
+            let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
+            Some(Source::V6(unsafe { (*ip).src_addr }))
+        }
+        _ => None,
+    }
+}
+
+/// The ether type after up to two VLAN tags, and where its header starts.
+#[inline(always)]
+fn l3(ctx: &XdpContext) -> Result<(u16, usize), u32> {
     const MALFORMED: u32 = counter::PASS_MALFORMED;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(MALFORMED)?;
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -96,11 +123,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, u32> {
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         off += VlanHdr::LEN;
     }
-    match ether_type {
-        ETH_P_IP => ipv4(ctx, off),
-        ETH_P_IPV6 => ipv6(ctx, off),
-        _ => Err(counter::PASS_NOT_IP),
-    }
+    Ok((ether_type, off))
 }
 
 #[inline(always)]

@@ -690,13 +690,24 @@ mod tests {
     fn asterisk_and_kamailio_jails() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "jail.local", "[asterisk]\nenabled = true\nlogpath = /var/log/asterisk/messages\n[kamailio]\nenabled = true\nfilter = kamailio\nlogpath = /var/log/kamailio.log\n[kamailio-old]\nenabled = true\nfilter = kamailio-old\nlogpath = /var/log/kamailio.log\n");
-        write(dir.path(), "filter.d/kamailio.conf", "[Definition]\nfailregex = pike blocking \\S+ from .* \\(IP:<HOST>:\\d+\\)$\n");
-        write(dir.path(), "filter.d/kamailio-old.conf", "[Definition]\nfailregex = ^SOMETHING ELSE <HOST>$\n");
+        write(
+            dir.path(),
+            "filter.d/kamailio.conf",
+            "[Definition]\nfailregex = pike blocking \\S+ from .* \\(IP:<HOST>:\\d+\\)$\n",
+        );
+        write(
+            dir.path(),
+            "filter.d/kamailio-old.conf",
+            "[Definition]\nfailregex = ^SOMETHING ELSE <HOST>$\n",
+        );
         let (toml, warnings) = import(dir.path(), false).unwrap();
         let c = Config::parse(&toml, "imported").unwrap();
         assert_eq!(c.jails["asterisk"].filter.as_deref(), Some("asterisk"));
         let k = &c.jails["kamailio"];
-        assert!(k.filter.is_none() && k.failregex[0].contains("<script>"), "{k:?}");
+        assert!(
+            k.filter.is_none() && k.failregex[0].contains("<script>"),
+            "{k:?}"
+        );
         let f = crate::logs::filter::Filter::new(&k.failregex, &[]).unwrap();
         assert!(matches!(
             f.check(crate::logs::filter::KAMAILIO_FAILURE_LINES[0]),
@@ -704,7 +715,9 @@ mod tests {
         ));
         assert_eq!(c.jails["kamailio-old"].filter.as_deref(), Some("kamailio"));
         assert!(
-            warnings.iter().any(|w| w.contains("MATCHES NO REAL KAMAILIO LINE")),
+            warnings
+                .iter()
+                .any(|w| w.contains("MATCHES NO REAL KAMAILIO LINE")),
             "{warnings:?}"
         );
     }

@@ -4,6 +4,7 @@
 pub mod import;
 pub mod show;
 pub mod test_filter;
+pub mod trace;
 
 use crate::{
     addr,
@@ -126,6 +127,8 @@ pub enum Command {
         #[arg(long = "iface", short = 'i')]
         ifaces: Vec<String>,
     },
+    /// Why is this phone blocked? Each packet from ADDR[/PREFIX] as the XDP program sees it, live.
+    Trace(trace::Args),
     /// Run a filter over a log file, like fail2ban-regex.
     TestFilter(test_filter::Args),
     /// Translate a fail2ban configuration into sipguard's.
@@ -392,6 +395,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Trace(ref args) => {
+            require_root("trace packets")?;
+            trace::run(args, &paths(&cli).pin_dir)
         }
         Command::TestFilter(ref args) => test_filter::run(args, &cli.config),
         Command::ImportFail2ban(ref args) => import::run(args),

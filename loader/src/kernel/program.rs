@@ -220,6 +220,17 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<bool> {
     }
 }
 
+/// The id of the program attached through the pinned links in `pin_dir`
+/// (the same program on every interface), with its first interface.
+pub fn attached_program(pin_dir: &Path) -> Result<Option<(String, u32)>> {
+    let Some(iface) = pinned_links(pin_dir).into_iter().next() else {
+        return Ok(None);
+    };
+    let link: FdLink = PinnedLink::from_pin(link_pin_path(pin_dir, &iface))?.into();
+    let id = link.info()?.program_id();
+    Ok(Some((iface, id)))
+}
+
 /// Interfaces with a pinned link in `pin_dir`.
 pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
     let Ok(dir) = fs::read_dir(pin_dir.join("links")) else {

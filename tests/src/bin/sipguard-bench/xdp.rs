@@ -113,7 +113,61 @@ pub fn run(out: &mut Section) -> Result<()> {
     rate_limiter(out)?;
     fragments(out)?;
     forged_storm(out)?;
+    trace_switch(out)?;
     multi_core(out)
+}
+
+/// What `sipguard trace` costs other packets: the program as attached (it
+/// reads the one-entry `trace` map per packet) against the same program
+/// built without the switch, with the switch off, and on for another source.
+fn trace_switch(out: &mut Section) -> Result<()> {
+    say!(out, "\n### The trace switch (`sipguard trace`)\n");
+    say!(out, "The attached program reads a one-entry `trace` map per packet. `sipguard_untraced` is the same program without that read, measured in the same run.\n");
+    say!(out, "| case | untraced twin (ns) | switch off (ns) | × twin | tracing another source (ns) | × twin | tracing this source (ns) |");
+    say!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let mut t = TestProgram::load()?;
+    t.load_program("sipguard_untraced")?;
+    t.maps
+        .ban(parse_net("192.0.2.66")?, 0, 0, clock::mono_now_ns())?;
+    let path = t.maps.pin_dir().join(common::map_name::TRACE);
+    let mut switch: aya::maps::Array<_, common::TraceFilter> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(&path)?))?;
+    let tracing = |addr: [u8; 4]| {
+        let mut f = common::TraceFilter {
+            on: 1,
+            family: 4,
+            prefix_len: 32,
+            ..Default::default()
+        };
+        f.addr[..4].copy_from_slice(&addr);
+        f
+    };
+    for (name, src) in [
+        ("SIP pass, unbanned (udp/5060, v4)", [192, 0, 2, 1]),
+        ("banned drop (v4 /32)", [192, 0, 2, 66]),
+    ] {
+        let frame = udp4(src, 5060);
+        let time = |t: &mut TestProgram, program: &str| {
+            median_ns(|| Ok(t.run_named(program, &frame, REPEAT)?.1))
+        };
+        switch.set(0, common::TraceFilter::default(), 0)?;
+        let twin = time(&mut t, "sipguard_untraced")?;
+        let off = time(&mut t, sipguard::kernel::program::PROGRAM)?;
+        switch.set(0, tracing([203, 0, 113, 1]), 0)?;
+        let other = time(&mut t, sipguard::kernel::program::PROGRAM)?;
+        // Records fill the 128 KiB ring (nobody reads it here): after that
+        // each packet pays a failed reserve, as when a reader falls behind.
+        switch.set(0, tracing(src), 0)?;
+        let this = time(&mut t, sipguard::kernel::program::PROGRAM)?;
+        switch.set(0, common::TraceFilter::default(), 0)?;
+        say!(
+            out,
+            "| {name} | {twin:.1} | {off:.1} | {:.2} | {other:.1} | {:.2} | {this:.1} |",
+            off / twin,
+            other / twin
+        );
+    }
+    Ok(())
 }
 
 /// Repeats per run in the multi-core table.

@@ -79,6 +79,170 @@ pub struct Config {
     /// Hooks told of every ban and unban.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// CrowdSec: its decisions enforced here, this box's detections sent.
+    #[serde(default)]
+    pub crowdsec: Option<CrowdsecConfig>,
+    /// A fleet of sipguard daemons sharing bans through Redis.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// The APIBAN blocklist.
+    #[serde(default)]
+    pub apiban: Option<ApibanConfig>,
+}
+
+/// `[crowdsec]`: sipguard as a CrowdSec bouncer (and, with machine
+/// credentials, as a source of alerts).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdsecConfig {
+    #[serde(default = "default_lapi")]
+    pub api_url: String,
+    /// The bouncer key (`cscli bouncers add sipguard -o raw`), or a file
+    /// holding it.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    #[serde(
+        default = "default_update_frequency",
+        deserialize_with = "duration::serde::finite"
+    )]
+    pub update_frequency: Duration,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub scenarios_containing: Vec<String>,
+    #[serde(default)]
+    pub scenarios_not_containing: Vec<String>,
+    /// Decision types enforced: `ban` (XDP can only drop).
+    #[serde(default = "default_decision_types")]
+    pub decision_types: Vec<String>,
+    /// A decision drops all of the source's traffic, as firewall bouncers do
+    /// (false: only the protected ports).
+    #[serde(default = "yes")]
+    pub all_ports: bool,
+    /// Machine credentials (`cscli machines add`): send this box's bans as alerts.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_lapi() -> String {
+    "http://127.0.0.1:8080/".into()
+}
+fn default_update_frequency() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_scopes() -> Vec<String> {
+    vec!["ip".into(), "range".into()]
+}
+fn default_decision_types() -> Vec<String> {
+    vec!["ban".into()]
+}
+
+impl CrowdsecConfig {
+    /// The workers' settings, with the key read from its file.
+    pub fn settings(&self) -> Result<crate::fleet::crowdsec::Settings> {
+        let api_key = match (&self.api_key, &self.api_key_file) {
+            (Some(k), _) => Some(k.trim().to_owned()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("[crowdsec] api_key_file {}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(crate::fleet::crowdsec::Settings {
+            api_url: self.api_url.clone(),
+            api_key,
+            update_frequency: self.update_frequency,
+            scopes: self.scopes.clone(),
+            origins: self.origins.clone(),
+            scenarios_containing: self.scenarios_containing.clone(),
+            scenarios_not_containing: self.scenarios_not_containing.clone(),
+            types: self.decision_types.clone(),
+            all_ports: self.all_ports,
+            machine_id: self.machine_id.clone(),
+            password: self.password.clone(),
+        })
+    }
+}
+
+/// `[redis]`: this box's bans published, the other nodes' enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS).
+    pub url: String,
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// This box's name in the fleet (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+fn default_redis_prefix() -> String {
+    "sipguard:".into()
+}
+
+impl RedisConfig {
+    pub fn settings(&self) -> crate::fleet::redis::Settings {
+        crate::fleet::redis::Settings {
+            url: self.url.clone(),
+            prefix: self.prefix.clone(),
+            node: self.node.clone().unwrap_or_else(host_name),
+        }
+    }
+}
+
+/// This host's name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sipguard".into())
+}
+
+/// `[apiban]`: the APIBAN SIP blocklist.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApibanConfig {
+    pub key: String,
+    #[serde(default = "default_apiban_set")]
+    pub set: String,
+    #[serde(
+        default = "default_apiban_interval",
+        deserialize_with = "duration::serde::finite"
+    )]
+    pub interval: Duration,
+    #[serde(default = "default_apiban_url")]
+    pub url: String,
+}
+
+fn default_apiban_set() -> String {
+    "sip".into()
+}
+fn default_apiban_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_apiban_url() -> String {
+    "https://apiban.org/api/".into()
+}
+
+impl ApibanConfig {
+    pub fn settings(&self) -> crate::fleet::apiban::Settings {
+        crate::fleet::apiban::Settings {
+            url: self.url.clone(),
+            key: self.key.clone(),
+            set: self.set.clone(),
+            interval: self.interval,
+        }
+    }
 }
 
 /// `[notify]`: exec hooks and webhooks on ban and unban.
@@ -381,6 +545,37 @@ impl Config {
             }
             if jail.max_offenders == 0 {
                 return Err(here("key `max_offenders` must be at least 1".into()));
+            }
+        }
+        if let Some(c) = &self.crowdsec {
+            if !c.api_url.starts_with("http://") && !c.api_url.starts_with("https://") {
+                bail!("[crowdsec] key `api_url` must start with http:// or https://");
+            }
+            if c.api_key.is_none() && c.api_key_file.is_none() && c.machine_id.is_none() {
+                bail!("[crowdsec] needs `api_key` (or `api_key_file`) to enforce decisions, and/or `machine_id` and `password` to send alerts");
+            }
+            if c.machine_id.is_some() != c.password.is_some() {
+                bail!("[crowdsec] `machine_id` and `password` go together");
+            }
+            if c.update_frequency < Duration::from_secs(1) {
+                bail!("[crowdsec] `update_frequency` must be at least 1s");
+            }
+        }
+        if let Some(r) = &self.redis {
+            crate::fleet::redis::parse_url(&r.url).context("[redis] key `url`")?;
+            if r.node
+                .as_deref()
+                .is_some_and(|n| n.is_empty() || n.contains('|'))
+            {
+                bail!("[redis] key `node` must be a non-empty name without `|`");
+            }
+        }
+        if let Some(a) = &self.apiban {
+            if a.interval < Duration::from_secs(60) {
+                bail!("[apiban] `interval` must be at least 1m (APIBAN allows 11 requests per 2 minutes)");
+            }
+            if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
+                bail!("[apiban] key `url` must start with http:// or https://");
             }
         }
         for program in &self.notify.exec {

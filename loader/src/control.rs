@@ -24,6 +24,9 @@ pub enum Request {
     },
     Unban {
         net: String,
+        /// Every box of the fleet, not only this one.
+        #[serde(default)]
+        fleet: bool,
     },
     Allow {
         net: String,

@@ -9,10 +9,11 @@ use crate::{
     bans::never_ban::{NeverBan, Sources, Vetted},
     bans::packet_bans::PacketBans,
     bans::state::{self, Position, State},
-    bans::{now_ms, BanManager, Scope},
+    bans::{now_ms, remote::RemoteBan, BanManager, Scope},
     config::{Config, StartAt},
     control::{self, Request, Response},
     duration,
+    fleet::{self, Inbound, InboundTx, Outbound, Workers},
     kernel::clock,
     kernel::maps::KernelMaps,
     kernel::program::{self, AttachMode},
@@ -187,10 +188,19 @@ pub struct Engine {
     metrics: Metrics,
     /// Exec hooks and webhooks, told of bans and unbans off the loop.
     notifier: Notifier,
+    /// CrowdSec, Redis, APIBAN: what they ask for arrives on `fleet_tx`'s
+    /// channel; this box's own bans go out through them.
+    workers: Workers,
+    fleet_plan: fleet::Plan,
+    fleet_tx: InboundTx,
+    /// Where feeds have read up to (kept in the state).
+    cursors: BTreeMap<String, String>,
+    /// Remote bans refused because they lie in the never-ban set, by origin.
+    remote_refused: HashMap<String, u64>,
 }
 
 impl Engine {
-    fn start(config: Config, maps: KernelMaps) -> Result<Self> {
+    fn start(config: Config, maps: KernelMaps, fleet_tx: InboundTx) -> Result<Self> {
         let mut saved = state::load_with_positions(&config.state_file)?;
         // Changes the operator made while no daemon ran are applied to the
         // saved state before it is restored, so none of them is undone.
@@ -263,6 +273,11 @@ impl Engine {
             saved_positions: BTreeMap::new(),
             metrics: Metrics::default(),
             notifier: Notifier::start(&config_hooks),
+            workers: Workers::default(),
+            fleet_plan: fleet::Plan::default(),
+            fleet_tx,
+            cursors: saved.cursors,
+            remote_refused: HashMap::new(),
         };
         engine.apply_config(true)?;
         // The journal's changes are in the state now: save, then empty it.
@@ -308,7 +323,20 @@ impl Engine {
             self.config.flood.max_bans_per_minute,
             self.config.flood.max_packet_bans,
         );
-        self.refresh_never_ban()
+        self.refresh_never_ban()?;
+        let plan = fleet_plan(&self.config);
+        if plan != self.fleet_plan || at_startup {
+            // The old threads stop as their handles go; the new ones start
+            // with a full resynchronisation.
+            self.workers = Workers::default();
+            self.workers = Workers::start(
+                &plan,
+                &self.fleet_tx,
+                self.cursors.get(fleet::apiban::ORIGIN).cloned(),
+            );
+            self.fleet_plan = plan;
+        }
+        Ok(())
     }
 
     /// Reads the never-ban set again (with the operator's allowlist) and,
@@ -535,6 +563,15 @@ impl Engine {
             }
             Err(e) => tracing::warn!("expiring bans failed: {e:#}"),
         }
+        match self.bans.sweep_remote() {
+            Ok(ended) => {
+                for (_, origin) in &ended {
+                    self.metrics.unbanned(origin, "expired");
+                }
+                self.dirty |= !ended.is_empty();
+            }
+            Err(e) => tracing::warn!("expiring remote bans failed: {e:#}"),
+        }
         if self.last_count_prune.elapsed() >= COUNT_PRUNE_INTERVAL {
             self.last_count_prune = Instant::now();
             let forgotten = self
@@ -589,6 +626,7 @@ impl Engine {
             ..Default::default()
         };
         self.bans.save_into(&mut st);
+        st.cursors = self.cursors.clone();
         st.allowed = Some(
             self.operator_allowed
                 .iter()
@@ -640,19 +678,34 @@ impl Engine {
                 self.dirty = true;
                 Ok(json!({ "banned": addr::display(&net) }))
             }
-            Request::Unban { net } => {
+            Request::Unban { net, fleet } => {
                 let net = addr::parse_net(&net)?;
+                if fleet && !self.workers.publishes() {
+                    bail!("`unban --fleet` needs a fleet: configure [redis]");
+                }
                 self.packet_bans.forget(&net);
                 let jail = self.bans.jail_of(&net);
-                if !self.bans.unban(net)? {
+                // The operator's unban lifts every origin's ban on this box.
+                let (any, origins) = self.bans.unban_all(net)?;
+                if !any && !fleet {
                     bail!("{} is not banned (unban takes the exact address or network that was banned)", addr::display(&net));
                 }
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
                 }
-                self.on_unban(net, jail.as_deref().unwrap_or("manual"), "operator");
+                if any {
+                    self.on_unban(net, jail.as_deref().unwrap_or("manual"), "operator");
+                }
+                for origin in &origins {
+                    tracing::info!(
+                        "unbanned {} (also lifted: {origin}'s ban)",
+                        addr::display(&net)
+                    );
+                    self.metrics.unbanned(origin, "operator");
+                }
+                self.workers.publish(&Outbound::Unban { net, fleet });
                 self.dirty = true;
-                Ok(json!({ "unbanned": addr::display(&net) }))
+                Ok(json!({ "unbanned": addr::display(&net), "origins": origins, "fleet": fleet }))
             }
             Request::Allow { net } => {
                 let net = addr::parse_net(&net)?;
@@ -678,12 +731,22 @@ impl Engine {
                 Ok(json!({ "disallowed": addr::display(&net) }))
             }
             Request::Notes { offset, limit } => {
-                let notes: Vec<serde_json::Value> = self
+                // This box's own bans, then the networks only other
+                // origins ban (named by their origin).
+                let local = self
                     .bans
                     .iter()
+                    .map(|(net, b)| json!([addr::display(net), b.jail, b.reason]));
+                let remote = self
+                    .bans
+                    .remote()
+                    .iter()
+                    .filter(|(net, _)| self.bans.get(net).is_none())
+                    .map(|(net, b)| json!([addr::display(net), b.origin, b.reason]));
+                let notes: Vec<serde_json::Value> = local
+                    .chain(remote)
                     .skip(offset)
                     .take(limit.min(100_000))
-                    .map(|(net, b)| json!([addr::display(net), b.jail, b.reason]))
                     .collect();
                 Ok(json!({ "notes": notes }))
             }
@@ -778,6 +841,7 @@ impl Engine {
             "dry_run": self.config.dry_run,
             "ports": self.config.protected_ports(),
             "freeswitch": self.config.discovered,
+            "remote": self.remote_summary(),
         }))
     }
 
@@ -835,6 +899,18 @@ impl Engine {
             Some(bantime),
             line,
         ));
+        let all_ports = self
+            .bans
+            .get(&net)
+            .is_some_and(|b| b.scope == Scope::AllPorts);
+        self.workers.publish(&Outbound::Ban {
+            net,
+            jail: jail.to_owned(),
+            cause: cause.to_owned(),
+            left: bantime,
+            reason: reason.to_owned(),
+            all_ports,
+        });
     }
 
     /// Every ban lifted: expired, by the operator, evicted to make room.
@@ -842,6 +918,115 @@ impl Engine {
         self.metrics.unbanned(jail, cause);
         self.notifier
             .send(Event::new("unban", net, jail, cause, "", None, ""));
+    }
+
+    /// What an engine (CrowdSec, the Redis fleet, APIBAN) says. The
+    /// never-ban set wins over every origin; each origin's record is its
+    /// own, so its expiry or deletion leaves every other ban of the network.
+    fn on_fleet(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Bans { origin, bans } => {
+                for d in bans {
+                    if let Some((protected, why)) = self.never_ban.covering(&d.net) {
+                        *self.remote_refused.entry(origin.clone()).or_default() += 1;
+                        tracing::warn!(
+                            "[{origin}] refused to ban {}: it lies in {} ({why}), which is never banned",
+                            addr::display(&d.net),
+                            addr::display(&protected)
+                        );
+                        continue;
+                    }
+                    let ban = RemoteBan {
+                        origin: origin.clone(),
+                        expires_at_ns: d.left.map(clock::deadline_ns),
+                        scope: if d.all_ports {
+                            Scope::AllPorts
+                        } else {
+                            Scope::Ports
+                        },
+                        reason: d.reason,
+                    };
+                    match self.bans.remote_ban(d.net, ban) {
+                        Ok(true) => {
+                            self.dirty = true;
+                            self.metrics.banned(&origin, origin_kind(&origin));
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(
+                            "[{origin}] cannot ban {}: {e:#}",
+                            addr::display(&d.net)
+                        ),
+                    }
+                }
+            }
+            Inbound::Unbans { origin, nets } => {
+                for net in nets {
+                    match self.bans.remote_unban(net, &origin) {
+                        Ok(true) => {
+                            self.dirty = true;
+                            self.metrics.unbanned(&origin, "deleted");
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(
+                            "[{origin}] cannot unban {}: {e:#}",
+                            addr::display(&net)
+                        ),
+                    }
+                }
+            }
+            Inbound::Complete { origin, nets } => self.retain_origin(&origin, &nets),
+            Inbound::OnlyOrigins { prefix, keep } => {
+                let gone: BTreeSet<String> = self
+                    .bans
+                    .remote()
+                    .iter()
+                    .map(|(_, b)| b.origin.clone())
+                    .filter(|o| o.starts_with(&prefix) && !keep.contains(o))
+                    .collect();
+                for origin in gone {
+                    self.retain_origin(&origin, &Default::default());
+                }
+            }
+            Inbound::FleetUnban { net, node } => match self.bans.unban_all(net) {
+                Ok((true, _)) => {
+                    tracing::info!(
+                        "unbanned {} on every box, as the operator of {node} asked",
+                        addr::display(&net)
+                    );
+                    self.packet_bans.forget(&net);
+                    for jail in &mut self.jails {
+                        jail.offenders.forget(&net);
+                    }
+                    self.metrics.unbanned(&format!("redis:{node}"), "fleet");
+                    self.dirty = true;
+                }
+                Ok((false, _)) => {}
+                Err(e) => tracing::error!("fleet unban of {}: {e:#}", addr::display(&net)),
+            },
+            Inbound::Cursor { feed, value } => {
+                self.cursors.insert(feed, value);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// `origin`'s complete list is `keep`: its other bans are lifted.
+    fn retain_origin(&mut self, origin: &str, keep: &std::collections::HashSet<IpNet>) {
+        match self.bans.remote_retain(origin, keep) {
+            Ok(gone) => {
+                if !gone.is_empty() {
+                    tracing::info!(
+                        "[{origin}] {} ban(s) no longer in its list, lifted",
+                        gone.len()
+                    );
+                    self.dirty = true;
+                }
+                for _ in &gone {
+                    self.metrics.unbanned(origin, "deleted");
+                }
+            }
+            Err(e) => tracing::error!("[{origin}] resynchronising: {e:#}"),
+        }
     }
 
     /// What Prometheus reads beyond the live counters.
@@ -857,9 +1042,13 @@ impl Engine {
             })
             .unwrap_or_default();
         let mut by_jail: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
+        let family = |net: &IpNet| if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
         for (net, b) in self.bans.iter() {
-            let family = if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
-            *by_jail.entry((b.jail.as_str(), family)).or_default() += 1;
+            *by_jail.entry((b.jail.as_str(), family(net))).or_default() += 1;
+        }
+        // Bans from elsewhere, under their origin.
+        for (net, b) in self.bans.remote().iter() {
+            *by_jail.entry((b.origin.as_str(), family(net))).or_default() += 1;
         }
         let family_total = |f: &str| {
             by_jail
@@ -907,10 +1096,30 @@ impl Engine {
                 .collect(),
             log_lines,
             lost_reports: maps.lost_reports().unwrap_or(0),
-            refused: self.refused.iter().map(|(j, n)| (j.clone(), *n)).collect(),
+            refused: self
+                .refused
+                .iter()
+                .chain(&self.remote_refused)
+                .map(|(j, n)| (j.clone(), *n))
+                .collect(),
             dry_run: self.config.dry_run,
             notifications_dropped: self.notifier.dropped,
         }
+    }
+
+    /// Bans from elsewhere, by origin, and those the never-ban set refused.
+    fn remote_summary(&self) -> serde_json::Value {
+        let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (_, b) in self.bans.remote().iter() {
+            by.entry(b.origin.clone()).or_default().0 += 1;
+        }
+        for (origin, n) in &self.remote_refused {
+            by.entry(origin.clone()).or_default().1 += n;
+        }
+        by.into_iter()
+            .map(|(o, (bans, refused))| (o, json!({ "bans": bans, "refused_never_ban": refused })))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// One line for `systemctl status`: bans in force and what was dropped.
@@ -949,6 +1158,9 @@ impl Engine {
 /// saved bans are in force, not before.
 pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
     let loaded = load(&opts)?;
+    // What CrowdSec, the Redis fleet and APIBAN say; bounded, so an engine
+    // with a huge list waits for the loop instead of filling memory.
+    let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(64);
     let Loaded {
         ebpf,
         ifaces,
@@ -956,11 +1168,20 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
         watch,
         flood_events,
         engine,
-    } = attach(loaded)?;
+    } = attach(loaded, fleet_tx)?;
     readiness.ready(&engine.status_line());
     let engine = Rc::new(RefCell::new(engine));
     let readiness = Rc::new(RefCell::new(readiness));
-    let result = serve(&engine, &opts, &readiness, listener, watch, flood_events).await;
+    let result = serve(
+        &engine,
+        &opts,
+        &readiness,
+        listener,
+        watch,
+        flood_events,
+        fleet_rx,
+    )
+    .await;
     readiness.borrow().stopping();
     shutdown(&engine, ebpf, &ifaces);
     result
@@ -1034,7 +1255,7 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts>> {
 /// atomically, and after a reboot the program is in place before the saved
 /// bans are written back, each dropping from the moment it is in. Then the
 /// engine starts: state, journal, jails, allowlist.
-fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
+fn attach(mut loaded: Loaded<EngineParts>, fleet_tx: InboundTx) -> Result<Loaded<Engine>> {
     let EngineParts { config, mut maps } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
@@ -1059,7 +1280,7 @@ fn attach(mut loaded: Loaded<EngineParts>) -> Result<Loaded<Engine>> {
             "DRY RUN: bans are made and recorded as usual, but nothing is dropped; `sipguard stats` counts would-be drops"
         );
     }
-    let engine = Engine::start(config, maps)?;
+    let engine = Engine::start(config, maps, fleet_tx)?;
     release_freed_memory();
     tracing::info!(
         "sipguard running, protection active: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
@@ -1087,6 +1308,7 @@ async fn serve(
     listener: tokio::net::UnixListener,
     mut watch: crate::logs::watch::LogWatch,
     mut flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    mut fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
 ) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let (handler_engine, handler_opts, handler_readiness) =
@@ -1152,6 +1374,9 @@ async fn serve(
                         }
                         guard.clear_ready();
                     }
+                    // One batch (at most fleet::BATCH bans) per turn: log
+                    // lines are read between the batches of a long list.
+                    Some(msg) = fleet_rx.recv() => engine.borrow_mut().on_fleet(msg),
                     _ = poll.tick() => engine.borrow_mut().poll_logs(),
                     _ = tick.tick() => {
                         let mut engine = engine.borrow_mut();
@@ -1185,6 +1410,27 @@ fn shutdown(engine: &Rc<RefCell<Engine>>, ebpf: aya::Ebpf, ifaces: &[String]) {
         ifaces.join(", "),
         engine.config.pin_dir.display()
     );
+}
+
+/// The engines a configuration asks for. A CrowdSec key file that cannot
+/// be read is logged and CrowdSec left out: protection goes on.
+fn fleet_plan(c: &Config) -> fleet::Plan {
+    fleet::Plan {
+        crowdsec: c.crowdsec.as_ref().and_then(|cs| match cs.settings() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("CrowdSec left out: {e:#}");
+                None
+            }
+        }),
+        redis: c.redis.as_ref().map(crate::config::RedisConfig::settings),
+        apiban: c.apiban.as_ref().map(crate::config::ApibanConfig::settings),
+    }
+}
+
+/// The kind of an origin (`redis:box2` → `redis`), for metrics.
+fn origin_kind(origin: &str) -> &str {
+    origin.split(':').next().unwrap_or(origin)
 }
 
 /// The program's settings for a configuration.

@@ -20,6 +20,9 @@
 //! |             | `metrics`       | Prometheus metrics and their HTTP endpoint                |
 //! |             | `notify`        | exec hooks and webhooks on ban and unban, digests         |
 //! |             | `discovery`     | FreeSWITCH's ports, trunks and log, from its own config   |
+//! | `fleet/`    | `crowdsec`      | CrowdSec: its decisions enforced, detections sent as alerts |
+//! |             | `redis`         | sipguard daemons sharing bans through Redis               |
+//! |             | `apiban`        | the APIBAN SIP blocklist                                  |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |
@@ -42,6 +45,7 @@ pub mod control;
 pub mod daemon;
 pub mod defaults;
 pub mod duration;
+pub mod fleet;
 pub mod kernel;
 pub mod logs;
 pub mod ops;

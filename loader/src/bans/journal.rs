@@ -121,7 +121,10 @@ pub fn apply(state: &mut State, changes: &[Change]) {
                 expires_at,
                 all_ports,
             } => {
-                state.bans.retain(|b| !same(&b.net, net));
+                // A manual ban replaces this box's own; other origins' stay.
+                state
+                    .bans
+                    .retain(|b| !same(&b.net, net) || b.origin.is_some());
                 state.bans.push(SavedBan {
                     net: net.clone(),
                     jail: "manual".into(),
@@ -132,6 +135,7 @@ pub fn apply(state: &mut State, changes: &[Change]) {
                     line: String::new(),
                     all_ports: *all_ports,
                     ports_only: false,
+                    origin: None,
                 });
             }
             Change::Unban { net } => state.bans.retain(|b| !same(&b.net, net)),
@@ -160,6 +164,7 @@ mod tests {
             line: String::new(),
             all_ports: false,
             ports_only: false,
+            origin: None,
         }
     }
 

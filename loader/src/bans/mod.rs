@@ -11,9 +11,11 @@
 pub mod journal;
 pub mod never_ban;
 pub mod packet_bans;
+pub mod remote;
 pub mod state;
 
 use crate::{
+    bans::remote::{RemoteBan, RemoteBans},
     bans::state::{SavedBan, State},
     kernel::clock::{self, Clock as _},
     kernel::maps::KernelMaps,
@@ -98,7 +100,10 @@ pub struct Restored {
 
 pub struct BanManager {
     maps: KernelMaps,
+    /// This box's own bans: jails, the operator, the packet limiter.
     bans: HashMap<IpNet, BanInfo>,
+    /// Bans from elsewhere (CrowdSec, the Redis fleet, APIBAN), by origin.
+    remote: RemoteBans,
     /// Bans so far per network, and when the last one began (monotonic),
     /// for `bantime_increment`; forgotten `BAN_COUNT_MEMORY` after that.
     counts: HashMap<IpNet, (u32, u64)>,
@@ -122,7 +127,7 @@ fn duration_ns(d: Duration) -> u64 {
 }
 
 /// The later of two deadlines (`None`, permanent, is the latest).
-fn later(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+pub(crate) fn later(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         _ => None,
@@ -134,6 +139,7 @@ impl BanManager {
         Self {
             maps,
             bans: HashMap::new(),
+            remote: RemoteBans::default(),
             counts: HashMap::new(),
             total_by_jail: HashMap::new(),
         }
@@ -192,6 +198,25 @@ impl BanManager {
                 line: saved.line.clone(),
                 scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
+            if let Some(origin) = &saved.origin {
+                self.remote.set(
+                    net,
+                    RemoteBan {
+                        origin: origin.clone(),
+                        expires_at_ns: info.expires_at_ns,
+                        scope: info.scope,
+                        reason: info.reason,
+                    },
+                );
+                if !in_kernel.contains(&net) {
+                    if let Err(e) = self.sync_kernel(net) {
+                        tracing::error!("restoring the ban of {net} failed: {e:#}");
+                        report.failed += 1;
+                        continue;
+                    }
+                }
+                continue;
+            }
             if in_kernel.contains(&net) {
                 report.kept += 1;
             } else if let Err(e) = self.write_kernel(net, &info) {
@@ -206,7 +231,7 @@ impl BanManager {
             self.bans.insert(net, info);
         }
         for net in in_kernel {
-            if self.bans.contains_key(&net) {
+            if self.bans.contains_key(&net) || !self.remote.get(&net).is_empty() {
                 continue;
             }
             let Some(entry) = self.maps.ban_entry(net)? else {
@@ -246,12 +271,36 @@ impl BanManager {
     }
 
     fn write_kernel(&mut self, net: IpNet, info: &BanInfo) -> Result<()> {
-        self.maps.ban(
-            net,
-            info.expires_at_ns.unwrap_or(0),
-            info.scope.flags(),
-            info.banned_at_ns,
-        )
+        match self.remote.effective(&net) {
+            // Another origin's ban of the same network: the kernel gets the
+            // later end and the wider scope of both.
+            Some((end, scope)) => self.maps.ban(
+                net,
+                later(info.expires_at_ns, end).unwrap_or(0),
+                info.scope.max(scope).flags(),
+                info.banned_at_ns,
+            ),
+            None => self.maps.ban(
+                net,
+                info.expires_at_ns.unwrap_or(0),
+                info.scope.flags(),
+                info.banned_at_ns,
+            ),
+        }
+    }
+
+    /// Makes the kernel hold what is left of `net`'s bans, or none.
+    fn sync_kernel(&mut self, net: IpNet) -> Result<()> {
+        if let Some(info) = self.bans.get(&net).cloned() {
+            return self.write_kernel(net, &info);
+        }
+        match self.remote.effective(&net) {
+            Some((end, scope)) => {
+                let now = clock::mono_now_ns();
+                self.maps.ban(net, end.unwrap_or(0), scope.flags(), now)
+            }
+            None => self.maps.unban(net).map(|_| ()),
+        }
     }
 
     /// Bans `net` for `duration` (`None`: permanently). A ban already in
@@ -295,9 +344,71 @@ impl BanManager {
         Ok(true)
     }
 
+    /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
+        if !self.remote.get(&net).is_empty() {
+            let had = self.bans.remove(&net).is_some();
+            self.sync_kernel(net)?;
+            return Ok(had);
+        }
         let in_kernel = self.maps.unban(net)?;
         Ok(self.bans.remove(&net).is_some() || in_kernel)
+    }
+
+    /// The operator's unban: every origin's ban of `net` on this box.
+    /// Returns whether there was any, and the remote origins lifted.
+    pub fn unban_all(&mut self, net: IpNet) -> Result<(bool, Vec<String>)> {
+        let origins = self.remote.remove_all(&net);
+        let local = self.bans.remove(&net).is_some();
+        let in_kernel = self.maps.unban(net)?;
+        Ok((local || in_kernel || !origins.is_empty(), origins))
+    }
+
+    /// Sets one origin's ban of `net` (replacing its earlier one); true if
+    /// anything changed.
+    pub fn remote_ban(&mut self, net: IpNet, ban: RemoteBan) -> Result<bool> {
+        let origin = ban.origin.clone();
+        if !self.remote.set(net, ban) {
+            return Ok(false);
+        }
+        if let Err(e) = self.sync_kernel(net) {
+            self.remote.remove(&net, &origin);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Lifts one origin's ban of `net`; whatever else bans it stays.
+    pub fn remote_unban(&mut self, net: IpNet, origin: &str) -> Result<bool> {
+        if !self.remote.remove(&net, origin) {
+            return Ok(false);
+        }
+        self.sync_kernel(net)?;
+        Ok(true)
+    }
+
+    /// `origin`'s whole list (a full resynchronisation): its bans not in
+    /// `keep` are lifted; returns them.
+    pub fn remote_retain(&mut self, origin: &str, keep: &HashSet<IpNet>) -> Result<Vec<IpNet>> {
+        let gone = self.remote.retain_origin(origin, keep);
+        for net in &gone {
+            self.sync_kernel(*net)?;
+        }
+        Ok(gone)
+    }
+
+    /// Remote bans that ended, lifted (the kernel keeps what other origins
+    /// still want); returned with their origin.
+    pub fn sweep_remote(&mut self) -> Result<Vec<(IpNet, String)>> {
+        let ended = self.remote.take_expired(clock::mono_now_ns());
+        for (net, _) in &ended {
+            self.sync_kernel(*net)?;
+        }
+        Ok(ended)
+    }
+
+    pub fn remote(&self) -> &RemoteBans {
+        &self.remote
     }
 
     /// Removes bans that have ended; returns them. Only the bans known here
@@ -315,10 +426,10 @@ impl BanManager {
             .collect();
         let mut out = Vec::new();
         for net in ended {
-            self.maps.unban(net)?;
             if let Some(info) = self.bans.remove(&net) {
                 out.push((net, info));
             }
+            self.sync_kernel(net)?;
         }
         Ok(out)
     }
@@ -343,8 +454,9 @@ impl BanManager {
         self.bans.get(net).map(|b| b.jail.clone())
     }
 
+    /// Banned here, by this box or another origin.
     pub fn is_banned(&self, net: &IpNet) -> bool {
-        self.bans.contains_key(net)
+        self.bans.contains_key(net) || !self.remote.get(net).is_empty()
     }
 
     /// How many times `net` was banned before.
@@ -356,12 +468,18 @@ impl BanManager {
         self.bans.iter()
     }
 
+    /// Networks banned, whatever the origin.
     pub fn len(&self) -> usize {
         self.bans.len()
+            + self
+                .remote
+                .nets()
+                .filter(|n| !self.bans.contains_key(n))
+                .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bans.is_empty()
+        self.len() == 0
     }
 
     /// The bans and ban counts, for the state file: each end both as wall
@@ -387,9 +505,25 @@ impl BanManager {
                     line: b.line.clone(),
                     all_ports: b.scope == Scope::AllPorts,
                     ports_only: b.scope == Scope::PortsOnly,
+                    origin: None,
                 }
             })
             .collect();
+        state.bans.extend(self.remote.iter().map(|(net, b)| {
+            let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
+            SavedBan {
+                net: net.to_string(),
+                jail: b.origin.clone(),
+                banned_at: now_wall,
+                expires_at: end.map(|e| e.wall_ms),
+                expires_mono: end.and_then(|e| e.mono_ns),
+                reason: b.reason.clone(),
+                line: String::new(),
+                all_ports: b.scope == Scope::AllPorts,
+                ports_only: b.scope == Scope::PortsOnly,
+                origin: Some(b.origin.clone()),
+            }
+        }));
         state.bans.sort_by(|a, b| a.net.cmp(&b.net));
         state.ban_counts = self
             .counts

@@ -144,6 +144,12 @@ impl NeverBan {
         &self.nets
     }
 
+    /// A protected network that holds all of `net` (a ban of it would only
+    /// ever drop protected addresses).
+    pub fn covering(&self, net: &IpNet) -> Option<(IpNet, Why)> {
+        self.nets.iter().find(|(p, _)| p.contains(net)).copied()
+    }
+
     /// What an automatic ban of `net`, earned by `offender`, may become.
     pub fn vet(&self, net: IpNet, offender: IpAddr) -> Vetted {
         let offender = offender.to_canonical();

@@ -37,6 +37,9 @@ pub struct State {
     pub ban_counted_at: BTreeMap<String, i64>,
     /// Read position per log path.
     pub positions: BTreeMap<String, Position>,
+    /// Where each feed has read up to (APIBAN's last ID).
+    #[serde(default)]
+    pub cursors: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,10 @@ pub struct SavedBan {
     /// Only the protected ports, even in all-ports mode (packet evidence).
     #[serde(default)]
     pub ports_only: bool,
+    /// A ban from elsewhere (`crowdsec`, `apiban`, `redis:NODE`); none for
+    /// this box's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +238,7 @@ mod tests {
             all_ports: false,
             ports_only: false,
             expires_mono: None,
+            origin: None,
         });
         s.positions.insert(
             "/x".into(),

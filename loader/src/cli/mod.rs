@@ -82,8 +82,13 @@ pub enum Command {
         #[arg(long)]
         all_ports: bool,
     },
-    /// Remove the ban of exactly ADDRESS[/PREFIX].
-    Unban { net: String },
+    /// Remove the ban of exactly ADDRESS[/PREFIX] (every origin's, on this box).
+    Unban {
+        net: String,
+        /// On every box of the Redis fleet (needs the running daemon and [redis]).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Allow-list an address or network: it is never dropped, whatever the bans say.
     Allow { net: String },
     /// Remove exactly ADDRESS[/PREFIX] from the allowlist.
@@ -248,12 +253,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Unban { ref net } => {
+        Command::Unban { ref net, fleet } => {
             let net = addr::parse_net(net)?;
             require_root("change bans")?;
             let req = Request::Unban {
                 net: net.to_string(),
+                fleet,
             };
+            if fleet {
+                running_daemon(&paths(&cli).socket, &req)?;
+                println!("unbanned {} on every box", addr::display(&net));
+                return Ok(());
+            }
             let change = journal::Change::Unban {
                 net: net.to_string(),
             };

@@ -247,6 +247,13 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
             let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
             println!("|- Protected ports:     {}", ports.join(","));
         }
+        if let Some(remote) = data["remote"].as_object().filter(|r| !r.is_empty()) {
+            let parts: Vec<String> = remote
+                .iter()
+                .map(|(o, v)| format!("{o} {}", v["bans"]))
+                .collect();
+            println!("|- From elsewhere:      {}", parts.join(", "));
+        }
         freeswitch(&data["freeswitch"]);
         println!("`- Jail list:           {}", names.join(", "));
     }

@@ -1,0 +1,208 @@
+//! The APIBAN feed (apiban.org): SIP scanners and attackers reported by its
+//! honeypots. `POST {url}get` with `Authorization: Bearer KEY` and
+//! `{"set":"sip","id":"LAST"}` answers the addresses added since `LAST` and
+//! the `ID` to ask from next, a page at a time, until "no new bans". The
+//! last ID is kept in the state file, so a restart asks only for what is
+//! new; each address is banned for the 7 days APIBAN keeps it.
+use super::{deliver, sleep_or_stop, Inbound, InboundTx, RemoteDecision};
+use anyhow::{bail, Context as _, Result};
+use std::{
+    collections::VecDeque,
+    io::Read as _,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub const ORIGIN: &str = "apiban";
+/// How long APIBAN keeps an address, and so how long it is banned.
+pub const BAN_FOR: Duration = Duration::from_secs(7 * 86_400);
+/// APIBAN allows 11 requests per 2 minutes.
+const RATE: (usize, Duration) = (11, Duration::from_secs(120));
+/// Pages read per poll before waiting for the next one.
+const MAX_PAGES: usize = 100;
+/// Largest answer read.
+const MAX_BODY: u64 = 16 << 20;
+/// The first ID: everything APIBAN holds.
+pub const FIRST_ID: &str = "100";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub url: String,
+    pub key: String,
+    pub set: String,
+    pub interval: Duration,
+}
+
+/// A page: the addresses and where to go on from.
+#[derive(Debug, PartialEq)]
+pub enum Page {
+    Bans {
+        addresses: Vec<String>,
+        next: String,
+    },
+    NoNewBans,
+}
+
+/// Reads an answer; anything else is an error (and the cursor stays).
+pub fn parse_page(body: &[u8]) -> Result<Page> {
+    let v: serde_json::Value = serde_json::from_slice(body).context("not JSON")?;
+    let list: Vec<String> = v["ipaddress"]
+        .as_array()
+        .context("no `ipaddress` list")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let id = match &v["ID"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    if list.iter().any(|a| a == "no new bans") || id == "none" || list.is_empty() {
+        return Ok(Page::NoNewBans);
+    }
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("no usable `ID` to go on from");
+    }
+    Ok(Page::Bans {
+        addresses: list,
+        next: id,
+    })
+}
+
+/// Requests no faster than APIBAN allows.
+struct Pace(VecDeque<Instant>);
+
+impl Pace {
+    fn wait(&mut self, stop: &mpsc::Receiver<()>) -> bool {
+        if self.0.len() >= RATE.0 {
+            let oldest = self.0.pop_front().expect("non-empty");
+            let until = oldest + RATE.1;
+            if sleep_or_stop(stop, until.saturating_duration_since(Instant::now())) {
+                return true;
+            }
+        }
+        self.0.push_back(Instant::now());
+        false
+    }
+}
+
+pub fn start(s: Settings, cursor: String, tx: InboundTx, stop: mpsc::Receiver<()>) {
+    std::thread::Builder::new()
+        .name("sipguard-apiban".into())
+        .spawn(move || run(&s, cursor, &tx, &stop))
+        .expect("cannot start the APIBAN thread");
+}
+
+fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<()>) {
+    let agent = super::http_agent();
+    let mut pace = Pace(VecDeque::new());
+    let url = format!("{}/get", s.url.trim_end_matches('/'));
+    loop {
+        for _ in 0..MAX_PAGES {
+            if pace.wait(stop) {
+                return;
+            }
+            match fetch(&agent, &url, s, &cursor) {
+                Ok(Page::NoNewBans) => break,
+                Ok(Page::Bans { addresses, next }) => {
+                    let mut bans = Vec::new();
+                    let mut refused = 0;
+                    for a in &addresses {
+                        match crate::addr::parse_ban_net(a) {
+                            Ok(net) => bans.push(RemoteDecision {
+                                net,
+                                left: Some(BAN_FOR),
+                                reason: format!("APIBAN {} list", s.set),
+                                all_ports: false,
+                            }),
+                            Err(_) => refused += 1,
+                        }
+                    }
+                    if refused > 0 {
+                        tracing::warn!(
+                            "APIBAN: {refused} entry(ies) that are no address to ban, skipped"
+                        );
+                    }
+                    tracing::info!("APIBAN: {} new ban(s) up to ID {next}", bans.len());
+                    if !deliver(tx, ORIGIN, bans) {
+                        return;
+                    }
+                    if next == cursor {
+                        break; // no progress: wait for the next poll
+                    }
+                    cursor = next;
+                    let msg = Inbound::Cursor {
+                        feed: ORIGIN.into(),
+                        value: cursor.clone(),
+                    };
+                    if tx.blocking_send(msg).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "APIBAN: {e:#}; bans in force stay, next try in {} s",
+                        s.interval.as_secs()
+                    );
+                    break;
+                }
+            }
+        }
+        if sleep_or_stop(stop, s.interval) {
+            return;
+        }
+    }
+}
+
+fn fetch(agent: &ureq::Agent, url: &str, s: &Settings, id: &str) -> Result<Page> {
+    let resp = agent
+        .post(url)
+        .set("Authorization", &format!("Bearer {}", s.key))
+        .send_json(serde_json::json!({ "set": s.set, "id": id }));
+    let resp = match resp {
+        Ok(r) => r,
+        // APIBAN answers "no new bans" with a 404 and the usual body.
+        Err(ureq::Error::Status(404, r)) => r,
+        Err(ureq::Error::Status(code @ (401 | 403), _)) => {
+            bail!("the key was refused ({code}): check [apiban] key")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut body = Vec::new();
+    resp.into_reader().take(MAX_BODY).read_to_end(&mut body)?;
+    parse_page(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        assert_eq!(
+            parse_page(br#"{"ipaddress":["192.0.2.1","2001:db8::1"],"ID":"1234"}"#).unwrap(),
+            Page::Bans {
+                addresses: vec!["192.0.2.1".into(), "2001:db8::1".into()],
+                next: "1234".into()
+            }
+        );
+        assert_eq!(
+            parse_page(br#"{"ipaddress":["no new bans"],"ID":"none"}"#).unwrap(),
+            Page::NoNewBans
+        );
+        assert_eq!(
+            parse_page(br#"{"ipaddress":["1.2.3.4"],"ID":77}"#).unwrap(),
+            Page::Bans {
+                addresses: vec!["1.2.3.4".into()],
+                next: "77".into()
+            }
+        );
+        for bad in [
+            &b"<html>"[..],
+            br#"{"ID":"5"}"#,
+            br#"{"ipaddress":["1.2.3.4"],"ID":"../x"}"#,
+        ] {
+            assert!(parse_page(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! Everything a test creates (pin directories, namespaces, daemons) has a
 //! unique name and is removed by a `Drop` guard, also when the test fails.
 pub mod daemon;
+pub mod engines;
 pub mod fixture;
 pub mod http;
 pub mod kernel;

@@ -221,7 +221,12 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -
 /// Like `in_netns`, for work that borrows from the caller: runs `f` on a
 /// scoped thread inside `ns` and waits for it.
 pub fn in_netns_scoped<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = ns.path();
+    in_netns_at(&ns.path(), f)
+}
+
+/// Like `in_netns_scoped`, for the namespace at `path`.
+pub fn in_netns_at<T: Send>(path: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = path.to_owned();
     std::thread::scope(|scope| {
         scope
             .spawn(move || -> Result<T> {

@@ -663,6 +663,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
             line: String::new(),
             all_ports: false,
             ports_only: false,
+            origin: None,
             expires_mono: None,
         }],
         ..Default::default()
@@ -780,6 +781,7 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
                 line: String::new(),
                 all_ports: false,
                 ports_only: false,
+                origin: None,
             })
             .collect(),
         ..Default::default()

@@ -18,7 +18,7 @@ struct Step {
     run: fn() -> Result<()>,
 }
 
-fn steps() -> [Step; 7] {
+fn steps() -> [Step; 8] {
     [
         Step {
             what: "nightly Rust toolchain",
@@ -97,12 +97,35 @@ fn steps() -> [Step; 7] {
             run: || without_service_starts(|| apt_install(&["fail2ban"])),
         },
         Step {
+            what: "redis-server and CrowdSec (crowdsec, cscli)",
+            why: "the fleet tests run a real Redis and a real CrowdSec local API in their namespaces",
+            done: || which("redis-server") && which("crowdsec") && which("cscli") && Path::new("/etc/crowdsec/profiles.yaml").exists(),
+            run: install_engines,
+        },
+        Step {
             what: "systemd-analyze (systemd)",
             why: "the service tests verify the systemd unit and score its sandbox",
             done: || which("systemd-analyze"),
             run: || apt_install(&["systemd"]),
         },
     ]
+}
+
+/// Redis and CrowdSec, without starting their services. Debian's crowdsec
+/// registers with CrowdSec's Central API while it is configured, which
+/// fails without internet; a non-empty credentials file written first is
+/// its documented way to skip that (README.Debian), and the tests run a
+/// local API of their own.
+fn install_engines() -> Result<()> {
+    let capi = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if !capi.exists() {
+        std::fs::create_dir_all("/etc/crowdsec")?;
+        std::fs::write(
+            capi,
+            "# Central API registration skipped: sipguard's tests run a local API only\n",
+        )?;
+    }
+    without_service_starts(|| apt_install(&["redis-server", "crowdsec"]))
 }
 
 /// Where Debian's fail2ban keeps its filters' sample logs.

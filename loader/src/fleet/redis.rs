@@ -612,7 +612,7 @@ fn publish(c: &mut Conn, s: &Settings, o: &Outbound) -> Result<()> {
 fn remove_members(c: &mut Conn, bans: &str, net: &IpNet, node: Option<&str>) -> Result<()> {
     let pattern = format!(
         "{}|{}|*",
-        node.map_or("*".to_owned(), |n| glob_escape(n)),
+        node.map_or("*".to_owned(), glob_escape),
         glob_escape(&net.to_string())
     );
     let mut cursor = "0".to_owned();

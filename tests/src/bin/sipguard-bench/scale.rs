@@ -555,6 +555,7 @@ fn saved_bans(n: u32) -> sipguard::bans::state::State {
                 line: String::new(),
                 all_ports: false,
                 ports_only: false,
+                origin: None,
                 expires_mono: None,
             })
             .collect(),

@@ -1169,6 +1169,8 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
         flood_events,
         engine,
     } = attach(loaded, fleet_tx)?;
+    // Bound before READY=1: a scrape right after start finds it.
+    let metrics_listener = bind_metrics(&engine.config.metrics);
     readiness.ready(&engine.status_line());
     let engine = Rc::new(RefCell::new(engine));
     let readiness = Rc::new(RefCell::new(readiness));
@@ -1180,6 +1182,7 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
         watch,
         flood_events,
         fleet_rx,
+        metrics_listener,
     )
     .await;
     readiness.borrow().stopping();
@@ -1309,6 +1312,7 @@ async fn serve(
     mut watch: crate::logs::watch::LogWatch,
     mut flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     mut fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
+    metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let (handler_engine, handler_opts, handler_readiness) =
@@ -1324,23 +1328,13 @@ async fn serve(
             Err(e) => Response::err(&e),
         }
     }));
-    let metrics_config = engine.borrow().config.metrics.clone();
-    if metrics_config.enabled {
-        match tokio::net::TcpListener::bind(metrics_config.listen).await {
-            Ok(listener) => {
-                tracing::info!("metrics on http://{}/metrics", metrics_config.listen);
-                let scrape_engine = engine.clone();
-                local.spawn_local(metrics::serve(listener, move || {
-                    let engine = scrape_engine.borrow();
-                    metrics::render(&engine.metrics, &engine.metrics_snapshot())
-                }));
-            }
-            // Protection goes on without its dashboard.
-            Err(e) => tracing::error!(
-                "cannot serve metrics on {}: {e} (set [metrics] listen, or enabled = false)",
-                metrics_config.listen
-            ),
-        }
+    if let Some(listener) = metrics_listener {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let scrape_engine = engine.clone();
+        local.spawn_local(metrics::serve(listener, move || {
+            let engine = scrape_engine.borrow();
+            metrics::render(&engine.metrics, &engine.metrics_snapshot())
+        }));
     }
     local
         .run_until(async {
@@ -1410,6 +1404,28 @@ fn shutdown(engine: &Rc<RefCell<Engine>>, ebpf: aya::Ebpf, ifaces: &[String]) {
         ifaces.join(", "),
         engine.config.pin_dir.display()
     );
+}
+
+/// The metrics endpoint's socket, when enabled; one that cannot be bound
+/// is logged and protection goes on without it. (A new `[metrics]` takes a
+/// restart.)
+fn bind_metrics(c: &crate::config::MetricsConfig) -> Option<std::net::TcpListener> {
+    if !c.enabled {
+        return None;
+    }
+    match std::net::TcpListener::bind(c.listen).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+        Ok(l) => {
+            tracing::info!("metrics on http://{}/metrics", c.listen);
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(
+                "cannot serve metrics on {}: {e} (set [metrics] listen, or enabled = false)",
+                c.listen
+            );
+            None
+        }
+    }
 }
 
 /// The engines a configuration asks for. A CrowdSec key file that cannot

@@ -981,3 +981,62 @@ fn dry_run_counts_would_be_drops_and_passes_them() -> Result<()> {
     );
     Ok(())
 }
+
+/// Origins: a remote origin's ban of a network sits beside the box's own;
+/// the kernel holds the latest end and widest scope of what is left, and
+/// one origin's end or deletion never lifts another's.
+#[test]
+fn origins_keep_their_own_bans_of_one_network() -> Result<()> {
+    use sipguard::bans::{remote::RemoteBan, BanManager, Scope};
+    let t = TestProgram::load()?;
+    let mut bans = BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
+    let a = net("192.0.2.1");
+    let end = |d: u64| clock::deadline_ns(Duration::from_secs(d));
+    let remote = |origin: &str, end: Option<u64>, scope| RemoteBan {
+        origin: origin.into(),
+        expires_at_ns: end,
+        scope,
+        reason: "r".into(),
+    };
+    bans.ban(
+        a,
+        "freeswitch",
+        Some(Duration::from_secs(3600)),
+        "r".into(),
+        String::new(),
+        Scope::Ports,
+    )?;
+    let local_end = t.maps.ban_entry(a)?.unwrap().expires_at_ns;
+    // CrowdSec bans it for good, on every port: the kernel takes that.
+    assert!(bans.remote_ban(a, remote("crowdsec", None, Scope::AllPorts))?);
+    let e = t.maps.ban_entry(a)?.unwrap();
+    assert_eq!((e.expires_at_ns, e.flags), (0, BAN_ALL_PORTS));
+    // CrowdSec deletes its decision: the jail's hour is back in the kernel.
+    assert!(bans.remote_unban(a, "crowdsec")?);
+    let e = t.maps.ban_entry(a)?.unwrap();
+    assert_eq!((e.expires_at_ns, e.flags), (local_end, 0));
+    // The box's own ban lifted: another origin's stays in force.
+    bans.remote_ban(a, remote("redis:b", Some(end(60)), Scope::Ports))?;
+    assert!(bans.unban(a)?);
+    assert!(
+        t.maps.ban_entry(a)?.is_some(),
+        "a local unban lifted redis:b's ban"
+    );
+    assert!(bans.is_banned(&a) && bans.len() == 1);
+    // A remote ban that ends goes; nothing else holds the network.
+    bans.remote_ban(
+        a,
+        remote("redis:b", Some(clock::mono_now_ns()), Scope::Ports),
+    )?;
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(bans.sweep_remote()?.len(), 1);
+    assert!(t.maps.ban_entry(a)?.is_none());
+    // The operator's unban lifts every origin's.
+    bans.ban(a, "manual", None, "r".into(), String::new(), Scope::Ports)?;
+    bans.remote_ban(a, remote("apiban", Some(end(600)), Scope::Ports))?;
+    let (any, origins) = bans.unban_all(a)?;
+    assert!(any);
+    assert_eq!(origins, ["apiban"]);
+    assert!(t.maps.ban_entry(a)?.is_none() && !bans.is_banned(&a));
+    Ok(())
+}

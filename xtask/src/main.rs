@@ -6,7 +6,7 @@
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
 //! * `install` the release binary, the systemd unit, a default configuration (`--destdir` to stage)
 //! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
-//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale`)
+//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale|fleet`)
 mod install;
 mod setup;
 
@@ -56,7 +56,8 @@ enum Cmd {
         /// Which: `all`, or one of `xdp` (per-packet cost in the kernel),
         /// `drop` (a veth flood against iptables, ipset, nftables), `logs`
         /// (against fail2ban-regex), `latency` (line to ban to drop), `scale`
-        /// (ban rates, 1 M bans, memory; against fail2ban and the firewalls).
+        /// (ban rates, 1 M bans, memory; against fail2ban and the firewalls),
+        /// `fleet` (100 000 CrowdSec decisions and a delta; against ipset).
         #[arg(default_value = "all")]
         which: String,
     },

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|xdp|drop|logs|latency|scale]`: sipguard measured
+//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet]`: sipguard measured
 //! against a baseline in the same run (an empty XDP program, iptables, ipset,
 //! nftables, fail2ban), every figure reported as a ratio to it. Each part
 //! writes its section of `BENCHMARKS.md` (see `report`).
@@ -10,6 +10,7 @@ macro_rules! say {
 }
 
 mod drop;
+mod fleet;
 mod latency;
 mod logs;
 mod report;
@@ -21,12 +22,13 @@ use anyhow::{bail, Result};
 type Part = fn(&mut report::Section) -> Result<()>;
 
 /// In the order `all` runs them: the quick in-kernel figures first.
-const PARTS: [(&str, Part); 5] = [
+const PARTS: [(&str, Part); 6] = [
     ("xdp", xdp::run),
     ("drop", drop::run),
     ("logs", logs::run),
     ("latency", latency::run),
     ("scale", scale::run),
+    ("fleet", fleet::run),
 ];
 
 fn main() -> Result<()> {

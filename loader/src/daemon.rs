@@ -1174,20 +1174,27 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
     readiness.ready(&engine.status_line());
     let engine = Rc::new(RefCell::new(engine));
     let readiness = Rc::new(RefCell::new(readiness));
-    let result = serve(
-        &engine,
-        &opts,
-        &readiness,
+    let inputs = Inputs {
         listener,
         watch,
         flood_events,
         fleet_rx,
         metrics_listener,
-    )
-    .await;
+    };
+    let result = serve(&engine, &opts, &readiness, inputs).await;
     readiness.borrow().stopping();
     shutdown(&engine, ebpf, &ifaces);
     result
+}
+
+/// What the event loop listens to: the control socket, the logs, the
+/// program's reports, the engines, the metrics endpoint.
+struct Inputs {
+    listener: tokio::net::UnixListener,
+    watch: crate::logs::watch::LogWatch,
+    flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// What `load` prepares (`E`: the engine's parts) and `attach` completes
@@ -1308,12 +1315,15 @@ async fn serve(
     engine: &Rc<RefCell<Engine>>,
     opts: &RunOptions,
     readiness: &Rc<RefCell<Readiness>>,
-    listener: tokio::net::UnixListener,
-    mut watch: crate::logs::watch::LogWatch,
-    mut flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    mut fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
-    metrics_listener: Option<std::net::TcpListener>,
+    inputs: Inputs,
 ) -> Result<()> {
+    let Inputs {
+        listener,
+        mut watch,
+        mut flood_events,
+        mut fleet_rx,
+        metrics_listener,
+    } = inputs;
     let local = tokio::task::LocalSet::new();
     let (handler_engine, handler_opts, handler_readiness) =
         (engine.clone(), opts.clone(), readiness.clone());

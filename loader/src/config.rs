@@ -252,7 +252,7 @@ pub struct NotifyConfig {
     /// Programs (absolute paths) run with the event in `SIPGUARD_*`.
     #[serde(default)]
     pub exec: Vec<String>,
-    /// `http://` URLs that receive each event as a JSON POST.
+    /// `http://` or `https://` URLs that receive each event as a JSON POST.
     #[serde(default)]
     pub webhooks: Vec<String>,
     /// Longest a hook may take before it is given up (killed).
@@ -584,7 +584,7 @@ impl Config {
             }
         }
         for url in &self.notify.webhooks {
-            crate::ops::notify::parse_http_url(url).context("[notify] key `webhooks`")?;
+            crate::ops::notify::check_url(url).context("[notify] key `webhooks`")?;
         }
         if self.notify.timeout.is_zero() || self.notify.digest_every < Duration::from_secs(1) {
             bail!("[notify] `timeout` must be above 0 and `digest_every` at least 1s");

@@ -83,7 +83,8 @@ fn crowdsec_decisions_drop_and_lift_through_outages() -> Result<()> {
     ])?;
     // The box's own address: never banned, whatever CrowdSec says.
     lapi.cscli(&["decisions", "add", "--ip", SERVER_V4, "--duration", "1h"])?;
-    wait_until(5, "the decisions are in force", || {
+    // Within the update frequency (1 s) plus a second.
+    wait_until(2, "the decisions are in force", || {
         Ok(has(&s.sb, CLIENT_V4, "crowdsec")? && has(&s.sb, "2001:db8:77::", "crowdsec")?)
     })?;
     assert_eq!(udp_delivered(&attacker, &sip, 5)?, 0);

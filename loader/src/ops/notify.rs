@@ -10,8 +10,6 @@
 use ipnet::IpNet;
 use serde::Serialize;
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
     sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     time::{Duration, Instant, SystemTime},
 };
@@ -33,7 +31,7 @@ const MAX_FIELD: usize = 1024;
 pub struct Hooks {
     /// Programs run once per event, with no arguments and no shell.
     pub exec: Vec<String>,
-    /// `http://HOST[:PORT]/PATH` URLs that receive a JSON POST per event.
+    /// `http://` or `https://` URLs that receive a JSON POST per event.
     pub webhooks: Vec<String>,
     /// Longest an exec hook may run or a webhook may take.
     pub timeout: Duration,
@@ -349,73 +347,41 @@ fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()
     }
 }
 
-/// `http://host[:port]/path` split up; anything else is refused.
-pub fn parse_http_url(url: &str) -> anyhow::Result<(String, u16, String)> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        anyhow::bail!("`{url}`: only http:// webhooks are supported (put a local relay in front of an https endpoint)");
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-            h,
-            p.parse()
-                .map_err(|_| anyhow::anyhow!("`{url}`: bad port `{p}`"))?,
-        ),
-        _ => (authority, 80),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+/// A webhook URL: `http://` or `https://`, a host, no spaces or controls.
+pub fn check_url(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| anyhow::anyhow!("`{url}`: a webhook is an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
     anyhow::ensure!(
-        !host.is_empty() && !host.contains(['@', ' ']),
+        !host.is_empty() && !host.starts_with(':'),
         "`{url}`: no host"
     );
-    let path = if path.is_empty() { "/" } else { path };
     anyhow::ensure!(
-        !path.contains(|c: char| c.is_control() || c == ' '),
-        "`{url}`: bad path"
+        !url.contains(|c: char| c.is_control() || c == ' '),
+        "`{url}`: spaces or control characters"
     );
-    Ok((host.to_owned(), port, path.to_owned()))
+    Ok(())
 }
 
 fn post(url: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
-    let (host, port, path) = parse_http_url(url)?;
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let body = serde_json::to_vec(d)?;
-    let host_header = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: sipguard/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    )?;
-    stream.write_all(&body)?;
-    // The status line, however the server splits its writes.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .user_agent(concat!("sipguard/", env!("CARGO_PKG_VERSION")))
+        .build();
+    match agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&serde_json::to_string(d)?)
+    {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::Status(code, r)) => {
+            anyhow::bail!("answered `{code} {}`", r.status_text())
         }
-        head.extend_from_slice(&buf[..n]);
+        Err(e) => Err(e.into()),
     }
-    let status = String::from_utf8_lossy(&head);
-    let code = status.split(' ').nth(1).unwrap_or("");
-    anyhow::ensure!(
-        code.starts_with('2'),
-        "answered `{}`",
-        status.lines().next().unwrap_or("")
-    );
-    Ok(())
 }
 
 #[cfg(test)]
@@ -456,26 +422,21 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            parse_http_url("http://127.0.0.1:8080/hook?x=1").unwrap(),
-            ("127.0.0.1".into(), 8080, "/hook?x=1".into())
-        );
-        assert_eq!(
-            parse_http_url("http://alerts.example").unwrap(),
-            ("alerts.example".into(), 80, "/".into())
-        );
-        assert_eq!(
-            parse_http_url("http://[::1]:9000/h").unwrap(),
-            ("::1".into(), 9000, "/h".into())
-        );
+        for good in [
+            "http://127.0.0.1:8080/hook?x=1",
+            "https://hooks.example/services/T0/B0",
+            "http://[::1]:9000/h",
+        ] {
+            check_url(good).unwrap();
+        }
         for bad in [
-            "https://x/",
             "ftp://x",
             "http://:80/",
-            "http://x:port/",
+            "http:///x",
             "http://x/a b",
+            "hooks.example",
         ] {
-            assert!(parse_http_url(bad).is_err(), "{bad}");
+            assert!(check_url(bad).is_err(), "{bad}");
         }
     }
 

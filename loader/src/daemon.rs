@@ -5,6 +5,7 @@
 //! without touching bans.
 use crate::{
     addr,
+    bans::changes::{self, ChangeLog},
     bans::journal,
     bans::never_ban::{NeverBan, Sources, Vetted},
     bans::packet_bans::PacketBans,
@@ -41,16 +42,19 @@ use tokio::signal::unix::{signal, SignalKind};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often bans are expired and new files matched by globs picked up.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
-/// Ban changes reach the state file within a tick (at most one write per
-/// tick); read positions, in their own small file, at most this often (a
-/// crash re-reads at most this much log, and lines older than findtime are
-/// never counted). Everything is written at exit. A ban made since the last
+/// Ban changes reach the state's change log within a tick (one line per
+/// changed network, see `changes`); read positions, in their own small
+/// file, at most this often (a crash re-reads at most this much log, and
+/// lines older than findtime are never counted). Everything is written at exit. A ban made since the last
 /// write is in the kernel map already, which a restart adopts (only a crash
 /// followed by a reboot within a second loses one).
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the never-ban set is read again (addresses, routes and
 /// resolvers change under a running daemon: DHCP, failover, VRRP).
 const NEVER_BAN_REFRESH: Duration = Duration::from_secs(10);
+/// Change-log lines beyond the table's size before a snapshot replaces the
+/// log (so a small table is not rewritten at every change either).
+const CHANGELOG_MARGIN: usize = 50_000;
 /// How often old ban counts are forgotten (a walk over all of them).
 const COUNT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -197,11 +201,20 @@ pub struct Engine {
     cursors: BTreeMap<String, String>,
     /// Remote bans refused because they lie in the never-ban set, by origin.
     remote_refused: HashMap<String, u64>,
+    /// Ban changes between snapshots of the state (see `changes`).
+    changelog: ChangeLog,
+    /// The last snapshot failed: the next save is a snapshot again.
+    snapshot_due: bool,
 }
 
 impl Engine {
     fn start(config: Config, maps: KernelMaps, fleet_tx: InboundTx) -> Result<Self> {
         let mut saved = state::load_with_positions(&config.state_file)?;
+        // What changed after the last snapshot.
+        let replayed = changes::replay(&config.state_file, &mut saved)?;
+        if replayed > 0 {
+            tracing::info!("state: {replayed} change(s) replayed from the change log");
+        }
         // Changes the operator made while no daemon ran are applied to the
         // saved state before it is restored, so none of them is undone.
         let mut journal = journal::lock(&config.state_file)?;
@@ -238,6 +251,7 @@ impl Engine {
             }
         };
         let config_hooks = config.notify.hooks();
+        let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
         let r = bans.restore(&saved)?;
         tracing::info!(
@@ -278,6 +292,8 @@ impl Engine {
             fleet_tx,
             cursors: saved.cursors,
             remote_refused: HashMap::new(),
+            changelog: ChangeLog::new(&config_state_file, replayed),
+            snapshot_due: false,
         };
         engine.apply_config(true)?;
         // The journal's changes are in the state now: save, then empty it.
@@ -592,7 +608,7 @@ impl Engine {
         let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
         if self.dirty {
-            self.save_bans();
+            self.log_changes();
         }
         if positions_due {
             self.save_positions();
@@ -634,11 +650,53 @@ impl Engine {
                 .collect(),
         );
         match state::save(&self.config.state_file, &st) {
-            Ok(()) => self.dirty = false,
-            Err(e) => tracing::error!("saving state failed: {e:#}"),
+            Ok(()) => {
+                self.dirty = false;
+                self.snapshot_due = false;
+                if let Err(e) = self.changelog.clear() {
+                    tracing::error!("emptying the change log failed: {e:#}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("saving state failed: {e:#}");
+                self.snapshot_due = true;
+            }
         }
         // The copy of every ban made for writing is gone: give its memory back.
         release_freed_memory();
+    }
+
+    /// The tick's ban changes, appended to the change log: the cost of
+    /// what changed, not of the table. Once the log is as long as the table
+    /// (plus a margin), a snapshot replaces both.
+    fn log_changes(&mut self) {
+        if self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len() {
+            return self.save_bans();
+        }
+        let clock = clock::System;
+        let mut lines = vec![changes::Change::Clock {
+            boot_id: crate::kernel::clock::Clock::boot_id(&clock),
+            saved_at: crate::kernel::clock::Clock::wall_ms(&clock),
+        }];
+        lines.extend(self.bans.take_changes());
+        lines.push(changes::Change::Meta {
+            allowed: self
+                .operator_allowed
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            cursors: self.cursors.clone(),
+        });
+        match self.changelog.append(&lines) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                // What was taken is not in the log: a snapshot next.
+                tracing::error!(
+                    "appending to the change log failed: {e:#}; writing a snapshot next"
+                );
+                self.snapshot_due = true;
+            }
+        }
     }
 
     /// Everything, at exit.

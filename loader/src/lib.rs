@@ -24,7 +24,9 @@
 //! |             | `redis`         | sipguard daemons sharing bans through Redis               |
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
+//! |             | `remote`        | other origins' bans of a network, beside this box's own   |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
+//! |             | `changes`       | the state's change log: what changed since the snapshot   |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |
 //! |             | `never_ban`     | the allowlist: ignoreip, own, gateways, resolvers, allows |
 //! |             | `packet_bans`   | bans on packet evidence: budget, scope, reserved room     |

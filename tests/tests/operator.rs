@@ -105,3 +105,32 @@ fn changes_made_while_the_daemon_is_stopped_are_kept() -> Result<()> {
     assert_eq!(udp_delivered(&attacker, &sip, PROBES)?, PROBES);
     Ok(())
 }
+
+/// Bans made after the last snapshot of the state live in its change log
+/// (one line per change, not a rewrite of every ban): a crash followed by a
+/// reboot (maps gone) loses none of them.
+#[test]
+fn bans_since_the_last_snapshot_survive_a_crash_and_a_reboot() -> Result<()> {
+    let mut s = Setup::new(CONFIG)?;
+    let snapshot = std::fs::read(s.sb.state())?;
+    s.cli(&["ban", "192.0.2.50", "--for", "1h"])?;
+    append_failures(&s.sb, CLIENT_V4, 3)?;
+    let log = s.sb.state().with_extension("changes");
+    wait_until(5, "both bans in the change log", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(text.contains("192.0.2.50/32") && text.contains(&format!("{CLIENT_V4}/32")))
+    })?;
+    // The snapshot itself was not rewritten for them.
+    assert_eq!(std::fs::read(s.sb.state())?, snapshot);
+    s.daemon.kill()?;
+    std::fs::remove_dir_all(&s.sb.pin)?;
+    s.start_again()?;
+    let mut banned = s.banned()?;
+    banned.sort();
+    assert_eq!(banned, [CLIENT_V4, "192.0.2.50"]);
+    let st = s.json(&["status", "freeswitch"])?;
+    assert_eq!(st["jails"][0]["actions"]["currently_banned"], 1, "{st}");
+    // The start wrote a snapshot holding them; the log is empty again.
+    assert!(!log.exists());
+    Ok(())
+}

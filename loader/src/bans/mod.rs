@@ -8,6 +8,7 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
+pub mod changes;
 pub mod journal;
 pub mod never_ban;
 pub mod packet_bans;
@@ -109,6 +110,9 @@ pub struct BanManager {
     counts: HashMap<IpNet, (u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
+    /// Networks whose bans, and whose counts, changed since `take_changes`.
+    changed: HashSet<IpNet>,
+    counts_changed: HashSet<IpNet>,
 }
 
 /// Wall-clock now, ms: for log lines, whose own times are wall times.
@@ -140,6 +144,8 @@ impl BanManager {
             maps,
             bans: HashMap::new(),
             remote: RemoteBans::default(),
+            changed: HashSet::new(),
+            counts_changed: HashSet::new(),
             counts: HashMap::new(),
             total_by_jail: HashMap::new(),
         }
@@ -338,6 +344,8 @@ impl BanManager {
         };
         self.write_kernel(net, &info)?;
         self.bans.insert(net, info);
+        self.changed.insert(net);
+        self.counts_changed.insert(net);
         let count = self.counts.entry(net).or_default();
         *count = (count.0 + 1, now);
         *self.total_by_jail.entry(jail.to_owned()).or_default() += 1;
@@ -346,6 +354,7 @@ impl BanManager {
 
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
+        self.changed.insert(net);
         if !self.remote.get(&net).is_empty() {
             let had = self.bans.remove(&net).is_some();
             self.sync_kernel(net)?;
@@ -358,6 +367,7 @@ impl BanManager {
     /// The operator's unban: every origin's ban of `net` on this box.
     /// Returns whether there was any, and the remote origins lifted.
     pub fn unban_all(&mut self, net: IpNet) -> Result<(bool, Vec<String>)> {
+        self.changed.insert(net);
         let origins = self.remote.remove_all(&net);
         let local = self.bans.remove(&net).is_some();
         let in_kernel = self.maps.unban(net)?;
@@ -371,6 +381,7 @@ impl BanManager {
         if !self.remote.set(net, ban) {
             return Ok(false);
         }
+        self.changed.insert(net);
         if let Err(e) = self.sync_kernel(net) {
             self.remote.remove(&net, &origin);
             return Err(e);
@@ -383,6 +394,7 @@ impl BanManager {
         if !self.remote.remove(&net, origin) {
             return Ok(false);
         }
+        self.changed.insert(net);
         self.sync_kernel(net)?;
         Ok(true)
     }
@@ -392,6 +404,7 @@ impl BanManager {
     pub fn remote_retain(&mut self, origin: &str, keep: &HashSet<IpNet>) -> Result<Vec<IpNet>> {
         let gone = self.remote.retain_origin(origin, keep);
         for net in &gone {
+            self.changed.insert(*net);
             self.sync_kernel(*net)?;
         }
         Ok(gone)
@@ -402,6 +415,7 @@ impl BanManager {
     pub fn sweep_remote(&mut self) -> Result<Vec<(IpNet, String)>> {
         let ended = self.remote.take_expired(clock::mono_now_ns());
         for (net, _) in &ended {
+            self.changed.insert(*net);
             self.sync_kernel(*net)?;
         }
         Ok(ended)
@@ -429,6 +443,7 @@ impl BanManager {
             if let Some(info) = self.bans.remove(&net) {
                 out.push((net, info));
             }
+            self.changed.insert(net);
             self.sync_kernel(net)?;
         }
         Ok(out)
@@ -440,8 +455,14 @@ impl BanManager {
         let before = self.counts.len();
         let bans = &self.bans;
         let memory = duration_ns(memory);
-        self.counts
-            .retain(|net, (_, at)| bans.contains_key(net) || now_ns.saturating_sub(*at) < memory);
+        let changed = &mut self.counts_changed;
+        self.counts.retain(|net, (_, at)| {
+            let keep = bans.contains_key(net) || now_ns.saturating_sub(*at) < memory;
+            if !keep {
+                changed.insert(*net);
+            }
+            keep
+        });
         before - self.counts.len()
     }
 
@@ -484,46 +505,17 @@ impl BanManager {
 
     /// The bans and ban counts, for the state file: each end both as wall
     /// time and as this boot's monotonic deadline (see `clock`).
-    pub fn save_into(&self, state: &mut State) {
+    pub fn save_into(&mut self, state: &mut State) {
         let clock = clock::System;
-        let (now_ns, now_wall) = (clock.mono_ns(), clock.wall_ms());
+        let now = (clock.mono_ns(), clock.wall_ms());
         state.boot_id = Some(clock.boot_id());
-        state.saved_at = Some(now_wall);
+        state.saved_at = Some(now.1);
         state.bans = self
             .bans
             .iter()
-            .map(|(net, b)| {
-                let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
-                SavedBan {
-                    net: net.to_string(),
-                    jail: b.jail.clone(),
-                    banned_at: now_wall
-                        - (now_ns.saturating_sub(b.banned_at_ns) / 1_000_000) as i64,
-                    expires_at: end.map(|e| e.wall_ms),
-                    expires_mono: end.and_then(|e| e.mono_ns),
-                    reason: b.reason.clone(),
-                    line: b.line.clone(),
-                    all_ports: b.scope == Scope::AllPorts,
-                    ports_only: b.scope == Scope::PortsOnly,
-                    origin: None,
-                }
-            })
+            .map(|(net, b)| saved_local(net, b, now))
+            .chain(self.remote.iter().map(|(net, b)| saved_remote(net, b, now)))
             .collect();
-        state.bans.extend(self.remote.iter().map(|(net, b)| {
-            let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
-            SavedBan {
-                net: net.to_string(),
-                jail: b.origin.clone(),
-                banned_at: now_wall,
-                expires_at: end.map(|e| e.wall_ms),
-                expires_mono: end.and_then(|e| e.mono_ns),
-                reason: b.reason.clone(),
-                line: String::new(),
-                all_ports: b.scope == Scope::AllPorts,
-                ports_only: b.scope == Scope::PortsOnly,
-                origin: Some(b.origin.clone()),
-            }
-        }));
         state.bans.sort_by(|a, b| a.net.cmp(&b.net));
         state.ban_counts = self
             .counts
@@ -533,10 +525,89 @@ impl BanManager {
         state.ban_counted_at = self
             .counts
             .iter()
-            .map(|(n, c)| {
-                let ago_ms = (now_ns.saturating_sub(c.1) / 1_000_000) as i64;
-                (n.to_string(), now_wall - ago_ms)
-            })
+            .map(|(n, c)| (n.to_string(), counted_at(c.1, now)))
             .collect::<BTreeMap<_, _>>();
+        // A snapshot holds every change.
+        self.changed.clear();
+        self.counts_changed.clear();
+    }
+
+    /// What changed since the last call (or snapshot), for the change log:
+    /// each network's bans as they are now, and its count.
+    pub fn take_changes(&mut self) -> Vec<changes::Change> {
+        let clock = clock::System;
+        let now = (clock.mono_ns(), clock.wall_ms());
+        let mut out = Vec::with_capacity(self.changed.len() + self.counts_changed.len());
+        for net in std::mem::take(&mut self.changed) {
+            let bans = self
+                .bans
+                .get(&net)
+                .map(|b| saved_local(&net, b, now))
+                .into_iter()
+                .chain(
+                    self.remote
+                        .get(&net)
+                        .iter()
+                        .map(|b| saved_remote(&net, b, now)),
+                )
+                .collect();
+            out.push(changes::Change::Net {
+                net: net.to_string(),
+                bans,
+            });
+        }
+        for net in std::mem::take(&mut self.counts_changed) {
+            let (n, at) = self
+                .counts
+                .get(&net)
+                .map_or((0, 0), |c| (c.0, counted_at(c.1, now)));
+            out.push(changes::Change::Count {
+                net: net.to_string(),
+                n,
+                at,
+            });
+        }
+        out
+    }
+}
+
+/// When a count's last ban began, as wall time (Unix ms).
+fn counted_at(mono_ns: u64, (now_ns, now_wall): (u64, i64)) -> i64 {
+    now_wall - (now_ns.saturating_sub(mono_ns) / 1_000_000) as i64
+}
+
+/// This box's ban of `net`, as the state file keeps it.
+fn saved_local(net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
+    let clock = clock::System;
+    let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
+    SavedBan {
+        net: net.to_string(),
+        jail: b.jail.clone(),
+        banned_at: counted_at(b.banned_at_ns, now),
+        expires_at: end.map(|e| e.wall_ms),
+        expires_mono: end.and_then(|e| e.mono_ns),
+        reason: b.reason.clone(),
+        line: b.line.clone(),
+        all_ports: b.scope == Scope::AllPorts,
+        ports_only: b.scope == Scope::PortsOnly,
+        origin: None,
+    }
+}
+
+/// Another origin's ban of `net`, as the state file keeps it.
+fn saved_remote(net: &IpNet, b: &RemoteBan, now: (u64, i64)) -> SavedBan {
+    let clock = clock::System;
+    let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
+    SavedBan {
+        net: net.to_string(),
+        jail: b.origin.clone(),
+        banned_at: now.1,
+        expires_at: end.map(|e| e.wall_ms),
+        expires_mono: end.and_then(|e| e.mono_ns),
+        reason: b.reason.clone(),
+        line: String::new(),
+        all_ports: b.scope == Scope::AllPorts,
+        ports_only: b.scope == Scope::PortsOnly,
+        origin: Some(b.origin.clone()),
     }
 }

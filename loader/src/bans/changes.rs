@@ -1,0 +1,250 @@
+//! The state's change log (`state.changes` beside `state.json`): what the
+//! bans became since the last full snapshot, one JSON line per network that
+//! changed, appended once a tick and synced. Writing costs what changed, not
+//! the table: a box holding a million bans (a CrowdSec list, say) that bans
+//! one more source writes one line, not 150 MB. The snapshot is rewritten
+//! (and the log emptied) only when the log has grown as large as the table,
+//! at start and at stop.
+//!
+//! Each line says what a network's bans *are* (not what happened to them),
+//! so replaying a line twice, or lines the snapshot already holds, changes
+//! nothing; a line torn by a crash mid-write is the last one, and skipped.
+use super::state::{SavedBan, State};
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    /// Every ban of `net` now, whatever its origin (none: unbanned).
+    Net { net: String, bans: Vec<SavedBan> },
+    /// `net`'s ban count and when its last ban began (Unix ms); 0: forgotten.
+    Count { net: String, n: u32, at: i64 },
+    /// The operator's allowlist and the feeds' cursors, whole (both small).
+    Meta {
+        allowed: Vec<String>,
+        cursors: BTreeMap<String, String>,
+    },
+    /// The boot and wall time the following lines were written at.
+    Clock { boot_id: String, saved_at: i64 },
+}
+
+pub fn path(state: &Path) -> PathBuf {
+    state.with_extension("changes")
+}
+
+/// The open log.
+pub struct ChangeLog {
+    path: PathBuf,
+    file: Option<fs::File>,
+    /// Lines written since the log was last emptied.
+    pub lines: usize,
+}
+
+impl ChangeLog {
+    /// The log of `state`; what it holds was replayed by `replay`.
+    pub fn new(state: &Path, lines: usize) -> Self {
+        Self {
+            path: path(state),
+            file: None,
+            lines,
+        }
+    }
+
+    /// Appends `changes` and syncs them.
+    pub fn append(&mut self, changes: &[Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            self.file = Some(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)
+                    .with_context(|| format!("cannot open {}", self.path.display()))?,
+            );
+        }
+        let mut buf = Vec::new();
+        for c in changes {
+            serde_json::to_writer(&mut buf, c)?;
+            buf.push(b'\n');
+        }
+        let f = self.file.as_mut().expect("opened");
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        self.lines += changes.len();
+        Ok(())
+    }
+
+    /// Empties the log: a snapshot now holds all of it.
+    pub fn clear(&mut self) -> Result<()> {
+        self.file = None;
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot remove {}", self.path.display()))
+            }
+        }
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+/// Applies the log of `state_path` to `state`; returns the lines applied.
+pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
+    let file = match fs::File::open(path(state_path)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).context("cannot read the change log"),
+    };
+    let mut by_net: HashMap<String, Vec<SavedBan>> = HashMap::new();
+    for b in std::mem::take(&mut state.bans) {
+        by_net.entry(b.net.clone()).or_default().push(b);
+    }
+    let mut applied = 0;
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line?;
+        let Ok(change) = serde_json::from_slice::<Change>(&line) else {
+            // Torn by a crash mid-write: only ever the last line.
+            tracing::warn!(
+                "change log: skipping an unreadable line ({} bytes)",
+                line.len()
+            );
+            continue;
+        };
+        applied += 1;
+        match change {
+            Change::Net { net, bans } => {
+                if bans.is_empty() {
+                    by_net.remove(&net);
+                } else {
+                    by_net.insert(net, bans);
+                }
+            }
+            Change::Count { net, n, at } => {
+                if n == 0 {
+                    state.ban_counts.remove(&net);
+                    state.ban_counted_at.remove(&net);
+                } else {
+                    state.ban_counts.insert(net.clone(), n);
+                    state.ban_counted_at.insert(net, at);
+                }
+            }
+            Change::Meta { allowed, cursors } => {
+                state.allowed = Some(allowed);
+                state.cursors = cursors;
+            }
+            Change::Clock { boot_id, saved_at } => {
+                state.boot_id = Some(boot_id);
+                state.saved_at = Some(saved_at);
+            }
+        }
+    }
+    state.bans = by_net.into_values().flatten().collect();
+    state.bans.sort_by(|a, b| a.net.cmp(&b.net));
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(net: &str, jail: &str) -> SavedBan {
+        SavedBan {
+            net: net.into(),
+            jail: jail.into(),
+            banned_at: 1,
+            expires_at: None,
+            expires_mono: None,
+            reason: "r".into(),
+            line: String::new(),
+            all_ports: false,
+            ports_only: false,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn replays_onto_the_snapshot_idempotently_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.json");
+        let snapshot = State {
+            bans: vec![ban("192.0.2.1/32", "a"), ban("192.0.2.2/32", "b")],
+            ..Default::default()
+        };
+        let mut log = ChangeLog::new(&state_path, 0);
+        let changes = vec![
+            Change::Clock {
+                boot_id: "boot".into(),
+                saved_at: 42,
+            },
+            Change::Net {
+                net: "192.0.2.1/32".into(),
+                bans: vec![],
+            },
+            Change::Net {
+                net: "192.0.2.3/32".into(),
+                bans: vec![ban("192.0.2.3/32", "c"), {
+                    let mut b = ban("192.0.2.3/32", "crowdsec");
+                    b.origin = Some("crowdsec".into());
+                    b
+                }],
+            },
+            Change::Count {
+                net: "192.0.2.3/32".into(),
+                n: 2,
+                at: 7,
+            },
+            Change::Meta {
+                allowed: vec!["10.0.0.0/8".into()],
+                cursors: BTreeMap::from([("apiban".into(), "300".into())]),
+            },
+        ];
+        log.append(&changes).unwrap();
+        assert_eq!(log.lines, 5);
+        // Twice: the same result.
+        log.append(&changes).unwrap();
+        // A crash mid-write.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(path(&state_path))
+            .unwrap()
+            .write_all(b"{\"op\":\"net\",\"net\":\"192.0")
+            .unwrap();
+        let mut st = snapshot.clone();
+        assert_eq!(replay(&state_path, &mut st).unwrap(), 10);
+        let nets: Vec<(&str, &str)> = st
+            .bans
+            .iter()
+            .map(|b| (b.net.as_str(), b.jail.as_str()))
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                ("192.0.2.2/32", "b"),
+                ("192.0.2.3/32", "c"),
+                ("192.0.2.3/32", "crowdsec")
+            ]
+        );
+        assert_eq!(st.ban_counts["192.0.2.3/32"], 2);
+        assert_eq!(st.cursors["apiban"], "300");
+        assert_eq!(
+            (st.boot_id.as_deref(), st.saved_at),
+            (Some("boot"), Some(42))
+        );
+        log.clear().unwrap();
+        let mut st = snapshot.clone();
+        assert_eq!(replay(&state_path, &mut st).unwrap(), 0);
+        assert_eq!(st, snapshot);
+    }
+}

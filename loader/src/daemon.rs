@@ -341,6 +341,33 @@ impl Engine {
         );
         self.refresh_never_ban()?;
         let plan = fleet_plan(&self.config);
+        // An engine taken out of the configuration (also while the daemon
+        // was stopped) takes its bans along, as a firewall bouncer removes
+        // its set when it stops for good.
+        let had = |configured: bool| at_startup || configured;
+        let removed: Vec<&str> = [
+            (
+                "crowdsec",
+                had(self.fleet_plan.crowdsec.is_some()) && plan.crowdsec.is_none(),
+            ),
+            (
+                "redis:",
+                had(self.fleet_plan.redis.is_some()) && plan.redis.is_none(),
+            ),
+            (
+                "apiban",
+                had(self.fleet_plan.apiban.is_some()) && plan.apiban.is_none(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(o, gone)| gone.then_some(o))
+        .collect();
+        for prefix in removed {
+            self.on_fleet(Inbound::OnlyOrigins {
+                prefix: prefix.to_owned(),
+                keep: Default::default(),
+            });
+        }
         if plan != self.fleet_plan || at_startup {
             // The old threads stop as their handles go; the new ones start
             // with a full resynchronisation.

@@ -317,5 +317,9 @@ fn apiban_is_paged_remembered_and_hostile_entries_refused() -> Result<()> {
     s.restart()?;
     let first = feed.next(Duration::from_secs(10)).expect("asked again");
     assert!(first.body.contains("\"300\""), "{}", first.body);
+    // The feed taken out of the configuration takes its bans along.
+    s.sb.write_config(FREESWITCH_JAIL)?;
+    s.cli(&["reload"])?;
+    assert!(origins(&s.sb)?.is_empty(), "{:?}", origins(&s.sb)?);
     Ok(())
 }

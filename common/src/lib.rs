@@ -13,6 +13,12 @@ pub mod map_name {
     pub const BANNED_V4: &str = "banned_v4";
     /// LPM trie of banned IPv6 sources: `Key<[u8; 16]>` → [`super::BanEntry`].
     pub const BANNED_V6: &str = "banned_v6";
+    /// Hash of banned single IPv4 addresses (/32): `[u8; 4]` → [`super::BanEntry`].
+    /// Looked up first: one hash probe instead of a trie walk for the bans
+    /// most blocklists are made of; the tries hold the ranges.
+    pub const BANNED_HOST_V4: &str = "banned_host_v4";
+    /// Hash of banned single IPv6 addresses (/128): `[u8; 16]` → [`super::BanEntry`].
+    pub const BANNED_HOST_V6: &str = "banned_host_v6";
     /// LPM trie of allow-listed IPv4 sources → [`super::AllowEntry`].
     pub const ALLOWED_V4: &str = "allowed_v4";
     /// LPM trie of allow-listed IPv6 sources → [`super::AllowEntry`].
@@ -51,7 +57,7 @@ pub mod map_name {
 /// and the reporting packet's address in `FloodEvent`; 3: ban counters per
 /// CPU in `ban_stats` (`BanEntry` carries an `id` instead), a source's
 /// limited packets per CPU in `rate_limited` (not in `RateState`).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value

@@ -31,7 +31,9 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+    },
     programs::XdpContext,
 };
 use common::{
@@ -50,6 +52,11 @@ use parse::{Port, Source};
 static BANNED_V4: LpmTrie<V4Key, BanEntry> = LpmTrie::pinned(MAX_BANS, 0);
 #[map(name = "banned_v6")]
 static BANNED_V6: LpmTrie<[u8; 16], BanEntry> = LpmTrie::pinned(MAX_BANS, 0);
+/// Single addresses, looked up before the tries (see `banned`).
+#[map(name = "banned_host_v4")]
+static BANNED_HOST_V4: HashMap<[u8; 4], BanEntry> = HashMap::pinned(MAX_BANS, 0);
+#[map(name = "banned_host_v6")]
+static BANNED_HOST_V6: HashMap<[u8; 16], BanEntry> = HashMap::pinned(MAX_BANS, 0);
 #[map(name = "allowed_v4")]
 static ALLOWED_V4: LpmTrie<V4Key, AllowEntry> = LpmTrie::pinned(MAX_ALLOWED, 0);
 #[map(name = "allowed_v6")]
@@ -192,18 +199,35 @@ enum Ban {
     Drop(*const BanEntry, u32, u64),
 }
 
-/// The longest-prefix ban of the source, then, while that one does not drop
-/// the packet, the bans covering it: a lookup with prefix length `p - 1`
-/// returns the longest match shorter than `p`.
+/// The source's own ban (an exact-match hash: one probe, where a trie of a
+/// million entries costs a walk of cache misses), then, while nothing drops
+/// the packet, the longest-prefix ban in the tries and the bans covering it:
+/// a lookup with prefix length `p - 1` returns the longest match shorter
+/// than `p`. The tries hold ranges only; an empty one answers at once.
 #[inline(always)]
 fn banned(pkt: &parse::Packet) -> Ban {
+    let mut found = Ban::None;
+    let mut now = 0;
+    let host = match pkt.src {
+        Source::V4(addr) => unsafe { BANNED_HOST_V4.get(&addr) },
+        Source::V6(addr) => unsafe { BANNED_HOST_V6.get(&addr) },
+    };
+    if let Some(ban) = host {
+        now = now_ns();
+        if ban.is_expired(now) {
+            found = Ban::Expired;
+        } else {
+            match drops(ban, pkt) {
+                Some(verdict) => return Ban::Drop(ban as *const BanEntry, verdict, now),
+                None => found = Ban::OtherPort,
+            }
+        }
+    }
     let mut prefix = match pkt.src {
         Source::V4(_) => 32,
         Source::V6(_) => 128,
     };
-    let mut found = Ban::None;
-    let mut now = 0;
-    for i in 0..MAX_COVERING {
+    for _ in 0..MAX_COVERING {
         let ban = match pkt.src {
             Source::V4(addr) => BANNED_V4.get(Key::new(prefix, v4_key(addr))),
             Source::V6(addr) => BANNED_V6.get(Key::new(prefix, addr)),
@@ -223,7 +247,7 @@ fn banned(pkt: &parse::Packet) -> Ban {
             }
         };
         // A live ban for other ports says more than an ended one.
-        if i == 0 || matches!(this, Ban::OtherPort) {
+        if matches!(found, Ban::None) || matches!(this, Ban::OtherPort) {
             found = this;
         }
         if ban.prefix_len == 0 || ban.prefix_len > prefix {

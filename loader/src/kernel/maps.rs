@@ -20,9 +20,11 @@ use std::{
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const LAYOUT: [(&str, usize, usize, Option<u32>); 12] = [
+const LAYOUT: [(&str, usize, usize, Option<u32>); 14] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
+    (map_name::BANNED_HOST_V4, 4, size_of::<BanEntry>(), None),
+    (map_name::BANNED_HOST_V6, 16, size_of::<BanEntry>(), None),
     (map_name::ALLOWED_V4, 4 + size_of::<V4Key>(), size_of::<AllowEntry>(), None),
     (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>(), None),
     (map_name::PORTS, 4, size_of::<u64>(), Some(PORT_WORDS)),
@@ -82,6 +84,9 @@ pub struct KernelMaps {
     pin_dir: PathBuf,
     banned_v4: LpmTrie<MapData, V4Key, BanEntry>,
     banned_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    /// Single addresses (/32, /128): the program looks here first.
+    host_v4: HashMap<MapData, [u8; 4], BanEntry>,
+    host_v6: HashMap<MapData, [u8; 16], BanEntry>,
     allowed_v4: LpmTrie<MapData, V4Key, AllowEntry>,
     allowed_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
     ports: Array<MapData, u64>,
@@ -172,6 +177,8 @@ impl KernelMaps {
             pin_dir: pin_dir.to_owned(),
             banned_v4: LpmTrie::try_from(Map::LpmTrie(open(map_name::BANNED_V4)?))?,
             banned_v6: LpmTrie::try_from(Map::LpmTrie(open(map_name::BANNED_V6)?))?,
+            host_v4: HashMap::try_from(Map::HashMap(open(map_name::BANNED_HOST_V4)?))?,
+            host_v6: HashMap::try_from(Map::HashMap(open(map_name::BANNED_HOST_V6)?))?,
             allowed_v4: LpmTrie::try_from(Map::LpmTrie(open(map_name::ALLOWED_V4)?))?,
             allowed_v6: LpmTrie::try_from(Map::LpmTrie(open(map_name::ALLOWED_V6)?))?,
             ports: Array::try_from(Map::Array(open(map_name::PORTS)?))?,
@@ -235,6 +242,12 @@ impl KernelMaps {
 
     fn insert_ban(&mut self, net: IpNet, entry: BanEntry, flags: u64) -> Result<(), MapError> {
         match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => {
+                self.host_v4.insert(n.addr().octets(), entry, flags)
+            }
+            IpNet::V6(n) if n.prefix_len() == 128 => {
+                self.host_v6.insert(n.addr().octets(), entry, flags)
+            }
             IpNet::V4(n) => self.banned_v4.insert(&key_v4(n), entry, flags),
             IpNet::V6(n) => self.banned_v6.insert(&key_v6(n), entry, flags),
         }
@@ -243,6 +256,8 @@ impl KernelMaps {
     /// The entry banning exactly `net`, if any (a covering wider prefix is not it).
     pub fn ban_entry(&self, net: IpNet) -> Result<Option<BanEntry>> {
         let found = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.host_v4.get(&n.addr().octets(), 0),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.host_v6.get(&n.addr().octets(), 0),
             IpNet::V4(n) => self.banned_v4.get(&key_v4(n), 0),
             IpNet::V6(n) => self.banned_v6.get(&key_v6(n), 0),
         };
@@ -256,6 +271,8 @@ impl KernelMaps {
     /// Removes the ban of exactly `net`; false if there was none.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
         let result = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => self.host_v4.remove(&n.addr().octets()),
+            IpNet::V6(n) if n.prefix_len() == 128 => self.host_v6.remove(&n.addr().octets()),
             IpNet::V4(n) => self.banned_v4.remove(&key_v4(n)),
             IpNet::V6(n) => self.banned_v6.remove(&key_v6(n)),
         };
@@ -273,12 +290,26 @@ impl KernelMaps {
         for key in self.banned_v6.keys() {
             out.push(IpNet::V6(k_v6(&key?)));
         }
+        for key in self.host_v4.keys() {
+            out.push(IpNet::from(std::net::IpAddr::from(key?)));
+        }
+        for key in self.host_v6.keys() {
+            out.push(IpNet::from(std::net::IpAddr::from(key?)));
+        }
         Ok(out)
     }
 
     pub fn bans(&self) -> Result<Vec<Ban>> {
-        entries(&self.banned_v4, &self.banned_v6)?
-            .into_iter()
+        let mut all = entries(&self.banned_v4, &self.banned_v6)?;
+        for item in self.host_v4.iter() {
+            let (k, entry) = item?;
+            all.push((IpNet::from(std::net::IpAddr::from(k)), entry));
+        }
+        for item in self.host_v6.iter() {
+            let (k, entry) = item?;
+            all.push((IpNet::from(std::net::IpAddr::from(k)), entry));
+        }
+        all.into_iter()
             .map(|(net, entry)| {
                 Ok(Ban {
                     net,

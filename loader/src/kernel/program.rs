@@ -66,6 +66,8 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         .default_map_pin_directory(pin_dir)
         .map_max_entries(map_name::BANNED_V4, capacity.bans)
         .map_max_entries(map_name::BANNED_V6, capacity.bans)
+        .map_max_entries(map_name::BANNED_HOST_V4, capacity.bans)
+        .map_max_entries(map_name::BANNED_HOST_V6, capacity.bans)
         .map_max_entries(map_name::ALLOWED_V4, capacity.allowed)
         .map_max_entries(map_name::ALLOWED_V6, capacity.allowed)
         .load(OBJECT)

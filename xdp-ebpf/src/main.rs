@@ -209,8 +209,8 @@ fn banned(pkt: &parse::Packet) -> Ban {
     let mut found = Ban::None;
     let mut now = 0;
     let host = match pkt.src {
-        Source::V4(addr) => unsafe { BANNED_HOST_V4.get(&addr) },
-        Source::V6(addr) => unsafe { BANNED_HOST_V6.get(&addr) },
+        Source::V4(addr) => unsafe { BANNED_HOST_V4.get(addr) },
+        Source::V6(addr) => unsafe { BANNED_HOST_V6.get(addr) },
     };
     if let Some(ban) = host {
         now = now_ns();

@@ -113,8 +113,69 @@ pub fn run(out: &mut Section) -> Result<()> {
     rate_limiter(out)?;
     fragments(out)?;
     forged_storm(out)?;
+    host_hash(out)?;
     trace_switch(out)?;
     multi_core(out)
+}
+
+/// Single addresses in the exact-match hash against the same bans in the
+/// LPM trie (where sipguard kept them before layout 4, and where the
+/// program still finds one): 10 000 neighbouring /32s each, the probe
+/// among them, so the trie's walk is as deep as a dense block makes it.
+fn host_hash(out: &mut Section) -> Result<()> {
+    say!(out, "\n### Banned addresses: exact-match hash against LPM trie (10 000 neighbouring /32s in each, one program, same run)\n");
+    say!(out, "| case | ns/packet | × empty program |");
+    say!(out, "|---|---:|---:|");
+    let mut t = TestProgram::load()?;
+    let now = clock::mono_now_ns();
+    for i in 0..10_000u32 {
+        let a = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
+        t.maps
+            .ban(ipnet::IpNet::from(std::net::IpAddr::V4(a)), 0, 0, now)?;
+    }
+    let path = t.maps.pin_dir().join(common::map_name::BANNED_V4);
+    let mut trie: aya::maps::LpmTrie<_, common::V4Key, common::BanEntry> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(aya::maps::MapData::from_pin(
+            &path,
+        )?))?;
+    for i in 0..10_000u32 {
+        let a = std::net::Ipv4Addr::from(0x6480_0000u32 + i).octets();
+        let e = common::BanEntry {
+            prefix_len: 32,
+            id: 1_000_000 + u64::from(i),
+            ..Default::default()
+        };
+        trie.insert(&aya::maps::lpm_trie::Key::new(32, common::v4_key(a)), e, 0)?;
+    }
+    let floor = median_ns(|| Ok(t.run_floor(&udp4([192, 0, 2, 1], 5060), REPEAT)?.1))?;
+    for (name, src, action) in [
+        (
+            "SIP pass, unbanned (a hash probe and a trie lookup)",
+            std::net::Ipv4Addr::new(192, 0, 2, 1),
+            2,
+        ),
+        (
+            "banned drop, /32 in the hash",
+            std::net::Ipv4Addr::from(0x6440_0000u32 + 4_321),
+            1,
+        ),
+        (
+            "banned drop, /32 in the trie (layout 3 and before)",
+            std::net::Ipv4Addr::from(0x6480_0000u32 + 4_321),
+            1,
+        ),
+    ] {
+        let frame = udp4(src.octets(), 5060);
+        let ns = median_ns(|| {
+            let (got, d) = t.run_repeat(&frame, REPEAT)?;
+            if got != action {
+                bail!("{name}: action {got}, expected {action}");
+            }
+            Ok(d)
+        })?;
+        say!(out, "| {name} | {ns:.1} | {:.2} |", ns / floor);
+    }
+    Ok(())
 }
 
 /// What `sipguard trace` costs other packets: the program as attached (it

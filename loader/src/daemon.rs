@@ -664,6 +664,11 @@ impl Engine {
 
     /// Bans and ban counts; read positions go to their own file.
     fn save_bans(&mut self) {
+        // The log first holds every change up to now, written: a crash
+        // between the snapshot and the log's removal then replays lines
+        // that say what the snapshot says.
+        self.append_changes();
+        self.changelog.flush();
         let mut st = State {
             version: state::VERSION,
             ..Default::default()
@@ -697,9 +702,20 @@ impl Engine {
     /// what changed, not of the table. Once the log is as long as the table
     /// (plus a margin), a snapshot replaces both.
     fn log_changes(&mut self) {
+        if self.changelog.take_failure() {
+            self.snapshot_due = true;
+        }
         if self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len() {
             return self.save_bans();
         }
+        if self.append_changes() {
+            self.dirty = false;
+        }
+    }
+
+    /// Hands what changed to the change log's writer; false (and a
+    /// snapshot due) when it cannot take them.
+    fn append_changes(&mut self) -> bool {
         let clock = clock::System;
         let mut lines = vec![changes::Change::Clock {
             boot_id: crate::kernel::clock::Clock::boot_id(&clock),
@@ -715,13 +731,14 @@ impl Engine {
             cursors: self.cursors.clone(),
         });
         match self.changelog.append(&lines) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => true,
             Err(e) => {
                 // What was taken is not in the log: a snapshot next.
                 tracing::error!(
                     "appending to the change log failed: {e:#}; writing a snapshot next"
                 );
                 self.snapshot_due = true;
+                false
             }
         }
     }
@@ -729,6 +746,8 @@ impl Engine {
     /// Everything, at exit.
     fn save(&mut self) {
         self.save_bans();
+        // The log's removal done before the process ends.
+        self.changelog.flush();
         self.save_positions();
     }
 

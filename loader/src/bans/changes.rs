@@ -39,64 +39,123 @@ pub fn path(state: &Path) -> PathBuf {
     state.with_extension("changes")
 }
 
-/// The open log.
+/// The open log. Lines are serialized by the caller's thread and written
+/// and synced by a writer thread of the log's own, in order: a sync (tens
+/// of milliseconds on a busy disk) never holds up the daemon's loop.
 pub struct ChangeLog {
-    path: PathBuf,
-    file: Option<fs::File>,
-    /// Lines written since the log was last emptied.
+    tx: std::sync::mpsc::Sender<Write>,
+    /// Set by the writer when a write failed: a snapshot is due.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Lines handed over since the log was last emptied.
     pub lines: usize,
 }
 
+enum Write {
+    Lines(Vec<u8>),
+    Clear,
+    /// Answered once everything before it is written.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
 impl ChangeLog {
-    /// The log of `state`; what it holds was replayed by `replay`.
+    /// The log of `state` (what it holds was replayed by `replay`).
     pub fn new(state: &Path, lines: usize) -> Self {
-        Self {
-            path: path(state),
-            file: None,
-            lines,
-        }
+        let (tx, rx) = std::sync::mpsc::channel::<Write>();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (path, flag) = (path(state), failed.clone());
+        std::thread::Builder::new()
+            .name("sipguard-changes".into())
+            .spawn(move || writer(&path, &rx, &flag))
+            .expect("cannot start the change log's writer");
+        Self { tx, failed, lines }
     }
 
-    /// Appends `changes` and syncs them.
+    /// Hands `changes` to the writer.
     pub fn append(&mut self, changes: &[Change]) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
-        }
-        if self.file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            self.file = Some(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(&self.path)
-                    .with_context(|| format!("cannot open {}", self.path.display()))?,
-            );
         }
         let mut buf = Vec::new();
         for c in changes {
             serde_json::to_writer(&mut buf, c)?;
             buf.push(b'\n');
         }
-        let f = self.file.as_mut().expect("opened");
-        f.write_all(&buf)?;
-        f.sync_data()?;
+        self.tx
+            .send(Write::Lines(buf))
+            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
         self.lines += changes.len();
         Ok(())
     }
 
-    /// Empties the log: a snapshot now holds all of it.
+    /// Empties the log once what was handed over before is written: a
+    /// snapshot now holds all of it.
     pub fn clear(&mut self) -> Result<()> {
-        self.file = None;
-        match fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot remove {}", self.path.display()))
-            }
-        }
+        self.tx
+            .send(Write::Clear)
+            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
         self.lines = 0;
         Ok(())
+    }
+
+    /// Waits until everything handed over is written and synced.
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Write::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// True once a write failed since the last call (a snapshot is due).
+    pub fn take_failure(&self) -> bool {
+        self.failed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn writer(
+    path: &Path,
+    rx: &std::sync::mpsc::Receiver<Write>,
+    failed: &std::sync::atomic::AtomicBool,
+) {
+    let mut file: Option<fs::File> = None;
+    for w in rx {
+        let result = match w {
+            Write::Lines(buf) => (|| -> Result<()> {
+                if file.is_none() {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    file = Some(
+                        fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .mode(0o600)
+                            .open(path)
+                            .with_context(|| format!("cannot open {}", path.display()))?,
+                    );
+                }
+                let f = file.as_mut().expect("opened");
+                f.write_all(&buf)?;
+                f.sync_data()?;
+                Ok(())
+            })(),
+            Write::Barrier(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+            Write::Clear => {
+                file = None;
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(anyhow::Error::new(e)
+                            .context(format!("cannot remove {}", path.display())))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("change log: {e:#}; writing a snapshot next");
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -214,6 +273,7 @@ mod tests {
         assert_eq!(log.lines, 5);
         // Twice: the same result.
         log.append(&changes).unwrap();
+        log.flush();
         // A crash mid-write.
         fs::OpenOptions::new()
             .append(true)
@@ -243,6 +303,7 @@ mod tests {
             (Some("boot"), Some(42))
         );
         log.clear().unwrap();
+        log.flush();
         let mut st = snapshot.clone();
         assert_eq!(replay(&state_path, &mut st).unwrap(), 0);
         assert_eq!(st, snapshot);

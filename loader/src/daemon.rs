@@ -52,6 +52,9 @@ const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the never-ban set is read again (addresses, routes and
 /// resolvers change under a running daemon: DHCP, failover, VRRP).
 const NEVER_BAN_REFRESH: Duration = Duration::from_secs(10);
+/// Networks logged per tick at most: a long remote list is logged over
+/// several ticks, none of them holding the loop up for long.
+const CHANGES_PER_TICK: usize = 10_000;
 /// Change-log lines beyond the table's size before a snapshot replaces the
 /// log (so a small table is not rewritten at every change either).
 const CHANGELOG_MARGIN: usize = 50_000;
@@ -667,7 +670,7 @@ impl Engine {
         // The log first holds every change up to now, written: a crash
         // between the snapshot and the log's removal then replays lines
         // that say what the snapshot says.
-        self.append_changes();
+        self.append_changes(usize::MAX);
         self.changelog.flush();
         let mut st = State {
             version: state::VERSION,
@@ -708,20 +711,20 @@ impl Engine {
         if self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len() {
             return self.save_bans();
         }
-        if self.append_changes() {
+        if self.append_changes(CHANGES_PER_TICK) && !self.bans.has_changes() {
             self.dirty = false;
         }
     }
 
     /// Hands what changed to the change log's writer; false (and a
     /// snapshot due) when it cannot take them.
-    fn append_changes(&mut self) -> bool {
+    fn append_changes(&mut self, limit: usize) -> bool {
         let clock = clock::System;
         let mut lines = vec![changes::Change::Clock {
             boot_id: crate::kernel::clock::Clock::boot_id(&clock),
             saved_at: crate::kernel::clock::Clock::wall_ms(&clock),
         }];
-        lines.extend(self.bans.take_changes());
+        lines.extend(self.bans.take_changes(limit));
         lines.push(changes::Change::Meta {
             allowed: self
                 .operator_allowed
@@ -1484,13 +1487,13 @@ async fn serve(
                     }
                     // One batch (at most fleet::BATCH bans) per turn: log
                     // lines are read between the batches of a long list.
-                    Some(msg) = fleet_rx.recv() => engine.borrow_mut().on_fleet(msg),
+                    Some(msg) = fleet_rx.recv() => timed("a batch from an engine", || engine.borrow_mut().on_fleet(msg)),
                     _ = poll.tick() => engine.borrow_mut().poll_logs(),
-                    _ = tick.tick() => {
+                    _ = tick.tick() => timed("the once-a-second tick", || {
                         let mut engine = engine.borrow_mut();
                         engine.tick();
                         readiness.borrow_mut().status(&engine.status_line());
-                    }
+                    }),
                     _ = watchdog.tick() => {
                         // Pinged from the loop itself: a stuck loop misses it.
                         if watchdog_every.is_some() {
@@ -1502,6 +1505,21 @@ async fn serve(
             anyhow::Ok(())
         })
         .await
+}
+
+/// A turn of the event loop longer than this is logged: log lines wait
+/// behind it.
+const SLOW_TURN: Duration = Duration::from_millis(100);
+
+/// Runs one turn's work, and says so when it held the loop up.
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    if took > SLOW_TURN {
+        tracing::warn!("{what} held the event loop for {} ms", took.as_millis());
+    }
+    out
 }
 
 /// Saves everything and leaves the program attached: the pinned links keep

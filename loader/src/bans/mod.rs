@@ -503,6 +503,11 @@ impl BanManager {
         self.len() == 0
     }
 
+    /// Changes not yet taken by `take_changes`.
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty() || !self.counts_changed.is_empty()
+    }
+
     /// The bans and ban counts, for the state file: each end both as wall
     /// time and as this boot's monotonic deadline (see `clock`).
     pub fn save_into(&mut self, state: &mut State) {
@@ -533,12 +538,18 @@ impl BanManager {
     }
 
     /// What changed since the last call (or snapshot), for the change log:
-    /// each network's bans as they are now, and its count.
-    pub fn take_changes(&mut self) -> Vec<changes::Change> {
+    /// each network's bans as they are now, and its count; at most `limit`
+    /// networks (a 100 000-decision list is logged over several ticks, each
+    /// short). Whether more is left is `has_changes`.
+    pub fn take_changes(&mut self, limit: usize) -> Vec<changes::Change> {
         let clock = clock::System;
         let now = (clock.mono_ns(), clock.wall_ms());
-        let mut out = Vec::with_capacity(self.changed.len() + self.counts_changed.len());
-        for net in std::mem::take(&mut self.changed) {
+        let nets: Vec<IpNet> = self.changed.iter().take(limit).copied().collect();
+        for net in &nets {
+            self.changed.remove(net);
+        }
+        let mut out = Vec::with_capacity(nets.len() + self.counts_changed.len());
+        for net in nets {
             let bans = self
                 .bans
                 .get(&net)

@@ -212,6 +212,9 @@ pub fn run(out: &mut Section) -> Result<()> {
     );
     say!(out, "| while a {DELTA}-decision delta arrives and is applied (landed {delta_secs:.2} s after it was offered, pulls every 1 s) | {} | {:.2} | {:.2} |", during.len(), median(during.clone()), max(&during));
     say!(out, "\nThe delta reaches the daemon's loop in batches of 1 000 bans; log lines are read between batches.");
+    if std::env::var_os("SIPGUARD_BENCH_DEBUG").is_some() {
+        eprintln!("{}", daemon.log());
+    }
     drop(daemon);
     Ok(())
 }

@@ -876,10 +876,10 @@ impl Engine {
         let mut by_jail: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
         for (net, b) in self.bans.iter() {
             // `status JAIL` stays cheap on a box with a million bans elsewhere.
-            if only.is_some_and(|n| n != b.jail) {
+            if only.is_some_and(|n| n != &*b.jail) {
                 continue;
             }
-            by_jail.entry(b.jail.as_str()).or_default().push(json!({
+            by_jail.entry(&*b.jail).or_default().push(json!({
                 "address": addr::display(net),
                 "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
                 "reason": b.reason,
@@ -1151,7 +1151,7 @@ impl Engine {
         let mut by_jail: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
         let family = |net: &IpNet| if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
         for (net, b) in self.bans.iter() {
-            *by_jail.entry((b.jail.as_str(), family(net))).or_default() += 1;
+            *by_jail.entry((&*b.jail, family(net))).or_default() += 1;
         }
         // Bans from elsewhere, under their origin.
         for (net, b) in self.bans.remote().iter() {

@@ -26,6 +26,7 @@ use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
 use ipnet::IpNet;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -72,14 +73,37 @@ impl Scope {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanInfo {
-    pub jail: String,
+    /// Shared by every ban of the jail (see `Names`).
+    pub jail: Arc<str>,
     /// `CLOCK_MONOTONIC` ns.
     pub banned_at_ns: u64,
     /// `CLOCK_MONOTONIC` deadline, as in the kernel map; `None` is permanent.
     pub expires_at_ns: Option<u64>,
-    pub reason: String,
+    /// Shared by every ban with the same reason.
+    pub reason: Arc<str>,
     pub line: String,
     pub scope: Scope,
+}
+
+/// One copy of each jail name and ban reason, shared by the bans that
+/// carry it: a million bans of a few jails hold a few strings, not two
+/// million (memory). Names no ban holds any more are let go hourly.
+#[derive(Debug, Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(s) {
+            return found.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.0.insert(new.clone());
+        new
+    }
+
+    fn prune(&mut self) {
+        self.0.retain(|s| Arc::strong_count(s) > 1);
+    }
 }
 
 /// What `restore` found.
@@ -113,6 +137,7 @@ pub struct BanManager {
     /// Networks whose bans, and whose counts, changed since `take_changes`.
     changed: HashSet<IpNet>,
     counts_changed: HashSet<IpNet>,
+    names: Names,
 }
 
 /// Wall-clock now, ms: for log lines, whose own times are wall times.
@@ -146,6 +171,7 @@ impl BanManager {
             remote: RemoteBans::default(),
             changed: HashSet::new(),
             counts_changed: HashSet::new(),
+            names: Names::default(),
             counts: HashMap::new(),
             total_by_jail: HashMap::new(),
         }
@@ -196,11 +222,11 @@ impl BanManager {
                 }
             };
             let info = BanInfo {
-                jail: saved.jail.clone(),
+                jail: self.names.get(&saved.jail),
                 banned_at_ns: now
                     .saturating_sub((wall - saved.banned_at).max(0) as u64 * 1_000_000),
                 expires_at_ns,
-                reason: saved.reason.clone(),
+                reason: self.names.get(&saved.reason),
                 line: saved.line.clone(),
                 scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
@@ -211,7 +237,7 @@ impl BanManager {
                         origin: origin.clone(),
                         expires_at_ns: info.expires_at_ns,
                         scope: info.scope,
-                        reason: info.reason,
+                        reason: info.reason.to_string(),
                     },
                 );
                 if !in_kernel.contains(&net) {
@@ -251,11 +277,12 @@ impl BanManager {
             self.bans.insert(
                 net,
                 BanInfo {
-                    jail: "manual".into(),
+                    jail: self.names.get("manual"),
                     banned_at_ns: entry.banned_at_ns,
                     expires_at_ns: (entry.expires_at_ns != 0).then_some(entry.expires_at_ns),
-                    reason: "found in the kernel map (banned while the daemon was not running)"
-                        .into(),
+                    reason: self
+                        .names
+                        .get("found in the kernel map (banned while the daemon was not running)"),
                     line: String::new(),
                     scope: Scope::from_flags(entry.flags),
                 },
@@ -335,10 +362,10 @@ impl BanManager {
             scope = merged_scope;
         }
         let info = BanInfo {
-            jail: jail.to_owned(),
+            jail: self.names.get(jail),
             banned_at_ns: now,
             expires_at_ns,
-            reason,
+            reason: self.names.get(&reason),
             line,
             scope,
         };
@@ -463,6 +490,7 @@ impl BanManager {
             }
             keep
         });
+        self.names.prune();
         before - self.counts.len()
     }
 
@@ -472,7 +500,7 @@ impl BanManager {
 
     /// The jail of the ban of exactly `net`.
     pub fn jail_of(&self, net: &IpNet) -> Option<String> {
-        self.bans.get(net).map(|b| b.jail.clone())
+        self.bans.get(net).map(|b| b.jail.to_string())
     }
 
     /// Banned here, by this box or another origin.
@@ -593,11 +621,11 @@ fn saved_local(net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
     let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
     SavedBan {
         net: net.to_string(),
-        jail: b.jail.clone(),
+        jail: b.jail.to_string(),
         banned_at: counted_at(b.banned_at_ns, now),
         expires_at: end.map(|e| e.wall_ms),
         expires_mono: end.and_then(|e| e.mono_ns),
-        reason: b.reason.clone(),
+        reason: b.reason.to_string(),
         line: b.line.clone(),
         all_ports: b.scope == Scope::AllPorts,
         ports_only: b.scope == Scope::PortsOnly,

@@ -202,6 +202,8 @@ pub struct Engine {
     fleet_tx: InboundTx,
     /// Where feeds have read up to (kept in the state).
     cursors: BTreeMap<String, String>,
+    /// The engines' addresses, never banned (see `fleet::Plan::endpoints`).
+    engine_addrs: Vec<std::net::IpAddr>,
     /// Remote bans refused because they lie in the never-ban set, by origin.
     remote_refused: HashMap<String, u64>,
     /// Ban changes between snapshots of the state (see `changes`).
@@ -294,6 +296,7 @@ impl Engine {
             fleet_plan: fleet::Plan::default(),
             fleet_tx,
             cursors: saved.cursors,
+            engine_addrs: Vec::new(),
             remote_refused: HashMap::new(),
             changelog: ChangeLog::new(&config_state_file, replayed),
             snapshot_due: false,
@@ -342,8 +345,11 @@ impl Engine {
             self.config.flood.max_bans_per_minute,
             self.config.flood.max_packet_bans,
         );
-        self.refresh_never_ban()?;
         let plan = fleet_plan(&self.config);
+        // The engines' own addresses are never banned, before any of them
+        // is heard.
+        self.engine_addrs = plan.endpoints();
+        self.refresh_never_ban()?;
         // An engine taken out of the configuration (also while the daemon
         // was stopped) takes its bans along, as a firewall bouncer removes
         // its set when it stops for good.
@@ -397,6 +403,7 @@ impl Engine {
         let sources = Sources {
             resolv_conf: &self.config.resolv_conf,
             trunks: &trunks,
+            engines: &self.engine_addrs,
             ..Sources::default()
         };
         let set = NeverBan::discover(

@@ -234,6 +234,66 @@ fn two_boxes_share_bans_through_redis() -> Result<()> {
             >= 4
     );
 
+    // Hostile fleet entries: a ban of the whole Internet, of box 1's own
+    // address, and garbage, from a "node" nobody runs. Nothing is banned.
+    for net in ["0.0.0.0/0", SERVER_V4, "not-an-address"] {
+        redis.cli(&[
+            "XADD",
+            "sipguard:events",
+            "*",
+            "node",
+            "evil",
+            "op",
+            "ban",
+            "net",
+            net,
+            "end",
+            "-1",
+            "scope",
+            "all",
+            "jail",
+            "x",
+        ])?;
+    }
+    redis.cli(&[
+        "XADD",
+        "sipguard:events",
+        "*",
+        "node",
+        "evil",
+        "op",
+        "ban",
+        "net",
+        "203.0.113.99",
+        "end",
+        "-1",
+        "scope",
+        "all",
+        "jail",
+        "x",
+    ])?;
+    wait_until(5, "the well-formed entry arrives", || {
+        has(&s.sb, "203.0.113.99", "redis:evil")
+    })?;
+    assert!(!has(&s.sb, SERVER_V4, "")?);
+    assert_eq!(
+        origins(&s.sb)?
+            .iter()
+            .filter(|(_, o)| o == "redis:evil")
+            .count(),
+        1
+    );
+    let st = s.json(&["status"])?;
+    assert_eq!(st["remote"]["redis:evil"]["refused_never_ban"], 1, "{st}");
+    // For box 2, 10.213.0.1 is its Redis server: never banned either, or
+    // one hostile entry would cut it off the fleet.
+    wait_until(5, "box 2 has the well-formed entry", || {
+        has(&sb2, "203.0.113.99", "redis:evil")
+    })?;
+    assert!(!has(&sb2, SERVER_V4, "")?);
+    let st2: serde_json::Value = serde_json::from_str(&cli_ok(&sb2, &["status", "--json"])?)?;
+    assert_eq!(st2["remote"]["redis:evil"]["refused_never_ban"], 1, "{st2}");
+
     // A plain unban stays on its box; `unban --fleet` unbans everywhere.
     cli_ok(&sb2, &["unban", "203.0.113.61"])?;
     std::thread::sleep(Duration::from_secs(2));

@@ -29,6 +29,9 @@ pub enum Why {
     Resolver,
     /// A gateway of FreeSWITCH's configuration (a SIP trunk).
     Trunk,
+    /// The CrowdSec LAPI, the Redis server or the APIBAN host the box
+    /// talks to: a ban of it would cut the box off its fleet.
+    Engine,
 }
 
 impl fmt::Display for Why {
@@ -41,6 +44,7 @@ impl fmt::Display for Why {
             Why::Gateway => "a gateway of the routing table",
             Why::Resolver => "a nameserver of resolv.conf",
             Why::Trunk => "a FreeSWITCH gateway (SIP trunk)",
+            Why::Engine => "a fleet engine this box talks to (CrowdSec, Redis, APIBAN)",
         })
     }
 }
@@ -73,6 +77,8 @@ pub struct Sources<'a> {
     pub route_v6: &'a Path,
     /// FreeSWITCH's gateways, as discovered.
     pub trunks: &'a [IpAddr],
+    /// The fleet engines' addresses.
+    pub engines: &'a [IpAddr],
 }
 
 impl Default for Sources<'static> {
@@ -82,6 +88,7 @@ impl Default for Sources<'static> {
             route_v4: Path::new("/proc/net/route"),
             route_v6: Path::new("/proc/net/ipv6_route"),
             trunks: &[],
+            engines: &[],
         }
     }
 }
@@ -118,6 +125,7 @@ impl NeverBan {
                 .map(|a| (host(a), Why::Resolver)),
         );
         nets.extend(from.trunks.iter().map(|a| (host(*a), Why::Trunk)));
+        nets.extend(from.engines.iter().map(|a| (host(*a), Why::Engine)));
         Self::from_nets(nets)
     }
 
@@ -293,10 +301,12 @@ mod tests {
                 route_v4: &route,
                 route_v6: &missing,
                 trunks: &["198.51.100.20".parse().unwrap()],
+                engines: &["198.51.100.21".parse().unwrap()],
             },
         );
         for (addr, why) in [
             ("198.51.100.20", Why::Trunk),
+            ("198.51.100.21", Why::Engine),
             ("203.0.113.9", Why::Configured),
             ("10.0.8.50", Why::Operator),
             ("127.0.0.1", Why::Loopback),

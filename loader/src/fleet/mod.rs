@@ -224,6 +224,70 @@ mod tests {
     }
 }
 
+impl Plan {
+    /// The addresses of the engines this box talks to (host names resolved,
+    /// all at once, within 3 s): they join the never-ban set, so that no
+    /// entry from anywhere can cut the box off its fleet.
+    pub fn endpoints(&self) -> Vec<std::net::IpAddr> {
+        let mut hosts: Vec<String> = Vec::new();
+        if let Some(c) = &self.crowdsec {
+            hosts.extend(url_host(&c.api_url));
+        }
+        if let Some(r) = &self.redis {
+            hosts.extend(redis::parse_url(&r.url).ok().map(|t| t.host));
+        }
+        if let Some(a) = &self.apiban {
+            hosts.extend(url_host(&a.url));
+        }
+        let (tx, rx) = mpsc::channel();
+        let mut out = Vec::new();
+        let mut waiting = 0;
+        for h in hosts {
+            match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => out.push(ip),
+                Err(_) => {
+                    waiting += 1;
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        use std::net::ToSocketAddrs as _;
+                        let found: Vec<std::net::IpAddr> = (h.as_str(), 0)
+                            .to_socket_addrs()
+                            .map(|a| a.map(|s| s.ip()).collect())
+                            .unwrap_or_default();
+                        let _ = tx.send(found);
+                    });
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while waiting > 0 {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(found) => {
+                    waiting -= 1;
+                    out.extend(found);
+                }
+                Err(_) => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The host of an `http(s)://[user@]host[:port]/...` URL.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
 /// The engines' threads for one configuration; dropping it stops them.
 #[derive(Default)]
 pub struct Workers {

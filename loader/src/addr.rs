@@ -49,6 +49,47 @@ pub fn display(net: &IpNet) -> String {
     }
 }
 
+/// The addresses of each host (an address as it is, a name looked up),
+/// all names looked up at once and given up after `within` (a name not
+/// answered by then has none): start-up and reloads never wait on DNS
+/// for longer.
+pub fn resolve_within(hosts: &[String], within: std::time::Duration) -> Vec<Vec<IpAddr>> {
+    let mut out: Vec<Vec<IpAddr>> = vec![Vec::new(); hosts.len()];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut waiting = 0;
+    for (i, host) in hosts.iter().enumerate() {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            out[i].push(ip);
+            continue;
+        }
+        waiting += 1;
+        let (tx, host) = (tx.clone(), host.clone());
+        std::thread::spawn(move || {
+            use std::net::ToSocketAddrs as _;
+            let found: Vec<IpAddr> = (host.as_str(), 0)
+                .to_socket_addrs()
+                .map(|a| a.map(|s| s.ip()).collect())
+                .unwrap_or_default();
+            let _ = tx.send((i, found));
+        });
+    }
+    let deadline = std::time::Instant::now() + within;
+    while waiting > 0 {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok((i, found)) => {
+                waiting -= 1;
+                out[i] = found;
+            }
+            Err(_) => break,
+        }
+    }
+    for list in &mut out {
+        list.sort();
+        list.dedup();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

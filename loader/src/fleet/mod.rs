@@ -239,36 +239,11 @@ impl Plan {
         if let Some(a) = &self.apiban {
             hosts.extend(url_host(&a.url));
         }
-        let (tx, rx) = mpsc::channel();
-        let mut out = Vec::new();
-        let mut waiting = 0;
-        for h in hosts {
-            match h.parse::<std::net::IpAddr>() {
-                Ok(ip) => out.push(ip),
-                Err(_) => {
-                    waiting += 1;
-                    let tx = tx.clone();
-                    std::thread::spawn(move || {
-                        use std::net::ToSocketAddrs as _;
-                        let found: Vec<std::net::IpAddr> = (h.as_str(), 0)
-                            .to_socket_addrs()
-                            .map(|a| a.map(|s| s.ip()).collect())
-                            .unwrap_or_default();
-                        let _ = tx.send(found);
-                    });
-                }
-            }
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while waiting > 0 {
-            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                Ok(found) => {
-                    waiting -= 1;
-                    out.extend(found);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut out: Vec<std::net::IpAddr> =
+            crate::addr::resolve_within(&hosts, Duration::from_secs(3))
+                .into_iter()
+                .flatten()
+                .collect();
         out.sort();
         out.dedup();
         out

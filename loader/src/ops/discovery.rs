@@ -10,7 +10,7 @@ use regex::Regex;
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, ToSocketAddrs as _},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::LazyLock,
     time::Duration,
@@ -410,44 +410,10 @@ fn sip_host(value: &str) -> Option<String> {
 /// Addresses for the gateways' hosts: literal ones as they are, names
 /// looked up in parallel, all within `RESOLVE_TIMEOUT`.
 fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> Vec<Trunk> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut trunks = Vec::new();
-    let mut waiting = 0;
-    for (i, (_, host, _)) in hosts.iter().enumerate() {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            trunks.push((i, vec![ip]));
-            continue;
-        }
-        waiting += 1;
-        let (tx, host) = (tx.clone(), host.clone());
-        std::thread::spawn(move || {
-            let addrs: Vec<IpAddr> = (host.as_str(), 0)
-                .to_socket_addrs()
-                .map(|a| a.map(|s| s.ip()).collect())
-                .unwrap_or_default();
-            let _ = tx.send((i, addrs));
-        });
-    }
-    let deadline = std::time::Instant::now() + RESOLVE_TIMEOUT;
-    while waiting > 0 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(r) => {
-                waiting -= 1;
-                trunks.push(r);
-            }
-            Err(_) => break,
-        }
-    }
+    let names: Vec<String> = hosts.iter().map(|(_, h, _)| h.clone()).collect();
+    let found = crate::addr::resolve_within(&names, RESOLVE_TIMEOUT);
     let mut out = Vec::new();
-    for (i, (gateway, host, from)) in hosts.into_iter().enumerate() {
-        let mut addresses = trunks
-            .iter()
-            .find(|(j, _)| *j == i)
-            .map(|(_, a)| a.clone())
-            .unwrap_or_default();
-        addresses.sort();
-        addresses.dedup();
+    for ((gateway, host, from), addresses) in hosts.into_iter().zip(found) {
         if addresses.is_empty() {
             warnings.push(format!(
                 "{from}: `{host}` did not resolve (within {} s); not protected until the next reload",

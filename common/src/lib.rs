@@ -45,6 +45,14 @@ pub mod map_name {
     /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the maps pinned
     /// beside it. Made by userspace, not part of the program.
     pub const LAYOUT: &str = "layout";
+    /// Program array, one entry: the scanner signatures' program, which the
+    /// main program tail-calls (see [`super::PendingScan`]). Pinned: a
+    /// program array is emptied when no process or pin holds it, and the
+    /// attached program keeps scanning while no daemon runs.
+    pub const SCANNER: &str = "scanner";
+    /// Per-CPU [`super::PendingScan`] at index 0: the packet handed to the
+    /// scanner program.
+    pub const PENDING_SCAN: &str = "pending_scan";
     /// One [`super::TraceFilter`] at index 0: the source `sipguard trace`
     /// follows (off when nobody traces).
     pub const TRACE: &str = "trace";
@@ -188,6 +196,26 @@ pub struct TraceFilter {
     pub owner_pid: u32,
     /// IPv4 in the first four bytes.
     pub addr: [u8; 16],
+}
+
+/// A packet the main program hands to the scanner program (tail call),
+/// which reads its payload for scanner signatures. Per CPU, valid only for
+/// the packet being processed; pinned with the program array, so a program
+/// still attached during a restart and the new scanner program agree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingScan {
+    /// Packet offset of the UDP payload.
+    pub payload: u64,
+    /// The coarse clock when the packet was judged.
+    pub now: u64,
+    pub key: RateKey,
+    /// The source address; IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    /// 1 for IPv6.
+    pub v6: u32,
+    /// The verdict counter when no signature matches.
+    pub pass: u32,
 }
 
 /// Global settings, written by the daemon at start and on reload.
@@ -385,6 +413,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TraceFilter {}
+    unsafe impl aya::Pod for super::PendingScan {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::FloodEvent {}

@@ -69,6 +69,19 @@ impl TestProgram {
         })
     }
 
+    /// Instructions the verifier went through to accept program `name`.
+    pub fn verified_instructions(&self, name: &str) -> Result<u32> {
+        let program: &aya::programs::Xdp = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        program
+            .info()?
+            .verified_instruction_count()
+            .context("the kernel does not report verified instructions")
+    }
+
     /// Runs `frame` through the program once; returns the XDP action.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.0)

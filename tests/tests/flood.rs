@@ -179,31 +179,7 @@ fn sipvicious_svmap_is_dropped_and_banned_only_when_asked() -> Result<()> {
     let (sb, pair) = (&s.sb, &s.pair);
     let sip = udp_socket(&pair.server, addr(SERVER_V4, 5060))?;
     sip.set_nonblocking(true)?;
-    let svmap = || -> Result<()> {
-        let out = std::process::Command::new("timeout")
-            .args([
-                "30",
-                "ip",
-                "netns",
-                "exec",
-                &pair.client.name,
-                "svmap",
-                SERVER_V4,
-                "-p",
-                "5060",
-            ])
-            .output()?;
-        assert!(
-            out.status.code() != Some(127),
-            "svmap missing: run `cargo xtask setup`"
-        );
-        let mut buf = [0u8; 4096];
-        assert!(
-            sip.recv(&mut buf).is_err(),
-            "no scanner packet reached the listener"
-        );
-        Ok(())
-    };
+    let svmap = || svmap(&s, &sip);
     svmap()?;
     assert!(counter(sb, "drop_scanner")? >= 1);
     std::thread::sleep(Duration::from_millis(500));
@@ -226,6 +202,60 @@ fn sipvicious_svmap_is_dropped_and_banned_only_when_asked() -> Result<()> {
         }
         assert!(Instant::now() < deadline, "svmap's source not banned: {st}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Runs svmap from the client against the server's 5060; fails if any of
+/// its packets reached the listener `sip` (non-blocking).
+fn svmap(s: &Setup, sip: &UdpSocket) -> Result<()> {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "ip",
+            "netns",
+            "exec",
+            &s.pair.client.name,
+            "svmap",
+            SERVER_V4,
+            "-p",
+            "5060",
+        ])
+        .output()?;
+    assert!(
+        out.status.code() != Some(127),
+        "svmap missing: run `cargo xtask setup`"
+    );
+    let mut buf = [0u8; 4096];
+    assert!(
+        sip.recv(&mut buf).is_err(),
+        "no scanner packet reached the listener"
+    );
+    Ok(())
+}
+
+/// The attached program keeps dropping scanners while no daemon runs and
+/// after a restart: the scanner program it tail-calls sits in a pinned
+/// program array (an unpinned one is emptied when the daemon's process
+/// exits, and scanners would pass until the next start).
+#[test]
+fn scanners_are_dropped_while_no_daemon_runs() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Setup::new("")?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    sip.set_nonblocking(true)?;
+    for daemon in ["running", "stopped", "started again"] {
+        match daemon {
+            "stopped" => drop(s.daemon.stop()?),
+            "started again" => s.start_again()?,
+            _ => {}
+        }
+        let before = s.counter("drop_scanner")?;
+        svmap(&s, &sip)?;
+        assert!(
+            s.counter("drop_scanner")? > before,
+            "svmap not dropped as a scanner with the daemon {daemon}"
+        );
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use aya::maps::{
 };
 use common::{
     counter, map_name, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter, FloodEvent,
-    RateKey, RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
+    PendingScan, RateKey, RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{
@@ -20,7 +20,7 @@ use std::{
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const LAYOUT: [(&str, usize, usize, Option<u32>); 14] = [
+const LAYOUT: [(&str, usize, usize, Option<u32>); 16] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
     (map_name::BANNED_HOST_V4, 4, size_of::<BanEntry>(), None),
@@ -35,6 +35,8 @@ const LAYOUT: [(&str, usize, usize, Option<u32>); 14] = [
     (map_name::LOST_REPORTS, 4, size_of::<u64>(), Some(1)),
     (map_name::BAN_STATS, size_of::<u64>(), size_of::<BanStats>(), None),
     (map_name::RATE_LIMITED, size_of::<RateKey>(), size_of::<u64>(), None),
+    (map_name::SCANNER, 4, 4, Some(1)),
+    (map_name::PENDING_SCAN, 4, size_of::<PendingScan>(), Some(1)),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.

@@ -24,6 +24,30 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The program's function name in the object.
 pub const PROGRAM: &str = "sipguard";
 
+/// The scanner signatures' program, tail-called by `PROGRAM`.
+pub const SCANNER: &str = "sipguard_scan";
+
+/// Puts the loaded scanner program in the (pinned) program array. A program
+/// of an earlier daemon still attached shares the array and, from here on,
+/// this scanner program: both use the same pinned `pending_scan`.
+fn set_scanner(ebpf: &mut Ebpf) -> Result<()> {
+    let fd = {
+        let program: &Xdp = ebpf
+            .program(SCANNER)
+            .ok_or_else(|| anyhow!("program {SCANNER} missing from the object"))?
+            .try_into()?;
+        program.fd()?.try_clone()?
+    };
+    let mut array: aya::maps::ProgramArray<_> = ebpf
+        .map_mut(map_name::SCANNER)
+        .ok_or_else(|| anyhow!("map {} missing from the object", map_name::SCANNER))?
+        .try_into()?;
+    array
+        .set(0, &fd, 0)
+        .context("cannot put the scanner program in its program array")?;
+    Ok(())
+}
+
 /// How to attach: driver (native) XDP, generic (skb) XDP, or driver with a
 /// fallback to skb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -81,10 +105,28 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         )?;
     }
     crate::kernel::migrate::mark(pin_dir)?;
-    program_mut(&mut ebpf)?
-        .load()
-        .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
-        .context("the kernel rejected the XDP program")?;
+    let verify = std::time::Instant::now();
+    let mut verified = 0;
+    for name in [SCANNER, PROGRAM] {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
+            .with_context(|| format!("the kernel rejected the XDP program {name}"))?;
+        verified += program
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+            .unwrap_or(0);
+    }
+    set_scanner(&mut ebpf)?;
+    tracing::info!(
+        "XDP programs loaded and verified in {} ms ({verified} instructions verified)",
+        verify.elapsed().as_millis(),
+    );
     Ok(ebpf)
 }
 

@@ -213,8 +213,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn start(config: Config, maps: KernelMaps, fleet_tx: InboundTx) -> Result<Self> {
-        let mut saved = state::load_with_positions(&config.state_file)?;
+    /// `saved`: the state, read while the programs were loaded.
+    fn start(
+        config: Config,
+        maps: KernelMaps,
+        mut saved: state::State,
+        fleet_tx: InboundTx,
+    ) -> Result<Self> {
         // What changed after the last snapshot.
         let replayed = changes::replay(&config.state_file, &mut saved)?;
         if replayed > 0 {
@@ -258,7 +263,7 @@ impl Engine {
         let config_hooks = config.notify.hooks();
         let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
-        let r = bans.restore(&saved)?;
+        let r = bans.restore(&mut saved)?;
         tracing::info!(
             "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
             r.kept,
@@ -302,10 +307,24 @@ impl Engine {
             snapshot_due: false,
         };
         engine.apply_config(true)?;
-        // The journal's changes are in the state now: save, then empty it.
-        engine.save_bans();
-        if !engine.dirty {
+        // What the journal changed, and what the restore found different
+        // from the state (bans adopted from the kernel, bans ended), go to
+        // the change log, not into a snapshot: a start costs the change, not
+        // the table (a snapshot of a million bans is seconds). Once written,
+        // the journal is emptied.
+        for change in &changes {
+            if let journal::Change::Ban { net, .. } | journal::Change::Unban { net } = change {
+                if let Ok(net) = crate::addr::parse_net(net) {
+                    engine.bans.mark_changed(net);
+                }
+            }
+        }
+        let logged = engine.append_changes(usize::MAX);
+        engine.changelog.flush();
+        if logged && !engine.changelog.take_failure() {
             journal.clear()?;
+        } else {
+            engine.snapshot_due = true;
         }
         Ok(engine)
     }
@@ -1313,8 +1332,9 @@ struct Inputs {
 
 /// What `load` prepares (`E`: the engine's parts) and `attach` completes
 /// (`E`: the started engine).
-struct Loaded<E> {
-    ebpf: aya::Ebpf,
+struct Loaded<E, P = aya::Ebpf> {
+    /// The programs (once verified).
+    ebpf: P,
     ifaces: Vec<String>,
     listener: tokio::net::UnixListener,
     watch: crate::logs::watch::LogWatch,
@@ -1326,12 +1346,16 @@ struct Loaded<E> {
 struct EngineParts {
     config: Config,
     maps: KernelMaps,
+    /// The programs, being verified by the kernel meanwhile.
+    verifying: std::thread::JoinHandle<Result<aya::Ebpf>>,
+    /// The saved state, being read meanwhile.
+    reading: std::thread::JoinHandle<Result<state::State>>,
 }
 
 /// Reads the configuration, checks the interfaces, loads (and verifies) the
 /// program with its pinned maps, and opens what the daemon listens to. The
 /// control socket is bound here, before the state is read (see `journal`).
-fn load(opts: &RunOptions) -> Result<Loaded<EngineParts>> {
+fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
     let config = load_config(opts)?;
     let ifaces = if config.interfaces.is_empty() {
         let iface = program::default_route_iface()?;
@@ -1346,8 +1370,18 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts>> {
     for iface in &ifaces {
         program::if_index(iface)?;
     }
-    let ebpf = program::load(&config.pin_dir)?;
+    // Read while the object's maps are made and the programs verified.
+    let state_file = config.state_file.clone();
+    let reading = std::thread::Builder::new()
+        .name("sipguard-state".into())
+        .spawn(move || state::load_with_positions(&state_file))?;
+    let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
+    // The kernel verifies the programs (~0.2 s) while the engine restores
+    // the saved bans into the maps, which exist already.
+    let verifying = std::thread::Builder::new()
+        .name("sipguard-verify".into())
+        .spawn(move || program::verify(&mut ebpf).map(|()| ebpf))?;
     let listener = control::bind(&config.socket)?;
     let logpaths: Vec<String> = config
         .jails
@@ -1365,26 +1399,44 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts>> {
     }
     .map_err(std::io::Error::from)?;
     Ok(Loaded {
-        ebpf,
+        ebpf: (),
         ifaces,
         listener,
         watch,
         flood_events,
-        engine: EngineParts { config, maps },
+        engine: EngineParts {
+            config,
+            maps,
+            verifying,
+            reading,
+        },
     })
 }
 
-/// Attaches before anything slow: a program left attached by the previous
-/// daemon (its pinned link) keeps dropping until this one replaces it
-/// atomically, and after a reboot the program is in place before the saved
-/// bans are written back, each dropping from the moment it is in. Then the
-/// engine starts: state, journal, jails, allowlist.
-fn attach(mut loaded: Loaded<EngineParts>, fleet_tx: InboundTx) -> Result<Loaded<Engine>> {
-    let EngineParts { config, mut maps } = loaded.engine;
+/// Restores the engine (state, journal, jails, allowlist) into the maps
+/// while the kernel verifies the programs, then attaches. A program left
+/// attached by the previous daemon (its pinned link) shares the maps and
+/// keeps dropping meanwhile, until this one replaces it atomically; after a
+/// reboot every saved ban is in the maps the moment the program attaches.
+fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded<Engine>> {
+    let EngineParts {
+        config,
+        mut maps,
+        verifying,
+        reading,
+    } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
+    let saved = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the state panicked"))??;
+    let engine = Engine::start(config, maps, saved, fleet_tx)?;
+    let mut ebpf = verifying
+        .join()
+        .map_err(|_| anyhow::anyhow!("verifying the XDP programs panicked"))??;
+    let config = &engine.config;
     for iface in &loaded.ifaces {
-        let attachment = program::attach(&mut loaded.ebpf, &config.pin_dir, iface, config.xdp_mode)
+        let attachment = program::attach(&mut ebpf, &config.pin_dir, iface, config.xdp_mode)
             .with_context(|| format!("cannot attach to {iface}"))?;
         tracing::info!("attached to {} ({})", attachment.iface, attachment.mode);
     }
@@ -1404,7 +1456,6 @@ fn attach(mut loaded: Loaded<EngineParts>, fleet_tx: InboundTx) -> Result<Loaded
             "DRY RUN: bans are made and recorded as usual, but nothing is dropped; `sipguard stats` counts would-be drops"
         );
     }
-    let engine = Engine::start(config, maps, fleet_tx)?;
     release_freed_memory();
     tracing::info!(
         "sipguard running, protection active: {} ban(s) in force, protecting {scope}, jails: {}, maps in {}, control socket {}",
@@ -1414,7 +1465,7 @@ fn attach(mut loaded: Loaded<EngineParts>, fleet_tx: InboundTx) -> Result<Loaded
         engine.config.socket.display()
     );
     Ok(Loaded {
-        ebpf: loaded.ebpf,
+        ebpf,
         ifaces: loaded.ifaces,
         listener: loaded.listener,
         watch: loaded.watch,

@@ -104,7 +104,7 @@ fn run(ctx: &XdpContext, traced: bool) -> u32 {
     let (verdict, action, ban_id) = decide(ctx, len);
     if verdict == SCAN {
         // Does not return: the scanner program counts and answers.
-        let _ = unsafe { SCANNER.tail_call(ctx, 0) };
+        unsafe { SCANNER.tail_call(ctx, 0) };
         // No scanner program in the array (only a loader that did not put
         // it there): the packet passes unscanned, counted as it would be.
         let pass = match PENDING_SCAN.get(0) {

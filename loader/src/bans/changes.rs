@@ -4,7 +4,9 @@
 //! the table: a box holding a million bans (a CrowdSec list, say) that bans
 //! one more source writes one line, not 150 MB. The snapshot is rewritten
 //! (and the log emptied) only when the log has grown as large as the table,
-//! at start and at stop.
+//! and at stop; a start logs what it changed (the journal's changes, bans
+//! adopted from the kernel or ended), so a log can span boots: `Clock`
+//! lines say which boot the lines after them come from.
 //!
 //! Each line says what a network's bans *are* (not what happened to them),
 //! so replaying a line twice, or lines the snapshot already holds, changes
@@ -204,6 +206,14 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
                 state.cursors = cursors;
             }
             Change::Clock { boot_id, saved_at } => {
+                // Lines of a later boot: the monotonic deadlines of the
+                // bans so far are of an earlier one, and mean nothing now
+                // (their wall-time ends stand).
+                if state.boot_id.as_deref() != Some(boot_id.as_str()) {
+                    for b in by_net.values_mut().flatten() {
+                        b.expires_mono = None;
+                    }
+                }
                 state.boot_id = Some(boot_id);
                 state.saved_at = Some(saved_at);
             }
@@ -283,11 +293,7 @@ mod tests {
             .unwrap();
         let mut st = snapshot.clone();
         assert_eq!(replay(&state_path, &mut st).unwrap(), 10);
-        let nets: Vec<(&str, &str)> = st
-            .bans
-            .iter()
-            .map(|b| (b.net.as_str(), b.jail.as_str()))
-            .collect();
+        let nets: Vec<(&str, &str)> = st.bans.iter().map(|b| (b.net.as_str(), &*b.jail)).collect();
         assert_eq!(
             nets,
             [
@@ -307,5 +313,53 @@ mod tests {
         let mut st = snapshot.clone();
         assert_eq!(replay(&state_path, &mut st).unwrap(), 0);
         assert_eq!(st, snapshot);
+    }
+
+    #[test]
+    fn a_later_boot_voids_the_monotonic_deadlines_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.json");
+        let mut old = ban("192.0.2.1/32", "a");
+        old.expires_at = Some(5_000);
+        old.expires_mono = Some(9_000_000_000);
+        let snapshot = State {
+            boot_id: Some("boot-1".into()),
+            bans: vec![old],
+            ..Default::default()
+        };
+        let mut same_boot = ban("192.0.2.2/32", "b");
+        same_boot.expires_mono = Some(7);
+        let mut log = ChangeLog::new(&state_path, 0);
+        log.append(&[
+            Change::Clock {
+                boot_id: "boot-1".into(),
+                saved_at: 1,
+            },
+            Change::Net {
+                net: "192.0.2.2/32".into(),
+                bans: vec![same_boot],
+            },
+        ])
+        .unwrap();
+        log.flush();
+        let mut st = snapshot.clone();
+        replay(&state_path, &mut st).unwrap();
+        assert!(st.bans.iter().all(|b| b.expires_mono.is_some()), "{st:?}");
+        // A start after a reboot logged a line: the deadlines of boot 1 go.
+        log.append(&[Change::Clock {
+            boot_id: "boot-2".into(),
+            saved_at: 2,
+        }])
+        .unwrap();
+        log.flush();
+        let mut st = snapshot;
+        replay(&state_path, &mut st).unwrap();
+        assert_eq!(st.boot_id.as_deref(), Some("boot-2"));
+        assert!(st.bans.iter().all(|b| b.expires_mono.is_none()), "{st:?}");
+        assert_eq!(
+            st.bans[0].expires_at,
+            Some(5_000),
+            "the wall-time end stands"
+        );
     }
 }

@@ -160,7 +160,7 @@ mod tests {
             banned_at: 0,
             expires_at: None,
             expires_mono: None,
-            reason: String::new(),
+            reason: "".into(),
             line: String::new(),
             all_ports: false,
             ports_only: false,

@@ -13,6 +13,7 @@ pub mod journal;
 pub mod never_ban;
 pub mod packet_bans;
 pub mod remote;
+pub mod snapshot;
 pub mod state;
 
 use crate::{
@@ -23,6 +24,8 @@ use crate::{
 };
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
+// Tables of a million networks: a fast hasher (seeded per process).
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use ipnet::IpNet;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -126,17 +129,17 @@ pub struct Restored {
 pub struct BanManager {
     maps: KernelMaps,
     /// This box's own bans: jails, the operator, the packet limiter.
-    bans: HashMap<IpNet, BanInfo>,
+    bans: FastMap<IpNet, BanInfo>,
     /// Bans from elsewhere (CrowdSec, the Redis fleet, APIBAN), by origin.
     remote: RemoteBans,
     /// Bans so far per network, and when the last one began (monotonic),
     /// for `bantime_increment`; forgotten `BAN_COUNT_MEMORY` after that.
-    counts: HashMap<IpNet, (u32, u64)>,
+    counts: FastMap<IpNet, (u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
     /// Networks whose bans, and whose counts, changed since `take_changes`.
-    changed: HashSet<IpNet>,
-    counts_changed: HashSet<IpNet>,
+    changed: FastSet<IpNet>,
+    counts_changed: FastSet<IpNet>,
     names: Names,
 }
 
@@ -167,12 +170,12 @@ impl BanManager {
     pub fn new(maps: KernelMaps) -> Self {
         Self {
             maps,
-            bans: HashMap::new(),
+            bans: FastMap::default(),
             remote: RemoteBans::default(),
-            changed: HashSet::new(),
-            counts_changed: HashSet::new(),
+            changed: FastSet::default(),
+            counts_changed: FastSet::default(),
             names: Names::default(),
-            counts: HashMap::new(),
+            counts: FastMap::default(),
             total_by_jail: HashMap::new(),
         }
     }
@@ -186,7 +189,13 @@ impl BanManager {
         &self.maps
     }
 
-    pub fn restore(&mut self, state: &State) -> Result<Restored> {
+    /// Takes up the saved bans (sorted by network here if they are not)
+    /// and makes the kernel hold them.
+    pub fn restore(&mut self, state: &mut State) -> Result<Restored> {
+        // A network's records of several origins are then side by side.
+        if !state.bans.is_sorted_by(|a, b| a.net <= b.net) {
+            state.bans.sort_by(|a, b| a.net.cmp(&b.net));
+        }
         let clock = clock::System;
         let (now, wall) = (clock.mono_ns(), clock.wall_ms());
         let same_boot = state
@@ -195,7 +204,14 @@ impl BanManager {
             .is_some_and(|b| !b.is_empty() && b == clock.boot_id());
         let mut report = Restored::default();
         self.bans.reserve(state.bans.len());
-        let in_kernel: HashSet<IpNet> = self.maps.banned_nets()?.into_iter().collect();
+        // New bans go to the kernel while the loop goes on (see `BanWriter`).
+        let mut writer = self.maps.writer(state.bans.len())?;
+        // Networks with records of more than one origin: written again once
+        // all are known (the kernel holds the latest end, the widest scope).
+        let mut merged = Vec::new();
+        let mut previous = None;
+        let mut ended_in_kernel = Vec::new();
+        let in_kernel: FastSet<IpNet> = self.maps.banned_nets()?.into_iter().collect();
         for saved in &state.bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
@@ -213,8 +229,9 @@ impl BanManager {
                         Some(deadline) => Some(deadline),
                         None => {
                             report.expired += 1;
+                            self.changed.insert(net);
                             if in_kernel.contains(&net) {
-                                self.maps.unban(net)?;
+                                ended_in_kernel.push(net);
                             }
                             continue;
                         }
@@ -230,37 +247,51 @@ impl BanManager {
                 line: saved.line.clone(),
                 scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
+            let in_kernel = !in_kernel.is_empty() && in_kernel.contains(&net);
+            if !in_kernel {
+                if previous == Some(net) {
+                    merged.push(net);
+                } else {
+                    let end = info.expires_at_ns.unwrap_or(0);
+                    writer.push(net, end, info.scope.flags(), info.banned_at_ns);
+                }
+            }
+            previous = Some(net);
             if let Some(origin) = &saved.origin {
                 self.remote.set(
                     net,
                     RemoteBan {
-                        origin: origin.clone(),
+                        origin: origin.to_string(),
                         expires_at_ns: info.expires_at_ns,
                         scope: info.scope,
                         reason: info.reason.to_string(),
                     },
                 );
-                if !in_kernel.contains(&net) {
-                    if let Err(e) = self.sync_kernel(net) {
-                        tracing::error!("restoring the ban of {net} failed: {e:#}");
-                        report.failed += 1;
-                        continue;
-                    }
-                }
                 continue;
             }
-            if in_kernel.contains(&net) {
+            if in_kernel {
                 report.kept += 1;
-            } else if let Err(e) = self.write_kernel(net, &info) {
-                // One full or failing map write must not stop the daemon
-                // from protecting with everything else.
-                tracing::error!("restoring the ban of {net} failed: {e:#}");
-                report.failed += 1;
-                continue;
             } else {
                 report.reinstated += 1;
             }
             self.bans.insert(net, info);
+        }
+        for (net, e) in writer.finish(&mut self.maps) {
+            // One full or failing map write must not stop the daemon
+            // from protecting with everything else.
+            tracing::error!("restoring the ban of {net} failed: {e:#}");
+            report.failed += 1;
+            if self.bans.remove(&net).is_some() {
+                report.reinstated -= 1;
+            }
+        }
+        for net in merged {
+            if let Err(e) = self.sync_kernel(net) {
+                tracing::error!("restoring the ban of {net} failed: {e:#}");
+            }
+        }
+        for net in ended_in_kernel {
+            self.maps.unban(net)?;
         }
         for net in in_kernel {
             if self.bans.contains_key(&net) || !self.remote.get(&net).is_empty() {
@@ -288,6 +319,7 @@ impl BanManager {
                 },
             );
             report.adopted += 1;
+            self.changed.insert(net);
         }
         for (text, n) in &state.ban_counts {
             if let Ok(net) = crate::addr::parse_net(text) {
@@ -304,17 +336,21 @@ impl BanManager {
     }
 
     fn write_kernel(&mut self, net: IpNet, info: &BanInfo) -> Result<()> {
+        let (end, flags, at) = self.merged(net, info);
+        self.maps.ban(net, end, flags, at)
+    }
+
+    /// The kernel's entry for this box's ban `info` of `net` (end, flags,
+    /// start): another origin's ban of the same network gives it the later
+    /// end and the wider scope of both.
+    fn merged(&self, net: IpNet, info: &BanInfo) -> (u64, u32, u64) {
         match self.remote.effective(&net) {
-            // Another origin's ban of the same network: the kernel gets the
-            // later end and the wider scope of both.
-            Some((end, scope)) => self.maps.ban(
-                net,
+            Some((end, scope)) => (
                 later(info.expires_at_ns, end).unwrap_or(0),
                 info.scope.max(scope).flags(),
                 info.banned_at_ns,
             ),
-            None => self.maps.ban(
-                net,
+            None => (
                 info.expires_at_ns.unwrap_or(0),
                 info.scope.flags(),
                 info.banned_at_ns,
@@ -322,16 +358,19 @@ impl BanManager {
         }
     }
 
+    /// What the kernel should hold for `net` (see `merged`); none: no ban.
+    fn kernel_entry(&self, net: &IpNet) -> Option<(u64, u32, u64)> {
+        if let Some(info) = self.bans.get(net) {
+            return Some(self.merged(*net, info));
+        }
+        let (end, scope) = self.remote.effective(net)?;
+        Some((end.unwrap_or(0), scope.flags(), clock::mono_now_ns()))
+    }
+
     /// Makes the kernel hold what is left of `net`'s bans, or none.
     fn sync_kernel(&mut self, net: IpNet) -> Result<()> {
-        if let Some(info) = self.bans.get(&net).cloned() {
-            return self.write_kernel(net, &info);
-        }
-        match self.remote.effective(&net) {
-            Some((end, scope)) => {
-                let now = clock::mono_now_ns();
-                self.maps.ban(net, end.unwrap_or(0), scope.flags(), now)
-            }
+        match self.kernel_entry(&net) {
+            Some((end, flags, at)) => self.maps.ban(net, end, flags, at),
             None => self.maps.unban(net).map(|_| ()),
         }
     }
@@ -531,6 +570,12 @@ impl BanManager {
         self.len() == 0
     }
 
+    /// Has `net`'s bans logged with the next changes (they differ from
+    /// what the state on disk says).
+    pub fn mark_changed(&mut self, net: IpNet) {
+        self.changed.insert(net);
+    }
+
     /// Changes not yet taken by `take_changes`.
     pub fn has_changes(&self) -> bool {
         !self.changed.is_empty() || !self.counts_changed.is_empty()
@@ -621,11 +666,11 @@ fn saved_local(net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
     let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
     SavedBan {
         net: net.to_string(),
-        jail: b.jail.to_string(),
+        jail: b.jail.clone(),
         banned_at: counted_at(b.banned_at_ns, now),
         expires_at: end.map(|e| e.wall_ms),
         expires_mono: end.and_then(|e| e.mono_ns),
-        reason: b.reason.to_string(),
+        reason: b.reason.clone(),
         line: b.line.clone(),
         all_ports: b.scope == Scope::AllPorts,
         ports_only: b.scope == Scope::PortsOnly,
@@ -639,14 +684,14 @@ fn saved_remote(net: &IpNet, b: &RemoteBan, now: (u64, i64)) -> SavedBan {
     let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
     SavedBan {
         net: net.to_string(),
-        jail: b.origin.clone(),
+        jail: b.origin.as_str().into(),
         banned_at: now.1,
         expires_at: end.map(|e| e.wall_ms),
         expires_mono: end.and_then(|e| e.mono_ns),
-        reason: b.reason.clone(),
+        reason: b.reason.as_str().into(),
         line: String::new(),
         all_ports: b.scope == Scope::AllPorts,
         ports_only: b.scope == Scope::PortsOnly,
-        origin: Some(b.origin.clone()),
+        origin: Some(b.origin.as_str().into()),
     }
 }

@@ -6,7 +6,7 @@
 //! scope of whatever is left.
 use super::Scope;
 use ipnet::IpNet;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// One origin's ban of a network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct RemoteBan {
 /// Every origin's bans, by network.
 #[derive(Debug, Default)]
 pub struct RemoteBans {
-    by_net: HashMap<IpNet, Vec<RemoteBan>>,
+    by_net: foldhash::HashMap<IpNet, Vec<RemoteBan>>,
 }
 
 impl RemoteBans {

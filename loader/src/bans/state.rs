@@ -10,6 +10,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 pub const VERSION: u32 = 1;
@@ -45,7 +46,8 @@ pub struct State {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SavedBan {
     pub net: String,
-    pub jail: String,
+    /// Shared by every ban of the jail (in memory; each is written once).
+    pub jail: Arc<str>,
     /// Unix time in ms.
     pub banned_at: i64,
     /// Unix time in ms; none for permanent bans.
@@ -53,7 +55,7 @@ pub struct SavedBan {
     /// The same end as a `CLOCK_MONOTONIC` deadline of the boot `boot_id`.
     #[serde(default)]
     pub expires_mono: Option<u64>,
-    pub reason: String,
+    pub reason: Arc<str>,
     #[serde(default)]
     pub line: String,
     #[serde(default)]
@@ -64,7 +66,7 @@ pub struct SavedBan {
     /// A ban from elsewhere (`crowdsec`, `apiban`, `redis:NODE`); none for
     /// this box's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
+    pub origin: Option<Arc<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,14 +90,20 @@ pub fn load(path: &Path) -> Result<State> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read state {}", path.display())),
     };
-    match serde_json::from_slice::<State>(&bytes) {
+    let parsed = if bytes.starts_with(super::snapshot::MAGIC) {
+        super::snapshot::read(&bytes)
+    } else {
+        // Written by sipguard before the binary form.
+        serde_json::from_slice::<State>(&bytes).map_err(anyhow::Error::from)
+    };
+    match parsed {
         Ok(state) => Ok(state),
         Err(e) => {
             let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), std::process::id()));
             fs::rename(path, &aside)
                 .with_context(|| format!("cannot move aside {}", path.display()))?;
             tracing::error!(
-                "state {} is unreadable ({e}); moved it to {} and starting from the bans in the kernel",
+                "state {} is unreadable ({e:#}); moved it to {} and starting from the bans in the kernel",
                 path.display(),
                 aside.display()
             );
@@ -107,13 +115,17 @@ pub fn load(path: &Path) -> Result<State> {
     }
 }
 
+/// Writes the state in its binary form (see `snapshot`).
 pub fn save(path: &Path, state: &State) -> Result<()> {
-    write_atomically(path, state)
+    write_atomically(path, |out| super::snapshot::write(out, state))
 }
 
-/// Serializes `value` into `path`: a temporary file, fsync, rename. Streamed
-/// through a buffer: a million bans are 150 MB of JSON, never held whole.
-fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
+/// Writes into `path` through `write`: a temporary file, fsync, rename.
+/// Streamed through a buffer: a million bans are never held twice.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(
@@ -132,8 +144,8 @@ fn write_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
                 .open(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?
         };
-        let mut out = std::io::BufWriter::new(f);
-        serde_json::to_writer(&mut out, value)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        write(&mut out)?;
         out.flush()?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
@@ -153,7 +165,9 @@ pub fn positions_path(state: &Path) -> PathBuf {
 
 /// Writes the positions file, atomically like the state.
 pub fn save_positions(state: &Path, positions: &BTreeMap<String, Position>) -> Result<()> {
-    write_atomically(&positions_path(state), positions)
+    write_atomically(&positions_path(state), |out| {
+        Ok(serde_json::to_writer(out, positions)?)
+    })
 }
 
 /// The state with its read positions: from the positions file when it can be
@@ -250,6 +264,14 @@ mod tests {
         );
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), s);
+        // The JSON sipguard wrote before the binary form is still read.
+        fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(load(&path).unwrap(), s);
+        // Half a binary file.
+        save(&path, &s).unwrap();
+        let whole = fs::read(&path).unwrap();
+        fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        assert_eq!(load(&path).unwrap().bans.len(), 0);
         // Half a file (what a crash without atomic rename would leave).
         fs::write(&path, b"{\"version\":1,\"bans\":[{\"net\":").unwrap();
         assert_eq!(load(&path).unwrap().bans.len(), 0);

@@ -1,5 +1,6 @@
 //! The kernel side: the XDP program, its pinned maps, their layout version,
 //! the BPF filesystem, and the clock the kernel ends bans by.
+pub mod batch;
 pub mod bpffs;
 pub mod clock;
 pub mod maps;

@@ -76,17 +76,30 @@ impl Default for Capacity {
 }
 
 /// Loads the object, creating its maps in `pin_dir` or re-using the ones
-/// already pinned there, and loads the program into the kernel.
+/// already pinned there, and loads the programs into the kernel.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     load_with(pin_dir, Capacity::default())
 }
 
 pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
+    let mut ebpf = open_with(pin_dir, capacity)?;
+    verify(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// The object with its maps made (or the pinned ones taken up, migrated
+/// from an older layout), its programs not yet loaded: the maps can be
+/// filled while `verify` runs.
+pub fn open(pin_dir: &Path) -> Result<Ebpf> {
+    open_with(pin_dir, Capacity::default())
+}
+
+fn open_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
     crate::kernel::bpffs::ensure_pin_dir(pin_dir)?;
     // Maps of another layout version are moved aside and migrated below.
     let migration = crate::kernel::migrate::prepare(pin_dir)?;
     maps::check_pinned_layout(pin_dir)?;
-    let mut ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(map_name::BANNED_V4, capacity.bans)
         .map_max_entries(map_name::BANNED_V6, capacity.bans)
@@ -105,6 +118,12 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         )?;
     }
     crate::kernel::migrate::mark(pin_dir)?;
+    Ok(ebpf)
+}
+
+/// Loads the programs into the kernel, which verifies them (~0.2 s), and
+/// puts the scanner program in its array.
+pub fn verify(ebpf: &mut Ebpf) -> Result<()> {
     let verify = std::time::Instant::now();
     let mut verified = 0;
     for name in [SCANNER, PROGRAM] {
@@ -122,12 +141,12 @@ pub fn load_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
             .and_then(|i| i.verified_instruction_count())
             .unwrap_or(0);
     }
-    set_scanner(&mut ebpf)?;
+    set_scanner(ebpf)?;
     tracing::info!(
         "XDP programs loaded and verified in {} ms ({verified} instructions verified)",
         verify.elapsed().as_millis(),
     );
-    Ok(ebpf)
+    Ok(())
 }
 
 pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

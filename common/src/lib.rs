@@ -39,9 +39,12 @@ pub mod map_name {
     /// Per-CPU LRU hash: a source's [`super::RateKey`] → `u64`, its packets
     /// dropped by the limiter on each CPU (nothing two CPUs write).
     pub const RATE_LIMITED: &str = "rate_limited";
-    /// Per-CPU LRU hash: a ban's `id` → [`super::BanStats`] (its drops on
-    /// each CPU).
-    pub const BAN_STATS: &str = "ban_stats";
+    /// Per-CPU array of [`super::BAN_COUNTER_SLOTS`] [`super::BanCounter`]s:
+    /// a ban's drops on each CPU, in the slot its `id` picks.
+    pub const BAN_COUNTERS: &str = "ban_counters";
+    /// Per-CPU LRU hash of ban counters, used up to this version's
+    /// `ban_counters`; a pin left by an older sipguard is removed.
+    pub const OLD_BAN_STATS: &str = "ban_stats";
     /// `u32` at index 0: the [`super::LAYOUT_VERSION`] of the maps pinned
     /// beside it. Made by userspace, not part of the program.
     pub const LAYOUT: &str = "layout";
@@ -138,7 +141,7 @@ pub struct BanEntry {
     pub expires_at_ns: u64,
     /// When the ban was written.
     pub banned_at_ns: u64,
-    /// The key of this ban's counters in `ban_stats`, unique among bans.
+    /// Unique among bans; picks the ban's slot in `ban_counters`.
     pub id: u64,
     /// `BAN_*` flags.
     pub flags: u32,
@@ -148,7 +151,7 @@ pub struct BanEntry {
     pub prefix_len: u32,
 }
 
-/// A ban's drop counters on one CPU: the value of the per-CPU `ban_stats`.
+/// A ban's drop counters, summed over CPUs (read from `ban_counters`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanStats {
@@ -160,9 +163,31 @@ pub struct BanStats {
     pub last_seen_ns: u64,
 }
 
-/// Bans whose counters are kept at once: an LRU of the bans that drop, so
-/// memory stays `HOT_BANS` × CPUs × 24 bytes however many bans there are.
-pub const HOT_BANS: u32 = 1 << 16;
+/// One slot of the per-CPU `ban_counters`: the drops of the ban `id` on
+/// this CPU. A ban's slot is its `id` modulo the slots: one array read per
+/// drop, cache-cold or not, where an LRU hash of a million bans in turn
+/// cost an insert and an eviction (~0.5 µs) per drop. Another ban dropping
+/// on the same CPU with the same slot takes it over (its counts start
+/// anew): exact while fewer than `BAN_COUNTER_SLOTS` bans drop at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanCounter {
+    /// The ban these counts are of (0: none yet).
+    pub id: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Slots of `ban_counters` (a power of two): memory stays 2 MiB per CPU
+/// however many bans there are.
+pub const BAN_COUNTER_SLOTS: u32 = 1 << 16;
+
+/// The slot of ban `id` in `ban_counters`.
+#[inline(always)]
+pub fn ban_counter_slot(id: u64) -> u32 {
+    (id as u32) & (BAN_COUNTER_SLOTS - 1)
+}
 
 impl BanEntry {
     /// True when the ban has run out at `now_ns` (`CLOCK_MONOTONIC`).
@@ -410,6 +435,7 @@ mod pod {
     // pointers, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::BanEntry {}
     unsafe impl aya::Pod for super::BanStats {}
+    unsafe impl aya::Pod for super::BanCounter {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TraceFilter {}

@@ -166,6 +166,18 @@ impl TestProgram {
         })
     }
 
+    /// Program `name`'s own run time and runs so far, as the kernel counts
+    /// them while `kernel.bpf_stats_enabled` is 1.
+    pub fn run_stats(&self, name: &str) -> Result<(Duration, u64)> {
+        let program: &aya::programs::Xdp = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        let info = program.info()?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// The pin directory (for maps not wrapped by `KernelMaps`).
     pub fn pin(&self) -> &std::path::Path {
         &self._sandbox.pin

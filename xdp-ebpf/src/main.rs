@@ -38,11 +38,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use common::{
-    counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter,
-    FloodEvent, PendingScan, RateKey, RateLease, RateState, TraceFilter, V4Key, BAN_ALL_PORTS,
-    BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS,
-    EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES, HOT_BANS, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED,
-    MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER,
+    ban_counter_slot, counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanCounter, BanEntry,
+    Config, Counter, FloodEvent, PendingScan, RateKey, RateLease, RateState, TraceFilter, V4Key,
+    BAN_ALL_PORTS, BAN_COUNTER_SLOTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN,
+    CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES,
+    HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD,
+    REPORTED_SCANNER,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -72,8 +73,8 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(counter::COUNT, 0);
 static RATE: LruHashMap<RateKey, RateState> = LruHashMap::pinned(MAX_RATE_SOURCES, 0);
 #[map(name = "flood_events")]
 static FLOOD_EVENTS: RingBuf = RingBuf::pinned(FLOOD_RING_BYTES, 0);
-#[map(name = "ban_stats")]
-static BAN_STATS: LruPerCpuHashMap<u64, BanStats> = LruPerCpuHashMap::pinned(HOT_BANS, 0);
+#[map(name = "ban_counters")]
+static BAN_COUNTERS: PerCpuArray<BanCounter> = PerCpuArray::pinned(BAN_COUNTER_SLOTS, 0);
 /// Per-CPU token leases (see `common::RateLease`); not pinned: a new
 /// program starts with none, which only costs a shared update each.
 #[map]
@@ -184,24 +185,24 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32, u64) {
 
 /// Counts a drop on this CPU's counters of the ban: nothing another CPU
 /// writes, so a flood spread over many receive queues costs each CPU what
-/// it costs one.
+/// it costs one; one array slot, so a flood from a million banned sources
+/// in turn costs a read, not a hash insert.
 #[inline(always)]
 fn count_drop(id: u64, len: u64, now: u64) {
-    let stats = match BAN_STATS.get_ptr_mut(id) {
-        Some(stats) => stats,
-        None => {
-            let _ = BAN_STATS.insert(id, BanStats::default(), u64::from(BPF_NOEXIST));
-            match BAN_STATS.get_ptr_mut(id) {
-                Some(stats) => stats,
-                None => return,
-            }
-        }
+    let Some(c) = BAN_COUNTERS.get_ptr_mut(ban_counter_slot(id)) else {
+        return;
     };
     // Per-CPU value: no other CPU writes it, no atomics needed.
     unsafe {
-        (*stats).packets += 1;
-        (*stats).bytes += len;
-        (*stats).last_seen_ns = now;
+        if (*c).id != id {
+            *c = BanCounter {
+                id,
+                ..BanCounter::default()
+            };
+        }
+        (*c).packets += 1;
+        (*c).bytes += len;
+        (*c).last_seen_ns = now;
     }
 }
 

@@ -8,8 +8,9 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap,
 };
 use common::{
-    counter, map_name, v4_key, AllowEntry, BanEntry, BanStats, Config, Counter, FloodEvent,
-    PendingScan, RateKey, RateState, V4Key, FLOOD_RING_BYTES, PORT_WORDS,
+    ban_counter_slot, counter, map_name, v4_key, AllowEntry, BanCounter, BanEntry, BanStats,
+    Config, Counter, FloodEvent, PendingScan, RateKey, RateState, V4Key, BAN_COUNTER_SLOTS,
+    FLOOD_RING_BYTES, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::os::fd::AsFd as _;
@@ -36,7 +37,7 @@ const LAYOUT: [(&str, usize, usize, Option<u32>); 16] = [
     (map_name::RATE, size_of::<RateKey>(), size_of::<RateState>(), None),
     (map_name::FLOOD_EVENTS, 0, 0, Some(FLOOD_RING_BYTES)),
     (map_name::LOST_REPORTS, 4, size_of::<u64>(), Some(1)),
-    (map_name::BAN_STATS, size_of::<u64>(), size_of::<BanStats>(), None),
+    (map_name::BAN_COUNTERS, 4, size_of::<BanCounter>(), Some(BAN_COUNTER_SLOTS)),
     (map_name::RATE_LIMITED, size_of::<RateKey>(), size_of::<u64>(), None),
     (map_name::SCANNER, 4, 4, Some(1)),
     (map_name::PENDING_SCAN, 4, size_of::<PendingScan>(), Some(1)),
@@ -99,7 +100,7 @@ pub struct KernelMaps {
     counters: PerCpuArray<MapData, Counter>,
     rate: HashMap<MapData, RateKey, RateState>,
     lost_reports: PerCpuArray<MapData, u64>,
-    ban_stats: PerCpuHashMap<MapData, u64, BanStats>,
+    ban_counters: PerCpuArray<MapData, BanCounter>,
     rate_limited: PerCpuHashMap<MapData, RateKey, u64>,
     /// The next ban id this process hands out (see `next_id`).
     next_id: u64,
@@ -191,7 +192,7 @@ impl KernelMaps {
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::COUNTERS)?))?,
             rate: HashMap::try_from(Map::LruHashMap(open(map_name::RATE)?))?,
             lost_reports: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::LOST_REPORTS)?))?,
-            ban_stats: PerCpuHashMap::try_from(Map::PerCpuLruHashMap(open(map_name::BAN_STATS)?))?,
+            ban_counters: PerCpuArray::try_from(Map::PerCpuArray(open(map_name::BAN_COUNTERS)?))?,
             rate_limited: PerCpuHashMap::try_from(Map::PerCpuLruHashMap(open(
                 map_name::RATE_LIMITED,
             )?))?,
@@ -231,18 +232,18 @@ impl KernelMaps {
         .map_err(|e| full_or(e, "blocklist", net))
     }
 
-    /// A ban's drops, summed over CPUs (none yet, or counters the LRU let go:
-    /// zeros).
+    /// A ban's drops, summed over CPUs: the slots its id picks that hold
+    /// its counts (none yet, or taken over by another ban: zeros).
     pub fn ban_stats(&self, entry: &BanEntry) -> Result<BanStats> {
-        match self.ban_stats.get(&entry.id, 0) {
-            Ok(per_cpu) => Ok(per_cpu.iter().fold(BanStats::default(), |acc, s| BanStats {
-                packets: acc.packets + s.packets,
-                bytes: acc.bytes + s.bytes,
-                last_seen_ns: acc.last_seen_ns.max(s.last_seen_ns),
-            })),
-            Err(MapError::KeyNotFound) => Ok(BanStats::default()),
-            Err(e) => Err(e.into()),
-        }
+        let per_cpu = self.ban_counters.get(&ban_counter_slot(entry.id), 0)?;
+        Ok(per_cpu
+            .iter()
+            .filter(|c| c.id == entry.id)
+            .fold(BanStats::default(), |acc, c| BanStats {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+                last_seen_ns: acc.last_seen_ns.max(c.last_seen_ns),
+            }))
     }
 
     fn insert_ban(&mut self, net: IpNet, entry: BanEntry, flags: u64) -> Result<(), MapError> {

@@ -99,6 +99,9 @@ fn open_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
     // Maps of another layout version are moved aside and migrated below.
     let migration = crate::kernel::migrate::prepare(pin_dir)?;
     maps::check_pinned_layout(pin_dir)?;
+    // Counters an older sipguard kept (its program, if still attached,
+    // holds the map itself until it is replaced).
+    let _ = fs::remove_file(pin_dir.join(map_name::OLD_BAN_STATS));
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(map_name::BANNED_V4, capacity.bans)

@@ -6,8 +6,14 @@
 //! through an AF_PACKET socket, for a bounded time and count. A veth runs its
 //! receiver in the sender's softirq, so the receive work is moved to CPU 1:
 //! RPS on the server's veth (the stack's path) and, with driver-mode XDP, the
-//! veth's NAPI in a thread pinned to CPU 1. CPU 1's busy time from
-//! /proc/stat is then the receive side's cost, whatever the filter does.
+//! veth's NAPI in a thread pinned to CPU 1. CPU 1's busy time is then the
+//! receive side's cost, whatever the filter does: wall time minus its idle
+//! time, which the kernel accounts exactly (cpuidle residency, in µs); the
+//! busy columns of /proc/stat are sampled at the tick (4 ms here) and alias
+//! with a paced sender's batches. The XDP rows add two exact figures: the
+//! NAPI thread's run time (/proc/PID/schedstat) and the program's own run
+//! time (`kernel.bpf_stats_enabled`). The sender's batches are spaced with
+//! a random jitter, so no pacing can beat with the tick either.
 //!
 //! Each filter counts its own drops (sipguard's per-CPU counters, iptables'
 //! and nftables' rule counters); the packets the veth lost before the filter
@@ -39,6 +45,8 @@ const RUNS: usize = 3;
 /// Frames handed to the kernel per sendmmsg call.
 const BATCH: usize = 32;
 const SENDER_CPU: usize = 0;
+/// Makes the kernel count each program's run time (off again afterwards).
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const RECEIVER_CPU: usize = 1;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -88,6 +96,10 @@ struct Outcome {
     got_through: u64,
     /// Busy fraction of the receiver's CPU.
     cpu_rx: f64,
+    /// The veth's NAPI thread's run time (driver-mode XDP only).
+    napi: Option<Duration>,
+    /// The XDP program's own run time and runs.
+    program: Option<(Duration, u64)>,
 }
 
 impl Outcome {
@@ -98,6 +110,19 @@ impl Outcome {
     /// Receive CPU time per dropped packet, in µs.
     fn rx_us_per_drop(&self) -> f64 {
         self.cpu_rx * self.secs * 1e6 / self.dropped.max(1) as f64
+    }
+
+    /// The NAPI thread's run time per dropped packet, in µs.
+    fn napi_us_per_drop(&self) -> Option<f64> {
+        self.napi
+            .map(|t| t.as_secs_f64() * 1e6 / self.dropped.max(1) as f64)
+    }
+
+    /// The program's run time per packet it ran on, in ns.
+    fn program_ns(&self) -> Option<f64> {
+        self.program
+            .filter(|(_, runs)| *runs > 0)
+            .map(|(t, runs)| t.as_nanos() as f64 / runs as f64)
     }
 }
 
@@ -119,15 +144,21 @@ pub fn run(out: &mut Section) -> Result<()> {
         out,
         "## Drop throughput on a real receive path (veth between namespaces)\n"
     );
-    say!(out, "A sender pinned to CPU {SENDER_CPU} offers {:.0} k frames/s for {} s: {}-byte SIP REGISTERs (UDP to port 5060) from N banned sources in turn, through an AF_PACKET socket. The receive side runs on CPU {RECEIVER_CPU} (RPS, threaded NAPI pinned there). *Dropped/s* is what the filter dropped, by its own counters (the floor: what reached it); a filter that cannot keep up holds the sender back through its socket buffer, so *sent/s* falls to what it can take; *rx CPU per drop* is CPU {RECEIVER_CPU}'s busy time (/proc/stat) divided by that; each is also given as a ratio to sipguard in driver mode with the same bans (× sipguard: above 1 means more drops/s, or more CPU per drop). *Lost before* is what the veth dropped because the receive side's queue was full.\n",
+    say!(out, "A sender pinned to CPU {SENDER_CPU} offers {:.0} k frames/s for {} s: {}-byte SIP REGISTERs (UDP to port 5060) from N banned sources in turn, through an AF_PACKET socket. The receive side runs on CPU {RECEIVER_CPU} (RPS, threaded NAPI pinned there). *Dropped/s* is what the filter dropped, by its own counters (the floor: what reached it); a filter that cannot keep up holds the sender back through its socket buffer, so *sent/s* falls to what it can take; *rx CPU per drop* is CPU {RECEIVER_CPU}'s busy time (wall time minus its exactly accounted idle time) divided by that; each is also given as a ratio to sipguard in driver mode with the same bans (× sipguard: above 1 means more drops/s, or more CPU per drop). *NAPI per drop* is the veth's NAPI thread's own run time (schedstat) per drop, *program* the XDP program's own run time per packet (`bpf_stats_enabled`), both exact. *Lost before* is what the veth dropped because the receive side's queue was full.\n",
         OFFERED_PPS / 1e3, FLOOD.as_secs(), frame_len());
-    say!(out, "| bans | filter | sent/s | dropped/s | × sipguard | rx CPU busy | rx CPU per drop | × sipguard | lost before | got through |");
-    say!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    say!(out, "| bans | filter | sent/s | dropped/s | × sipguard | rx CPU busy | rx CPU per drop | × sipguard | NAPI per drop | program | lost before | got through |");
+    say!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     // Everything of ours but the receive side (NAPI threads, RPS) stays on
     // the sender's CPU, so CPU 1's busy time is the receive path alone.
     let all_cpus = affinity()?;
     set_affinity(0, SENDER_CPU)?;
+    let stats_were = std::fs::read_to_string(BPF_STATS)?;
+    std::fs::write(BPF_STATS, "1")?;
     let result = table(out);
+    std::fs::write(BPF_STATS, stats_were.trim())?;
     apply_affinity(0, &all_cpus)?;
     result
 }
@@ -139,16 +170,23 @@ fn table(out: &mut Section) -> Result<()> {
     let floor = median_flood(Filter::XdpFloor, 1)?;
     row(out, 1, Filter::XdpFloor, &floor, None);
     let mut slowest = Vec::new();
+    let mut program_ns = Vec::new();
     for bans in BANS {
         let mut reference = None;
         for filter in FILTERS {
             let o = median_flood(filter, bans)?;
             row(out, bans, filter, &o, reference.as_ref());
+            if filter == Filter::Sipguard(XdpMode::Driver) {
+                program_ns.push((bans, o.program_ns().unwrap_or(0.0)));
+            }
             match &reference {
                 None => reference = Some(o),
                 Some(r) => slowest.push((o.rx_us_per_drop() / r.rx_us_per_drop(), bans, filter)),
             }
         }
+    }
+    if let (Some((_, one)), Some((most, last))) = (program_ns.first(), program_ns.last()) {
+        say!(out, "\nsipguard's program, by its own run time, with {most} bans and the sources in turn: {last:.0} ns per packet, {:.2}× its {one:.0} ns with 1 ban (exact-match hash, not the trie walk).", last / one);
     }
     say!(out, "\nHow to read it: a filter whose rx CPU is near 100 % is the bottleneck, and its dropped/s is what one core can filter; the others dropped all that was offered, and the CPU per drop is the figure to compare. Every row's dropped + lost before + got through is within 1 % of what was sent, or the run fails.");
     if let Some((ratio, bans, filter)) = slowest.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0))
@@ -170,12 +208,15 @@ fn row(out: &mut Section, bans: u32, filter: Filter, o: &Outcome, reference: Opt
     };
     say!(
         out,
-        "| {bans} | {} | {:.0} | {:.0} | {pps_ratio} | {:.0} % | {:.2} µs | {cpu_ratio} | {:.1} % | {} |",
+        "| {bans} | {} | {:.0} | {:.0} | {pps_ratio} | {:.0} % | {:.2} µs | {cpu_ratio} | {} | {} | {:.1} % | {} |",
         filter.name(),
         o.sent as f64 / o.secs,
         o.dropped_pps(),
         o.cpu_rx * 100.0,
         o.rx_us_per_drop(),
+        o.napi_us_per_drop()
+            .map_or(String::new(), |us| format!("{us:.2} µs")),
+        o.program_ns().map_or(String::new(), |ns| format!("{ns:.0} ns")),
         o.lost_before as f64 * 100.0 / o.sent.max(1) as f64,
         o.got_through
     );
@@ -213,13 +254,13 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
                 _ => (DROP_FLOOR, XdpMode::Driver),
             };
             t.attach_in(&pair.server, &pair.server_if, name, mode)?;
-            program = Some(t);
+            program = Some((t, name));
         }
         Filter::Iptables { legacy } => iptables(&pair.server, &sources, legacy)?,
         Filter::Ipset => ipset(&pair.server, &sources)?,
         Filter::Nftables => nftables(&pair.server, &sources)?,
     }
-    receive_on_other_cpu(&pair)?;
+    let napi_threads = receive_on_other_cpu(&pair)?;
 
     let macs = pair.macs()?;
     let server: [u8; 4] = SERVER_V4.parse::<std::net::Ipv4Addr>()?.octets();
@@ -231,20 +272,30 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
 
     let lost_at_start = tx_dropped(&pair)?;
     let udp_at_start = udp_received(&pair.server)?;
-    let cpu_start = cpu_busy()?;
+    let run_stats = || -> Result<Option<(Duration, u64)>> {
+        program
+            .as_ref()
+            .map(|(t, name)| t.run_stats(name))
+            .transpose()
+    };
+    let napi_start = run_time(&napi_threads)?;
+    let program_start = run_stats()?;
+    let idle_start = idle_us(RECEIVER_CPU)?;
+    let window_start = Instant::now();
     let (sent, secs) = send_flood(&pair.client, &pair.client_if, &frames)?;
     // Let the receive side finish what is queued; its work is counted.
     std::thread::sleep(Duration::from_millis(200));
-    let cpu_end = cpu_busy()?;
-    let busy = |cpu: usize| {
-        let (b0, t0) = cpu_start[cpu];
-        let (b1, t1) = cpu_end[cpu];
-        (b1 - b0) as f64 / (t1 - t0).max(1) as f64
+    let idle = idle_us(RECEIVER_CPU)? - idle_start;
+    let window = window_start.elapsed().as_secs_f64();
+    let napi = (!napi_threads.is_empty()).then(|| run_time(&napi_threads).map(|t| t - napi_start));
+    let program_run = match (program_start, run_stats()?) {
+        (Some((t0, n0)), Some((t1, n1))) => Some((t1 - t0, n1 - n0)),
+        _ => None,
     };
-    let window = secs + 0.2;
+    let busy = (1.0 - idle as f64 / 1e6 / window).clamp(0.0, 1.0);
     let dropped = match filter {
         Filter::Sipguard(_) => {
-            let c = program.as_ref().expect("loaded").counters()?;
+            let c = program.as_ref().expect("loaded").0.counters()?;
             c[common::counter::DROP_BANNED as usize].packets
         }
         // The floor has no counter: everything that reached it was dropped.
@@ -281,7 +332,9 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
         dropped,
         lost_before: tx_dropped(&pair)? - lost_at_start,
         got_through: udp_received(&pair.server)? - udp_at_start,
-        cpu_rx: busy(RECEIVER_CPU) * window / secs,
+        cpu_rx: busy * window / secs,
+        napi: napi.transpose()?,
+        program: program_run,
     };
     let accounted = outcome.dropped + outcome.lost_before + outcome.got_through;
     if (accounted as f64 - sent as f64).abs() > sent as f64 * 0.01 {
@@ -299,7 +352,8 @@ fn flood(filter: Filter, bans: u32) -> Result<Outcome> {
 
 /// RPS sends the stack's receive work to the receiver CPU; with driver-mode
 /// XDP the veth also has a NAPI instance, run as a thread pinned there.
-fn receive_on_other_cpu(pair: &Pair) -> Result<()> {
+/// Returns those threads' ids.
+fn receive_on_other_cpu(pair: &Pair) -> Result<Vec<i32>> {
     let dev = format!("/sys/class/net/{}", pair.server_if);
     let mask = 1u32 << RECEIVER_CPU;
     pair.server.exec(
@@ -308,13 +362,13 @@ fn receive_on_other_cpu(pair: &Pair) -> Result<()> {
         b"",
     )?;
     // Only devices with NAPI instances accept `threaded` (veth: with XDP).
+    let mut pinned = Vec::new();
     if pair
         .server
         .exec("sh", &["-c", &format!("echo 1 > {dev}/threaded")], b"")
         .is_ok()
     {
         let prefix = format!("napi/{}-", pair.server_if);
-        let mut pinned = 0;
         for entry in std::fs::read_dir("/proc")? {
             let entry = entry?;
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -323,17 +377,60 @@ fn receive_on_other_cpu(pair: &Pair) -> Result<()> {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
             if comm.trim_end().starts_with(&prefix) {
                 set_affinity(pid, RECEIVER_CPU)?;
-                pinned += 1;
+                pinned.push(pid);
             }
         }
-        if pinned == 0 {
+        if pinned.is_empty() {
             bail!(
                 "threaded NAPI is on for {} but no napi/ thread was found",
                 pair.server_if
             );
         }
     }
-    Ok(())
+    Ok(pinned)
+}
+
+/// The threads' run time so far (exact: /proc/PID/schedstat, ns on CPU).
+fn run_time(threads: &[i32]) -> Result<Duration> {
+    let mut ns = 0u64;
+    for pid in threads {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("unreadable schedstat")?;
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// `cpu`'s idle time so far, µs: the cpuidle residencies, which the kernel
+/// accounts exactly; without cpuidle, the idle and iowait columns of
+/// /proc/stat (exact too on a tickless kernel, in 10 ms units).
+fn idle_us(cpu: usize) -> Result<u64> {
+    let dir = format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle");
+    if let Ok(states) = std::fs::read_dir(&dir) {
+        let mut us = 0;
+        for state in states {
+            let path = state?.path().join("time");
+            if let Ok(t) = std::fs::read_to_string(&path) {
+                us += t.trim().parse::<u64>().context("unreadable cpuidle time")?;
+            }
+        }
+        return Ok(us);
+    }
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))
+        .context("no such CPU in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // USER_HZ is 100 on Linux.
+    Ok((v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0)) * 10_000)
 }
 
 /// Pins `pid` (0: the calling thread) to `cpu`.
@@ -391,12 +488,20 @@ fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)>
                 })
                 .collect();
             let mut next = 0;
-            let start = Instant::now();
+            let mut due = Instant::now();
             let mut total = 0u64;
+            // Jitter: each batch's gap is 0.5–1.5× the mean, at random, so
+            // the batches cannot beat with the receiver's timer tick.
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+            let mut jitter = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                0.5 + (rng >> 11) as f64 / (1u64 << 53) as f64
+            };
             while !stop.load(Ordering::Relaxed) && total < MAX_PACKETS {
                 // Paced: wait (spinning, on the sender's own CPU) until this
                 // batch is due.
-                let due = start + Duration::from_secs_f64(total as f64 / OFFERED_PPS);
                 while Instant::now() < due {
                     std::hint::spin_loop();
                 }
@@ -413,6 +518,7 @@ fn send_flood(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<(u64, f64)>
                     return Err(e).context("sendmmsg");
                 }
                 total += n as u64;
+                due += Duration::from_secs_f64(n as f64 / OFFERED_PPS * jitter());
                 sent.store(total, Ordering::Relaxed);
                 next = (next + n as usize) % frames.len();
             }
@@ -486,26 +592,6 @@ fn udp_received(ns: &Netns) -> Result<u64> {
             .parse()?)
     };
     Ok(field("InDatagrams")? + field("NoPorts")? + field("InErrors")?)
-}
-
-/// Per CPU: (busy, total) jiffies from /proc/stat.
-fn cpu_busy() -> Result<Vec<(u64, u64)>> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    Ok(stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal ...
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            (total - idle, total)
-        })
-        .collect())
 }
 
 /// The chain fail2ban's `iptables-allports` action builds (`-I INPUT -p udp

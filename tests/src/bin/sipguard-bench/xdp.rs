@@ -113,6 +113,7 @@ pub fn run(out: &mut Section) -> Result<()> {
     rate_limiter(out)?;
     fragments(out)?;
     forged_storm(out)?;
+    sources_in_turn(out)?;
     host_hash(out)?;
     trace_switch(out)?;
     multi_core(out)
@@ -442,6 +443,62 @@ fn forged_storm(out: &mut Section) -> Result<()> {
             storm / same
         );
     }
+    Ok(())
+}
+
+/// Bans in the table, for `sources_in_turn`.
+const IN_TURN_BANS: u32 = 1_000_000;
+
+/// Banned sources in turn: each packet from another of a million banned
+/// addresses (a scan campaign, a CrowdSec list), so the lookups miss the
+/// cache as they would on a real box, beside one banned source repeated
+/// (cache-hot, the main table's case) and the empty program, each one run
+/// per packet (the timer's cost is in every figure alike).
+fn sources_in_turn(out: &mut Section) -> Result<()> {
+    say!(out, "\n## Banned sources in turn ({IN_TURN_BANS} bans, {STORM_SOURCES} packets, one BPF_PROG_TEST_RUN each)\n");
+    say!(
+        out,
+        "| case | ns/packet | × empty program | × one source repeated |"
+    );
+    say!(out, "|---|---:|---:|---:|");
+    let mut t = TestProgram::load()?;
+    fill(&mut t, IN_TURN_BANS)?;
+    let mut f = udp4([100, 64, 0, 0], 5060);
+    let src_at = 14 + 12;
+    // Spread over the whole table: a stride prime to its size.
+    let source = |i: u32| 0x6440_0000 + (u64::from(i) * 7919 % u64::from(IN_TURN_BANS)) as u32;
+    let mut each = |t: &mut TestProgram, floor: bool, vary: bool| -> Result<f64> {
+        let mut total = Duration::ZERO;
+        for i in 0..STORM_SOURCES {
+            let a = if vary { source(i) } else { source(0) };
+            f[src_at..src_at + 4].copy_from_slice(&a.to_be_bytes());
+            let (got, d) = if floor {
+                t.run_floor(&f, 1)?
+            } else {
+                t.run_repeat(&f, 1)?
+            };
+            if !floor && got != 1 {
+                bail!("sources in turn: action {got}, expected drop");
+            }
+            total += d;
+        }
+        Ok(total.as_nanos() as f64 / f64::from(STORM_SOURCES))
+    };
+    let floor = each(&mut t, true, true)?;
+    let same = each(&mut t, false, false)?;
+    let turn = each(&mut t, false, true)?;
+    say!(out, "| empty XDP program (floor) | {floor:.1} | 1.00 | |");
+    say!(
+        out,
+        "| banned drop, one source repeated | {same:.1} | {:.2} | 1.00 |",
+        same / floor
+    );
+    say!(
+        out,
+        "| banned drop, a different banned source each packet | {turn:.1} | {:.2} | {:.2} |",
+        turn / floor,
+        turn / same
+    );
     Ok(())
 }
 

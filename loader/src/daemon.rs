@@ -1023,15 +1023,8 @@ impl Engine {
         line: &str,
     ) {
         self.metrics.banned(jail, cause);
-        self.notifier.send(Event::new(
-            "ban",
-            net,
-            jail,
-            cause,
-            reason,
-            Some(bantime),
-            line,
-        ));
+        self.notifier
+            .send(|| Event::new("ban", net, jail, cause, reason, Some(bantime), line));
         let all_ports = self
             .bans
             .get(&net)
@@ -1050,7 +1043,7 @@ impl Engine {
     fn on_unban(&mut self, net: IpNet, jail: &str, cause: &str) {
         self.metrics.unbanned(jail, cause);
         self.notifier
-            .send(Event::new("unban", net, jail, cause, "", None, ""));
+            .send(|| Event::new("unban", net, jail, cause, "", None, ""));
     }
 
     /// What an engine (CrowdSec, the Redis fleet, APIBAN) says. The

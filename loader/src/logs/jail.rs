@@ -445,7 +445,11 @@ impl Jail {
                 self.config.maxretry,
                 humantime::format_duration(self.config.findtime)
             ),
-            line: line.chars().take(1024).collect(),
+            // The first 1024 characters.
+            line: match line.char_indices().nth(1024) {
+                Some((end, _)) => line[..end].to_owned(),
+                None => line.to_owned(),
+            },
             scope: if self.all_ports() {
                 Scope::AllPorts
             } else {

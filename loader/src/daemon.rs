@@ -213,11 +213,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `saved`: the state, read while the programs were loaded.
+    /// `saved`: the state, and `pinned`: the networks the pinned maps held,
+    /// both read while the programs were loaded.
     fn start(
         config: Config,
         maps: KernelMaps,
         mut saved: state::State,
+        pinned: Vec<IpNet>,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
         // What changed after the last snapshot.
@@ -263,7 +265,7 @@ impl Engine {
         let config_hooks = config.notify.hooks();
         let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
-        let r = bans.restore(&mut saved)?;
+        let r = bans.restore_over(&saved, pinned)?;
         tracing::info!(
             "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
             r.kept,
@@ -1343,6 +1345,8 @@ struct EngineParts {
     verifying: std::thread::JoinHandle<Result<aya::Ebpf>>,
     /// The saved state, being read meanwhile.
     reading: std::thread::JoinHandle<Result<state::State>>,
+    /// The networks the pinned maps hold, being read meanwhile.
+    pinned: std::thread::JoinHandle<Result<Vec<IpNet>>>,
 }
 
 /// Reads the configuration, checks the interfaces, loads (and verifies) the
@@ -1370,6 +1374,12 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
         .spawn(move || state::load_with_positions(&state_file))?;
     let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
+    // What the pinned maps still hold (a restart over a million bans), read
+    // in batches meanwhile too.
+    let pin_dir = config.pin_dir.clone();
+    let pinned = std::thread::Builder::new()
+        .name("sipguard-pinned".into())
+        .spawn(move || KernelMaps::open(&pin_dir)?.banned_nets())?;
     // The kernel verifies the programs (~0.2 s) while the engine restores
     // the saved bans into the maps, which exist already.
     let verifying = std::thread::Builder::new()
@@ -1402,6 +1412,7 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
             maps,
             verifying,
             reading,
+            pinned,
         },
     })
 }
@@ -1417,13 +1428,17 @@ fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded
         mut maps,
         verifying,
         reading,
+        pinned,
     } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
     let saved = reading
         .join()
         .map_err(|_| anyhow::anyhow!("reading the state panicked"))??;
-    let engine = Engine::start(config, maps, saved, fleet_tx)?;
+    let pinned = pinned
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the pinned bans panicked"))??;
+    let engine = Engine::start(config, maps, saved, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()
         .map_err(|_| anyhow::anyhow!("verifying the XDP programs panicked"))??;

@@ -26,18 +26,21 @@
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `remote`        | other origins' bans of a network, beside this box's own   |
 //! |             | `state`         | the state file: atomic saves, bans, positions             |
+//! |             | `snapshot`      | the state file's compact binary form                      |
 //! |             | `changes`       | the state's change log: what changed since the snapshot   |
 //! |             | `journal`       | operator changes made while the daemon is stopped         |
 //! |             | `never_ban`     | the allowlist: ignoreip, own, gateways, resolvers, allows |
 //! |             | `packet_bans`   | bans on packet evidence: budget, scope, reserved room     |
 //! | `kernel/`   | `program`       | the embedded XDP object, attaching and pinned links       |
 //! |             | `maps`          | typed access to the pinned kernel maps                    |
+//! |             | `batch`         | batched map writes and reads (a million bans at start)    |
 //! |             | `migrate`       | the maps' layout version, upgrades over old pins          |
 //! |             | `bpffs`         | the BPF filesystem, pinned maps made by hand              |
 //! |             | `clock`         | the one clock bans end by, and its state-file form        |
 //! | bottom      | `control`       | the control socket's protocol                             |
 //! |             | `defaults`      | default paths and ports                                   |
 //! |             | `addr`          | `ADDR[/PREFIX]` parsing                                   |
+//! |             | `net_table`     | a compact table by network, for a million entries         |
 //! |             | `duration`      | ban durations (`30`, `10m`, `1h30m`, `-1`)                |
 pub mod addr;
 pub mod bans;
@@ -50,4 +53,5 @@ pub mod duration;
 pub mod fleet;
 pub mod kernel;
 pub mod logs;
+pub mod net_table;
 pub mod ops;

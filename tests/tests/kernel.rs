@@ -653,7 +653,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
     t.maps.ban(live, later, 0, now)?;
     t.maps.ban(ended, now - 1, 0, now - 2)?;
     t.maps.ban(saved, later, 0, now)?;
-    let mut state = sipguard::bans::state::State {
+    let state = sipguard::bans::state::State {
         bans: vec![sipguard::bans::state::SavedBan {
             net: saved.to_string(),
             jail: "fs".into(),
@@ -670,7 +670,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
     };
     let mut bans =
         sipguard::bans::BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
-    let r = bans.restore(&mut state)?;
+    let r = bans.restore(&state)?;
     assert_eq!((r.kept, r.reinstated, r.adopted), (1, 0, 1));
     assert!(bans.is_banned(&live) && bans.is_banned(&saved));
     assert!(!bans.is_banned(&ended));
@@ -769,7 +769,7 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
         allowed: 4,
     })?;
     let wall = sipguard::bans::now_ms();
-    let mut state = sipguard::bans::state::State {
+    let state = sipguard::bans::state::State {
         bans: (0..6)
             .map(|i| sipguard::bans::state::SavedBan {
                 net: format!("192.0.2.{i}/32"),
@@ -788,7 +788,7 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
     };
     let mut bans =
         sipguard::bans::BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
-    let r = bans.restore(&mut state)?;
+    let r = bans.restore(&state)?;
     assert_eq!((r.reinstated, r.failed), (4, 2));
     assert_eq!(bans.len(), 4);
     Ok(())

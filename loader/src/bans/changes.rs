@@ -168,10 +168,12 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e).context("cannot read the change log"),
     };
-    let mut by_net: HashMap<String, Vec<SavedBan>> = HashMap::new();
-    for b in std::mem::take(&mut state.bans) {
-        by_net.entry(b.net.clone()).or_default().push(b);
-    }
+    // What the log says of each network it names (few, next to a table
+    // of a million): the snapshot's bans are then kept or replaced in one
+    // pass, neither copied into a map nor sorted.
+    let mut changed: HashMap<String, Vec<SavedBan>> = HashMap::new();
+    // Whether a later boot voided the snapshot's monotonic deadlines.
+    let mut snapshot_boot_over = false;
     let mut applied = 0;
     for line in std::io::BufReader::new(file).split(b'\n') {
         let line = line?;
@@ -186,11 +188,7 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
         applied += 1;
         match change {
             Change::Net { net, bans } => {
-                if bans.is_empty() {
-                    by_net.remove(&net);
-                } else {
-                    by_net.insert(net, bans);
-                }
+                changed.insert(net, bans);
             }
             Change::Count { net, n, at } => {
                 if n == 0 {
@@ -210,7 +208,8 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
                 // bans so far are of an earlier one, and mean nothing now
                 // (their wall-time ends stand).
                 if state.boot_id.as_deref() != Some(boot_id.as_str()) {
-                    for b in by_net.values_mut().flatten() {
+                    snapshot_boot_over = true;
+                    for b in changed.values_mut().flatten() {
                         b.expires_mono = None;
                     }
                 }
@@ -219,8 +218,15 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
             }
         }
     }
-    state.bans = by_net.into_values().flatten().collect();
-    state.bans.sort_by(|a, b| a.net.cmp(&b.net));
+    if snapshot_boot_over {
+        for b in &mut state.bans {
+            b.expires_mono = None;
+        }
+    }
+    if !changed.is_empty() {
+        state.bans.retain(|b| !changed.contains_key(&b.net));
+        state.bans.extend(changed.into_values().flatten());
+    }
     Ok(applied)
 }
 
@@ -293,6 +299,8 @@ mod tests {
             .unwrap();
         let mut st = snapshot.clone();
         assert_eq!(replay(&state_path, &mut st).unwrap(), 10);
+        st.bans
+            .sort_by(|a, b| (&a.net, &a.jail).cmp(&(&b.net, &b.jail)));
         let nets: Vec<(&str, &str)> = st.bans.iter().map(|b| (b.net.as_str(), &*b.jail)).collect();
         assert_eq!(
             nets,

@@ -42,6 +42,37 @@ impl Clock for System {
     }
 }
 
+/// The system's clocks read once: for a restore, which judges a million
+/// saved ends against the same instant (two clock reads each otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct Frozen {
+    pub mono_ns: u64,
+    pub wall_ms: i64,
+}
+
+impl Frozen {
+    pub fn now() -> Self {
+        Self {
+            mono_ns: mono_now_ns(),
+            wall_ms: System.wall_ms(),
+        }
+    }
+}
+
+impl Clock for Frozen {
+    fn mono_ns(&self) -> u64 {
+        self.mono_ns
+    }
+
+    fn wall_ms(&self) -> i64 {
+        self.wall_ms
+    }
+
+    fn boot_id(&self) -> String {
+        System.boot_id()
+    }
+}
+
 /// A ban's end as the state file keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SavedEnd {

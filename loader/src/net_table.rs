@@ -156,7 +156,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             let n = net(x % 3000);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(t.remove(&n), m.remove(&n));
                 slots.remove(&n);
             } else {

@@ -219,7 +219,7 @@ impl Engine {
         config: Config,
         maps: KernelMaps,
         mut saved: state::State,
-        pinned: Vec<IpNet>,
+        pinned: crate::bans::Pinned,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
         // What changed after the last snapshot.
@@ -1346,7 +1346,7 @@ struct EngineParts {
     /// The saved state, being read meanwhile.
     reading: std::thread::JoinHandle<Result<state::State>>,
     /// The networks the pinned maps hold, being read meanwhile.
-    pinned: std::thread::JoinHandle<Result<Vec<IpNet>>>,
+    pinned: std::thread::JoinHandle<Result<crate::bans::Pinned>>,
 }
 
 /// Reads the configuration, checks the interfaces, loads (and verifies) the
@@ -1379,7 +1379,11 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
     let pin_dir = config.pin_dir.clone();
     let pinned = std::thread::Builder::new()
         .name("sipguard-pinned".into())
-        .spawn(move || KernelMaps::open(&pin_dir)?.banned_nets())?;
+        .spawn(move || {
+            Ok(crate::bans::pinned(
+                KernelMaps::open(&pin_dir)?.banned_nets()?,
+            ))
+        })?;
     // The kernel verifies the programs (~0.2 s) while the engine restores
     // the saved bans into the maps, which exist already.
     let verifying = std::thread::Builder::new()

@@ -111,6 +111,14 @@ impl Names {
     }
 }
 
+/// The networks the pinned maps hold, each marked once the state names it.
+pub type Pinned = FastMap<IpNet, bool>;
+
+/// `nets` as `Pinned`, none marked.
+pub fn pinned(nets: Vec<IpNet>) -> Pinned {
+    nets.into_iter().map(|n| (n, false)).collect()
+}
+
 /// What `restore` found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -193,13 +201,13 @@ impl BanManager {
 
     /// Takes up the saved bans and makes the kernel hold them.
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
-        let in_kernel = self.maps.banned_nets()?;
+        let in_kernel = pinned(self.maps.banned_nets()?);
         self.restore_over(state, in_kernel)
     }
 
     /// `restore`, given the networks the maps held when the daemon started
-    /// (read while the state was).
-    pub fn restore_over(&mut self, state: &State, in_kernel: Vec<IpNet>) -> Result<Restored> {
+    /// (read while the state was; see `pinned`).
+    pub fn restore_over(&mut self, state: &State, mut in_kernel: Pinned) -> Result<Restored> {
         let clock = clock::Frozen::now();
         let (now, wall) = (clock.mono_ns(), clock.wall_ms());
         let same_boot = state
@@ -212,7 +220,6 @@ impl BanManager {
         let mut writer = self.maps.writer(state.bans.len())?;
 
         let mut ended_in_kernel = Vec::new();
-        let in_kernel: FastSet<IpNet> = in_kernel.into_iter().collect();
         for saved in &state.bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
@@ -231,7 +238,7 @@ impl BanManager {
                         None => {
                             report.expired += 1;
                             self.changed.insert(net);
-                            if in_kernel.contains(&net) {
+                            if in_kernel.contains_key(&net) {
                                 ended_in_kernel.push(net);
                             }
                             continue;
@@ -248,7 +255,14 @@ impl BanManager {
                 line: saved.line.as_str().into(),
                 scope: Scope::from_saved(saved.all_ports, saved.ports_only),
             };
-            let in_kernel = !in_kernel.is_empty() && in_kernel.contains(&net);
+            // Marked: what is left unmarked is in the maps only.
+            let in_kernel = match in_kernel.get_mut(&net) {
+                Some(seen) => {
+                    *seen = true;
+                    true
+                }
+                None => false,
+            };
             if !in_kernel {
                 let end = info.expires_at_ns.unwrap_or(0);
                 writer.push(net, end, info.scope.flags(), info.banned_at_ns);
@@ -298,8 +312,8 @@ impl BanManager {
         for net in ended_in_kernel {
             self.maps.unban(net)?;
         }
-        for net in in_kernel {
-            if self.bans.contains_key(&net) || !self.remote.get(&net).is_empty() {
+        for (net, seen) in in_kernel {
+            if seen || self.bans.contains_key(&net) || !self.remote.get(&net).is_empty() {
                 continue;
             }
             let Some(entry) = self.maps.ban_entry(net)? else {

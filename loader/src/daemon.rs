@@ -1325,8 +1325,9 @@ struct Inputs {
     metrics_listener: Option<std::net::TcpListener>,
 }
 
-/// What `load` prepares (`E`: the engine's parts) and `attach` completes
-/// (`E`: the started engine).
+/// What `load` prepares (`E`: the engine's parts, `P`: nothing yet, the
+/// programs being verified on a thread) and `attach` completes (`E`: the
+/// started engine, `P`: the verified programs).
 struct Loaded<E, P = aya::Ebpf> {
     /// The programs (once verified).
     ebpf: P,
@@ -1349,9 +1350,11 @@ struct EngineParts {
     pinned: std::thread::JoinHandle<Result<crate::bans::Pinned>>,
 }
 
-/// Reads the configuration, checks the interfaces, loads (and verifies) the
-/// program with its pinned maps, and opens what the daemon listens to. The
-/// control socket is bound here, before the state is read (see `journal`).
+/// Reads the configuration, checks the interfaces, makes (or takes up) the
+/// pinned maps, starts the programs' verification, the state's reading and
+/// the pinned bans' reading on threads of their own, and opens what the
+/// daemon listens to. The control socket is bound here, before the journal
+/// is read (see `journal`).
 fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
     let config = load_config(opts)?;
     let ifaces = if config.interfaces.is_empty() {

@@ -97,11 +97,26 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
     let mut last_progress = Instant::now();
     let mut on_line = |raw: &[u8], read: u64, oversized: bool| {
         lines += 1;
+        // The clock only every few thousand lines: reading it per line
+        // would cost as much as skipping a line that cannot match.
+        if lines % 4096 == 0 && last_progress.elapsed().as_secs() >= 2 {
+            last_progress = Instant::now();
+            let pct = read * 100 / size;
+            if tty {
+                eprint!("\r{pct:3}% {lines} lines, {matched} matched");
+            } else {
+                eprintln!("{pct}% {lines} lines, {matched} matched");
+            }
+        }
         if oversized {
             too_long += 1;
             return;
         }
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // A line no rule can match: not even decoded (a miss).
+        if !jail.may_match(raw) {
+            return;
+        }
         // Valid UTF-8 (nearly every line) is used as it is; only a line
         // with invalid bytes pays for the replacement.
         let line = match std::str::from_utf8(raw) {
@@ -136,17 +151,6 @@ pub fn run(args: &Args, config_path: &Path) -> Result<()> {
                         bans.push((t, req));
                     }
                 }
-            }
-        }
-        // The clock only every few thousand lines: reading it per line
-        // would cost as much as skipping a line that cannot match.
-        if lines % 4096 == 0 && last_progress.elapsed().as_secs() >= 2 {
-            last_progress = Instant::now();
-            let pct = read * 100 / size;
-            if tty {
-                eprint!("\r{pct:3}% {lines} lines, {matched} matched");
-            } else {
-                eprintln!("{pct}% {lines} lines, {matched} matched");
             }
         }
     };

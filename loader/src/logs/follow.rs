@@ -88,7 +88,7 @@ impl Follower {
     }
 
     /// Reads what is new and calls `emit` for each complete line.
-    pub fn poll(&mut self, emit: &mut dyn FnMut(&str)) -> io::Result<()> {
+    pub fn poll(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         if self.file.is_none() && !self.open(emit)? {
             return Ok(());
         }
@@ -109,7 +109,7 @@ impl Follower {
     }
 
     /// Opens the file if it exists; returns false if it does not (yet).
-    fn open(&mut self, emit: &mut dyn FnMut(&str)) -> io::Result<bool> {
+    fn open(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -153,7 +153,7 @@ impl Follower {
         Ok(true)
     }
 
-    fn read_new(&mut self, emit: &mut dyn FnMut(&str)) -> io::Result<()> {
+    fn read_new(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
@@ -206,7 +206,7 @@ impl Follower {
 
     /// Copy-truncate: take what we had not read yet from the copy, then start
     /// the file again from its beginning.
-    fn truncated(&mut self, emit: &mut dyn FnMut(&str)) -> io::Result<()> {
+    fn truncated(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         tracing::info!(
             "{}: truncated (copy-truncate rotation)",
             self.path.display()
@@ -235,7 +235,12 @@ impl Follower {
     }
 
     /// Reads `path` from `from` to its end, continuing the current partial line.
-    fn drain_from(&mut self, path: &Path, from: u64, emit: &mut dyn FnMut(&str)) -> io::Result<()> {
+    fn drain_from(
+        &mut self,
+        path: &Path,
+        from: u64,
+        emit: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
         let mut f = File::open(path)?;
         f.seek(SeekFrom::Start(from))?;
         let mut buf = Vec::new();
@@ -245,7 +250,7 @@ impl Follower {
         Ok(())
     }
 
-    fn consume(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&str)) {
+    fn consume(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&[u8])) {
         let keep = bytes.len().min(TAIL);
         if keep == TAIL {
             self.tail.clear();
@@ -256,7 +261,7 @@ impl Follower {
         self.tail.extend_from_slice(&bytes[bytes.len() - keep..]);
 
         let mut rest = bytes;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(nl);
             rest = &after[1..];
             if self.skipping {
@@ -269,8 +274,14 @@ impl Follower {
                 self.partial.clear();
                 continue;
             }
-            self.partial.extend_from_slice(line);
-            self.emit_partial(emit);
+            if self.partial.is_empty() {
+                // The whole line is in this read: handed over in place.
+                emit(line.strip_suffix(b"\r").unwrap_or(line));
+                self.lines += 1;
+            } else {
+                self.partial.extend_from_slice(line);
+                self.emit_partial(emit);
+            }
         }
         if !self.skipping {
             self.partial.extend_from_slice(rest);
@@ -283,15 +294,15 @@ impl Follower {
         }
     }
 
-    fn emit_partial(&mut self, emit: &mut dyn FnMut(&str)) {
+    fn emit_partial(&mut self, emit: &mut dyn FnMut(&[u8])) {
         let line = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
-        emit(&String::from_utf8_lossy(line));
+        emit(line);
         self.lines += 1;
         self.partial.clear();
     }
 
     /// A file that ended without a newline will never get one.
-    fn flush_partial(&mut self, emit: &mut dyn FnMut(&str)) {
+    fn flush_partial(&mut self, emit: &mut dyn FnMut(&[u8])) {
         if !self.partial.is_empty() && !self.skipping {
             self.emit_partial(emit);
         }
@@ -352,7 +363,8 @@ mod tests {
 
     fn collect(f: &mut Follower) -> Vec<String> {
         let mut out = Vec::new();
-        f.poll(&mut |l| out.push(l.to_owned())).unwrap();
+        f.poll(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()))
+            .unwrap();
         out
     }
 
@@ -484,14 +496,16 @@ mod tests {
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while got.len() < total && std::time::Instant::now() < deadline {
-            f.poll(&mut |l| got.push(l.to_owned())).unwrap();
+            f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned()))
+                .unwrap();
             seen.store(got.len(), std::sync::atomic::Ordering::Relaxed);
             if writer.is_finished() && got.len() < total {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         writer.join().unwrap();
-        f.poll(&mut |l| got.push(l.to_owned())).unwrap();
+        f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned()))
+            .unwrap();
         let want: Vec<String> = (0..total).map(|i| format!("line {i}")).collect();
         let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).take(3).collect();
         let last_missing = want.iter().rev().find(|w| !got.contains(w));

@@ -319,6 +319,12 @@ impl Jail {
         })
     }
 
+    /// False when the jail's filter cannot match `line` (see
+    /// `Filter::may_match`).
+    pub fn may_match(&self, line: &[u8]) -> bool {
+        self.filter.may_match(line)
+    }
+
     /// What the jail's filter says about a line (no counting).
     pub fn check(&self, line: &str) -> Outcome {
         self.filter.check(line)
@@ -356,8 +362,18 @@ impl Jail {
         now_ms: i64,
     ) -> Vec<BanRequest> {
         let mut lines = Vec::new();
+        let (filter, stats) = (&self.filter, &mut self.stats);
         for follower in self.followers.values_mut() {
-            if let Err(e) = follower.poll(&mut |l| lines.push(l.to_owned())) {
+            // A line no rule can match is counted and let go here, neither
+            // decoded nor copied (what `on_line` would do with it too).
+            let mut take = |l: &[u8]| {
+                if filter.may_match(l) {
+                    lines.push(String::from_utf8_lossy(l).into_owned());
+                } else {
+                    stats.lines += 1;
+                }
+            };
+            if let Err(e) = follower.poll(&mut take) {
                 tracing::warn!(
                     "jail {}: reading {} failed: {e}",
                     self.name,

@@ -1062,3 +1062,54 @@ fn the_programs_are_cheap_to_verify() -> Result<()> {
     }
     Ok(())
 }
+
+/// Two bans whose ids pick the same counter slot, dropping on one CPU: the
+/// later one takes the slot over and counts from zero, and the earlier then
+/// reads zero, never the other's counts; taking it back starts anew too.
+#[test]
+fn a_ban_taking_over_a_counter_slot_counts_anew() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    let n = common::BAN_COUNTER_SLOTS + 1;
+    let at = |i: u32| std::net::Ipv4Addr::from(0x0a01_0000 + i);
+    let mut writer = t.maps.writer(n as usize)?;
+    let now = clock::mono_now_ns();
+    for i in 0..n {
+        writer.push(IpNet::from(std::net::IpAddr::V4(at(i))), 0, 0, now);
+    }
+    assert!(writer.finish(&mut t.maps).is_empty());
+    // Ids follow one another: the first ban and the last share a slot.
+    let (a, b) = (at(0), at(n - 1));
+    let entry = |addr: std::net::Ipv4Addr| -> Result<common::BanEntry> {
+        Ok(t.maps
+            .ban_entry(IpNet::from(std::net::IpAddr::V4(addr)))?
+            .expect("written"))
+    };
+    let (ea, eb) = (entry(a)?, entry(b)?);
+    assert_ne!(ea.id, eb.id);
+    assert_eq!(
+        common::ban_counter_slot(ea.id),
+        common::ban_counter_slot(eb.id)
+    );
+    let fd = t.prog_fd()?;
+    let (fa, fb) = (udp4(a.octets(), 5060), udp4(b.octets(), 5060));
+    // One CPU for every run (a test run counts on the CPU it runs on).
+    let on_cpu0 = |frame: &[u8], repeat: u32| -> Result<()> {
+        let action = std::thread::scope(|s| {
+            s.spawn(|| sipguard_tests::kernel::test_run_on(0, fd, frame, repeat))
+                .join()
+                .expect("test run thread")
+        })?
+        .0;
+        assert_eq!(action, DROP);
+        Ok(())
+    };
+    on_cpu0(&fa, 3)?;
+    assert_eq!(t.maps.ban_stats(&ea)?.packets, 3);
+    on_cpu0(&fb, 2)?;
+    assert_eq!(t.maps.ban_stats(&eb)?.packets, 2);
+    assert_eq!(t.maps.ban_stats(&ea)?.packets, 0, "taken over");
+    on_cpu0(&fa, 1)?;
+    assert_eq!(t.maps.ban_stats(&ea)?.packets, 1, "taken back, from zero");
+    assert_eq!(t.maps.ban_stats(&eb)?.packets, 0);
+    Ok(())
+}

@@ -944,6 +944,15 @@ mod tests {
                 ])
             {
                 assert_eq!(fast.check(line), plain.check(line), "{name}: {line}");
+                // The byte prefilter turns away only lines that miss.
+                if !fast.may_match(line.as_bytes()) {
+                    assert_eq!(plain.check(line), Outcome::Miss, "{name}: {line}");
+                }
+            }
+            // With a fixed word in every rule, an ordinary line is turned away.
+            if fast.literals.iter().all(Option::is_some) {
+                let ordinary = b"2024-03-01 12:00:00.1 [DEBUG] switch_core.c:1 Session 42 locked";
+                assert!(!fast.may_match(ordinary), "{name}");
             }
         }
     }

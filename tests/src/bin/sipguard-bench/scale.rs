@@ -460,7 +460,7 @@ fn bulk(out: &mut Section) -> Result<()> {
     let (rss, hwm) = memory(daemon.pid())?;
     say!(out, "| sipguard daemon: {SAVED} failure lines from as many sources, each tracked as an offender | {secs:.2} | | {rss:.0} MiB resident with {SAVED} bans and {SAVED} offenders (peak {hwm:.0} MiB) |");
     daemon.stop()?;
-    say!(out, "| sipguard state file written whole with {SAVED} bans (a snapshot: at start, at stop, and when the change log outgrows the table) | {save_secs:.2} | | {save_mib:.0} MiB on disk |");
+    say!(out, "| sipguard state file written whole with {SAVED} bans (a snapshot: at stop, and when the change log outgrows the table) | {save_secs:.2} | | {save_mib:.0} MiB on disk |");
     // What a change costs between snapshots: one line per changed network.
     let mut log = sipguard::bans::changes::ChangeLog::new(&sb.state(), 0);
     let line = [sipguard::bans::changes::Change::Net {

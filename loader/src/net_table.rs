@@ -64,11 +64,6 @@ impl<V> NetTable<V> {
         self.find(net).map(|i| &self.at(i).1)
     }
 
-    pub fn get_mut(&mut self, net: &IpNet) -> Option<&mut V> {
-        let i = self.find(net)?;
-        Some(&mut self.at_mut(i).1)
-    }
-
     /// The entry at `slot` (which must hold one).
     pub fn at(&self, slot: u32) -> &(IpNet, V) {
         self.slots[slot as usize].as_ref().expect("a live slot")
@@ -117,10 +112,6 @@ impl<V> NetTable<V> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &V)> {
         self.slots.iter().flatten().map(|(n, v)| (n, v))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &IpNet> {
-        self.iter().map(|(n, _)| n)
     }
 }
 

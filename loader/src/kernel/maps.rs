@@ -207,13 +207,7 @@ impl KernelMaps {
     /// Bans `net` until `expires_at_ns` (monotonic clock; 0 = permanent). Re-banning
     /// an address updates its expiry and flags and keeps its id (and so its counters).
     pub fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, now_ns: u64) -> Result<()> {
-        let fresh = BanEntry {
-            banned_at_ns: now_ns,
-            prefix_len: u32::from(net.prefix_len()),
-            expires_at_ns,
-            flags,
-            id: self.next_id,
-        };
+        let fresh = new_entry(net, expires_at_ns, flags, now_ns, self.next_id);
         // A new ban (the usual case, and a million of them at start after a
         // reboot) is one system call; only an existing one is read first.
         match self.insert_ban(net, fresh, BPF_NOEXIST) {
@@ -349,12 +343,10 @@ impl KernelMaps {
 
     pub fn bans(&self) -> Result<Vec<Ban>> {
         let mut all = entries(&self.banned_v4, &self.banned_v6)?;
-        for item in self.host_v4.iter() {
-            let (k, entry) = item?;
+        for (k, entry) in self.host_entries_v4()? {
             all.push((IpNet::from(std::net::IpAddr::from(k)), entry));
         }
-        for item in self.host_v6.iter() {
-            let (k, entry) = item?;
+        for (k, entry) in self.host_entries_v6()? {
             all.push((IpNet::from(std::net::IpAddr::from(k)), entry));
         }
         all.into_iter()
@@ -478,6 +470,17 @@ impl KernelMaps {
     }
 }
 
+/// The entry of a new ban of `net` (`ban` and `BanWriter` alike).
+fn new_entry(net: IpNet, expires_at_ns: u64, flags: u32, banned_at_ns: u64, id: u64) -> BanEntry {
+    BanEntry {
+        banned_at_ns,
+        prefix_len: u32::from(net.prefix_len()),
+        expires_at_ns,
+        flags,
+        id,
+    }
+}
+
 /// Writes new bans (ones the maps do not hold) while its caller goes on:
 /// single addresses in batches on a thread of their own (see `batch`), a
 /// million in ~0.5 s of kernel time the daemon's start does not wait for;
@@ -503,13 +506,7 @@ impl BanWriter {
     pub fn push(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, banned_at_ns: u64) {
         assert!(self.ids_left > 0, "more bans than the writer was made for");
         self.ids_left -= 1;
-        let entry = BanEntry {
-            banned_at_ns,
-            prefix_len: u32::from(net.prefix_len()),
-            expires_at_ns,
-            flags,
-            id: self.next_id,
-        };
+        let entry = new_entry(net, expires_at_ns, flags, banned_at_ns, self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
         match net {
             IpNet::V4(n) if n.prefix_len() == 32 => {

@@ -75,23 +75,33 @@ impl Times {
     }
 
     fn last(&self) -> Option<i64> {
-        self.iter().last()
+        let (a, b) = self.as_slices();
+        b.last().or(a.last()).copied()
     }
 
-    /// Keeps the times `keep` accepts, and at most the newest `max`.
+    /// Keeps the times `keep` accepts, and at most the newest `max`; in
+    /// place (it runs for every failure line).
     fn retain(&mut self, keep: impl Fn(i64) -> bool, max: usize) {
-        let kept: Vec<i64> = self.iter().filter(|&t| keep(t)).collect();
-        let kept = &kept[kept.len().saturating_sub(max)..];
-        *self = if kept.len() <= 3 {
-            let mut at = [0; 3];
-            at[..kept.len()].copy_from_slice(kept);
-            Times::Few {
-                len: kept.len() as u8,
-                at,
+        match self {
+            Times::Few { len, at } => {
+                let mut n = 0;
+                for i in 0..usize::from(*len) {
+                    if keep(at[i]) {
+                        at[n] = at[i];
+                        n += 1;
+                    }
+                }
+                let over = n.saturating_sub(max);
+                at.copy_within(over..n, 0);
+                *len = (n - over) as u8;
             }
-        } else {
-            Times::Many(kept.iter().copied().collect())
-        };
+            Times::Many(many) => {
+                many.retain(|&t| keep(t));
+                while many.len() > max {
+                    many.pop_front();
+                }
+            }
+        }
     }
 }
 

@@ -218,12 +218,14 @@ impl Engine {
     fn start(
         config: Config,
         maps: KernelMaps,
-        mut saved: state::State,
+        mut reading: state::Reading,
         pinned: crate::bans::Pinned,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
-        // What changed after the last snapshot.
-        let replayed = changes::replay(&config.state_file, &mut saved)?;
+        let mut saved = reading.header()?;
+        // What changed after the last snapshot, laid over the snapshot's
+        // bans as they are read.
+        let (replayed, mut over) = changes::read(&config.state_file, &mut saved)?;
         if replayed > 0 {
             tracing::info!("state: {replayed} change(s) replayed from the change log");
         }
@@ -236,7 +238,7 @@ impl Engine {
                 "applying {} change(s) made with the CLI while the daemon was stopped",
                 changes.len()
             );
-            journal::apply(&mut saved, &changes);
+            journal::apply_over(&mut saved, &mut over, &changes);
         }
         let operator_allowed = match &saved.allowed {
             Some(list) => list
@@ -265,7 +267,12 @@ impl Engine {
         let config_hooks = config.notify.hooks();
         let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
-        let r = bans.restore_over(&saved, pinned)?;
+        let reading = std::cell::RefCell::new(reading);
+        let counts = over.counts(std::iter::from_fn(|| reading.borrow_mut().next_count()));
+        let n = reading.borrow().bans_left;
+        let saved_bans = over.bans(std::iter::from_fn(|| reading.borrow_mut().next_ban()));
+        let r = bans.restore_from(&saved, (n, saved_bans), counts, pinned)?;
+        let damaged = reading.borrow().damaged();
         tracing::info!(
             "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
             r.kept,
@@ -328,6 +335,9 @@ impl Engine {
         } else {
             engine.snapshot_due = true;
         }
+        // A state damaged part way was moved aside: what was restored goes
+        // into a new one.
+        engine.snapshot_due |= damaged;
         Ok(engine)
     }
 
@@ -495,7 +505,9 @@ impl Engine {
         self.apply_config(false)
     }
 
-    fn poll_logs(&mut self) {
+    /// Reads the logs and bans what they call for; true when a log has
+    /// more to read than one poll takes (the loop comes back at once).
+    fn poll_logs(&mut self) -> bool {
         let read_at = Instant::now();
         let now = now_ms();
         let mut requests = Vec::new();
@@ -519,6 +531,7 @@ impl Engine {
                 self.packet_bans.forget(&net);
             }
         }
+        self.jails.iter().any(|j| j.behind())
     }
 
     /// An automatic ban, checked against the never-ban set: as asked,
@@ -628,10 +641,10 @@ impl Engine {
     fn tick(&mut self) {
         match self.bans.sweep() {
             Ok(ended) => {
-                for (net, info) in &ended {
-                    tracing::info!("[{}] ban of {} ended", info.jail, addr::display(net));
+                for (net, jail) in &ended {
+                    tracing::info!("[{jail}] ban of {} ended", addr::display(net));
                     self.packet_bans.forget(net);
-                    self.on_unban(*net, &info.jail, "expired");
+                    self.on_unban(*net, jail, "expired");
                 }
                 self.dirty |= !ended.is_empty();
             }
@@ -700,20 +713,23 @@ impl Engine {
         // that say what the snapshot says.
         self.append_changes(usize::MAX);
         self.changelog.flush();
-        let mut st = State {
+        let header = State {
             version: state::VERSION,
+            cursors: self.cursors.clone(),
+            allowed: Some(
+                self.operator_allowed
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            ),
             ..Default::default()
         };
-        self.bans.save_into(&mut st);
-        st.cursors = self.cursors.clone();
-        st.allowed = Some(
-            self.operator_allowed
-                .iter()
-                .map(|n| n.to_string())
-                .collect(),
-        );
-        match state::save(&self.config.state_file, &st) {
+        let bans = &mut self.bans;
+        match state::write_atomically(&self.config.state_file, |out| {
+            bans.write_snapshot(out, &header)
+        }) {
             Ok(()) => {
+                self.bans.snapshot_written();
                 self.dirty = false;
                 self.snapshot_due = false;
                 if let Err(e) = self.changelog.clear() {
@@ -902,12 +918,12 @@ impl Engine {
         }
         let now = now_ms();
         let mut by_jail: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
-        for (net, b) in self.bans.iter() {
-            // `status JAIL` stays cheap on a box with a million bans elsewhere.
-            if only.is_some_and(|n| n != &*b.jail) {
-                continue;
-            }
-            by_jail.entry(&*b.jail).or_default().push(json!({
+        let bans: Box<dyn Iterator<Item = _>> = match only {
+            Some(jail) => Box::new(self.bans.iter_jail(jail)),
+            None => Box::new(self.bans.iter()),
+        };
+        for (net, b) in bans {
+            by_jail.entry(b.jail).or_default().push(json!({
                 "address": addr::display(net),
                 "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
                 "reason": b.reason,
@@ -1285,6 +1301,7 @@ impl Engine {
 /// service manager hears `READY=1` once the program is attached and the
 /// saved bans are in force, not before.
 pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
+    large_blocks_go_back();
     let loaded = load(&opts)?;
     // What CrowdSec, the Redis fleet and APIBAN say; bounded, so an engine
     // with a huge list waits for the loop instead of filling memory.
@@ -1345,7 +1362,7 @@ struct EngineParts {
     /// The programs, being verified by the kernel meanwhile.
     verifying: std::thread::JoinHandle<Result<aya::Ebpf>>,
     /// The saved state, being read meanwhile.
-    reading: std::thread::JoinHandle<Result<state::State>>,
+    reading: state::Reading,
     /// The networks the pinned maps hold, being read meanwhile.
     pinned: std::thread::JoinHandle<Result<crate::bans::Pinned>>,
 }
@@ -1371,10 +1388,7 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
         program::if_index(iface)?;
     }
     // Read while the object's maps are made and the programs verified.
-    let state_file = config.state_file.clone();
-    let reading = std::thread::Builder::new()
-        .name("sipguard-state".into())
-        .spawn(move || state::load_with_positions(&state_file))?;
+    let reading = state::read_on_thread(config.state_file.clone())?;
     let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
     // What the pinned maps still hold (a restart over a million bans), read
@@ -1439,13 +1453,10 @@ fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded
     } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
-    let saved = reading
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the state panicked"))??;
     let pinned = pinned
         .join()
         .map_err(|_| anyhow::anyhow!("reading the pinned bans panicked"))??;
-    let engine = Engine::start(config, maps, saved, pinned, fleet_tx)?;
+    let engine = Engine::start(config, maps, reading, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()
         .map_err(|_| anyhow::anyhow!("verifying the XDP programs panicked"))??;
@@ -1538,6 +1549,8 @@ async fn serve(
             let watchdog_every = readiness.borrow().watchdog();
             let mut watchdog =
                 tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(86_400)));
+            // A log has more to read than one poll took.
+            let mut behind = false;
             loop {
                 tokio::select! {
                     _ = sigterm.recv() => break,
@@ -1547,7 +1560,9 @@ async fn serve(
                             tracing::error!("reload failed, keeping the running configuration: {e:#}");
                         }
                     }
-                    _ = watch.changed() => engine.borrow_mut().poll_logs(),
+                    _ = watch.changed() => behind = engine.borrow_mut().poll_logs(),
+                    // The rest of a burst, after whatever else is ready.
+                    () = std::future::ready(()), if behind => behind = engine.borrow_mut().poll_logs(),
                     guard = flood_events.readable_mut() => {
                         let mut guard = guard?;
                         let ring = guard.get_inner_mut();
@@ -1561,7 +1576,7 @@ async fn serve(
                     // One batch (at most fleet::BATCH bans) per turn: log
                     // lines are read between the batches of a long list.
                     Some(msg) = fleet_rx.recv() => timed("a batch from an engine", || engine.borrow_mut().on_fleet(msg)),
-                    _ = poll.tick() => engine.borrow_mut().poll_logs(),
+                    _ = poll.tick() => behind = engine.borrow_mut().poll_logs(),
                     _ = tick.tick() => timed("the once-a-second tick", || {
                         let mut engine = engine.borrow_mut();
                         engine.tick();
@@ -1677,6 +1692,19 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free heap pages; no pointers change.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Blocks of 256 KiB and more (a log read's buffer, a table's vector as it
+/// grows) are mapped on their own and unmapped when freed. glibc would
+/// otherwise raise that threshold to the size of the first such block
+/// freed, then serve later ones from its heap and keep them once freed: a
+/// burst of log lines left ~40 MB resident that nothing used.
+fn large_blocks_go_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes where later allocations come from.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -16,3 +16,6 @@ pub const STATE_FILE: &str = "/var/lib/sipguard/state.json";
 pub const CONFIG: &str = "/etc/sipguard/sipguard.toml";
 /// The Prometheus endpoint (node_exporter's neighbourhood: 9100 + ...).
 pub const METRICS_LISTEN: &str = "127.0.0.1:9713";
+/// Bytes of matched log lines the daemon keeps for its bans: the newest
+/// bans' lines (see `bans::lines`), ~100 000 FreeSWITCH lines.
+pub const LINE_MEMORY: usize = 16 << 20;

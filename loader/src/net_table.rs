@@ -64,6 +64,32 @@ impl<V> NetTable<V> {
         self.find(net).map(|i| &self.at(i).1)
     }
 
+    pub fn get_mut(&mut self, net: &IpNet) -> Option<&mut V> {
+        self.find(net).map(|i| &mut self.at_mut(i).1)
+    }
+
+    /// Keeps the entries `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&IpNet, &mut V) -> bool) {
+        let gone: Vec<IpNet> = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter_map(|(net, v)| (!keep(net, v)).then_some(*net))
+            .collect();
+        for net in gone {
+            self.remove(&net);
+        }
+    }
+
+    /// The live slots, in slot order.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
     /// The entry at `slot` (which must hold one).
     pub fn at(&self, slot: u32) -> &(IpNet, V) {
         self.slots[slot as usize].as_ref().expect("a live slot")

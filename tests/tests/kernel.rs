@@ -665,6 +665,7 @@ fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
             ports_only: false,
             origin: None,
             expires_mono: None,
+            count: 0,
         }],
         ..Default::default()
     };
@@ -782,6 +783,7 @@ fn a_failed_write_during_restore_is_counted_not_fatal() -> Result<()> {
                 all_ports: false,
                 ports_only: false,
                 origin: None,
+                count: 0,
             })
             .collect(),
         ..Default::default()

@@ -11,8 +11,12 @@
 //! Each line says what a network's bans *are* (not what happened to them),
 //! so replaying a line twice, or lines the snapshot already holds, changes
 //! nothing; a line torn by a crash mid-write is the last one, and skipped.
-use super::state::{SavedBan, State};
+use super::{
+    snapshot::Count,
+    state::{SavedBan, State},
+};
 use anyhow::{Context as _, Result};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, HashMap},
@@ -161,19 +165,114 @@ fn writer(
     }
 }
 
-/// Applies the log of `state_path` to `state`; returns the lines applied.
-pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
+/// What the change log and the journal say of networks, laid over a
+/// snapshot as it is read: a network they name has its bans from them, every
+/// other keeps the snapshot's, so the snapshot's million bans are neither
+/// held nor copied to apply a few changes.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// The change log's bans of each network it names.
+    nets: HashMap<IpNet, Vec<SavedBan>>,
+    /// The operator's bans and unbans while no daemon ran (the journal),
+    /// which come after everything the log says.
+    by_hand: HashMap<IpNet, ByHand>,
+    /// The change log's counts by network (0: forgotten).
+    counts: HashMap<String, (u32, i64)>,
+    /// A later boot voided the snapshot's monotonic deadlines.
+    boot_over: bool,
+}
+
+/// What the journal did to one network, in sum.
+#[derive(Debug, Default)]
+struct ByHand {
+    /// An unban: every ban of it before goes.
+    drop_all: bool,
+    /// A ban by hand replaces this box's own ban; other origins' stay.
+    drop_local: bool,
+    ban: Option<SavedBan>,
+}
+
+impl Overrides {
+    /// The journal's bans and unbans (see `journal::apply`), after the log.
+    pub fn by_hand(&mut self, net: IpNet, ban: Option<SavedBan>) {
+        let entry = self.by_hand.entry(net).or_default();
+        match ban {
+            Some(b) => {
+                entry.drop_local = true;
+                entry.ban = Some(b);
+            }
+            None => {
+                *entry = ByHand {
+                    drop_all: true,
+                    ..ByHand::default()
+                }
+            }
+        }
+    }
+
+    /// Whether `b`, a ban of `net` the snapshot or the log holds, stands.
+    fn keeps(&self, net: &IpNet, b: &SavedBan) -> bool {
+        self.by_hand
+            .get(net)
+            .is_none_or(|h| !h.drop_all && !(h.drop_local && b.origin.is_none()))
+    }
+
+    /// The snapshot's bans with the overrides laid over them.
+    pub fn bans(self, snapshot: impl Iterator<Item = SavedBan>) -> impl Iterator<Item = SavedBan> {
+        let this = std::rc::Rc::new(self);
+        let (first, rest) = (this.clone(), this);
+        // Nothing to lay over (most starts): no network parsed twice.
+        let any = !first.nets.is_empty() || !first.by_hand.is_empty();
+        snapshot
+            .filter_map(move |mut b| {
+                let net = any.then(|| crate::addr::parse_net(&b.net).ok()).flatten();
+                if let Some(net) = net {
+                    if first.nets.contains_key(&net) || !first.keeps(&net, &b) {
+                        return None;
+                    }
+                }
+                if first.boot_over {
+                    b.expires_mono = None;
+                }
+                Some(b)
+            })
+            .chain(std::iter::once(()).flat_map(move |()| {
+                let logged = rest
+                    .nets
+                    .iter()
+                    .flat_map(|(net, bans)| bans.iter().filter(|b| rest.keeps(net, b)).cloned());
+                let by_hand = rest.by_hand.values().filter_map(|h| h.ban.clone());
+                logged.chain(by_hand).collect::<Vec<_>>()
+            }))
+    }
+
+    /// The snapshot's counts with the log's laid over them.
+    pub fn counts<I: Iterator<Item = Count>>(
+        &mut self,
+        snapshot: I,
+    ) -> impl Iterator<Item = Count> + use<I> {
+        let counts = std::mem::take(&mut self.counts);
+        let logged: Vec<Count> = counts
+            .iter()
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(net, (n, at))| (net.clone(), *n, *at))
+            .collect();
+        snapshot
+            .filter(move |(net, _, _)| !counts.contains_key(net))
+            .chain(logged)
+    }
+}
+
+/// Reads the log of `state_path`: `header` (everything of the state but its
+/// bans and counts) is updated in place; what it says of bans and counts is
+/// returned, with the lines applied.
+pub fn read(state_path: &Path, header: &mut State) -> Result<(usize, Overrides)> {
+    let mut over = Overrides::default();
     let file = match fs::File::open(path(state_path)) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, over)),
         Err(e) => return Err(e).context("cannot read the change log"),
     };
-    // What the log says of each network it names (few, next to a table
-    // of a million): the snapshot's bans are then kept or replaced in one
-    // pass, neither copied into a map nor sorted.
-    let mut changed: HashMap<String, Vec<SavedBan>> = HashMap::new();
-    // Whether a later boot voided the snapshot's monotonic deadlines.
-    let mut snapshot_boot_over = false;
     let mut applied = 0;
     for line in std::io::BufReader::new(file).split(b'\n') {
         let line = line?;
@@ -187,46 +286,57 @@ pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
         };
         applied += 1;
         match change {
-            Change::Net { net, bans } => {
-                changed.insert(net, bans);
-            }
-            Change::Count { net, n, at } => {
-                if n == 0 {
-                    state.ban_counts.remove(&net);
-                    state.ban_counted_at.remove(&net);
-                } else {
-                    state.ban_counts.insert(net.clone(), n);
-                    state.ban_counted_at.insert(net, at);
+            Change::Net { net, bans } => match crate::addr::parse_net(&net) {
+                Ok(net) => {
+                    over.nets.insert(net, bans);
                 }
+                Err(_) => tracing::warn!("change log: skipping unreadable network {net:?}"),
+            },
+            Change::Count { net, n, at } => {
+                over.counts.insert(net, (n, at));
             }
             Change::Meta { allowed, cursors } => {
-                state.allowed = Some(allowed);
-                state.cursors = cursors;
+                header.allowed = Some(allowed);
+                header.cursors = cursors;
             }
             Change::Clock { boot_id, saved_at } => {
                 // Lines of a later boot: the monotonic deadlines of the
                 // bans so far are of an earlier one, and mean nothing now
                 // (their wall-time ends stand).
-                if state.boot_id.as_deref() != Some(boot_id.as_str()) {
-                    snapshot_boot_over = true;
-                    for b in changed.values_mut().flatten() {
+                if header.boot_id.as_deref() != Some(boot_id.as_str()) {
+                    over.boot_over = true;
+                    for b in over.nets.values_mut().flatten() {
                         b.expires_mono = None;
                     }
                 }
-                state.boot_id = Some(boot_id);
-                state.saved_at = Some(saved_at);
+                header.boot_id = Some(boot_id);
+                header.saved_at = Some(saved_at);
             }
         }
     }
-    if snapshot_boot_over {
-        for b in &mut state.bans {
-            b.expires_mono = None;
+    Ok((applied, over))
+}
+
+/// Applies the log of `state_path` to a whole `state`; returns the lines
+/// applied.
+pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
+    let snapshot = std::mem::take(&mut state.bans);
+    let (applied, mut over) = read(state_path, state)?;
+    let counts: Vec<Count> = std::mem::take(&mut state.ban_counts)
+        .into_iter()
+        .map(|(net, n)| {
+            let at = state.ban_counted_at.get(&net).copied().unwrap_or(0);
+            (net, n, at)
+        })
+        .collect();
+    state.ban_counted_at.clear();
+    for (net, n, at) in over.counts(counts.into_iter()).collect::<Vec<_>>() {
+        if at != 0 {
+            state.ban_counted_at.insert(net.clone(), at);
         }
+        state.ban_counts.insert(net, n);
     }
-    if !changed.is_empty() {
-        state.bans.retain(|b| !changed.contains_key(&b.net));
-        state.bans.extend(changed.into_values().flatten());
-    }
+    state.bans = over.bans(snapshot.into_iter()).collect();
     Ok(applied)
 }
 
@@ -246,6 +356,7 @@ mod tests {
             all_ports: false,
             ports_only: false,
             origin: None,
+            count: 0,
         }
     }
 

@@ -10,7 +10,10 @@
 //! listens on its socket before it takes the lock to read the journal. So
 //! every change either reaches the running daemon or is in the journal when
 //! the daemon reads it, never neither.
-use crate::bans::state::{SavedBan, State};
+use crate::bans::{
+    changes::Overrides,
+    state::{SavedBan, State},
+};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -112,8 +115,17 @@ impl Locked {
 /// removes the saved ban (so it is not written back), a ban is saved, an
 /// allow or disallow changes the operator's allowlist.
 pub fn apply(state: &mut State, changes: &[Change]) {
+    let mut over = Overrides::default();
+    apply_over(state, &mut over, changes);
+    let snapshot = std::mem::take(&mut state.bans);
+    state.bans = over.bans(snapshot.into_iter()).collect();
+}
+
+/// `apply` to a state being read: the allowlist in `header`, the bans and
+/// unbans in `over` (laid over the bans as they are read).
+pub fn apply_over(header: &mut State, over: &mut Overrides, changes: &[Change]) {
     let same = |a: &str, b: &str| crate::addr::parse_net(a).ok() == crate::addr::parse_net(b).ok();
-    let allowed = state.allowed.get_or_insert_with(Vec::new);
+    let allowed = header.allowed.get_or_insert_with(Vec::new);
     for change in changes {
         match change {
             Change::Ban {
@@ -121,24 +133,32 @@ pub fn apply(state: &mut State, changes: &[Change]) {
                 expires_at,
                 all_ports,
             } => {
+                let Ok(parsed) = crate::addr::parse_net(net) else {
+                    continue;
+                };
                 // A manual ban replaces this box's own; other origins' stay.
-                state
-                    .bans
-                    .retain(|b| !same(&b.net, net) || b.origin.is_some());
-                state.bans.push(SavedBan {
-                    net: net.clone(),
-                    jail: "manual".into(),
-                    banned_at: crate::bans::now_ms(),
-                    expires_at: *expires_at,
-                    expires_mono: None,
-                    reason: "banned by hand while the daemon was stopped".into(),
-                    line: String::new(),
-                    all_ports: *all_ports,
-                    ports_only: false,
-                    origin: None,
-                });
+                over.by_hand(
+                    parsed,
+                    Some(SavedBan {
+                        net: net.clone(),
+                        jail: "manual".into(),
+                        banned_at: crate::bans::now_ms(),
+                        expires_at: *expires_at,
+                        expires_mono: None,
+                        reason: "banned by hand while the daemon was stopped".into(),
+                        line: String::new(),
+                        all_ports: *all_ports,
+                        ports_only: false,
+                        origin: None,
+                        count: 0,
+                    }),
+                );
             }
-            Change::Unban { net } => state.bans.retain(|b| !same(&b.net, net)),
+            Change::Unban { net } => {
+                if let Ok(parsed) = crate::addr::parse_net(net) {
+                    over.by_hand(parsed, None);
+                }
+            }
             Change::Allow { net } => {
                 if !allowed.iter().any(|a| same(a, net)) {
                     allowed.push(net.clone());
@@ -165,6 +185,7 @@ mod tests {
             all_ports: false,
             ports_only: false,
             origin: None,
+            count: 0,
         }
     }
 

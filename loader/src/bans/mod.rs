@@ -10,6 +10,8 @@
 //! `clock`), so the daemon and the program always agree on when a ban ends.
 pub mod changes;
 pub mod journal;
+pub mod lines;
+pub mod names;
 pub mod never_ban;
 pub mod packet_bans;
 pub mod remote;
@@ -17,6 +19,8 @@ pub mod snapshot;
 pub mod state;
 
 use crate::{
+    bans::lines::{LineRef, LineStore},
+    bans::names::{Name, Names},
     bans::remote::{RemoteBan, RemoteBans},
     bans::state::{SavedBan, State},
     kernel::clock::{self, Clock as _},
@@ -25,10 +29,10 @@ use crate::{
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
 // Tables of a million networks: a fast hasher (seeded per process).
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashSet as FastSet;
 use ipnet::IpNet;
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -74,41 +78,43 @@ impl Scope {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BanInfo {
-    /// Shared by every ban of the jail (see `Names`).
-    pub jail: Arc<str>,
+/// This box's ban of a network, as held for a million of them (40 bytes):
+/// names and the matched line by index.
+#[derive(Clone, Debug)]
+struct BanInfo {
+    /// `CLOCK_MONOTONIC` ns.
+    banned_at_ns: u64,
+    /// `CLOCK_MONOTONIC` deadline, as in the kernel map; 0 is permanent.
+    end_ns: u64,
+    line: LineRef,
+    jail: Name,
+    reason: Name,
+    /// Bans of the network so far, this one included (`bantime_increment`;
+    /// the networks not banned now keep theirs in `counts`).
+    count: u32,
+    scope: Scope,
+}
+
+const _: () = assert!(std::mem::size_of::<BanInfo>() == 40);
+
+impl BanInfo {
+    fn expires_at_ns(&self) -> Option<u64> {
+        (self.end_ns != 0).then_some(self.end_ns)
+    }
+}
+
+/// A ban of this box's, to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ban<'a> {
+    pub jail: &'a str,
     /// `CLOCK_MONOTONIC` ns.
     pub banned_at_ns: u64,
     /// `CLOCK_MONOTONIC` deadline, as in the kernel map; `None` is permanent.
     pub expires_at_ns: Option<u64>,
-    /// Shared by every ban with the same reason.
-    pub reason: Arc<str>,
-    /// The matched log line (a boxed `str`: 8 bytes less than a `String`
-    /// in each of a million bans).
-    pub line: Box<str>,
+    pub reason: &'a str,
+    /// The matched log line; "" if none, or let go (see `lines`).
+    pub line: &'a str,
     pub scope: Scope,
-}
-
-/// One copy of each jail name and ban reason, shared by the bans that
-/// carry it: a million bans of a few jails hold a few strings, not two
-/// million (memory). Names no ban holds any more are let go hourly.
-#[derive(Debug, Default)]
-struct Names(HashSet<Arc<str>>);
-
-impl Names {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(found) = self.0.get(s) {
-            return found.clone();
-        }
-        let new: Arc<str> = Arc::from(s);
-        self.0.insert(new.clone());
-        new
-    }
-
-    fn prune(&mut self) {
-        self.0.retain(|s| Arc::strong_count(s) > 1);
-    }
 }
 
 /// The networks the pinned maps hold, each marked once the state names it.
@@ -203,15 +209,17 @@ pub struct BanManager {
     bans: crate::net_table::NetTable<BanInfo>,
     /// Bans from elsewhere (CrowdSec, the Redis fleet, APIBAN), by origin.
     remote: RemoteBans,
-    /// Bans so far per network, and when the last one began (monotonic),
-    /// for `bantime_increment`; forgotten `BAN_COUNT_MEMORY` after that.
-    counts: FastMap<IpNet, (u32, u64)>,
+    /// Bans so far per network not banned now, and when the last one began
+    /// (monotonic), for `bantime_increment`; forgotten `BAN_COUNT_MEMORY`
+    /// after that. A banned network's count is in its ban.
+    counts: crate::net_table::NetTable<(u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
     /// Networks whose bans, and whose counts, changed since `take_changes`.
     changed: FastSet<IpNet>,
     counts_changed: FastSet<IpNet>,
     names: Names,
+    lines: LineStore,
 }
 
 /// Wall-clock now, ms: for log lines, whose own times are wall times.
@@ -246,7 +254,8 @@ impl BanManager {
             changed: FastSet::default(),
             counts_changed: FastSet::default(),
             names: Names::default(),
-            counts: FastMap::default(),
+            lines: LineStore::new(crate::defaults::LINE_MEMORY),
+            counts: Default::default(),
             total_by_jail: HashMap::new(),
         }
     }
@@ -263,25 +272,39 @@ impl BanManager {
     /// Takes up the saved bans and makes the kernel hold them.
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let in_kernel = pinned(self.maps.banned_nets()?);
-        self.restore_over(state, in_kernel)
+        let counts = state.ban_counts.iter().map(|(net, n)| {
+            let at = state.ban_counted_at.get(net).copied().unwrap_or(0);
+            (net.clone(), *n, at)
+        });
+        let bans = (state.bans.len(), state.bans.iter().cloned());
+        self.restore_from(state, bans, counts, in_kernel)
     }
 
-    /// `restore`, given the networks the maps held when the daemon started
-    /// (read while the state was; see `pinned`).
-    pub fn restore_over(&mut self, state: &State, mut in_kernel: Pinned) -> Result<Restored> {
+    /// `restore` of a state being read: `header` is everything but its
+    /// bans (about `n`) and counts, which come one at a time (the counts
+    /// are taken once every ban is); `in_kernel`, the networks the maps
+    /// held when the daemon started (read meanwhile; see `pinned`).
+    pub fn restore_from(
+        &mut self,
+        header: &State,
+        (n, bans): (usize, impl Iterator<Item = SavedBan>),
+        counts: impl Iterator<Item = snapshot::Count>,
+        mut in_kernel: Pinned,
+    ) -> Result<Restored> {
         let clock = clock::Frozen::now();
         let (now, wall) = (clock.mono_ns(), clock.wall_ms());
-        let same_boot = state
+        let same_boot = header
             .boot_id
             .as_deref()
             .is_some_and(|b| !b.is_empty() && b == clock.boot_id());
         let mut report = Restored::default();
-        self.bans.reserve(state.bans.len());
+        let expected = n.max(in_kernel.nets.len());
+        self.bans.reserve(expected);
         // New bans go to the kernel while the loop goes on (see `BanWriter`).
-        let mut writer = self.maps.writer(state.bans.len())?;
+        let mut writer = self.maps.writer(expected)?;
 
         let mut ended_in_kernel = Vec::new();
-        for saved in &state.bans {
+        for saved in bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
                 continue;
@@ -292,7 +315,7 @@ impl BanManager {
                     let end = clock::SavedEnd {
                         wall_ms,
                         mono_ns: saved.expires_mono,
-                        saved_wall_ms: state.saved_at,
+                        saved_wall_ms: header.saved_at,
                     };
                     match clock::from_saved(end, same_boot, &clock) {
                         Some(deadline) => Some(deadline),
@@ -307,29 +330,22 @@ impl BanManager {
                     }
                 }
             };
-            let info = BanInfo {
-                jail: self.names.get(&saved.jail),
-                banned_at_ns: now
-                    .saturating_sub((wall - saved.banned_at).max(0) as u64 * 1_000_000),
-                expires_at_ns,
-                reason: self.names.get(&saved.reason),
-                line: saved.line.as_str().into(),
-                scope: Scope::from_saved(saved.all_ports, saved.ports_only),
-            };
+            let scope = Scope::from_saved(saved.all_ports, saved.ports_only);
+            let banned_at_ns =
+                now.saturating_sub((wall - saved.banned_at).max(0) as u64 * 1_000_000);
             // Marked: what is left unmarked is in the maps only.
             let in_kernel = !in_kernel.is_empty() && in_kernel.mark(&net);
             if !in_kernel {
-                let end = info.expires_at_ns.unwrap_or(0);
-                writer.push(net, end, info.scope.flags(), info.banned_at_ns);
+                writer.push(net, expires_at_ns.unwrap_or(0), scope.flags(), banned_at_ns);
             }
             if let Some(origin) = &saved.origin {
                 self.remote.set(
                     net,
                     RemoteBan {
                         origin: origin.to_string(),
-                        expires_at_ns: info.expires_at_ns,
-                        scope: info.scope,
-                        reason: info.reason.to_string(),
+                        expires_at_ns,
+                        scope,
+                        reason: saved.reason.to_string(),
                     },
                 );
                 continue;
@@ -339,6 +355,15 @@ impl BanManager {
             } else {
                 report.reinstated += 1;
             }
+            let info = BanInfo {
+                jail: self.names.id(&saved.jail),
+                banned_at_ns,
+                end_ns: expires_at_ns.unwrap_or(0),
+                reason: self.names.id(&saved.reason),
+                line: self.lines.push(&saved.line),
+                count: saved.count,
+                scope,
+            };
             self.bans.insert(net, info);
         }
         for (net, e) in writer.finish(&mut self.maps) {
@@ -379,32 +404,37 @@ impl BanManager {
                 self.maps.unban(net)?;
                 continue;
             }
-            self.bans.insert(
-                net,
-                BanInfo {
-                    jail: self.names.get("manual"),
-                    banned_at_ns: entry.banned_at_ns,
-                    expires_at_ns: (entry.expires_at_ns != 0).then_some(entry.expires_at_ns),
-                    reason: self
-                        .names
-                        .get("found in the kernel map (banned while the daemon was not running)"),
-                    line: "".into(),
-                    scope: Scope::from_flags(entry.flags),
-                },
-            );
+            let info = BanInfo {
+                jail: self.names.id("manual"),
+                banned_at_ns: entry.banned_at_ns,
+                end_ns: entry.expires_at_ns,
+                reason: self
+                    .names
+                    .id("found in the kernel map (banned while the daemon was not running)"),
+                line: LineRef::NONE,
+                count: 0,
+                scope: Scope::from_flags(entry.flags),
+            };
+            self.bans.insert(net, info);
             report.adopted += 1;
             self.changed.insert(net);
         }
-        for (text, n) in &state.ban_counts {
-            if let Ok(net) = crate::addr::parse_net(text) {
-                // Unknown (an older state): as if banned just now.
-                let ago_ms = state
-                    .ban_counted_at
-                    .get(text)
-                    .map_or(0, |at| (wall - at).max(0) as u64);
-                let at = now.saturating_sub(ago_ms.saturating_mul(1_000_000));
-                self.counts.insert(net, (*n, at));
+        for (text, n, at) in counts {
+            let Ok(net) = crate::addr::parse_net(&text) else {
+                continue;
+            };
+            if let Some(ban) = self.bans.get_mut(&net) {
+                ban.count = n;
+                continue;
             }
+            // Unknown (an older state): as if banned just now.
+            let ago_ms = if at == 0 {
+                0
+            } else {
+                (wall - at).max(0) as u64
+            };
+            let at = now.saturating_sub(ago_ms.saturating_mul(1_000_000));
+            self.counts.insert(net, (n, at));
         }
         Ok(report)
     }
@@ -420,15 +450,11 @@ impl BanManager {
     fn merged(&self, net: IpNet, info: &BanInfo) -> (u64, u32, u64) {
         match self.remote.effective(&net) {
             Some((end, scope)) => (
-                later(info.expires_at_ns, end).unwrap_or(0),
+                later(info.expires_at_ns(), end).unwrap_or(0),
                 info.scope.max(scope).flags(),
                 info.banned_at_ns,
             ),
-            None => (
-                info.expires_at_ns.unwrap_or(0),
-                info.scope.flags(),
-                info.banned_at_ns,
-            ),
+            None => (info.end_ns, info.scope.flags(), info.banned_at_ns),
         }
     }
 
@@ -465,29 +491,37 @@ impl BanManager {
         let now = clock::mono_now_ns();
         let mut expires_at_ns = duration.map(|d| now.saturating_add(duration_ns(d)));
         let mut scope = scope;
-        if let Some(current) = self.bans.get(&net) {
-            let merged_end = later(current.expires_at_ns, expires_at_ns);
-            let merged_scope = current.scope.max(scope);
-            if merged_end == current.expires_at_ns && merged_scope == current.scope {
-                return Ok(false);
+        let count = match self.bans.get(&net) {
+            Some(current) => {
+                let merged_end = later(current.expires_at_ns(), expires_at_ns);
+                let merged_scope = current.scope.max(scope);
+                if merged_end == current.expires_at_ns() && merged_scope == current.scope {
+                    return Ok(false);
+                }
+                expires_at_ns = merged_end;
+                scope = merged_scope;
+                current.count
             }
-            expires_at_ns = merged_end;
-            scope = merged_scope;
-        }
+            None => self.counts.get(&net).map_or(0, |c| c.0),
+        };
         let info = BanInfo {
-            jail: self.names.get(jail),
+            jail: self.names.id(jail),
             banned_at_ns: now,
-            expires_at_ns,
-            reason: self.names.get(&reason),
-            line: line.into_boxed_str(),
+            end_ns: expires_at_ns.unwrap_or(0),
+            reason: self.names.id(&reason),
+            line: LineRef::NONE,
+            count: count + 1,
             scope,
         };
         self.write_kernel(net, &info)?;
+        let info = BanInfo {
+            line: self.lines.push(&line),
+            ..info
+        };
         self.bans.insert(net, info);
+        self.counts.remove(&net);
         self.changed.insert(net);
         self.counts_changed.insert(net);
-        let count = self.counts.entry(net).or_default();
-        *count = (count.0 + 1, now);
         match self.total_by_jail.get_mut(jail) {
             Some(n) => *n += 1,
             None => {
@@ -497,16 +531,26 @@ impl BanManager {
         Ok(true)
     }
 
+    /// Removes this box's ban of `net` from the table; its count stays,
+    /// in `counts`.
+    fn remove_ban(&mut self, net: &IpNet) -> Option<BanInfo> {
+        let info = self.bans.remove(net)?;
+        if info.count > 0 {
+            self.counts.insert(*net, (info.count, info.banned_at_ns));
+        }
+        Some(info)
+    }
+
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
         self.changed.insert(net);
         if !self.remote.get(&net).is_empty() {
-            let had = self.bans.remove(&net).is_some();
+            let had = self.remove_ban(&net).is_some();
             self.sync_kernel(net)?;
             return Ok(had);
         }
         let in_kernel = self.maps.unban(net)?;
-        Ok(self.bans.remove(&net).is_some() || in_kernel)
+        Ok(self.remove_ban(&net).is_some() || in_kernel)
     }
 
     /// The operator's unban: every origin's ban of `net` on this box.
@@ -514,7 +558,7 @@ impl BanManager {
     pub fn unban_all(&mut self, net: IpNet) -> Result<(bool, Vec<String>)> {
         self.changed.insert(net);
         let origins = self.remote.remove_all(&net);
-        let local = self.bans.remove(&net).is_some();
+        let local = self.remove_ban(&net).is_some();
         let in_kernel = self.maps.unban(net)?;
         Ok((local || in_kernel || !origins.is_empty(), origins))
     }
@@ -575,18 +619,18 @@ impl BanManager {
     /// would keep the daemon busy (two system calls per entry). Every ban
     /// goes through this manager while the daemon runs; strays found in the
     /// kernel at start are adopted or, when expired, deleted by `restore`.
-    pub fn sweep(&mut self) -> Result<Vec<(IpNet, BanInfo)>> {
+    pub fn sweep(&mut self) -> Result<Vec<(IpNet, Arc<str>)>> {
         let now = clock::mono_now_ns();
         let ended: Vec<IpNet> = self
             .bans
             .iter()
-            .filter(|(_, b)| b.expires_at_ns.is_some_and(|e| e <= now))
+            .filter(|(_, b)| b.end_ns != 0 && b.end_ns <= now)
             .map(|(n, _)| *n)
             .collect();
         let mut out = Vec::new();
         for net in ended {
-            if let Some(info) = self.bans.remove(&net) {
-                out.push((net, info));
+            if let Some(info) = self.remove_ban(&net) {
+                out.push((net, self.names.text(info.jail).clone()));
             }
             self.changed.insert(net);
             self.sync_kernel(net)?;
@@ -608,17 +652,29 @@ impl BanManager {
             }
             keep
         });
-        self.names.prune();
+        self.names
+            .retain_used(self.bans.iter().flat_map(|(_, b)| [b.jail, b.reason]));
         before - self.counts.len()
     }
 
-    pub fn get(&self, net: &IpNet) -> Option<&BanInfo> {
-        self.bans.get(net)
+    pub fn get(&self, net: &IpNet) -> Option<Ban<'_>> {
+        self.bans.get(net).map(|b| self.view(b))
+    }
+
+    fn view<'a>(&'a self, b: &BanInfo) -> Ban<'a> {
+        Ban {
+            jail: self.names.text(b.jail),
+            banned_at_ns: b.banned_at_ns,
+            expires_at_ns: b.expires_at_ns(),
+            reason: self.names.text(b.reason),
+            line: self.lines.get(b.line),
+            scope: b.scope,
+        }
     }
 
     /// The jail of the ban of exactly `net`.
     pub fn jail_of(&self, net: &IpNet) -> Option<String> {
-        self.bans.get(net).map(|b| b.jail.to_string())
+        self.get(net).map(|b| b.jail.to_string())
     }
 
     /// Banned here, by this box or another origin.
@@ -628,11 +684,29 @@ impl BanManager {
 
     /// How many times `net` was banned before.
     pub fn ban_count(&self, net: &IpNet) -> u32 {
-        self.counts.get(net).map_or(0, |c| c.0)
+        self.count_of(net).0
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &BanInfo)> {
-        self.bans.iter()
+    /// `net`'s ban count, and when its last ban began (0, 0: none).
+    fn count_of(&self, net: &IpNet) -> (u32, u64) {
+        match self.bans.get(net) {
+            Some(b) => (b.count, b.banned_at_ns),
+            None => self.counts.get(net).copied().unwrap_or((0, 0)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, Ban<'_>)> {
+        self.bans.iter().map(|(net, b)| (net, self.view(b)))
+    }
+
+    /// The bans of jail `jail` (`status JAIL` stays cheap on a box with a
+    /// million bans of other jails).
+    pub fn iter_jail(&self, jail: &str) -> impl Iterator<Item = (&IpNet, Ban<'_>)> {
+        let id = self.names.find(jail);
+        self.bans
+            .iter()
+            .filter(move |(_, b)| Some(b.jail) == id)
+            .map(|(net, b)| (net, self.view(b)))
     }
 
     /// Networks banned, whatever the origin.
@@ -660,40 +734,76 @@ impl BanManager {
         !self.changed.is_empty() || !self.counts_changed.is_empty()
     }
 
-    /// The bans and ban counts, for the state file: each end both as wall
-    /// time and as this boot's monotonic deadline (see `clock`).
-    pub fn save_into(&mut self, state: &mut State) {
+    /// Writes the state file's snapshot to `out`: `header`'s allowlist,
+    /// cursors and positions with every ban and ban count, each end both as
+    /// wall time and as this boot's monotonic deadline (see `clock`). The
+    /// bans are written as they are walked, never copied all at once (a
+    /// million would double the daemon's memory at every snapshot).
+    pub fn write_snapshot(&mut self, out: &mut impl std::io::Write, header: &State) -> Result<()> {
         let clock = clock::System;
         let now = (clock.mono_ns(), clock.wall_ms());
-        state.boot_id = Some(clock.boot_id());
-        state.saved_at = Some(now.1);
+        let header = State {
+            boot_id: Some(clock.boot_id()),
+            saved_at: Some(now.1),
+            ..header.clone()
+        };
         // Sorted by network: the next start finds them in the pinned maps
         // in one walk (see `Pinned`).
-        let mut bans: Vec<(IpNet, SavedBan)> = self
-            .bans
-            .iter()
-            .map(|(net, b)| (*net, saved_local(net, b, now)))
-            .chain(
-                self.remote
-                    .iter()
-                    .map(|(net, b)| (*net, saved_remote(net, b, now))),
-            )
-            .collect();
-        bans.sort_by_key(|(net, _)| *net);
-        state.bans = bans.into_iter().map(|(_, b)| b).collect();
-        state.ban_counts = self
+        let mut local: Vec<u32> = self.bans.slots().collect();
+        local.sort_unstable_by_key(|&i| self.bans.at(i).0);
+        let mut remote: Vec<(&IpNet, &RemoteBan)> = self.remote.iter().collect();
+        remote.sort_by_key(|(net, _)| **net);
+        let n = local.len() + remote.len();
+        let (mut local, mut remote) = (local.into_iter().peekable(), remote.into_iter().peekable());
+        let bans = std::iter::from_fn(|| {
+            let next_local = local.peek().map(|&i| self.bans.at(i).0);
+            match (next_local, remote.peek()) {
+                (Some(l), Some((r, _))) if **r < l => {
+                    remote.next().map(|(net, b)| saved_remote(net, b, now))
+                }
+                (Some(_), _) => local.next().map(|i| {
+                    let (net, b) = self.bans.at(i);
+                    self.saved_local(net, b, now)
+                }),
+                (None, _) => remote.next().map(|(net, b)| saved_remote(net, b, now)),
+            }
+        });
+        let strings = self.names.iter().chain(
+            self.remote
+                .iter()
+                .flat_map(|(_, b)| [b.origin.as_str(), b.reason.as_str()]),
+        );
+        // A banned network's count goes with its ban.
+        let counts = self
             .counts
             .iter()
-            .map(|(n, c)| (n.to_string(), c.0))
-            .collect::<BTreeMap<_, _>>();
-        state.ban_counted_at = self
-            .counts
-            .iter()
-            .map(|(n, c)| (n.to_string(), counted_at(c.1, now)))
-            .collect::<BTreeMap<_, _>>();
-        // A snapshot holds every change.
+            .map(|(net, (n, at))| (net.to_string(), *n, counted_at(*at, now)));
+        snapshot::write_parts(out, &header, strings, (n, bans), counts)
+    }
+
+    /// A snapshot was written: it holds every change so far.
+    pub fn snapshot_written(&mut self) {
         self.changed.clear();
         self.counts_changed.clear();
+    }
+
+    /// This box's ban of `net`, as the state file keeps it.
+    fn saved_local(&self, net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
+        let clock = clock::System;
+        let end = b.expires_at_ns().map(|d| clock::to_saved(d, &clock));
+        SavedBan {
+            net: net.to_string(),
+            jail: self.names.text(b.jail).clone(),
+            banned_at: counted_at(b.banned_at_ns, now),
+            expires_at: end.map(|e| e.wall_ms),
+            expires_mono: end.and_then(|e| e.mono_ns),
+            reason: self.names.text(b.reason).clone(),
+            line: self.lines.get(b.line).to_owned(),
+            all_ports: b.scope == Scope::AllPorts,
+            ports_only: b.scope == Scope::PortsOnly,
+            origin: None,
+            count: b.count,
+        }
     }
 
     /// What changed since the last call (or snapshot), for the change log:
@@ -712,7 +822,7 @@ impl BanManager {
             let bans = self
                 .bans
                 .get(&net)
-                .map(|b| saved_local(&net, b, now))
+                .map(|b| self.saved_local(&net, b, now))
                 .into_iter()
                 .chain(
                     self.remote
@@ -727,10 +837,10 @@ impl BanManager {
             });
         }
         for net in std::mem::take(&mut self.counts_changed) {
-            let (n, at) = self
-                .counts
-                .get(&net)
-                .map_or((0, 0), |c| (c.0, counted_at(c.1, now)));
+            let (n, at) = match self.count_of(&net) {
+                (0, _) => (0, 0),
+                (n, at) => (n, counted_at(at, now)),
+            };
             out.push(changes::Change::Count {
                 net: net.to_string(),
                 n,
@@ -744,24 +854,6 @@ impl BanManager {
 /// When a count's last ban began, as wall time (Unix ms).
 fn counted_at(mono_ns: u64, (now_ns, now_wall): (u64, i64)) -> i64 {
     now_wall - (now_ns.saturating_sub(mono_ns) / 1_000_000) as i64
-}
-
-/// This box's ban of `net`, as the state file keeps it.
-fn saved_local(net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
-    let clock = clock::System;
-    let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
-    SavedBan {
-        net: net.to_string(),
-        jail: b.jail.clone(),
-        banned_at: counted_at(b.banned_at_ns, now),
-        expires_at: end.map(|e| e.wall_ms),
-        expires_mono: end.and_then(|e| e.mono_ns),
-        reason: b.reason.clone(),
-        line: b.line.to_string(),
-        all_ports: b.scope == Scope::AllPorts,
-        ports_only: b.scope == Scope::PortsOnly,
-        origin: None,
-    }
 }
 
 /// Another origin's ban of `net`, as the state file keeps it.
@@ -779,6 +871,7 @@ fn saved_remote(net: &IpNet, b: &RemoteBan, now: (u64, i64)) -> SavedBan {
         all_ports: b.scope == Scope::AllPorts,
         ports_only: b.scope == Scope::PortsOnly,
         origin: Some(b.origin.as_str().into()),
+        count: 0,
     }
 }
 

@@ -1,26 +1,34 @@
 //! The state file's binary form: what a daemon reads before it can enforce
-//! a single saved ban, so it must read fast. A million bans as JSON are
-//! 180 MB and 0.65 s of parsing; here they are ~45 MB read at memory speed,
-//! each jail name, reason and origin written once and shared.
+//! a single saved ban, so it must read fast, and read as a stream: a
+//! million bans are restored as they are read, never held decoded beside
+//! the table they go into (that copy was the daemon's peak memory).
 //!
 //! ```text
-//! "SIPGUARD STATE 2\n"
-//! u32 n, n bytes       everything but the bans, as JSON (small)
+//! "SIPGUARD STATE 3\n"
+//! u32 n, n bytes       everything but the bans and counts, as JSON (small)
 //! u32 n, n × (u32 len, bytes)   the strings the bans name by index
 //! u64 n, n × ban       (below)
+//! u64 n, n × count     u8 length + the network as text, u32 bans, i64 at
 //! "END\n"
 //! ```
 //! A ban: `u8` flags (`HAS_END`, `HAS_MONO`, `ALL_PORTS`, `PORTS_ONLY`,
 //! `HAS_ORIGIN`), `u8` length + the network as text, `i64` start, [`i64`
 //! end], [`u64` monotonic end], `u32` jail, `u32` reason, [`u32` origin],
-//! `u32` length + the matched line. Integers little-endian. Written whole
+//! `u32` length + the matched line, [`u32` ban count]. Integers
+//! little-endian. Written whole
 //! (temporary file, fsync, rename) like the JSON it replaces, which is
-//! still read.
+//! still read, as is form 2 (the counts in the JSON part).
 use super::state::{SavedBan, State};
 use anyhow::{bail, Context as _, Result};
-use std::{collections::HashMap, io::Write, sync::Arc};
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    sync::Arc,
+};
 
-pub const MAGIC: &[u8] = b"SIPGUARD STATE 2\n";
+pub const MAGIC: &[u8] = b"SIPGUARD STATE 3\n";
+/// Form 2: no counts section; the counts are in the JSON part.
+pub const MAGIC_2: &[u8] = b"SIPGUARD STATE 2\n";
 const END: &[u8] = b"END\n";
 
 const HAS_END: u8 = 1;
@@ -28,44 +36,77 @@ const HAS_MONO: u8 = 2;
 const ALL_PORTS: u8 = 4;
 const PORTS_ONLY: u8 = 8;
 const HAS_ORIGIN: u8 = 16;
+/// The ban carries its network's ban count (form 3).
+const HAS_COUNT: u8 = 32;
+
+/// A network's ban count and when its last ban began (Unix ms).
+pub type Count = (String, u32, i64);
 
 /// Writes `state` to `out`.
 pub fn write(out: &mut impl Write, state: &State) -> Result<()> {
+    let strings = state
+        .bans
+        .iter()
+        .flat_map(|b| [Some(&*b.jail), Some(&*b.reason), b.origin.as_deref()])
+        .flatten();
+    let counts = state.ban_counts.iter().map(|(net, n)| {
+        (
+            net.clone(),
+            *n,
+            state.ban_counted_at.get(net).copied().unwrap_or(0),
+        )
+    });
+    let bans = state.bans.iter().cloned();
+    write_parts(out, state, strings, (state.bans.len(), bans), counts)
+}
+
+/// Writes a state whose bans (`n` of them) and counts come one at a time
+/// (`header`'s own are not written): `strings` must name every jail,
+/// reason and origin the bans carry.
+pub fn write_parts<'a>(
+    out: &mut impl Write,
+    header: &State,
+    strings: impl Iterator<Item = &'a str>,
+    (n, bans): (usize, impl Iterator<Item = SavedBan>),
+    counts: impl Iterator<Item = Count>,
+) -> Result<()> {
     out.write_all(MAGIC)?;
     let rest = State {
-        version: state.version,
-        boot_id: state.boot_id.clone(),
-        saved_at: state.saved_at,
+        version: header.version,
+        boot_id: header.boot_id.clone(),
+        saved_at: header.saved_at,
         bans: Vec::new(),
-        allowed: state.allowed.clone(),
-        ban_counts: state.ban_counts.clone(),
-        ban_counted_at: state.ban_counted_at.clone(),
-        positions: state.positions.clone(),
-        cursors: state.cursors.clone(),
+        allowed: header.allowed.clone(),
+        ban_counts: Default::default(),
+        ban_counted_at: Default::default(),
+        positions: header.positions.clone(),
+        cursors: header.cursors.clone(),
     };
-    let header = serde_json::to_vec(&rest)?;
-    out.write_all(&(header.len() as u32).to_le_bytes())?;
-    out.write_all(&header)?;
+    let json = serde_json::to_vec(&rest)?;
+    write_bytes32(out, &json)?;
     // The strings, each once.
     let mut index: HashMap<&str, u32> = HashMap::new();
-    let mut strings: Vec<&str> = Vec::new();
-    for b in &state.bans {
-        for s in [Some(&*b.jail), Some(&*b.reason), b.origin.as_deref()]
-            .into_iter()
-            .flatten()
-        {
-            if !index.contains_key(s) {
-                index.insert(s, strings.len() as u32);
-                strings.push(s);
-            }
+    let mut table: Vec<&str> = Vec::new();
+    for s in strings {
+        if !index.contains_key(s) {
+            index.insert(s, table.len() as u32);
+            table.push(s);
         }
     }
-    out.write_all(&(strings.len() as u32).to_le_bytes())?;
-    for s in &strings {
+    out.write_all(&(table.len() as u32).to_le_bytes())?;
+    for s in &table {
         write_bytes32(out, s.as_bytes())?;
     }
-    out.write_all(&(state.bans.len() as u64).to_le_bytes())?;
-    for b in &state.bans {
+    let at = |s: &str| -> Result<[u8; 4]> {
+        Ok(index
+            .get(s)
+            .with_context(|| format!("{s:?} is not in the string table"))?
+            .to_le_bytes())
+    };
+    out.write_all(&(n as u64).to_le_bytes())?;
+    let mut written = 0;
+    for b in bans {
+        written += 1;
         let flags = if b.expires_at.is_some() { HAS_END } else { 0 }
             | if b.expires_mono.is_some() {
                 HAS_MONO
@@ -74,9 +115,9 @@ pub fn write(out: &mut impl Write, state: &State) -> Result<()> {
             }
             | if b.all_ports { ALL_PORTS } else { 0 }
             | if b.ports_only { PORTS_ONLY } else { 0 }
-            | if b.origin.is_some() { HAS_ORIGIN } else { 0 };
-        out.write_all(&[flags, b.net.len() as u8])?;
-        out.write_all(b.net.as_bytes())?;
+            | if b.origin.is_some() { HAS_ORIGIN } else { 0 }
+            | if b.count > 0 { HAS_COUNT } else { 0 };
+        write_net(out, flags, &b.net)?;
         out.write_all(&b.banned_at.to_le_bytes())?;
         if let Some(end) = b.expires_at {
             out.write_all(&end.to_le_bytes())?;
@@ -84,14 +125,40 @@ pub fn write(out: &mut impl Write, state: &State) -> Result<()> {
         if let Some(mono) = b.expires_mono {
             out.write_all(&mono.to_le_bytes())?;
         }
-        out.write_all(&index[&*b.jail].to_le_bytes())?;
-        out.write_all(&index[&*b.reason].to_le_bytes())?;
+        out.write_all(&at(&b.jail)?)?;
+        out.write_all(&at(&b.reason)?)?;
         if let Some(origin) = &b.origin {
-            out.write_all(&index[&**origin].to_le_bytes())?;
+            out.write_all(&at(origin)?)?;
         }
         write_bytes32(out, b.line.as_bytes())?;
+        if b.count > 0 {
+            out.write_all(&b.count.to_le_bytes())?;
+        }
     }
+    if written != n {
+        bail!("{written} bans written of {n} announced");
+    }
+    // The count is only known at the end: the counts go to a buffer first
+    // (short records, and as many as the bans at most).
+    let mut section = Vec::new();
+    let mut n: u64 = 0;
+    for (net, bans, at) in counts {
+        section.push(u8::try_from(net.len()).context("a network's text is too long")?);
+        section.extend_from_slice(net.as_bytes());
+        section.extend_from_slice(&bans.to_le_bytes());
+        section.extend_from_slice(&at.to_le_bytes());
+        n += 1;
+    }
+    out.write_all(&n.to_le_bytes())?;
+    out.write_all(&section)?;
     out.write_all(END)?;
+    Ok(())
+}
+
+fn write_net(out: &mut impl Write, flags: u8, net: &str) -> Result<()> {
+    let len = u8::try_from(net.len()).context("a network's text is too long")?;
+    out.write_all(&[flags, len])?;
+    out.write_all(net.as_bytes())?;
     Ok(())
 }
 
@@ -101,45 +168,102 @@ fn write_bytes32(out: &mut impl Write, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads a state written by `write`; any damage is an error (the caller
-/// moves the file aside and starts from the kernel's bans).
+/// Reads a whole state written by `write`; any damage is an error (the
+/// caller moves the file aside and starts from the kernel's bans).
 pub fn read(bytes: &[u8]) -> Result<State> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.take(MAGIC.len())? != MAGIC {
-        bail!("not a sipguard state");
+    let (mut state, mut stream) = open(bytes)?;
+    while let Some(b) = stream.next_ban()? {
+        state.bans.push(b);
     }
+    while let Some((net, n, at)) = stream.next_count()? {
+        // 0: a count saved without its time.
+        if at != 0 {
+            state.ban_counted_at.insert(net.clone(), at);
+        }
+        state.ban_counts.insert(net, n);
+    }
+    Ok(state)
+}
+
+/// Starts reading a state: everything but its bans and counts, which
+/// `Stream` hands out one at a time.
+pub fn open<R: Read>(r: R) -> Result<(State, Stream<R>)> {
+    let mut r = Reader { r, at: 0 };
+    let magic = r.bytes(MAGIC.len())?;
+    let counted = match &magic[..] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_2 => false,
+        _ => bail!("not a sipguard state"),
+    };
     let n = r.u32()? as usize;
-    let mut state: State = serde_json::from_slice(r.take(n)?).context("the state's header")?;
-    let n = r.u32()? as usize;
-    let mut strings: Vec<Arc<str>> = Vec::with_capacity(n.min(1 << 20));
+    let state: State = serde_json::from_slice(&r.bytes(n)?).context("the state's header")?;
+    let n = r.u32()?;
+    let mut strings: Vec<Arc<str>> = Vec::new();
     for _ in 0..n {
         let len = r.u32()? as usize;
-        strings.push(Arc::from(r.str(len)?));
+        strings.push(Arc::from(r.string(len)?));
     }
-    let string = |i: u32| -> Result<Arc<str>> {
-        strings
-            .get(i as usize)
-            .cloned()
-            .with_context(|| format!("string {i} out of range"))
-    };
-    let n = r.u64()? as usize;
-    // Bounded by what the file can hold (a ban takes at least 27 bytes).
-    let mut bans = Vec::with_capacity(n.min(bytes.len() / 27));
-    for _ in 0..n {
+    let bans_left = r.u64()?;
+    Ok((
+        state,
+        Stream {
+            r,
+            strings,
+            bans_left,
+            counts_left: None,
+            counted,
+            ended: false,
+        },
+    ))
+}
+
+/// The bans, then the counts, of a state being read.
+pub struct Stream<R> {
+    r: Reader<R>,
+    strings: Vec<Arc<str>>,
+    bans_left: u64,
+    /// Known once the bans are read.
+    counts_left: Option<u64>,
+    /// Form 3: a counts section follows the bans.
+    counted: bool,
+    ended: bool,
+}
+
+impl<R: Read> Stream<R> {
+    /// How many bans are still to come.
+    pub fn bans_left(&self) -> usize {
+        usize::try_from(self.bans_left).unwrap_or(usize::MAX)
+    }
+
+    /// The next ban; none once all are read.
+    pub fn next_ban(&mut self) -> Result<Option<SavedBan>> {
+        if self.bans_left == 0 {
+            return Ok(None);
+        }
+        self.bans_left -= 1;
+        let r = &mut self.r;
         let flags = r.u8()?;
         let len = r.u8()? as usize;
-        let net = r.str(len)?.to_owned();
+        let net = r.string(len)?;
         let banned_at = r.u64()? as i64;
         let expires_at = (flags & HAS_END != 0).then(|| r.u64()).transpose()?;
         let expires_mono = (flags & HAS_MONO != 0).then(|| r.u64()).transpose()?;
+        let strings = &self.strings;
+        let string = |i: u32| -> Result<Arc<str>> {
+            strings
+                .get(i as usize)
+                .cloned()
+                .with_context(|| format!("string {i} out of range"))
+        };
         let jail = string(r.u32()?)?;
         let reason = string(r.u32()?)?;
         let origin = (flags & HAS_ORIGIN != 0)
             .then(|| r.u32().and_then(string))
             .transpose()?;
         let len = r.u32()? as usize;
-        let line = r.str(len)?.to_owned();
-        bans.push(SavedBan {
+        let line = r.string(len)?;
+        let count = if flags & HAS_COUNT != 0 { r.u32()? } else { 0 };
+        Ok(Some(SavedBan {
             net,
             jail,
             banned_at,
@@ -150,44 +274,84 @@ pub fn read(bytes: &[u8]) -> Result<State> {
             all_ports: flags & ALL_PORTS != 0,
             ports_only: flags & PORTS_ONLY != 0,
             origin,
-        });
+            count,
+        }))
     }
-    if r.take(END.len())? != END || r.at != bytes.len() {
-        bail!("the state does not end where it should");
-    }
-    state.bans = bans;
-    Ok(state)
-}
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let Some(slice) = self.bytes.get(self.at..self.at.saturating_add(n)) else {
-            bail!("the state is cut short at byte {}", self.at);
+    /// The next ban count, once the bans are read; none once all are, and
+    /// the end of the file checked.
+    pub fn next_count(&mut self) -> Result<Option<Count>> {
+        while self.next_ban()?.is_some() {}
+        if self.ended {
+            return Ok(None);
+        }
+        let left = match self.counts_left {
+            Some(n) => n,
+            None if self.counted => *self.counts_left.insert(self.r.u64()?),
+            None => 0,
         };
-        self.at += n;
-        Ok(slice)
+        if left == 0 {
+            self.ended = true;
+            if self.r.bytes(END.len())? != END {
+                bail!("the state does not end where it should");
+            }
+            let mut more = [0u8; 1];
+            if self.r.r.read(&mut more)? != 0 {
+                bail!("the state goes on past its end");
+            }
+            return Ok(None);
+        }
+        self.counts_left = Some(left - 1);
+        let len = self.r.u8()? as usize;
+        let net = self.r.string(len)?;
+        let n = self.r.u32()?;
+        let at = self.r.u64()? as i64;
+        Ok(Some((net, n, at)))
+    }
+}
+
+struct Reader<R> {
+    r: R,
+    at: u64,
+}
+
+impl<R: Read> Reader<R> {
+    /// `n` bytes; read in steps, so a huge length in a damaged file is
+    /// refused at the file's end, not allocated first.
+    fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n.min(1 << 16));
+        let got = (&mut self.r).take(n as u64).read_to_end(&mut out)?;
+        if got != n {
+            bail!("the state is cut short at byte {}", self.at + got as u64);
+        }
+        self.at += n as u64;
+        Ok(out)
     }
 
-    fn str(&mut self, n: usize) -> Result<&'a str> {
+    fn string(&mut self, n: usize) -> Result<String> {
         let at = self.at;
-        std::str::from_utf8(self.take(n)?).with_context(|| format!("invalid text at byte {at}"))
+        String::from_utf8(self.bytes(n)?).with_context(|| format!("invalid text at byte {at}"))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0; N];
+        self.r
+            .read_exact(&mut a)
+            .with_context(|| format!("the state is cut short at byte {}", self.at))?;
+        self.at += N as u64;
+        Ok(a)
     }
 
     fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
+        Ok(self.array::<1>()?[0])
     }
 
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into()?))
+        Ok(u32::from_le_bytes(self.array()?))
     }
 
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 }
 
@@ -207,6 +371,7 @@ mod tests {
             all_ports: origin.is_some(),
             ports_only: origin.is_none(),
             origin: origin.map(Into::into),
+            count: 0,
         }
     }
 
@@ -221,9 +386,51 @@ mod tests {
                 ban("198.51.100.0/24", Some("redis:box2")),
             ],
             allowed: Some(vec!["10.0.0.0/8".into()]),
-            ban_counts: [("203.0.113.5/32".to_owned(), 3)].into(),
+            ban_counts: [
+                ("203.0.113.5/32".to_owned(), 3),
+                ("192.0.2.7/32".to_owned(), 1),
+            ]
+            .into(),
+            ban_counted_at: [("203.0.113.5/32".to_owned(), 1_699_999_000_000)].into(),
             ..Default::default()
         }
+    }
+
+    /// Form 2 (what sipguard wrote before the counts had a section of
+    /// their own) is still read, its counts from the JSON part.
+    #[test]
+    fn form_2_is_read() {
+        let mut header = sample();
+        let bans = std::mem::take(&mut header.bans);
+        let counts = (
+            std::mem::take(&mut header.ban_counts),
+            std::mem::take(&mut header.ban_counted_at),
+        );
+        let mut out = Vec::new();
+        write_parts(
+            &mut out,
+            &header,
+            bans.iter()
+                .flat_map(|b| [&*b.jail, &*b.reason])
+                .chain(["crowdsec", "redis:box2"]),
+            (bans.len(), bans.iter().cloned()),
+            std::iter::empty(),
+        )
+        .unwrap();
+        // No counts section; the counts in the JSON part.
+        let body_end = out.len() - END.len() - 8;
+        let json_len =
+            u32::from_le_bytes(out[MAGIC.len()..MAGIC.len() + 4].try_into().unwrap()) as usize;
+        let rest = &out[MAGIC.len() + 4 + json_len..body_end];
+        let mut with_counts = header.clone();
+        (with_counts.ban_counts, with_counts.ban_counted_at) = counts;
+        let json = serde_json::to_vec(&with_counts).unwrap();
+        let mut old = MAGIC_2.to_vec();
+        old.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        old.extend_from_slice(&json);
+        old.extend_from_slice(rest);
+        old.extend_from_slice(END);
+        assert_eq!(read(&old).unwrap(), sample());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! read positions in the logs. Written atomically: a temporary file, fsync,
 //! rename, so a daemon killed mid-write leaves the old state or the new one,
 //! never half of each.
+use super::snapshot;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -67,6 +68,14 @@ pub struct SavedBan {
     /// this box's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Arc<str>>,
+    /// The network's ban count, carried with its ban (this box's own), so
+    /// a restore sets it in passing; 0: none here (see `ban_counts`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,42 +85,331 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// Loads the state. A missing file is an empty state. An unreadable one is
-/// moved aside (never deleted) and the daemon starts from the kernel's maps,
-/// which still hold every ban.
+/// Loads the whole state. A missing file is an empty state. An unreadable
+/// one is moved aside (never deleted) and the daemon starts from the
+/// kernel's maps, which still hold every ban.
 pub fn load(path: &Path) -> Result<State> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(State {
-                version: VERSION,
-                ..Default::default()
-            })
+    let mut opened = open(path)?;
+    let mut bans = Vec::new();
+    while let Some(b) = opened.next_ban() {
+        bans.push(b);
+    }
+    while let Some((net, n, at)) = opened.next_count() {
+        opened.state.ban_counts.insert(net.clone(), n);
+        if at != 0 {
+            opened.state.ban_counted_at.insert(net, at);
         }
+    }
+    let mut state = opened.state;
+    if opened.damaged {
+        // Nothing of a damaged state is taken, as before streaming.
+        return Ok(empty());
+    }
+    state.bans = bans;
+    Ok(state)
+}
+
+fn empty() -> State {
+    State {
+        version: VERSION,
+        ..Default::default()
+    }
+}
+
+/// A state file being read: everything but the bans and ban counts in
+/// `state`, those one at a time (`next_ban`, then `next_count`), so a
+/// million bans go into their table as they are read.
+pub struct Opened {
+    pub state: State,
+    source: Source,
+    /// Counts read with the header (JSON, form 2), handed out first.
+    header_counts: std::vec::IntoIter<snapshot::Count>,
+    path: PathBuf,
+    /// The file's length.
+    len: u64,
+    /// The file turned out damaged part way (moved aside; what came
+    /// before the damage was handed out).
+    pub damaged: bool,
+}
+
+enum Source {
+    /// The JSON form, read whole (written by sipguard before the binary
+    /// form), or no file.
+    Whole(std::vec::IntoIter<SavedBan>),
+    Stream(snapshot::Stream<std::io::BufReader<fs::File>>),
+}
+
+/// Opens the state at `path` (see `Opened`).
+pub fn open(path: &Path) -> Result<Opened> {
+    let mut len = 0;
+    let opened = |mut state: State, source: Option<Source>, len: u64| {
+        let bans = std::mem::take(&mut state.bans);
+        let at = std::mem::take(&mut state.ban_counted_at);
+        let counts: Vec<snapshot::Count> = std::mem::take(&mut state.ban_counts)
+            .into_iter()
+            .map(|(net, n)| {
+                let t = at.get(&net).copied().unwrap_or(0);
+                (net, n, t)
+            })
+            .collect();
+        Opened {
+            state,
+            source: source.unwrap_or(Source::Whole(bans.into_iter())),
+            header_counts: counts.into_iter(),
+            path: path.to_owned(),
+            len,
+            damaged: false,
+        }
+    };
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(opened(empty(), None, 0)),
         Err(e) => return Err(e).with_context(|| format!("cannot read state {}", path.display())),
     };
-    let parsed = if bytes.starts_with(super::snapshot::MAGIC) {
-        super::snapshot::read(&bytes)
+    if let Ok(m) = file.metadata() {
+        len = m.len();
+    }
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let binary = {
+        use std::io::BufRead as _;
+        let head = reader
+            .fill_buf()
+            .with_context(|| format!("cannot read state {}", path.display()))?;
+        head.starts_with(&snapshot::MAGIC[..10])
+    };
+    let parsed = if binary {
+        snapshot::open(reader)
+            .map(|(state, stream)| opened(state, Some(Source::Stream(stream)), len))
     } else {
-        // Written by sipguard before the binary form.
-        serde_json::from_slice::<State>(&bytes).map_err(anyhow::Error::from)
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes)
+            .with_context(|| format!("cannot read state {}", path.display()))?;
+        serde_json::from_slice::<State>(&bytes)
+            .map(|state| opened(state, None, len))
+            .map_err(anyhow::Error::from)
     };
     match parsed {
-        Ok(state) => Ok(state),
+        Ok(o) => Ok(o),
         Err(e) => {
-            let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), std::process::id()));
-            fs::rename(path, &aside)
-                .with_context(|| format!("cannot move aside {}", path.display()))?;
-            tracing::error!(
-                "state {} is unreadable ({e:#}); moved it to {} and starting from the bans in the kernel",
-                path.display(),
-                aside.display()
-            );
-            Ok(State {
-                version: VERSION,
-                ..Default::default()
-            })
+            let mut o = opened(empty(), None, 0);
+            o.damaged = true;
+            o.move_aside(&e)?;
+            Ok(o)
         }
+    }
+}
+
+/// `open`, with the read positions of the positions file when it can be
+/// read (see `load_with_positions`).
+pub fn open_with_positions(path: &Path) -> Result<Opened> {
+    let mut opened = open(path)?;
+    newer_positions(path, &mut opened.state)?;
+    Ok(opened)
+}
+
+impl Opened {
+    /// How many bans are still to come (as the file says).
+    pub fn bans_left(&self) -> usize {
+        match &self.source {
+            Source::Whole(bans) => bans.len(),
+            // A damaged count is not believed past what the file can hold
+            // (a ban takes at least 27 bytes).
+            Source::Stream(stream) => stream.bans_left().min(self.len as usize / 27),
+        }
+    }
+
+    /// The next saved ban; none at the end, or at damage (logged, the
+    /// file moved aside).
+    pub fn next_ban(&mut self) -> Option<SavedBan> {
+        let result = match &mut self.source {
+            Source::Whole(bans) => return bans.next(),
+            Source::Stream(stream) => stream.next_ban(),
+        };
+        self.or_damaged(result)
+    }
+
+    /// The next ban count, once the bans are read.
+    pub fn next_count(&mut self) -> Option<snapshot::Count> {
+        if let Some(c) = self.header_counts.next() {
+            return Some(c);
+        }
+        let result = match &mut self.source {
+            Source::Whole(_) => return None,
+            Source::Stream(stream) => stream.next_count(),
+        };
+        self.or_damaged(result)
+    }
+
+    fn or_damaged<T>(&mut self, result: Result<Option<T>>) -> Option<T> {
+        match result {
+            Ok(next) => next,
+            Err(e) => {
+                self.damaged = true;
+                self.source = Source::Whole(Vec::new().into_iter());
+                if let Err(e) = self.move_aside(&e) {
+                    tracing::error!("{e:#}");
+                }
+                None
+            }
+        }
+    }
+
+    fn move_aside(&self, e: &anyhow::Error) -> Result<()> {
+        let path = &self.path;
+        let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), std::process::id()));
+        fs::rename(path, &aside)
+            .with_context(|| format!("cannot move aside {}", path.display()))?;
+        tracing::error!(
+            "state {} is unreadable ({e:#}); moved it to {} and starting from the bans in the kernel and those read before the damage",
+            path.display(),
+            aside.display()
+        );
+        Ok(())
+    }
+}
+
+/// A state read on a thread of its own (`open_with_positions`), its bans
+/// handed over in chunks through a short queue: decoding goes on while the
+/// caller restores them, and only a few chunks are ever held.
+pub struct Reading {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    bans: std::vec::IntoIter<SavedBan>,
+    counts: std::vec::IntoIter<snapshot::Count>,
+    /// Bans still to come, as the file says.
+    pub bans_left: usize,
+    ended: bool,
+    damaged: bool,
+}
+
+enum Chunk {
+    Header(Result<(State, usize)>),
+    Bans(Vec<SavedBan>),
+    Counts(Vec<snapshot::Count>),
+    End { damaged: bool },
+}
+
+/// Bans (or counts) per chunk, and chunks the queue holds.
+const CHUNK: usize = 4096;
+const QUEUE: usize = 16;
+
+/// Starts reading the state at `path` (see `Reading`); `header` waits for
+/// its first part.
+pub fn read_on_thread(path: PathBuf) -> Result<Reading> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("sipguard-state".into())
+        .spawn(move || {
+            let mut opened = match open_with_positions(&path) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = tx.send(Chunk::Header(Err(e)));
+                    return;
+                }
+            };
+            let n = opened.bans_left();
+            let header = std::mem::take(&mut opened.state);
+            if tx.send(Chunk::Header(Ok((header, n)))).is_err() {
+                return;
+            }
+            loop {
+                let chunk: Vec<SavedBan> = std::iter::from_fn(|| opened.next_ban())
+                    .take(CHUNK)
+                    .collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if tx.send(Chunk::Bans(chunk)).is_err() {
+                    return;
+                }
+            }
+            loop {
+                let chunk: Vec<snapshot::Count> = std::iter::from_fn(|| opened.next_count())
+                    .take(CHUNK)
+                    .collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if tx.send(Chunk::Counts(chunk)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Chunk::End {
+                damaged: opened.damaged,
+            });
+        })?;
+    Ok(Reading {
+        rx,
+        bans: Vec::new().into_iter(),
+        counts: Vec::new().into_iter(),
+        bans_left: 0,
+        ended: false,
+        damaged: false,
+    })
+}
+
+impl Reading {
+    /// Everything of the state but its bans and counts.
+    pub fn header(&mut self) -> Result<State> {
+        match self.rx.recv() {
+            Ok(Chunk::Header(Ok((state, n)))) => {
+                self.bans_left = n;
+                Ok(state)
+            }
+            Ok(Chunk::Header(Err(e))) => Err(e),
+            _ => anyhow::bail!("the state reader stopped"),
+        }
+    }
+
+    /// The next chunk, if any is left.
+    fn more(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        match self.rx.recv() {
+            Ok(Chunk::Bans(b)) => self.bans = b.into_iter(),
+            Ok(Chunk::Counts(c)) => self.counts = c.into_iter(),
+            Ok(Chunk::End { damaged }) => {
+                self.damaged = damaged;
+                self.ended = true;
+            }
+            Ok(Chunk::Header(_)) | Err(_) => {
+                tracing::error!("the state reader stopped part way");
+                self.damaged = true;
+                self.ended = true;
+            }
+        }
+        true
+    }
+
+    pub fn next_ban(&mut self) -> Option<SavedBan> {
+        loop {
+            if let Some(b) = self.bans.next() {
+                self.bans_left = self.bans_left.saturating_sub(1);
+                return Some(b);
+            }
+            // Counts come after the bans: the first one ends them.
+            if self.counts.len() > 0 || !self.more() {
+                return None;
+            }
+        }
+    }
+
+    /// The next ban count (what is left of the bans is passed over).
+    pub fn next_count(&mut self) -> Option<snapshot::Count> {
+        loop {
+            if let Some(c) = self.counts.next() {
+                return Some(c);
+            }
+            self.bans = Vec::new().into_iter();
+            if !self.more() {
+                return None;
+            }
+        }
+    }
+
+    /// The file turned out damaged part way (it was moved aside).
+    pub fn damaged(&self) -> bool {
+        self.damaged
     }
 }
 
@@ -122,7 +420,7 @@ pub fn save(path: &Path, state: &State) -> Result<()> {
 
 /// Writes into `path` through `write`: a temporary file, fsync, rename.
 /// Streamed through a buffer: a million bans are never held twice.
-fn write_atomically(
+pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<()>,
 ) -> Result<()> {
@@ -175,6 +473,11 @@ pub fn save_positions(state: &Path, positions: &BTreeMap<String, Position>) -> R
 /// (written by sipguard before the positions had a file of their own).
 pub fn load_with_positions(path: &Path) -> Result<State> {
     let mut state = load(path)?;
+    newer_positions(path, &mut state)?;
+    Ok(state)
+}
+
+fn newer_positions(path: &Path, state: &mut State) -> Result<()> {
     let file = positions_path(path);
     match fs::read(&file) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -187,7 +490,7 @@ pub fn load_with_positions(path: &Path) -> Result<State> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     }
-    Ok(state)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -253,6 +556,7 @@ mod tests {
             ports_only: false,
             expires_mono: None,
             origin: None,
+            count: 0,
         });
         s.positions.insert(
             "/x".into(),

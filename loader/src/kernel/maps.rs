@@ -311,9 +311,11 @@ impl KernelMaps {
 
     /// A writer of up to `n` new bans, for the daemon's start: see
     /// `BanWriter`.
+    /// A writer of new bans (see `BanWriter`); `n` is a hint. Its bans take
+    /// the ids from here on: no other ban may be made until its `finish`,
+    /// which takes these maps back.
     pub fn writer(&mut self, n: usize) -> Result<BanWriter> {
         let first_id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(n as u64);
         let clone = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
         let v4 = clone(self.host_v4.map().fd().as_fd())?;
         let v6 = clone(self.host_v6.map().fd().as_fd())?;
@@ -334,8 +336,7 @@ impl KernelMaps {
             tx,
             thread,
             next_id: first_id,
-            ids_left: n,
-            v4: Vec::new(),
+            v4: Vec::with_capacity(n.min(batch::CHUNK)),
             v6: Vec::new(),
             ranges: Vec::new(),
         })
@@ -489,7 +490,6 @@ pub struct BanWriter {
     tx: std::sync::mpsc::SyncSender<HostChunk>,
     thread: std::thread::JoinHandle<Vec<(IpNet, anyhow::Error)>>,
     next_id: u64,
-    ids_left: usize,
     v4: Vec<(IpNet, [u8; 4], BanEntry)>,
     v6: Vec<(IpNet, [u8; 16], BanEntry)>,
     ranges: Vec<(IpNet, BanEntry)>,
@@ -504,8 +504,6 @@ impl BanWriter {
     /// Bans `net` until `expires_at_ns` (0: permanent) with `flags`, as
     /// `KernelMaps::ban` does; `net` must not be in the maps yet.
     pub fn push(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, banned_at_ns: u64) {
-        assert!(self.ids_left > 0, "more bans than the writer was made for");
-        self.ids_left -= 1;
         let entry = new_entry(net, expires_at_ns, flags, banned_at_ns, self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
         match net {
@@ -535,6 +533,7 @@ impl BanWriter {
     /// Waits for every write; returns the bans that could not be written,
     /// with why. The others are in force.
     pub fn finish(mut self, maps: &mut KernelMaps) -> Vec<(IpNet, anyhow::Error)> {
+        maps.next_id = self.next_id;
         let (v4, v6) = (std::mem::take(&mut self.v4), std::mem::take(&mut self.v6));
         self.send(HostChunk::V4(v4));
         self.send(HostChunk::V6(v6));

@@ -24,8 +24,10 @@ use std::{
 pub const MAX_LINE: usize = 64 * 1024;
 /// How many trailing bytes we remember to recognise our file after a truncation.
 const TAIL: usize = 64;
-/// Most bytes read from one file in one poll, so a burst cannot starve the rest.
-const MAX_READ: u64 = 16 << 20;
+/// Most bytes read from one file in one poll, so a burst cannot starve the
+/// rest (and the buffer stays small: it is allocated per read).
+/// (The rest is read on the loop's next turn: see `behind`.)
+const MAX_READ: u64 = 4 << 20;
 
 pub struct Follower {
     pub path: PathBuf,
@@ -39,6 +41,8 @@ pub struct Follower {
     first: Option<Start>,
     pub lines: u64,
     pub skipped_long: u64,
+    /// The last poll stopped at `MAX_READ` with more written after it.
+    pub behind: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +78,7 @@ impl Follower {
             first: Some(start),
             lines: 0,
             skipped_long: 0,
+            behind: false,
         }
     }
 
@@ -154,6 +159,7 @@ impl Follower {
     }
 
     fn read_new(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        self.behind = false;
         let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
@@ -187,6 +193,7 @@ impl Follower {
             return Ok(());
         }
         self.offset += buf.len() as u64;
+        self.behind = size > self.offset;
         self.consume(&buf, emit);
         Ok(())
     }

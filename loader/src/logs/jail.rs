@@ -353,6 +353,12 @@ impl Jail {
         }
     }
 
+    /// Whether a file has more written than the last poll read (a burst
+    /// larger than one read): the caller polls again on its next turn.
+    pub fn behind(&self) -> bool {
+        self.followers.values().any(|f| f.behind)
+    }
+
     /// Reads new lines from every file; returns the bans they call for.
     pub fn poll(
         &mut self,

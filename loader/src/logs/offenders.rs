@@ -7,7 +7,6 @@
 //! sources that are failing slowly, never grow memory.
 use crate::net_table::NetTable;
 use ipnet::IpNet;
-use std::collections::VecDeque;
 
 pub struct Offenders {
     /// The sources, each linked into a list from least to most recently
@@ -15,6 +14,13 @@ pub struct Offenders {
     table: NetTable<Source>,
     oldest: u32,
     newest: u32,
+    /// The failure times of sources with more than `FEW`, or with times
+    /// too far from `base` for 32 bits, by slot.
+    many: foldhash::HashMap<u32, Vec<i64>>,
+    /// What `Few` times count from (ms).
+    base: i64,
+    /// A source's times while a failure is counted (no allocation per line).
+    scratch: Vec<i64>,
     capacity: usize,
     maxretry: usize,
     findtime_ms: i64,
@@ -23,86 +29,28 @@ pub struct Offenders {
 /// No slot.
 const NIL: u32 = u32::MAX;
 
-/// One source: its failure times, and its place in the recency list. Held
-/// in place in the table, without an allocation of its own while it has
-/// at most three failures (a million one-off sources of a scan campaign:
-/// ~80 MiB, where a map of deques took ~170).
+/// Failure times held in place: enough for the default `maxretry` of 3
+/// (a source holds at most `maxretry - 1`; the next one bans it).
+const FEW: usize = 3;
+/// `Times::len` of a source whose times are in `many`.
+const MANY: u8 = u8::MAX;
+
+/// One source: its failure times, and its place in the recency list: 24
+/// bytes, 44 with its network in the table (a million one-off sources of a
+/// scan campaign: ~55 MiB with the index; 64-bit times took 64 bytes).
 struct Source {
     times: Times,
     prev: u32,
     next: u32,
 }
 
-/// Failure times (ms), oldest first.
-enum Times {
-    Few { len: u8, at: [i64; 3] },
-    Many(VecDeque<i64>),
-}
+const _: () = assert!(std::mem::size_of::<Option<(IpNet, Source)>>() == 44);
 
-impl Times {
-    fn push(&mut self, t: i64) {
-        match self {
-            Times::Few { len, at } if usize::from(*len) < at.len() => {
-                at[usize::from(*len)] = t;
-                *len += 1;
-            }
-            Times::Few { len, at } => {
-                let mut many: VecDeque<i64> = at[..usize::from(*len)].iter().copied().collect();
-                many.push_back(t);
-                *self = Times::Many(many);
-            }
-            Times::Many(many) => many.push_back(t),
-        }
-    }
-
-    fn as_slices(&self) -> (&[i64], &[i64]) {
-        match self {
-            Times::Few { len, at } => (&at[..usize::from(*len)], &[]),
-            Times::Many(many) => many.as_slices(),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = i64> + '_ {
-        let (a, b) = self.as_slices();
-        a.iter().chain(b).copied()
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Times::Few { len, .. } => usize::from(*len),
-            Times::Many(many) => many.len(),
-        }
-    }
-
-    fn last(&self) -> Option<i64> {
-        let (a, b) = self.as_slices();
-        b.last().or(a.last()).copied()
-    }
-
-    /// Keeps the times `keep` accepts, and at most the newest `max`; in
-    /// place (it runs for every failure line).
-    fn retain(&mut self, keep: impl Fn(i64) -> bool, max: usize) {
-        match self {
-            Times::Few { len, at } => {
-                let mut n = 0;
-                for i in 0..usize::from(*len) {
-                    if keep(at[i]) {
-                        at[n] = at[i];
-                        n += 1;
-                    }
-                }
-                let over = n.saturating_sub(max);
-                at.copy_within(over..n, 0);
-                *len = (n - over) as u8;
-            }
-            Times::Many(many) => {
-                many.retain(|&t| keep(t));
-                while many.len() > max {
-                    many.pop_front();
-                }
-            }
-        }
-    }
+/// Failure times (oldest first) as ms after `Offenders::base`, or `MANY`.
+#[derive(Clone, Copy)]
+struct Times {
+    len: u8,
+    at: [i32; FEW],
 }
 
 impl Offenders {
@@ -111,6 +59,9 @@ impl Offenders {
             table: NetTable::default(),
             oldest: NIL,
             newest: NIL,
+            many: Default::default(),
+            base: i64::MIN,
+            scratch: Vec::new(),
             capacity: capacity.max(1),
             maxretry: maxretry.max(1) as usize,
             findtime_ms,
@@ -133,7 +84,10 @@ impl Offenders {
                     self.forget(&oldest);
                 }
                 let source = Source {
-                    times: Times::Few { len: 0, at: [0; 3] },
+                    times: Times {
+                        len: 0,
+                        at: [0; FEW],
+                    },
                     prev: NIL,
                     next: NIL,
                 };
@@ -141,18 +95,103 @@ impl Offenders {
             }
         };
         self.link_newest(slot);
-        let (maxretry, findtime_ms) = (self.maxretry, self.findtime_ms);
-        let times = &mut self.table.at_mut(slot).1.times;
+        let mut times = std::mem::take(&mut self.scratch);
+        times.clear();
+        self.load(slot, &mut times);
         times.push(t_ms);
         // Lines may come slightly out of order across files: keep the window
         // relative to the newest failure.
-        let newest = times.iter().max().unwrap_or(t_ms);
-        times.retain(|t| t > newest - findtime_ms, maxretry);
-        if times.len() >= maxretry {
+        let newest = times.iter().copied().max().unwrap_or(t_ms);
+        times.retain(|&t| t > newest - self.findtime_ms);
+        let over = times.len().saturating_sub(self.maxretry);
+        times.drain(..over);
+        let banned = times.len() >= self.maxretry;
+        if banned {
             self.forget(&net);
-            return true;
+        } else {
+            self.store(slot, &times);
         }
-        false
+        self.scratch = times;
+        banned
+    }
+
+    /// Appends the times of the source at `slot` to `out`.
+    fn load(&self, slot: u32, out: &mut Vec<i64>) {
+        let times = self.table.at(slot).1.times;
+        if times.len == MANY {
+            out.extend_from_slice(&self.many[&slot]);
+        } else {
+            let at = &times.at[..usize::from(times.len)];
+            out.extend(at.iter().map(|&t| self.base + i64::from(t)));
+        }
+    }
+
+    /// Sets the times of the source at `slot`.
+    fn store(&mut self, slot: u32, times: &[i64]) {
+        if self.base == i64::MIN {
+            self.base = times[0];
+        }
+        // A daemon running for weeks moves its base along (rarely: every
+        // ~12 days), so new sources keep fitting in place.
+        if let Some(&newest) = times.iter().max() {
+            if newest - self.base > i64::from(i32::MAX / 2) {
+                self.rebase(newest);
+            }
+        }
+        let mut at = [0i32; FEW];
+        let fits = times.len() <= FEW
+            && times
+                .iter()
+                .zip(&mut at)
+                .all(|(&t, o)| i32::try_from(t - self.base).map(|v| *o = v).is_ok());
+        let source = &mut self.table.at_mut(slot).1;
+        if fits {
+            source.times = Times {
+                len: times.len() as u8,
+                at,
+            };
+            self.many.remove(&slot);
+        } else {
+            source.times.len = MANY;
+            self.many.insert(slot, times.to_vec());
+        }
+    }
+
+    /// Counts `Few` times from `base` from now on; a source whose times no
+    /// longer fit keeps them in `many`.
+    fn rebase(&mut self, base: i64) {
+        let old = std::mem::replace(&mut self.base, base);
+        let slots: Vec<u32> = self.table.slots().collect();
+        for slot in slots {
+            let times = self.table.at(slot).1.times;
+            if times.len == MANY {
+                continue;
+            }
+            let abs: Vec<i64> = times.at[..usize::from(times.len)]
+                .iter()
+                .map(|&t| old + i64::from(t))
+                .collect();
+            let fits: Option<Vec<i32>> =
+                abs.iter().map(|&t| i32::try_from(t - base).ok()).collect();
+            let source = &mut self.table.at_mut(slot).1;
+            match fits {
+                Some(offsets) => source.times.at[..offsets.len()].copy_from_slice(&offsets),
+                None => {
+                    source.times.len = MANY;
+                    self.many.insert(slot, abs);
+                }
+            }
+        }
+    }
+
+    /// The newest-recorded failure time of the source at `slot`.
+    fn last(&self, slot: u32) -> Option<i64> {
+        let times = self.table.at(slot).1.times;
+        match times.len {
+            MANY => self.many[&slot].last().copied(),
+            0 => None,
+            n => Some(self.base + i64::from(times.at[usize::from(n) - 1])),
+        }
     }
 
     fn unlink(&mut self, slot: u32) {
@@ -187,10 +226,9 @@ impl Offenders {
     /// Sources with at least one failure within `findtime` of `now_ms`.
     pub fn currently_failed(&self, now_ms: i64) -> usize {
         self.table
-            .iter()
-            .filter(|(_, s)| {
-                s.times
-                    .last()
+            .slots()
+            .filter(|&slot| {
+                self.last(slot)
                     .is_some_and(|last| last > now_ms - self.findtime_ms)
             })
             .count()
@@ -203,15 +241,13 @@ impl Offenders {
         // (A line stamped out of order may leave a stale source a little
         // longer; counting looks at the times themselves.)
         while self.oldest != NIL {
-            let (net, source) = self.table.at(self.oldest);
-            if source
-                .times
-                .last()
+            if self
+                .last(self.oldest)
                 .is_some_and(|last| last > now_ms - self.findtime_ms)
             {
                 break;
             }
-            let net = *net;
+            let net = self.table.at(self.oldest).0;
             self.forget(&net);
         }
     }
@@ -220,6 +256,7 @@ impl Offenders {
         if let Some(slot) = self.table.slot_of(net) {
             self.unlink(slot);
             self.table.remove(net);
+            self.many.remove(&slot);
         }
     }
 
@@ -293,6 +330,38 @@ mod tests {
         assert!(!o.record(n("192.0.2.1"), 4));
         assert!(!o.record(n("192.0.2.1"), 5));
         assert!(o.record(n("192.0.2.1"), 6), ".1 kept all its failures");
+    }
+
+    /// Weeks of failures (the base moves along), and times too far apart
+    /// for 32 bits (kept aside): every count as with 64-bit times.
+    #[test]
+    fn weeks_of_failures_and_times_far_apart() {
+        const DAY: i64 = 86_400_000;
+        let mut o = Offenders::new(3, 600_000, 1000);
+        for day in 0..100 {
+            let t = day * DAY;
+            assert!(!o.record(n("192.0.2.1"), t), "day {day}");
+            assert!(!o.record(n("192.0.2.2"), t));
+            assert!(!o.record(n("192.0.2.2"), t + 1));
+            assert!(o.record(n("192.0.2.2"), t + 2), "day {day}");
+        }
+        assert!(o.base > 80 * DAY, "the base moved along");
+        // A source first seen long ago, failing again within findtime of
+        // a time a year later.
+        let year = 365 * DAY;
+        assert!(!o.record(n("192.0.2.3"), 0));
+        assert!(!o.many.is_empty(), "too far from the base: kept aside");
+        assert!(!o.record(n("192.0.2.3"), year));
+        assert!(
+            !o.record(n("192.0.2.3"), year + 1),
+            "0 is out of the window"
+        );
+        assert!(o.record(n("192.0.2.3"), year + 2));
+        assert!(!o.record(n("192.0.2.4"), year));
+        assert_eq!(o.currently_failed(year), 1, "192.0.2.4");
+        o.prune(year + DAY);
+        assert_eq!(o.tracked(), 0);
+        assert!(o.many.is_empty(), "nothing left aside");
     }
 
     #[test]

@@ -564,6 +564,7 @@ fn saved_bans(n: u32) -> sipguard::bans::state::State {
                 ports_only: false,
                 origin: None,
                 expires_mono: None,
+                count: 0,
             })
             .collect(),
         ..Default::default()

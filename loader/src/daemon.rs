@@ -40,6 +40,9 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Logs are read as soon as inotify reports a change in their folders, and
 /// at least this often (the safety net for missed events).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bans a jail's `status` lists (the rest are counted; `sipguard list`
+/// has them all).
+const STATUS_BANS: usize = 1000;
 /// How often bans are expired and new files matched by globs picked up.
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Ban changes reach the state's change log within a tick (one line per
@@ -905,6 +908,33 @@ impl Engine {
         }
     }
 
+    /// A jail's bans for `status`: how many, the first `STATUS_BANS` by
+    /// address, and how many are not listed.
+    fn ban_list(&self, nets: Option<Vec<IpNet>>) -> (usize, Vec<serde_json::Value>, usize) {
+        let mut nets = nets.unwrap_or_default();
+        let n = nets.len();
+        if n > STATUS_BANS {
+            nets.select_nth_unstable(STATUS_BANS);
+            nets.truncate(STATUS_BANS);
+        }
+        nets.sort_unstable();
+        let listed = nets
+            .iter()
+            .filter_map(|net| Some((net, self.bans.get(net)?)))
+            .map(|(net, b)| {
+                json!({
+                    "address": addr::display(net),
+                    "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
+                    "reason": b.reason,
+                    "line": b.line,
+                    "all_ports": b.scope == Scope::AllPorts,
+                    "ports_only": b.scope == Scope::PortsOnly,
+                })
+            })
+            .collect();
+        (n, listed, n - nets.len())
+    }
+
     /// fail2ban-client-like status: per jail, failures and bans.
     fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
         if let Some(name) = only {
@@ -917,30 +947,23 @@ impl Engine {
             }
         }
         let now = now_ms();
-        let mut by_jail: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+        // The networks each jail bans; a status lists the first
+        // `STATUS_BANS` of them by address, and counts the rest (a million
+        // bans would be hundreds of MB of JSON, built on the loop).
+        let mut by_jail: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
         let bans: Box<dyn Iterator<Item = _>> = match only {
             Some(jail) => Box::new(self.bans.iter_jail(jail)),
             None => Box::new(self.bans.iter()),
         };
         for (net, b) in bans {
-            by_jail.entry(b.jail).or_default().push(json!({
-                "address": addr::display(net),
-                "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
-                "reason": b.reason,
-                "line": b.line,
-                "all_ports": b.scope == Scope::AllPorts,
-                "ports_only": b.scope == Scope::PortsOnly,
-            }));
-        }
-        for list in by_jail.values_mut() {
-            list.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
+            by_jail.entry(b.jail).or_default().push(*net);
         }
         let mut jails = Vec::new();
         for j in &self.jails {
             if only.is_some_and(|n| n != j.name) {
                 continue;
             }
-            let banned = by_jail.get(j.name.as_str()).cloned().unwrap_or_default();
+            let (n, banned, more) = self.ban_list(by_jail.remove(j.name.as_str()));
             jails.push(json!({
                 "name": j.name,
                 "filter": {
@@ -955,9 +978,10 @@ impl Engine {
                     "skipped_long_lines": j.skipped_long_lines(),
                 },
                 "actions": {
-                    "currently_banned": banned.len(),
+                    "currently_banned": n,
                     "total_banned": self.bans.total_by_jail.get(&j.name).copied().unwrap_or(0),
                     "banned": banned,
+                    "banned_not_listed": more,
                 },
             }));
         }
@@ -966,7 +990,7 @@ impl Engine {
             if only.is_some_and(|n| n != name) {
                 continue;
             }
-            let banned = by_jail.get(name).cloned().unwrap_or_default();
+            let (n, banned, more) = self.ban_list(by_jail.remove(name));
             let total = self.bans.total_by_jail.get(name).copied().unwrap_or(0);
             let quiet = total == 0
                 && self.packet_bans.skipped(name) == 0
@@ -978,11 +1002,12 @@ impl Engine {
                 "name": name,
                 "filter": null,
                 "actions": {
-                    "currently_banned": banned.len(),
+                    "currently_banned": n,
                     "total_banned": total,
                     "skipped_over_budget": self.packet_bans.skipped(name),
                     "refused_never_ban": self.refused.get(name).copied().unwrap_or(0),
                     "banned": banned,
+                    "banned_not_listed": more,
                 },
             }));
         }
@@ -1368,8 +1393,8 @@ struct EngineParts {
 }
 
 /// Reads the configuration, checks the interfaces, makes (or takes up) the
-/// pinned maps, starts the programs' verification, the state's reading and
-/// the pinned bans' reading on threads of their own, and opens what the
+/// pinned maps, opens the state, starts the programs' verification and the
+/// pinned bans' reading on threads of their own, and opens what the
 /// daemon listens to. The control socket is bound here, before the journal
 /// is read (see `journal`).
 fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
@@ -1387,8 +1412,9 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
     for iface in &ifaces {
         program::if_index(iface)?;
     }
-    // Read while the object's maps are made and the programs verified.
-    let reading = state::read_on_thread(config.state_file.clone())?;
+    // The state's header now; its bans as they are restored (see
+    // `state::Reading`).
+    let reading = state::reading(config.state_file.clone())?;
     let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
     // What the pinned maps still hold (a restart over a million bans), read

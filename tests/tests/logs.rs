@@ -412,6 +412,8 @@ fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
 /// `list` reads the bans from the kernel and asks the daemon for their
 /// notes a page at a time: with more bans than a page, every ban still
 /// has its jail.
+/// Many bans: `list` pages through every ban's note; `status` lists the
+/// first thousand and counts the rest.
 #[test]
 fn list_pages_the_notes_of_many_bans() -> Result<()> {
     let s = Setup::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
@@ -427,6 +429,21 @@ fn list_pages_the_notes_of_many_bans() -> Result<()> {
         assert!(Instant::now() < deadline, "{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A status lists the first 1000 by address and counts the rest.
+    let actions = &status(sb)?["jails"][0]["actions"];
+    let listed = actions["banned"].as_array().unwrap();
+    assert_eq!(listed.len(), 1000, "{actions}");
+    assert_eq!(actions["banned_not_listed"], n - 1000);
+    assert_eq!(listed[0]["address"], "100.64.0.0");
+    assert_eq!(listed[999]["address"], "100.64.3.231");
+    assert!(
+        listed[0]["line"]
+            .as_str()
+            .unwrap()
+            .contains("from ip 100.64.0.0"),
+        "{}",
+        listed[0]
+    );
     let list: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["list", "--json"])?)?;
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), n as usize);

@@ -304,6 +304,7 @@ impl BanManager {
         let mut writer = self.maps.writer(expected)?;
 
         let mut ended_in_kernel = Vec::new();
+        let mut names = names::Recent::default();
         for saved in bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
                 tracing::warn!("state: skipping unreadable ban {:?}", saved.net);
@@ -356,10 +357,10 @@ impl BanManager {
                 report.reinstated += 1;
             }
             let info = BanInfo {
-                jail: self.names.id(&saved.jail),
+                jail: names.id(&mut self.names, &saved.jail),
                 banned_at_ns,
                 end_ns: expires_at_ns.unwrap_or(0),
-                reason: self.names.id(&saved.reason),
+                reason: names.id(&mut self.names, &saved.reason),
                 line: self.lines.push(&saved.line),
                 count: saved.count,
                 scope,

@@ -70,6 +70,26 @@ impl Names {
     }
 }
 
+/// The names a run of saved bans named last, by their shared text: a
+/// million restored bans of one jail hash its name twice, not two million
+/// times.
+#[derive(Default)]
+pub struct Recent(Vec<(Arc<str>, Name)>);
+
+impl Recent {
+    pub fn id(&mut self, names: &mut Names, s: &Arc<str>) -> Name {
+        if let Some((_, name)) = self.0.iter().find(|(t, _)| Arc::ptr_eq(t, s)) {
+            return *name;
+        }
+        let name = names.id(s);
+        if self.0.len() == 4 {
+            self.0.remove(0);
+        }
+        self.0.push((s.clone(), name));
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

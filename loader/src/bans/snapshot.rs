@@ -316,13 +316,19 @@ struct Reader<R> {
 }
 
 impl<R: Read> Reader<R> {
-    /// `n` bytes; read in steps, so a huge length in a damaged file is
-    /// refused at the file's end, not allocated first.
+    /// `n` bytes; a length past 64 KiB is read in steps, so a huge length
+    /// in a damaged file is refused at the file's end, not allocated first.
     fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(n.min(1 << 16));
-        let got = (&mut self.r).take(n as u64).read_to_end(&mut out)?;
-        if got != n {
-            bail!("the state is cut short at byte {}", self.at + got as u64);
+        let cut = |at| anyhow::anyhow!("the state is cut short at byte {at}");
+        let mut out = vec![0; n.min(1 << 16)];
+        self.r.read_exact(&mut out).map_err(|_| cut(self.at))?;
+        if out.len() < n {
+            let got = (&mut self.r)
+                .take((n - out.len()) as u64)
+                .read_to_end(&mut out)?;
+            if out.len() != n {
+                return Err(cut(self.at + got as u64));
+            }
         }
         self.at += n as u64;
         Ok(out)

@@ -268,148 +268,53 @@ impl Opened {
     }
 }
 
-/// A state read on a thread of its own (`open_with_positions`), its bans
-/// handed over in chunks through a short queue: decoding goes on while the
-/// caller restores them, and only a few chunks are ever held.
+/// A state opened early (`open_with_positions`) and read as it is restored.
+/// On the restoring thread itself: its bans' memory is allocated and freed
+/// by one thread (glibc frees another thread's blocks slowly), and a
+/// reader thread gained nothing on two cores busy with the maps.
 pub struct Reading {
-    rx: std::sync::mpsc::Receiver<Chunk>,
-    bans: std::vec::IntoIter<SavedBan>,
-    counts: std::vec::IntoIter<snapshot::Count>,
+    opened: Option<Opened>,
     /// Bans still to come, as the file says.
     pub bans_left: usize,
-    ended: bool,
     damaged: bool,
 }
 
-enum Chunk {
-    Header(Result<(State, usize)>),
-    Bans(Vec<SavedBan>),
-    Counts(Vec<snapshot::Count>),
-    End { damaged: bool },
-}
-
-/// Bans (or counts) per chunk, and chunks the queue holds.
-const CHUNK: usize = 4096;
-const QUEUE: usize = 16;
-
-/// Starts reading the state at `path` (see `Reading`); `header` waits for
-/// its first part.
-pub fn read_on_thread(path: PathBuf) -> Result<Reading> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    std::thread::Builder::new()
-        .name("sipguard-state".into())
-        .spawn(move || {
-            let mut opened = match open_with_positions(&path) {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = tx.send(Chunk::Header(Err(e)));
-                    return;
-                }
-            };
-            let n = opened.bans_left();
-            let header = std::mem::take(&mut opened.state);
-            if tx.send(Chunk::Header(Ok((header, n)))).is_err() {
-                return;
-            }
-            loop {
-                let chunk: Vec<SavedBan> = std::iter::from_fn(|| opened.next_ban())
-                    .take(CHUNK)
-                    .collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                if tx.send(Chunk::Bans(chunk)).is_err() {
-                    return;
-                }
-            }
-            loop {
-                let chunk: Vec<snapshot::Count> = std::iter::from_fn(|| opened.next_count())
-                    .take(CHUNK)
-                    .collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                if tx.send(Chunk::Counts(chunk)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(Chunk::End {
-                damaged: opened.damaged,
-            });
-        })?;
+/// Opens the state at `path` (see `Reading`).
+pub fn reading(path: PathBuf) -> Result<Reading> {
+    let opened = open_with_positions(&path)?;
     Ok(Reading {
-        rx,
-        bans: Vec::new().into_iter(),
-        counts: Vec::new().into_iter(),
-        bans_left: 0,
-        ended: false,
-        damaged: false,
+        bans_left: opened.bans_left(),
+        damaged: opened.damaged,
+        opened: Some(opened),
     })
 }
 
 impl Reading {
     /// Everything of the state but its bans and counts.
     pub fn header(&mut self) -> Result<State> {
-        match self.rx.recv() {
-            Ok(Chunk::Header(Ok((state, n)))) => {
-                self.bans_left = n;
-                Ok(state)
-            }
-            Ok(Chunk::Header(Err(e))) => Err(e),
-            _ => anyhow::bail!("the state reader stopped"),
-        }
-    }
-
-    /// The next chunk, if any is left.
-    fn more(&mut self) -> bool {
-        if self.ended {
-            return false;
-        }
-        match self.rx.recv() {
-            Ok(Chunk::Bans(b)) => self.bans = b.into_iter(),
-            Ok(Chunk::Counts(c)) => self.counts = c.into_iter(),
-            Ok(Chunk::End { damaged }) => {
-                self.damaged = damaged;
-                self.ended = true;
-            }
-            Ok(Chunk::Header(_)) | Err(_) => {
-                tracing::error!("the state reader stopped part way");
-                self.damaged = true;
-                self.ended = true;
-            }
-        }
-        true
+        let opened = self
+            .opened
+            .as_mut()
+            .context("the state's header was taken")?;
+        Ok(std::mem::take(&mut opened.state))
     }
 
     pub fn next_ban(&mut self) -> Option<SavedBan> {
-        loop {
-            if let Some(b) = self.bans.next() {
-                self.bans_left = self.bans_left.saturating_sub(1);
-                return Some(b);
-            }
-            // Counts come after the bans: the first one ends them.
-            if self.counts.len() > 0 || !self.more() {
-                return None;
-            }
-        }
+        let b = self.opened.as_mut()?.next_ban();
+        self.bans_left = self.bans_left.saturating_sub(1);
+        b
     }
 
     /// The next ban count (what is left of the bans is passed over).
     pub fn next_count(&mut self) -> Option<snapshot::Count> {
-        loop {
-            if let Some(c) = self.counts.next() {
-                return Some(c);
-            }
-            self.bans = Vec::new().into_iter();
-            if !self.more() {
-                return None;
-            }
-        }
+        let opened = self.opened.as_mut()?;
+        while opened.next_ban().is_some() {}
+        opened.next_count()
     }
 
-    /// The file turned out damaged part way (it was moved aside).
+    /// The file turned out damaged (it was moved aside).
     pub fn damaged(&self) -> bool {
-        self.damaged
+        self.damaged || self.opened.as_ref().is_some_and(|o| o.damaged)
     }
 }
 

@@ -282,7 +282,15 @@ pub fn status(data: &serde_json::Value, one_jail: bool) {
         println!("`- Actions");
         println!("   |- Currently banned: {}", a["currently_banned"]);
         println!("   |- Total banned:     {}", a["total_banned"]);
-        println!("   `- Banned IP list:   {}", banned.join(" "));
+        let more = a["banned_not_listed"].as_u64().unwrap_or(0);
+        if more > 0 {
+            println!(
+                "   `- Banned IP list:   {} ... and {more} more (`sipguard list` has them all)",
+                banned.join(" ")
+            );
+        } else {
+            println!("   `- Banned IP list:   {}", banned.join(" "));
+        }
     }
 }
 

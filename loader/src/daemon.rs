@@ -213,6 +213,47 @@ pub struct Engine {
     changelog: ChangeLog,
     /// The last snapshot failed: the next save is a snapshot again.
     snapshot_due: bool,
+    ban_log: BanLog,
+}
+
+/// The daemon's log line per ban, up to `LOGGED_BANS_PER_SECOND`; past
+/// that (a burst of thousands), the rest of the second's bans are counted
+/// per jail and told in one line a jail when the second is over. Formatting
+/// and writing a line took a third of the loop's time in a burst, and
+/// journald drops most of them anyway (10 000 messages in 30 s by default);
+/// every ban stays in `sipguard list`, `status`, the state and the metrics.
+#[derive(Default)]
+struct BanLog {
+    this_second: u32,
+    unlogged: BTreeMap<String, u64>,
+}
+
+const LOGGED_BANS_PER_SECOND: u32 = 100;
+
+impl BanLog {
+    /// Whether a ban of `jail` gets a line of its own.
+    fn one_more(&mut self, jail: &str) -> bool {
+        if self.this_second < LOGGED_BANS_PER_SECOND {
+            self.this_second += 1;
+            return true;
+        }
+        match self.unlogged.get_mut(jail) {
+            Some(n) => *n += 1,
+            None => {
+                self.unlogged.insert(jail.to_owned(), 1);
+            }
+        }
+        false
+    }
+
+    fn second_over(&mut self) {
+        for (jail, n) in std::mem::take(&mut self.unlogged) {
+            tracing::info!(
+                "[{jail}] banned {n} more in the last second, not logged one by one (`sipguard list` has every ban)"
+            );
+        }
+        self.this_second = 0;
+    }
 }
 
 impl Engine {
@@ -317,6 +358,7 @@ impl Engine {
             remote_refused: HashMap::new(),
             changelog: ChangeLog::new(&config_state_file, replayed),
             snapshot_due: false,
+            ban_log: BanLog::default(),
         };
         engine.apply_config(true)?;
         // What the journal changed, and what the restore found different
@@ -642,6 +684,7 @@ impl Engine {
     }
 
     fn tick(&mut self) {
+        self.ban_log.second_over();
         match self.bans.sweep() {
             Ok(ended) => {
                 for (net, jail) in &ended {
@@ -817,8 +860,8 @@ impl Engine {
                     net,
                     "manual",
                     bantime,
-                    "banned by hand".into(),
-                    String::new(),
+                    "banned by hand",
+                    "",
                     if all_ports {
                         Scope::AllPorts
                     } else {
@@ -1025,25 +1068,23 @@ impl Engine {
     /// flood, scanner), and logs it; true when written. A ban already in
     /// force that lasts as long is left alone (nothing to log).
     fn enforce(&mut self, r: BanRequest, cause: &str) -> bool {
-        let how = r.duration.map_or("permanently".to_owned(), |d| {
-            format!("for {}", clock::human(d))
-        });
-        match self.bans.ban(
-            r.net,
-            &r.jail,
-            r.duration,
-            r.reason.clone(),
-            r.line.clone(),
-            r.scope,
-        ) {
+        match self
+            .bans
+            .ban(r.net, &r.jail, r.duration, &r.reason, &r.line, r.scope)
+        {
             Ok(true) => {
                 self.dirty = true;
-                tracing::info!(
-                    "[{}] banned {} {how}: {}",
-                    r.jail,
-                    addr::display(&r.net),
-                    r.reason
-                );
+                if self.ban_log.one_more(&r.jail) {
+                    let how = r.duration.map_or("permanently".to_owned(), |d| {
+                        format!("for {}", clock::human(d))
+                    });
+                    tracing::info!(
+                        "[{}] banned {} {how}: {}",
+                        r.jail,
+                        addr::display(&r.net),
+                        r.reason
+                    );
+                }
                 self.on_ban(r.net, &r.jail, cause, &r.reason, r.duration, &r.line);
                 true
             }
@@ -1640,8 +1681,9 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
 /// it dropping (bans ending on time, in the kernel) until the next daemon
 /// swaps its program in. Only `sipguard detach` leaves the box unprotected.
 fn shutdown(engine: &Rc<RefCell<Engine>>, ebpf: aya::Ebpf, ifaces: &[String]) {
-    tracing::info!("stopping: saving state");
     let mut engine = engine.borrow_mut();
+    engine.ban_log.second_over();
+    tracing::info!("stopping: saving state");
     engine.save();
     let _ = std::fs::remove_file(&engine.config.socket);
     drop(ebpf);

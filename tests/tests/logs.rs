@@ -413,7 +413,8 @@ fn reload_keeps_the_offenders_of_unchanged_jails() -> Result<()> {
 /// notes a page at a time: with more bans than a page, every ban still
 /// has its jail.
 /// Many bans: `list` pages through every ban's note; `status` lists the
-/// first thousand and counts the rest.
+/// first thousand and counts the rest; the log tells of each, in sums past
+/// a hundred a second.
 #[test]
 fn list_pages_the_notes_of_many_bans() -> Result<()> {
     let s = Setup::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
@@ -447,6 +448,31 @@ fn list_pages_the_notes_of_many_bans() -> Result<()> {
     let list: serde_json::Value = serde_json::from_str(&cli_ok(sb, &["list", "--json"])?)?;
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), n as usize);
+    // The daemon's log: a line per ban up to 100 a second, the rest of
+    // each second's bans counted in one line; together, every ban.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = d.log();
+        let one_by_one = log.matches("[freeswitch] banned 100.").count() as u64;
+        let summed: u64 = log
+            .lines()
+            .filter_map(|l| l.split("[freeswitch] banned ").nth(1))
+            .filter_map(|rest| rest.strip_suffix(" more in the last second, not logged one by one (`sipguard list` has every ban)"))
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum();
+        if one_by_one + summed == u64::from(n) {
+            assert!(
+                one_by_one < u64::from(n) / 10,
+                "{one_by_one} lines for {n} bans"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{one_by_one} + {summed} of {n} bans logged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         rows.iter().all(|b| b["jail"] == "freeswitch"),
         "a ban without its note"

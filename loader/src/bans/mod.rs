@@ -485,8 +485,8 @@ impl BanManager {
         net: IpNet,
         jail: &str,
         duration: Option<Duration>,
-        reason: String,
-        line: String,
+        reason: &str,
+        line: &str,
         scope: Scope,
     ) -> Result<bool> {
         let now = clock::mono_now_ns();
@@ -509,14 +509,14 @@ impl BanManager {
             jail: self.names.id(jail),
             banned_at_ns: now,
             end_ns: expires_at_ns.unwrap_or(0),
-            reason: self.names.id(&reason),
+            reason: self.names.id(reason),
             line: LineRef::NONE,
             count: count + 1,
             scope,
         };
         self.write_kernel(net, &info)?;
         let info = BanInfo {
-            line: self.lines.push(&line),
+            line: self.lines.push(line),
             ..info
         };
         self.bans.insert(net, info);

@@ -1190,7 +1190,7 @@ impl Engine {
                     .bans
                     .remote()
                     .iter()
-                    .map(|(_, b)| b.origin.clone())
+                    .map(|(_, b)| b.origin.to_owned())
                     .filter(|o| o.starts_with(&prefix) && !keep.contains(o))
                     .collect();
                 for origin in gone {
@@ -1258,7 +1258,7 @@ impl Engine {
         }
         // Bans from elsewhere, under their origin.
         for (net, b) in self.bans.remote().iter() {
-            *by_jail.entry((b.origin.as_str(), family(net))).or_default() += 1;
+            *by_jail.entry((b.origin, family(net))).or_default() += 1;
         }
         let family_total = |f: &str| {
             by_jail
@@ -1319,15 +1319,20 @@ impl Engine {
 
     /// Bans from elsewhere, by origin, and those the never-ban set refused.
     fn remote_summary(&self) -> serde_json::Value {
-        let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for (_, b) in self.bans.remote().iter() {
-            by.entry(b.origin.clone()).or_default().0 += 1;
+            by.entry(b.origin).or_default().0 += 1;
         }
         for (origin, n) in &self.remote_refused {
-            by.entry(origin.clone()).or_default().1 += n;
+            by.entry(origin.as_str()).or_default().1 += n;
         }
         by.into_iter()
-            .map(|(o, (bans, refused))| (o, json!({ "bans": bans, "refused_never_ban": refused })))
+            .map(|(o, (bans, refused))| {
+                (
+                    o.to_owned(),
+                    json!({ "bans": bans, "refused_never_ban": refused }),
+                )
+            })
             .collect::<serde_json::Map<_, _>>()
             .into()
     }

@@ -340,15 +340,8 @@ impl BanManager {
                 writer.push(net, expires_at_ns.unwrap_or(0), scope.flags(), banned_at_ns);
             }
             if let Some(origin) = &saved.origin {
-                self.remote.set(
-                    net,
-                    RemoteBan {
-                        origin: origin.to_string(),
-                        expires_at_ns,
-                        scope,
-                        reason: saved.reason.to_string(),
-                    },
-                );
+                self.remote
+                    .set_parts(net, origin, expires_at_ns, scope, &saved.reason);
                 continue;
             }
             if in_kernel {
@@ -383,7 +376,7 @@ impl BanManager {
             .remote
             .iter()
             .map(|(net, _)| *net)
-            .filter(|net| self.bans.contains_key(net) || self.remote.get(net).len() > 1)
+            .filter(|net| self.bans.contains_key(net) || self.remote.origins_of(net) > 1)
             .collect();
         for net in merged {
             if let Err(e) = self.sync_kernel(net) {
@@ -394,7 +387,7 @@ impl BanManager {
             self.maps.unban(net)?;
         }
         for net in in_kernel.unmarked() {
-            if self.bans.contains_key(&net) || !self.remote.get(&net).is_empty() {
+            if self.bans.contains_key(&net) || self.remote.origins_of(&net) > 0 {
                 continue;
             }
             let Some(entry) = self.maps.ban_entry(net)? else {
@@ -545,7 +538,7 @@ impl BanManager {
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
         self.changed.insert(net);
-        if !self.remote.get(&net).is_empty() {
+        if self.remote.origins_of(&net) > 0 {
             let had = self.remove_ban(&net).is_some();
             self.sync_kernel(net)?;
             return Ok(had);
@@ -568,7 +561,7 @@ impl BanManager {
     /// anything changed.
     pub fn remote_ban(&mut self, net: IpNet, ban: RemoteBan) -> Result<bool> {
         let origin = ban.origin.clone();
-        if !self.remote.set(net, ban) {
+        if !self.remote.set(net, &ban) {
             return Ok(false);
         }
         self.changed.insert(net);
@@ -655,6 +648,7 @@ impl BanManager {
         });
         self.names
             .retain_used(self.bans.iter().flat_map(|(_, b)| [b.jail, b.reason]));
+        self.remote.prune_names();
         before - self.counts.len()
     }
 
@@ -680,7 +674,7 @@ impl BanManager {
 
     /// Banned here, by this box or another origin.
     pub fn is_banned(&self, net: &IpNet) -> bool {
-        self.bans.contains_key(net) || !self.remote.get(net).is_empty()
+        self.bans.contains_key(net) || self.remote.origins_of(net) > 0
     }
 
     /// How many times `net` was banned before.
@@ -752,7 +746,7 @@ impl BanManager {
         // in one walk (see `Pinned`).
         let mut local: Vec<u32> = self.bans.slots().collect();
         local.sort_unstable_by_key(|&i| self.bans.at(i).0);
-        let mut remote: Vec<(&IpNet, &RemoteBan)> = self.remote.iter().collect();
+        let mut remote: Vec<(&IpNet, remote::Remote<'_>)> = self.remote.iter().collect();
         remote.sort_by_key(|(net, _)| **net);
         let n = local.len() + remote.len();
         let (mut local, mut remote) = (local.into_iter().peekable(), remote.into_iter().peekable());
@@ -760,20 +754,16 @@ impl BanManager {
             let next_local = local.peek().map(|&i| self.bans.at(i).0);
             match (next_local, remote.peek()) {
                 (Some(l), Some((r, _))) if **r < l => {
-                    remote.next().map(|(net, b)| saved_remote(net, b, now))
+                    remote.next().map(|(net, b)| saved_remote(net, &b, now))
                 }
                 (Some(_), _) => local.next().map(|i| {
                     let (net, b) = self.bans.at(i);
                     self.saved_local(net, b, now)
                 }),
-                (None, _) => remote.next().map(|(net, b)| saved_remote(net, b, now)),
+                (None, _) => remote.next().map(|(net, b)| saved_remote(net, &b, now)),
             }
         });
-        let strings = self.names.iter().chain(
-            self.remote
-                .iter()
-                .flat_map(|(_, b)| [b.origin.as_str(), b.reason.as_str()]),
-        );
+        let strings = self.names.iter().chain(self.remote.names());
         // A banned network's count goes with its ban.
         let counts = self
             .counts
@@ -825,12 +815,7 @@ impl BanManager {
                 .get(&net)
                 .map(|b| self.saved_local(&net, b, now))
                 .into_iter()
-                .chain(
-                    self.remote
-                        .get(&net)
-                        .iter()
-                        .map(|b| saved_remote(&net, b, now)),
-                )
+                .chain(self.remote.get(&net).map(|b| saved_remote(&net, &b, now)))
                 .collect();
             out.push(changes::Change::Net {
                 net: net.to_string(),
@@ -858,20 +843,20 @@ fn counted_at(mono_ns: u64, (now_ns, now_wall): (u64, i64)) -> i64 {
 }
 
 /// Another origin's ban of `net`, as the state file keeps it.
-fn saved_remote(net: &IpNet, b: &RemoteBan, now: (u64, i64)) -> SavedBan {
+fn saved_remote(net: &IpNet, b: &remote::Remote<'_>, now: (u64, i64)) -> SavedBan {
     let clock = clock::System;
     let end = b.expires_at_ns.map(|d| clock::to_saved(d, &clock));
     SavedBan {
         net: net.to_string(),
-        jail: b.origin.as_str().into(),
+        jail: b.origin.into(),
         banned_at: now.1,
         expires_at: end.map(|e| e.wall_ms),
         expires_mono: end.and_then(|e| e.mono_ns),
-        reason: b.reason.as_str().into(),
+        reason: b.reason.into(),
         line: String::new(),
         all_ports: b.scope == Scope::AllPorts,
         ports_only: b.scope == Scope::PortsOnly,
-        origin: Some(b.origin.as_str().into()),
+        origin: Some(b.origin.into()),
         count: 0,
     }
 }

@@ -13,13 +13,15 @@
 //!   (`sipguard/<jail>`), so every other bouncer of the LAPI enforces it.
 //!   Batched, retried with backoff, never in a ban's way.
 use super::{deliver, sleep_or_stop, Inbound, InboundTx, Outbound, RemoteDecision};
+use crate::net_table::NetTable;
 use anyhow::{bail, Context as _, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
+use smallvec::SmallVec;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     io::Read as _,
-    sync::mpsc,
+    sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
 
@@ -83,13 +85,30 @@ pub struct Stream {
 }
 
 /// The decisions in force, by network: each decision's end, so that a
-/// deletion lifts only its own and the longest of the rest stays.
-#[derive(Debug, Default)]
+/// deletion lifts only its own and the longest of the rest stays. Held for
+/// a community list of a million: a network's one decision inline, its
+/// scenario shared (~90 bytes a network; a map of maps of Strings took
+/// ~350).
+#[derive(Default)]
 pub struct Book {
-    by_net: HashMap<IpNet, HashMap<i64, (Option<Instant>, String)>>,
+    by_net: NetTable<SmallVec<[Held; 1]>>,
+    scenarios: HashSet<Arc<str>>,
 }
 
+/// One decision in force: its id, end (`None`: none) and scenario.
+type Held = (i64, Option<Instant>, Arc<str>);
+
 impl Book {
+    /// `scenario`, shared with every decision naming it.
+    fn scenario(&mut self, s: &str) -> Arc<str> {
+        if let Some(found) = self.scenarios.get(s) {
+            return found.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.scenarios.insert(new.clone());
+        new
+    }
+
     /// Applies a stream; returns the networks whose ban changed, with
     /// their new state (`None`: no decision left), and what was refused.
     pub fn apply(
@@ -103,7 +122,9 @@ impl Book {
         for d in stream.deleted.unwrap_or_default() {
             if let Ok(net) = decision_net(&d) {
                 if let Some(ids) = self.by_net.get_mut(&net) {
-                    if ids.remove(&d.id).is_some() {
+                    let before = ids.len();
+                    ids.retain(|h| h.0 != d.id);
+                    if ids.len() != before {
                         touched.insert(net);
                     }
                     if ids.is_empty() {
@@ -126,10 +147,16 @@ impl Book {
             let Some(left) = super::go_duration(&d.duration) else {
                 continue; // already over, or unreadable: nothing to enforce
             };
-            self.by_net
-                .entry(net)
-                .or_default()
-                .insert(d.id, (now.checked_add(left), d.scenario.clone()));
+            let held = (d.id, now.checked_add(left), self.scenario(&d.scenario));
+            match self.by_net.get_mut(&net) {
+                Some(ids) => match ids.iter_mut().find(|h| h.0 == d.id) {
+                    Some(h) => *h = held,
+                    None => ids.push(held),
+                },
+                None => {
+                    self.by_net.insert(net, SmallVec::from_buf([held]));
+                }
+            }
             touched.insert(net);
         }
         let out = touched
@@ -142,27 +169,27 @@ impl Book {
     /// The longest decision in force for `net`.
     fn effective(&self, net: &IpNet, all_ports: bool, now: Instant) -> Option<RemoteDecision> {
         let ids = self.by_net.get(net)?;
-        let (end, scenario) = ids
-            .values()
-            .max_by_key(|(end, _)| end.map_or(u128::MAX, |e| e.duration_since(now).as_nanos()))?;
+        let (_, end, scenario) = ids.iter().max_by_key(|(_, end, _)| {
+            end.map_or(u128::MAX, |e| e.duration_since(now).as_nanos())
+        })?;
         Some(RemoteDecision {
             net: *net,
             left: end.map(|e| e.saturating_duration_since(now)),
             reason: if scenario.is_empty() {
                 "a CrowdSec decision".to_owned()
             } else {
-                scenario.clone()
+                scenario.to_string()
             },
             all_ports,
         })
     }
 
     pub fn nets(&self) -> HashSet<IpNet> {
-        self.by_net.keys().copied().collect()
+        self.by_net.iter().map(|(net, _)| *net).collect()
     }
 
     pub fn clear(&mut self) {
-        self.by_net.clear();
+        *self = Book::default();
     }
 }
 
@@ -212,14 +239,15 @@ fn pull(agent: &ureq::Agent, s: &Settings, key: &str, startup: bool) -> Result<S
             }
             e => anyhow::Error::new(e),
         })?;
-    let mut body = Vec::new();
-    resp.into_reader()
-        .take(MAX_STREAM + 1)
-        .read_to_end(&mut body)?;
-    if body.len() as u64 > MAX_STREAM {
+    // Parsed as it arrives: a community list of a million decisions is
+    // ~200 MB of JSON, never held whole.
+    let mut body =
+        std::io::BufReader::with_capacity(1 << 16, resp.into_reader().take(MAX_STREAM + 1));
+    let parsed = serde_json::from_reader(&mut body);
+    if body.get_ref().limit() == 0 {
         bail!("the decision stream is over {MAX_STREAM} bytes");
     }
-    serde_json::from_slice(&body).context("unreadable decision stream")
+    parsed.context("unreadable decision stream")
 }
 
 /// Starts the bouncer; it stops when `stop`'s sender is dropped.

@@ -1254,7 +1254,7 @@ impl Engine {
         let mut by_jail: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
         let family = |net: &IpNet| if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
         for (net, b) in self.bans.iter() {
-            *by_jail.entry((&*b.jail, family(net))).or_default() += 1;
+            *by_jail.entry((b.jail, family(net))).or_default() += 1;
         }
         // Bans from elsewhere, under their origin.
         for (net, b) in self.bans.remote().iter() {

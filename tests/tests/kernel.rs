@@ -721,7 +721,7 @@ fn ban_merges_keep_the_later_end_and_the_wider_scope() -> Result<()> {
     let mut bans = BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let h = |n: u64| Some(Duration::from_secs(3600 * n));
     let (a, b, c) = (net("192.0.2.1"), net("192.0.2.2"), net("192.0.2.3"));
-    bans.ban(a, "manual", None, "r".into(), "", Scope::Ports)?;
+    bans.ban(a, "manual", None, "r", "", Scope::Ports)?;
     assert!(bans.ban(a, "sip-flood", h(1), "r", "", Scope::AllPorts)?);
     let entry = t.maps.ban_entry(a)?.unwrap();
     assert_eq!(
@@ -731,16 +731,16 @@ fn ban_merges_keep_the_later_end_and_the_wider_scope() -> Result<()> {
     );
     assert_eq!(bans.get(&a).unwrap().expires_at_ns, None);
 
-    bans.ban(b, "j", h(2), "r".into(), "", Scope::Ports)?;
+    bans.ban(b, "j", h(2), "r", "", Scope::Ports)?;
     let two_hours = t.maps.ban_entry(b)?.unwrap().expires_at_ns;
     assert!(
-        !bans.ban(b, "j", h(1), "r".into(), "", Scope::PortsOnly)?,
+        !bans.ban(b, "j", h(1), "r", "", Scope::PortsOnly)?,
         "nothing to change"
     );
     assert_eq!(t.maps.ban_entry(b)?.unwrap().expires_at_ns, two_hours);
 
     bans.ban(c, "sip-scanner", h(1), "r", "", Scope::PortsOnly)?;
-    assert!(bans.ban(c, "j", h(2), "r".into(), "", Scope::Ports)?);
+    assert!(bans.ban(c, "j", h(2), "r", "", Scope::Ports)?);
     let entry = t.maps.ban_entry(c)?.unwrap();
     assert_eq!(entry.flags, 0, "widened from ports-only");
     assert!(entry.expires_at_ns > two_hours - 1_000_000_000);
@@ -1013,7 +1013,7 @@ fn origins_keep_their_own_bans_of_one_network() -> Result<()> {
     assert_eq!(bans.sweep_remote()?.len(), 1);
     assert!(t.maps.ban_entry(a)?.is_none());
     // The operator's unban lifts every origin's.
-    bans.ban(a, "manual", None, "r".into(), "", Scope::Ports)?;
+    bans.ban(a, "manual", None, "r", "", Scope::Ports)?;
     bans.remote_ban(a, remote("apiban", Some(end(600)), Scope::Ports))?;
     let (any, origins) = bans.unban_all(a)?;
     assert!(any);

@@ -214,7 +214,7 @@ impl Overrides {
     fn keeps(&self, net: &IpNet, b: &SavedBan) -> bool {
         self.by_hand
             .get(net)
-            .is_none_or(|h| !h.drop_all && !(h.drop_local && b.origin.is_none()))
+            .is_none_or(|h| !(h.drop_all || h.drop_local && b.origin.is_none()))
     }
 
     /// The snapshot's bans with the overrides laid over them.

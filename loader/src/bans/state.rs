@@ -441,6 +441,49 @@ mod tests {
         }
     }
 
+    /// A state damaged part way, read as a stream: the bans before the
+    /// damage are handed out, the rest is an error said once, and the file
+    /// is moved aside (never deleted).
+    #[test]
+    fn a_stream_damaged_part_way_hands_out_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let ban = |i: u32| SavedBan {
+            net: format!("192.0.2.{i}/32"),
+            jail: "j".into(),
+            banned_at: 1,
+            expires_at: None,
+            reason: "r".into(),
+            line: "x".repeat(100),
+            all_ports: false,
+            ports_only: false,
+            expires_mono: None,
+            origin: None,
+            count: i,
+        };
+        let s = State {
+            version: VERSION,
+            bans: (1..=3).map(ban).collect(),
+            ..Default::default()
+        };
+        save(&path, &s).unwrap();
+        let whole = fs::read(&path).unwrap();
+        // Cut inside the third ban's line.
+        fs::write(&path, &whole[..whole.len() - 80]).unwrap();
+        let mut opened = open(&path).unwrap();
+        assert_eq!(opened.bans_left(), 3);
+        let got: Vec<SavedBan> = std::iter::from_fn(|| opened.next_ban()).collect();
+        assert_eq!(got, [ban(1), ban(2)]);
+        assert!(opened.damaged);
+        assert!(opened.next_count().is_none());
+        assert!(!path.exists(), "moved aside");
+        assert!(fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("state.json.corrupt-")));
+    }
+
     #[test]
     fn round_trip_and_corrupt_file_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,10 @@
 //!   (`sipguard/<jail>`), so every other bouncer of the LAPI enforces it.
 //!   Batched, retried with backoff, never in a ban's way.
 use super::{deliver, sleep_or_stop, Inbound, InboundTx, Outbound, RemoteDecision};
-use crate::net_table::NetTable;
+use crate::{
+    bans::names::{Name, Names},
+    net_table::NetTable,
+};
 use anyhow::{bail, Context as _, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -21,7 +24,7 @@ use smallvec::SmallVec;
 use std::{
     collections::HashSet,
     io::Read as _,
-    sync::{mpsc, Arc},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -87,28 +90,18 @@ pub struct Stream {
 /// The decisions in force, by network: each decision's end, so that a
 /// deletion lifts only its own and the longest of the rest stays. Held for
 /// a community list of a million: a network's one decision inline, its
-/// scenario shared (~90 bytes a network; a map of maps of Strings took
+/// scenario by index (~80 bytes a network; a map of maps of Strings took
 /// ~350).
 #[derive(Default)]
 pub struct Book {
     by_net: NetTable<SmallVec<[Held; 1]>>,
-    scenarios: HashSet<Arc<str>>,
+    scenarios: Names,
 }
 
 /// One decision in force: its id, end (`None`: none) and scenario.
-type Held = (i64, Option<Instant>, Arc<str>);
+type Held = (i64, Option<Instant>, Name);
 
 impl Book {
-    /// `scenario`, shared with every decision naming it.
-    fn scenario(&mut self, s: &str) -> Arc<str> {
-        if let Some(found) = self.scenarios.get(s) {
-            return found.clone();
-        }
-        let new: Arc<str> = Arc::from(s);
-        self.scenarios.insert(new.clone());
-        new
-    }
-
     /// Applies a stream; returns the networks whose ban changed, with
     /// their new state (`None`: no decision left), and what was refused.
     pub fn apply(
@@ -147,7 +140,7 @@ impl Book {
             let Some(left) = super::go_duration(&d.duration) else {
                 continue; // already over, or unreadable: nothing to enforce
             };
-            let held = (d.id, now.checked_add(left), self.scenario(&d.scenario));
+            let held = (d.id, now.checked_add(left), self.scenarios.id(&d.scenario));
             match self.by_net.get_mut(&net) {
                 Some(ids) => match ids.iter_mut().find(|h| h.0 == d.id) {
                     Some(h) => *h = held,
@@ -175,10 +168,9 @@ impl Book {
         Some(RemoteDecision {
             net: *net,
             left: end.map(|e| e.saturating_duration_since(now)),
-            reason: if scenario.is_empty() {
-                "a CrowdSec decision".to_owned()
-            } else {
-                scenario.to_string()
+            reason: match &**self.scenarios.text(*scenario) {
+                "" => "a CrowdSec decision".to_owned(),
+                scenario => scenario.to_owned(),
             },
             all_ports,
         })

@@ -322,19 +322,11 @@ pub fn read(state_path: &Path, header: &mut State) -> Result<(usize, Overrides)>
 pub fn replay(state_path: &Path, state: &mut State) -> Result<usize> {
     let snapshot = std::mem::take(&mut state.bans);
     let (applied, mut over) = read(state_path, state)?;
-    let counts: Vec<Count> = std::mem::take(&mut state.ban_counts)
-        .into_iter()
-        .map(|(net, n)| {
-            let at = state.ban_counted_at.get(&net).copied().unwrap_or(0);
-            (net, n, at)
-        })
-        .collect();
+    let counts: Vec<Count> = state.counts().collect();
+    state.ban_counts.clear();
     state.ban_counted_at.clear();
-    for (net, n, at) in over.counts(counts.into_iter()).collect::<Vec<_>>() {
-        if at != 0 {
-            state.ban_counted_at.insert(net.clone(), at);
-        }
-        state.ban_counts.insert(net, n);
+    for count in over.counts(counts.into_iter()).collect::<Vec<_>>() {
+        state.set_count(count);
     }
     state.bans = over.bans(snapshot.into_iter()).collect();
     Ok(applied)

@@ -272,10 +272,7 @@ impl BanManager {
     /// Takes up the saved bans and makes the kernel hold them.
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let in_kernel = pinned(self.maps.banned_nets()?);
-        let counts = state.ban_counts.iter().map(|(net, n)| {
-            let at = state.ban_counted_at.get(net).copied().unwrap_or(0);
-            (net.clone(), *n, at)
-        });
+        let counts = state.counts();
         let bans = (state.bans.len(), state.bans.iter().cloned());
         self.restore_from(state, bans, counts, in_kernel)
     }

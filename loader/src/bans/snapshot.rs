@@ -49,13 +49,7 @@ pub fn write(out: &mut impl Write, state: &State) -> Result<()> {
         .iter()
         .flat_map(|b| [Some(&*b.jail), Some(&*b.reason), b.origin.as_deref()])
         .flatten();
-    let counts = state.ban_counts.iter().map(|(net, n)| {
-        (
-            net.clone(),
-            *n,
-            state.ban_counted_at.get(net).copied().unwrap_or(0),
-        )
-    });
+    let counts = state.counts();
     let bans = state.bans.iter().cloned();
     write_parts(out, state, strings, (state.bans.len(), bans), counts)
 }
@@ -175,12 +169,8 @@ pub fn read(bytes: &[u8]) -> Result<State> {
     while let Some(b) = stream.next_ban()? {
         state.bans.push(b);
     }
-    while let Some((net, n, at)) = stream.next_count()? {
-        // 0: a count saved without its time.
-        if at != 0 {
-            state.ban_counted_at.insert(net.clone(), at);
-        }
-        state.ban_counts.insert(net, n);
+    while let Some(count) = stream.next_count()? {
+        state.set_count(count);
     }
     Ok(state)
 }

@@ -44,6 +44,25 @@ pub struct State {
     pub cursors: BTreeMap<String, String>,
 }
 
+impl State {
+    /// The ban counts, each with when its network's last ban began (0:
+    /// not known, a count saved without its time).
+    pub fn counts(&self) -> impl Iterator<Item = snapshot::Count> + '_ {
+        self.ban_counts.iter().map(|(net, n)| {
+            let at = self.ban_counted_at.get(net).copied().unwrap_or(0);
+            (net.clone(), *n, at)
+        })
+    }
+
+    /// Sets a ban count as `counts` hands it out.
+    pub fn set_count(&mut self, (net, n, at): snapshot::Count) {
+        if at != 0 {
+            self.ban_counted_at.insert(net.clone(), at);
+        }
+        self.ban_counts.insert(net, n);
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SavedBan {
     pub net: String,
@@ -94,11 +113,8 @@ pub fn load(path: &Path) -> Result<State> {
     while let Some(b) = opened.next_ban() {
         bans.push(b);
     }
-    while let Some((net, n, at)) = opened.next_count() {
-        opened.state.ban_counts.insert(net.clone(), n);
-        if at != 0 {
-            opened.state.ban_counted_at.insert(net, at);
-        }
+    while let Some(count) = opened.next_count() {
+        opened.state.set_count(count);
     }
     let mut state = opened.state;
     if opened.damaged {
@@ -144,14 +160,9 @@ pub fn open(path: &Path) -> Result<Opened> {
     let mut len = 0;
     let opened = |mut state: State, source: Option<Source>, len: u64| {
         let bans = std::mem::take(&mut state.bans);
-        let at = std::mem::take(&mut state.ban_counted_at);
-        let counts: Vec<snapshot::Count> = std::mem::take(&mut state.ban_counts)
-            .into_iter()
-            .map(|(net, n)| {
-                let t = at.get(&net).copied().unwrap_or(0);
-                (net, n, t)
-            })
-            .collect();
+        let counts: Vec<snapshot::Count> = state.counts().collect();
+        state.ban_counts.clear();
+        state.ban_counted_at.clear();
         Opened {
             state,
             source: source.unwrap_or(Source::Whole(bans.into_iter())),

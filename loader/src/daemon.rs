@@ -262,11 +262,11 @@ impl Engine {
     fn start(
         config: Config,
         maps: KernelMaps,
-        mut reading: state::Reading,
+        mut opened: state::Opened,
         pinned: crate::bans::Pinned,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
-        let mut saved = reading.header()?;
+        let mut saved = std::mem::take(&mut opened.state);
         // What changed after the last snapshot, laid over the snapshot's
         // bans as they are read.
         let (replayed, mut over) = changes::read(&config.state_file, &mut saved)?;
@@ -311,12 +311,13 @@ impl Engine {
         let config_hooks = config.notify.hooks();
         let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
-        let reading = std::cell::RefCell::new(reading);
-        let counts = over.counts(std::iter::from_fn(|| reading.borrow_mut().next_count()));
-        let n = reading.borrow().bans_left;
-        let saved_bans = over.bans(std::iter::from_fn(|| reading.borrow_mut().next_ban()));
+        let n = opened.bans_left();
+        // One reader for both: the counts are taken once every ban is.
+        let opened = std::cell::RefCell::new(opened);
+        let counts = over.counts(std::iter::from_fn(|| opened.borrow_mut().next_count()));
+        let saved_bans = over.bans(std::iter::from_fn(|| opened.borrow_mut().next_ban()));
         let r = bans.restore_from(&saved, (n, saved_bans), counts, pinned)?;
-        let damaged = reading.borrow().damaged();
+        let damaged = opened.borrow().damaged;
         tracing::info!(
             "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
             r.kept,
@@ -1433,7 +1434,7 @@ struct EngineParts {
     /// The programs, being verified by the kernel meanwhile.
     verifying: std::thread::JoinHandle<Result<aya::Ebpf>>,
     /// The saved state, being read meanwhile.
-    reading: state::Reading,
+    opened: state::Opened,
     /// The networks the pinned maps hold, being read meanwhile.
     pinned: std::thread::JoinHandle<Result<crate::bans::Pinned>>,
 }
@@ -1459,8 +1460,8 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
         program::if_index(iface)?;
     }
     // The state's header now; its bans as they are restored (see
-    // `state::Reading`).
-    let reading = state::reading(config.state_file.clone())?;
+    // `state::Opened`).
+    let opened = state::open_with_positions(&config.state_file)?;
     let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
     // What the pinned maps still hold (a restart over a million bans), read
@@ -1504,7 +1505,7 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
             config,
             maps,
             verifying,
-            reading,
+            opened,
             pinned,
         },
     })
@@ -1520,7 +1521,7 @@ fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded
         config,
         mut maps,
         verifying,
-        reading,
+        opened,
         pinned,
     } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
@@ -1528,7 +1529,7 @@ fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded
     let pinned = pinned
         .join()
         .map_err(|_| anyhow::anyhow!("reading the pinned bans panicked"))??;
-    let engine = Engine::start(config, maps, reading, pinned, fleet_tx)?;
+    let engine = Engine::start(config, maps, opened, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()
         .map_err(|_| anyhow::anyhow!("verifying the XDP programs panicked"))??;

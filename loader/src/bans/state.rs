@@ -134,7 +134,10 @@ fn empty() -> State {
 
 /// A state file being read: everything but the bans and ban counts in
 /// `state`, those one at a time (`next_ban`, then `next_count`), so a
-/// million bans go into their table as they are read.
+/// million bans go into their table as they are read. The daemon reads it
+/// on the restoring thread itself: its bans' memory is allocated and freed
+/// by one thread (glibc frees another thread's blocks slowly), and a reader
+/// thread gained nothing on two cores busy with the maps.
 pub struct Opened {
     pub state: State,
     source: Source,
@@ -276,56 +279,6 @@ impl Opened {
             aside.display()
         );
         Ok(())
-    }
-}
-
-/// A state opened early (`open_with_positions`) and read as it is restored.
-/// On the restoring thread itself: its bans' memory is allocated and freed
-/// by one thread (glibc frees another thread's blocks slowly), and a
-/// reader thread gained nothing on two cores busy with the maps.
-pub struct Reading {
-    opened: Option<Opened>,
-    /// Bans still to come, as the file says.
-    pub bans_left: usize,
-    damaged: bool,
-}
-
-/// Opens the state at `path` (see `Reading`).
-pub fn reading(path: PathBuf) -> Result<Reading> {
-    let opened = open_with_positions(&path)?;
-    Ok(Reading {
-        bans_left: opened.bans_left(),
-        damaged: opened.damaged,
-        opened: Some(opened),
-    })
-}
-
-impl Reading {
-    /// Everything of the state but its bans and counts.
-    pub fn header(&mut self) -> Result<State> {
-        let opened = self
-            .opened
-            .as_mut()
-            .context("the state's header was taken")?;
-        Ok(std::mem::take(&mut opened.state))
-    }
-
-    pub fn next_ban(&mut self) -> Option<SavedBan> {
-        let b = self.opened.as_mut()?.next_ban();
-        self.bans_left = self.bans_left.saturating_sub(1);
-        b
-    }
-
-    /// The next ban count (what is left of the bans is passed over).
-    pub fn next_count(&mut self) -> Option<snapshot::Count> {
-        let opened = self.opened.as_mut()?;
-        while opened.next_ban().is_some() {}
-        opened.next_count()
-    }
-
-    /// The file turned out damaged (it was moved aside).
-    pub fn damaged(&self) -> bool {
-        self.damaged || self.opened.as_ref().is_some_and(|o| o.damaged)
     }
 }
 

@@ -5,6 +5,7 @@
 //! without touching bans.
 use crate::{
     addr,
+    bans::background,
     bans::changes::{self, ChangeLog},
     bans::journal,
     bans::never_ban::{NeverBan, Sources, Vetted},
@@ -213,6 +214,8 @@ pub struct Engine {
     changelog: ChangeLog,
     /// The last snapshot failed: the next save is a snapshot again.
     snapshot_due: bool,
+    /// The child writing a snapshot in the background, while one does.
+    snapshot_writer: Option<background::Child>,
     ban_log: BanLog,
 }
 
@@ -359,6 +362,7 @@ impl Engine {
             remote_refused: HashMap::new(),
             changelog: ChangeLog::new(&config_state_file, replayed),
             snapshot_due: false,
+            snapshot_writer: None,
             ban_log: BanLog::default(),
         };
         engine.apply_config(true)?;
@@ -725,7 +729,8 @@ impl Engine {
         }
         let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
-        if self.dirty {
+        self.reap_snapshot();
+        if self.dirty || self.snapshot_wanted() {
             self.log_changes();
         }
         if positions_due {
@@ -753,14 +758,9 @@ impl Engine {
         }
     }
 
-    /// Bans and ban counts; read positions go to their own file.
-    fn save_bans(&mut self) {
-        // The log first holds every change up to now, written: a crash
-        // between the snapshot and the log's removal then replays lines
-        // that say what the snapshot says.
-        self.append_changes(usize::MAX);
-        self.changelog.flush();
-        let header = State {
+    /// Everything of the state but its bans and counts.
+    fn snapshot_header(&self) -> State {
+        State {
             version: state::VERSION,
             cursors: self.cursors.clone(),
             allowed: Some(
@@ -770,7 +770,79 @@ impl Engine {
                     .collect(),
             ),
             ..Default::default()
+        }
+    }
+
+    /// A snapshot written by a forked child while the loop goes on (see
+    /// `background`); written here, on the loop, when the child cannot be
+    /// made.
+    fn start_snapshot(&mut self) {
+        // The log holds every change up to now (the writer thread writes
+        // it in order), and the snapshot covers exactly that log: it
+        // becomes the older log, and later changes start a new one.
+        if !self.append_changes(usize::MAX) || self.changelog.rotate().is_err() {
+            return self.save_bans();
+        }
+        let header = self.snapshot_header();
+        let (bans, path) = (&mut self.bans, &self.config.state_file);
+        match background::spawn(|| {
+            state::write_atomically(path, |out| bans.write_snapshot(out, &header))
+        }) {
+            Ok(child) => {
+                self.snapshot_writer = Some(child);
+                self.snapshot_due = false;
+                self.dirty = self.bans.has_changes();
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}: writing the state on the loop instead");
+                self.save_bans();
+            }
+        }
+    }
+
+    /// Takes in the background snapshot's outcome, once it has one.
+    fn reap_snapshot(&mut self) {
+        let Some(child) = &mut self.snapshot_writer else {
+            return;
         };
+        let Some(done) = child.poll() else {
+            return;
+        };
+        let paused = child.paused;
+        self.snapshot_writer = None;
+        match done {
+            Ok(took) => {
+                tracing::info!(
+                    "state written in the background in {} ms (the loop paused {:.1} ms to start it)",
+                    took.as_millis(),
+                    paused.as_secs_f64() * 1e3
+                );
+                if let Err(e) = self.changelog.drop_older() {
+                    tracing::error!("removing the older change log failed: {e:#}");
+                }
+            }
+            Err(e) => {
+                // Both logs stay: what they hold is safe, the next tick tries again.
+                tracing::error!("saving state failed: {e:#}");
+                self.snapshot_due = true;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Bans and ban counts, written on the loop (at stop, or when no child
+    /// can be made); read positions go to their own file.
+    fn save_bans(&mut self) {
+        // A snapshot being written in the background is of an older table.
+        if let Some(child) = self.snapshot_writer.take() {
+            child.kill();
+        }
+        // The log first holds every change up to now, written: a crash
+        // between the snapshot and the log's removal then replays lines
+        // that say what the snapshot says.
+        self.append_changes(usize::MAX);
+        self.changelog.flush();
+        let header = self.snapshot_header();
         let bans = &mut self.bans;
         match state::write_atomically(&self.config.state_file, |out| {
             bans.write_snapshot(out, &header)
@@ -799,12 +871,20 @@ impl Engine {
         if self.changelog.take_failure() {
             self.snapshot_due = true;
         }
-        if self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len() {
-            return self.save_bans();
+        if self.snapshot_wanted() {
+            return self.start_snapshot();
         }
         if self.append_changes(CHANGES_PER_TICK) && !self.bans.has_changes() {
             self.dirty = false;
         }
+    }
+
+    /// A snapshot is due (the last one failed, or the log outgrew the
+    /// table) and none is being written: while one is, changes go on into
+    /// the new log.
+    fn snapshot_wanted(&self) -> bool {
+        self.snapshot_writer.is_none()
+            && (self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len())
     }
 
     /// Hands what changed to the change log's writer; false (and a

@@ -5,7 +5,7 @@
 //! networks are not counted by the jails.
 use anyhow::Result;
 use sipguard_tests::{
-    fixture::{append, failures, wait_until, Setup, FREESWITCH_JAIL},
+    fixture::{append, failure, failures, wait_until, Setup, FREESWITCH_JAIL},
     netns::*,
     Sandbox,
 };
@@ -142,4 +142,63 @@ fn bans_since_the_last_snapshot_survive_a_crash_and_a_reboot() -> Result<()> {
     std::fs::remove_dir_all(&s.sb.pin)?;
     s.start_again()?;
     both(&s)
+}
+
+/// Once the change log outgrows the table, a snapshot replaces it, written
+/// by a forked child while the daemon goes on banning: the bans made
+/// meanwhile go to a new log, and a crash followed by a reboot loses none.
+#[test]
+fn a_snapshot_written_in_the_background_loses_no_ban_made_meanwhile() -> Result<()> {
+    let mut s = Setup::new(&CONFIG.replace("maxretry = 3", "maxretry = 1"))?;
+    let addr = |i: u32| std::net::Ipv4Addr::from(0x6440_0000 + i).to_string();
+    let lines =
+        |from: u32, to: u32| -> String { (from..to).map(|i| failure(&addr(i), "u")).collect() };
+    let banned_now = |s: &Setup| -> Result<u64> {
+        Ok(
+            s.json(&["status", "freeswitch"])?["jails"][0]["actions"]["currently_banned"]
+                .as_u64()
+                .unwrap_or(0),
+        )
+    };
+    // Two change-log lines a ban (the ban, its count): past 50 000 bans
+    // the log is larger than the table plus its margin.
+    let (first, more) = (60_000u32, 2_000u32);
+    append(&s.sb, &lines(0, first))?;
+    wait_until(
+        30,
+        "the first bans, and a snapshot written in the background",
+        || {
+            Ok(banned_now(&s)? == u64::from(first)
+                && s.daemon.log().contains("state written in the background"))
+        },
+    )?;
+    let log = s.sb.state().with_extension("changes");
+    let older = s.sb.state().with_extension("changes.old");
+    wait_until(5, "the older change log removed", || Ok(!older.exists()))?;
+    // The snapshot holds what was banned when it began; the bans after go
+    // to the new log, beside it.
+    append(&s.sb, &lines(first, first + more))?;
+    wait_until(10, "the later bans in the new change log", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(text.contains(&format!("\"{}/32\"", addr(first + more - 1))))
+    })?;
+    assert!(
+        !s.daemon.log().contains("saving state failed"),
+        "{}",
+        s.daemon.log()
+    );
+    s.daemon.kill()?;
+    std::fs::remove_dir_all(&s.sb.pin)?;
+    s.start_again()?;
+    assert_eq!(
+        banned_now(&s)?,
+        u64::from(first + more),
+        "{}",
+        s.daemon.log()
+    );
+    let banned = s.banned()?;
+    for i in [0, first - 1, first, first + more - 1] {
+        assert!(banned.contains(&addr(i)), "{} missing", addr(i));
+    }
+    Ok(())
 }

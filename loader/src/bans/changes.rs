@@ -8,6 +8,11 @@
 //! adopted from the kernel or ended), so a log can span boots: `Clock`
 //! lines say which boot the lines after them come from.
 //!
+//! A snapshot written in the background (see `background`) covers the log
+//! as it was when it began: the log is then moved to `state.changes.old`
+//! and the lines after go to a new `state.changes`. A start replays the old
+//! log, then the new; the old one is removed once its snapshot is in place.
+//!
 //! Each line says what a network's bans *are* (not what happened to them),
 //! so replaying a line twice, or lines the snapshot already holds, changes
 //! nothing; a line torn by a crash mid-write is the last one, and skipped.
@@ -45,6 +50,11 @@ pub fn path(state: &Path) -> PathBuf {
     state.with_extension("changes")
 }
 
+/// The log a snapshot being written covers (see the module's text).
+pub fn older_path(state: &Path) -> PathBuf {
+    state.with_extension("changes.old")
+}
+
 /// The open log. Lines are serialized by the caller's thread and written
 /// and synced by a writer thread of the log's own, in order: a sync (tens
 /// of milliseconds on a busy disk) never holds up the daemon's loop.
@@ -58,7 +68,13 @@ pub struct ChangeLog {
 
 enum Write {
     Lines(Vec<u8>),
+    /// Empties both logs: a snapshot holds all of them.
     Clear,
+    /// The log so far becomes the older log (added to it, if one is left
+    /// from a snapshot that failed); the next lines start a new one.
+    Rotate,
+    /// Removes the older log: its snapshot is in place.
+    DropOlder,
     /// Answered once everything before it is written.
     Barrier(std::sync::mpsc::Sender<()>),
 }
@@ -68,10 +84,10 @@ impl ChangeLog {
     pub fn new(state: &Path, lines: usize) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Write>();
         let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (path, flag) = (path(state), failed.clone());
+        let (paths, flag) = ((path(state), older_path(state)), failed.clone());
         std::thread::Builder::new()
             .name("sipguard-changes".into())
-            .spawn(move || writer(&path, &rx, &flag))
+            .spawn(move || writer(&paths.0, &paths.1, &rx, &flag))
             .expect("cannot start the change log's writer");
         Self { tx, failed, lines }
     }
@@ -103,6 +119,23 @@ impl ChangeLog {
         Ok(())
     }
 
+    /// The log so far is what a snapshot about to be written covers: it
+    /// becomes the older log, and later lines go to a new one.
+    pub fn rotate(&mut self) -> Result<()> {
+        self.tx
+            .send(Write::Rotate)
+            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
+        self.lines = 0;
+        Ok(())
+    }
+
+    /// The snapshot covering the older log is in place: the older log goes.
+    pub fn drop_older(&self) -> Result<()> {
+        self.tx
+            .send(Write::DropOlder)
+            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))
+    }
+
     /// Waits until everything handed over is written and synced.
     pub fn flush(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -120,6 +153,7 @@ impl ChangeLog {
 
 fn writer(
     path: &Path,
+    older: &Path,
     rx: &std::sync::mpsc::Receiver<Write>,
     failed: &std::sync::atomic::AtomicBool,
 ) {
@@ -149,20 +183,54 @@ fn writer(
             }
             Write::Clear => {
                 file = None;
-                match fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(anyhow::Error::new(e)
-                            .context(format!("cannot remove {}", path.display())))
-                    }
-                    _ => Ok(()),
-                }
+                remove(older).and_then(|()| remove(path))
             }
+            Write::Rotate => {
+                file = None;
+                rotate(path, older)
+            }
+            Write::DropOlder => remove(older),
         };
         if let Err(e) = result {
             tracing::error!("change log: {e:#}; writing a snapshot next");
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes the log at `path` the older log. An older log still there (its
+/// snapshot failed) keeps its lines, and this log's follow them.
+fn rotate(path: &Path, older: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if older.exists() {
+        let mut to = fs::OpenOptions::new()
+            .append(true)
+            .open(older)
+            .with_context(|| format!("cannot open {}", older.display()))?;
+        let mut from =
+            fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("cannot add {} to {}", path.display(), older.display()))?;
+        to.sync_data()?;
+        return remove(path);
+    }
+    fs::rename(path, older)
+        .with_context(|| format!("cannot move {} to {}", path.display(), older.display()))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// What the change log and the journal say of networks, laid over a
@@ -263,15 +331,23 @@ impl Overrides {
     }
 }
 
-/// Reads the log of `state_path`: `header` (everything of the state but its
-/// bans and counts) is updated in place; what it says of bans and counts is
-/// returned, with the lines applied.
+/// Reads the logs of `state_path`, the older first: `header` (everything
+/// of the state but its bans and counts) is updated in place; what they say
+/// of bans and counts is returned, with the lines applied.
 pub fn read(state_path: &Path, header: &mut State) -> Result<(usize, Overrides)> {
     let mut over = Overrides::default();
-    let file = match fs::File::open(path(state_path)) {
+    let mut applied = 0;
+    for log in [older_path(state_path), path(state_path)] {
+        applied += read_one(&log, header, &mut over)?;
+    }
+    Ok((applied, over))
+}
+
+fn read_one(log: &Path, header: &mut State, over: &mut Overrides) -> Result<usize> {
+    let file = match fs::File::open(log) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, over)),
-        Err(e) => return Err(e).context("cannot read the change log"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", log.display())),
     };
     let mut applied = 0;
     for line in std::io::BufReader::new(file).split(b'\n') {
@@ -314,7 +390,7 @@ pub fn read(state_path: &Path, header: &mut State) -> Result<(usize, Overrides)>
             }
         }
     }
-    Ok((applied, over))
+    Ok(applied)
 }
 
 /// Applies the log of `state_path` to a whole `state`; returns the lines
@@ -350,6 +426,74 @@ mod tests {
             origin: None,
             count: 0,
         }
+    }
+
+    #[test]
+    fn a_rotated_log_is_replayed_before_the_new_one_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.json");
+        let net = |n: &str, jails: &[&str]| Change::Net {
+            net: n.into(),
+            bans: jails.iter().map(|j| ban(n, j)).collect(),
+        };
+        let nets = |st: &State| -> Vec<(String, String)> {
+            let mut v: Vec<_> = st
+                .bans
+                .iter()
+                .map(|b| (b.net.clone(), b.jail.to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut log = ChangeLog::new(&state_path, 0);
+        log.append(&[net("192.0.2.1/32", &["a"]), net("192.0.2.2/32", &["a"])])
+            .unwrap();
+        // A background snapshot begins: what follows goes to a new log.
+        log.rotate().unwrap();
+        assert_eq!(log.lines, 0);
+        log.append(&[net("192.0.2.1/32", &[]), net("192.0.2.3/32", &["b"])])
+            .unwrap();
+        log.flush();
+        assert!(older_path(&state_path).exists() && path(&state_path).exists());
+        // Before its snapshot is in place: the older log, then the new one.
+        let mut st = State::default();
+        assert_eq!(replay(&state_path, &mut st).unwrap(), 4);
+        let want = [
+            ("192.0.2.2/32".to_string(), "a".to_string()),
+            ("192.0.2.3/32".to_string(), "b".to_string()),
+        ];
+        assert_eq!(nets(&st), want);
+        // That snapshot failed; the next rotation keeps both logs' lines,
+        // in order.
+        log.append(&[net("192.0.2.4/32", &["c"])]).unwrap();
+        log.rotate().unwrap();
+        log.append(&[net("192.0.2.4/32", &[])]).unwrap();
+        log.flush();
+        let mut st = State::default();
+        assert_eq!(replay(&state_path, &mut st).unwrap(), 6);
+        assert_eq!(nets(&st), want);
+        // The snapshot is in place: it holds the older log's bans, and the
+        // new log's lines replay over it.
+        let snapshot = State {
+            bans: vec![
+                ban("192.0.2.2/32", "a"),
+                ban("192.0.2.3/32", "b"),
+                ban("192.0.2.4/32", "c"),
+            ],
+            ..Default::default()
+        };
+        log.drop_older().unwrap();
+        log.flush();
+        assert!(!older_path(&state_path).exists());
+        let mut st = snapshot.clone();
+        assert_eq!(replay(&state_path, &mut st).unwrap(), 1);
+        assert_eq!(nets(&st), want);
+        // A snapshot written on the spot empties both.
+        log.rotate().unwrap();
+        log.append(&[net("192.0.2.5/32", &["d"])]).unwrap();
+        log.clear().unwrap();
+        log.flush();
+        assert!(!older_path(&state_path).exists() && !path(&state_path).exists());
     }
 
     #[test]

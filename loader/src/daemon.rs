@@ -62,6 +62,9 @@ const CHANGES_PER_TICK: usize = 10_000;
 /// Change-log lines beyond the table's size before a snapshot replaces the
 /// log (so a small table is not rewritten at every change either).
 const CHANGELOG_MARGIN: usize = 50_000;
+/// A snapshot written in the background that takes longer than this is
+/// stopped and tried again (a million bans take about a second).
+const SNAPSHOT_TIME_LIMIT: Duration = Duration::from_secs(600);
 /// How often old ban counts are forgotten (a walk over all of them).
 const COUNT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -260,13 +263,13 @@ impl BanLog {
 }
 
 impl Engine {
-    /// `saved`: the state, and `pinned`: the networks the pinned maps held,
-    /// both read while the programs were loaded.
+    /// `opened`: the state, read as its bans are restored; `pinned`: the
+    /// networks the pinned maps held, being read meanwhile.
     fn start(
         config: Config,
         maps: KernelMaps,
         mut opened: state::Opened,
-        pinned: crate::bans::Pinned,
+        pinned: crate::bans::InKernel,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
         let mut saved = std::mem::take(&mut opened.state);
@@ -805,7 +808,7 @@ impl Engine {
         let Some(child) = &mut self.snapshot_writer else {
             return;
         };
-        let Some(done) = child.poll() else {
+        let Some(done) = child.poll(SNAPSHOT_TIME_LIMIT) else {
             return;
         };
         let paused = child.paused;
@@ -1516,7 +1519,7 @@ struct EngineParts {
     /// The saved state, being read meanwhile.
     opened: state::Opened,
     /// The networks the pinned maps hold, being read meanwhile.
-    pinned: std::thread::JoinHandle<Result<crate::bans::Pinned>>,
+    pinned: crate::bans::InKernel,
 }
 
 /// Reads the configuration, checks the interfaces, makes (or takes up) the
@@ -1547,13 +1550,22 @@ fn load(opts: &RunOptions) -> Result<Loaded<EngineParts, ()>> {
     // What the pinned maps still hold (a restart over a million bans), read
     // in batches meanwhile too.
     let pin_dir = config.pin_dir.clone();
-    let pinned = std::thread::Builder::new()
-        .name("sipguard-pinned".into())
-        .spawn(move || {
-            Ok(crate::bans::pinned(
-                KernelMaps::open(&pin_dir)?.banned_nets()?,
-            ))
-        })?;
+    let pinned = if maps.holds_bans() {
+        let reading = std::thread::Builder::new()
+            .name("sipguard-pinned".into())
+            .spawn(move || {
+                Ok(crate::bans::pinned(
+                    KernelMaps::open(&pin_dir)?.banned_nets()?,
+                ))
+            })?;
+        crate::bans::InKernel::Reading(Box::new(move || {
+            reading
+                .join()
+                .map_err(|_| anyhow::anyhow!("reading the pinned bans panicked"))?
+        }))
+    } else {
+        crate::bans::InKernel::Empty
+    };
     // The kernel verifies the programs (~0.2 s) while the engine restores
     // the saved bans into the maps, which exist already.
     let verifying = std::thread::Builder::new()
@@ -1606,9 +1618,6 @@ fn attach(loaded: Loaded<EngineParts, ()>, fleet_tx: InboundTx) -> Result<Loaded
     } = loaded.engine;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
-    let pinned = pinned
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the pinned bans panicked"))??;
     let engine = Engine::start(config, maps, opened, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()

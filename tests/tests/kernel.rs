@@ -643,42 +643,60 @@ fn unban_and_sweep() -> Result<()> {
 
 /// A daemon starting over pinned maps that hold bans nobody saved (made
 /// while it was stopped): live ones are adopted, ended ones deleted, and a
-/// saved ban still in the map is kept, not written again.
+/// saved ban still in the map is kept, not written again. The saved bans
+/// the map lacks (this box's and a remote one) are written, and a saved
+/// ban that ran out meanwhile leaves the map.
 #[test]
 fn restore_adopts_live_strays_and_deletes_ended_ones() -> Result<()> {
     let mut t = TestProgram::load()?;
     let now = clock::mono_now_ns();
     let later = clock::deadline_ns(Duration::from_secs(3600));
     let (live, ended, saved) = (net("192.0.2.70"), net("192.0.2.71"), net("192.0.2.72"));
+    let (missing, remote, ran_out) = (net("192.0.2.73"), net("192.0.2.74"), net("192.0.2.75"));
     t.maps.ban(live, later, 0, now)?;
     t.maps.ban(ended, now - 1, 0, now - 2)?;
     t.maps.ban(saved, later, 0, now)?;
-    let state = sipguard::bans::state::State {
-        bans: vec![sipguard::bans::state::SavedBan {
-            net: saved.to_string(),
+    t.maps.ban(ran_out, later, 0, now)?;
+    let saved_ban =
+        |n: IpNet, expires_at: i64, origin: Option<&str>| sipguard::bans::state::SavedBan {
+            net: n.to_string(),
             jail: "fs".into(),
             banned_at: sipguard::bans::now_ms(),
-            expires_at: Some(sipguard::bans::now_ms() + 3_600_000),
+            expires_at: Some(expires_at),
             reason: "test".into(),
             line: String::new(),
             all_ports: false,
             ports_only: false,
-            origin: None,
+            origin: origin.map(Into::into),
             expires_mono: None,
             count: 0,
-        }],
+        };
+    let in_an_hour = sipguard::bans::now_ms() + 3_600_000;
+    let state = sipguard::bans::state::State {
+        bans: vec![
+            saved_ban(saved, in_an_hour, None),
+            saved_ban(missing, in_an_hour, None),
+            saved_ban(remote, in_an_hour, Some("crowdsec")),
+            saved_ban(ran_out, sipguard::bans::now_ms() - 1_000, None),
+        ],
         ..Default::default()
     };
     let mut bans =
         sipguard::bans::BanManager::new(sipguard::kernel::maps::KernelMaps::open(t.pin())?);
     let r = bans.restore(&state)?;
-    assert_eq!((r.kept, r.reinstated, r.adopted), (1, 0, 1));
-    assert!(bans.is_banned(&live) && bans.is_banned(&saved));
-    assert!(!bans.is_banned(&ended));
-    assert!(t.maps.ban_entry(live)?.is_some());
+    assert_eq!((r.kept, r.reinstated, r.adopted, r.expired), (1, 1, 1, 1));
+    assert!(bans.is_banned(&live) && bans.is_banned(&saved) && bans.is_banned(&missing));
+    assert!(!bans.is_banned(&ended) && !bans.is_banned(&ran_out));
+    for n in [live, saved, missing, remote] {
+        assert!(t.maps.ban_entry(n)?.is_some(), "{n} not in the map");
+    }
     assert!(
         t.maps.ban_entry(ended)?.is_none(),
         "an ended stray is deleted from the map"
+    );
+    assert!(
+        t.maps.ban_entry(ran_out)?.is_none(),
+        "a saved ban that ran out is deleted from the map"
     );
     Ok(())
 }

@@ -12,7 +12,10 @@
 //! has others, so any lock another thread held at the fork stays held for
 //! ever. glibc's allocator is made safe across fork; the child writes a
 //! file and exits, and never logs, touches the runtime or runs destructors
-//! (`_exit`). Its error, if any, comes back through a pipe.
+//! (`_exit`). Its error, if any, comes back through a pipe. Should it still
+//! hang (an error's backtrace taken under a lock another thread held: the
+//! daemon turns those off, see `main`), the daemon stops it after a time
+//! limit and tries again.
 use anyhow::{bail, Context as _, Result};
 use std::{
     io::Read as _,
@@ -94,11 +97,24 @@ fn child(parent: libc::pid_t, errors: OwnedFd, write: impl FnOnce() -> Result<()
 }
 
 impl Child {
-    /// How the child ended, once it has (without waiting).
-    pub fn poll(&mut self) -> Option<Result<Duration>> {
+    /// How the child ended, once it has (without waiting); one still
+    /// running after `limit` is stopped, and has failed.
+    pub fn poll(&mut self, limit: Duration) -> Option<Result<Duration>> {
         let mut status = 0;
         // SAFETY: waits for our own child, without blocking.
         match unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } {
+            0 if self.started.elapsed() > limit => {
+                // SAFETY: our own child, not reaped yet.
+                unsafe {
+                    libc::kill(self.pid, libc::SIGKILL);
+                    libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+                }
+                self.pid = 0;
+                Some(Err(anyhow::anyhow!(
+                    "the snapshot writer was still running after {} s: stopped",
+                    limit.as_secs()
+                )))
+            }
             0 => None,
             -1 => Some(
                 Err(std::io::Error::last_os_error()).context("cannot wait for the snapshot writer"),
@@ -157,7 +173,7 @@ mod tests {
     fn wait(mut child: Child) -> Result<Duration> {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(done) = child.poll() {
+            if let Some(done) = child.poll(Duration::from_secs(60)) {
                 return done;
             }
             assert!(Instant::now() < until, "the child never ended");
@@ -185,7 +201,10 @@ mod tests {
 
     #[test]
     fn a_failing_child_says_why() {
-        let child = spawn(|| bail!("disk full")).unwrap();
+        // Made before the fork: the test's other threads may be taking
+        // backtraces (see the module's text).
+        let err = anyhow::anyhow!("disk full");
+        let child = spawn(move || Err(err)).unwrap();
         let err = wait(child).unwrap_err();
         assert_eq!(err.to_string(), "disk full");
     }
@@ -202,6 +221,22 @@ mod tests {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let err = wait(child).unwrap_err();
         assert!(err.to_string().contains("killed (signal 15)"), "{err:#}");
+    }
+
+    #[test]
+    fn a_child_past_its_time_limit_is_stopped() {
+        let mut child = spawn(|| {
+            std::thread::sleep(Duration::from_secs(60));
+            Ok(())
+        })
+        .unwrap();
+        let pid = child.pid;
+        assert!(child.poll(Duration::from_millis(50)).is_none());
+        std::thread::sleep(Duration::from_millis(100));
+        let err = child.poll(Duration::from_millis(50)).unwrap().unwrap_err();
+        assert!(err.to_string().contains("still running"), "{err:#}");
+        // SAFETY: probes a pid; ESRCH once the child is reaped.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1);
     }
 
     #[test]

@@ -130,7 +130,9 @@ pub struct Pinned {
 
 /// `nets` as `Pinned`, none marked.
 pub fn pinned(mut nets: Vec<IpNet>) -> Pinned {
-    nets.sort_unstable();
+    // A merge of the sorted runs `KernelMaps::banned_nets` gives: the
+    // stable sort finds runs and merges them, in linear time.
+    nets.sort();
     nets.dedup();
     let seen = vec![false; nets.len()];
     Pinned {
@@ -185,6 +187,16 @@ impl Pinned {
             .filter(|(_, seen)| !seen)
             .map(|(net, _)| net)
     }
+}
+
+/// What the pinned maps hold, as `restore_from` takes it.
+pub enum InKernel {
+    /// No ban at all (a start after a reboot): every saved ban is written
+    /// to the kernel as it is read.
+    Empty,
+    /// Bans (a restart), being read meanwhile (see `pinned`): the state is
+    /// read while they are, and the two compared once both are.
+    Reading(Box<dyn FnOnce() -> Result<Pinned>>),
 }
 
 /// What `restore` found.
@@ -273,6 +285,11 @@ impl BanManager {
     /// Takes up the saved bans and makes the kernel hold them.
     pub fn restore(&mut self, state: &State) -> Result<Restored> {
         let in_kernel = pinned(self.maps.banned_nets()?);
+        let in_kernel = if in_kernel.is_empty() {
+            InKernel::Empty
+        } else {
+            InKernel::Reading(Box::new(move || Ok(in_kernel)))
+        };
         let counts = state.counts();
         let bans = (state.bans.len(), state.bans.iter().cloned());
         self.restore_from(state, bans, counts, in_kernel)
@@ -281,13 +298,13 @@ impl BanManager {
     /// `restore` of a state being read: `header` is everything but its
     /// bans (about `n`) and counts, which come one at a time (the counts
     /// are taken once every ban is); `in_kernel`, the networks the maps
-    /// held when the daemon started (read meanwhile; see `pinned`).
+    /// held when the daemon started.
     pub fn restore_from(
         &mut self,
         header: &State,
         (n, bans): (usize, impl Iterator<Item = SavedBan>),
         counts: impl Iterator<Item = snapshot::Count>,
-        mut in_kernel: Pinned,
+        in_kernel: InKernel,
     ) -> Result<Restored> {
         let clock = clock::Frozen::now();
         let (now, wall) = (clock.mono_ns(), clock.wall_ms());
@@ -296,12 +313,19 @@ impl BanManager {
             .as_deref()
             .is_some_and(|b| !b.is_empty() && b == clock.boot_id());
         let mut report = Restored::default();
-        let expected = n.max(in_kernel.nets.len());
-        self.bans.reserve(expected);
+        self.bans.reserve(n);
         // New bans go to the kernel while the loop goes on (see `BanWriter`).
-        let mut writer = self.maps.writer(expected)?;
-
-        let mut ended_in_kernel = Vec::new();
+        let mut writer = self.maps.writer(n)?;
+        // Empty maps: each ban is written as it is read. Otherwise the
+        // maps' bans are still being read: the kernel's part of each saved
+        // ban waits (as remote bans' records do, or in the table) until
+        // they are.
+        let (stream, in_kernel) = match in_kernel {
+            InKernel::Empty => (true, None),
+            InKernel::Reading(read) => (false, Some(read)),
+        };
+        let mut remote_entries = Vec::new();
+        let mut ended = Vec::new();
         let mut names = names::Recent::default();
         for saved in bans {
             let Ok(net) = crate::addr::parse_net(&saved.net) else {
@@ -321,9 +345,7 @@ impl BanManager {
                         None => {
                             report.expired += 1;
                             self.changed.insert(net);
-                            if in_kernel.contains(&net) {
-                                ended_in_kernel.push(net);
-                            }
+                            ended.push(net);
                             continue;
                         }
                     }
@@ -332,20 +354,19 @@ impl BanManager {
             let scope = Scope::from_saved(saved.all_ports, saved.ports_only);
             let banned_at_ns =
                 now.saturating_sub((wall - saved.banned_at).max(0) as u64 * 1_000_000);
-            // Marked: what is left unmarked is in the maps only.
-            let in_kernel = !in_kernel.is_empty() && in_kernel.mark(&net);
-            if !in_kernel {
-                writer.push(net, expires_at_ns.unwrap_or(0), scope.flags(), banned_at_ns);
-            }
             if let Some(origin) = &saved.origin {
+                let entry = (net, expires_at_ns.unwrap_or(0), scope.flags(), banned_at_ns);
+                if stream {
+                    writer.push(entry.0, entry.1, entry.2, entry.3);
+                } else {
+                    remote_entries.push(entry);
+                }
                 self.remote
                     .set_parts(net, origin, expires_at_ns, scope, &saved.reason);
                 continue;
             }
-            if in_kernel {
-                report.kept += 1;
-            } else {
-                report.reinstated += 1;
+            if stream {
+                writer.push(net, expires_at_ns.unwrap_or(0), scope.flags(), banned_at_ns);
             }
             let info = BanInfo {
                 jail: names.id(&mut self.names, &saved.jail),
@@ -358,6 +379,30 @@ impl BanManager {
             };
             self.bans.insert(net, info);
         }
+        // Marked: what is left unmarked is in the maps only.
+        let mut in_kernel = match in_kernel {
+            Some(read) => read()?,
+            None => pinned(Vec::new()),
+        };
+        for (net, info) in self.bans.iter() {
+            if !stream && in_kernel.mark(net) {
+                report.kept += 1;
+                continue;
+            }
+            if !stream {
+                writer.push(*net, info.end_ns, info.scope.flags(), info.banned_at_ns);
+            }
+            report.reinstated += 1;
+        }
+        for (net, end, flags, at) in remote_entries {
+            if !in_kernel.mark(&net) {
+                writer.push(net, end, flags, at);
+            }
+        }
+        let ended_in_kernel: Vec<IpNet> = ended
+            .into_iter()
+            .filter(|net| in_kernel.contains(net))
+            .collect();
         for (net, e) in writer.finish(&mut self.maps) {
             // One full or failing map write must not stop the daemon
             // from protecting with everything else.

@@ -282,20 +282,54 @@ impl KernelMaps {
     /// The banned networks alone, for a daemon restarting over a million
     /// pinned bans: the single addresses in batches (see `batch`), the
     /// ranges one system call each (an LPM trie has no batch lookup).
+    /// True when any ban map holds a ban (a key read from each: a start
+    /// after a reboot knows at once that it has every ban to write).
+    pub fn holds_bans(&self) -> bool {
+        self.host_v4.keys().next().is_some()
+            || self.host_v6.keys().next().is_some()
+            || self.banned_v4.keys().next().is_some()
+            || self.banned_v6.keys().next().is_some()
+    }
+
+    /// Runs of networks in order (each family's ranges, then its single
+    /// addresses, each run sorted): a million addresses sort as integers,
+    /// several times faster than as networks, and the runs then merge in
+    /// one pass (see `bans::pinned`).
     pub fn banned_nets(&self) -> Result<Vec<IpNet>> {
         let mut out = Vec::new();
+        let mut hosts_v4: Vec<u32> = self
+            .host_entries_v4()?
+            .into_iter()
+            .map(|(key, _)| u32::from_be_bytes(key))
+            .collect();
+        hosts_v4.sort_unstable();
+        let mut hosts_v6: Vec<u128> = self
+            .host_entries_v6()?
+            .into_iter()
+            .map(|(key, _)| u128::from_be_bytes(key))
+            .collect();
+        hosts_v6.sort_unstable();
+        out.reserve(hosts_v4.len() + hosts_v6.len());
         for key in self.banned_v4.keys() {
             out.push(IpNet::V4(k_v4(&key?)));
         }
+        let ranges = out.len();
+        out[..ranges].sort_unstable();
+        out.extend(
+            hosts_v4
+                .into_iter()
+                .map(|a| IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(a)))),
+        );
+        let v6_from = out.len();
         for key in self.banned_v6.keys() {
             out.push(IpNet::V6(k_v6(&key?)));
         }
-        for (key, _) in self.host_entries_v4()? {
-            out.push(IpNet::from(std::net::IpAddr::from(key)));
-        }
-        for (key, _) in self.host_entries_v6()? {
-            out.push(IpNet::from(std::net::IpAddr::from(key)));
-        }
+        out[v6_from..].sort_unstable();
+        out.extend(
+            hosts_v6
+                .into_iter()
+                .map(|a| IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::from(a)))),
+        );
         Ok(out)
     }
 

@@ -279,9 +279,6 @@ impl KernelMaps {
         not_found_is_false(result)
     }
 
-    /// The banned networks alone, for a daemon restarting over a million
-    /// pinned bans: the single addresses in batches (see `batch`), the
-    /// ranges one system call each (an LPM trie has no batch lookup).
     /// True when any ban map holds a ban (a key read from each: a start
     /// after a reboot knows at once that it has every ban to write).
     pub fn holds_bans(&self) -> bool {
@@ -291,10 +288,12 @@ impl KernelMaps {
             || self.banned_v6.keys().next().is_some()
     }
 
-    /// Runs of networks in order (each family's ranges, then its single
-    /// addresses, each run sorted): a million addresses sort as integers,
-    /// several times faster than as networks, and the runs then merge in
-    /// one pass (see `bans::pinned`).
+    /// The banned networks alone, for a daemon restarting over a million
+    /// pinned bans: the single addresses in batches (see `batch`), the
+    /// ranges one system call each (an LPM trie has no batch lookup). In
+    /// runs, each sorted (each family's ranges, then its single addresses):
+    /// a million addresses sort as integers, several times faster than as
+    /// networks, and the runs then merge in one pass (see `bans::pinned`).
     pub fn banned_nets(&self) -> Result<Vec<IpNet>> {
         let mut out = Vec::new();
         let mut hosts_v4: Vec<u32> = self

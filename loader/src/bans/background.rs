@@ -181,6 +181,15 @@ mod tests {
         }
     }
 
+    /// A child that would sleep for a minute.
+    fn sleeping() -> Child {
+        spawn(|| {
+            std::thread::sleep(Duration::from_secs(60));
+            Ok(())
+        })
+        .unwrap()
+    }
+
     #[test]
     fn the_child_writes_what_the_parent_held_at_the_fork() {
         let dir = tempfile::tempdir().unwrap();
@@ -211,11 +220,7 @@ mod tests {
 
     #[test]
     fn a_killed_child_is_reaped_and_reported() {
-        let child = spawn(|| {
-            std::thread::sleep(Duration::from_secs(60));
-            Ok(())
-        })
-        .unwrap();
+        let child = sleeping();
         let pid = child.pid;
         // SAFETY: our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -225,11 +230,7 @@ mod tests {
 
     #[test]
     fn a_child_past_its_time_limit_is_stopped() {
-        let mut child = spawn(|| {
-            std::thread::sleep(Duration::from_secs(60));
-            Ok(())
-        })
-        .unwrap();
+        let mut child = sleeping();
         let pid = child.pid;
         assert!(child.poll(Duration::from_millis(50)).is_none());
         std::thread::sleep(Duration::from_millis(100));
@@ -241,11 +242,7 @@ mod tests {
 
     #[test]
     fn dropping_a_running_child_ends_it() {
-        let child = spawn(|| {
-            std::thread::sleep(Duration::from_secs(60));
-            Ok(())
-        })
-        .unwrap();
+        let child = sleeping();
         let pid = child.pid;
         child.kill();
         // SAFETY: probes a pid; ESRCH once the child is reaped.

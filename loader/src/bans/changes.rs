@@ -102,19 +102,21 @@ impl ChangeLog {
             serde_json::to_writer(&mut buf, c)?;
             buf.push(b'\n');
         }
-        self.tx
-            .send(Write::Lines(buf))
-            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
+        self.send(Write::Lines(buf))?;
         self.lines += changes.len();
         Ok(())
+    }
+
+    fn send(&self, w: Write) -> Result<()> {
+        self.tx
+            .send(w)
+            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))
     }
 
     /// Empties the log once what was handed over before is written: a
     /// snapshot now holds all of it.
     pub fn clear(&mut self) -> Result<()> {
-        self.tx
-            .send(Write::Clear)
-            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
+        self.send(Write::Clear)?;
         self.lines = 0;
         Ok(())
     }
@@ -122,18 +124,14 @@ impl ChangeLog {
     /// The log so far is what a snapshot about to be written covers: it
     /// becomes the older log, and later lines go to a new one.
     pub fn rotate(&mut self) -> Result<()> {
-        self.tx
-            .send(Write::Rotate)
-            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))?;
+        self.send(Write::Rotate)?;
         self.lines = 0;
         Ok(())
     }
 
     /// The snapshot covering the older log is in place: the older log goes.
     pub fn drop_older(&self) -> Result<()> {
-        self.tx
-            .send(Write::DropOlder)
-            .map_err(|_| anyhow::anyhow!("the change log's writer is gone"))
+        self.send(Write::DropOlder)
     }
 
     /// Waits until everything handed over is written and synced.

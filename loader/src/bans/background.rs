@@ -124,9 +124,8 @@ impl Child {
     }
 
     /// Stops the child and waits for it (at stop, before the daemon writes
-    /// the state itself).
+    /// the state itself): what dropping it does, said where it is meant.
     pub fn kill(self) {
-        // SAFETY: signals and reaps our own child; `Drop` does the same.
         drop(self);
     }
 

@@ -384,15 +384,17 @@ impl BanManager {
             Some(read) => read()?,
             None => pinned(Vec::new()),
         };
-        for (net, info) in self.bans.iter() {
-            if !stream && in_kernel.mark(net) {
-                report.kept += 1;
-                continue;
+        if stream {
+            report.reinstated = self.bans.len();
+        } else {
+            for (net, info) in self.bans.iter() {
+                if in_kernel.mark(net) {
+                    report.kept += 1;
+                } else {
+                    writer.push(*net, info.end_ns, info.scope.flags(), info.banned_at_ns);
+                    report.reinstated += 1;
+                }
             }
-            if !stream {
-                writer.push(*net, info.end_ns, info.scope.flags(), info.banned_at_ns);
-            }
-            report.reinstated += 1;
         }
         for (net, end, flags, at) in remote_entries {
             if !in_kernel.mark(&net) {

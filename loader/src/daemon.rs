@@ -794,7 +794,8 @@ impl Engine {
             Ok(child) => {
                 self.snapshot_writer = Some(child);
                 self.snapshot_due = false;
-                self.dirty = self.bans.has_changes();
+                // The log took every change above: none is left to write.
+                self.dirty = false;
             }
             Err(e) => {
                 tracing::warn!("{e:#}: writing the state on the loop instead");
@@ -851,7 +852,7 @@ impl Engine {
             bans.write_snapshot(out, &header)
         }) {
             Ok(()) => {
-                self.bans.snapshot_written();
+                // The log took every change above: none is left to write.
                 self.dirty = false;
                 self.snapshot_due = false;
                 if let Err(e) = self.changelog.clear() {
@@ -863,7 +864,8 @@ impl Engine {
                 self.snapshot_due = true;
             }
         }
-        // The copy of every ban made for writing is gone: give its memory back.
+        // The sorted index and the records made for writing are gone: give
+        // their memory back.
         release_freed_memory();
     }
 

@@ -817,12 +817,6 @@ impl BanManager {
         snapshot::write_parts(out, &header, strings, (n, bans), counts)
     }
 
-    /// A snapshot was written: it holds every change so far.
-    pub fn snapshot_written(&mut self) {
-        self.changed.clear();
-        self.counts_changed.clear();
-    }
-
     /// This box's ban of `net`, as the state file keeps it.
     fn saved_local(&self, net: &IpNet, b: &BanInfo, now: (u64, i64)) -> SavedBan {
         let clock = clock::System;

@@ -41,6 +41,7 @@
 //! |             | `defaults`      | default paths and ports                                   |
 //! |             | `addr`          | `ADDR[/PREFIX]` parsing                                   |
 //! |             | `net_table`     | a compact table by network, for a million entries         |
+//! |             | `text`          | outside text made safe to show: escapes, redacted URLs    |
 //! |             | `duration`      | ban durations (`30`, `10m`, `1h30m`, `-1`)                |
 pub mod addr;
 pub mod bans;
@@ -55,3 +56,4 @@ pub mod kernel;
 pub mod logs;
 pub mod net_table;
 pub mod ops;
+pub mod text;

@@ -380,6 +380,14 @@ pub struct FloodConfig {
     /// so log-driven and manual bans always have room.
     #[serde(default = "default_max_packet_bans")]
     pub max_packet_bans: usize,
+    /// Send `sip-flood` bans to the fleet (CrowdSec alerts, Redis). Off:
+    /// a flood's source address can be forged, and a fleet would multiply
+    /// the forger's ban. On, they leave ports-only with their own duration.
+    #[serde(default)]
+    pub export: bool,
+    /// The same for `sip-scanner` bans.
+    #[serde(default)]
+    pub scanner_export: bool,
 }
 
 impl Default for FloodConfig {
@@ -396,6 +404,8 @@ impl Default for FloodConfig {
             scanner_bantime: default_scanner_bantime(),
             max_bans_per_minute: default_max_bans_per_minute(),
             max_packet_bans: default_max_packet_bans(),
+            export: false,
+            scanner_export: false,
         }
     }
 }

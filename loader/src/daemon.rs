@@ -954,7 +954,20 @@ impl Engine {
                         Scope::Ports
                     },
                 )?;
-                self.on_ban(net, "manual", "manual", "banned by hand", bantime, "");
+                let scope = if all_ports {
+                    Scope::AllPorts
+                } else {
+                    Scope::Ports
+                };
+                self.on_ban(
+                    net,
+                    "manual",
+                    "manual",
+                    "banned by hand",
+                    bantime,
+                    "",
+                    scope,
+                );
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
                 }
@@ -1171,7 +1184,9 @@ impl Engine {
                         r.reason
                     );
                 }
-                self.on_ban(r.net, &r.jail, cause, &r.reason, r.duration, &r.line);
+                self.on_ban(
+                    r.net, &r.jail, cause, &r.reason, r.duration, &r.line, r.scope,
+                );
                 true
             }
             Ok(false) => false,
@@ -1191,22 +1206,37 @@ impl Engine {
         reason: &str,
         bantime: Option<Duration>,
         line: &str,
+        scope: Scope,
     ) {
         self.metrics.banned(jail, cause);
         self.notifier
             .send(|| Event::new("ban", net, jail, cause, reason, Some(bantime), line));
-        let all_ports = self
-            .bans
-            .get(&net)
-            .is_some_and(|b| b.scope == Scope::AllPorts);
+        if !self.exported(jail, cause) {
+            return;
+        }
         self.workers.publish(&Outbound::Ban {
             net,
             jail: jail.to_owned(),
             cause: cause.to_owned(),
             left: bantime,
             reason: reason.to_owned(),
-            all_ports,
+            scope,
         });
+    }
+
+    /// Whether a ban leaves this box for the fleet. A ban on packet
+    /// evidence (a flood, a scanner's packet: a source address anyone can
+    /// forge) stays here unless its jail says `export = true`, and then it
+    /// leaves as what it is (`PortsOnly`, its own short duration). Log jails
+    /// export unless `export = false`; manual bans go as the operator made
+    /// them (the engines decide whether they take manual bans).
+    fn exported(&self, jail: &str, cause: &str) -> bool {
+        match cause {
+            "flood" => self.config.flood.export,
+            "scanner" => self.config.flood.scanner_export,
+            "log" => self.config.jails.get(jail).is_none_or(|j| j.export),
+            _ => true,
+        }
     }
 
     /// Every ban lifted: expired, by the operator, evicted to make room.
@@ -1235,11 +1265,7 @@ impl Engine {
                     let ban = RemoteBan {
                         origin: origin.clone(),
                         expires_at_ns: d.left.map(clock::deadline_ns),
-                        scope: if d.all_ports {
-                            Scope::AllPorts
-                        } else {
-                            Scope::Ports
-                        },
+                        scope: d.scope,
                         reason: d.reason,
                     };
                     match self.bans.remote_ban(d.net, ban) {

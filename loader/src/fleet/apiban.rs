@@ -113,7 +113,7 @@ fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<(
                                 net,
                                 left: Some(BAN_FOR),
                                 reason: format!("APIBAN {} list", s.set),
-                                all_ports: false,
+                                scope: crate::bans::Scope::Ports,
                             }),
                             Err(_) => refused += 1,
                         }

@@ -172,7 +172,11 @@ impl Book {
                 "" => "a CrowdSec decision".to_owned(),
                 scenario => scenario.to_owned(),
             },
-            all_ports,
+            scope: if all_ports {
+                crate::bans::Scope::AllPorts
+            } else {
+                crate::bans::Scope::Ports
+            },
         })
     }
 

@@ -12,6 +12,7 @@ pub mod apiban;
 pub mod crowdsec;
 pub mod redis;
 
+use crate::bans::Scope;
 use ipnet::IpNet;
 use std::{
     sync::mpsc::{self, SyncSender, TrySendError},
@@ -29,7 +30,9 @@ pub struct RemoteDecision {
     /// Time left; `None`: permanent.
     pub left: Option<Duration>,
     pub reason: String,
-    pub all_ports: bool,
+    /// What the origin asked to drop: `PortsOnly` for bans that rest on
+    /// packets alone (never widened, whatever this box's settings).
+    pub scope: Scope,
 }
 
 /// What an engine tells the daemon.
@@ -69,7 +72,9 @@ pub enum Outbound {
         cause: String,
         left: Option<Duration>,
         reason: String,
-        all_ports: bool,
+        /// The ban's own scope: a packet-evidence ban leaves as
+        /// `PortsOnly` and stays so on every box.
+        scope: Scope,
     },
     Unban {
         net: IpNet,
@@ -119,6 +124,95 @@ impl Outlet {
 /// true when it should stop.
 pub fn sleep_or_stop(stop: &mpsc::Receiver<()>, d: Duration) -> bool {
     !matches!(stop.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout))
+}
+
+/// How often each worker was restarted: (name, after an error, after a panic).
+static RESTARTS: std::sync::Mutex<Vec<(&'static str, u64, u64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The restarts so far, for `status` and the metrics.
+pub fn restarts() -> Vec<(&'static str, u64, u64)> {
+    RESTARTS.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+fn count_restart(name: &'static str, panicked: bool) {
+    if let Ok(mut r) = RESTARTS.lock() {
+        let i = match r.iter().position(|(n, ..)| *n == name) {
+            Some(i) => i,
+            None => {
+                r.push((name, 0, 0));
+                r.len() - 1
+            }
+        };
+        if panicked {
+            r[i].2 += 1;
+        } else {
+            r[i].1 += 1;
+        }
+    }
+}
+
+/// Backoff between restarts: doubling from the first to the last, back to
+/// the first after a run that lasted `HEALTHY`.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_LAST: Duration = Duration::from_secs(60);
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// Runs `work` on a thread of its own (`sipguard-NAME`) until it returns
+/// `Ok(())` or `stop`'s sender is dropped; after an error or a panic it is
+/// run again, with backoff. An engine's hostile answer can crash a parser:
+/// that must cost one restart, logged and counted, never the feed for good.
+pub fn supervise<F>(name: &'static str, stop: mpsc::Receiver<()>, mut work: F)
+where
+    F: FnMut(&mpsc::Receiver<()>) -> anyhow::Result<()> + Send + 'static,
+{
+    let spawned = std::thread::Builder::new()
+        .name(format!("sipguard-{name}"))
+        .spawn(move || {
+            let mut backoff = BACKOFF_FIRST;
+            let mut last_error = String::new();
+            loop {
+                let started = std::time::Instant::now();
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&stop)));
+                if started.elapsed() >= HEALTHY {
+                    backoff = BACKOFF_FIRST;
+                }
+                match run {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => {
+                        count_restart(name, false);
+                        let text = crate::text::escape(&format!("{e:#}")).into_owned();
+                        if text != last_error {
+                            tracing::warn!("{name}: {text}; again in {} s", backoff.as_secs());
+                        } else {
+                            tracing::debug!("{name}: {text}; again in {} s", backoff.as_secs());
+                        }
+                        last_error = text;
+                    }
+                    Err(panic) => {
+                        count_restart(name, true);
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(
+                            "{name} panicked ({}); restarted in {} s",
+                            crate::text::escape(&what),
+                            backoff.as_secs()
+                        );
+                        last_error.clear();
+                    }
+                }
+                if sleep_or_stop(&stop, backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_LAST);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("{name}: cannot start its thread: {e}");
+    }
 }
 
 /// Hands batches to the daemon; false once the daemon is gone.
@@ -200,6 +294,30 @@ pub fn go_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_that_panics_or_fails_is_restarted_and_counted() {
+        let (stop_tx, stop) = mpsc::channel::<()>();
+        let (done_tx, done) = mpsc::channel::<u32>();
+        let mut runs = 0u32;
+        supervise("test-worker", stop, move |_| {
+            runs += 1;
+            match runs {
+                1 => panic!("hostile answer"),
+                2 => anyhow::bail!("engine away"),
+                _ => {
+                    done_tx.send(runs).unwrap();
+                    Ok(())
+                }
+            }
+        });
+        // 1 s, then 2 s of backoff.
+        assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(3));
+        let r = restarts();
+        let (_, errors, panics) = r.iter().find(|(n, ..)| *n == "test-worker").unwrap();
+        assert_eq!((*errors, *panics), (1, 1));
+        drop(stop_tx);
+    }
 
     #[test]
     fn go_durations() {

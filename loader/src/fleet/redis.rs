@@ -250,6 +250,14 @@ fn parse_member(m: &str) -> Option<(String, IpNet, bool, String)> {
     Some((node, net, all, jail))
 }
 
+fn scope_of(all_ports: bool) -> crate::bans::Scope {
+    if all_ports {
+        crate::bans::Scope::AllPorts
+    } else {
+        crate::bans::Scope::Ports
+    }
+}
+
 fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -354,7 +362,7 @@ fn follow(s: &Settings, t: &Target, tx: &InboundTx, stop: &mpsc::Receiver<()>) -
                     net,
                     left,
                     reason: format!("banned by {node} ({jail})"),
-                    all_ports,
+                    scope: scope_of(all_ports),
                 },
             ));
         }
@@ -441,7 +449,7 @@ fn follow(s: &Settings, t: &Target, tx: &InboundTx, stop: &mpsc::Receiver<()>) -
                                     net,
                                     left,
                                     reason: format!("banned by {node} ({})", get("jail")),
-                                    all_ports: get("scope") == "all",
+                                    scope: scope_of(get("scope") == "all"),
                                 },
                             ));
                         }
@@ -556,9 +564,10 @@ fn publish(c: &mut Conn, s: &Settings, o: &Outbound) -> Result<()> {
             net,
             jail,
             left,
-            all_ports,
+            scope,
             ..
         } => {
+            let all_ports = &(*scope == crate::bans::Scope::AllPorts);
             let end = left.map_or("-1".to_owned(), |d| {
                 (unix_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)).to_string()
             });

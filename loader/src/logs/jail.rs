@@ -91,6 +91,10 @@ pub struct JailConfig {
     /// Most distinct sources tracked at once; the least recently seen go first.
     #[serde(default = "default_max_offenders")]
     pub max_offenders: usize,
+    /// Send this jail's bans to the fleet (CrowdSec alerts, Redis): a log
+    /// line FreeSWITCH wrote is evidence worth sharing.
+    #[serde(default = "yes")]
+    pub export: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -691,8 +691,23 @@ impl Engine {
         }
     }
 
+    /// A trace whose tracer is gone (SIGKILL, a lost session) or whose
+    /// lease ran out is turned off now, not only at its deadline.
+    fn end_orphan_trace(&mut self) {
+        match crate::kernel::trace_lease::end_orphan(&self.config.pin_dir) {
+            Ok(Some(pid)) => {
+                tracing::info!(
+                    "trace by process {pid} turned off: the process is gone or its lease ran out"
+                )
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("trace switch: {e:#}"),
+        }
+    }
+
     fn tick(&mut self) {
         self.ban_log.second_over();
+        self.end_orphan_trace();
         match self.bans.sweep() {
             Ok(ended) => {
                 for (net, jail) in &ended {

@@ -1179,11 +1179,12 @@ impl Engine {
                     let how = r.duration.map_or("permanently".to_owned(), |d| {
                         format!("for {}", clock::human(d))
                     });
+                    // Jail (an engine's origin) and reason may come from outside.
                     tracing::info!(
                         "[{}] banned {} {how}: {}",
-                        r.jail,
+                        crate::text::escape(&r.jail),
                         addr::display(&r.net),
-                        r.reason
+                        crate::text::escape(&r.reason)
                     );
                 }
                 self.on_ban(r.net, &r.jail, cause, &r.reason, r.duration, &r.line);

@@ -210,6 +210,10 @@ pub struct AllowEntry {
 /// What `sipguard trace` follows: every packet from `addr/prefix_len`
 /// gets a log record with its verdict. Read once per packet; `on == 0`
 /// (nobody tracing) costs that one read.
+///
+/// A lease: no record is written past `deadline_ns`, which the tracer
+/// pushes forward while it runs, so a tracer killed without cleaning up
+/// stops costing anything on its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceFilter {
@@ -221,6 +225,9 @@ pub struct TraceFilter {
     pub owner_pid: u32,
     /// IPv4 in the first four bytes.
     pub addr: [u8; 16],
+    /// `CLOCK_MONOTONIC` ns (the program's coarse clock) after which the
+    /// trace is over even if still on.
+    pub deadline_ns: u64,
 }
 
 /// A packet the main program hands to the scanner program (tail call),

@@ -691,8 +691,23 @@ impl Engine {
         }
     }
 
+    /// A trace whose tracer is gone (SIGKILL, a lost session) or whose
+    /// lease ran out is turned off now, not only at its deadline.
+    fn end_orphan_trace(&mut self) {
+        match crate::kernel::trace_lease::end_orphan(&self.config.pin_dir) {
+            Ok(Some(pid)) => {
+                tracing::info!(
+                    "trace by process {pid} turned off: the process is gone or its lease ran out"
+                )
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("trace switch: {e:#}"),
+        }
+    }
+
     fn tick(&mut self) {
         self.ban_log.second_over();
+        self.end_orphan_trace();
         match self.bans.sweep() {
             Ok(ended) => {
                 for (net, jail) in &ended {
@@ -1177,11 +1192,12 @@ impl Engine {
                     let how = r.duration.map_or("permanently".to_owned(), |d| {
                         format!("for {}", clock::human(d))
                     });
+                    // Jail (an engine's origin) and reason may come from outside.
                     tracing::info!(
                         "[{}] banned {} {how}: {}",
-                        r.jail,
+                        crate::text::escape(&r.jail),
                         addr::display(&r.net),
-                        r.reason
+                        crate::text::escape(&r.reason)
                     );
                 }
                 self.on_ban(

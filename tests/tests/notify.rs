@@ -1,6 +1,7 @@
 //! End to end: exec hooks and webhooks hear of bans and unbans with the
 //! right fields; text from the log reaches them as plain data; slow or dead
-//! hooks never slow banning; a storm of bans becomes a digest.
+//! hooks never slow banning; a storm of bans becomes a digest; a webhook's
+//! secrets never reach the log, and a redirect is never followed.
 use anyhow::Result;
 use sipguard_tests::{
     fixture::{append, failure, failures, wait_until, Setup, FREESWITCH_JAIL},
@@ -174,5 +175,83 @@ fn dead_hooks_never_slow_bans_and_storms_become_digests() -> Result<()> {
         "{}",
         s.daemon.log()
     );
+    Ok(())
+}
+
+/// A webhook stand-in that answers every request with a redirect to
+/// `location`, counting the requests it saw.
+fn redirector(
+    ns: &Netns,
+    location: String,
+) -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::io::{Read as _, Write as _};
+    let listener = in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    listener.set_nonblocking(true)?;
+    // Bounded: 30 s, 16 requests at most; the socket closes with the thread.
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        let mut served = 0;
+        while served < 16 && std::time::Instant::now() < end {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            served += 1;
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = stream.write_all(
+                format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    Ok((port, seen))
+}
+
+#[test]
+fn webhook_secrets_stay_out_of_the_log_and_redirects_are_not_followed() -> Result<()> {
+    let s = Setup::new(FREESWITCH_JAIL)?;
+    // A webhook nobody answers (its port closed), its token in the URL.
+    let closed = in_netns(&s.pair.server, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+    })?;
+    let closed_port = closed.local_addr()?.port();
+    drop(closed);
+    let refused =
+        format!("http://hook:pa55w0rdX@127.0.0.1:{closed_port}/services/T0KEN123?key=K3Y456");
+    // One that redirects to another origin, which must see nothing.
+    let elsewhere = Server::recorder(&s.pair.server)?;
+    let (port, asked) = redirector(&s.pair.server, elsewhere.url("/stolen"))?;
+    let redirecting = format!("http://127.0.0.1:{port}/hook/R3DIRTOKEN");
+    s.sb.write_config(&format!(
+        "[notify]\nwebhooks = [\"{refused}\", \"{redirecting}\"]\ntimeout = \"2s\"\n{FREESWITCH_JAIL}"
+    ))?;
+    s.cli(&["reload"])?;
+    s.cli(&["ban", CLIENT_V4, "--for", "1h"])?;
+
+    wait_until(10, "both deliveries failed and were logged", || {
+        Ok(s.daemon.log().matches("notification to").count() >= 2)
+    })?;
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(
+        elsewhere.next(Duration::from_secs(1)).is_none(),
+        "the redirect was followed"
+    );
+    let log = s.daemon.log();
+    for secret in ["pa55w0rdX", "T0KEN123", "K3Y456", "R3DIRTOKEN"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    assert!(
+        log.contains(&format!("http://127.0.0.1:{closed_port}/…")),
+        "{log}"
+    );
+    assert!(log.contains("307"), "{log}");
+    assert!(!s.cli(&["status"])?.contains("T0KEN123"));
     Ok(())
 }

@@ -125,7 +125,9 @@ fn finish(ctx: &XdpContext, verdict: u32, action: u32, ban_id: u64, len: u64, tr
     // One read of a one-entry array while nobody traces.
     if traced {
         if let Some(filter) = TRACE.get(0) {
-            if filter.on != 0 {
+            // The clock only while someone traces: a lease past its
+            // deadline (a tracer killed without cleaning up) writes nothing.
+            if filter.on != 0 && now_ns() < filter.deadline_ns {
                 trace::packet(ctx, filter, verdict, ban_id);
             }
         }

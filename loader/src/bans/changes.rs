@@ -164,11 +164,14 @@ fn writer(
                     file = Some(
                         fs::OpenOptions::new()
                             .create(true)
+                            .read(true)
                             .append(true)
                             .mode(0o600)
                             .open(path)
                             .with_context(|| format!("cannot open {}", path.display()))?,
                     );
+                    // A crash tore the last line: the next must not join it.
+                    super::torn::cut_torn_tail(file.as_ref().expect("opened"), path)?;
                 }
                 let f = file.as_mut().expect("opened");
                 f.write_all(&buf)?;
@@ -211,11 +214,19 @@ fn rotate(path: &Path, older: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    // Neither may end in a torn line, or the lines after it join it.
+    let this = fs::OpenOptions::new().read(true).append(true).open(path);
+    super::torn::cut_torn_tail(
+        &this.with_context(|| format!("cannot open {}", path.display()))?,
+        path,
+    )?;
     if older.exists() {
         let mut to = fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .open(older)
             .with_context(|| format!("cannot open {}", older.display()))?;
+        super::torn::cut_torn_tail(&to, older)?;
         let mut from =
             fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         std::io::copy(&mut from, &mut to)

@@ -72,6 +72,8 @@ pub fn lock(state: &Path) -> Result<Locked> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("cannot lock {}", path.display()));
     }
+    // Under the lock: nobody else is writing, so an unfinished last line is torn.
+    crate::bans::torn::cut_torn_tail(&file, &path)?;
     Ok(Locked { file, path })
 }
 

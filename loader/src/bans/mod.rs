@@ -18,6 +18,7 @@ pub mod packet_bans;
 pub mod remote;
 pub mod snapshot;
 pub mod state;
+pub mod torn;
 
 use crate::{
     bans::lines::{LineRef, LineStore},

@@ -531,7 +531,7 @@ fn import_filter(
 pub fn run(args: &Args) -> Result<()> {
     let (toml, warnings) = import(&args.dir, args.all)?;
     for w in &warnings {
-        eprintln!("import-fail2ban: {w}");
+        eprintln!("import-fail2ban: {}", crate::text::escape(w));
     }
     match &args.write {
         None => print!("{toml}"),
@@ -542,7 +542,7 @@ pub fn run(args: &Args) -> Result<()> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(path, &toml)
+            write_private(path, &toml)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("import-fail2ban: wrote {}", path.display());
         }
@@ -550,10 +550,69 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Writes `text` to `path` readable by its owner only (0600): the config
+/// may hold secrets (a webhook's token, a fleet password). Written beside it
+/// and renamed over it, so a file already there with a wider mode is
+/// replaced, not kept.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Config, Ports};
+
+    #[test]
+    fn the_written_config_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "f2b/jail.local",
+            "[freeswitch]\nenabled = true\nlogpath = /var/log/freeswitch.log\n",
+        );
+        let out = dir.path().join("sipguard.toml");
+        // One already there, world-readable: --force replaces it, 0600.
+        std::fs::write(&out, "old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let args = Args {
+            dir: dir.path().join("f2b"),
+            write: Some(out.clone()),
+            force: true,
+            all: false,
+        };
+        run(&args).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("freeswitch"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
+        std::fs::remove_file(&out).unwrap();
+        run(&args).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     fn write(dir: &Path, rel: &str, text: &str) {
         let p = dir.join(rel);

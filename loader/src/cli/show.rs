@@ -1,8 +1,9 @@
 //! What the CLI prints: bans, the allowlist, counters, and jail status.
-use crate::{addr, daemon, kernel::clock, kernel::maps::KernelMaps, kernel::program};
+use crate::{addr, daemon, kernel::clock, kernel::maps::KernelMaps, kernel::program, text::escape};
 use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN};
 use serde_json::json;
+use std::fmt::Write as _;
 
 /// A ban's jail and reason, from the daemon, by address as displayed.
 pub type BanNotes = std::collections::HashMap<String, (String, String)>;
@@ -82,10 +83,7 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
         } else {
             "protected"
         };
-        let (jail, reason) = notes
-            .get(&addr::display(&b.net))
-            .cloned()
-            .unwrap_or_default();
+        let (jail, reason) = shown_note(notes, &addr::display(&b.net));
         println!(
             "{:<40} {expires:>14} {:>10} {:>12} {seen:>12} {ports:<9} {:<12} {reason}",
             addr::display(&b.net),
@@ -96,6 +94,14 @@ pub fn list_bans(maps: &KernelMaps, notes: &BanNotes, json: bool) -> Result<()> 
     }
     println!("{} ban(s)", bans.len());
     Ok(())
+}
+
+/// A ban's jail and reason as the table shows them: they come from logs
+/// and engines, so control characters are escaped (JSON escapes its own).
+fn shown_note(notes: &BanNotes, address: &str) -> (String, String) {
+    notes.get(address).map_or_else(Default::default, |(j, r)| {
+        (escape(j).into_owned(), escape(r).into_owned())
+    })
 }
 
 pub fn list_allowed(maps: &KernelMaps, json: bool) -> Result<()> {
@@ -158,7 +164,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
         if attached.is_empty() {
             "nothing".to_owned()
         } else {
-            attached.join(", ")
+            escape(&attached.join(", ")).into_owned()
         }
     );
     println!(
@@ -187,111 +193,143 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Text from a `status` answer, escaped: file names, jail and origin
+/// names and warnings may come from outside.
+fn txt(v: &serde_json::Value, or: &str) -> String {
+    escape(v.as_str().unwrap_or(or)).into_owned()
+}
+
+/// The strings of a JSON array, escaped.
+fn txts(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|x| x.as_str())
+        .map(|x| escape(x).into_owned())
+        .collect()
+}
+
 /// What the daemon read in FreeSWITCH's configuration, and from where.
-fn freeswitch(d: &serde_json::Value) {
+fn freeswitch(out: &mut String, d: &serde_json::Value) {
     let empty = Vec::new();
-    let Some(dir) = d["conf_dir"].as_str() else {
-        println!("|- FreeSWITCH:          no configuration found (freeswitch_conf)");
+    if d["conf_dir"].as_str().is_none() {
+        let _ = writeln!(
+            out,
+            "|- FreeSWITCH:          no configuration found (freeswitch_conf)"
+        );
         return;
-    };
-    println!("|- FreeSWITCH:          {dir}");
+    }
+    let _ = writeln!(out, "|- FreeSWITCH:          {}", txt(&d["conf_dir"], ""));
     for p in d["ports"].as_array().unwrap_or(&empty) {
-        println!(
+        let _ = writeln!(
+            out,
             "|  |- port {:<6}       {}",
             p["value"],
-            p["from"].as_str().unwrap_or("")
+            txt(&p["from"], "")
         );
     }
     for t in d["trunks"].as_array().unwrap_or(&empty) {
-        let addrs: Vec<&str> = t["addresses"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .filter_map(|a| a.as_str())
-            .collect();
-        println!(
+        let addrs = txts(&t["addresses"]);
+        let _ = writeln!(
+            out,
             "|  |- trunk {} = {} never banned ({})",
-            t["host"].as_str().unwrap_or("?"),
+            txt(&t["host"], "?"),
             if addrs.is_empty() {
                 "unresolved".to_owned()
             } else {
                 addrs.join(" ")
             },
-            t["from"].as_str().unwrap_or("")
+            txt(&t["from"], "")
         );
     }
-    if let Some(log) = d["log"]["value"].as_str() {
-        println!(
-            "|  |- log {log} ({})",
-            d["log"]["from"].as_str().unwrap_or("")
+    if d["log"]["value"].as_str().is_some() {
+        let _ = writeln!(
+            out,
+            "|  |- log {} ({})",
+            txt(&d["log"]["value"], ""),
+            txt(&d["log"]["from"], "")
         );
     }
     for w in d["warnings"].as_array().unwrap_or(&empty) {
-        println!("|  |- warning: {}", w.as_str().unwrap_or(""));
+        let _ = writeln!(out, "|  |- warning: {}", txt(w, ""));
     }
 }
 
 /// `status` like `fail2ban-client status [JAIL]`.
 pub fn status(data: &serde_json::Value, one_jail: bool) {
+    print!("{}", status_text(data, one_jail));
+}
+
+fn status_text(data: &serde_json::Value, one_jail: bool) -> String {
+    let mut out = String::new();
     let empty = Vec::new();
     let jails = data["jails"].as_array().unwrap_or(&empty);
     if !one_jail {
-        let names: Vec<&str> = jails.iter().filter_map(|j| j["name"].as_str()).collect();
-        println!("Status");
-        println!("|- Number of jail:      {}", names.len());
-        println!("|- Bans in force:       {}", data["bans"]);
+        let names: Vec<String> = jails
+            .iter()
+            .filter(|j| j["name"].is_string())
+            .map(|j| txt(&j["name"], ""))
+            .collect();
+        let _ = writeln!(out, "Status");
+        let _ = writeln!(out, "|- Number of jail:      {}", names.len());
+        let _ = writeln!(out, "|- Bans in force:       {}", data["bans"]);
         if data["dry_run"] == true {
-            println!("|- DRY RUN:             bans are recorded, nothing is dropped");
+            let _ = writeln!(
+                out,
+                "|- DRY RUN:             bans are recorded, nothing is dropped"
+            );
         }
         if let Some(ports) = data["ports"].as_array() {
             let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-            println!("|- Protected ports:     {}", ports.join(","));
+            let _ = writeln!(out, "|- Protected ports:     {}", ports.join(","));
         }
         if let Some(remote) = data["remote"].as_object().filter(|r| !r.is_empty()) {
             let parts: Vec<String> = remote
                 .iter()
-                .map(|(o, v)| format!("{o} {}", v["bans"]))
+                .map(|(o, v)| format!("{} {}", escape(o), v["bans"]))
                 .collect();
-            println!("|- From elsewhere:      {}", parts.join(", "));
+            let _ = writeln!(out, "|- From elsewhere:      {}", parts.join(", "));
         }
-        freeswitch(&data["freeswitch"]);
-        println!("`- Jail list:           {}", names.join(", "));
+        freeswitch(&mut out, &data["freeswitch"]);
+        let _ = writeln!(out, "`- Jail list:           {}", names.join(", "));
     }
     for j in jails {
         let f = &j["filter"];
         let a = &j["actions"];
-        let banned: Vec<&str> = a["banned"]
+        let banned: Vec<String> = a["banned"]
             .as_array()
             .unwrap_or(&empty)
             .iter()
-            .filter_map(|b| b["address"].as_str())
+            .filter(|b| b["address"].is_string())
+            .map(|b| txt(&b["address"], ""))
             .collect();
-        println!("Status for the jail: {}", j["name"].as_str().unwrap_or("?"));
+        let _ = writeln!(out, "Status for the jail: {}", txt(&j["name"], "?"));
         if !f.is_null() {
-            let files: Vec<&str> = f["files"]
-                .as_array()
-                .unwrap_or(&empty)
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect();
-            println!("|- Filter");
-            println!("|  |- Currently failed: {}", f["currently_failed"]);
-            println!("|  |- Total failed:     {}", f["total_failed"]);
-            println!("|  `- File list:        {}", files.join(" "));
+            let _ = writeln!(out, "|- Filter");
+            let _ = writeln!(out, "|  |- Currently failed: {}", f["currently_failed"]);
+            let _ = writeln!(out, "|  |- Total failed:     {}", f["total_failed"]);
+            let _ = writeln!(
+                out,
+                "|  `- File list:        {}",
+                txts(&f["files"]).join(" ")
+            );
         }
-        println!("`- Actions");
-        println!("   |- Currently banned: {}", a["currently_banned"]);
-        println!("   |- Total banned:     {}", a["total_banned"]);
+        let _ = writeln!(out, "`- Actions");
+        let _ = writeln!(out, "   |- Currently banned: {}", a["currently_banned"]);
+        let _ = writeln!(out, "   |- Total banned:     {}", a["total_banned"]);
         let more = a["banned_not_listed"].as_u64().unwrap_or(0);
         if more > 0 {
-            println!(
+            let _ = writeln!(
+                out,
                 "   `- Banned IP list:   {} ... and {more} more (`sipguard list` has them all)",
                 banned.join(" ")
             );
         } else {
-            println!("   `- Banned IP list:   {}", banned.join(" "));
+            let _ = writeln!(out, "   `- Banned IP list:   {}", banned.join(" "));
         }
     }
+    out
 }
 
 /// `top`: samples the rate map twice, `interval` apart, and shows the sources
@@ -364,5 +402,55 @@ fn rate_limit(cfg: &common::Config) -> String {
         "off".to_owned()
     } else {
         format!("{} packets/s per source, burst {}", cfg.rate_pps, cfg.burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "evil\x1b[2J\rgone\u{9b}31m";
+
+    fn clean(text: &str) {
+        assert!(
+            !text.contains(['\x1b', '\r', '\u{9b}']),
+            "raw control characters: {text:?}"
+        );
+        assert!(text.contains("evil\\u{1b}[2J\\u{d}gone"), "{text}");
+    }
+
+    #[test]
+    fn status_escapes_text_from_outside() {
+        let data = json!({
+            "jails": [{
+                "name": HOSTILE,
+                "filter": {"currently_failed": 1, "total_failed": 2, "files": [HOSTILE]},
+                "actions": {"currently_banned": 1, "total_banned": 1,
+                            "banned": [{"address": HOSTILE}]},
+            }],
+            "bans": 1,
+            "remote": {HOSTILE: {"bans": 3}},
+            "freeswitch": {"conf_dir": HOSTILE, "ports": [{"value": 5060, "from": HOSTILE}],
+                           "trunks": [{"host": HOSTILE, "addresses": [HOSTILE], "from": HOSTILE}],
+                           "log": {"value": HOSTILE, "from": HOSTILE}, "warnings": [HOSTILE]},
+        });
+        let text = status_text(&data, false);
+        clean(&text);
+        // Every place a hostile text can be shown is shown, escaped.
+        assert_eq!(text.matches("evil\\u{1b}").count(), 13, "{text}");
+        clean(&status_text(&data, true));
+    }
+
+    #[test]
+    fn list_escapes_a_ban_s_jail_and_reason() {
+        let mut notes = BanNotes::new();
+        let page = json!({"notes": [["192.0.2.1", HOSTILE, format!("3 failures: {HOSTILE}")]]});
+        assert_eq!(add_notes(&mut notes, &page), 1);
+        let (jail, reason) = shown_note(&notes, "192.0.2.1");
+        clean(&jail);
+        clean(&reason);
+        assert_eq!(shown_note(&notes, "192.0.2.2"), Default::default());
+        // JSON output keeps the raw text: serde escapes it as JSON.
+        assert_eq!(notes["192.0.2.1"].0, HOSTILE);
     }
 }

@@ -6,13 +6,15 @@
 //! a packet's source is within the traced prefix, the program writes an
 //! aya-log record to its own ring buffer, which this command reads
 //! (`aya_log::EbpfLogger::init_from_id`). A daemon restart swaps in a new
-//! program: the trace follows it.
+//! program: the trace follows it. The switch is a lease (see
+//! `kernel::trace_lease`): renewed while this runs, over on its own soon
+//! after it is killed.
 use crate::{
     addr,
-    kernel::{maps::KernelMaps, program},
+    kernel::{clock, maps::KernelMaps, program, trace_lease},
 };
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, MapData};
 use common::{counter, map_name, TraceFilter};
 use ipnet::IpNet;
 use std::{
@@ -36,6 +38,10 @@ pub struct Args {
     /// Stop after this many seconds.
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Trace a very wide prefix (IPv4 shorter than /16, IPv6 shorter than
+    /// /48): every packet from it pays for a record.
+    #[arg(long)]
+    pub force: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -62,24 +68,28 @@ impl log::Log for Collect {
 
 pub fn run(args: &Args, pin_dir: &Path) -> Result<()> {
     let net = addr::parse_net(&args.net)?;
-    let path = pin_dir.join(map_name::TRACE);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "cannot open {}: the attached program predates `trace` (restart the daemon once)",
-            path.display()
-        )
-    })?;
-    let mut switch: Array<MapData, TraceFilter> = Array::try_from(Map::Array(data))?;
-    let current = switch.get(&0, 0)?;
-    // SAFETY: kill(pid, 0) only checks that the process exists.
-    if current.on != 0
-        && current.owner_pid != std::process::id()
-        && unsafe { libc::kill(current.owner_pid as i32, 0) } == 0
-    {
+    if too_wide(&net) && !args.force {
         bail!(
-            "process {} is tracing already (one trace at a time); stop it first",
-            current.owner_pid
+            "{} is very wide: every packet from it would pay for a log record. \
+             Trace a narrower prefix (IPv4 /16 or longer, IPv6 /48 or longer), or add --force",
+            addr::display(&net)
         );
+    }
+    let Some(mut switch) = trace_lease::open(pin_dir)? else {
+        bail!(
+            "no {} in {}: the attached program predates `trace` (restart the daemon once)",
+            map_name::TRACE,
+            pin_dir.display()
+        );
+    };
+    // A lease whose tracer is gone or whose time is up is taken over.
+    if let Some(pid) = trace_lease::holder(&switch.get(&0, 0)?, clock::mono_now_ns()) {
+        if pid != std::process::id() {
+            bail!(
+                "process {pid} ({}) is tracing already (one trace at a time); stop it first",
+                process_name(pid)
+            );
+        }
     }
     let maps = KernelMaps::open(pin_dir)?;
     let mut filter = TraceFilter {
@@ -88,6 +98,7 @@ pub fn run(args: &Args, pin_dir: &Path) -> Result<()> {
         prefix_len: u32::from(net.prefix_len()),
         owner_pid: std::process::id(),
         addr: [0; 16],
+        deadline_ns: trace_lease::deadline(),
     };
     match net.network() {
         std::net::IpAddr::V4(a) => filter.addr[..4].copy_from_slice(&a.octets()),
@@ -103,21 +114,74 @@ pub fn run(args: &Args, pin_dir: &Path) -> Result<()> {
         "tracing {} (Ctrl-C to stop): time, source, verdict, and the ban that decided it",
         addr::display(&net)
     );
-    let result = follow(args, pin_dir, &maps);
+    let mut lease = Lease {
+        switch,
+        filter,
+        renewed: Instant::now(),
+    };
+    let result = follow(args, pin_dir, &maps, &mut lease);
     // Off again, unless another trace has taken over meanwhile.
-    if switch
+    if lease
+        .switch
         .get(&0, 0)
         .is_ok_and(|f| f.owner_pid == std::process::id())
     {
-        switch.set(0, TraceFilter::default(), 0)?;
+        lease.switch.set(0, TraceFilter::default(), 0)?;
     }
     let seen = result?;
     eprintln!("{seen} packet(s) traced");
     Ok(())
 }
 
+/// Prefixes so wide that tracing them is a flood of records: IPv4 shorter
+/// than /16, IPv6 shorter than /48 (0.0.0.0/0 and ::/0 among them).
+fn too_wide(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.prefix_len() < 16,
+        IpNet::V6(n) => n.prefix_len() < 48,
+    }
+}
+
+/// What `ps` would call the process, escaped ("?" if unknown).
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or_else(
+        |_| "?".to_owned(),
+        |c| crate::text::escape(crate::text::bounded(c.trim_end(), 64)).into_owned(),
+    )
+}
+
+/// This tracer's lease on the switch, renewed while it runs.
+struct Lease {
+    switch: Array<MapData, TraceFilter>,
+    filter: TraceFilter,
+    renewed: Instant,
+}
+
+impl Lease {
+    /// Pushes the deadline forward every `RENEW`. A switch turned off
+    /// meanwhile (this tracer was stopped past its deadline) is taken again;
+    /// one another tracer holds now is theirs: this trace ends.
+    fn renew(&mut self) -> Result<()> {
+        if self.renewed.elapsed() < trace_lease::RENEW {
+            return Ok(());
+        }
+        self.renewed = Instant::now();
+        let current = self.switch.get(&0, 0)?;
+        if current.on != 0 && current.owner_pid != self.filter.owner_pid {
+            bail!(
+                "process {} ({}) has taken the trace over",
+                current.owner_pid,
+                process_name(current.owner_pid)
+            );
+        }
+        self.filter.deadline_ns = trace_lease::deadline();
+        self.switch.set(0, self.filter, 0)?;
+        Ok(())
+    }
+}
+
 /// Prints records until stopped; returns how many.
-fn follow(args: &Args, pin_dir: &Path, maps: &KernelMaps) -> Result<u64> {
+fn follow(args: &Args, pin_dir: &Path, maps: &KernelMaps, lease: &mut Lease) -> Result<u64> {
     let deadline = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.clamp(0.0, 86_400.0 * 365.0)));
@@ -133,6 +197,7 @@ fn follow(args: &Args, pin_dir: &Path, maps: &KernelMaps) -> Result<u64> {
         {
             return Ok(seen);
         }
+        lease.renew()?;
         // The program attached now: a restarted daemon attaches a new one.
         if last_look.elapsed() >= Duration::from_secs(1) {
             last_look = Instant::now();

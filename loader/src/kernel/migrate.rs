@@ -78,6 +78,7 @@ pub fn pinned_version(pin_dir: &Path) -> Result<Option<u32>> {
 /// Before loading: when another layout is pinned, moves its map pins into a
 /// folder of their own (same filesystem) and returns it.
 pub fn prepare(pin_dir: &Path) -> Result<Option<(u32, PathBuf)>> {
+    drop_stale_trace(pin_dir)?;
     let Some(version) = pinned_version(pin_dir)? else {
         return Ok(None);
     };
@@ -100,6 +101,23 @@ pub fn prepare(pin_dir: &Path) -> Result<Option<(u32, PathBuf)>> {
         pin_dir.display()
     );
     Ok(Some((version, aside)))
+}
+
+/// The trace switch holds nothing worth keeping: pinned by a sipguard with
+/// another `TraceFilter` (before the lease), it is unpinned so the loader
+/// makes a new one. A program still attached keeps its own until replaced.
+fn drop_stale_trace(pin_dir: &Path) -> Result<()> {
+    let path = pin_dir.join(map_name::TRACE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if info.value_size() as usize != size_of::<common::TraceFilter>() {
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        tracing::info!("the trace switch pinned by an older sipguard is made anew");
+    }
+    Ok(())
 }
 
 /// What a migration copied.

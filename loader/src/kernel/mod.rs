@@ -6,3 +6,4 @@ pub mod clock;
 pub mod maps;
 pub mod migrate;
 pub mod program;
+pub mod trace_lease;

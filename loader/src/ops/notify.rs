@@ -313,17 +313,34 @@ fn spawn_target(target: Target, timeout: Duration) -> SyncSender<Delivery> {
         .name("sipguard-hook".into())
         .spawn(move || {
             for d in rx {
-                let (what, result) = match &target {
-                    Target::Exec(program) => (program, run_exec(program, &d, timeout)),
-                    Target::Webhook(url) => (url, post(url, &d, timeout)),
+                let result = match &target {
+                    Target::Exec(program) => run_exec(program, &d, timeout),
+                    Target::Webhook(url) => post(url, &d, timeout),
                 };
                 if let Err(e) = result {
-                    tracing::warn!("notification to {what} failed: {e:#}");
+                    tracing::warn!("{}", failure(&target, &e));
                 }
             }
         })
         .expect("cannot start a hook thread");
     tx
+}
+
+/// What a failed delivery logs: a webhook's URL (a token in its path or
+/// query, a password) only as scheme, host and port, in the error's text too.
+fn failure(target: &Target, e: &anyhow::Error) -> String {
+    match target {
+        Target::Exec(program) => format!(
+            "notification to {} failed: {}",
+            crate::text::escape(program),
+            crate::text::escape(&format!("{e:#}"))
+        ),
+        Target::Webhook(url) => format!(
+            "notification to {} failed: {}",
+            crate::text::redact_url(url),
+            crate::text::redact_in(&format!("{e:#}"), url)
+        ),
+    }
 }
 
 fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
@@ -350,27 +367,33 @@ fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()
 }
 
 /// A webhook URL: `http://` or `https://`, a host, no spaces or controls.
+/// Errors name the URL redacted: a config error is logged too.
 pub fn check_url(url: &str) -> anyhow::Result<()> {
+    let shown = crate::text::redact_url(url);
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| anyhow::anyhow!("`{url}`: a webhook is an http:// or https:// URL"))?;
+        .ok_or_else(|| anyhow::anyhow!("`{shown}`: a webhook is an http:// or https:// URL"))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit('@').next().unwrap_or(host);
     anyhow::ensure!(
         !host.is_empty() && !host.starts_with(':'),
-        "`{url}`: no host"
+        "`{shown}`: no host"
     );
     anyhow::ensure!(
         !url.contains(|c: char| c.is_control() || c == ' '),
-        "`{url}`: spaces or control characters"
+        "`{shown}`: spaces or control characters"
     );
     Ok(())
 }
 
+/// One POST. Redirects are not followed: the event (and any credential in
+/// the URL) would go to whatever host the answer names, so a 3xx is a
+/// failure like any other.
 fn post(url: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
     let agent = ureq::AgentBuilder::new()
         .timeout(timeout)
+        .redirects(0)
         .user_agent(concat!("sipguard/", env!("CARGO_PKG_VERSION")))
         .build();
     match agent
@@ -378,9 +401,19 @@ fn post(url: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
         .set("Content-Type", "application/json")
         .send_string(&serde_json::to_string(d)?)
     {
+        Ok(r) if (300..400).contains(&r.status()) => {
+            anyhow::bail!(
+                "answered `{} {}`: redirects are not followed",
+                r.status(),
+                crate::text::escape(crate::text::bounded(r.status_text(), 100))
+            )
+        }
         Ok(_) => Ok(()),
         Err(ureq::Error::Status(code, r)) => {
-            anyhow::bail!("answered `{code} {}`", r.status_text())
+            anyhow::bail!(
+                "answered `{code} {}`",
+                crate::text::escape(crate::text::bounded(r.status_text(), 100))
+            )
         }
         Err(e) => Err(e.into()),
     }
@@ -440,6 +473,21 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        let err = check_url("ftp://u:pw0rd@x/TOKEN123")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pw0rd") && !err.contains("TOKEN123"), "{err}");
+    }
+
+    #[test]
+    fn failures_log_no_secret_of_the_url() {
+        let url = "https://u:pw0rd@hooks.example:8443/services/TOKEN123?key=K3Y";
+        let e = anyhow::anyhow!("{url}: Connection refused\x1b[2J");
+        let text = failure(&Target::Webhook(url.into()), &e);
+        for secret in ["pw0rd", "TOKEN123", "K3Y", "\x1b"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("https://hooks.example:8443/…"), "{text}");
     }
 
     #[test]

@@ -199,6 +199,7 @@ fn trace_switch(out: &mut Section) -> Result<()> {
             on: 1,
             family: 4,
             prefix_len: 32,
+            deadline_ns: u64::MAX,
             ..Default::default()
         };
         f.addr[..4].copy_from_slice(&addr);

@@ -343,12 +343,29 @@ fn failure(target: &Target, e: &anyhow::Error) -> String {
     }
 }
 
-fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
-    let mut child = std::process::Command::new(program)
-        .envs(d.env())
+/// What a hook must not inherit: with them (and `NotifyAccess=all`) a hook
+/// could tell systemd the daemon is ready, stopping or alive.
+const DAEMON_ONLY_ENV: [&str; 4] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+];
+
+fn exec_command(program: &str, d: &Delivery) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for var in DAEMON_ONLY_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(d.env())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
+    let mut child = exec_command(program, d)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run: {e}"))?;
     let deadline = Instant::now() + timeout;
@@ -453,6 +470,21 @@ mod tests {
         );
         let long = clean(&"é".repeat(2000));
         assert!(long.len() <= MAX_FIELD && long.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn hooks_inherit_nothing_that_speaks_for_the_daemon() {
+        let cmd = exec_command("/bin/true", &Delivery::One(ban(1)));
+        let envs: Vec<_> = cmd.get_envs().collect();
+        for var in DAEMON_ONLY_ENV {
+            assert!(
+                envs.contains(&(std::ffi::OsStr::new(var), None)),
+                "{var} is not removed: {envs:?}"
+            );
+        }
+        assert!(envs
+            .iter()
+            .any(|(k, v)| *k == "SIPGUARD_EVENT" && v.is_some()));
     }
 
     #[test]

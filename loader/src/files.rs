@@ -148,7 +148,10 @@ mod tests {
         // A symbolic link to a FIFO is a FIFO.
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
-        assert!(matches!(open_regular(&link).unwrap(), Opened::NotRegular(_)));
+        assert!(matches!(
+            open_regular(&link).unwrap(),
+            Opened::NotRegular(_)
+        ));
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
         assert!(matches!(open_regular(&file).unwrap(), Opened::File(..)));

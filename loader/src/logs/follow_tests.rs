@@ -119,8 +119,7 @@ fn rotation_under_writes(copy_truncate: bool) {
             for i in 0..total {
                 writeln!(out, "line {i}").unwrap();
                 if i % 3000 == 2999 {
-                    let deadline =
-                        std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
                     while seen.load(std::sync::atomic::Ordering::Relaxed) <= i
                         && std::time::Instant::now() < deadline
                     {
@@ -296,7 +295,10 @@ fn a_huge_rotated_rest_is_read_a_chunk_a_poll() {
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("the follower blocked");
     // 14 bytes a line: at most 4 MiB of them in one poll.
-    assert!(most <= (MAX_READ as usize) / 14 + 1, "{most} lines in a poll");
+    assert!(
+        most <= (MAX_READ as usize) / 14 + 1,
+        "{most} lines in a poll"
+    );
     assert_eq!(got.len(), total + 1);
     assert_eq!(got[0], "line 00000000");
     assert_eq!(got[total - 1], format!("line {:08}", total - 1));

@@ -229,19 +229,26 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most scrapers served at once; one more closes the oldest (see
+/// `control::Clients`).
+const MAX_CLIENTS: usize = 64;
+
 /// Serves `GET /metrics` (and `/` with a pointer to it) over HTTP/1.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     scrape: impl Fn() -> String + Clone + 'static,
 ) {
+    let mut clients = crate::control::Clients::new(MAX_CLIENTS, "metrics endpoint");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let scrape = scrape.clone();
-        tokio::task::spawn_local(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, scrape)).await;
-        });
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let scrape = scrape.clone();
+                clients.spawn(async move {
+                    let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, scrape)).await;
+                });
+            }
+            Err(e) => clients.accept_failed(&e).await,
+        }
     }
 }
 

@@ -292,6 +292,45 @@ pub fn request_within(path: &Path, req: &Request, timeout: Duration) -> Result<O
 mod tests {
     use super::*;
 
+    /// 100 idle clients: the oldest are closed, so at most `MAX_CLIENTS`
+    /// are held, and a real request is still answered at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_clients_are_capped_and_a_real_one_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = bind(&sock).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, |_| Response::ok(serde_json::json!("up"))));
+        local
+            .run_until(async {
+                let mut idle = Vec::new();
+                for _ in 0..100 {
+                    idle.push(tokio::net::UnixStream::connect(&sock).await.unwrap());
+                }
+                let path = sock.clone();
+                let started = std::time::Instant::now();
+                let answer = tokio::task::spawn_blocking(move || {
+                    request_within(&path, &Request::Reload, Duration::from_secs(5))
+                })
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+                assert!(answer.ok && started.elapsed() < Duration::from_secs(1));
+                // The server closed the oldest: they read their end.
+                let mut closed = 0;
+                for s in &mut idle {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut b = [0u8; 1];
+                    let read = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b));
+                    closed += usize::from(matches!(read.await, Ok(Ok(0))));
+                }
+                assert!(closed >= 100 - MAX_CLIENTS, "{closed} closed");
+                assert!(closed < 100, "the newest are kept");
+            })
+            .await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn binding_leaves_other_folders_and_files_alone() {
         let dir = tempfile::tempdir().unwrap();

@@ -187,6 +187,13 @@ fn idle_metrics_connections_are_bounded_and_never_spin_it() -> Result<()> {
     drop(idle);
     set_fd_limit(s.daemon.pid(), 65536)?;
     spun?;
+    assert!(
+        s.daemon
+            .log()
+            .contains("metrics endpoint: cannot accept a client"),
+        "{}",
+        s.daemon.log()
+    );
     wait_until(10, "answering again", || Ok(s.cli(&["status"]).is_ok()))?;
     Ok(())
 }

@@ -152,7 +152,10 @@ async fn client(stream: tokio::net::UnixStream, handle: impl Fn(Request) -> Resp
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialize");
         out.push(b'\n');
-        if !matches!(timeout(IDLE_TIMEOUT, write.write_all(&out)).await, Ok(Ok(()))) {
+        if !matches!(
+            timeout(IDLE_TIMEOUT, write.write_all(&out)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
     }
@@ -198,9 +201,7 @@ impl Clients {
             client.await;
             held.borrow_mut().retain(|(i, _)| *i != id);
         });
-        self.held
-            .borrow_mut()
-            .push_back((id, task.abort_handle()));
+        self.held.borrow_mut().push_back((id, task.abort_handle()));
     }
 
     /// How many clients are held now.

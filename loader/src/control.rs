@@ -5,9 +5,12 @@
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::{
+    cell::RefCell,
+    collections::VecDeque,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::Path,
+    rc::Rc,
     time::Duration,
 };
 
@@ -109,39 +112,141 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Most control clients served at once (the CLI opens one a command).
+const MAX_CLIENTS: usize = 32;
+/// A control client silent this long (or not reading its answer) is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves connections, answering each request with `handle`.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     handle: impl Fn(Request) -> Response + Clone + 'static,
 ) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let mut clients = Clients::new(MAX_CLIENTS, "control socket");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let handle = handle.clone();
-        tokio::task::spawn_local(async move {
-            let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
-            let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64)).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let response = if !root {
-                    Response::err(&anyhow::anyhow!(
-                        "only root can use the sipguard control socket"
-                    ))
-                } else {
-                    match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handle(req),
-                        Err(e) => Response::err(&anyhow::anyhow!("bad request: {e}")),
-                    }
-                };
-                let mut out = serde_json::to_vec(&response).expect("responses serialize");
-                out.push(b'\n');
-                if write.write_all(&out).await.is_err() {
-                    break;
-                }
+        match listener.accept().await {
+            Ok((stream, _)) => clients.spawn(client(stream, handle.clone())),
+            Err(e) => clients.accept_failed(&e).await,
+        }
+    }
+}
+
+/// One control connection: requests answered in order until it closes or
+/// stays idle for `IDLE_TIMEOUT`.
+async fn client(stream: tokio::net::UnixStream, handle: impl Fn(Request) -> Response) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::time::timeout;
+    let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64)).lines();
+    while let Ok(Ok(Some(line))) = timeout(IDLE_TIMEOUT, lines.next_line()).await {
+        let response = if !root {
+            Response::err(&anyhow::anyhow!(
+                "only root can use the sipguard control socket"
+            ))
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(req),
+                Err(e) => Response::err(&anyhow::anyhow!("bad request: {e}")),
             }
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses serialize");
+        out.push(b'\n');
+        if !matches!(
+            timeout(IDLE_TIMEOUT, write.write_all(&out)).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+    }
+}
+
+/// How long accepting waits after running out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The clients a server holds at once, oldest first. A client beyond `max`
+/// closes the oldest: an idle or slow one, most likely, as a real client is
+/// answered in milliseconds. So idle connections can neither run the daemon
+/// out of descriptors nor lock out the next real client (refusing new
+/// clients instead would let a few idle ones, renewed, lock out every real
+/// one; waiting would queue real ones behind thousands of idle ones).
+pub struct Clients {
+    max: usize,
+    what: &'static str,
+    next: u64,
+    held: Rc<RefCell<VecDeque<(u64, tokio::task::AbortHandle)>>>,
+    warned: Option<std::time::Instant>,
+}
+
+impl Clients {
+    pub fn new(max: usize, what: &'static str) -> Self {
+        Self {
+            max,
+            what,
+            next: 0,
+            held: Rc::default(),
+            warned: None,
+        }
+    }
+
+    /// Runs `client` on the current `LocalSet`, closing the oldest client
+    /// first if `max` are held.
+    pub fn spawn(&mut self, client: impl std::future::Future<Output = ()> + 'static) {
+        while self.held.borrow().len() >= self.max {
+            self.close_oldest();
+        }
+        let (id, held) = (self.next, self.held.clone());
+        self.next += 1;
+        let task = tokio::task::spawn_local(async move {
+            client.await;
+            held.borrow_mut().retain(|(i, _)| *i != id);
         });
+        self.held.borrow_mut().push_back((id, task.abort_handle()));
+    }
+
+    /// How many clients are held now.
+    pub fn len(&self) -> usize {
+        self.held.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn close_oldest(&self) {
+        if let Some((_, task)) = self.held.borrow_mut().pop_front() {
+            // Dropping the task's future closes its connection.
+            task.abort();
+        }
+    }
+
+    /// After a failed accept. Out of descriptors (or memory), the pending
+    /// connection stays queued and accepting again fails at once: instead
+    /// of spinning on it, the oldest client is closed and accepting waits
+    /// `ACCEPT_BACKOFF`. Other failures (a connection aborted before it was
+    /// accepted) concern that connection only.
+    pub async fn accept_failed(&mut self, e: &std::io::Error) {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !exhausted {
+            return;
+        }
+        if self
+            .warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                "{}: cannot accept a client ({e}), holding {}; retrying every {} ms",
+                self.what,
+                self.len(),
+                ACCEPT_BACKOFF.as_millis()
+            );
+        }
+        self.close_oldest();
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
     }
 }
 
@@ -187,6 +292,45 @@ pub fn request_within(path: &Path, req: &Request, timeout: Duration) -> Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 100 idle clients: the oldest are closed, so at most `MAX_CLIENTS`
+    /// are held, and a real request is still answered at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_clients_are_capped_and_a_real_one_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = bind(&sock).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, |_| Response::ok(serde_json::json!("up"))));
+        local
+            .run_until(async {
+                let mut idle = Vec::new();
+                for _ in 0..100 {
+                    idle.push(tokio::net::UnixStream::connect(&sock).await.unwrap());
+                }
+                let path = sock.clone();
+                let started = std::time::Instant::now();
+                let answer = tokio::task::spawn_blocking(move || {
+                    request_within(&path, &Request::Reload, Duration::from_secs(5))
+                })
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+                assert!(answer.ok && started.elapsed() < Duration::from_secs(1));
+                // The server closed the oldest: they read their end.
+                let mut closed = 0;
+                for s in &mut idle {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut b = [0u8; 1];
+                    let read = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b));
+                    closed += usize::from(matches!(read.await, Ok(Ok(0))));
+                }
+                assert!(closed >= 100 - MAX_CLIENTS, "{closed} closed");
+                assert!(closed < 100, "the newest are kept");
+            })
+            .await;
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn binding_leaves_other_folders_and_files_alone() {

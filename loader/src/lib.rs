@@ -41,6 +41,7 @@
 //! |             | `defaults`      | default paths and ports                                   |
 //! |             | `addr`          | `ADDR[/PREFIX]` parsing                                   |
 //! |             | `net_table`     | a compact table by network, for a million entries         |
+//! |             | `files`         | opening files never blocks: FIFOs, devices, sparse holes  |
 //! |             | `text`          | outside text made safe to show: escapes, redacted URLs    |
 //! |             | `duration`      | ban durations (`30`, `10m`, `1h30m`, `-1`)                |
 pub mod addr;
@@ -51,6 +52,7 @@ pub mod control;
 pub mod daemon;
 pub mod defaults;
 pub mod duration;
+pub mod files;
 pub mod fleet;
 pub mod kernel;
 pub mod logs;

@@ -113,3 +113,61 @@ fn explicit_ports_win_and_discovery_can_be_off() -> Result<()> {
     assert!(!s.allowed()?.contains(&format!("{OTHER_V4}/32")));
     Ok(())
 }
+
+/// A tree a local user could have written: an include fanning out
+/// exponentially (every file includes all of them again), a FIFO and a
+/// sparse file of 64 GiB among them. The daemon starts as quickly as ever,
+/// says where discovery stopped, and keeps what it found before.
+#[test]
+fn hostile_includes_stop_at_discoverys_bounds() -> Result<()> {
+    let mut s = Setup::new(FREESWITCH_JAIL)?;
+    let conf = s.sb.path("freeswitch");
+    copy_tree(&conf)?;
+    let evil = conf.join("evil");
+    std::fs::create_dir(&evil)?;
+    for i in 0..6 {
+        std::fs::write(
+            evil.join(format!("fan{i}.xml")),
+            r#"<X-PRE-PROCESS cmd="include" data="*.xml"/>"#,
+        )?;
+    }
+    let fifo = std::ffi::CString::new(evil.join("fifo.xml").display().to_string())?;
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::fs::File::create(evil.join("sparse.xml"))?.set_len(64 << 30)?;
+    // Read last, after the profiles: what they say is kept.
+    let logfile = conf.join("autoload_configs/logfile.conf.xml");
+    let mut text = std::fs::read_to_string(&logfile)?;
+    text.push_str(r#"<X-PRE-PROCESS cmd="include" data="../evil/*.xml"/>"#);
+    std::fs::write(&logfile, text)?;
+    s.sb.write_config(&format!(
+        "freeswitch_conf = \"{}\"\n{FREESWITCH_JAIL}",
+        conf.display()
+    ))?;
+    let started = std::time::Instant::now();
+    s.restart()?;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let st = s.json(&["status"])?;
+    assert_eq!(
+        st["ports"],
+        serde_json::json!([5060, 5066, 5080, 5081, 7443]),
+        "{st}"
+    );
+    let warnings: Vec<String> = st["freeswitch"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap_or("").to_owned())
+        .collect();
+    let count = |what: &str| warnings.iter().filter(|w| w.contains(what)).count();
+    assert_eq!(count("at most 256 files"), 1, "{warnings:#?}");
+    assert!(count("fifo.xml: a FIFO") >= 1, "{warnings:#?}");
+    assert!(count("sparse.xml: 68719476736 bytes") >= 1, "{warnings:#?}");
+    assert!(warnings.len() < 300, "{}", warnings.len());
+    s.cli(&["status"])?;
+    Ok(())
+}

@@ -12,10 +12,10 @@
 //!   `MAX_LINE` is skipped (and counted); invalid UTF-8 is replaced, not fatal.
 //! * The position saved is the start of the first incomplete line, so a
 //!   restart resumes exactly there, also when the file was rotated meanwhile.
-use crate::bans::state::Position;
+use crate::{bans::state::Position, files::Opened};
 use std::{
     fs::{self, File},
-    io::{self, Read as _, Seek as _, SeekFrom},
+    io,
     os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -39,10 +39,26 @@ pub struct Follower {
     tail: Vec<u8>,
     /// Where to start when the file is first opened.
     first: Option<Start>,
+    /// A rotated file (or copy) still to be read to its end, a chunk a
+    /// poll, before the file at `path` is read.
+    drain: Option<Drain>,
+    /// What was at `path` when it was last refused (not a regular file):
+    /// its device, inode and type, so the warning is given once per thing.
+    refused: Option<(u64, u64, u32)>,
     pub lines: u64,
     pub skipped_long: u64,
+    /// Warnings given for something other than a regular file at `path`.
+    pub refusals: u64,
     /// The last poll stopped at `MAX_READ` with more written after it.
     pub behind: bool,
+}
+
+/// The rest of a rotated file: read through the descriptor we hold (or the
+/// copy we found), from `offset` to its end.
+struct Drain {
+    file: File,
+    id: (u64, u64),
+    offset: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -76,51 +92,91 @@ impl Follower {
             skipping: false,
             tail: Vec::new(),
             first: Some(start),
+            drain: None,
+            refused: None,
             lines: 0,
             skipped_long: 0,
+            refusals: 0,
             behind: false,
         }
     }
 
-    /// The position to save: the start of the first line not yet complete.
+    /// The position to save: the start of the first line not yet complete
+    /// (in the rotated file still being read, if there is one: a restart
+    /// finds it by its inode next to the new one).
     pub fn position(&self) -> Option<Position> {
-        self.file.as_ref()?;
+        let (id, offset) = match &self.drain {
+            Some(d) => (d.id, d.offset),
+            None => {
+                self.file.as_ref()?;
+                (self.id, self.offset)
+            }
+        };
         Some(Position {
-            dev: self.id.0,
-            ino: self.id.1,
-            offset: self.offset - self.partial.len() as u64,
+            dev: id.0,
+            ino: id.1,
+            offset: offset.saturating_sub(self.partial.len() as u64),
         })
     }
 
-    /// Reads what is new and calls `emit` for each complete line.
+    /// Reads what is new and calls `emit` for each complete line. One call
+    /// reads at most `MAX_READ` bytes of the file (and as much of a rotated
+    /// one); `behind` says when there is more.
     pub fn poll(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        if self.file.is_none() && !self.open(emit)? {
+        self.behind = false;
+        if self.drain.is_some() {
+            self.read_drain(emit)?;
+            if self.drain.is_some() {
+                self.behind = true;
+                return Ok(());
+            }
+        }
+        if self.file.is_none() && !self.open()? {
+            return Ok(());
+        }
+        if self.drain.is_some() {
+            self.behind = true;
             return Ok(());
         }
         self.read_new(emit)?;
-        // Rotated by rename (or deleted and recreated): finish the old file,
-        // then start on the new one.
+        if self.behind {
+            // More of this file (or of its copy) first.
+            return Ok(());
+        }
+        // Rotated by rename (or deleted and recreated): finish the old file
+        // through the descriptor we hold, then start on the new one.
         match fs::metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) != self.id => {
-                self.read_new(emit)?;
-                self.flush_partial(emit);
-                self.file = None;
-                self.open(emit)?;
-                self.read_new(emit)?;
+                if let Some(old) = self.file.take() {
+                    self.drain = Some(Drain {
+                        file: old,
+                        id: self.id,
+                        offset: self.offset,
+                    });
+                }
+                self.tail.clear();
+                self.offset = 0;
+                self.open()?;
+                self.behind = true;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Opens the file if it exists; returns false if it does not (yet).
-    fn open(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
+    /// Opens the file if it is there and is a regular file; returns false if
+    /// it is not (yet). A FIFO, device or socket in its place is refused
+    /// without blocking, with one warning until something else is there.
+    fn open(&mut self) -> io::Result<bool> {
+        let (file, meta) = match crate::files::open_regular(&self.path)? {
+            Opened::File(f, m) => (f, m),
+            Opened::Missing => return Ok(false),
+            Opened::NotRegular(m) => {
+                self.refuse(&m);
+                return Ok(false);
+            }
         };
-        let meta = file.metadata()?;
+        self.refused = None;
         self.id = (meta.dev(), meta.ino());
         self.offset = match self.first.take() {
             // A file that appears after we started is new: read all of it.
@@ -134,19 +190,27 @@ impl Follower {
             Some(Start::Saved(pos)) => {
                 // Rotated while we were not running: finish the old file
                 // (found by its inode next to the new one), then read the new.
-                if let Some(old) = sibling_with_inode(&self.path, pos) {
+                if let Some((old, id)) = sibling_with_inode(&self.path, pos) {
                     tracing::info!(
                         "{}: reading the rest of rotated {}",
                         self.path.display(),
                         old.display()
                     );
-                    self.drain_from(&old, pos.offset, emit)?;
+                    if let Opened::File(file, _) = crate::files::open_regular(&old)? {
+                        self.drain = Some(Drain {
+                            file,
+                            id,
+                            offset: pos.offset,
+                        });
+                    }
                 }
                 0
             }
         };
-        self.partial.clear();
-        self.skipping = false;
+        if self.drain.is_none() {
+            self.partial.clear();
+            self.skipping = false;
+        }
         self.tail.clear();
         if self.offset > 0 {
             let start = self.offset.saturating_sub(TAIL as u64);
@@ -158,43 +222,74 @@ impl Follower {
         Ok(true)
     }
 
+    /// Warns about something other than a regular file at our path, once
+    /// for each thing put there.
+    fn refuse(&mut self, meta: &fs::Metadata) {
+        let what = (meta.dev(), meta.ino(), meta.mode() & libc::S_IFMT);
+        if self.refused == Some(what) {
+            return;
+        }
+        self.refused = Some(what);
+        self.refusals += 1;
+        tracing::warn!(
+            "{} is {}, not a regular file: not read (the jail's other logs still are)",
+            crate::text::escape(&self.path.display().to_string()),
+            crate::files::kind(meta)
+        );
+    }
+
     fn read_new(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        self.behind = false;
         let Some(file) = self.file.as_ref() else {
             return Ok(());
         };
         let size = file.metadata()?.len();
         if size < self.offset || (size > self.offset && !self.tail_matches(file)?) {
-            self.truncated(emit)?;
+            return self.truncated(emit);
         }
-        let Some(file) = self.file.as_ref() else {
-            return Ok(());
-        };
-        let size = file.metadata()?.len();
         if size <= self.offset {
             return Ok(());
         }
-        let mut buf = vec![0; (size - self.offset).min(MAX_READ) as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], self.offset + got as u64)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        buf.truncate(got);
+        let chunk = read_chunk(file, self.offset, size)?;
         // A copy-truncate between the check above and this read would hand
         // us the new file's bytes as if they followed ours: if the bytes
         // before our offset are no longer ours, drop what we read and take
         // the rest from the copy (the next poll reads the new file).
-        let still_ours = self.tail_matches(file)?;
-        if !still_ours {
-            self.truncated(emit)?;
-            return Ok(());
+        if !self.tail_matches(file)? {
+            return self.truncated(emit);
         }
-        self.offset += buf.len() as u64;
+        if chunk.hole {
+            // Only zeros before the data: what is before `chunk.at`.
+            self.tail = vec![0; TAIL.min(chunk.at as usize)];
+            self.skip_line();
+        }
+        self.offset = chunk.at + chunk.bytes.len() as u64;
         self.behind = size > self.offset;
-        self.consume(&buf, emit);
+        self.remember_tail(&chunk.bytes);
+        self.lines_of(&chunk.bytes, emit);
+        Ok(())
+    }
+
+    /// Reads the next chunk of the rotated file; ends the drain at its end.
+    fn read_drain(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        let Some(d) = self.drain.as_mut() else {
+            return Ok(());
+        };
+        let size = d.file.metadata()?.len();
+        let chunk = if size > d.offset {
+            read_chunk(&d.file, d.offset, size)?
+        } else {
+            Chunk::default()
+        };
+        d.offset = chunk.at.max(d.offset) + chunk.bytes.len() as u64;
+        let done = d.offset >= size || chunk.bytes.is_empty() && !chunk.hole;
+        if chunk.hole {
+            self.skip_line();
+        }
+        self.lines_of(&chunk.bytes, emit);
+        if done {
+            self.drain = None;
+            self.flush_partial(emit);
+        }
         Ok(())
     }
 
@@ -211,53 +306,60 @@ impl Follower {
         }
     }
 
-    /// Copy-truncate: take what we had not read yet from the copy, then start
-    /// the file again from its beginning.
+    /// Copy-truncate: what we had not read yet is taken from the copy (on
+    /// the next polls), then the file again from its beginning.
     fn truncated(&mut self, emit: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         tracing::info!(
             "{}: truncated (copy-truncate rotation)",
             self.path.display()
         );
-        if let Some(copy) = self.copy_holding_our_tail() {
-            let from = self.offset;
-            self.drain_from(&copy, from, emit)?;
+        match self.copy_holding_our_tail() {
+            Some((file, id)) => {
+                self.drain = Some(Drain {
+                    file,
+                    id,
+                    offset: self.offset,
+                });
+            }
+            None => self.flush_partial(emit),
         }
-        self.flush_partial(emit);
         self.offset = 0;
         self.tail.clear();
+        self.behind = true;
         Ok(())
     }
 
-    fn copy_holding_our_tail(&self) -> Option<PathBuf> {
+    /// The sibling holding our last bytes at our offset, opened (regular
+    /// files only: a FIFO named like a copy must not hang us).
+    fn copy_holding_our_tail(&self) -> Option<(File, (u64, u64))> {
         if self.tail.is_empty() {
             return None;
         }
-        siblings(&self.path).into_iter().find(|p| {
-            let Ok(f) = File::open(p) else { return false };
+        siblings(&self.path).into_iter().find_map(|p| {
+            let Ok(Opened::File(f, meta)) = crate::files::open_regular(&p) else {
+                return None;
+            };
             let mut buf = vec![0; self.tail.len()];
-            f.read_exact_at(&mut buf, self.offset - self.tail.len() as u64)
+            let ours = f
+                .read_exact_at(&mut buf, self.offset - self.tail.len() as u64)
                 .is_ok()
-                && buf == self.tail
+                && buf == self.tail;
+            ours.then(|| (f, (meta.dev(), meta.ino())))
         })
     }
 
-    /// Reads `path` from `from` to its end, continuing the current partial line.
-    fn drain_from(
-        &mut self,
-        path: &Path,
-        from: u64,
-        emit: &mut dyn FnMut(&[u8]),
-    ) -> io::Result<()> {
-        let mut f = File::open(path)?;
-        f.seek(SeekFrom::Start(from))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        self.consume(&buf, emit);
-        self.flush_partial(emit);
-        Ok(())
+    /// The line being read runs through a hole longer than any line we
+    /// accept: it is skipped, as reading its zeros would have.
+    fn skip_line(&mut self) {
+        if !self.skipping {
+            self.skipped_long += 1;
+            self.skipping = true;
+        }
+        self.partial.clear();
     }
 
-    fn consume(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&[u8])) {
+    /// Keeps the last `TAIL` bytes read from the file at `path`.
+    fn remember_tail(&mut self, bytes: &[u8]) {
         let keep = bytes.len().min(TAIL);
         if keep == TAIL {
             self.tail.clear();
@@ -266,7 +368,9 @@ impl Follower {
             self.tail.drain(..drop);
         }
         self.tail.extend_from_slice(&bytes[bytes.len() - keep..]);
+    }
 
+    fn lines_of(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&[u8])) {
         let mut rest = bytes;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(nl);
@@ -318,6 +422,37 @@ impl Follower {
     }
 }
 
+/// Bytes read from a file, starting at `at`.
+#[derive(Default)]
+struct Chunk {
+    at: u64,
+    bytes: Vec<u8>,
+    /// A hole longer than any line was stepped over to reach `at`.
+    hole: bool,
+}
+
+/// At most `MAX_READ` bytes of `file` from `from` (up to `size`), stepping
+/// over a hole longer than a line first: a sparse file of terabytes is read
+/// as its data, not as its zeros.
+fn read_chunk(file: &File, from: u64, size: u64) -> io::Result<Chunk> {
+    let data = crate::files::data_from(file, from, size);
+    let (at, hole) = if data - from > MAX_LINE as u64 {
+        (data.min(size), true)
+    } else {
+        (from, false)
+    };
+    let mut bytes = vec![0; size.saturating_sub(at).min(MAX_READ) as usize];
+    let mut got = 0;
+    while got < bytes.len() {
+        match file.read_at(&mut bytes[got..], at + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    bytes.truncate(got);
+    Ok(Chunk { at, bytes, hole })
+}
+
 /// Rotated siblings of `path` (`NAME.*` in the same folder), newest first.
 fn siblings(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
@@ -339,10 +474,12 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
-fn sibling_with_inode(path: &Path, pos: Position) -> Option<PathBuf> {
+fn sibling_with_inode(path: &Path, pos: Position) -> Option<(PathBuf, (u64, u64))> {
+    let id = (pos.dev, pos.ino);
     siblings(path)
         .into_iter()
-        .find(|p| fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (pos.dev, pos.ino)))
+        .find(|p| fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == id))
+        .map(|p| (p, id))
 }
 
 /// Expands a jail's `logpath` entries (paths or globs) to existing files;
@@ -364,185 +501,5 @@ pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::{fs::OpenOptions, io::Write as _};
-
-    fn collect(f: &mut Follower) -> Vec<String> {
-        let mut out = Vec::new();
-        f.poll(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()))
-            .unwrap();
-        out
-    }
-
-    fn append(path: &Path, text: &[u8]) {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap()
-            .write_all(text)
-            .unwrap();
-    }
-
-    #[test]
-    fn partial_lines_wait_for_their_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.log");
-        let mut f = Follower::new(p.clone(), Start::Beginning);
-        assert!(collect(&mut f).is_empty(), "missing file is fine");
-        append(&p, b"one\ntw");
-        assert_eq!(collect(&mut f), ["one"]);
-        assert_eq!(
-            f.position().unwrap().offset,
-            4,
-            "position is before the partial line"
-        );
-        append(&p, b"o\r\nthree\n");
-        assert_eq!(collect(&mut f), ["two", "three"]);
-    }
-
-    #[test]
-    fn starts_at_end_by_default_and_resumes_from_saved_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.log");
-        append(&p, b"old\n");
-        let mut f = Follower::new(p.clone(), Start::End);
-        assert!(collect(&mut f).is_empty());
-        append(&p, b"new\npart");
-        assert_eq!(collect(&mut f), ["new"]);
-        let saved = f.position().unwrap();
-        append(&p, b"ial\nafter\n");
-        let mut g = Follower::new(p.clone(), Start::Saved(saved));
-        assert_eq!(collect(&mut g), ["partial", "after"]);
-        // Rotated while stopped: the rest of the old file first, then the new one.
-        let saved = g.position().unwrap();
-        append(&p, b"late\n");
-        fs::rename(&p, dir.path().join("a.log.2026-11-28.1")).unwrap();
-        append(&p, b"fresh\n");
-        let mut h = Follower::new(p.clone(), Start::Saved(saved));
-        assert_eq!(collect(&mut h), ["late", "fresh"]);
-    }
-
-    #[test]
-    fn end_means_the_end_when_created_not_when_first_polled() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.log");
-        append(&p, b"before\n");
-        let mut f = Follower::new(p.clone(), Start::End);
-        append(&p, b"after creation, before the first poll\n");
-        assert_eq!(collect(&mut f), ["after creation, before the first poll"]);
-        // A file that does not exist yet is read from its beginning once it appears.
-        let q = dir.path().join("b.log");
-        let mut g = Follower::new(q.clone(), Start::End);
-        append(&q, b"first\n");
-        assert_eq!(collect(&mut g), ["first"]);
-    }
-
-    #[test]
-    fn long_lines_are_skipped_and_bad_utf8_tolerated() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.log");
-        let mut f = Follower::new(p.clone(), Start::Beginning);
-        let mut big = vec![b'x'; MAX_LINE + 10];
-        big.push(b'\n');
-        append(&p, &big[..MAX_LINE / 2]);
-        assert!(collect(&mut f).is_empty());
-        append(&p, &big[MAX_LINE / 2..]);
-        append(&p, b"ok \xff\xfe line\n");
-        assert_eq!(collect(&mut f), ["ok \u{fffd}\u{fffd} line"]);
-        assert_eq!(f.skipped_long, 1);
-    }
-
-    /// A writer rotating (by rename, or by copy-truncate) while the follower
-    /// polls: every line arrives exactly once, in order.
-    fn rotation_under_writes(copy_truncate: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("freeswitch.log");
-        append(&p, b"");
-        let mut f = Follower::new(p.clone(), Start::Beginning);
-        let total = 20_000;
-        // Lines the follower has seen: a rotation waits until the follower
-        // has caught up with the writer, as the follower's guarantee is for
-        // rotations far apart compared with polls (hours against 100 ms).
-        // A loaded machine could otherwise deschedule the follower across
-        // two rotations, or across a whole file's life.
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let writer = {
-            let p = p.clone();
-            let dir = dir.path().to_owned();
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut out = OpenOptions::new().append(true).open(&p).unwrap();
-                for i in 0..total {
-                    writeln!(out, "line {i}").unwrap();
-                    if i % 3000 == 2999 {
-                        let deadline =
-                            std::time::Instant::now() + std::time::Duration::from_secs(10);
-                        while seen.load(std::sync::atomic::Ordering::Relaxed) <= i
-                            && std::time::Instant::now() < deadline
-                        {
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                        }
-                        let rotated = dir.join(format!("freeswitch.log.{i}"));
-                        if copy_truncate {
-                            fs::copy(&p, &rotated).unwrap();
-                            out.set_len(0).unwrap();
-                        } else {
-                            fs::rename(&p, &rotated).unwrap();
-                            out = OpenOptions::new()
-                                .create(true)
-                                .append(true)
-                                .open(&p)
-                                .unwrap();
-                        }
-                    }
-                }
-            })
-        };
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while got.len() < total && std::time::Instant::now() < deadline {
-            f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned()))
-                .unwrap();
-            seen.store(got.len(), std::sync::atomic::Ordering::Relaxed);
-            if writer.is_finished() && got.len() < total {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        writer.join().unwrap();
-        f.poll(&mut |l| got.push(String::from_utf8_lossy(l).into_owned()))
-            .unwrap();
-        let want: Vec<String> = (0..total).map(|i| format!("line {i}")).collect();
-        let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).take(3).collect();
-        let last_missing = want.iter().rev().find(|w| !got.contains(w));
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "lines lost or repeated: first missing {missing:?}, last {last_missing:?}"
-        );
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn rename_rotation_under_writes_loses_nothing() {
-        rotation_under_writes(false);
-    }
-
-    #[test]
-    fn copy_truncate_rotation_under_writes_loses_nothing() {
-        rotation_under_writes(true);
-    }
-
-    #[test]
-    fn globs_expand_and_plain_paths_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        append(&dir.path().join("a.log"), b"");
-        append(&dir.path().join("b.log"), b"");
-        let pat = format!("{}/*.log", dir.path().display());
-        let missing = format!("{}/later.log", dir.path().display());
-        let got = expand(&[pat, missing.clone()]);
-        assert_eq!(got.len(), 3);
-        assert!(got.contains(&PathBuf::from(missing)));
-    }
-}
+#[path = "follow_tests.rs"]
+mod tests;

@@ -24,6 +24,56 @@ pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Includes nested deeper than this are not followed (a loop, or a mistake).
 const MAX_DEPTH: usize = 8;
+/// Most files one discovery considers, all includes together: an include
+/// that fans out exponentially (each file including a folder of files that
+/// include it again) stops here.
+const MAX_FILES: usize = 256;
+/// Most bytes one discovery reads, all files together (a sparse "file" of
+/// terabytes is refused by its size, before a byte of it is read).
+const MAX_BYTES: u64 = 16 << 20;
+/// Longest a `$${variable}` expansion may grow (`set b=$${a}$${a}`, then
+/// `set c=$${b}$${b}`, ... doubles at each line).
+const MAX_VALUE: usize = 64 * 1024;
+
+/// What is left of the walk's bounds.
+struct Budget {
+    files: usize,
+    bytes: u64,
+    /// The file bound was hit (and said so, once).
+    spent: bool,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            files: MAX_FILES,
+            bytes: MAX_BYTES,
+            spent: false,
+        }
+    }
+
+    /// One more file to consider: false once `MAX_FILES` are, with one
+    /// warning for the whole walk.
+    fn take_file(&mut self, file: &Path, warnings: &mut Vec<String>) -> bool {
+        if self.files == 0 {
+            if !self.spent {
+                self.spent = true;
+                warnings.push(format!(
+                    "{}: not read, nor anything after it: discovery reads at most {MAX_FILES} files (includes fanning out?)",
+                    shown(file)
+                ));
+            }
+            return false;
+        }
+        self.files -= 1;
+        true
+    }
+}
+
+/// A path for a warning: file names are anyone's text.
+fn shown(p: &Path) -> String {
+    crate::text::escape(&p.display().to_string()).into_owned()
+}
 
 /// What was found, each with where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -90,6 +140,7 @@ pub fn discover(dir: &Path) -> Discovered {
         ..Default::default()
     };
     let mut vars = builtin_vars(dir);
+    let mut budget = Budget::new();
     let mut ignored = Vec::new();
     // vars.xml: `set` lines only (and what it includes).
     let mut tags = Vec::new();
@@ -100,6 +151,7 @@ pub fn discover(dir: &Path) -> Discovered {
         &mut vars,
         &mut tags,
         &mut d.warnings,
+        &mut budget,
     );
     ignored.append(&mut tags);
     if !dir.join("vars.xml").is_file() {
@@ -115,14 +167,30 @@ pub fn discover(dir: &Path) -> Discovered {
     let mut pending_hosts: Vec<(String, String, String)> = Vec::new();
     for file in profiles {
         let mut tags = Vec::new();
-        read_tree(&file, dir, 0, &mut vars, &mut tags, &mut d.warnings);
+        read_tree(
+            &file,
+            dir,
+            0,
+            &mut vars,
+            &mut tags,
+            &mut d.warnings,
+            &mut budget,
+        );
         profile_facts(&tags, &mut d, &mut pending_hosts);
     }
 
     // mod_logfile's file, else FreeSWITCH's default under log_dir.
     let mut tags = Vec::new();
     let logfile_conf = dir.join("autoload_configs/logfile.conf.xml");
-    read_tree(&logfile_conf, dir, 0, &mut vars, &mut tags, &mut d.warnings);
+    read_tree(
+        &logfile_conf,
+        dir,
+        0,
+        &mut vars,
+        &mut tags,
+        &mut d.warnings,
+        &mut budget,
+    );
     d.log = tags
         .iter()
         .find(|t| t.name == "param" && t.attr("name") == Some("logfile"))
@@ -139,6 +207,9 @@ pub fn discover(dir: &Path) -> Discovered {
         });
 
     d.trunks = resolve(pending_hosts, &mut d.warnings);
+    // A file included a hundred times says what is wrong with it once.
+    let mut seen = std::collections::HashSet::new();
+    d.warnings.retain(|w| seen.insert(w.clone()));
     d
 }
 
@@ -193,18 +264,17 @@ fn read_tree(
     vars: &mut BTreeMap<String, String>,
     out: &mut Vec<Tag>,
     warnings: &mut Vec<String>,
+    budget: &mut Budget,
 ) {
-    if depth > MAX_DEPTH {
-        warnings.push(format!("{}: includes nested too deep", file.display()));
+    if !budget.take_file(file, warnings) {
         return;
     }
-    let text = match std::fs::read(file) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth == 0 => return,
-        Err(e) => {
-            warnings.push(format!("{}: {e}", file.display()));
-            return;
-        }
+    if depth > MAX_DEPTH {
+        warnings.push(format!("{}: includes nested too deep", shown(file)));
+        return;
+    }
+    let Some(text) = read_file(file, depth, budget, warnings) else {
+        return;
     };
     let text = COMMENT.replace_all(&text, "");
     for cap in TAG.captures_iter(&text) {
@@ -240,7 +310,7 @@ fn read_tree(
                     file.parent().unwrap_or(conf).join(data)
                 };
                 for f in glob_sorted(&pattern) {
-                    read_tree(&f, conf, depth + 1, vars, out, warnings);
+                    read_tree(&f, conf, depth + 1, vars, out, warnings, budget);
                 }
             }
             _ => {}
@@ -248,17 +318,89 @@ fn read_tree(
     }
 }
 
-/// `$${name}` replaced by its value (unknown ones are left as they are).
-fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
-    VAR.replace_all(value, |c: &regex::Captures| {
-        vars.get(&c[1]).cloned().unwrap_or_else(|| c[0].to_owned())
-    })
-    .into_owned()
+/// Reads one file of the tree, within what is left of the walk's bytes:
+/// regular files only (opened without blocking: a FIFO never hangs us).
+fn read_file(
+    file: &Path,
+    depth: usize,
+    budget: &mut Budget,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    use crate::files::Opened;
+    let (f, meta) = match crate::files::open_regular(file) {
+        Ok(Opened::File(f, meta)) => (f, meta),
+        Ok(Opened::Missing) if depth == 0 => return None,
+        Ok(Opened::Missing) => {
+            warnings.push(format!("{}: not found", shown(file)));
+            return None;
+        }
+        Ok(Opened::NotRegular(meta)) => {
+            warnings.push(format!(
+                "{}: {}, not a regular file: not read",
+                shown(file),
+                crate::files::kind(&meta)
+            ));
+            return None;
+        }
+        Err(e) => {
+            warnings.push(format!("{}: {e}", shown(file)));
+            return None;
+        }
+    };
+    let bytes = match crate::files::read_at_most(&f, budget.bytes) {
+        Ok(Some(b)) if meta.len() <= budget.bytes => b,
+        Ok(_) => {
+            warnings.push(format!(
+                "{}: {} bytes: not read (discovery reads at most {MAX_BYTES} bytes in all)",
+                shown(file),
+                meta.len(),
+            ));
+            return None;
+        }
+        Err(e) => {
+            warnings.push(format!("{}: {e}", shown(file)));
+            return None;
+        }
+    };
+    budget.bytes -= bytes.len() as u64;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// `$${name}` replaced by its value (unknown ones are left as they are),
+/// at most `MAX_VALUE` bytes of it.
+fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut last = 0;
+    for c in VAR.captures_iter(value) {
+        let whole = c.get(0).expect("a match");
+        out.push_str(&value[last..whole.start()]);
+        out.push_str(vars.get(&c[1]).map_or(whole.as_str(), String::as_str));
+        last = whole.end();
+        if out.len() > MAX_VALUE {
+            break;
+        }
+    }
+    if out.len() <= MAX_VALUE {
+        out.push_str(&value[last..]);
+    }
+    crate::text::bounded(&out, MAX_VALUE).to_owned()
+}
+
+/// The paths `pattern` matches, sorted, at most `MAX_FILES` of them.
+/// FreeSWITCH expands includes with glob(3), where `**` is `*`: so here
+/// too, and a pattern never walks a whole tree.
 fn glob_sorted(pattern: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = glob::glob(&pattern.display().to_string())
-        .map(|g| g.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+    let mut pattern = pattern.display().to_string();
+    while pattern.contains("**") {
+        pattern = pattern.replace("**", "*");
+    }
+    let mut files: Vec<PathBuf> = glob::glob(&pattern)
+        .map(|g| {
+            g.filter_map(Result::ok)
+                .filter(|p| !p.is_dir())
+                .take(MAX_FILES)
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
@@ -431,120 +573,5 @@ fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sip_hosts() {
-        for (v, want) in [
-            ("sip.provider.example", Some("sip.provider.example")),
-            ("sip:203.0.113.5:5060;transport=tcp", Some("203.0.113.5")),
-            ("203.0.113.5:5080", Some("203.0.113.5")),
-            ("[2001:db8::5]:5060", Some("2001:db8::5")),
-            ("2001:db8::5", Some("2001:db8::5")),
-            ("sips:user@Trunk.Example", Some("trunk.example")),
-            ("$${unknown}", None),
-            ("", None),
-            ("evil host", None),
-        ] {
-            assert_eq!(sip_host(v).as_deref(), want, "{v}");
-        }
-    }
-
-    /// The vanilla-shaped tree in tests/fixtures, copied to `dir`.
-    pub fn vanilla_tree(dir: &Path) {
-        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/freeswitch");
-        for f in glob_sorted(&from.join("**/*.xml")) {
-            let to = dir.join(f.strip_prefix(&from).unwrap());
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&f, to).unwrap();
-        }
-    }
-
-    #[test]
-    fn a_vanilla_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        vanilla_tree(dir.path());
-        let d = discover(dir.path());
-        assert_eq!(d.port_numbers(), [5060, 5066, 5080, 5081, 7443], "{d:#?}");
-        let from: Vec<&str> = d.ports.iter().map(|f| f.from.as_str()).collect();
-        assert!(
-            from.contains(&"sip_profiles/external.xml: tls-sip-port"),
-            "{from:?}"
-        );
-        let trunks: Vec<(&str, &str, Vec<IpAddr>)> = d
-            .trunks
-            .iter()
-            .map(|t| (t.gateway.as_str(), t.host.as_str(), t.addresses.clone()))
-            .collect();
-        assert_eq!(
-            trunks,
-            [
-                ("carrier", "10.213.0.3", vec!["10.213.0.3".parse().unwrap()]),
-                (
-                    "carrier",
-                    "2001:db8::5",
-                    vec!["2001:db8::5".parse().unwrap()]
-                ),
-                ("backup.example", "localhost", trunks[2].2.clone()),
-            ]
-        );
-        assert!(trunks[2].2.iter().any(|a| a.is_loopback()), "names resolve");
-        assert!(d.trunks[0]
-            .from
-            .contains("external/trunk.xml: gateway carrier proxy"));
-        let log = d.log.unwrap();
-        assert_eq!(
-            log.value,
-            dir.path().parent().unwrap().join("log/fs-custom.log")
-        );
-        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
-    }
-
-    #[test]
-    fn broken_trees_warn_and_default() {
-        let dir = tempfile::tempdir().unwrap();
-        vanilla_tree(dir.path());
-        std::fs::write(
-            dir.path().join("sip_profiles/external/gone.xml"),
-            r#"<gateway name="gone"><param name="proxy" value="no-such-host.invalid"/></gateway>"#,
-        )
-        .unwrap();
-        let mut weird =
-            br#"<profile name="w"><settings><param name="sip-port" value="$${nowhere}"/>
-<param name="tls-only" value="false"/></settings></profile><<<>>"#
-                .to_vec();
-        weird.push(0xff);
-        std::fs::write(dir.path().join("sip_profiles/weird.xml"), weird).unwrap();
-        std::fs::remove_file(dir.path().join("autoload_configs/logfile.conf.xml")).unwrap();
-        let d = discover(dir.path());
-        assert!(
-            d.warnings
-                .iter()
-                .any(|w| w.contains("sip-port = `$${nowhere}`")),
-            "{:?}",
-            d.warnings
-        );
-        assert!(
-            d.warnings
-                .iter()
-                .any(|w| w.contains("no-such-host.invalid")),
-            "{:?}",
-            d.warnings
-        );
-        assert_eq!(d.port_numbers(), [5060, 5066, 5080, 5081, 7443]);
-        assert!(d.log.unwrap().from.contains("default"));
-        // Discovery off, or nothing found.
-        assert_eq!(conf_dir(Some(Path::new(""))), None);
-        let empty = tempfile::tempdir().unwrap();
-        let d = discover(empty.path());
-        assert!(d.ports.is_empty() && !d.warnings.is_empty());
-    }
-
-    #[test]
-    fn variables_expand_and_unknown_ones_stay() {
-        let vars = BTreeMap::from([("a".to_owned(), "5080".to_owned())]);
-        assert_eq!(expand("$${a}", &vars), "5080");
-        assert_eq!(expand(":$${a}/x $${b}", &vars), ":5080/x $${b}");
-    }
-}
+#[path = "discovery_tests.rs"]
+mod tests;

@@ -229,19 +229,26 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most scrapers served at once; one more closes the oldest (see
+/// `control::Clients`).
+const MAX_CLIENTS: usize = 64;
+
 /// Serves `GET /metrics` (and `/` with a pointer to it) over HTTP/1.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     scrape: impl Fn() -> String + Clone + 'static,
 ) {
+    let mut clients = crate::control::Clients::new(MAX_CLIENTS, "metrics endpoint");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let scrape = scrape.clone();
-        tokio::task::spawn_local(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, scrape)).await;
-        });
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let scrape = scrape.clone();
+                clients.spawn(async move {
+                    let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, scrape)).await;
+                });
+            }
+            Err(e) => clients.accept_failed(&e).await,
+        }
     }
 }
 
@@ -330,5 +337,41 @@ mod tests {
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("sipguard_"), "{l}");
         }
+    }
+
+    /// 200 idle connections: the oldest are closed, and a scrape is still
+    /// answered at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_scrapers_are_capped_and_a_real_one_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, || "sipguard_up 1\n".to_owned()));
+        local
+            .run_until(async {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut idle = Vec::new();
+                for _ in 0..200 {
+                    idle.push(tokio::net::TcpStream::connect(at).await.unwrap());
+                }
+                let started = std::time::Instant::now();
+                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+                s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+                let mut text = String::new();
+                tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut text))
+                    .await
+                    .expect("answered")
+                    .unwrap();
+                assert!(text.contains("sipguard_up 1"), "{text}");
+                assert!(started.elapsed() < Duration::from_secs(1));
+                let mut closed = 0;
+                for s in &mut idle {
+                    let mut b = [0u8; 1];
+                    let read = tokio::time::timeout(Duration::from_millis(20), s.read(&mut b));
+                    closed += usize::from(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))));
+                }
+                assert!(closed >= 200 - MAX_CLIENTS, "{closed} closed");
+            })
+            .await;
     }
 }

@@ -27,7 +27,13 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || c == '\\' || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || c == '\\'
+        || matches!(
+            c,
+            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
@@ -50,44 +56,116 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<url>".into();
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
     let scheme_ok = !scheme.is_empty()
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    if !scheme_ok || host.is_empty() {
+    if !scheme_ok {
         return "<url>".into();
     }
-    let more = rest.len() > authority.len();
-    format!(
-        "{}://{}{}",
-        escape(scheme),
-        escape(host),
-        if more { "/…" } else { "" }
-    )
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let more = if rest.len() > authority.len() {
+        "/…"
+    } else {
+        ""
+    };
+    // An `@` past the authority may end a password holding a `/`, `?` or
+    // `#` written unencoded: what looks like the host could be part of it.
+    if !authority.contains('@') && rest[authority.len()..].contains('@') {
+        return format!("{scheme}://…");
+    }
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c));
+    if !host_ok {
+        return format!("{scheme}://…");
+    }
+    format!("{scheme}://{host}{more}")
 }
 
-/// An error's text with every occurrence of `url` (and of its secrets)
-/// replaced by its redacted form: libraries put the URL they were given in
-/// their messages.
+/// An error's text with every URL in it redacted, and the secrets of
+/// `url` (its user part, password, path and query, as written and
+/// percent-encoded or decoded) removed wherever they appear: libraries put
+/// the URL they were given in their messages, often normalised.
 pub fn redact_in(message: &str, url: &str) -> String {
-    let mut out = message.replace(url, &redact_url(url));
+    let mut out = redact_urls(message);
     if let Some((_, rest)) = url.split_once("://") {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            for secret in [userinfo, userinfo.split_once(':').map_or("", |(_, p)| p)] {
-                if secret.len() >= 3 {
-                    out = out.replace(secret, "***");
+        let (userinfo, _) = authority.rsplit_once('@').unwrap_or(("", ""));
+        let password = userinfo.split_once(':').map_or("", |(_, p)| p);
+        let tail = &rest[authority.len()..];
+        for secret in [userinfo, password, tail] {
+            for form in [
+                secret.to_owned(),
+                percent_decode(secret),
+                percent_encode(secret),
+            ] {
+                if form.len() >= 3 {
+                    out = out.replace(&form, "***");
                 }
             }
         }
-        let tail = &rest[authority.len()..];
-        if tail.len() >= 3 {
-            out = out.replace(tail, "/…");
-        }
     }
     escape(&out).into_owned()
+}
+
+/// Every `scheme://…` in `text` replaced by its redacted form.
+fn redact_urls(text: &str) -> String {
+    let is_scheme = |c: char| c.is_ascii_alphanumeric() || "+-.".contains(c);
+    let ends = |c: char| c.is_whitespace() || "\"'<>`".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| is_scheme(c))
+            .last()
+            .map_or(at, |(i, _)| i);
+        let end = rest[at + 3..].find(ends).map_or(rest.len(), |i| at + 3 + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -134,5 +212,16 @@ mod tests {
         );
         assert!(!msg.contains("hunter2secret"), "{msg}");
         assert!(msg.contains("redis://db.example:6379/…"), "{msg}");
+        // As a library writes it back, normalised.
+        let url = "https://alerts:p@ss;w0rd@hooks.example/x/{TOKEN}";
+        let msg = redact_in(
+            "https://alerts:p%40ss%3Bw0rd@hooks.example/x/%7BTOKEN%7D: status 500 (p%40ss%3Bw0rd)",
+            url,
+        );
+        assert!(!msg.contains("TOKEN") && !msg.contains("w0rd"), "{msg}");
+        assert!(msg.starts_with("https://hooks.example/…"), "{msg}");
+        // A password with an unencoded slash: no part of it is shown.
+        assert_eq!(redact_url("redis://user:pa/ss@db:6379"), "redis://…");
+        assert_eq!(escape("a\u{200e}b\u{2028}"), "a\\u{200e}b\\u{2028}");
     }
 }

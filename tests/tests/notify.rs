@@ -18,7 +18,7 @@ fn recording_hook(sb: &Sandbox) -> Result<String> {
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nf=$(mktemp {dir}/event.XXXXXX)\nenv | grep '^SIPGUARD_' > \"$f.tmp\" && mv \"$f.tmp\" \"$f.done\"\n",
+            "#!/bin/sh\nf=$(mktemp {dir}/event.XXXXXX)\n{{ env | grep '^SIPGUARD_'; echo \"HOOK_NOFILE=$(ulimit -n)\"; }} > \"$f.tmp\" && mv \"$f.tmp\" \"$f.done\"\n",
             dir = sb.dir.path().display()
         ),
     )?;
@@ -95,6 +95,8 @@ fn hooks_hear_bans_and_unbans_with_their_fields() -> Result<()> {
     assert_eq!(env["SIPGUARD_REASON"], ev["reason"].as_str().unwrap());
     assert!(env["SIPGUARD_LINE"].contains(&user), "{env:?}");
     assert!(!pwned.exists(), "text from the log was run");
+    // The daemon raised its own open-files limit; the hook has the usual one.
+    assert_eq!(env["HOOK_NOFILE"], "1024", "{env:?}");
 
     // The operator's unban is announced too.
     s.cli(&["unban", CLIENT_V4])?;

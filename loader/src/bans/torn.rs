@@ -40,6 +40,19 @@ pub fn cut_torn_tail(file: &File, path: &Path) -> Result<u64> {
     let mut fragment = vec![0; usize::try_from(len - keep)?];
     file.read_exact_at(&mut fragment, keep)
         .with_context(|| format!("cannot read {}", path.display()))?;
+    // A whole record that only lacks its line end (a short write: the
+    // disk filled up) is ended, not cut: it was written, and it counts. A
+    // JSON object cut anywhere before its last byte never parses.
+    if serde_json::from_slice::<serde_json::Value>(&fragment).is_ok_and(|v| v.is_object()) {
+        file.write_all_at(b"\n", len)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::warn!(
+            "{}: its last record had no line end (a short write); ended it",
+            path.display()
+        );
+        return Ok(0);
+    }
     let aside = aside_path(path);
     let mut out = fs::OpenOptions::new()
         .create(true)
@@ -180,6 +193,13 @@ mod tests {
         assert_eq!(
             fs::read_to_string(aside_path(&path)).unwrap(),
             format!("{long}\ntorn\n")
+        );
+        // A whole record without its line end is ended, not moved aside.
+        fs::write(&path, "{\"a\":1}\n{\"unban\":\"192.0.2.1\"}").unwrap();
+        assert_eq!(cut_torn_tail(&f, &path).unwrap(), 0);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"unban\":\"192.0.2.1\"}\n"
         );
     }
 }

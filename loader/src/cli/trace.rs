@@ -36,12 +36,20 @@ pub struct Args {
     #[arg(long)]
     pub count: Option<u64>,
     /// Stop after this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = seconds)]
     pub seconds: Option<f64>,
     /// Trace a very wide prefix (IPv4 shorter than /16, IPv6 shorter than
     /// /48): every packet from it pays for a record.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--seconds`: a finite, non-negative number (NaN would panic later).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -283,5 +291,16 @@ fn meaning(verdict: u32) -> &'static str {
         counter::DROP_SCANNER => "DROPPED: a scanner's User-Agent",
         counter::PASS_SCANNER_ALLOWLISTED => "passed: a scanner's User-Agent, but allow-listed",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn seconds_are_finite_and_not_negative() {
+        assert_eq!(super::seconds("2.5"), Ok(2.5));
+        for bad in ["NaN", "inf", "-1", "x"] {
+            assert!(super::seconds(bad).is_err(), "{bad}");
+        }
     }
 }

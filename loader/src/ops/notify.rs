@@ -361,8 +361,28 @@ fn exec_command(program: &str, d: &Delivery) -> std::process::Command {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+    // The daemon raised its own open-files limit; a hook gets the usual
+    // one back (programs built on select() break above FD_SETSIZE).
+    // SAFETY: only getrlimit/setrlimit between fork and exec, both
+    // async-signal-safe, on a struct of the child's own stack.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur > HOOK_FILES {
+                lim.rlim_cur = HOOK_FILES;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            Ok(())
+        });
+    }
     cmd
 }
+
+/// The open-files limit hooks run with (FD_SETSIZE, systemd's default).
+const HOOK_FILES: libc::rlim_t = 1024;
 
 fn run_exec(program: &str, d: &Delivery, timeout: Duration) -> anyhow::Result<()> {
     let mut child = exec_command(program, d)

@@ -411,4 +411,153 @@ mod tests {
         assert_eq!(r.remove_all(&net), ["redis:b"]);
         assert!(r.effective(&net).is_none());
     }
+
+    use crate::bans::caps::{Limits, Over};
+
+    fn n(s: &str) -> IpNet {
+        crate::addr::parse_net(s).unwrap()
+    }
+
+    fn small_caps() -> Caps {
+        Caps {
+            per_origin: Limits {
+                bans: 3,
+                ipv4_addresses: 600,
+                ipv6_64s: 1 << 16,
+            },
+            all: Limits {
+                bans: 5,
+                ipv4_addresses: 1 << 20,
+                ipv6_64s: 1 << 20,
+            },
+            ..Caps::default()
+        }
+    }
+
+    #[test]
+    fn an_origin_gets_no_more_than_its_caps() {
+        let mut r = RemoteBans::default();
+        r.set_caps(small_caps());
+        assert_eq!(r.set(n("10.0.0.0/8"), &ban("apiban", None)), Err(Over::Width));
+        assert_eq!(r.set(n("2001:db8::/24"), &ban("apiban", None)), Err(Over::Width));
+        assert_eq!(r.set(n("192.0.2.0/24"), &ban("apiban", None)), Ok(true));
+        assert_eq!(r.set(n("198.51.100.0/24"), &ban("apiban", None)), Ok(true));
+        // 512 of 600 addresses: a third /24 is over, a single address not.
+        assert_eq!(r.set(n("203.0.113.0/24"), &ban("apiban", None)), Err(Over::Space));
+        assert_eq!(r.set(n("203.0.113.1"), &ban("apiban", None)), Ok(true));
+        assert_eq!(r.set(n("203.0.113.2"), &ban("apiban", None)), Err(Over::Bans));
+        // A replacement of its own ban takes no new room.
+        assert_eq!(r.set(n("203.0.113.1"), &ban("apiban", Some(9))), Ok(true));
+        assert_eq!(r.count("apiban"), 3);
+        let refused = r.refused().get("apiban").unwrap();
+        assert_eq!((refused.over_cap, refused.never_ban), (4, 0));
+        // Lifting frees room; so does expiry.
+        assert!(r.remove(&n("203.0.113.1"), "apiban"));
+        assert_eq!(r.set(n("203.0.113.2"), &ban("apiban", Some(9))), Ok(true));
+        assert_eq!(r.take_expired(10).len(), 1);
+        assert_eq!(r.set(n("203.0.113.3"), &ban("apiban", None)), Ok(true));
+    }
+
+    #[test]
+    fn all_origins_together_leave_room() {
+        let mut r = RemoteBans::default();
+        r.set_caps(small_caps());
+        for i in 0..3 {
+            r.set(n(&format!("192.0.2.{i}")), &ban("redis:a", None)).unwrap();
+        }
+        r.set(n("192.0.2.10"), &ban("redis:b", None)).unwrap();
+        r.set(n("192.0.2.11"), &ban("redis:b", None)).unwrap();
+        // Five networks held: a sixth is refused to any origin...
+        assert_eq!(r.set(n("192.0.2.12"), &ban("redis:c", None)), Err(Over::AllBans));
+        // ... but a network already held takes no new room.
+        assert_eq!(r.set(n("192.0.2.1"), &ban("redis:c", None)), Ok(true));
+        assert_eq!(r.all().total(), 5);
+        assert_eq!(r.refused().get("redis:c").unwrap().over_cap, 1);
+        let summary = r.summary(2);
+        let names: Vec<&str> = summary.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(names, ["redis:a", "redis:b", crate::bans::caps::OTHER]);
+        let other = &summary[2].1;
+        assert_eq!((other.held.total(), other.over_cap), (1, 1));
+    }
+
+    /// What a walk over every record finds: per origin, and overall.
+    fn walked(r: &RemoteBans) -> (HashMap<String, Tally>, Tally) {
+        let mut per = HashMap::<String, Tally>::new();
+        let mut all = Tally::default();
+        for (net, b) in r.iter() {
+            per.entry(b.origin.to_owned()).or_default().add(net);
+        }
+        for net in r.nets() {
+            all.add(net);
+        }
+        (per, all)
+    }
+
+    /// Thousands of random sets, removals, resyncs and expiries: the kept
+    /// counts always equal a walk.
+    #[test]
+    fn kept_counts_equal_a_walk_after_random_operations() {
+        let mut r = RemoteBans::default();
+        r.set_caps(small_caps_large());
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let origins = ["crowdsec", "apiban", "redis:a", "redis:b"];
+        for step in 0..20_000u64 {
+            let x = next();
+            let origin = origins[(x % 4) as usize];
+            let net = match (x >> 8) % 3 {
+                0 => n(&format!("192.0.2.{}", (x >> 16) % 40)),
+                1 => n(&format!("10.{}.0.0/{}", (x >> 16) % 8, 16 + (x >> 24) % 9)),
+                _ => n(&format!("2001:db8:{:x}::/{}", (x >> 16) % 20, 32 + (x >> 24) % 97)),
+            };
+            match (x >> 40) % 6 {
+                0..=2 => {
+                    let end = ((x >> 48) % 3 != 0).then_some(step + (x >> 50) % 500);
+                    let _ = r.set(net, &ban(origin, end));
+                }
+                3 => {
+                    r.remove(&net, origin);
+                }
+                4 if (x >> 48) % 50 == 0 => {
+                    r.remove_all(&net);
+                }
+                4 if (x >> 48) % 50 == 1 => {
+                    let keep: HashSet<IpNet> = r.nets().take(5).copied().collect();
+                    r.retain_origin(origin, &keep);
+                }
+                _ => {
+                    r.take_expired(step);
+                }
+            }
+            if step % 97 == 0 {
+                r.prune_names();
+            }
+            let (per, all) = walked(&r);
+            let kept: HashMap<String, Tally> =
+                r.tallies().map(|(o, t)| (o.to_owned(), *t)).collect();
+            assert_eq!(kept, per, "step {step}");
+            assert_eq!(*r.all(), all, "step {step}");
+        }
+    }
+
+    fn small_caps_large() -> Caps {
+        Caps {
+            per_origin: Limits {
+                bans: 60,
+                ipv4_addresses: 1 << 22,
+                ipv6_64s: u64::MAX,
+            },
+            all: Limits {
+                bans: 150,
+                ipv4_addresses: 1 << 23,
+                ipv6_64s: u64::MAX,
+            },
+            ..Caps::default()
+        }
+    }
 }

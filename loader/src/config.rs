@@ -157,7 +157,9 @@ impl FleetConfig {
         if !(8..=32).contains(&self.widest_ipv4_prefix)
             || !(16..=128).contains(&self.widest_ipv6_prefix)
         {
-            bail!("[fleet] `widest_ipv4_prefix` must be 8 to 32 and `widest_ipv6_prefix` 16 to 128");
+            bail!(
+                "[fleet] `widest_ipv4_prefix` must be 8 to 32 and `widest_ipv6_prefix` 16 to 128"
+            );
         }
         let room = u64::from(common::MAX_BANS) - RESERVED_LOCAL_BANS;
         if self.max_remote_bans.saturating_add(packet_bans as u64) > room {

@@ -11,7 +11,12 @@ use crate::{
     bans::never_ban::{NeverBan, Sources, Vetted},
     bans::packet_bans::PacketBans,
     bans::state::{self, Position, State},
-    bans::{caps::{self, Over}, now_ms, remote::RemoteBan, BanManager, Scope},
+    bans::{
+        caps::{self, Over},
+        now_ms,
+        remote::RemoteBan,
+        BanManager, Scope,
+    },
     config::{Config, StartAt},
     control::{self, Request, Response},
     duration,
@@ -1225,7 +1230,8 @@ impl Engine {
                 let label = self.bans.remote_mut().label(&origin);
                 for d in bans {
                     if let Some((protected, why)) = self.never_ban.covering(&d.net) {
-                        let detail = format!(" ({} is never banned: {why})", addr::display(&protected));
+                        let detail =
+                            format!(" ({} is never banned: {why})", addr::display(&protected));
                         self.bans
                             .remote_mut()
                             .refuse(&origin, &d.net, Over::NeverBan, &detail);

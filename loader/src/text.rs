@@ -123,10 +123,7 @@ mod tests {
             redact_url("redis://user:p%40ss@10.0.0.5:6380/2"),
             "redis://10.0.0.5:6380/…"
         );
-        assert_eq!(
-            redact_url("http://h:8080?token=abc"),
-            "http://h:8080/…"
-        );
+        assert_eq!(redact_url("http://h:8080?token=abc"), "http://h:8080/…");
         assert_eq!(redact_url("rediss://[::1]:7000"), "rediss://[::1]:7000");
         assert_eq!(redact_url("not a url"), "<url>");
         assert_eq!(redact_url("x\x1b://h"), "<url>");

@@ -195,7 +195,13 @@ impl Caps {
     /// Whether a new ban of `net` by an origin holding `origin`, while all
     /// origins hold `all`, is allowed. `net_is_new`: no origin bans `net`
     /// yet (it takes no new room overall otherwise).
-    pub fn admit(&self, net: &IpNet, origin: &Tally, all: &Tally, net_is_new: bool) -> Result<(), Over> {
+    pub fn admit(
+        &self,
+        net: &IpNet,
+        origin: &Tally,
+        all: &Tally,
+        net_is_new: bool,
+    ) -> Result<(), Over> {
         self.narrow_enough(net)?;
         origin
             .fits(net, &self.per_origin)
@@ -248,7 +254,9 @@ impl Refused {
             _ => r.over_cap += 1,
         }
         r.unlogged += 1;
-        if r.logged.is_some_and(|t| now.saturating_duration_since(t) < LOG_INTERVAL) {
+        if r.logged
+            .is_some_and(|t| now.saturating_duration_since(t) < LOG_INTERVAL)
+        {
             return;
         }
         tracing::warn!(
@@ -333,10 +341,19 @@ mod tests {
     fn too_wide_is_refused_whatever_the_room() {
         let c = Caps::default();
         let none = Tally::default();
-        assert_eq!(c.admit(&n("10.0.0.0/8"), &none, &none, true), Err(Over::Width));
-        assert_eq!(c.admit(&n("10.0.0.0/15"), &none, &none, true), Err(Over::Width));
+        assert_eq!(
+            c.admit(&n("10.0.0.0/8"), &none, &none, true),
+            Err(Over::Width)
+        );
+        assert_eq!(
+            c.admit(&n("10.0.0.0/15"), &none, &none, true),
+            Err(Over::Width)
+        );
         assert_eq!(c.admit(&n("10.0.0.0/16"), &none, &none, true), Ok(()));
-        assert_eq!(c.admit(&n("2001:db8::/31"), &none, &none, true), Err(Over::Width));
+        assert_eq!(
+            c.admit(&n("2001:db8::/31"), &none, &none, true),
+            Err(Over::Width)
+        );
         assert_eq!(c.admit(&n("2001:db8::/32"), &none, &none, true), Ok(()));
     }
 
@@ -350,14 +367,20 @@ mod tests {
             assert_eq!(c.admit(&net, &origin, &all, true), Ok(()));
             origin.add(&net);
         }
-        assert_eq!(c.admit(&n("192.0.2.9"), &origin, &all, true), Err(Over::Bans));
+        assert_eq!(
+            c.admit(&n("192.0.2.9"), &origin, &all, true),
+            Err(Over::Bans)
+        );
         // Space: three /24s (768) fit, a fourth not (1000 addresses).
         let c = caps(10, 1000, 5, 1 << 20);
         let mut origin = Tally::default();
         origin.add(&n("198.51.100.0/24"));
         origin.add(&n("198.51.101.0/24"));
         origin.add(&n("198.51.102.0/24"));
-        assert_eq!(c.admit(&n("198.51.103.0/24"), &origin, &all, true), Err(Over::Space));
+        assert_eq!(
+            c.admit(&n("198.51.103.0/24"), &origin, &all, true),
+            Err(Over::Space)
+        );
         assert_eq!(c.admit(&n("198.51.103.1"), &origin, &all, true), Ok(()));
         // IPv6 space is its own.
         assert_eq!(c.admit(&n("2001:db8::/48"), &origin, &all, true), Ok(()));
@@ -368,12 +391,18 @@ mod tests {
             all.add(&n(&format!("203.0.113.{i}")));
         }
         let fresh = Tally::default();
-        assert_eq!(c.admit(&n("203.0.113.9"), &fresh, &all, true), Err(Over::AllBans));
+        assert_eq!(
+            c.admit(&n("203.0.113.9"), &fresh, &all, true),
+            Err(Over::AllBans)
+        );
         assert_eq!(c.admit(&n("203.0.113.1"), &fresh, &all, false), Ok(()));
         let c = caps(10, 1 << 20, 10, 300);
         let mut all = Tally::default();
         all.add(&n("203.0.113.0/24"));
-        assert_eq!(c.admit(&n("198.51.100.0/25"), &fresh, &all, true), Err(Over::AllSpace));
+        assert_eq!(
+            c.admit(&n("198.51.100.0/25"), &fresh, &all, true),
+            Err(Over::AllSpace)
+        );
     }
 
     #[test]
@@ -391,9 +420,21 @@ mod tests {
         assert_eq!((first.over_cap, first.never_ban), (1, 1));
         // One line at once, then quiet for a minute, counting.
         assert_eq!(first.unlogged, 1, "the second refusal waits");
-        r.count("redis:n1", &net, Over::Bans, "", now + Duration::from_secs(1));
+        r.count(
+            "redis:n1",
+            &net,
+            Over::Bans,
+            "",
+            now + Duration::from_secs(1),
+        );
         assert_eq!(r.get("redis:n1").unwrap().unlogged, 1);
-        r.count("redis:n1", &net, Over::Bans, "", now + Duration::from_secs(61));
+        r.count(
+            "redis:n1",
+            &net,
+            Over::Bans,
+            "",
+            now + Duration::from_secs(61),
+        );
         assert_eq!(r.get("redis:n1").unwrap().unlogged, 0);
     }
 
@@ -403,7 +444,11 @@ mod tests {
         let t = top(items, 2, |n| *n);
         assert_eq!(
             t,
-            [("b".to_owned(), 50), ("d".to_owned(), 7), (OTHER.to_owned(), 8)]
+            [
+                ("b".to_owned(), 50),
+                ("d".to_owned(), 7),
+                (OTHER.to_owned(), 8)
+            ]
         );
         assert!(top(vec![("a", 1u64)], 2, |n| *n).len() == 1);
     }

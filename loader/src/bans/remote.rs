@@ -124,7 +124,9 @@ impl RemoteBans {
 
     /// What each origin holds now.
     pub fn tallies(&self) -> impl Iterator<Item = (&str, &Tally)> {
-        self.tallies.iter().map(|(id, t)| (&**self.names.text(*id), t))
+        self.tallies
+            .iter()
+            .map(|(id, t)| (&**self.names.text(*id), t))
     }
 
     /// What all origins hold together, each network once.
@@ -280,7 +282,13 @@ impl RemoteBans {
             });
             let empty = list.is_empty();
             for (i, origin) in ended_origins.iter().enumerate() {
-                released(tallies, all, net, *origin, empty && i + 1 == ended_origins.len());
+                released(
+                    tallies,
+                    all,
+                    net,
+                    *origin,
+                    empty && i + 1 == ended_origins.len(),
+                );
             }
             !empty
         });
@@ -438,14 +446,26 @@ mod tests {
     fn an_origin_gets_no_more_than_its_caps() {
         let mut r = RemoteBans::default();
         r.set_caps(small_caps());
-        assert_eq!(r.set(n("10.0.0.0/8"), &ban("apiban", None)), Err(Over::Width));
-        assert_eq!(r.set(n("2001:db8::/24"), &ban("apiban", None)), Err(Over::Width));
+        assert_eq!(
+            r.set(n("10.0.0.0/8"), &ban("apiban", None)),
+            Err(Over::Width)
+        );
+        assert_eq!(
+            r.set(n("2001:db8::/24"), &ban("apiban", None)),
+            Err(Over::Width)
+        );
         assert_eq!(r.set(n("192.0.2.0/24"), &ban("apiban", None)), Ok(true));
         assert_eq!(r.set(n("198.51.100.0/24"), &ban("apiban", None)), Ok(true));
         // 512 of 600 addresses: a third /24 is over, a single address not.
-        assert_eq!(r.set(n("203.0.113.0/24"), &ban("apiban", None)), Err(Over::Space));
+        assert_eq!(
+            r.set(n("203.0.113.0/24"), &ban("apiban", None)),
+            Err(Over::Space)
+        );
         assert_eq!(r.set(n("203.0.113.1"), &ban("apiban", None)), Ok(true));
-        assert_eq!(r.set(n("203.0.113.2"), &ban("apiban", None)), Err(Over::Bans));
+        assert_eq!(
+            r.set(n("203.0.113.2"), &ban("apiban", None)),
+            Err(Over::Bans)
+        );
         // A replacement of its own ban takes no new room.
         assert_eq!(r.set(n("203.0.113.1"), &ban("apiban", Some(9))), Ok(true));
         assert_eq!(r.count("apiban"), 3);
@@ -463,12 +483,16 @@ mod tests {
         let mut r = RemoteBans::default();
         r.set_caps(small_caps());
         for i in 0..3 {
-            r.set(n(&format!("192.0.2.{i}")), &ban("redis:a", None)).unwrap();
+            r.set(n(&format!("192.0.2.{i}")), &ban("redis:a", None))
+                .unwrap();
         }
         r.set(n("192.0.2.10"), &ban("redis:b", None)).unwrap();
         r.set(n("192.0.2.11"), &ban("redis:b", None)).unwrap();
         // Five networks held: a sixth is refused to any origin...
-        assert_eq!(r.set(n("192.0.2.12"), &ban("redis:c", None)), Err(Over::AllBans));
+        assert_eq!(
+            r.set(n("192.0.2.12"), &ban("redis:c", None)),
+            Err(Over::AllBans)
+        );
         // ... but a network already held takes no new room.
         assert_eq!(r.set(n("192.0.2.1"), &ban("redis:c", None)), Ok(true));
         assert_eq!(r.all().total(), 5);
@@ -513,7 +537,11 @@ mod tests {
             let net = match (x >> 8) % 3 {
                 0 => n(&format!("192.0.2.{}", (x >> 16) % 40)),
                 1 => n(&format!("10.{}.0.0/{}", (x >> 16) % 8, 16 + (x >> 24) % 9)),
-                _ => n(&format!("2001:db8:{:x}::/{}", (x >> 16) % 20, 32 + (x >> 24) % 97)),
+                _ => n(&format!(
+                    "2001:db8:{:x}::/{}",
+                    (x >> 16) % 20,
+                    32 + (x >> 24) % 97
+                )),
             };
             match (x >> 40) % 6 {
                 0..=2 => {

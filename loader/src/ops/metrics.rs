@@ -181,7 +181,9 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         refused.get_or_create(&labels(jail, "never_ban")).inc_by(*n);
     }
     for (origin, n) in &snap.over_cap {
-        refused.get_or_create(&labels(origin, "over_cap")).inc_by(*n);
+        refused
+            .get_or_create(&labels(origin, "over_cap"))
+            .inc_by(*n);
     }
     r.register(
         "bans_refused",

@@ -741,6 +741,18 @@ mod tests {
     }
 
     #[test]
+    fn fleet_caps_keep_room_and_refuse_huge_prefixes() {
+        let c = Config::parse("[fleet]\nmax_bans_per_origin = 7\n", "t.toml").unwrap();
+        assert_eq!(c.fleet.caps().per_origin.bans, 7);
+        assert_eq!(c.fleet.caps().min_prefix_v4, 16, "defaults for the rest");
+        assert!(err("[fleet]\nwidest_ipv4_prefix = 4\n").contains("widest_ipv4_prefix"));
+        assert!(err("[fleet]\nwidest_ipv6_prefix = 8\n").contains("widest_ipv6_prefix"));
+        let full = format!("[fleet]\nmax_remote_bans = {}\n", common::MAX_BANS);
+        assert!(err(&full).contains("log-driven and manual bans"));
+        assert!(err("[fleet]\nmax_bans = 1\n").contains("unknown field"));
+    }
+
+    #[test]
     fn builtin_default_is_valid() {
         let c = Config::parse(DEFAULT_TOML, "default").unwrap();
         assert_eq!(c.jails.len(), 2);

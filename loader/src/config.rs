@@ -88,6 +88,88 @@ pub struct Config {
     /// The APIBAN blocklist.
     #[serde(default)]
     pub apiban: Option<ApibanConfig>,
+    /// How much room bans from elsewhere may take.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: caps on the bans CrowdSec, Redis nodes and APIBAN hand in,
+/// per origin and all together, so that a shared engine cannot fill the
+/// blocklist or ban the Internet (see `bans::caps`). Over a cap a ban is
+/// skipped and counted (`status`, `sipguard_bans_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The widest prefix a remote ban may have.
+    pub widest_ipv4_prefix: u8,
+    pub widest_ipv6_prefix: u8,
+    pub max_bans_per_origin: u64,
+    pub max_ipv4_addresses_per_origin: u64,
+    pub max_ipv6_64s_per_origin: u64,
+    /// All remote origins together (each network once).
+    pub max_remote_bans: u64,
+    pub max_remote_ipv4_addresses: u64,
+    pub max_remote_ipv6_64s: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        let c = crate::bans::caps::Caps::default();
+        Self {
+            widest_ipv4_prefix: c.min_prefix_v4,
+            widest_ipv6_prefix: c.min_prefix_v6,
+            max_bans_per_origin: c.per_origin.bans,
+            max_ipv4_addresses_per_origin: c.per_origin.ipv4_addresses,
+            max_ipv6_64s_per_origin: c.per_origin.ipv6_64s,
+            max_remote_bans: c.all.bans,
+            max_remote_ipv4_addresses: c.all.ipv4_addresses,
+            max_remote_ipv6_64s: c.all.ipv6_64s,
+        }
+    }
+}
+
+/// Kernel map entries always left to log-driven and manual bans: remote
+/// and packet bans together never take more than the rest.
+pub const RESERVED_LOCAL_BANS: u64 = common::MAX_BANS as u64 / 4;
+
+impl FleetConfig {
+    pub fn caps(&self) -> crate::bans::caps::Caps {
+        use crate::bans::caps::{Caps, Limits};
+        Caps {
+            min_prefix_v4: self.widest_ipv4_prefix,
+            min_prefix_v6: self.widest_ipv6_prefix,
+            per_origin: Limits {
+                bans: self.max_bans_per_origin,
+                ipv4_addresses: self.max_ipv4_addresses_per_origin,
+                ipv6_64s: self.max_ipv6_64s_per_origin,
+            },
+            all: Limits {
+                bans: self.max_remote_bans,
+                ipv4_addresses: self.max_remote_ipv4_addresses,
+                ipv6_64s: self.max_remote_ipv6_64s,
+            },
+        }
+    }
+
+    /// Prefixes no wider than a /8 (IPv4) or /16 (IPv6), and room left
+    /// for this box's own bans beside `packet_bans`.
+    fn check(&self, packet_bans: usize) -> Result<()> {
+        if !(8..=32).contains(&self.widest_ipv4_prefix)
+            || !(16..=128).contains(&self.widest_ipv6_prefix)
+        {
+            bail!(
+                "[fleet] `widest_ipv4_prefix` must be 8 to 32 and `widest_ipv6_prefix` 16 to 128"
+            );
+        }
+        let room = u64::from(common::MAX_BANS) - RESERVED_LOCAL_BANS;
+        if self.max_remote_bans.saturating_add(packet_bans as u64) > room {
+            bail!(
+                "[fleet] `max_remote_bans` plus [flood] `max_packet_bans` must be at most {room}, \
+                 so that {RESERVED_LOCAL_BANS} entries of the blocklist stay for log-driven and manual bans"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[crowdsec]`: sipguard as a CrowdSec bouncer (and, with machine
@@ -629,6 +711,7 @@ impl Config {
         if self.flood.enabled && self.flood.rate == 0 {
             bail!("[flood] key `rate` must be at least 1 (or enabled = false)");
         }
+        self.fleet.check(self.flood.max_packet_bans)?;
         if self.ports.as_ref().is_some_and(Vec::is_empty) && !self.all_ports {
             bail!("key `ports`: at least one protected port is needed (or all_ports = true)");
         }
@@ -665,6 +748,18 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text, "test.toml").unwrap_err())
+    }
+
+    #[test]
+    fn fleet_caps_keep_room_and_refuse_huge_prefixes() {
+        let c = Config::parse("[fleet]\nmax_bans_per_origin = 7\n", "t.toml").unwrap();
+        assert_eq!(c.fleet.caps().per_origin.bans, 7);
+        assert_eq!(c.fleet.caps().min_prefix_v4, 16, "defaults for the rest");
+        assert!(err("[fleet]\nwidest_ipv4_prefix = 4\n").contains("widest_ipv4_prefix"));
+        assert!(err("[fleet]\nwidest_ipv6_prefix = 8\n").contains("widest_ipv6_prefix"));
+        let full = format!("[fleet]\nmax_remote_bans = {}\n", common::MAX_BANS);
+        assert!(err(&full).contains("log-driven and manual bans"));
+        assert!(err("[fleet]\nmax_bans = 1\n").contains("unknown field"));
     }
 
     #[test]

@@ -11,7 +11,12 @@ use crate::{
     bans::never_ban::{NeverBan, Sources, Vetted},
     bans::packet_bans::PacketBans,
     bans::state::{self, Position, State},
-    bans::{now_ms, remote::RemoteBan, BanManager, Scope},
+    bans::{
+        caps::{self, Over},
+        now_ms,
+        remote::RemoteBan,
+        BanManager, Scope,
+    },
     config::{Config, StartAt},
     control::{self, Request, Response},
     duration,
@@ -211,8 +216,6 @@ pub struct Engine {
     cursors: BTreeMap<String, String>,
     /// The engines' addresses, never banned (see `fleet::Plan::endpoints`).
     engine_addrs: Vec<std::net::IpAddr>,
-    /// Remote bans refused because they lie in the never-ban set, by origin.
-    remote_refused: HashMap<String, u64>,
     /// Ban changes between snapshots of the state (see `changes`).
     changelog: ChangeLog,
     /// The last snapshot failed: the next save is a snapshot again.
@@ -362,7 +365,6 @@ impl Engine {
             fleet_tx,
             cursors: saved.cursors,
             engine_addrs: Vec::new(),
-            remote_refused: HashMap::new(),
             changelog: ChangeLog::new(&config_state_file, replayed),
             snapshot_due: false,
             snapshot_writer: None,
@@ -429,6 +431,7 @@ impl Engine {
             self.config.flood.max_bans_per_minute,
             self.config.flood.max_packet_bans,
         );
+        self.bans.remote_mut().set_caps(self.config.fleet.caps());
         let plan = fleet_plan(&self.config);
         // The engines' own addresses are never banned, before any of them
         // is heard.
@@ -1268,14 +1271,16 @@ impl Engine {
     fn on_fleet(&mut self, msg: Inbound) {
         match msg {
             Inbound::Bans { origin, bans } => {
+                // Refusals (never-ban set, `[fleet]` caps) are counted and
+                // logged once a minute per origin, not once per entry.
+                let label = self.bans.remote_mut().label(&origin);
                 for d in bans {
                     if let Some((protected, why)) = self.never_ban.covering(&d.net) {
-                        *self.remote_refused.entry(origin.clone()).or_default() += 1;
-                        tracing::warn!(
-                            "[{origin}] refused to ban {}: it lies in {} ({why}), which is never banned",
-                            addr::display(&d.net),
-                            addr::display(&protected)
-                        );
+                        let detail =
+                            format!(" ({} is never banned: {why})", addr::display(&protected));
+                        self.bans
+                            .remote_mut()
+                            .refuse(&origin, &d.net, Over::NeverBan, &detail);
                         continue;
                     }
                     let ban = RemoteBan {
@@ -1287,7 +1292,7 @@ impl Engine {
                     match self.bans.remote_ban(d.net, ban) {
                         Ok(true) => {
                             self.dirty = true;
-                            self.metrics.banned(&origin, origin_kind(&origin));
+                            self.metrics.banned(&label, origin_kind(&origin));
                         }
                         Ok(false) => {}
                         Err(e) => tracing::error!(
@@ -1379,15 +1384,30 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let mut by_jail: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
-        let family = |net: &IpNet| if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
-        for (net, b) in self.bans.iter() {
-            *by_jail.entry((b.jail, family(net))).or_default() += 1;
+        // Kept counted as bans change: jails and origins, not bans.
+        let mut by_jail: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for (jail, family, n) in self.bans.counts_by_jail() {
+            *by_jail.entry((jail.to_owned(), family)).or_default() += n;
         }
-        // Bans from elsewhere, under their origin.
-        for (net, b) in self.bans.remote().iter() {
-            *by_jail.entry((b.origin, family(net))).or_default() += 1;
+        // Bans from elsewhere, under their origin: the largest few, the
+        // rest as `other` (anyone writing to a shared Redis names nodes).
+        let remote = self.bans.remote();
+        let tallies = remote.tallies().map(|(o, t)| (o, *t)).collect();
+        for (origin, t) in caps::top(tallies, caps::METRIC_ORIGINS, |t| t.total()) {
+            for (f, family) in crate::bans::FAMILIES.iter().enumerate() {
+                if t.bans[f] > 0 {
+                    *by_jail.entry((origin.clone(), family)).or_default() += t.bans[f];
+                }
+            }
         }
+        let refused = |pick: fn(&caps::Refusals) -> u64| {
+            let all = remote.refused().iter().map(|(o, r)| (o, pick(r))).collect();
+            caps::top(all, caps::METRIC_ORIGINS, |n| *n)
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+        };
+        let never_ban: Vec<(String, u64)> = refused(|r| r.never_ban).collect();
+        let over_cap: Vec<(String, u64)> = refused(|r| r.over_cap).collect();
         let family_total = |f: &str| {
             by_jail
                 .iter()
@@ -1430,36 +1450,39 @@ impl Engine {
             ],
             bans: by_jail
                 .into_iter()
-                .map(|((jail, family), n)| (jail.to_owned(), family, n))
+                .map(|((jail, family), n)| (jail, family, n))
                 .collect(),
             log_lines,
             lost_reports: maps.lost_reports().unwrap_or(0),
             refused: self
                 .refused
                 .iter()
-                .chain(&self.remote_refused)
                 .map(|(j, n)| (j.clone(), *n))
+                .chain(never_ban)
                 .collect(),
+            over_cap,
             dry_run: self.config.dry_run,
             notifications_dropped: self.notifier.dropped,
         }
     }
 
-    /// Bans from elsewhere, by origin, and those the never-ban set refused.
+    /// Bans from elsewhere, by origin (the largest `caps::STATUS_ORIGINS`, the
+    /// rest as `other`), with the address space they hold and what was
+    /// refused: never-ban set, caps. Kept counted: O(origins).
     fn remote_summary(&self) -> serde_json::Value {
-        let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for (_, b) in self.bans.remote().iter() {
-            by.entry(b.origin).or_default().0 += 1;
-        }
-        for (origin, n) in &self.remote_refused {
-            by.entry(origin.as_str()).or_default().1 += n;
-        }
-        by.into_iter()
-            .map(|(o, (bans, refused))| {
-                (
-                    o.to_owned(),
-                    json!({ "bans": bans, "refused_never_ban": refused }),
-                )
+        self.bans
+            .remote()
+            .summary(caps::STATUS_ORIGINS)
+            .into_iter()
+            .map(|(o, s)| {
+                let v = json!({
+                    "bans": s.held.total(),
+                    "ipv4_addresses": s.held.space[0],
+                    "ipv6_64s": s.held.space[1],
+                    "refused_never_ban": s.never_ban,
+                    "over_cap": s.over_cap,
+                });
+                (crate::text::escape(&o).into_owned(), v)
             })
             .collect::<serde_json::Map<_, _>>()
             .into()

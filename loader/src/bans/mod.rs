@@ -9,6 +9,7 @@
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
 pub mod background;
+pub mod caps;
 pub mod changes;
 pub mod journal;
 pub mod lines;
@@ -18,6 +19,7 @@ pub mod packet_bans;
 pub mod remote;
 pub mod snapshot;
 pub mod state;
+pub mod tally;
 pub mod torn;
 
 use crate::{
@@ -219,8 +221,10 @@ pub struct Restored {
 
 pub struct BanManager {
     maps: KernelMaps,
-    /// This box's own bans: jails, the operator, the packet limiter.
+    /// This box's own bans: jails, the operator, the packet limiter. Only
+    /// `put` and `take` change it, which keep `by_jail` counted.
     bans: crate::net_table::NetTable<BanInfo>,
+    by_jail: tally::ByJail,
     /// Bans from elsewhere (CrowdSec, the Redis fleet, APIBAN), by origin.
     remote: RemoteBans,
     /// Bans so far per network not banned now, and when the last one began
@@ -235,6 +239,9 @@ pub struct BanManager {
     names: Names,
     lines: LineStore,
 }
+
+/// Family labels, by `caps::family`.
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
 
 /// Wall-clock now, ms: for log lines, whose own times are wall times.
 /// How long a network's ban count is remembered after its last ban began
@@ -264,6 +271,7 @@ impl BanManager {
         Self {
             maps,
             bans: Default::default(),
+            by_jail: Default::default(),
             remote: RemoteBans::default(),
             changed: FastSet::default(),
             counts_changed: FastSet::default(),
@@ -378,7 +386,7 @@ impl BanManager {
                 count: saved.count,
                 scope,
             };
-            self.bans.insert(net, info);
+            self.put(net, info);
         }
         // Marked: what is left unmarked is in the maps only.
         let mut in_kernel = match in_kernel {
@@ -411,7 +419,7 @@ impl BanManager {
             // from protecting with everything else.
             tracing::error!("restoring the ban of {net} failed: {e:#}");
             report.failed += 1;
-            if self.bans.remove(&net).is_some() {
+            if self.take(&net).is_some() {
                 report.reinstated -= 1;
             }
         }
@@ -455,7 +463,7 @@ impl BanManager {
                 count: 0,
                 scope: Scope::from_flags(entry.flags),
             };
-            self.bans.insert(net, info);
+            self.put(net, info);
             report.adopted += 1;
             self.changed.insert(net);
         }
@@ -558,7 +566,7 @@ impl BanManager {
             line: self.lines.push(line),
             ..info
         };
-        self.bans.insert(net, info);
+        self.put(net, info);
         self.counts.remove(&net);
         self.changed.insert(net);
         self.counts_changed.insert(net);
@@ -574,11 +582,35 @@ impl BanManager {
     /// Removes this box's ban of `net` from the table; its count stays,
     /// in `counts`.
     fn remove_ban(&mut self, net: &IpNet) -> Option<BanInfo> {
-        let info = self.bans.remove(net)?;
+        let info = self.take(net)?;
         if info.count > 0 {
             self.counts.insert(*net, (info.count, info.banned_at_ns));
         }
         Some(info)
+    }
+
+    /// Sets this box's ban of `net` in the table, counted in `by_jail`.
+    fn put(&mut self, net: IpNet, info: BanInfo) {
+        self.by_jail.add(info.jail, &net);
+        if let (_, Some(old)) = self.bans.insert(net, info) {
+            self.by_jail.sub(old.jail, &net);
+        }
+    }
+
+    /// Takes this box's ban of `net` out of the table (and of `by_jail`).
+    fn take(&mut self, net: &IpNet) -> Option<BanInfo> {
+        let info = self.bans.remove(net)?;
+        self.by_jail.sub(info.jail, net);
+        Some(info)
+    }
+
+    /// This box's bans in force per jail and family (`ipv4`, `ipv6`), and
+    /// every remote origin's (see `RemoteBans::tallies`): kept counted, so
+    /// reading them costs jails and origins, not bans.
+    pub fn counts_by_jail(&self) -> impl Iterator<Item = (&str, &'static str, u64)> {
+        self.by_jail
+            .iter()
+            .map(|(jail, f, n)| (&**self.names.text(jail), FAMILIES[f], n))
     }
 
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
@@ -605,9 +637,11 @@ impl BanManager {
 
     /// Sets one origin's ban of `net` (replacing its earlier one); true if
     /// anything changed.
+    /// Refused by the caps (`[fleet]`): counted and logged there, and
+    /// false.
     pub fn remote_ban(&mut self, net: IpNet, ban: RemoteBan) -> Result<bool> {
         let origin = ban.origin.clone();
-        if !self.remote.set(net, &ban) {
+        if self.remote.set(net, &ban) != Ok(true) {
             return Ok(false);
         }
         self.changed.insert(net);
@@ -652,6 +686,11 @@ impl BanManager {
 
     pub fn remote(&self) -> &RemoteBans {
         &self.remote
+    }
+
+    /// For caps, refusals and labels (see `RemoteBans`).
+    pub fn remote_mut(&mut self) -> &mut RemoteBans {
+        &mut self.remote
     }
 
     /// Removes bans that have ended; returns them. Only the bans known here

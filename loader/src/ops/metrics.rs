@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub lost_reports: u64,
     /// Automatic bans refused because they would hit the never-ban set.
     pub refused: Vec<(String, u64)>,
+    /// Remote bans refused by the `[fleet]` caps, by origin (bounded).
+    pub over_cap: Vec<(String, u64)>,
     pub dry_run: bool,
     /// Ban and unban events the notification queue could not take.
     pub notifications_dropped: u64,
@@ -178,9 +180,14 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
     for (jail, n) in &snap.refused {
         refused.get_or_create(&labels(jail, "never_ban")).inc_by(*n);
     }
+    for (origin, n) in &snap.over_cap {
+        refused
+            .get_or_create(&labels(origin, "over_cap"))
+            .inc_by(*n);
+    }
     r.register(
         "bans_refused",
-        "Automatic bans refused: they would hit the never-ban set",
+        "Automatic bans refused: they would hit the never-ban set, or remote bans over the [fleet] caps",
         refused,
     );
 
@@ -312,6 +319,7 @@ mod tests {
             maps: vec![("banned", 3, 1 << 20)],
             lost_reports: 2,
             refused: vec![("sip-flood".into(), 1)],
+            over_cap: vec![("redis:b".into(), 4)],
             dry_run: false,
             notifications_dropped: 0,
         };
@@ -328,6 +336,7 @@ mod tests {
             "sipguard_log_lines_total{jail=\"freeswitch\",result=\"matched\"} 9",
             "sipguard_map_capacity{map=\"banned\"} 1048576",
             "sipguard_bans_refused_total{jail=\"sip-flood\",cause=\"never_ban\"} 1",
+            "sipguard_bans_refused_total{jail=\"redis:b\",cause=\"over_cap\"} 4",
             "sipguard_dry_run 0",
             "sipguard_notifications_dropped_total 0",
         ] {

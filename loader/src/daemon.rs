@@ -1324,8 +1324,7 @@ impl Engine {
                     self.dirty = true;
                     // This box's own entry leaves the fleet's list too, or a
                     // member reconnecting would take the ban again.
-                    self.workers
-                        .publish(&Outbound::Unban { net, fleet: false });
+                    self.workers.publish(&Outbound::Unban { net, fleet: false });
                 }
                 Ok((false, _)) => {}
                 Err(e) => tracing::error!("fleet unban of {}: {e:#}", addr::display(&net)),

@@ -102,8 +102,7 @@ impl Reject {
 pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= MAX_NAME
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -152,7 +151,7 @@ impl Entry {
     /// The entry's text and MAC (hex), for the Redis key `where_`.
     pub fn sign(&self, key: &Secret, where_: &str) -> (String, String) {
         let text = self.text();
-        let mac = hex(&mac(key, where_, &text));
+        let mac = mac_hex(key, where_, &text);
         (text, mac)
     }
 
@@ -160,9 +159,7 @@ impl Entry {
     pub fn left(&self, now_ms: i64) -> Option<Option<Duration>> {
         match self.end_ms {
             None => Some(None),
-            Some(end) if end > now_ms => {
-                Some(Some(Duration::from_millis((end - now_ms) as u64)))
-            }
+            Some(end) if end > now_ms => Some(Some(Duration::from_millis((end - now_ms) as u64))),
             Some(_) => None,
         }
     }
@@ -175,6 +172,11 @@ fn mac(key: &Secret, where_: &str, text: &str) -> [u8; 32] {
     m.update(where_.as_bytes());
     m.update(text.as_bytes());
     m.finalize().into_bytes().into()
+}
+
+/// The MAC (hex) of any text stored under `where_`.
+pub fn mac_hex(key: &Secret, where_: &str, text: &str) -> String {
+    hex(&mac(key, where_, text))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -353,7 +355,10 @@ mod tests {
                 "{bad}"
             );
         }
-        let long = format!("sipguard-fleet-1 ban {} 10.0.0.1/32 all -1 1 j", "n".repeat(65));
+        let long = format!(
+            "sipguard-fleet-1 ban {} 10.0.0.1/32 all -1 1 j",
+            "n".repeat(65)
+        );
         let m = hex(&mac(&k, "w", &long));
         assert_eq!(
             verify(long.as_bytes(), m.as_bytes(), &[&k], "w").unwrap_err(),

@@ -13,7 +13,7 @@
 //! (the snapshot), then follows the stream from the entry it saw last before
 //! the snapshot (`reader`); this box's changes leave in one MULTI/EXEC per
 //! batch (`writer`).
-mod entry;
+pub mod entry;
 mod reader;
 mod writer;
 
@@ -149,19 +149,34 @@ pub fn rejected() -> Vec<(&'static str, u64)> {
     Reject::ALL.iter().map(|r| r.name()).zip(h).collect()
 }
 
-/// `status`'s `fleet.redis`: `{"refused": why|null, "rejected": {...}}`.
+/// `status`'s `fleet.redis`: why it is not running (or null), the entries
+/// refused by reason, its workers' restarts.
 pub fn report() -> serde_json::Value {
     let refused = HEALTH.lock().ok().and_then(|h| h.refused.clone());
     let rejected: serde_json::Map<String, serde_json::Value> = rejected()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.into()))
         .collect();
-    serde_json::json!({ "refused": refused, "rejected": rejected })
+    // Its workers' restarts (a lost connection, a hostile answer).
+    let restarts: serde_json::Map<String, serde_json::Value> = super::restarts()
+        .into_iter()
+        .filter(|(n, ..)| n.starts_with("redis-"))
+        .map(|(n, errors, panics)| {
+            (
+                n.to_owned(),
+                serde_json::json!({ "errors": errors, "panics": panics }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "refused": refused, "rejected": rejected, "restarts": restarts })
 }
 
 /// The host of a `redis://` / `rediss://` URL, for the never-ban set.
 pub fn host_of(url: &str) -> Option<String> {
-    match redis::IntoConnectionInfo::into_connection_info(url).ok()?.addr() {
+    match redis::IntoConnectionInfo::into_connection_info(url)
+        .ok()?
+        .addr()
+    {
         redis::ConnectionAddr::Tcp(h, _) => Some(h.clone()),
         redis::ConnectionAddr::TcpTls { host, .. } => Some(host.clone()),
         _ => None,
@@ -186,7 +201,8 @@ pub fn check_url(url: &str) -> Result<()> {
 fn connect(s: &Settings, read_timeout: Duration) -> Result<redis::Connection> {
     let client = match &s.ca_file {
         Some(ca) => {
-            let pem = read_regular(ca, 1 << 20, false).with_context(|| format!("ca_file {}", ca.display()))?;
+            let pem = read_regular(ca, 1 << 20, false)
+                .with_context(|| format!("ca_file {}", ca.display()))?;
             redis::Client::build_with_tls(
                 s.url.as_str(),
                 redis::TlsCertificates {
@@ -261,7 +277,10 @@ mod tests {
         }
         std::fs::write(&p, "short\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(read_key(&p).unwrap_err().to_string().contains("at least 16"));
+        assert!(read_key(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);

@@ -254,8 +254,7 @@ impl Reader {
         }
         if stream {
             let now = unix_ms();
-            if e.ts_ms < now - WINDOW_MS || e.ts_ms > now + SKEW_MS || !self.seen.first(mac, now)
-            {
+            if e.ts_ms < now - WINDOW_MS || e.ts_ms > now + SKEW_MS || !self.seen.first(mac, now) {
                 count(Reject::Replay);
                 return None;
             }

@@ -319,7 +319,7 @@ pub fn ban_entry(node: &str, net: &str) -> sipguard::fleet::redis::entry::Entry 
     sipguard::fleet::redis::entry::Entry {
         op: sipguard::fleet::redis::entry::Op::Ban,
         node: node.into(),
-        net: net.parse().expect("a network"),
+        net: sipguard::addr::parse_ban_net(net).expect("a network"),
         scope: sipguard::bans::Scope::Ports,
         end_ms: Some(now + 3_600_000),
         ts_ms: now,

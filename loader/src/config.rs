@@ -265,6 +265,19 @@ pub struct RedisConfig {
     /// This box's name in the fleet (default: the host name).
     #[serde(default)]
     pub node: Option<String>,
+    /// The fleet's shared key (whole content, trimmed; a root-only file):
+    /// signs every entry. Without it the fleet is not started.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The key before a rotation: verifies, never signs.
+    #[serde(default)]
+    pub previous_key_file: Option<PathBuf>,
+    /// Apply `unban --fleet` from other (signed) members.
+    #[serde(default = "yes")]
+    pub accept_fleet_unban: bool,
+    /// A private CA (PEM) for `rediss://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_redis_prefix() -> String {
@@ -272,16 +285,28 @@ fn default_redis_prefix() -> String {
 }
 
 impl RedisConfig {
-    pub fn settings(&self) -> crate::fleet::redis::Settings {
-        crate::fleet::redis::Settings {
+    /// The fleet's settings, keys read; an error says why the fleet cannot
+    /// start (no key, a key open to others, too short).
+    pub fn settings(&self) -> Result<crate::fleet::redis::Settings> {
+        use crate::fleet::redis::read_key;
+        let key_file = self.key_file.as_deref().context(
+            "[redis] needs `key_file`: every member signs its entries with the fleet's key (make one with `openssl rand -hex 32 > FILE; chmod 600 FILE`)",
+        )?;
+        Ok(crate::fleet::redis::Settings {
             url: self.url.clone(),
             prefix: self.prefix.clone(),
             node: self.node.clone().unwrap_or_else(host_name),
-        }
+            key: read_key(key_file).context("[redis] key_file")?,
+            previous_key: match &self.previous_key_file {
+                Some(p) => Some(read_key(p).context("[redis] previous_key_file")?),
+                None => None,
+            },
+            accept_fleet_unban: self.accept_fleet_unban,
+            ca_file: self.ca_file.clone(),
+        })
     }
 }
 
-/// This host's name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -654,12 +679,16 @@ impl Config {
             }
         }
         if let Some(r) = &self.redis {
-            crate::fleet::redis::parse_url(&r.url).context("[redis] key `url`")?;
-            if r.node
-                .as_deref()
-                .is_some_and(|n| n.is_empty() || n.contains('|'))
-            {
-                bail!("[redis] key `node` must be a non-empty name without `|`");
+            crate::fleet::redis::check_url(&r.url).context("[redis] key `url`")?;
+            let node = r.node.clone().unwrap_or_else(host_name);
+            if !crate::fleet::redis::valid_name(&node) {
+                bail!(
+                    "[redis] node name `{}` (key `node`, default the host name): at most 64 of A-Z a-z 0-9 . _ -",
+                    crate::text::escape(crate::text::bounded(&node, 80))
+                );
+            }
+            if r.prefix.len() > 64 || r.prefix.chars().any(char::is_control) {
+                bail!("[redis] key `prefix`: at most 64 bytes, no control characters");
             }
         }
         if let Some(a) = &self.apiban {

@@ -1178,6 +1178,7 @@ impl Engine {
             "ports": self.config.protected_ports(),
             "freeswitch": self.config.discovered,
             "remote": self.remote_summary(),
+            "fleet": { "redis": fleet::redis::report() },
         }))
     }
 
@@ -1342,6 +1343,9 @@ impl Engine {
                     }
                     self.metrics.unbanned(&format!("redis:{node}"), "fleet");
                     self.dirty = true;
+                    // This box's own entry leaves the fleet's list too, or a
+                    // member reconnecting would take the ban again.
+                    self.workers.publish(&Outbound::Unban { net, fleet: false });
                 }
                 Ok((false, _)) => {}
                 Err(e) => tracing::error!("fleet unban of {}: {e:#}", addr::display(&net)),
@@ -1889,7 +1893,17 @@ fn fleet_plan(c: &Config) -> fleet::Plan {
                 None
             }
         }),
-        redis: c.redis.as_ref().map(crate::config::RedisConfig::settings),
+        redis: c.redis.as_ref().and_then(|r| match r.settings() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // Unsigned entries would let anyone who writes to the Redis
+                // ban or unban here: no fleet rather than that.
+                let why = format!("{e:#}");
+                tracing::error!("Redis fleet NOT started: {why}");
+                fleet::redis::set_refused(Some(why));
+                None
+            }
+        }),
         apiban: c.apiban.as_ref().map(crate::config::ApibanConfig::settings),
     }
 }

@@ -285,3 +285,56 @@ impl Redis {
         self.run()
     }
 }
+
+/// The fleet key the tests' members share.
+pub const FLEET_KEY: &str = "test-fleet-key-0123456789abcdef";
+
+/// Writes a fleet key file (`key`, mode `mode`) in `dir`; its path.
+pub fn write_fleet_key(dir: &std::path::Path, key: &str, mode: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("fleet.key");
+    std::fs::write(&path, format!("{key}\n"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    Ok(path)
+}
+
+/// A fleet stream entry as a member holding `key` publishes it (the
+/// daemon's own signing code): its text and MAC.
+pub fn signed_event(key: &str, e: &sipguard::fleet::redis::entry::Entry) -> (String, String) {
+    let text = e.text();
+    let mac = signed_text(key, &text);
+    (text, mac)
+}
+
+/// The MAC of any stream entry text under `key`: a signed member can sign
+/// anything, so that what it signs is still checked.
+pub fn signed_text(key: &str, text: &str) -> String {
+    let key = sipguard::fleet::redis::Secret::new(key.as_bytes().to_vec());
+    sipguard::fleet::redis::entry::mac_hex(&key, "sipguard:events", text)
+}
+
+/// A ban entry of `node` for `net`, published now, for an hour.
+pub fn ban_entry(node: &str, net: &str) -> sipguard::fleet::redis::entry::Entry {
+    let now = chrono::Utc::now().timestamp_millis();
+    sipguard::fleet::redis::entry::Entry {
+        op: sipguard::fleet::redis::entry::Op::Ban,
+        node: node.into(),
+        net: sipguard::addr::parse_ban_net(net).expect("a network"),
+        scope: sipguard::bans::Scope::Ports,
+        end_ms: Some(now + 3_600_000),
+        ts_ms: now,
+        jail: "test".into(),
+    }
+}
+
+impl Redis {
+    /// Adds a stream entry with these fields, as anyone who can write to
+    /// the Redis can.
+    pub fn add_event(&self, fields: &[(&str, &str)]) -> Result<()> {
+        let mut args = vec!["XADD", "sipguard:events", "*"];
+        for (k, v) in fields {
+            args.extend([*k, *v]);
+        }
+        self.cli(&args).map(|_| ())
+    }
+}

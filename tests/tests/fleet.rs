@@ -8,7 +8,9 @@
 use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli_ok, Daemon},
-    engines::{Lapi, Redis, LAPI_PORT, REDIS_PORT},
+    engines::{
+        ban_entry, signed_text, write_fleet_key, Lapi, Redis, FLEET_KEY, LAPI_PORT, REDIS_PORT,
+    },
     fixture::{append, failures, wait_until, Setup, FREESWITCH_JAIL},
     http::Server,
     netns::*,
@@ -176,13 +178,18 @@ fn one_boxs_log_bans_reach_another_through_crowdsec() -> Result<()> {
 fn two_boxes_share_bans_through_redis() -> Result<()> {
     let s = Setup::new(FREESWITCH_JAIL)?;
     let mut redis = Redis::start(&s.pair.server)?;
+    // Both boxes hold the fleet's key, each in a root-only file of its own.
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
     s.sb.write_config(&format!(
-        "[redis]\nurl = \"redis://127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\n{FREESWITCH_JAIL}"
+        "[redis]\nurl = \"redis://127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\nkey_file = \"{{dir}}/fleet.key\"\n{FREESWITCH_JAIL}"
     ))?;
     s.cli(&["reload"])?;
-    let box2_config =
-        format!("[redis]\nurl = \"redis://{SERVER_V4}:{REDIS_PORT}/0\"\nnode = \"box2\"\n");
-    let (sb2, mut d2) = box2(&s, &box2_config)?;
+    let box2_config = format!(
+        "[redis]\nurl = \"redis://{SERVER_V4}:{REDIS_PORT}/0\"\nnode = \"box2\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    );
+    let sb2 = Sandbox::new(&box2_config)?;
+    write_fleet_key(sb2.dir.path(), FLEET_KEY, 0o600)?;
+    let mut d2 = Daemon::start(&s.pair.client, &sb2, &["--iface", &s.pair.client_if])?;
 
     // A log ban on box 1 reaches box 2, and drops there.
     append(&s.sb, &failures(OFFENDER, 3))?;
@@ -234,27 +241,30 @@ fn two_boxes_share_bans_through_redis() -> Result<()> {
             >= 4
     );
 
-    // Hostile fleet entries: a ban of the whole Internet, of box 1's own
-    // address, and garbage, from a "node" nobody runs; then one
-    // well-formed entry, which alone is banned.
-    for net in ["0.0.0.0/0", SERVER_V4, "not-an-address", "203.0.113.99"] {
-        redis.cli(&[
-            "XADD",
-            "sipguard:events",
-            "*",
-            "node",
-            "evil",
-            "op",
-            "ban",
-            "net",
-            net,
-            "end",
-            "-1",
-            "scope",
-            "all",
-            "jail",
-            "x",
+    // Unsigned entries (the old format, from anyone who can write to the
+    // Redis) change nothing, and are counted.
+    for net in ["203.0.113.98", "203.0.113.97"] {
+        redis.add_event(&[
+            ("node", "evil"),
+            ("op", "ban"),
+            ("net", net),
+            ("end", "-1"),
+            ("scope", "all"),
         ])?;
+    }
+    wait_until(5, "unsigned entries counted", || {
+        Ok(s.json(&["status"])?["fleet"]["redis"]["rejected"]["malformed"] == 2)
+    })?;
+    assert!(!has(&s.sb, "203.0.113.98", "")?);
+    // A signed member's entries: a ban of the whole Internet, of box 1's
+    // own address, and garbage; then one well-formed entry, which alone is
+    // banned.
+    for net in ["0.0.0.0/0", SERVER_V4, "not-an-address", "203.0.113.99"] {
+        let mut e = ban_entry("evil", "192.0.2.1");
+        e.end_ms = None;
+        e.scope = sipguard::bans::Scope::AllPorts;
+        let text = e.text().replace("192.0.2.1/32", net);
+        redis.add_event(&[("e", &text), ("m", &signed_text(FLEET_KEY, &text))])?;
     }
     wait_until(5, "the well-formed entry arrives", || {
         has(&s.sb, "203.0.113.99", "redis:evil")
@@ -287,9 +297,15 @@ fn two_boxes_share_bans_through_redis() -> Result<()> {
         Ok(!has(&s.sb, OFFENDER, "")?)
     })?;
     assert!(!has(&sb2, OFFENDER, "")?);
-    assert!(!redis
-        .cli(&["ZRANGE", "sipguard:bans", "0", "-1"])?
-        .contains(OFFENDER));
+    wait_until(
+        5,
+        "box 1 withdrew its own entry of the unbanned address",
+        || {
+            Ok(!redis
+                .cli(&["ZRANGE", "sipguard:bans", "0", "-1"])?
+                .contains(OFFENDER))
+        },
+    )?;
     // Without a fleet, --fleet is refused.
     d2.stop()?;
     let _ = sb2.write_config("");

@@ -352,7 +352,7 @@ impl Plan {
             hosts.extend(url_host(&c.api_url));
         }
         if let Some(r) = &self.redis {
-            hosts.extend(redis::parse_url(&r.url).ok().map(|t| t.host));
+            hosts.extend(redis::host_of(&r.url));
         }
         if let Some(a) = &self.apiban {
             hosts.extend(url_host(&a.url));

@@ -17,6 +17,11 @@ struct JailCause {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JailFamily {
     jail: String,
     family: String,
@@ -191,6 +196,21 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         refused,
     );
 
+    // Redis fleet entries refused (unsigned, replayed, ...), by reason.
+    let fleet_rejected = Family::<Reason, Counter>::default();
+    for (reason, n) in crate::fleet::redis::rejected() {
+        fleet_rejected
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+    r.register(
+        "fleet_rejected",
+        "Redis fleet entries refused: no valid MAC, replayed, forged in this box's name, malformed",
+        fleet_rejected,
+    );
+
     let lines = Family::<JailResult, Counter>::default();
     for (jail, result, n) in &snap.log_lines {
         lines
@@ -339,6 +359,7 @@ mod tests {
             "sipguard_bans_refused_total{jail=\"redis:b\",cause=\"over_cap\"} 4",
             "sipguard_dry_run 0",
             "sipguard_notifications_dropped_total 0",
+            "sipguard_fleet_rejected_total{reason=\"replay\"}",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }

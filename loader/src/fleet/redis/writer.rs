@@ -1,0 +1,205 @@
+//! Publishes this box's ban changes: each batch is one MULTI/EXEC (ZADD or
+//! ZREM of `NODE|NET`, HSET or HDEL of its signed entry, XADD of the signed
+//! change), so a member never sees half a change and a replacement is
+//! O(log N). What cannot be sent while Redis is away waits, up to a bound.
+use super::entry::{clean_jail, Entry, Op};
+use super::{connect, unix_ms, Settings};
+use crate::bans::Scope;
+use crate::fleet::Outbound;
+use anyhow::Result;
+use std::{
+    collections::VecDeque,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// Stream entries kept (approximately).
+const STREAM_MAXLEN: u64 = 100_000;
+/// Changes waiting while Redis is away.
+const PENDING_MAX: usize = 100_000;
+/// Changes sent in one transaction.
+const BATCH: usize = 500;
+/// Ended bans removed at once, and rounds of that per trim.
+const TRIM_PAGE: usize = 1000;
+const TRIM_ROUNDS: usize = 10;
+
+pub struct Writer {
+    s: Settings,
+    con: Option<redis::Connection>,
+    pending: VecDeque<Outbound>,
+    last_trim: Instant,
+}
+
+impl Writer {
+    pub fn new(s: Settings) -> Self {
+        Self {
+            s,
+            con: None,
+            pending: VecDeque::new(),
+            last_trim: Instant::now(),
+        }
+    }
+
+    /// Until the daemon's outlet goes; an error (Redis away) returns, and
+    /// the supervisor runs it again (the queue is kept).
+    pub fn run(&mut self, out: &mpsc::Receiver<Outbound>) -> Result<()> {
+        loop {
+            let wait = if self.pending.is_empty() {
+                Duration::from_secs(60)
+            } else {
+                Duration::from_millis(50)
+            };
+            match out.recv_timeout(wait) {
+                Ok(o) => self.queue(o),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            while let Ok(o) = out.try_recv() {
+                self.queue(o);
+            }
+            if self.con.is_none() {
+                self.con = Some(connect(&self.s, Duration::from_secs(10))?);
+            }
+            let result = self.flush().and_then(|()| self.trim());
+            if result.is_err() {
+                self.con = None;
+            }
+            result?;
+        }
+    }
+
+    fn queue(&mut self, o: Outbound) {
+        if self.pending.len() >= PENDING_MAX {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(o);
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(BATCH);
+            let mut p = redis::pipe();
+            p.atomic();
+            for o in self.pending.iter().take(n) {
+                self.add(&mut p, o);
+            }
+            let con = self.con.as_mut().expect("connected");
+            p.query::<()>(con)?;
+            self.pending.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// One change's commands.
+    fn add(&self, p: &mut redis::Pipeline, o: &Outbound) {
+        let s = &self.s;
+        let (bans, entries, events) = (
+            s.key_name("bans"),
+            s.key_name("entries"),
+            s.key_name("events"),
+        );
+        let now = unix_ms();
+        let (e, end) = match o {
+            Outbound::Ban {
+                net,
+                jail,
+                left,
+                scope,
+                ..
+            } => {
+                let end = left.map(|d| {
+                    now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+                });
+                let e = Entry {
+                    op: Op::Ban,
+                    node: s.node.clone(),
+                    net: *net,
+                    scope: *scope,
+                    end_ms: end,
+                    ts_ms: now,
+                    jail: clean_jail(jail),
+                };
+                (e, end)
+            }
+            Outbound::Unban { net, fleet } => {
+                let e = Entry {
+                    op: if *fleet { Op::FleetUnban } else { Op::Unban },
+                    node: s.node.clone(),
+                    net: *net,
+                    scope: Scope::Ports,
+                    end_ms: None,
+                    ts_ms: now,
+                    jail: "-".into(),
+                };
+                (e, None)
+            }
+        };
+        let member = format!("{}|{}", e.node, e.net);
+        if e.op == Op::Ban {
+            let score = end.map_or("+inf".to_owned(), |e| e.to_string());
+            let (text, mac) = e.sign(&s.key, &entries);
+            p.cmd("ZADD").arg(&bans).arg(score).arg(&member).ignore();
+            p.cmd("HSET")
+                .arg(&entries)
+                .arg(&member)
+                .arg(format!("{text}\n{mac}"))
+                .ignore();
+        } else {
+            // A fleet unban lifts this box's own entry; every other member
+            // withdraws its own when it applies the unban.
+            p.cmd("ZREM").arg(&bans).arg(&member).ignore();
+            p.cmd("HDEL").arg(&entries).arg(&member).ignore();
+        }
+        let (text, mac) = e.sign(&s.key, &events);
+        p.cmd("XADD")
+            .arg(&events)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("e")
+            .arg(text)
+            .arg("m")
+            .arg(mac)
+            .ignore();
+    }
+
+    /// Every minute: ended bans (of any node: a node that left stays in the
+    /// set otherwise) leave the set and their entries the hash.
+    fn trim(&mut self) -> Result<()> {
+        if self.last_trim.elapsed() < Duration::from_secs(60) {
+            return Ok(());
+        }
+        self.last_trim = Instant::now();
+        let (bans, entries) = (self.s.key_name("bans"), self.s.key_name("entries"));
+        let con = self.con.as_mut().expect("connected");
+        for _ in 0..TRIM_ROUNDS {
+            let ended: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&bans)
+                .arg("-inf")
+                .arg(format!("({}", unix_ms()))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(TRIM_PAGE)
+                .query(con)?;
+            if ended.is_empty() {
+                break;
+            }
+            redis::pipe()
+                .atomic()
+                .cmd("ZREM")
+                .arg(&bans)
+                .arg(&ended)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&entries)
+                .arg(&ended)
+                .ignore()
+                .query::<()>(con)?;
+            if ended.len() < TRIM_PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! End to end: the Redis fleet against those who can write to its Redis
+//! without being members (the Redis is routinely shared), and against a
+//! server that answers garbage. A real redis-server runs in the server
+//! namespace with box 1; "box9" is a member the test impersonates with the
+//! fleet's key (the daemon's own signing code), anyone else writes raw.
+use anyhow::Result;
+use sipguard::fleet::redis::entry::{Entry, Op};
+use sipguard_tests::{
+    engines::{
+        ban_entry, signed_event, signed_text, write_fleet_key, Redis, FLEET_KEY, REDIS_PORT,
+    },
+    fixture::{wait_until, Setup},
+    netns::*,
+};
+use std::{
+    io::Write as _,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+const MEMBER_BAN: &str = "203.0.113.70";
+
+fn config(extra: &str) -> String {
+    format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\nkey_file = \"{{dir}}/fleet.key\"\n{extra}"
+    )
+}
+
+fn rejected(s: &Setup, reason: &str) -> Result<u64> {
+    Ok(s.json(&["status"])?["fleet"]["redis"]["rejected"][reason]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+fn listed(s: &Setup, address: &str) -> Result<bool> {
+    Ok(s.banned()?.iter().any(|a| a == address))
+}
+
+/// How many of 5 datagrams from the client reach box 1's SIP port.
+fn client_reaches(s: &Setup) -> Result<usize> {
+    let from = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
+    let to = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    udp_delivered(&from, &to, 5)
+}
+
+fn entry(op: Op, node: &str, net: &str) -> Entry {
+    let mut e = ban_entry(node, net);
+    e.op = op;
+    e
+}
+
+fn publish(redis: &Redis, key: &str, e: &Entry) -> Result<()> {
+    let (text, mac) = signed_event(key, e);
+    redis.add_event(&[("e", &text), ("m", &mac)])
+}
+
+/// Box 1 follows the fleet: a member's ban arrives. The entry, for replays.
+fn following(s: &Setup, redis: &Redis) -> Result<Entry> {
+    let e = ban_entry("box9", MEMBER_BAN);
+    publish(redis, FLEET_KEY, &e)?;
+    wait_until(10, "a member's ban arrives", || listed(s, MEMBER_BAN))?;
+    Ok(e)
+}
+
+#[test]
+fn entries_from_non_members_change_nothing_and_are_counted() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.sb.write_config(&config(""))?;
+    s.cli(&["reload"])?;
+    let member = following(&s, &redis)?;
+    let before = s.banned()?;
+    assert_eq!(client_reaches(&s)?, 5);
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let client = ban_entry("box9", CLIENT_V4);
+    // Unsigned, signed with another key.
+    redis.add_event(&[("e", &client.text())])?;
+    publish(&redis, "not-the-fleet-key-0123456789", &client)?;
+    // Signed, but published 20 minutes ago; and an exact replay.
+    let mut old = client.clone();
+    old.ts_ms = now - 20 * 60 * 1000;
+    publish(&redis, FLEET_KEY, &old)?;
+    publish(&redis, FLEET_KEY, &member)?;
+    // In this box's own name, without the key.
+    publish(
+        &redis,
+        "not-the-fleet-key-0123456789",
+        &ban_entry("box1", CLIENT_V4),
+    )?;
+    // Signed, with a node name past 64 bytes.
+    let long = client.text().replace("box9", &"n".repeat(65));
+    redis.add_event(&[("e", &long), ("m", &signed_text(FLEET_KEY, &long))])?;
+    // Non-UTF-8.
+    redis.add_event(&[("e", "sipguard-fleet-1 ban \u{fffd}"), ("m", "zz")])?;
+    // An unsigned fleet unban of the member's ban.
+    redis.add_event(&[("e", &entry(Op::FleetUnban, "box9", MEMBER_BAN).text())])?;
+    wait_until(10, "every hostile entry counted", || {
+        Ok(rejected(&s, "bad_mac")? >= 4
+            && rejected(&s, "replay")? == 2
+            && rejected(&s, "own_name")? == 1
+            && rejected(&s, "malformed")? == 1)
+    })?;
+    assert_eq!(s.banned()?, before, "nothing changed in the kernel maps");
+    assert!(listed(&s, MEMBER_BAN)?);
+    assert_eq!(client_reaches(&s)?, 5, "the client still passes");
+
+    // Box 1's own ban: an unsigned fleet unban leaves it in force.
+    s.cli(&["ban", CLIENT_V4, "--for", "1h"])?;
+    assert_eq!(client_reaches(&s)?, 0);
+    let forged = rejected(&s, "bad_mac")?;
+    redis.add_event(&[
+        ("e", &entry(Op::FleetUnban, "box9", CLIENT_V4).text()),
+        ("m", &"0".repeat(64)),
+    ])?;
+    wait_until(5, "the forged unban counted", || {
+        Ok(rejected(&s, "bad_mac")? == forged + 1)
+    })?;
+    assert!(listed(&s, CLIENT_V4)?);
+    assert_eq!(client_reaches(&s)?, 0, "still dropped");
+
+    // A signed member's fleet unban works.
+    publish(&redis, FLEET_KEY, &entry(Op::FleetUnban, "box9", CLIENT_V4))?;
+    wait_until(5, "the member's fleet unban applies", || {
+        Ok(!listed(&s, CLIENT_V4)?)
+    })?;
+    assert_eq!(client_reaches(&s)?, 5);
+
+    // With accept_fleet_unban = false, even a member's is refused.
+    s.sb.write_config(&config("accept_fleet_unban = false\n"))?;
+    s.cli(&["reload"])?;
+    s.cli(&["ban", CLIENT_V4, "--for", "1h"])?;
+    publish(&redis, FLEET_KEY, &entry(Op::FleetUnban, "box9", CLIENT_V4))?;
+    wait_until(10, "the fleet unban refused", || {
+        Ok(rejected(&s, "fleet_unban_refused")? == 1)
+    })?;
+    assert!(listed(&s, CLIENT_V4)?);
+    assert_eq!(client_reaches(&s)?, 0);
+    Ok(())
+}
+
+#[test]
+fn without_a_private_key_the_fleet_is_refused() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    let refused = || -> Result<String> {
+        Ok(s.json(&["status"])?["fleet"]["redis"]["refused"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    };
+    s.sb.write_config(&format!(
+        "[redis]\nurl = \"redis://:hunter2pass@127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\n"
+    ))?;
+    s.cli(&["reload"])?;
+    assert!(refused()?.contains("needs `key_file`"), "{}", refused()?);
+    assert!(s.daemon.log().contains("Redis fleet NOT started"));
+    // A key others can read.
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o644)?;
+    s.sb.write_config(&config(""))?;
+    s.cli(&["reload"])?;
+    assert!(refused()?.contains("group or others"), "{}", refused()?);
+    // Too short.
+    write_fleet_key(s.sb.dir.path(), "short", 0o600)?;
+    s.cli(&["reload"])?;
+    assert!(refused()?.contains("at least 16"), "{}", refused()?);
+    // A member's ban is not taken while refused.
+    publish(&redis, FLEET_KEY, &ban_entry("box9", MEMBER_BAN))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!listed(&s, MEMBER_BAN)?);
+    // Fixed: the fleet starts, and catches up.
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.cli(&["reload"])?;
+    assert_eq!(refused()?, "");
+    following(&s, &redis)?;
+    assert!(!s.daemon.log().contains("hunter2pass"));
+    Ok(())
+}
+
+#[test]
+fn a_server_answering_garbage_costs_restarts_not_the_reader() -> Result<()> {
+    let s = Setup::new("")?;
+    let listener = tcp_listener(&s.pair.server, addr("127.0.0.1", 0))?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut answered = 0u32;
+        while !stopped.load(Ordering::Relaxed) && answered < 10_000 {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            answered += 1;
+            // Not UTF-8, not RESP: whatever a lying server may say.
+            let _ = c.write_all(b"*2\r\n$4\r\n\xff\xfe\xfd\xfc\r\n\xc3(\x00garbage\r\n");
+        }
+    });
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.sb.write_config(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{port}\"\nnode = \"box1\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    ))?;
+    s.cli(&["reload"])?;
+    let restarts = || -> Result<u64> {
+        Ok(
+            s.json(&["status"])?["fleet"]["redis"]["restarts"]["redis-in"]["errors"]
+                .as_u64()
+                .unwrap_or(0)
+                + s.json(&["status"])?["fleet"]["redis"]["restarts"]["redis-in"]["panics"]
+                    .as_u64()
+                    .unwrap_or(0),
+        )
+    };
+    wait_until(15, "the reader restarted twice", || Ok(restarts()? >= 2))?;
+    // The daemon keeps answering and protecting.
+    s.cli(&["ban", CLIENT_V4, "--for", "1m"])?;
+    assert_eq!(client_reaches(&s)?, 0);
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    Ok(())
+}

@@ -725,7 +725,7 @@ impl Engine {
         match self.bans.sweep_remote() {
             Ok(ended) => {
                 for (_, origin) in &ended {
-                    self.metrics.unbanned(origin, "expired");
+                    self.remote_unbanned(origin, "expired");
                 }
                 self.dirty |= !ended.is_empty();
             }
@@ -960,32 +960,22 @@ impl Engine {
                 let bantime = duration::parse_bantime(&duration)?;
                 self.bans.unban(net)?; // a manual ban replaces whatever was there
                 self.packet_bans.forget(&net);
-                self.bans.ban(
+                let r = BanRequest {
                     net,
-                    "manual",
-                    bantime,
-                    "banned by hand",
-                    "",
-                    if all_ports {
+                    host: net.addr(),
+                    jail: "manual".into(),
+                    duration: bantime,
+                    reason: "banned by hand".into(),
+                    line: String::new(),
+                    scope: if all_ports {
                         Scope::AllPorts
                     } else {
                         Scope::Ports
                     },
-                )?;
-                let scope = if all_ports {
-                    Scope::AllPorts
-                } else {
-                    Scope::Ports
                 };
-                self.on_ban(
-                    net,
-                    "manual",
-                    "manual",
-                    "banned by hand",
-                    bantime,
-                    "",
-                    scope,
-                );
+                self.bans
+                    .ban(net, &r.jail, bantime, &r.reason, &r.line, r.scope)?;
+                self.on_ban(&r, "manual");
                 for jail in &mut self.jails {
                     jail.offenders.forget(&net);
                 }
@@ -1012,10 +1002,11 @@ impl Engine {
                 }
                 for origin in &origins {
                     tracing::info!(
-                        "unbanned {} (also lifted: {origin}'s ban)",
-                        addr::display(&net)
+                        "unbanned {} (also lifted: {}'s ban)",
+                        addr::display(&net),
+                        crate::text::escape(origin)
                     );
-                    self.metrics.unbanned(origin, "operator");
+                    self.remote_unbanned(origin, "operator");
                 }
                 self.workers.publish(&Outbound::Unban { net, fleet });
                 self.dirty = true;
@@ -1204,9 +1195,7 @@ impl Engine {
                         crate::text::escape(&r.reason)
                     );
                 }
-                self.on_ban(
-                    r.net, &r.jail, cause, &r.reason, r.duration, &r.line, r.scope,
-                );
+                self.on_ban(&r, cause);
                 true
             }
             Ok(false) => false,
@@ -1218,29 +1207,29 @@ impl Engine {
     }
 
     /// Every ban written, whatever made it: counted and announced.
-    fn on_ban(
-        &mut self,
-        net: IpNet,
-        jail: &str,
-        cause: &str,
-        reason: &str,
-        bantime: Option<Duration>,
-        line: &str,
-        scope: Scope,
-    ) {
-        self.metrics.banned(jail, cause);
-        self.notifier
-            .send(|| Event::new("ban", net, jail, cause, reason, Some(bantime), line));
-        if !self.exported(jail, cause) {
+    fn on_ban(&mut self, r: &BanRequest, cause: &str) {
+        self.metrics.banned(&r.jail, cause);
+        self.notifier.send(|| {
+            Event::new(
+                "ban",
+                r.net,
+                &r.jail,
+                cause,
+                &r.reason,
+                Some(r.duration),
+                &r.line,
+            )
+        });
+        if !self.exported(&r.jail, cause) {
             return;
         }
         self.workers.publish(&Outbound::Ban {
-            net,
-            jail: jail.to_owned(),
+            net: r.net,
+            jail: r.jail.clone(),
             cause: cause.to_owned(),
-            left: bantime,
-            reason: reason.to_owned(),
-            scope,
+            left: r.duration,
+            reason: r.reason.clone(),
+            scope: r.scope,
         });
     }
 
@@ -1297,7 +1286,8 @@ impl Engine {
                         }
                         Ok(false) => {}
                         Err(e) => tracing::error!(
-                            "[{origin}] cannot ban {}: {e:#}",
+                            "[{}] cannot ban {}: {e:#}",
+                            crate::text::escape(&origin),
                             addr::display(&d.net)
                         ),
                     }
@@ -1308,11 +1298,12 @@ impl Engine {
                     match self.bans.remote_unban(net, &origin) {
                         Ok(true) => {
                             self.dirty = true;
-                            self.metrics.unbanned(&origin, "deleted");
+                            self.remote_unbanned(&origin, "deleted");
                         }
                         Ok(false) => {}
                         Err(e) => tracing::error!(
-                            "[{origin}] cannot unban {}: {e:#}",
+                            "[{}] cannot unban {}: {e:#}",
+                            crate::text::escape(&origin),
                             addr::display(&net)
                         ),
                     }
@@ -1334,14 +1325,15 @@ impl Engine {
             Inbound::FleetUnban { net, node } => match self.bans.unban_all(net) {
                 Ok((true, _)) => {
                     tracing::info!(
-                        "unbanned {} on every box, as the operator of {node} asked",
-                        addr::display(&net)
+                        "unbanned {} on every box, as the operator of {} asked",
+                        addr::display(&net),
+                        crate::text::escape(&node)
                     );
                     self.packet_bans.forget(&net);
                     for jail in &mut self.jails {
                         jail.offenders.forget(&net);
                     }
-                    self.metrics.unbanned(&format!("redis:{node}"), "fleet");
+                    self.remote_unbanned(&format!("redis:{node}"), "fleet");
                     self.dirty = true;
                     // This box's own entry leaves the fleet's list too, or a
                     // member reconnecting would take the ban again.
@@ -1363,17 +1355,25 @@ impl Engine {
             Ok(gone) => {
                 if !gone.is_empty() {
                     tracing::info!(
-                        "[{origin}] {} ban(s) no longer in its list, lifted",
+                        "[{}] {} ban(s) no longer in its list, lifted",
+                        crate::text::escape(origin),
                         gone.len()
                     );
                     self.dirty = true;
                 }
                 for _ in &gone {
-                    self.metrics.unbanned(origin, "deleted");
+                    self.remote_unbanned(origin, "deleted");
                 }
             }
-            Err(e) => tracing::error!("[{origin}] resynchronising: {e:#}"),
+            Err(e) => tracing::error!("[{}] resynchronising: {e:#}", crate::text::escape(origin)),
         }
+    }
+
+    /// A remote ban lifted, counted under its origin's bounded label (a
+    /// shared Redis can name thousands of nodes).
+    fn remote_unbanned(&mut self, origin: &str, cause: &str) {
+        let label = self.bans.remote_mut().label(origin);
+        self.metrics.unbanned(&label, cause);
     }
 
     /// What Prometheus reads beyond the live counters.

@@ -267,15 +267,18 @@ mod tests {
         log.scenario = mark::scenario("freeswitch", "box-b", Scope::Ports);
         let pass = run(&mut book, &s, List::New, &[other, own.clone(), log], now);
         assert_eq!((pass.own, pass.touched.len()), (1, 2));
-        let scope = |net: &str| book.effective(&net.parse().unwrap(), true, now).map(|d| d.scope);
-        assert_eq!(scope("192.0.2.1/32"), Some(Scope::PortsOnly));
-        assert_eq!(scope("192.0.2.3/32"), Some(Scope::AllPorts));
-        assert_eq!(scope("192.0.2.2/32"), None);
+        let scope = |book: &Book, net: &str| {
+            book.effective(&net.parse().unwrap(), true, now)
+                .map(|d| d.scope)
+        };
+        assert_eq!(scope(&book, "192.0.2.1/32"), Some(Scope::PortsOnly));
+        assert_eq!(scope(&book, "192.0.2.3/32"), Some(Scope::AllPorts));
+        assert_eq!(scope(&book, "192.0.2.2/32"), None);
         // Without machine credentials nothing is "own".
         s.machine_id = None;
         let pass = run(&mut book, &s, List::New, &[own], now);
         assert_eq!(pass.own, 0);
-        assert_eq!(scope("192.0.2.2/32"), Some(Scope::PortsOnly));
+        assert_eq!(scope(&book, "192.0.2.2/32"), Some(Scope::PortsOnly));
     }
 
     #[test]

@@ -178,9 +178,6 @@ macro_rules! lenient_scalars {
         fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
             Ok($none)
         }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($none)
-        }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             Ok($none)
@@ -197,6 +194,9 @@ impl<'de> de::Visitor<'de> for ElementVisitor {
 
     lenient_scalars!(Element(None));
 
+    fn visit_unit<E>(self) -> Result<Element, E> {
+        Ok(Element(None))
+    }
     fn visit_i64<E>(self, _: i64) -> Result<Element, E> {
         Ok(Element(None))
     }
@@ -303,7 +303,7 @@ impl<'de> de::Visitor<'de> for FieldVisitor {
 
     lenient_scalars!(Field::Other);
 
-    fn visit_none<E>(self) -> Result<Field, E> {
+    fn visit_unit<E>(self) -> Result<Field, E> {
         Ok(Field::Null)
     }
     fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
@@ -500,7 +500,7 @@ mod tests {
             "new":[{"id":1,"type":"ban","scope":"Ip","value":"192.0.2.1","duration":"1h","scenario":"crowdsecurity/ssh-bf","origin":"crowdsec","simulated":false,"uuid":"u"},
                    {}, 7, "x", null, [1,[2]], {"id":"9","scope":"Ip","value":"192.0.2.9"},
                    {"scope":"Ip","value":"192.0.2.10","scenario":{"a":[1]}},
-                   {"scope":"Ip","value":"2001:db8:0000:0000:0000:0000:0000:0000:0000:0000:0000:0001"},
+                   {"scope":"Ip","value":"2001:0db8:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0001"},
                    {"id":2,"type":"ban","scope":"Range","value":"2001:db8::/64","duration":"2h","scenario":null,"origin":"cscli"}],
             "other":{"deep":[1,2,3]}}"#;
         let (t, got) = all(text, 1000);

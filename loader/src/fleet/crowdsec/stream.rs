@@ -517,7 +517,7 @@ mod tests {
         assert_eq!((got[2].1.id, got[2].1.scenario.as_str()), (2, ""));
         // Over the cap: the rest skipped, counted.
         let (t, got) = all(text, 2);
-        assert_eq!(t.unwrap().over_cap, 7);
+        assert_eq!(t.unwrap().over_cap, 9);
         assert_eq!(got.len(), 2);
         // Not a stream: an error.
         for bad in [&b"[1,2]"[..], b"{\"new\":7}", b"{\"new\":[", b"<html>"] {

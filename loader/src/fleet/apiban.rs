@@ -195,7 +195,9 @@ fn fetch(agent: &ureq::Agent, url: &str, s: &Settings, id: &str) -> Result<Page>
     };
     let resp = super::no_redirect(resp)?;
     let mut body = Vec::new();
-    resp.into_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
+    resp.into_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)?;
     if body.len() as u64 > MAX_BODY {
         bail!("an answer over {MAX_BODY} bytes");
     }
@@ -243,7 +245,10 @@ mod tests {
             assert!(parse_page(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         // An over-long entry is skipped; the page stands.
-        let long_entry = format!(r#"{{"ipaddress":["{}","192.0.2.1"],"ID":"6"}}"#, "1".repeat(65));
+        let long_entry = format!(
+            r#"{{"ipaddress":["{}","192.0.2.1"],"ID":"6"}}"#,
+            "1".repeat(65)
+        );
         assert_eq!(
             parse_page(long_entry.as_bytes()).unwrap(),
             Page::Bans {

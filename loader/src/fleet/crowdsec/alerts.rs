@@ -106,7 +106,10 @@ impl Sender {
                         "CrowdSec: cannot send {} alert(s) and {} deletion(s): {}; again in {} s",
                         self.queue.len().min(ALERT_BATCH),
                         self.deletions.len(),
-                        crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &self.s.api_url)),
+                        crate::text::escape(&crate::text::redact_in(
+                            &format!("{e:#}"),
+                            &self.s.api_url
+                        )),
                         self.backoff.as_secs()
                     );
                     self.retry_at = Some(Instant::now() + self.backoff);
@@ -335,8 +338,7 @@ fn login(agent: &ureq::Agent, s: &Settings) -> Result<String> {
         .into_reader()
         .take(64 << 10)
         .read_to_end(&mut body)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).context("unreadable login answer")?;
+    let v: serde_json::Value = serde_json::from_slice(&body).context("unreadable login answer")?;
     v["token"]
         .as_str()
         .filter(|t| t.len() < 8192)

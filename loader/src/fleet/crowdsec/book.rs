@@ -145,9 +145,10 @@ impl Book {
     /// sipguard box's packet-evidence export stays ports-only here.
     pub fn effective(&self, net: &IpNet, all_ports: bool, now: Instant) -> Option<RemoteDecision> {
         let ids = self.by_net.get(net)?;
-        let h = ids
-            .iter()
-            .max_by_key(|h| h.end.map_or(u128::MAX, |e| e.duration_since(now).as_nanos()))?;
+        let h = ids.iter().max_by_key(|h| {
+            h.end
+                .map_or(u128::MAX, |e| e.duration_since(now).as_nanos())
+        })?;
         Some(RemoteDecision {
             net: *net,
             left: h.end.map(|e| e.saturating_duration_since(now)),
@@ -245,9 +246,21 @@ mod tests {
         };
         assert_eq!(left(&book, "192.0.2.7/32").unwrap().as_secs(), 14_397);
         // Deleting the longer one leaves the other.
-        run(&mut book, &s, List::Deleted, &[d(2, "192.0.2.7", "Ip", "-1s")], now);
+        run(
+            &mut book,
+            &s,
+            List::Deleted,
+            &[d(2, "192.0.2.7", "Ip", "-1s")],
+            now,
+        );
         assert_eq!(left(&book, "192.0.2.7/32").unwrap().as_secs(), 3_600);
-        let pass = run(&mut book, &s, List::Deleted, &[d(1, "192.0.2.7", "Ip", "0")], now);
+        let pass = run(
+            &mut book,
+            &s,
+            List::Deleted,
+            &[d(1, "192.0.2.7", "Ip", "0")],
+            now,
+        );
         assert_eq!(pass.touched.len(), 1);
         assert!(left(&book, "192.0.2.7/32").is_none());
         assert_eq!(book.nets().len(), 1);
@@ -287,7 +300,12 @@ mod tests {
         let now = Instant::now();
         let mut book = Book::default();
         for i in 0..(MAX_SCENARIOS as u32 + 100) {
-            let mut x = d(i64::from(i), &std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(), "Ip", "1h");
+            let mut x = d(
+                i64::from(i),
+                &std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(),
+                "Ip",
+                "1h",
+            );
             x.scenario = format!("scenario {i}");
             run(&mut book, &s, List::New, &[x], now);
         }

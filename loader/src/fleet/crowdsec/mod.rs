@@ -114,9 +114,12 @@ fn pull(
     }
     let now = Instant::now();
     let mut pass = Pass::default();
-    let tally = stream::read(resp.into_reader(), s.max_decisions, MAX_STREAM, &mut |list, d| {
-        book.apply(s, list, &d, now, &mut pass)
-    })
+    let tally = stream::read(
+        resp.into_reader(),
+        s.max_decisions,
+        MAX_STREAM,
+        &mut |list, d| book.apply(s, list, &d, now, &mut pass),
+    )
     .map_err(|e| anyhow::anyhow!("unreadable decision stream: {e:#}"))?;
     let changes = pass
         .touched

@@ -456,7 +456,9 @@ impl<R: io::Read> Capped<R> {
 impl<R: io::Read> io::Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let want = buf.len().min(usize::try_from(self.budget + 1).unwrap_or(usize::MAX));
+            let want = buf
+                .len()
+                .min(usize::try_from(self.budget + 1).unwrap_or(usize::MAX));
             let n = self.inner.read(&mut buf[..want])?;
             if n == 0 {
                 return Ok(0);

@@ -160,12 +160,7 @@ impl Sender {
             let batch: Vec<serde_json::Value> =
                 self.queue.iter().take(n).map(|p| p.alert.clone()).collect();
             let url = format!("{}/v1/alerts", self.base());
-            self.authorized(|agent, token| {
-                agent
-                    .post(&url)
-                    .set("Authorization", &format!("Bearer {token}"))
-                    .send_json(serde_json::Value::Array(batch.clone()))
-            })?;
+            self.authorized("POST", &url, Some(&serde_json::Value::Array(batch)))?;
             self.queue.drain(..n);
         }
         while let Some(&net) = self.deletions.front() {
@@ -195,12 +190,7 @@ impl Sender {
             self.base(),
             crate::fleet::query_value(&value)
         );
-        let resp = self.authorized(|agent, token| {
-            agent
-                .get(&url)
-                .set("Authorization", &format!("Bearer {token}"))
-                .call()
-        })?;
+        let resp = self.authorized("GET", &url, None)?;
         let mut body = Vec::new();
         resp.into_reader()
             .take(MAX_ALERTS_ANSWER + 1)
@@ -211,21 +201,18 @@ impl Sender {
         let ids = own_decisions(&body, self.s.machine_id.as_deref().unwrap_or(""))?;
         for id in &ids {
             let url = format!("{}/v1/decisions/{id}", self.base());
-            self.authorized(|agent, token| {
-                agent
-                    .delete(&url)
-                    .set("Authorization", &format!("Bearer {token}"))
-                    .call()
-            })?;
+            self.authorized("DELETE", &url, None)?;
         }
         Ok(ids.len())
     }
 
-    /// Runs `call` with the machine's token, logging in first and once
+    /// Sends a request with the machine's token, logging in first and once
     /// again when it expired.
     fn authorized(
         &mut self,
-        call: impl Fn(&ureq::Agent, &str) -> std::result::Result<ureq::Response, ureq::Error>,
+        method: &str,
+        url: &str,
+        body: Option<&serde_json::Value>,
     ) -> Result<ureq::Response> {
         for attempt in 0..2 {
             let token = match &self.token {
@@ -236,7 +223,15 @@ impl Sender {
                     t
                 }
             };
-            match call(&self.agent, &token) {
+            let req = self
+                .agent
+                .request(method, url)
+                .set("Authorization", &format!("Bearer {token}"));
+            let sent = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            match sent {
                 Ok(r) => return no_redirect(r),
                 Err(ureq::Error::Status(401, _)) if attempt == 0 => self.token = None,
                 Err(e) => return Err(e.into()),

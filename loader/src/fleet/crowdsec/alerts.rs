@@ -164,12 +164,20 @@ impl Sender {
             self.queue.drain(..n);
         }
         while let Some(&net) = self.deletions.front() {
-            let n = self.delete_own(&net)?;
-            if n > 0 {
-                tracing::info!(
+            match self.delete_own(&net) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
                     "CrowdSec: deleted this machine's {n} decision(s) of {} after the operator's unban",
                     crate::addr::display(&net)
-                );
+                ),
+                // Refused for good (not an outage): said once, not retried,
+                // so it cannot hold up the alerts behind it.
+                Err(e) if refused_for_good(&e) => tracing::warn!(
+                    "CrowdSec: cannot delete this machine's decisions of {}: {}",
+                    crate::addr::display(&net),
+                    crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &self.s.api_url))
+                ),
+                Err(e) => return Err(e),
             }
             self.deletions.pop_front();
         }
@@ -239,6 +247,14 @@ impl Sender {
         }
         bail!("the LAPI refused the machine's token")
     }
+}
+
+/// A 4xx other than an expired token: asking again would not help.
+fn refused_for_good(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ureq::Error>(),
+        Some(ureq::Error::Status(400..=499, _))
+    )
 }
 
 /// The ids of `machine`'s decisions in an alerts answer.

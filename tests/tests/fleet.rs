@@ -371,7 +371,9 @@ fn apiban_is_paged_remembered_and_hostile_entries_refused() -> Result<()> {
 #[test]
 fn apiban_pages_with_a_hostile_id_or_too_many_entries_are_refused() -> Result<()> {
     let s = Setup::new(FREESWITCH_JAIL)?;
-    let long_id = format!("9{}", "\u{1b}[31m".repeat(2000));
+    // All digits, so only its length is wrong: it would be kept in the
+    // state file and written into every log line of the feed.
+    let long_id = "9".repeat(10_000);
     let many: Vec<String> = (0..6000u32)
         .map(|i| std::net::Ipv4Addr::from(0xcb00_7100 + i).to_string())
         .collect();
@@ -398,13 +400,7 @@ fn apiban_pages_with_a_hostile_id_or_too_many_entries_are_refused() -> Result<()
     assert!(origins(&s.sb)?.is_empty(), "{:?}", origins(&s.sb)?);
     let log = s.daemon.log();
     assert!(log.contains("no usable `ID`"), "{log}");
-    // The ID is shown escaped and bounded (the log's own colours aside).
     let line = log.lines().find(|l| l.contains("no usable")).unwrap();
-    assert!(
-        !line.contains("\u{1b}[31m"),
-        "raw escape in the log: {line:?}"
-    );
-    assert!(line.contains("\\u{1b}[31m"), "{line:?}");
     assert!(line.len() < 600, "the ID was not bounded: {line:?}");
     // Too many addresses in a page: refused whole, the cursor stays.
     let feed2 = Server::start(

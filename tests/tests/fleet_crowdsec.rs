@@ -11,7 +11,8 @@
 //!   host never sees the key.
 //!
 //! Box A runs in the server namespace (with the real LAPI), box B in the
-//! client one.
+//! client one; the victims' packets are forged on either veth, so neither
+//! box takes a victim for an address of its own.
 use anyhow::Result;
 use sipguard_tests::{
     daemon::{cli_ok, Daemon},
@@ -19,6 +20,7 @@ use sipguard_tests::{
     fixture::{wait_until, Setup},
     http::Server,
     netns::*,
+    packet::routable_udp4,
     Sandbox,
 };
 use std::{
@@ -30,8 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Forged flood sources: addresses of neither box, given to the client
-/// namespace to flood from, then to the server one to reach box B.
+/// Forged flood sources: addresses of neither box.
 const VICTIM_LOCAL: &str = "198.51.100.81";
 const VICTIM_EXPORTED: &str = "198.51.100.82";
 const FLOOD: &str =
@@ -59,23 +60,76 @@ fn jails_of(sb: &Sandbox, addr: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Floods box A's SIP port from `victim` (in the client namespace) until
-/// A bans it as `sip-flood` (bounded: 15 s).
-fn flood_until_banned(s: &Setup, victim: &str) -> Result<()> {
-    s.pair.client.ip(&[
-        "addr",
-        "add",
-        &format!("{victim}/32"),
-        "dev",
-        &s.pair.client_if,
-    ])?;
-    let from = udp_socket(&s.pair.client, addr(victim, 0))?;
-    let to = addr(SERVER_V4, 5060);
+/// A forger on each side: frames from any source address, so neither box
+/// ever takes a victim for an address of its own.
+struct Forgers {
+    /// On the client's veth, towards box A.
+    to_a: RawSocket,
+    to_a_macs: ([u8; 6], [u8; 6]),
+    /// On the server's veth, towards box B.
+    to_b: RawSocket,
+    to_b_macs: ([u8; 6], [u8; 6]),
+}
+
+impl Forgers {
+    fn new(s: &Setup) -> Result<Self> {
+        let (client, server) = s.pair.macs()?;
+        let iface = s.pair.server_if.clone();
+        Ok(Self {
+            to_a: s.pair.forger()?,
+            to_a_macs: (client, server),
+            to_b: in_netns_scoped(&s.pair.server, move || RawSocket::bind(&iface))?,
+            to_b_macs: (server, client),
+        })
+    }
+}
+
+fn v4(ip: &str) -> [u8; 4] {
+    ip.parse::<std::net::Ipv4Addr>()
+        .expect("test addresses are valid")
+        .octets()
+}
+
+/// How many of `n` datagrams forged from `src` reach `to`'s socket.
+fn forged_reach(
+    raw: &RawSocket,
+    macs: ([u8; 6], [u8; 6]),
+    src: &str,
+    to: &UdpSocket,
+    n: usize,
+) -> Result<usize> {
+    let dst = to.local_addr()?;
+    let std::net::IpAddr::V4(dst_ip) = dst.ip() else {
+        anyhow::bail!("IPv4 only");
+    };
+    let frame = routable_udp4(macs, v4(src), dst_ip.octets(), dst.port(), b"probe");
+    for _ in 0..n {
+        raw.send(&frame)?;
+    }
+    to.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < n && to.recv(&mut buf).is_ok() {
+        got += 1;
+    }
+    Ok(got)
+}
+
+/// Floods box A's SIP port with frames forged from `victim` until A bans
+/// it as `sip-flood` (bounded: 15 s).
+fn flood_until_banned(s: &Setup, f: &Forgers, victim: &str) -> Result<()> {
+    let frame = routable_udp4(
+        f.to_a_macs,
+        v4(victim),
+        v4(SERVER_V4),
+        5060,
+        b"OPTIONS sip:flood@x SIP/2.0\r\n\r\n",
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         for _ in 0..100 {
             for _ in 0..10 {
-                from.send_to(b"OPTIONS sip:flood@x SIP/2.0\r\n\r\n", to)?;
+                f.to_a.send(&frame)?;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -84,11 +138,6 @@ fn flood_until_banned(s: &Setup, victim: &str) -> Result<()> {
         }
     }
     anyhow::bail!("{victim} was not banned for its flood: {:?}", bans(&s.sb)?)
-}
-
-/// How many of `n` datagrams from `from` reach `to`.
-fn reach(from: &UdpSocket, to: &UdpSocket, n: usize) -> Result<usize> {
-    udp_delivered(from, to, n)
 }
 
 #[test]
@@ -107,9 +156,10 @@ fn a_forged_flood_never_becomes_a_fleet_wide_all_ports_ban() -> Result<()> {
         "[crowdsec]\napi_url = \"http://{SERVER_V4}:{LAPI_PORT}/\"\napi_key = \"{key_b}\"\nupdate_frequency = \"1s\"\nall_ports = true\n"
     ))?;
     let _box_b = Daemon::start(&s.pair.client, &sb_b, &["--iface", &s.pair.client_if])?;
+    let forgers = Forgers::new(&s)?;
 
     // Without `[flood] export`: the ban stays on box A.
-    flood_until_banned(&s, VICTIM_LOCAL)?;
+    flood_until_banned(&s, &forgers, VICTIM_LOCAL)?;
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         !lapi.decisions()?.to_string().contains(VICTIM_LOCAL),
@@ -122,7 +172,7 @@ fn a_forged_flood_never_becomes_a_fleet_wide_all_ports_ban() -> Result<()> {
     // own 10 minutes.
     s.sb.write_config(&format!("{crowdsec_a}{FLOOD}export = true\n"))?;
     s.cli(&["reload"])?;
-    flood_until_banned(&s, VICTIM_EXPORTED)?;
+    flood_until_banned(&s, &forgers, VICTIM_EXPORTED)?;
     wait_until(10, "the flood ban is a decision in the LAPI", || {
         Ok(lapi.decisions()?.to_string().contains(VICTIM_EXPORTED))
     })?;
@@ -145,34 +195,30 @@ fn a_forged_flood_never_becomes_a_fleet_wide_all_ports_ban() -> Result<()> {
     // it is still the one sip-flood ban, and port 53 still answers.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(jails_of(&s.sb, VICTIM_EXPORTED)?, ["sip-flood"]);
-    let from_victim = udp_socket(&s.pair.client, addr(VICTIM_EXPORTED, 0))?;
     let dns_a = udp_socket(&s.pair.server, addr(SERVER_V4, 53))?;
     assert_eq!(
-        reach(&from_victim, &dns_a, 5)?,
+        forged_reach(&forgers.to_a, forgers.to_a_macs, VICTIM_EXPORTED, &dns_a, 5)?,
         5,
         "box A widened its own ban"
     );
 
     // On box B: the victim's traffic to SIP drops, to other ports flows.
-    s.pair.client.ip(&[
-        "addr",
-        "del",
-        &format!("{VICTIM_EXPORTED}/32"),
-        "dev",
-        &s.pair.client_if,
-    ])?;
-    s.pair.server.ip(&[
-        "addr",
-        "add",
-        &format!("{VICTIM_EXPORTED}/32"),
-        "dev",
-        &s.pair.server_if,
-    ])?;
-    let victim_b = udp_socket(&s.pair.server, addr(VICTIM_EXPORTED, 0))?;
     let sip_b = udp_socket(&s.pair.client, addr(CLIENT_V4, 5060))?;
     let dns_b = udp_socket(&s.pair.client, addr(CLIENT_V4, 53))?;
-    assert_eq!(reach(&victim_b, &sip_b, 5)?, 0, "box B must drop SIP");
-    assert_eq!(reach(&victim_b, &dns_b, 5)?, 5, "box B dropped all ports");
+    let (raw, macs) = (&forgers.to_b, forgers.to_b_macs);
+    assert_eq!(
+        forged_reach(raw, macs, VICTIM_EXPORTED, &sip_b, 5)?,
+        0,
+        "box B must drop SIP: {:?}",
+        bans(&sb_b)?
+    );
+    assert_eq!(
+        forged_reach(raw, macs, VICTIM_EXPORTED, &dns_b, 5)?,
+        5,
+        "box B dropped all ports"
+    );
+    // The flood kept on box A reaches nothing of box B's either.
+    assert_eq!(forged_reach(raw, macs, VICTIM_LOCAL, &sip_b, 5)?, 5);
     assert!(jails_of(&sb_b, VICTIM_LOCAL)?.is_empty());
 
     // A's operator unbans: the LAPI loses the decision, box B lifts it,

@@ -813,4 +813,21 @@ mod tests {
         std::fs::write(&bad, [0xff, 0xfe, b'\n']).unwrap();
         assert!(format!("{:#}", Config::load(&bad, true).unwrap_err()).contains("not UTF-8"));
     }
+
+    #[test]
+    fn crowdsec_machine_id_is_one_word_and_max_decisions_positive() {
+        let base = "[crowdsec]\napi_key = \"k\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(
+            c.crowdsec.unwrap().settings().unwrap().max_decisions,
+            crate::fleet::crowdsec::DEFAULT_MAX_DECISIONS
+        );
+        assert!(err(&format!("{base}max_decisions = 0\n")).contains("max_decisions"));
+        for bad in ["a b", "box\\u001b", ""] {
+            let text = format!("{base}machine_id = \"{bad}\"\npassword = \"p\"\n");
+            assert!(err(&text).contains("one word"), "{bad:?}");
+        }
+        let ok = format!("{base}machine_id = \"box-1\"\npassword = \"p\"\n");
+        assert!(Config::parse(&ok, "t").is_ok());
+    }
 }

@@ -210,8 +210,15 @@ pub struct CrowdsecConfig {
     pub machine_id: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Decisions taken from one LAPI answer; beyond, the rest are skipped
+    /// (counted, logged): what a hostile LAPI can make this box hold.
+    #[serde(default = "default_max_decisions")]
+    pub max_decisions: usize,
 }
 
+fn default_max_decisions() -> usize {
+    crate::fleet::crowdsec::DEFAULT_MAX_DECISIONS
+}
 fn default_lapi() -> String {
     "http://127.0.0.1:8080/".into()
 }
@@ -250,6 +257,7 @@ impl CrowdsecConfig {
             all_ports: self.all_ports,
             machine_id: self.machine_id.clone(),
             password: self.password.clone(),
+            max_decisions: self.max_decisions,
         })
     }
 }
@@ -677,6 +685,16 @@ impl Config {
             if c.update_frequency < Duration::from_secs(1) {
                 bail!("[crowdsec] `update_frequency` must be at least 1s");
             }
+            if c.max_decisions == 0 {
+                bail!("[crowdsec] `max_decisions` must be at least 1");
+            }
+            // The id is written into exported scenarios and recognized in
+            // the stream: one word, as `cscli machines add` makes them.
+            if c.machine_id.as_deref().is_some_and(|m| {
+                m.is_empty() || m.len() > 128 || !m.bytes().all(|b| b.is_ascii_graphic())
+            }) {
+                bail!("[crowdsec] `machine_id` must be one word of printable ASCII, at most 128 bytes");
+            }
         }
         if let Some(r) = &self.redis {
             crate::fleet::redis::check_url(&r.url).context("[redis] key `url`")?;
@@ -918,5 +936,22 @@ mod tests {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, [0xff, 0xfe, b'\n']).unwrap();
         assert!(format!("{:#}", Config::load(&bad, true).unwrap_err()).contains("not UTF-8"));
+    }
+
+    #[test]
+    fn crowdsec_machine_id_is_one_word_and_max_decisions_positive() {
+        let base = "[crowdsec]\napi_key = \"k\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(
+            c.crowdsec.unwrap().settings().unwrap().max_decisions,
+            crate::fleet::crowdsec::DEFAULT_MAX_DECISIONS
+        );
+        assert!(err(&format!("{base}max_decisions = 0\n")).contains("max_decisions"));
+        for bad in ["a b", "box\\u001b", ""] {
+            let text = format!("{base}machine_id = \"{bad}\"\npassword = \"p\"\n");
+            assert!(err(&text).contains("one word"), "{bad:?}");
+        }
+        let ok = format!("{base}machine_id = \"box-1\"\npassword = \"p\"\n");
+        assert!(Config::parse(&ok, "t").is_ok());
     }
 }

@@ -20,7 +20,8 @@ pub struct Request {
     pub body: String,
 }
 
-/// How the server answers: status and body, decided per request.
+/// How the server answers: status and body, decided per request (for a
+/// 3xx, the body is the `Location`).
 pub type Answer = Box<dyn Fn(&Request) -> (u16, String) + Send>;
 
 /// Listens on 127.0.0.1 (a free port) in a namespace until dropped.
@@ -119,9 +120,14 @@ fn serve_one(stream: std::net::TcpStream, answer: &Answer) -> Result<Request> {
     };
     let (status, text) = answer(&req);
     let mut stream = stream;
+    // A redirect's text is where it points.
+    let (location, text) = match status {
+        300..=399 => (format!("Location: {text}\r\n"), String::new()),
+        _ => (String::new(), text),
+    };
     // One write: a client may stop reading after the status line.
     let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status} X\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
         text.len()
     );
     let _ = stream.write_all(response.as_bytes());

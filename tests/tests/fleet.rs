@@ -383,3 +383,63 @@ fn apiban_is_paged_remembered_and_hostile_entries_refused() -> Result<()> {
     assert!(origins(&s.sb)?.is_empty(), "{:?}", origins(&s.sb)?);
     Ok(())
 }
+
+#[test]
+fn apiban_pages_with_a_hostile_id_or_too_many_entries_are_refused() -> Result<()> {
+    let s = Setup::new(FREESWITCH_JAIL)?;
+    // All digits, so only its length is wrong: it would be kept in the
+    // state file and written into every log line of the feed.
+    let long_id = "9".repeat(10_000);
+    let many: Vec<String> = (0..6000u32)
+        .map(|i| std::net::Ipv4Addr::from(0xcb00_7100 + i).to_string())
+        .collect();
+    let feed = Server::start(
+        &s.pair.server,
+        Box::new(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            match body["id"].as_str() {
+                Some("100") => (
+                    200,
+                    serde_json::json!({ "ipaddress": ["203.0.113.80"], "ID": long_id }).to_string(),
+                ),
+                _ => (404, r#"{"ipaddress":["no new bans"],"ID":"none"}"#.into()),
+            }
+        }),
+    )?;
+    s.sb.write_config(&format!(
+        "[apiban]\nkey = \"k\"\nurl = \"{}\"\ninterval = \"1m\"\n{FREESWITCH_JAIL}",
+        feed.url("/api/")
+    ))?;
+    s.cli(&["reload"])?;
+    feed.next(Duration::from_secs(10)).expect("APIBAN asked");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(origins(&s.sb)?.is_empty(), "{:?}", origins(&s.sb)?);
+    let log = s.daemon.log();
+    assert!(log.contains("no usable `ID`"), "{log}");
+    let line = log.lines().find(|l| l.contains("no usable")).unwrap();
+    assert!(line.len() < 600, "the ID was not bounded: {line:?}");
+    // Too many addresses in a page: refused whole, the cursor stays.
+    let feed2 = Server::start(
+        &s.pair.server,
+        Box::new(move |_| {
+            (
+                200,
+                serde_json::json!({ "ipaddress": many, "ID": "200" }).to_string(),
+            )
+        }),
+    )?;
+    s.sb.write_config(&format!(
+        "[apiban]\nkey = \"k\"\nurl = \"{}\"\ninterval = \"1m\"\n{FREESWITCH_JAIL}",
+        feed2.url("/api/")
+    ))?;
+    s.cli(&["reload"])?;
+    feed2.next(Duration::from_secs(10)).expect("APIBAN asked");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(origins(&s.sb)?.is_empty());
+    assert!(
+        s.daemon.log().contains("addresses in one page"),
+        "{}",
+        s.daemon.log()
+    );
+    Ok(())
+}

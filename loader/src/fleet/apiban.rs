@@ -20,8 +20,8 @@ pub const BAN_FOR: Duration = Duration::from_secs(7 * 86_400);
 const RATE: (usize, Duration) = (11, Duration::from_secs(120));
 /// Pages read per poll before waiting for the next one.
 const MAX_PAGES: usize = 100;
-/// Largest answer read.
-const MAX_BODY: u64 = 16 << 20;
+/// Largest answer read (a page of 250 addresses is ~10 kB).
+const MAX_BODY: u64 = 1 << 20;
 /// The first ID: everything APIBAN holds.
 pub const FIRST_ID: &str = "100";
 
@@ -43,28 +43,50 @@ pub enum Page {
     NoNewBans,
 }
 
+/// Longest `ID` taken (APIBAN's are a few digits).
+const MAX_ID: usize = 32;
+/// Addresses taken from one page (APIBAN sends up to 250).
+const MAX_ADDRESSES: usize = 5_000;
+/// Longest address string (an IPv6 range is under 50 bytes).
+const MAX_ADDRESS: usize = 64;
+
 /// Reads an answer; anything else is an error (and the cursor stays).
+/// Bounded: the body's size (by the caller), the addresses per page (the
+/// page is refused beyond), each address's length (skipped beyond), and
+/// the `ID`, which is kept and written into log lines.
 pub fn parse_page(body: &[u8]) -> Result<Page> {
-    let v: serde_json::Value = serde_json::from_slice(body).context("not JSON")?;
-    let list: Vec<String> = v["ipaddress"]
-        .as_array()
-        .context("no `ipaddress` list")?
-        .iter()
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .collect();
-    let id = match &v["ID"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => n.to_string(),
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(default, borrow)]
+        ipaddress: Option<Vec<std::borrow::Cow<'a, str>>>,
+        #[serde(rename = "ID", default)]
+        id: Option<serde_json::Value>,
+    }
+    let raw: Raw = serde_json::from_slice(body).context("not an APIBAN answer")?;
+    let list = raw.ipaddress.context("no `ipaddress` list")?;
+    let id = match &raw.id {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
         _ => String::new(),
     };
     if list.iter().any(|a| a == "no new bans") || id == "none" || list.is_empty() {
         return Ok(Page::NoNewBans);
     }
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        bail!("no usable `ID` to go on from");
+    if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|c| c.is_ascii_alphanumeric()) {
+        bail!(
+            "no usable `ID` to go on from ({:?}: at most {MAX_ID} letters or digits)",
+            crate::text::escape(crate::text::bounded(&id, MAX_ID))
+        );
+    }
+    if list.len() > MAX_ADDRESSES {
+        bail!("{} addresses in one page, over {MAX_ADDRESSES}", list.len());
     }
     Ok(Page::Bans {
-        addresses: list,
+        addresses: list
+            .into_iter()
+            .filter(|a| a.len() <= MAX_ADDRESS)
+            .map(|a| a.into_owned())
+            .collect(),
         next: id,
     })
 }
@@ -86,11 +108,13 @@ impl Pace {
     }
 }
 
+/// Starts the feed, supervised (a panic costs a restart, from the last
+/// cursor handed to the daemon).
 pub fn start(s: Settings, cursor: String, tx: InboundTx, stop: mpsc::Receiver<()>) {
-    std::thread::Builder::new()
-        .name("sipguard-apiban".into())
-        .spawn(move || run(&s, cursor, &tx, &stop))
-        .expect("cannot start the APIBAN thread");
+    super::supervise("apiban", stop, move |stop| {
+        run(&s, cursor.clone(), &tx, stop);
+        Ok(())
+    });
 }
 
 fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<()>) {
@@ -141,7 +165,8 @@ fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<(
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "APIBAN: {e:#}; bans in force stay, next try in {} s",
+                        "APIBAN: {}; bans in force stay, next try in {} s",
+                        crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &s.url)),
                         s.interval.as_secs()
                     );
                     break;
@@ -168,8 +193,14 @@ fn fetch(agent: &ureq::Agent, url: &str, s: &Settings, id: &str) -> Result<Page>
         }
         Err(e) => return Err(e.into()),
     };
+    let resp = super::no_redirect(resp)?;
     let mut body = Vec::new();
-    resp.into_reader().take(MAX_BODY).read_to_end(&mut body)?;
+    resp.into_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)?;
+    if body.len() as u64 > MAX_BODY {
+        bail!("an answer over {MAX_BODY} bytes");
+    }
     parse_page(&body)
 }
 
@@ -197,12 +228,33 @@ mod tests {
                 next: "77".into()
             }
         );
+        let long_id = format!(r#"{{"ipaddress":["1.2.3.4"],"ID":"{}"}}"#, "9".repeat(33));
+        let many = format!(
+            r#"{{"ipaddress":[{}"1.2.3.4"],"ID":"5"}}"#,
+            "\"1.2.3.4\",".repeat(MAX_ADDRESSES)
+        );
         for bad in [
             &b"<html>"[..],
             br#"{"ID":"5"}"#,
             br#"{"ipaddress":["1.2.3.4"],"ID":"../x"}"#,
+            br#"{"ipaddress":["1.2.3.4"],"ID":"12\u001b[31m"}"#,
+            br#"{"ipaddress":[1,2],"ID":"5"}"#,
+            long_id.as_bytes(),
+            many.as_bytes(),
         ] {
             assert!(parse_page(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        // An over-long entry is skipped; the page stands.
+        let long_entry = format!(
+            r#"{{"ipaddress":["{}","192.0.2.1"],"ID":"6"}}"#,
+            "1".repeat(65)
+        );
+        assert_eq!(
+            parse_page(long_entry.as_bytes()).unwrap(),
+            Page::Bans {
+                addresses: vec!["192.0.2.1".into()],
+                next: "6".into()
+            }
+        );
     }
 }

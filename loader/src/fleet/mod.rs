@@ -229,13 +229,32 @@ pub fn deliver(tx: &InboundTx, origin: &str, bans: Vec<RemoteDecision>) -> bool 
     true
 }
 
-/// An HTTP agent with bounded waits: an engine that hangs is an outage.
+/// An HTTP agent with bounded waits (an engine that hangs is an outage)
+/// that follows no redirect: its requests carry credentials (`X-Api-Key`,
+/// a Bearer token) that must never reach another host. A 3xx comes back
+/// as an answer; [`no_redirect`] makes it an error.
 pub fn http_agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
+        .redirects(0)
         .user_agent(concat!("sipguard/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// `resp`, unless it is a redirect: then a clear error naming where it
+/// pointed (without its secrets), and nothing was sent there.
+pub fn no_redirect(resp: ureq::Response) -> anyhow::Result<ureq::Response> {
+    if !(300..400).contains(&resp.status()) {
+        return Ok(resp);
+    }
+    let to = resp
+        .header("location")
+        .map_or_else(|| "nowhere".to_owned(), crate::text::redact_url);
+    anyhow::bail!(
+        "the server answered {} (a redirect to {to}); redirects are not followed with credentials: configure the final URL",
+        resp.status()
+    )
 }
 
 /// Percent-encodes a query parameter value.

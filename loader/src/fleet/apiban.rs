@@ -166,7 +166,7 @@ fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<(
                 Err(e) => {
                     tracing::warn!(
                         "APIBAN: {}; bans in force stay, next try in {} s",
-                        crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &s.url)),
+                        crate::text::redact_in(&format!("{e:#}"), &s.url),
                         s.interval.as_secs()
                     );
                     break;

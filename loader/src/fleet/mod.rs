@@ -430,7 +430,10 @@ impl Workers {
         if let Some(s) = &plan.crowdsec {
             if let Some(key) = &s.api_key {
                 crowdsec::start_bouncer(s.clone(), key.clone(), tx.clone(), stop());
-                tracing::info!("CrowdSec: enforcing the decisions of {}", s.api_url);
+                tracing::info!(
+                    "CrowdSec: enforcing the decisions of {}",
+                    crate::text::redact_url(&s.api_url)
+                );
             }
             if s.machine_id.is_some() {
                 let (outlet, rx) = Outlet::new("CrowdSec alerts", 10_000);
@@ -438,7 +441,7 @@ impl Workers {
                 outlets.push(outlet);
                 tracing::info!(
                     "CrowdSec: sending this box's bans to {} as alerts",
-                    s.api_url
+                    crate::text::redact_url(&s.api_url)
                 );
             }
         }

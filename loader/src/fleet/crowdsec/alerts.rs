@@ -106,10 +106,7 @@ impl Sender {
                         "CrowdSec: cannot send {} alert(s) and {} deletion(s): {}; again in {} s",
                         self.queue.len().min(ALERT_BATCH),
                         self.deletions.len(),
-                        crate::text::escape(&crate::text::redact_in(
-                            &format!("{e:#}"),
-                            &self.s.api_url
-                        )),
+                        crate::text::redact_in(&format!("{e:#}"), &self.s.api_url),
                         self.backoff.as_secs()
                     );
                     self.retry_at = Some(Instant::now() + self.backoff);
@@ -175,7 +172,7 @@ impl Sender {
                 Err(e) if refused_for_good(&e) => tracing::warn!(
                     "CrowdSec: cannot delete this machine's decisions of {}: {}",
                     crate::addr::display(&net),
-                    crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &self.s.api_url))
+                    crate::text::redact_in(&format!("{e:#}"), &self.s.api_url)
                 ),
                 Err(e) => return Err(e),
             }

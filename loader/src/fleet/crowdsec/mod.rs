@@ -205,7 +205,7 @@ fn bouncer(s: &Settings, key: &str, tx: &InboundTx, stop: &mpsc::Receiver<()>) {
                 if !failing {
                     tracing::warn!(
                         "CrowdSec: cannot pull decisions from {url}: {}; what is in force stays, and the full list is read again once it answers",
-                        crate::text::escape(&crate::text::redact_in(&format!("{e:#}"), &s.api_url))
+                        crate::text::redact_in(&format!("{e:#}"), &s.api_url)
                     );
                 }
                 failing = true;

@@ -34,12 +34,29 @@ const MAX_BYTES: u64 = 16 << 20;
 /// Longest a `$${variable}` expansion may grow (`set b=$${a}$${a}`, then
 /// `set c=$${b}$${b}`, ... doubles at each line).
 const MAX_VALUE: usize = 64 * 1024;
+/// Most text the walk holds after expansion, all tags and `set`s together:
+/// a million small tags each expanding a 64 KiB variable would otherwise
+/// be tens of GiB from a 16 MiB tree.
+const MAX_EXPANDED: usize = 16 << 20;
+/// What one kept tag costs beyond its text (counted against `MAX_EXPANDED`).
+const TAG_OVERHEAD: usize = 64;
+/// Most wildcard components in one include pattern (`/*/*/*/x` would
+/// walk the whole file system).
+const MAX_WILDCARDS: usize = 2;
+/// Most entries read from one folder while globbing.
+const MAX_DIR_ENTRIES: usize = 4096;
+/// Most folder entries the walk reads, all globs together.
+const MAX_ENTRIES: usize = 65_536;
+/// Most gateway hosts kept (each is resolved).
+const MAX_HOSTS: usize = 256;
 
 /// What is left of the walk's bounds.
 struct Budget {
     files: usize,
     bytes: u64,
-    /// The file bound was hit (and said so, once).
+    expanded: usize,
+    entries: usize,
+    /// A bound was hit (and said so, once): nothing more is read.
     spent: bool,
 }
 
@@ -48,24 +65,48 @@ impl Budget {
         Self {
             files: MAX_FILES,
             bytes: MAX_BYTES,
+            expanded: MAX_EXPANDED,
+            entries: MAX_ENTRIES,
             spent: false,
         }
     }
 
-    /// One more file to consider: false once `MAX_FILES` are, with one
-    /// warning for the whole walk.
+    /// Ends the walk with one warning for the whole of it.
+    fn stop(&mut self, file: &Path, why: &str, warnings: &mut Vec<String>) {
+        if !self.spent {
+            self.spent = true;
+            warnings.push(format!(
+                "{}: not read, nor anything after it: {why}",
+                shown(file)
+            ));
+        }
+    }
+
+    /// One more file to consider: false once `MAX_FILES` are, or another
+    /// bound ended the walk.
     fn take_file(&mut self, file: &Path, warnings: &mut Vec<String>) -> bool {
         if self.files == 0 {
-            if !self.spent {
-                self.spent = true;
-                warnings.push(format!(
-                    "{}: not read, nor anything after it: discovery reads at most {MAX_FILES} files (includes fanning out?)",
-                    shown(file)
-                ));
-            }
+            let why = format!("discovery reads at most {MAX_FILES} files (includes fanning out?)");
+            self.stop(file, &why, warnings);
+        }
+        if self.spent {
             return false;
         }
         self.files -= 1;
+        true
+    }
+
+    /// `n` more bytes of expanded text held: false (and the walk ends) past
+    /// `MAX_EXPANDED`.
+    fn hold(&mut self, n: usize, file: &Path, warnings: &mut Vec<String>) -> bool {
+        if n > self.expanded {
+            let why = format!(
+                "discovery holds at most {MAX_EXPANDED} bytes of expanded text ($${{variables}} repeated?)"
+            );
+            self.stop(file, &why, warnings);
+            return false;
+        }
+        self.expanded -= n;
         true
     }
 }
@@ -141,7 +182,6 @@ pub fn discover(dir: &Path) -> Discovered {
     };
     let mut vars = builtin_vars(dir);
     let mut budget = Budget::new();
-    let mut ignored = Vec::new();
     // vars.xml: `set` lines only (and what it includes).
     let mut tags = Vec::new();
     read_tree(
@@ -153,18 +193,22 @@ pub fn discover(dir: &Path) -> Discovered {
         &mut d.warnings,
         &mut budget,
     );
-    ignored.append(&mut tags);
+    drop(tags);
     if !dir.join("vars.xml").is_file() {
         d.warnings.push(format!("{}: no vars.xml", dir.display()));
     }
 
     // Every SIP profile, as sofia.conf.xml includes them.
-    let profiles = glob_sorted(&dir.join("sip_profiles/*.xml"));
+    let profiles = glob_sorted(
+        &dir.join("sip_profiles/*.xml"),
+        &mut budget,
+        &mut d.warnings,
+    );
     if profiles.is_empty() {
         d.warnings
             .push(format!("{}: no sip_profiles/*.xml", dir.display()));
     }
-    let mut pending_hosts: Vec<(String, String, String)> = Vec::new();
+    let mut pending_hosts = Hosts::default();
     for file in profiles {
         let mut tags = Vec::new();
         read_tree(
@@ -206,7 +250,7 @@ pub fn discover(dir: &Path) -> Discovered {
             })
         });
 
-    d.trunks = resolve(pending_hosts, &mut d.warnings);
+    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
     // A file included a hundred times says what is wrong with it once.
     let mut seen = std::collections::HashSet::new();
     d.warnings.retain(|w| seen.insert(w.clone()));
@@ -236,7 +280,8 @@ struct Tag {
     name: String,
     closing: bool,
     attrs: Vec<(String, String)>,
-    file: PathBuf,
+    /// Shared by all the file's tags.
+    file: std::rc::Rc<Path>,
 }
 
 impl Tag {
@@ -277,17 +322,26 @@ fn read_tree(
         return;
     };
     let text = COMMENT.replace_all(&text, "");
+    let shared: std::rc::Rc<Path> = file.into();
     for cap in TAG.captures_iter(&text) {
         let name = cap[2].to_owned();
-        let attrs: Vec<(String, String)> = ATTR
-            .captures_iter(&cap[3])
-            .map(|a| (a[1].to_owned(), expand(&a[2], vars)))
-            .collect();
+        let mut attrs = Vec::new();
+        for a in ATTR.captures_iter(&cap[3]) {
+            let value = expand(&a[2], vars);
+            // Every expanded value is held (as a tag's or a variable's).
+            if !budget.hold(a[1].len() + value.len(), file, warnings) {
+                return;
+            }
+            attrs.push((a[1].to_owned(), value));
+        }
+        if !budget.hold(name.len() + TAG_OVERHEAD, file, warnings) {
+            return;
+        }
         let tag = Tag {
             name,
             closing: &cap[1] == "/",
             attrs,
-            file: file.to_owned(),
+            file: shared.clone(),
         };
         if tag.name != "X-PRE-PROCESS" {
             out.push(tag);
@@ -309,7 +363,11 @@ fn read_tree(
                 } else {
                     file.parent().unwrap_or(conf).join(data)
                 };
-                for f in glob_sorted(&pattern) {
+                if budget.spent || budget.files == 0 {
+                    budget.take_file(&pattern, warnings);
+                    return;
+                }
+                for f in glob_sorted(&pattern, budget, warnings) {
                     read_tree(&f, conf, depth + 1, vars, out, warnings, budget);
                 }
             }
@@ -388,22 +446,91 @@ fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
 
 /// The paths `pattern` matches, sorted, at most `MAX_FILES` of them.
 /// FreeSWITCH expands includes with glob(3), where `**` is `*`: so here
-/// too, and a pattern never walks a whole tree.
-fn glob_sorted(pattern: &Path) -> Vec<PathBuf> {
-    let mut pattern = pattern.display().to_string();
-    while pattern.contains("**") {
-        pattern = pattern.replace("**", "*");
+/// too. A pattern never walks a whole tree: at most `MAX_WILDCARDS`
+/// components with wildcards, `MAX_DIR_ENTRIES` entries read from each
+/// folder (streamed, never a whole folder at once) and the walk's
+/// `entries` in all.
+fn glob_sorted(pattern: &Path, budget: &mut Budget, warnings: &mut Vec<String>) -> Vec<PathBuf> {
+    use std::path::Component;
+    let wild = |c: &str| c.contains(['*', '?', '[']);
+    let parts: Vec<Component> = pattern.components().collect();
+    let wildcards = parts
+        .iter()
+        .filter(|c| wild(&c.as_os_str().to_string_lossy()))
+        .count();
+    if wildcards > MAX_WILDCARDS {
+        warnings.push(format!(
+            "{}: not followed: more than {MAX_WILDCARDS} wildcard components",
+            shown(pattern)
+        ));
+        return Vec::new();
     }
-    let mut files: Vec<PathBuf> = glob::glob(&pattern)
-        .map(|g| {
-            g.filter_map(Result::ok)
-                .filter(|p| !p.is_dir())
-                .take(MAX_FILES)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut paths = vec![PathBuf::new()];
+    for part in parts {
+        let text = part.as_os_str().to_string_lossy();
+        if !wild(&text) {
+            paths.iter_mut().for_each(|p| p.push(part));
+            continue;
+        }
+        let mut text = text.into_owned();
+        while text.contains("**") {
+            text = text.replace("**", "*");
+        }
+        let Ok(matcher) = glob::Pattern::new(&text) else {
+            warnings.push(format!("{}: not a valid pattern", shown(pattern)));
+            return Vec::new();
+        };
+        let mut next = Vec::new();
+        for dir in &paths {
+            matching_entries(dir, &matcher, budget, warnings, &mut next);
+        }
+        next.sort();
+        next.truncate(MAX_FILES);
+        paths = next;
+    }
+    let mut files: Vec<PathBuf> = paths
+        .into_iter()
+        // A link that leads nowhere (or to itself) is kept: reading it says why.
+        .filter(|p| p.symlink_metadata().is_ok() && !p.is_dir())
+        .collect();
     files.sort();
     files
+}
+
+/// Appends the entries of `dir` whose names match, reading at most
+/// `MAX_DIR_ENTRIES` of them and never past the walk's entry budget.
+fn matching_entries(
+    dir: &Path,
+    matcher: &glob::Pattern,
+    budget: &mut Budget,
+    warnings: &mut Vec<String>,
+    out: &mut Vec<PathBuf>,
+) {
+    let at = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(at) else {
+        return;
+    };
+    let mut read = 0;
+    for entry in entries {
+        if read == MAX_DIR_ENTRIES || budget.entries == 0 {
+            warnings.push(format!(
+                "{}: only {read} entries read (discovery reads at most {MAX_DIR_ENTRIES} a folder, {MAX_ENTRIES} in all)",
+                shown(dir)
+            ));
+            return;
+        }
+        read += 1;
+        budget.entries -= 1;
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| matcher.matches(n)) {
+            out.push(dir.join(name));
+        }
+    }
 }
 
 fn rel(conf: &Path, file: &Path) -> String {
@@ -414,7 +541,7 @@ fn rel(conf: &Path, file: &Path) -> String {
 }
 
 /// The ports a profile listens on and the hosts of its gateways.
-fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Vec<(String, String, String)>) {
+fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
     let conf = d.conf_dir.clone();
     let mut gateway: Option<String> = None;
     let mut gateway_params: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -428,7 +555,7 @@ fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Vec<(String, Stri
             }
             ("gateway", true) => {
                 if let Some(name) = gateway.take() {
-                    gateway_hosts(&name, &gateway_params, hosts);
+                    gateway_hosts(&name, &gateway_params, hosts, &mut d.warnings);
                 }
             }
             ("profile", false) => profile_file = rel(&conf, &t.file),
@@ -491,19 +618,48 @@ fn is_true(v: &str) -> bool {
     matches!(v.trim(), "true" | "yes" | "on" | "1")
 }
 
+/// The gateways' hosts to resolve: (gateway, host, from), each host once,
+/// at most `MAX_HOSTS`.
+#[derive(Default)]
+struct Hosts {
+    list: Vec<(String, String, String)>,
+    seen: std::collections::HashSet<String>,
+    /// `MAX_HOSTS` were kept (and that was said).
+    full: bool,
+}
+
+impl Hosts {
+    fn add(&mut self, gateway: &str, host: String, from: String, warnings: &mut Vec<String>) {
+        if self.seen.contains(&host) {
+            return;
+        }
+        if self.list.len() == MAX_HOSTS {
+            if !self.full {
+                self.full = true;
+                warnings.push(format!(
+                    "{}: not protected, nor any gateway host after it: discovery keeps at most {MAX_HOSTS}",
+                    crate::text::escape(&from)
+                ));
+            }
+            return;
+        }
+        self.seen.insert(host.clone());
+        self.list.push((gateway.to_owned(), host, from));
+    }
+}
+
 /// A gateway's peers: proxy (else realm, else its name), register-proxy,
 /// outbound-proxy.
 fn gateway_hosts(
     name: &str,
     params: &BTreeMap<String, (String, String)>,
-    out: &mut Vec<(String, String, String)>,
+    out: &mut Hosts,
+    warnings: &mut Vec<String>,
 ) {
     let mut add = |key: &str, value: &str, file: &str| {
         if let Some(host) = sip_host(value) {
             let from = format!("{file}: gateway {name} {key}");
-            if !out.iter().any(|(_, h, _)| *h == host) {
-                out.push((name.to_owned(), host, from));
-            }
+            out.add(name, host, from, warnings);
         }
     };
     let file = params

@@ -116,6 +116,28 @@ pub fn read_at_most(file: &File, max: u64) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Reads a small regular file whole (a key, `resolv.conf`), never blocking
+/// (see `open_regular`) and never reading more than `max` bytes: anything
+/// else is an error that says what is there instead.
+pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = match open_regular(path)? {
+        Opened::File(f, _) => f,
+        Opened::Missing => return Err(io::ErrorKind::NotFound.into()),
+        Opened::NotRegular(m) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}, not a regular file: not read", kind(&m)),
+            ))
+        }
+    };
+    read_at_most(&file, max)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes: not read"),
+        )
+    })
+}
+
 /// Makes a FIFO at `path`, for tests.
 #[cfg(test)]
 pub(crate) fn mkfifo(path: &Path) {
@@ -260,6 +282,29 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(woken.try_recv().is_err(), "the FIFO was opened for reading");
         release(&fifo, &woken);
+    }
+
+    #[test]
+    fn small_files_are_read_and_anything_else_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (small, big, fifo) = (
+            dir.path().join("small"),
+            dir.path().join("big"),
+            dir.path().join("fifo"),
+        );
+        fs::write(&small, b"key\n").unwrap();
+        fs::File::create(&big).unwrap().set_len(1 << 40).unwrap();
+        mkfifo(&fifo);
+        assert_eq!(read_small(&small, 64).unwrap(), b"key\n");
+        let err = read_small(&big, 64).unwrap_err().to_string();
+        assert!(err.contains("larger than 64 bytes"), "{err}");
+        // Without a writer, a blocking read of a FIFO never returns.
+        let err = read_small(&fifo, 64).unwrap_err().to_string();
+        assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        let err = read_small(Path::new("/dev/zero"), 64).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        let err = read_small(&dir.path().join("none"), 64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

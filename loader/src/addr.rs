@@ -212,7 +212,7 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         tx.send(()).unwrap();
         let most = watcher.join().unwrap();
-        assert!(most >= 1 && most <= RESOLVERS, "{most} resolver threads");
+        assert!((1..=RESOLVERS).contains(&most), "{most} resolver threads");
         assert_eq!(found.len(), 1002);
         assert_eq!(found[1001], ["192.0.2.9".parse::<IpAddr>().unwrap()]);
         assert!(found[..1000].iter().all(Vec::is_empty));

@@ -215,8 +215,7 @@ pub(super) fn matching_entries(
     let Ok(entries) = std::fs::read_dir(at) else {
         return;
     };
-    let mut read = 0;
-    for entry in entries {
+    for (read, entry) in entries.enumerate() {
         if read == MAX_DIR_ENTRIES || budget.entries == 0 {
             warnings.push(format!(
                 "{}: only {read} entries read (discovery reads at most {MAX_DIR_ENTRIES} a folder, {MAX_ENTRIES} in all)",
@@ -224,7 +223,6 @@ pub(super) fn matching_entries(
             ));
             return;
         }
-        read += 1;
         budget.entries -= 1;
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();

@@ -191,7 +191,7 @@ mod tests {
         assert!(parse_ban_net("2001:db8::/64").is_ok());
     }
 
-    /// A thousand names: at most `RESOLVERS` threads look them up, the
+    /// A thousand names: a few threads look them up (not one a name), the
     /// deadline is kept, literal addresses need none.
     #[test]
     fn lookups_use_a_small_pool_within_the_deadline() {
@@ -212,7 +212,11 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         tx.send(()).unwrap();
         let most = watcher.join().unwrap();
-        assert!((1..=RESOLVERS).contains(&most), "{most} resolver threads");
+        // Other tests resolve in parallel: all calls together stay in bounds.
+        assert!(
+            (1..=MAX_RESOLVERS).contains(&most),
+            "{most} resolver threads"
+        );
         assert_eq!(found.len(), 1002);
         assert_eq!(found[1001], ["192.0.2.9".parse::<IpAddr>().unwrap()]);
         assert!(found[..1000].iter().all(Vec::is_empty));

@@ -237,11 +237,16 @@ impl CrowdsecConfig {
     pub fn settings(&self) -> Result<crate::fleet::crowdsec::Settings> {
         let api_key = match (&self.api_key, &self.api_key_file) {
             (Some(k), _) => Some(k.trim().to_owned()),
+            // A key is small: a FIFO or a huge file in its place is an
+            // error, never a stall.
             (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("[crowdsec] api_key_file {}", f.display()))?
-                    .trim()
-                    .to_owned(),
+                String::from_utf8(
+                    crate::files::read_small(f, 64 * 1024)
+                        .with_context(|| format!("[crowdsec] api_key_file {}", f.display()))?,
+                )
+                .with_context(|| format!("[crowdsec] api_key_file {}: not UTF-8", f.display()))?
+                .trim()
+                .to_owned(),
             ),
             (None, None) => None,
         };
@@ -795,6 +800,39 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text, "test.toml").unwrap_err())
+    }
+
+    /// A FIFO (or a huge file) in place of the key file is an error,
+    /// never a stall; a real one is read and trimmed.
+    #[test]
+    fn api_key_file_is_read_without_blocking_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fifo, big, key) = (
+            dir.path().join("fifo"),
+            dir.path().join("big"),
+            dir.path().join("key"),
+        );
+        crate::files::mkfifo(&fifo);
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        std::fs::write(&key, "secret\n").unwrap();
+        let settings = |f: &std::path::Path| {
+            let text = format!("[crowdsec]\napi_key_file = {:?}\n", f.display().to_string());
+            let c = Config::parse(&text, "test.toml").unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let crowdsec = c.crowdsec.unwrap();
+            std::thread::spawn(move || {
+                let _ = tx.send(crowdsec.settings().map(|s| s.api_key));
+            });
+            rx.recv_timeout(Duration::from_secs(5)).expect("blocked")
+        };
+        let e = format!("{:#}", settings(&fifo).unwrap_err());
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        let e = format!("{:#}", settings(&big).unwrap_err());
+        assert!(e.contains("larger than"), "{e}");
+        assert_eq!(settings(&key).unwrap().as_deref(), Some("secret"));
     }
 
     #[test]

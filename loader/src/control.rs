@@ -112,8 +112,11 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Most control clients served at once (the CLI opens one a command).
+/// Most root clients served at once (the CLI opens one a command). Other
+/// users are refused at once and never held, so they cannot evict root.
 const MAX_CLIENTS: usize = 32;
+/// What a client that is not root reads before its connection is closed.
+const NOT_ROOT: &str = "only root can use the sipguard control socket";
 /// A control client silent this long (or not reading its answer) is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -125,10 +128,26 @@ pub async fn serve(
     let mut clients = Clients::new(MAX_CLIENTS, "control socket");
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => clients.spawn(client(stream, handle.clone())),
+            Ok((stream, _)) if is_root(&stream) => {
+                clients.spawn(None, client(stream, handle.clone()));
+            }
+            Ok((stream, _)) => refuse(&stream),
             Err(e) => clients.accept_failed(&e).await,
         }
     }
+}
+
+fn is_root(stream: &tokio::net::UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|c| c.uid() == 0)
+}
+
+/// Tells a client that is not root why, if its socket takes the line now
+/// (it always can, being new), and closes it: nothing waits on it.
+fn refuse(stream: &tokio::net::UnixStream) {
+    let mut line = serde_json::to_vec(&Response::err(&anyhow::anyhow!(NOT_ROOT)))
+        .expect("responses serialize");
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
 }
 
 /// One control connection: requests answered in order until it closes or
@@ -136,19 +155,12 @@ pub async fn serve(
 async fn client(stream: tokio::net::UnixStream, handle: impl Fn(Request) -> Response) {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::time::timeout;
-    let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64)).lines();
     while let Ok(Ok(Some(line))) = timeout(IDLE_TIMEOUT, lines.next_line()).await {
-        let response = if !root {
-            Response::err(&anyhow::anyhow!(
-                "only root can use the sipguard control socket"
-            ))
-        } else {
-            match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req),
-                Err(e) => Response::err(&anyhow::anyhow!("bad request: {e}")),
-            }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req),
+            Err(e) => Response::err(&anyhow::anyhow!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialize");
         out.push(b'\n');
@@ -165,17 +177,38 @@ async fn client(stream: tokio::net::UnixStream, handle: impl Fn(Request) -> Resp
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The clients a server holds at once, oldest first. A client beyond `max`
-/// closes the oldest: an idle or slow one, most likely, as a real client is
-/// answered in milliseconds. So idle connections can neither run the daemon
-/// out of descriptors nor lock out the next real client (refusing new
-/// clients instead would let a few idle ones, renewed, lock out every real
-/// one; waiting would queue real ones behind thousands of idle ones).
+/// closes the oldest of the source holding the most connections: an idle
+/// or slow one, most likely, as a real client is answered in milliseconds.
+/// So idle connections can neither run the daemon out of descriptors nor
+/// lock out the next real client (refusing new clients instead would let a
+/// few idle ones, renewed, lock out every real one; waiting would queue
+/// real ones behind thousands of idle ones), and one source flooding
+/// connections only ever closes its own.
 pub struct Clients {
     max: usize,
     what: &'static str,
     next: u64,
-    held: Rc<RefCell<VecDeque<(u64, tokio::task::AbortHandle)>>>,
+    held: Rc<RefCell<VecDeque<Held>>>,
     warned: Option<std::time::Instant>,
+}
+
+/// One client held: its id, its source, its task.
+struct Held {
+    id: u64,
+    source: Option<Source>,
+    task: tokio::task::AbortHandle,
+}
+
+/// Where a client connects from, as far as sharing the cap goes: an IPv4
+/// address, or an IPv6 /64 (what one host usually has to itself).
+pub type Source = u128;
+
+/// The source of a TCP peer.
+pub fn source(peer: std::net::SocketAddr) -> Source {
+    match peer.ip().to_canonical() {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+        std::net::IpAddr::V6(a) => u128::from(a) & !u128::from(u64::MAX),
+    }
 }
 
 impl Clients {
@@ -189,19 +222,45 @@ impl Clients {
         }
     }
 
-    /// Runs `client` on the current `LocalSet`, closing the oldest client
-    /// first if `max` are held.
-    pub fn spawn(&mut self, client: impl std::future::Future<Output = ()> + 'static) {
+    /// Runs `client` (from `source`) on the current `LocalSet`, first
+    /// closing a client of the busiest source if `max` are held.
+    pub fn spawn(
+        &mut self,
+        source: Option<Source>,
+        client: impl std::future::Future<Output = ()> + 'static,
+    ) {
         while self.held.borrow().len() >= self.max {
-            self.close_oldest();
+            self.close_busiest();
         }
         let (id, held) = (self.next, self.held.clone());
         self.next += 1;
         let task = tokio::task::spawn_local(async move {
             client.await;
-            held.borrow_mut().retain(|(i, _)| *i != id);
+            held.borrow_mut().retain(|h| h.id != id);
         });
-        self.held.borrow_mut().push_back((id, task.abort_handle()));
+        self.held.borrow_mut().push_back(Held {
+            id,
+            source,
+            task: task.abort_handle(),
+        });
+    }
+
+    /// Closes the oldest client of the source holding the most.
+    fn close_busiest(&self) {
+        let mut held = self.held.borrow_mut();
+        let mut counts = std::collections::HashMap::new();
+        for h in held.iter() {
+            *counts.entry(h.source).or_insert(0usize) += 1;
+        }
+        let Some(busiest) = counts.into_iter().max_by_key(|&(_, n)| n).map(|(s, _)| s) else {
+            return;
+        };
+        if let Some(at) = held.iter().position(|h| h.source == busiest) {
+            if let Some(h) = held.remove(at) {
+                // Dropping the task's future closes its connection.
+                h.task.abort();
+            }
+        }
     }
 
     /// How many clients are held now.
@@ -211,13 +270,6 @@ impl Clients {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn close_oldest(&self) {
-        if let Some((_, task)) = self.held.borrow_mut().pop_front() {
-            // Dropping the task's future closes its connection.
-            task.abort();
-        }
     }
 
     /// After a failed accept. Out of descriptors (or memory), the pending
@@ -245,7 +297,7 @@ impl Clients {
                 ACCEPT_BACKOFF.as_millis()
             );
         }
-        self.close_oldest();
+        self.close_busiest();
         tokio::time::sleep(ACCEPT_BACKOFF).await;
     }
 }
@@ -328,6 +380,107 @@ mod tests {
                 }
                 assert!(closed >= 100 - MAX_CLIENTS, "{closed} closed");
                 assert!(closed < 100, "the newest are kept");
+            })
+            .await;
+    }
+
+    /// Forks a child that, as user `nobody`, connects to `sock` `total`
+    /// times, holding the last 100 connections: a local user flooding the
+    /// control socket. Only raw system calls after the fork.
+    fn flood_as_nobody(sock: &Path, total: usize) -> libc::pid_t {
+        use std::os::unix::ffi::OsStrExt as _;
+        // SAFETY: a zeroed sockaddr_un is valid; the path fits (checked).
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = sock.as_os_str().as_bytes();
+        assert!(path.len() < addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: the child makes only async-signal-safe system calls and
+        // leaves with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork");
+            if pid > 0 {
+                return pid;
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                libc::_exit(2);
+            }
+            let mut held = [-1; 100];
+            for i in 0..total {
+                let slot = &mut held[i % 100];
+                if *slot >= 0 {
+                    libc::close(*slot);
+                }
+                *slot = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::connect(*slot, std::ptr::addr_of!(addr).cast(), len);
+            }
+            libc::_exit(0);
+        }
+    }
+
+    /// A user other than root floods the socket (made reachable to them,
+    /// as a careless mode would): it is refused at once and never held, so
+    /// root's requests are all answered meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn other_users_cannot_evict_root() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, |_| Response::ok(serde_json::json!("up"))));
+        local
+            .run_until(async {
+                // A refused user reads why.
+                let path = sock.clone();
+                let refused = tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("setpriv")
+                        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                        .args(["/usr/bin/python3", "-c"])
+                        .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.recv(4096).decode())")
+                        .arg(&path)
+                        .output()
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                let said = String::from_utf8_lossy(&refused.stdout);
+                assert!(said.contains(NOT_ROOT), "{said} {refused:?}");
+
+                let child = flood_as_nobody(&sock, 20_000);
+                let path = sock.clone();
+                let answers = tokio::task::spawn_blocking(move || {
+                    (0..50)
+                        .map(|_| {
+                            std::thread::sleep(Duration::from_millis(10));
+                            request_within(&path, &Request::Reload, Duration::from_secs(5))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap();
+                let mut status = 0;
+                let flooded = tokio::task::spawn_blocking(move || {
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(child, &mut status, 0) };
+                    status
+                });
+                let status = flooded.await.unwrap();
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{status}");
+                for a in answers {
+                    let a = a.expect("answered").expect("listening");
+                    assert!(a.ok, "{a:?}");
+                }
             })
             .await;
     }

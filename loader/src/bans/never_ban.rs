@@ -120,7 +120,7 @@ impl NeverBan {
                 .map(|a| (host(a), Why::Gateway)),
         );
         nets.extend(
-            nameservers(&read_or_empty(from.resolv_conf))
+            nameservers(&read_resolv_conf(from.resolv_conf))
                 .into_iter()
                 .map(|a| (host(a), Why::Resolver)),
         );
@@ -192,6 +192,20 @@ fn read_or_empty(path: &Path) -> String {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => {
             tracing::warn!("never-ban set: cannot read {}: {e}", path.display());
+            String::new()
+        }
+    }
+}
+
+/// `resolv.conf`, refreshed on the tick: never blocking on a FIFO or a
+/// device put in its place, never reading more than `MAX_RESOLV_CONF`.
+fn read_resolv_conf(path: &Path) -> String {
+    const MAX_RESOLV_CONF: u64 = 64 * 1024;
+    match crate::files::read_small(path, MAX_RESOLV_CONF) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            tracing::warn!("never-ban set: {}: {e}", path.display());
             String::new()
         }
     }
@@ -279,6 +293,34 @@ mod tests {
             nameservers(text),
             vec![ip("10.255.255.53"), ip("fe80::1"), ip("2001:db8::53")]
         );
+    }
+
+    /// A FIFO in place of resolv.conf (re-read on the tick) never blocks.
+    #[test]
+    fn a_fifo_as_resolv_conf_stalls_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("resolv.conf");
+        crate::files::mkfifo(&fifo);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let missing = fifo.with_file_name("none");
+            let set = NeverBan::discover(
+                [],
+                [],
+                &Sources {
+                    resolv_conf: &fifo,
+                    route_v4: &missing,
+                    route_v6: &missing,
+                    trunks: &[],
+                    engines: &[],
+                },
+            );
+            let _ = tx.send(set);
+        });
+        let set = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("blocked on the FIFO");
+        assert!(!set.entries().iter().any(|(_, w)| *w == Why::Resolver));
     }
 
     #[test]

@@ -453,7 +453,16 @@ fn read_chunk(file: &File, from: u64, size: u64) -> io::Result<Chunk> {
     Ok(Chunk { at, bytes, hole })
 }
 
-/// Rotated siblings of `path` (`NAME.*` in the same folder), newest first.
+/// Most entries of a log's folder read when looking for its rotated copy.
+const MAX_SIBLING_ENTRIES: usize = 4096;
+/// Most rotated copies considered (the newest): each may be opened.
+const MAX_SIBLINGS: usize = 16;
+/// Most files one `logpath` glob follows.
+const MAX_GLOB_FILES: usize = 256;
+
+/// Rotated siblings of `path` (`NAME.*` in the same folder), newest first:
+/// at most `MAX_SIBLINGS`, from the first `MAX_SIBLING_ENTRIES` entries of
+/// the folder (a folder a local user filled is not read whole each poll).
 fn siblings(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
@@ -462,6 +471,7 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(dir)
         .into_iter()
         .flatten()
+        .take(MAX_SIBLING_ENTRIES)
         .filter_map(|e| e.ok())
         .filter(|e| {
             e.file_name()
@@ -471,6 +481,7 @@ fn siblings(path: &Path) -> Vec<PathBuf> {
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.truncate(MAX_SIBLINGS);
     found.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -484,12 +495,18 @@ fn sibling_with_inode(path: &Path, pos: Position) -> Option<(PathBuf, (u64, u64)
 
 /// Expands a jail's `logpath` entries (paths or globs) to existing files;
 /// plain paths are kept even when missing, so they are picked up once created.
+/// A glob follows at most `MAX_GLOB_FILES` (the first in its order), and
+/// says so once: this runs every tick.
 pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in patterns {
         if p.contains(['*', '?', '[']) {
             if let Ok(paths) = glob::glob(p) {
-                out.extend(paths.filter_map(|r| r.ok()).filter(|p| p.is_file()));
+                let mut files = paths.filter_map(|r| r.ok()).filter(|p| p.is_file());
+                out.extend(files.by_ref().take(MAX_GLOB_FILES));
+                if files.next().is_some() {
+                    warn_once_too_many(p);
+                }
             }
         } else {
             out.push(PathBuf::from(p));
@@ -498,6 +515,22 @@ pub fn expand(patterns: &[String]) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Patterns already said to match too many files.
+static TOO_MANY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn warn_once_too_many(pattern: &str) {
+    let Ok(mut warned) = TOO_MANY.lock() else {
+        return;
+    };
+    if !warned.iter().any(|w| w == pattern) {
+        warned.push(pattern.to_owned());
+        tracing::warn!(
+            "logpath {}: more than {MAX_GLOB_FILES} files match; following the first {MAX_GLOB_FILES}",
+            crate::text::escape(pattern)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -316,3 +316,21 @@ fn globs_expand_and_plain_paths_stay() {
     assert_eq!(got.len(), 3);
     assert!(got.contains(&PathBuf::from(missing)));
 }
+
+#[test]
+fn globs_and_siblings_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..MAX_GLOB_FILES + 50 {
+        append(&dir.path().join(format!("{i:04}.log")), b"");
+    }
+    let pat = format!("{}/*.log", dir.path().display());
+    assert_eq!(expand(&[pat]).len(), MAX_GLOB_FILES);
+    // A folder filled with thousands of `NAME.*`: only the newest few are
+    // ever considered (each may be opened).
+    let log = dir.path().join("fs.log");
+    append(&log, b"");
+    for i in 0..MAX_SIBLINGS * 4 {
+        append(&dir.path().join(format!("fs.log.{i}")), b"");
+    }
+    assert_eq!(siblings(&log).len(), MAX_SIBLINGS);
+}

@@ -24,56 +24,10 @@ pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Includes nested deeper than this are not followed (a loop, or a mistake).
 const MAX_DEPTH: usize = 8;
-/// Most files one discovery considers, all includes together: an include
-/// that fans out exponentially (each file including a folder of files that
-/// include it again) stops here.
-const MAX_FILES: usize = 256;
-/// Most bytes one discovery reads, all files together (a sparse "file" of
-/// terabytes is refused by its size, before a byte of it is read).
-const MAX_BYTES: u64 = 16 << 20;
-/// Longest a `$${variable}` expansion may grow (`set b=$${a}$${a}`, then
-/// `set c=$${b}$${b}`, ... doubles at each line).
-const MAX_VALUE: usize = 64 * 1024;
 
-/// What is left of the walk's bounds.
-struct Budget {
-    files: usize,
-    bytes: u64,
-    /// The file bound was hit (and said so, once).
-    spent: bool,
-}
-
-impl Budget {
-    fn new() -> Self {
-        Self {
-            files: MAX_FILES,
-            bytes: MAX_BYTES,
-            spent: false,
-        }
-    }
-
-    /// One more file to consider: false once `MAX_FILES` are, with one
-    /// warning for the whole walk.
-    fn take_file(&mut self, file: &Path, warnings: &mut Vec<String>) -> bool {
-        if self.files == 0 {
-            if !self.spent {
-                self.spent = true;
-                warnings.push(format!(
-                    "{}: not read, nor anything after it: discovery reads at most {MAX_FILES} files (includes fanning out?)",
-                    shown(file)
-                ));
-            }
-            return false;
-        }
-        self.files -= 1;
-        true
-    }
-}
-
-/// A path for a warning: file names are anyone's text.
-fn shown(p: &Path) -> String {
-    crate::text::escape(&p.display().to_string()).into_owned()
-}
+#[path = "discovery_walk.rs"]
+mod walk;
+use walk::*;
 
 /// What was found, each with where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -141,7 +95,6 @@ pub fn discover(dir: &Path) -> Discovered {
     };
     let mut vars = builtin_vars(dir);
     let mut budget = Budget::new();
-    let mut ignored = Vec::new();
     // vars.xml: `set` lines only (and what it includes).
     let mut tags = Vec::new();
     read_tree(
@@ -153,18 +106,22 @@ pub fn discover(dir: &Path) -> Discovered {
         &mut d.warnings,
         &mut budget,
     );
-    ignored.append(&mut tags);
+    drop(tags);
     if !dir.join("vars.xml").is_file() {
         d.warnings.push(format!("{}: no vars.xml", dir.display()));
     }
 
     // Every SIP profile, as sofia.conf.xml includes them.
-    let profiles = glob_sorted(&dir.join("sip_profiles/*.xml"));
+    let profiles = glob_sorted(
+        &dir.join("sip_profiles/*.xml"),
+        &mut budget,
+        &mut d.warnings,
+    );
     if profiles.is_empty() {
         d.warnings
             .push(format!("{}: no sip_profiles/*.xml", dir.display()));
     }
-    let mut pending_hosts: Vec<(String, String, String)> = Vec::new();
+    let mut pending_hosts = Hosts::default();
     for file in profiles {
         let mut tags = Vec::new();
         read_tree(
@@ -206,7 +163,7 @@ pub fn discover(dir: &Path) -> Discovered {
             })
         });
 
-    d.trunks = resolve(pending_hosts, &mut d.warnings);
+    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
     // A file included a hundred times says what is wrong with it once.
     let mut seen = std::collections::HashSet::new();
     d.warnings.retain(|w| seen.insert(w.clone()));
@@ -236,7 +193,8 @@ struct Tag {
     name: String,
     closing: bool,
     attrs: Vec<(String, String)>,
-    file: PathBuf,
+    /// Shared by all the file's tags.
+    file: std::rc::Rc<Path>,
 }
 
 impl Tag {
@@ -277,17 +235,26 @@ fn read_tree(
         return;
     };
     let text = COMMENT.replace_all(&text, "");
+    let shared: std::rc::Rc<Path> = file.into();
     for cap in TAG.captures_iter(&text) {
         let name = cap[2].to_owned();
-        let attrs: Vec<(String, String)> = ATTR
-            .captures_iter(&cap[3])
-            .map(|a| (a[1].to_owned(), expand(&a[2], vars)))
-            .collect();
+        let mut attrs = Vec::new();
+        for a in ATTR.captures_iter(&cap[3]) {
+            let value = expand(&a[2], vars);
+            // Every expanded value is held (as a tag's or a variable's).
+            if !budget.hold(a[1].len() + value.len(), file, warnings) {
+                return;
+            }
+            attrs.push((a[1].to_owned(), value));
+        }
+        if !budget.hold(name.len() + TAG_OVERHEAD, file, warnings) {
+            return;
+        }
         let tag = Tag {
             name,
             closing: &cap[1] == "/",
             attrs,
-            file: file.to_owned(),
+            file: shared.clone(),
         };
         if tag.name != "X-PRE-PROCESS" {
             out.push(tag);
@@ -309,61 +276,17 @@ fn read_tree(
                 } else {
                     file.parent().unwrap_or(conf).join(data)
                 };
-                for f in glob_sorted(&pattern) {
+                if budget.spent || budget.files == 0 {
+                    budget.take_file(&pattern, warnings);
+                    return;
+                }
+                for f in glob_sorted(&pattern, budget, warnings) {
                     read_tree(&f, conf, depth + 1, vars, out, warnings, budget);
                 }
             }
             _ => {}
         }
     }
-}
-
-/// Reads one file of the tree, within what is left of the walk's bytes:
-/// regular files only (opened without blocking: a FIFO never hangs us).
-fn read_file(
-    file: &Path,
-    depth: usize,
-    budget: &mut Budget,
-    warnings: &mut Vec<String>,
-) -> Option<String> {
-    use crate::files::Opened;
-    let (f, meta) = match crate::files::open_regular(file) {
-        Ok(Opened::File(f, meta)) => (f, meta),
-        Ok(Opened::Missing) if depth == 0 => return None,
-        Ok(Opened::Missing) => {
-            warnings.push(format!("{}: not found", shown(file)));
-            return None;
-        }
-        Ok(Opened::NotRegular(meta)) => {
-            warnings.push(format!(
-                "{}: {}, not a regular file: not read",
-                shown(file),
-                crate::files::kind(&meta)
-            ));
-            return None;
-        }
-        Err(e) => {
-            warnings.push(format!("{}: {e}", shown(file)));
-            return None;
-        }
-    };
-    let bytes = match crate::files::read_at_most(&f, budget.bytes) {
-        Ok(Some(b)) if meta.len() <= budget.bytes => b,
-        Ok(_) => {
-            warnings.push(format!(
-                "{}: {} bytes: not read (discovery reads at most {MAX_BYTES} bytes in all)",
-                shown(file),
-                meta.len(),
-            ));
-            return None;
-        }
-        Err(e) => {
-            warnings.push(format!("{}: {e}", shown(file)));
-            return None;
-        }
-    };
-    budget.bytes -= bytes.len() as u64;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `$${name}` replaced by its value (unknown ones are left as they are),
@@ -386,26 +309,6 @@ fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
     crate::text::bounded(&out, MAX_VALUE).to_owned()
 }
 
-/// The paths `pattern` matches, sorted, at most `MAX_FILES` of them.
-/// FreeSWITCH expands includes with glob(3), where `**` is `*`: so here
-/// too, and a pattern never walks a whole tree.
-fn glob_sorted(pattern: &Path) -> Vec<PathBuf> {
-    let mut pattern = pattern.display().to_string();
-    while pattern.contains("**") {
-        pattern = pattern.replace("**", "*");
-    }
-    let mut files: Vec<PathBuf> = glob::glob(&pattern)
-        .map(|g| {
-            g.filter_map(Result::ok)
-                .filter(|p| !p.is_dir())
-                .take(MAX_FILES)
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
 fn rel(conf: &Path, file: &Path) -> String {
     file.strip_prefix(conf)
         .unwrap_or(file)
@@ -414,7 +317,7 @@ fn rel(conf: &Path, file: &Path) -> String {
 }
 
 /// The ports a profile listens on and the hosts of its gateways.
-fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Vec<(String, String, String)>) {
+fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
     let conf = d.conf_dir.clone();
     let mut gateway: Option<String> = None;
     let mut gateway_params: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -428,7 +331,7 @@ fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Vec<(String, Stri
             }
             ("gateway", true) => {
                 if let Some(name) = gateway.take() {
-                    gateway_hosts(&name, &gateway_params, hosts);
+                    gateway_hosts(&name, &gateway_params, hosts, &mut d.warnings);
                 }
             }
             ("profile", false) => profile_file = rel(&conf, &t.file),
@@ -491,19 +394,48 @@ fn is_true(v: &str) -> bool {
     matches!(v.trim(), "true" | "yes" | "on" | "1")
 }
 
+/// The gateways' hosts to resolve: (gateway, host, from), each host once,
+/// at most `MAX_HOSTS`.
+#[derive(Default)]
+struct Hosts {
+    list: Vec<(String, String, String)>,
+    seen: std::collections::HashSet<String>,
+    /// `MAX_HOSTS` were kept (and that was said).
+    full: bool,
+}
+
+impl Hosts {
+    fn add(&mut self, gateway: &str, host: String, from: String, warnings: &mut Vec<String>) {
+        if self.seen.contains(&host) {
+            return;
+        }
+        if self.list.len() == MAX_HOSTS {
+            if !self.full {
+                self.full = true;
+                warnings.push(format!(
+                    "{}: not protected, nor any gateway host after it: discovery keeps at most {MAX_HOSTS}",
+                    crate::text::escape(&from)
+                ));
+            }
+            return;
+        }
+        self.seen.insert(host.clone());
+        self.list.push((gateway.to_owned(), host, from));
+    }
+}
+
 /// A gateway's peers: proxy (else realm, else its name), register-proxy,
 /// outbound-proxy.
 fn gateway_hosts(
     name: &str,
     params: &BTreeMap<String, (String, String)>,
-    out: &mut Vec<(String, String, String)>,
+    out: &mut Hosts,
+    warnings: &mut Vec<String>,
 ) {
     let mut add = |key: &str, value: &str, file: &str| {
         if let Some(host) = sip_host(value) {
             let from = format!("{file}: gateway {name} {key}");
-            if !out.iter().any(|(_, h, _)| *h == host) {
-                out.push((name.to_owned(), host, from));
-            }
+            out.add(name, host, from, warnings);
         }
     };
     let file = params

@@ -200,3 +200,119 @@ fn variables_expand_and_unknown_ones_stay() {
     assert_eq!(expand("$${a}", &vars), "5080");
     assert_eq!(expand(":$${a}/x $${b}", &vars), ":5080/x $${b}");
 }
+
+/// Runs discovery in a thread: it must end within `secs`.
+fn discover_within(dir: &Path, secs: u64) -> Discovered {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = dir.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(discover(&root));
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("discovery took too long")
+}
+
+fn count(d: &Discovered, what: &str) -> usize {
+    d.warnings.iter().filter(|w| w.contains(what)).count()
+}
+
+/// A variable doubled up to 64 KiB, then thousands of small tags each
+/// expanding it: 16 MiB of expanded text in all, then the walk stops.
+#[test]
+fn expanded_text_is_bounded_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    vanilla_tree(dir.path());
+    let mut text = r#"<X-PRE-PROCESS cmd="set" data="v0=0123456789abcdef"/>"#.to_owned();
+    for i in 1..=12 {
+        let p = i - 1;
+        text.push_str(&format!(
+            r#"<X-PRE-PROCESS cmd="set" data="v{i}=$${{v{p}}}$${{v{p}}}"/>"#
+        ));
+    }
+    // 2000 tags of 64 KiB each: 128 MiB, were it not bounded.
+    text.push_str(&r#"<a b="$${v12}"/>"#.repeat(2000));
+    std::fs::write(dir.path().join("sip_profiles/bomb.xml"), text).unwrap();
+    let d = discover_within(dir.path(), 20);
+    assert_eq!(
+        count(
+            &d,
+            &format!("at most {MAX_EXPANDED} bytes of expanded text")
+        ),
+        1,
+        "{:#?}",
+        d.warnings
+    );
+}
+
+/// A thousand gateways with distinct hosts: `MAX_HOSTS` kept, said once.
+#[test]
+fn gateway_hosts_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    vanilla_tree(dir.path());
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            r#"<gateway name="g{i}"><param name="proxy" value="10.9.{}.{}"/></gateway>"#,
+            i / 256,
+            i % 256
+        ));
+    }
+    std::fs::write(dir.path().join("sip_profiles/external/many.xml"), text).unwrap();
+    let d = discover_within(dir.path(), 20);
+    assert_eq!(d.trunks.len(), MAX_HOSTS);
+    assert_eq!(
+        count(&d, &format!("discovery keeps at most {MAX_HOSTS}")),
+        1
+    );
+}
+
+/// Patterns that would walk the file system, a folder of thousands of
+/// entries, and a glob once the file budget is spent.
+#[test]
+fn globs_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    vanilla_tree(dir.path());
+    let big = dir.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..MAX_DIR_ENTRIES + 100 {
+        std::fs::write(big.join(format!("f{i}.txt")), b"").unwrap();
+    }
+    let vars = dir.path().join("vars.xml");
+    let mut text = std::fs::read_to_string(&vars).unwrap();
+    text.push_str(r#"<X-PRE-PROCESS cmd="include" data="/*/*/*/*/*/*/x.xml"/>"#);
+    text.push_str(r#"<X-PRE-PROCESS cmd="include" data="big/*.xml"/>"#);
+    std::fs::write(&vars, &text).unwrap();
+    let d = discover_within(dir.path(), 20);
+    assert_eq!(
+        count(&d, "more than 2 wildcard components"),
+        1,
+        "{:#?}",
+        d.warnings
+    );
+    assert_eq!(
+        count(&d, &format!("only {MAX_DIR_ENTRIES} entries read")),
+        1,
+        "{:#?}",
+        d.warnings
+    );
+    assert_eq!(d.port_numbers(), [5060, 5066, 5080, 5081, 7443]);
+
+    // The file budget spent on vars.xml itself: its include is not globbed.
+    let mut budget = Budget::new();
+    budget.files = 1;
+    let (mut vars_map, mut tags, mut warnings) = (BTreeMap::new(), Vec::new(), Vec::new());
+    read_tree(
+        &vars,
+        dir.path(),
+        0,
+        &mut vars_map,
+        &mut tags,
+        &mut warnings,
+        &mut budget,
+    );
+    assert_eq!(budget.entries, MAX_ENTRIES, "{warnings:#?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("at most 256 files")),
+        "{warnings:#?}"
+    );
+}

@@ -256,8 +256,9 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most scrapers served at once; one more closes the oldest (see
-/// `control::Clients`).
+/// Most scrapers served at once; one more closes the oldest of the source
+/// holding the most (see `control::Clients`): a source flooding connections
+/// closes its own, never another's scrape.
 const MAX_CLIENTS: usize = 64;
 
 /// Serves `GET /metrics` (and `/` with a pointer to it) over HTTP/1.
@@ -268,9 +269,10 @@ pub async fn serve(
     let mut clients = crate::control::Clients::new(MAX_CLIENTS, "metrics endpoint");
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let scrape = scrape.clone();
-                clients.spawn(async move {
+                let source = crate::control::source(peer);
+                clients.spawn(Some(source), async move {
                     let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, scrape)).await;
                 });
             }
@@ -367,6 +369,45 @@ mod tests {
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("sipguard_"), "{l}");
         }
+    }
+
+    /// A scraper halfway through its request while another source opens
+    /// 200 connections: that source's own are closed, never the scrape.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flooding_source_never_closes_another_ones_scrape() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, || "sipguard_up 1\n".to_owned()));
+        local
+            .run_until(async {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+                s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut flood = Vec::new();
+                for _ in 0..200 {
+                    let c = tokio::net::TcpSocket::new_v4().unwrap();
+                    c.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    flood.push(c.connect(at).await.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.write_all(b"\r\n").await.unwrap();
+                let mut text = String::new();
+                let read =
+                    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut text));
+                assert!(matches!(read.await, Ok(Ok(_))), "{text}");
+                assert!(text.contains("sipguard_up 1"), "{text}");
+                // The flooding source's oldest were closed.
+                let mut closed = 0;
+                for c in &mut flood {
+                    let mut b = [0u8; 1];
+                    let read = tokio::time::timeout(Duration::from_millis(20), c.read(&mut b));
+                    closed += usize::from(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))));
+                }
+                assert!(closed >= 200 - MAX_CLIENTS, "{closed} closed");
+            })
+            .await;
     }
 
     /// 200 idle connections: the oldest are closed, and a scrape is still

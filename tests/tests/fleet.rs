@@ -133,6 +133,24 @@ fn crowdsec_decisions_drop_and_lift_through_outages() -> Result<()> {
     })?;
     assert!(has(&s.sb, CLIENT_V4, "crowdsec")?);
     assert!(s.daemon.log().contains("the LAPI at"), "{}", s.daemon.log());
+
+    // The operator's unban stands through the next full list (an outage
+    // makes the bouncer read it all again); a new, longer decision is
+    // enforced.
+    s.cli(&["unban", CLIENT_V4])?;
+    lapi.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    lapi.restart()?;
+    lapi.cscli(&["decisions", "add", "--ip", "203.0.113.44", "--duration", "1h"])?;
+    wait_until(10, "resynchronised after the second outage", || {
+        has(&s.sb, "203.0.113.44", "crowdsec")
+    })?;
+    assert!(!has(&s.sb, CLIENT_V4, "")?, "the resync undid the unban");
+    assert_eq!(udp_delivered(&attacker, &sip, 5)?, 5);
+    lapi.cscli(&["decisions", "add", "--ip", CLIENT_V4, "--duration", "3h"])?;
+    wait_until(5, "a new decision is enforced", || {
+        has(&s.sb, CLIENT_V4, "crowdsec")
+    })?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod background;
 pub mod caps;
 pub mod changes;
 pub mod journal;
+pub mod lifted;
 pub mod lines;
 pub mod names;
 pub mod never_ban;

@@ -78,6 +78,8 @@ pub struct RemoteBans {
     all: Tally,
     refused: Refused,
     labelled: HashSet<String>,
+    /// What the operator lifted (see `lifted`).
+    lifted: super::lifted::Lifted,
 }
 
 impl RemoteBans {
@@ -90,6 +92,13 @@ impl RemoteBans {
     /// anything changed. A refusal is counted and logged (at most once a
     /// minute per origin), never an error: the rest of a batch goes on.
     pub fn set(&mut self, net: IpNet, ban: &RemoteBan) -> Result<bool, Over> {
+        // The operator lifted this very ban: a resync does not undo that.
+        if self
+            .lifted
+            .holds(&net, &ban.origin, ban.expires_at_ns.unwrap_or(0))
+        {
+            return Ok(false);
+        }
         if let Err(why) = self.admit(&net, &ban.origin) {
             self.refuse(&ban.origin, &net, why, "");
             return Err(why);
@@ -230,13 +239,17 @@ impl RemoteBans {
         removed
     }
 
-    /// Removes every origin's ban of `net`; returns the origins.
+    /// Removes every origin's ban of `net` (the operator's unban, a
+    /// member's fleet unban); returns the origins. Each lifted ban is
+    /// remembered, so that the same ban handed in again stays lifted.
     pub fn remove_all(&mut self, net: &IpNet) -> Vec<String> {
         let Some(list) = self.by_net.remove(net) else {
             return Vec::new();
         };
         for (i, b) in list.iter().enumerate() {
             self.released(net, b.origin, i + 1 == list.len());
+            let origin = self.names.text(b.origin).to_string();
+            self.lifted.record(*net, &origin, b.end_ns);
         }
         list.iter()
             .map(|b| self.names.text(b.origin).to_string())
@@ -262,6 +275,7 @@ impl RemoteBans {
 
     /// Bans that ended by `now_ns`, removed; returned with their origin.
     pub fn take_expired(&mut self, now_ns: u64) -> Vec<(IpNet, String)> {
+        self.lifted.forget_ended(now_ns);
         let mut out = Vec::new();
         let Self {
             by_net,
@@ -386,6 +400,26 @@ fn released(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resync_does_not_undo_the_operators_unban() {
+        let net: IpNet = "203.0.113.5/32".parse().unwrap();
+        let ban = |end: u64| RemoteBan {
+            origin: "crowdsec".into(),
+            expires_at_ns: Some(end),
+            scope: Scope::Ports,
+            reason: "r".into(),
+        };
+        let mut r = RemoteBans::default();
+        assert_eq!(r.set(net, &ban(1_000_000_000_000)), Ok(true));
+        assert_eq!(r.remove_all(&net), ["crowdsec"]);
+        // The full list again, the same decision in it: still lifted.
+        assert_eq!(r.set(net, &ban(1_000_000_000_000)), Ok(false));
+        assert_eq!(r.get(&net).count(), 0);
+        // A new decision, ending later: enforced.
+        assert_eq!(r.set(net, &ban(2_000_000_000_000)), Ok(true));
+        assert_eq!(r.get(&net).count(), 1);
+    }
 
     fn ban(origin: &str, end: Option<u64>) -> RemoteBan {
         RemoteBan {

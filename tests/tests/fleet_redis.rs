@@ -224,3 +224,101 @@ fn a_server_answering_garbage_costs_restarts_not_the_reader() -> Result<()> {
     let _ = server.join();
     Ok(())
 }
+
+/// The daemon's peak resident memory so far (VmHWM), bytes.
+fn peak_memory(s: &Setup) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.daemon.pid()))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/PID/status"))?;
+    Ok(kib * 1024)
+}
+
+/// 200 MB: far past any bound, well within the server's 512 MB per value.
+const HUGE: usize = 200 << 20;
+
+#[test]
+fn oversized_entries_are_counted_and_never_read_whole() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    // A snapshot entry of 200 MB, its member in force, before box 1
+    // follows the fleet; and a member name of 2 MB.
+    let member = "box9|203.0.113.71/32";
+    redis.cli(&["ZADD", "sipguard:bans", "+inf", member])?;
+    redis.cli_with_value(&["HSET", "sipguard:entries", member], b'x', HUGE)?;
+    redis.cli_with_value(&["ZADD", "sipguard:bans", "+inf"], b'y', 2 << 20)?;
+    let idle = peak_memory(&s)?;
+    s.sb.write_config(&config(""))?;
+    s.cli(&["reload"])?;
+    following(&s, &redis)?;
+    wait_until(5, "the oversized snapshot entries counted", || {
+        Ok(rejected(&s, "oversized")? == 2)
+    })?;
+
+    // A stream entry with a 200 MB field; then a member's ban, which
+    // arrives as usual.
+    redis.cli_with_value(&["XADD", "sipguard:events", "*", "m", "0", "e"], b'z', HUGE)?;
+    let after = ban_entry("box9", "203.0.113.72");
+    publish(&redis, FLEET_KEY, &after)?;
+    wait_until(10, "the ban after the oversized entry arrives", || {
+        listed(&s, "203.0.113.72")
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", s.daemon.log()))?;
+    assert_eq!(rejected(&s, "oversized")?, 3);
+    assert!(!listed(&s, "203.0.113.71")?);
+    let peak = peak_memory(&s)?;
+    assert!(
+        peak < idle + (64 << 20),
+        "the daemon's peak memory grew by {} MiB reading the fleet",
+        (peak - idle) >> 20
+    );
+    Ok(())
+}
+
+#[test]
+fn a_redis_refusing_scripts_is_not_read() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    // A user allowed everything but scripts.
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "noscripts",
+        "on",
+        ">noscripts-pw-1234",
+        "~*",
+        "+@all",
+        "-@scripting",
+    ])?;
+    s.sb.write_config(&format!(
+        "[redis]\nurl = \"redis://noscripts:noscripts-pw-1234@127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    ))?;
+    s.cli(&["reload"])?;
+    let refused = || -> Result<String> {
+        Ok(s.json(&["status"])?["fleet"]["redis"]["refused"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    };
+    wait_until(10, "the refusal shown in status", || {
+        Ok(refused()?.contains("refuses the fleet's scripts"))
+    })?;
+    assert!(refused()?.contains("NOPERM") || refused()?.contains("permission"));
+    assert!(s.daemon.log().contains("refuses the fleet's scripts"));
+    assert!(!s.daemon.log().contains("noscripts-pw-1234"));
+    // A member's ban is not read (a plain XREAD would take it).
+    publish(&redis, FLEET_KEY, &ban_entry("box9", MEMBER_BAN))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!listed(&s, MEMBER_BAN)?, "nothing read");
+    // Scripts allowed: the fleet is followed (at the reader's next try).
+    redis.cli(&["ACL", "SETUSER", "noscripts", "+@scripting"])?;
+    wait_until(40, "the refusal cleared once scripts are allowed", || {
+        Ok(refused()?.is_empty())
+    })?;
+    following(&s, &redis)?;
+    Ok(())
+}

@@ -6,11 +6,13 @@
 use anyhow::Result;
 use sipguard::fleet::redis::entry::{Entry, Op};
 use sipguard_tests::{
+    daemon::{cli_ok, Daemon},
     engines::{
         ban_entry, signed_event, signed_text, write_fleet_key, Redis, FLEET_KEY, REDIS_PORT,
     },
     fixture::{wait_until, Setup},
     netns::*,
+    Sandbox,
 };
 use std::{
     io::Write as _,
@@ -320,5 +322,138 @@ fn a_redis_refusing_scripts_is_not_read() -> Result<()> {
         Ok(refused()?.is_empty())
     })?;
     following(&s, &redis)?;
+    Ok(())
+}
+
+/// A flooding source: not an address of either box. It floods box 1 from
+/// the client side, then speaks to box 2 from the server side.
+const FLOODER: &str = "198.51.100.88";
+
+const FLOOD: &str =
+    "[flood]\nrate = 100\nburst = 100\nescalate_after = 2\nwindow = \"60s\"\nbantime = \"10m\"\n";
+
+/// Box 1 (server side, with `flood` settings) and box 2 (client side, in
+/// global all-ports mode), following the same Redis with the same key.
+fn two_boxes(flood: &str) -> Result<(Setup, Redis, Sandbox, Daemon)> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.sb.write_config(&format!("{}{flood}", config("")))?;
+    s.cli(&["reload"])?;
+    let sb2 = Sandbox::new(&format!(
+        "all_ports = true\n[redis]\nurl = \"redis://{SERVER_V4}:{REDIS_PORT}\"\nnode = \"box2\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    ))?;
+    write_fleet_key(sb2.dir.path(), FLEET_KEY, 0o600)?;
+    let d2 = Daemon::start(&s.pair.client, &sb2, &["--iface", &s.pair.client_if])?;
+    Ok((s, redis, sb2, d2))
+}
+
+/// `FLOODER` floods box 1's SIP port until box 1 bans it (`sip-flood`).
+fn flood_box1(s: &Setup) -> Result<()> {
+    let host = format!("{FLOODER}/32");
+    s.pair
+        .client
+        .ip(&["addr", "add", &host, "dev", &s.pair.client_if])?;
+    let from = udp_socket(&s.pair.client, addr(FLOODER, 0))?;
+    let to = addr(SERVER_V4, 5060);
+    let banned = wait_until(15, "box 1 bans the flooding source", || {
+        // ~2 000 packets/s for half a second: 20 times the rate.
+        for _ in 0..100 {
+            for _ in 0..10 {
+                from.send_to(b"OPTIONS sip:flood@x SIP/2.0\r\n\r\n", to)?;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let list = s.json(&["list"])?;
+        Ok(list.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|b| b["address"] == FLOODER && b["jail"] == "sip-flood")
+        }))
+    });
+    drop(from);
+    // The address moves to the server side (a source address is anyone's).
+    s.pair
+        .client
+        .ip(&["addr", "del", &host, "dev", &s.pair.client_if])?;
+    s.pair
+        .server
+        .ip(&["addr", "add", &host, "dev", &s.pair.server_if])?;
+    banned
+}
+
+/// How many of 5 datagrams from `FLOODER` reach box 2's `port`.
+fn flooder_reaches_box2(s: &Setup, port: u16) -> Result<usize> {
+    let from = udp_socket(&s.pair.server, addr(FLOODER, 0))?;
+    let to = udp_socket(&s.pair.client, addr(CLIENT_V4, port))?;
+    udp_delivered(&from, &to, 5)
+}
+
+/// Box 2's ban of `address`, as `list --json` shows it.
+fn box2_ban(sb2: &Sandbox, address: &str) -> Result<Option<serde_json::Value>> {
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(sb2, &["list", "--json"])?)?;
+    Ok(list
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["address"] == address).cloned()))
+}
+
+/// Every entry of the fleet's Redis (stream, hash, sorted set), as text.
+fn everything_in_redis(redis: &Redis) -> Result<String> {
+    Ok([
+        redis.cli(&["XRANGE", "sipguard:events", "-", "+"])?,
+        redis.cli(&["HGETALL", "sipguard:entries"])?,
+        redis.cli(&["ZRANGE", "sipguard:bans", "0", "-1"])?,
+    ]
+    .join("\n"))
+}
+
+#[test]
+fn packet_evidence_stays_on_the_box_that_saw_it() -> Result<()> {
+    let (s, redis, sb2, _d2) = two_boxes(FLOOD)?;
+    flood_box1(&s)?;
+    // A ban box 1 makes after it reaches box 2: the fleet carries bans,
+    // and everything box 1 would have sent before is there.
+    s.cli(&["ban", "203.0.113.80", "--for", "1h"])?;
+    wait_until(10, "box 2 has box 1's later ban", || {
+        Ok(box2_ban(&sb2, "203.0.113.80")?.is_some())
+    })?;
+    let all = everything_in_redis(&redis)?;
+    assert!(all.contains("203.0.113.80"), "{all}");
+    assert!(!all.contains(FLOODER), "the flood ban left box 1: {all}");
+    assert_eq!(box2_ban(&sb2, FLOODER)?, None);
+    assert_eq!(flooder_reaches_box2(&s, 5060)?, 5, "box 2 drops nothing");
+    Ok(())
+}
+
+#[test]
+fn exported_packet_evidence_stays_ports_only_on_every_box() -> Result<()> {
+    let (s, redis, sb2, _d2) = two_boxes(&format!("{FLOOD}export = true\n"))?;
+    flood_box1(&s)?;
+    wait_until(10, "box 2 has box 1's flood ban", || {
+        Ok(box2_ban(&sb2, FLOODER)?.is_some())
+    })?;
+    // Published as packet evidence...
+    let entries = redis.cli(&["HGETALL", "sipguard:entries"])?;
+    let entry = entries
+        .lines()
+        .find(|l| l.contains(FLOODER) && l.starts_with("sipguard-fleet-1"))
+        .unwrap_or_default();
+    assert!(entry.contains(" ports-only "), "{entries}");
+    // ...applied as such by box 2, although box 2 bans every port.
+    let ban = box2_ban(&sb2, FLOODER)?.unwrap_or_default();
+    assert_eq!(ban["ports_only"], true, "{ban}");
+    assert_eq!(ban["all_ports"], false, "{ban}");
+    assert_eq!(
+        flooder_reaches_box2(&s, 5060)?,
+        0,
+        "the SIP port is dropped"
+    );
+    assert_eq!(
+        flooder_reaches_box2(&s, 9999)?,
+        5,
+        "another port still passes"
+    );
+    // Box 2's own bans take every port there (all_ports = true).
+    cli_ok(&sb2, &["ban", FLOODER, "--for", "1h"])?;
+    assert_eq!(flooder_reaches_box2(&s, 9999)?, 0);
     Ok(())
 }

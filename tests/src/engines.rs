@@ -276,6 +276,35 @@ impl Redis {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `redis-cli -x ARGS` with `len` bytes of `fill` as its last
+    /// argument (streamed to it in chunks: the test itself holds 1 MiB).
+    pub fn cli_with_value(&self, args: &[&str], fill: u8, len: usize) -> Result<String> {
+        use std::io::Write as _;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .args(["redis-cli", "-p", &REDIS_PORT.to_string(), "-x"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let chunk = vec![fill; 1 << 20];
+        let mut stdin = child.stdin.take().context("redis-cli's stdin")?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            stdin.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        drop(stdin);
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.starts_with("ERR") {
+            bail!("redis-cli -x {} failed: {text}", args.join(" "));
+        }
+        Ok(text)
+    }
+
     pub fn kill(&mut self) {
         self.proc_.kill();
     }

@@ -6,11 +6,13 @@
 use anyhow::Result;
 use sipguard::fleet::redis::entry::{Entry, Op};
 use sipguard_tests::{
+    daemon::{cli_ok, Daemon},
     engines::{
         ban_entry, signed_event, signed_text, write_fleet_key, Redis, FLEET_KEY, REDIS_PORT,
     },
     fixture::{wait_until, Setup},
     netns::*,
+    Sandbox,
 };
 use std::{
     io::Write as _,
@@ -222,5 +224,236 @@ fn a_server_answering_garbage_costs_restarts_not_the_reader() -> Result<()> {
     assert_eq!(client_reaches(&s)?, 0);
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
+    Ok(())
+}
+
+/// The daemon's peak resident memory so far (VmHWM), bytes.
+fn peak_memory(s: &Setup) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.daemon.pid()))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/PID/status"))?;
+    Ok(kib * 1024)
+}
+
+/// 200 MB: far past any bound, well within the server's 512 MB per value.
+const HUGE: usize = 200 << 20;
+
+#[test]
+fn oversized_entries_are_counted_and_never_read_whole() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    // A snapshot entry of 200 MB, its member in force, before box 1
+    // follows the fleet; and a member name of 2 MB.
+    let member = "box9|203.0.113.71/32";
+    redis.cli(&["ZADD", "sipguard:bans", "+inf", member])?;
+    redis.cli_with_value(&["HSET", "sipguard:entries", member], b'x', HUGE)?;
+    redis.cli_with_value(&["ZADD", "sipguard:bans", "+inf"], b'y', 2 << 20)?;
+    let idle = peak_memory(&s)?;
+    s.sb.write_config(&config(""))?;
+    s.cli(&["reload"])?;
+    following(&s, &redis)?;
+    wait_until(5, "the oversized snapshot entries counted", || {
+        Ok(rejected(&s, "oversized")? == 2)
+    })?;
+
+    // A stream entry with a 200 MB field; then a member's ban, which
+    // arrives as usual.
+    redis.cli_with_value(&["XADD", "sipguard:events", "*", "m", "0", "e"], b'z', HUGE)?;
+    let after = ban_entry("box9", "203.0.113.72");
+    publish(&redis, FLEET_KEY, &after)?;
+    wait_until(10, "the ban after the oversized entry arrives", || {
+        listed(&s, "203.0.113.72")
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", s.daemon.log()))?;
+    assert_eq!(rejected(&s, "oversized")?, 3);
+    assert!(!listed(&s, "203.0.113.71")?);
+    let peak = peak_memory(&s)?;
+    assert!(
+        peak < idle + (64 << 20),
+        "the daemon's peak memory grew by {} MiB reading the fleet",
+        (peak - idle) >> 20
+    );
+    Ok(())
+}
+
+#[test]
+fn a_redis_refusing_scripts_is_not_read() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    // A user allowed everything but scripts.
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "noscripts",
+        "on",
+        ">noscripts-pw-1234",
+        "~*",
+        "+@all",
+        "-@scripting",
+    ])?;
+    s.sb.write_config(&format!(
+        "[redis]\nurl = \"redis://noscripts:noscripts-pw-1234@127.0.0.1:{REDIS_PORT}\"\nnode = \"box1\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    ))?;
+    s.cli(&["reload"])?;
+    let refused = || -> Result<String> {
+        Ok(s.json(&["status"])?["fleet"]["redis"]["refused"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    };
+    wait_until(10, "the refusal shown in status", || {
+        Ok(refused()?.contains("refuses the fleet's scripts"))
+    })?;
+    assert!(refused()?.contains("NOPERM") || refused()?.contains("permission"));
+    assert!(s.daemon.log().contains("refuses the fleet's scripts"));
+    assert!(!s.daemon.log().contains("noscripts-pw-1234"));
+    // A member's ban is not read (a plain XREAD would take it).
+    publish(&redis, FLEET_KEY, &ban_entry("box9", MEMBER_BAN))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!listed(&s, MEMBER_BAN)?, "nothing read");
+    // Scripts allowed: the fleet is followed (at the reader's next try).
+    redis.cli(&["ACL", "SETUSER", "noscripts", "+@scripting"])?;
+    wait_until(40, "the refusal cleared once scripts are allowed", || {
+        Ok(refused()?.is_empty())
+    })?;
+    following(&s, &redis)?;
+    Ok(())
+}
+
+/// A flooding source: not an address of either box. It floods box 1 from
+/// the client side, then speaks to box 2 from the server side.
+const FLOODER: &str = "198.51.100.88";
+
+const FLOOD: &str =
+    "[flood]\nrate = 100\nburst = 100\nescalate_after = 2\nwindow = \"60s\"\nbantime = \"10m\"\n";
+
+/// Box 1 (server side, with `flood` settings) and box 2 (client side, in
+/// global all-ports mode), following the same Redis with the same key.
+fn two_boxes(flood: &str) -> Result<(Setup, Redis, Sandbox, Daemon)> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.sb.write_config(&format!("{}{flood}", config("")))?;
+    s.cli(&["reload"])?;
+    let sb2 = Sandbox::new(&format!(
+        "all_ports = true\n[redis]\nurl = \"redis://{SERVER_V4}:{REDIS_PORT}\"\nnode = \"box2\"\nkey_file = \"{{dir}}/fleet.key\"\n"
+    ))?;
+    write_fleet_key(sb2.dir.path(), FLEET_KEY, 0o600)?;
+    let d2 = Daemon::start(&s.pair.client, &sb2, &["--iface", &s.pair.client_if])?;
+    Ok((s, redis, sb2, d2))
+}
+
+/// `FLOODER` floods box 1's SIP port until box 1 bans it (`sip-flood`).
+fn flood_box1(s: &Setup) -> Result<()> {
+    let host = format!("{FLOODER}/32");
+    s.pair
+        .client
+        .ip(&["addr", "add", &host, "dev", &s.pair.client_if])?;
+    let from = udp_socket(&s.pair.client, addr(FLOODER, 0))?;
+    let to = addr(SERVER_V4, 5060);
+    let banned = wait_until(15, "box 1 bans the flooding source", || {
+        // ~2 000 packets/s for half a second: 20 times the rate.
+        for _ in 0..100 {
+            for _ in 0..10 {
+                from.send_to(b"OPTIONS sip:flood@x SIP/2.0\r\n\r\n", to)?;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let list = s.json(&["list"])?;
+        Ok(list.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|b| b["address"] == FLOODER && b["jail"] == "sip-flood")
+        }))
+    });
+    drop(from);
+    // The address moves to the server side (a source address is anyone's).
+    s.pair
+        .client
+        .ip(&["addr", "del", &host, "dev", &s.pair.client_if])?;
+    s.pair
+        .server
+        .ip(&["addr", "add", &host, "dev", &s.pair.server_if])?;
+    banned
+}
+
+/// How many of 5 datagrams from `FLOODER` reach box 2's `port`.
+fn flooder_reaches_box2(s: &Setup, port: u16) -> Result<usize> {
+    let from = udp_socket(&s.pair.server, addr(FLOODER, 0))?;
+    let to = udp_socket(&s.pair.client, addr(CLIENT_V4, port))?;
+    udp_delivered(&from, &to, 5)
+}
+
+/// Box 2's ban of `address`, as `list --json` shows it.
+fn box2_ban(sb2: &Sandbox, address: &str) -> Result<Option<serde_json::Value>> {
+    let list: serde_json::Value = serde_json::from_str(&cli_ok(sb2, &["list", "--json"])?)?;
+    Ok(list
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["address"] == address).cloned()))
+}
+
+/// Every entry of the fleet's Redis (stream, hash, sorted set), as text.
+fn everything_in_redis(redis: &Redis) -> Result<String> {
+    Ok([
+        redis.cli(&["XRANGE", "sipguard:events", "-", "+"])?,
+        redis.cli(&["HGETALL", "sipguard:entries"])?,
+        redis.cli(&["ZRANGE", "sipguard:bans", "0", "-1"])?,
+    ]
+    .join("\n"))
+}
+
+#[test]
+fn packet_evidence_stays_on_the_box_that_saw_it() -> Result<()> {
+    let (s, redis, sb2, _d2) = two_boxes(FLOOD)?;
+    flood_box1(&s)?;
+    // A ban box 1 makes after it reaches box 2: the fleet carries bans,
+    // and everything box 1 would have sent before is there.
+    s.cli(&["ban", "203.0.113.80", "--for", "1h"])?;
+    wait_until(10, "box 2 has box 1's later ban", || {
+        Ok(box2_ban(&sb2, "203.0.113.80")?.is_some())
+    })?;
+    let all = everything_in_redis(&redis)?;
+    assert!(all.contains("203.0.113.80"), "{all}");
+    assert!(!all.contains(FLOODER), "the flood ban left box 1: {all}");
+    assert_eq!(box2_ban(&sb2, FLOODER)?, None);
+    assert_eq!(flooder_reaches_box2(&s, 5060)?, 5, "box 2 drops nothing");
+    Ok(())
+}
+
+#[test]
+fn exported_packet_evidence_stays_ports_only_on_every_box() -> Result<()> {
+    let (s, redis, sb2, _d2) = two_boxes(&format!("{FLOOD}export = true\n"))?;
+    flood_box1(&s)?;
+    wait_until(10, "box 2 has box 1's flood ban", || {
+        Ok(box2_ban(&sb2, FLOODER)?.is_some())
+    })?;
+    // Published as packet evidence...
+    let entries = redis.cli(&["HGETALL", "sipguard:entries"])?;
+    let entry = entries
+        .lines()
+        .find(|l| l.contains(FLOODER) && l.starts_with("sipguard-fleet-1"))
+        .unwrap_or_default();
+    assert!(entry.contains(" ports-only "), "{entries}");
+    // ...applied as such by box 2, although box 2 bans every port.
+    let ban = box2_ban(&sb2, FLOODER)?.unwrap_or_default();
+    assert_eq!(ban["ports_only"], true, "{ban}");
+    assert_eq!(ban["all_ports"], false, "{ban}");
+    assert_eq!(
+        flooder_reaches_box2(&s, 5060)?,
+        0,
+        "the SIP port is dropped"
+    );
+    assert_eq!(
+        flooder_reaches_box2(&s, 9999)?,
+        5,
+        "another port still passes"
+    );
+    // Box 2's own bans take every port there (all_ports = true).
+    cli_ok(&sb2, &["ban", FLOODER, "--for", "1h"])?;
+    assert_eq!(flooder_reaches_box2(&s, 9999)?, 0);
     Ok(())
 }

@@ -72,10 +72,13 @@ pub enum Reject {
     FleetUnbanRefused,
     /// A snapshot member whose entry names another node or network.
     Mismatch,
+    /// A field, member or entry past the bounds (`scripts::MAX_VALUE`,
+    /// `scripts::MAX_FIELDS`): dropped on the Redis, never read here.
+    Oversized,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 8] = [
         Reject::Malformed,
         Reject::BadMac,
         Reject::Replay,
@@ -83,6 +86,7 @@ impl Reject {
         Reject::TooManyNodes,
         Reject::FleetUnbanRefused,
         Reject::Mismatch,
+        Reject::Oversized,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Reject {
             Reject::TooManyNodes => "too_many_nodes",
             Reject::FleetUnbanRefused => "fleet_unban_refused",
             Reject::Mismatch => "mismatch",
+            Reject::Oversized => "oversized",
         }
     }
 }

@@ -12,9 +12,11 @@
 //! widen anything here. A node (re)connecting reads the set and its entries
 //! (the snapshot), then follows the stream from the entry it saw last before
 //! the snapshot (`reader`); this box's changes leave in one MULTI/EXEC per
-//! batch (`writer`).
+//! batch (`writer`). What others can write is read only through small
+//! Lua scripts that bound it on the server (`scripts`).
 pub mod entry;
 mod reader;
+mod scripts;
 mod writer;
 
 pub use entry::{valid_name, Reject};
@@ -121,11 +123,15 @@ fn read_regular(path: &Path, max: u64, private: bool) -> Result<Vec<u8>> {
 /// and the entries refused, by reason.
 struct Health {
     refused: Option<String>,
+    /// The Redis refuses the reader's scripts (fleet started, following
+    /// nothing).
+    scripts_refused: Option<String>,
     rejected: [u64; Reject::ALL.len()],
 }
 
 static HEALTH: Mutex<Health> = Mutex::new(Health {
     refused: None,
+    scripts_refused: None,
     rejected: [0; Reject::ALL.len()],
 });
 
@@ -133,6 +139,15 @@ static HEALTH: Mutex<Health> = Mutex::new(Health {
 pub fn set_refused(why: Option<String>) {
     if let Ok(mut h) = HEALTH.lock() {
         h.refused = why;
+        h.scripts_refused = None;
+    }
+}
+
+/// Records that the Redis refuses the reader's scripts (`None`: it runs
+/// them).
+fn set_scripts_refused(why: Option<String>) {
+    if let Ok(mut h) = HEALTH.lock() {
+        h.scripts_refused = why;
     }
 }
 
@@ -149,10 +164,13 @@ pub fn rejected() -> Vec<(&'static str, u64)> {
     Reject::ALL.iter().map(|r| r.name()).zip(h).collect()
 }
 
-/// `status`'s `fleet.redis`: why it is not running (or null), the entries
-/// refused by reason, its workers' restarts.
+/// `status`'s `fleet.redis`: why it is not running or follows nothing (or
+/// null), the entries refused by reason, its workers' restarts.
 pub fn report() -> serde_json::Value {
-    let refused = HEALTH.lock().ok().and_then(|h| h.refused.clone());
+    let refused = HEALTH
+        .lock()
+        .ok()
+        .and_then(|h| h.refused.clone().or_else(|| h.scripts_refused.clone()));
     let rejected: serde_json::Map<String, serde_json::Value> = rejected()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.into()))

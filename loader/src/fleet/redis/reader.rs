@@ -3,18 +3,16 @@
 //! verified (`entry::verify`) and checked here against replays, this box's
 //! own name and the number of nodes; what fails is counted and dropped.
 use super::entry::{self, Entry, Op, Reject};
-use super::{connect, count, unix_ms, Settings};
+use super::scripts::{self, Member, Scripts, StreamEntry};
+use super::{connect, count, set_scripts_refused, unix_ms, Settings};
 use crate::fleet::{deliver, Inbound, InboundTx, RemoteDecision};
 use anyhow::{bail, Result};
-use redis::Value;
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     sync::mpsc,
     time::Duration,
 };
 
-/// Stream entries read at once.
-const XREAD_COUNT: usize = 100;
 /// Snapshot members read at once, and the most pages read.
 const PAGE: usize = 1000;
 const MAX_PAGES: usize = 2000;
@@ -26,8 +24,6 @@ const WINDOW_MS: i64 = 10 * 60 * 1000;
 const SKEW_MS: i64 = 60 * 1000;
 /// MACs remembered against exact replays within the window.
 const SEEN_MAX: usize = 100_000;
-/// Longest stream ID (`ms-seq`, two u64).
-const MAX_ID: usize = 41;
 
 pub struct Reader {
     s: Settings,
@@ -35,6 +31,8 @@ pub struct Reader {
     seen: Seen,
     nodes: HashSet<String>,
     refusal_logged: bool,
+    /// The last stream entry read, across connections.
+    last_id: Option<String>,
 }
 
 impl Reader {
@@ -45,97 +43,86 @@ impl Reader {
             seen: Seen::default(),
             nodes: HashSet::new(),
             refusal_logged: false,
+            last_id: None,
         }
     }
 
     /// One connection's life: snapshot, then the stream until `stop` or an
-    /// error (the supervisor runs it again, from a new snapshot).
+    /// error (the supervisor runs it again, from a new snapshot). Every
+    /// read is a bounded script (`scripts`); the stream is polled.
     pub fn run(&mut self, stop: &mpsc::Receiver<()>) -> Result<()> {
         if self.tx.is_closed() {
             return Ok(());
         }
-        let mut con = connect(&self.s, Duration::from_secs(5))?;
+        // A script over a large entry keeps a busy Redis a while: the wait
+        // is for a dead server, not a slow one.
+        let mut con = connect(&self.s, Duration::from_secs(15))?;
         let events = self.s.key_name("events");
         // The stream's last entry before the snapshot: follow from there.
-        let last: Value = redis::cmd("XREVRANGE")
-            .arg(&events)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut con)?;
-        let mut last_id = match items(&last).first() {
-            Some(e) => stream_id(items(e).first())?,
-            None => "0-0".to_owned(),
+        let started =
+            Scripts::load(&mut con).and_then(|sc| Ok((sc.last_id(&mut con, &events)?, sc)));
+        let (newest, sc) = match started {
+            Ok(ok) => ok,
+            Err(e) => {
+                if e.downcast_ref::<scripts::Refused>().is_some() {
+                    set_scripts_refused(Some(e.to_string()));
+                }
+                return Err(e);
+            }
         };
-        self.snapshot(&mut con)?;
+        set_scripts_refused(None);
+        let mut last_id = resume_from(self.last_id.as_deref(), newest, unix_ms());
+        self.snapshot(&mut con, &sc)?;
         loop {
-            if matches!(
-                stop.try_recv(),
-                Err(mpsc::TryRecvError::Disconnected) | Ok(())
-            ) || self.tx.is_closed()
-            {
+            let stopped = |wait| {
+                matches!(
+                    stop.recv_timeout(wait),
+                    Err(mpsc::RecvTimeoutError::Disconnected) | Ok(())
+                )
+            };
+            if stopped(Duration::ZERO) || self.tx.is_closed() {
                 return Ok(());
             }
-            let reply: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(XREAD_COUNT)
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(&events)
-                .arg(&last_id)
-                .query(&mut con)?;
+            let got = sc.read_stream(&mut con, &events, &last_id)?;
+            let full = got.len() >= scripts::XRANGE_COUNT;
             let mut bans = Vec::new();
-            for stream in items(&reply).iter().take(1) {
-                for e in items(stream).get(1).map(items).unwrap_or(&[]) {
-                    last_id = stream_id(items(e).first())?;
-                    let fields = items(e).get(1).map(items).unwrap_or(&[]);
-                    self.on_event(fields, &events, &mut bans)?;
+            for (id, e) in got {
+                last_id.clone_from(&id);
+                self.last_id = Some(id);
+                match e {
+                    StreamEntry::Fields(fields) => self.on_event(&fields, &events, &mut bans)?,
+                    StreamEntry::Oversized => count(Reject::Oversized),
                 }
             }
-            self.send_bans(std::mem::take(&mut bans))?;
+            self.send_bans(bans)?;
+            // More waiting: read on at once.
+            if !full && stopped(scripts::POLL) {
+                return Ok(());
+            }
         }
     }
 
     /// Every ban in force, page by page; then each node's list is complete
     /// (what a node no longer bans goes).
-    fn snapshot(&mut self, con: &mut redis::Connection) -> Result<()> {
+    fn snapshot(&mut self, con: &mut redis::Connection, sc: &Scripts) -> Result<()> {
         let (bans_key, entries_key) = (self.s.key_name("bans"), self.s.key_name("entries"));
         let now = unix_ms();
         let mut batch = Vec::new();
         let mut seen: BTreeMap<String, HashSet<ipnet::IpNet>> = BTreeMap::new();
         self.nodes.clear();
         for page in 0..MAX_PAGES {
-            let members: Value = redis::cmd("ZRANGEBYSCORE")
-                .arg(&bans_key)
-                .arg(format!("({now}"))
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(page * PAGE)
-                .arg(PAGE)
-                .query(con)?;
-            let got = items(&members).len();
-            if got == 0 {
-                break;
-            }
-            let members: Vec<&[u8]> = items(&members).iter().filter_map(bytes).collect();
-            if members.is_empty() {
-                break; // not an answer a Redis gives
-            }
-            let values: Value = redis::cmd("HMGET")
-                .arg(&entries_key)
-                .arg(&members)
-                .query(con)?;
-            for (m, v) in members.iter().zip(items(&values)) {
-                let Some(e) = self.snapshot_entry(m, v, &entries_key) else {
+            let min = format!("({now}");
+            let keys = (bans_key.as_str(), entries_key.as_str());
+            let members = sc.snapshot_page(con, keys, &min, page * PAGE, PAGE)?;
+            for m in &members {
+                let Some(e) = self.snapshot_entry(m, &entries_key) else {
                     continue;
                 };
                 let Some(left) = e.left(now) else { continue };
                 seen.entry(e.node.clone()).or_default().insert(e.net);
                 batch.push((e.node.clone(), decision(&e, left)));
             }
-            if got < PAGE {
+            if members.len() < PAGE {
                 break;
             }
         }
@@ -163,17 +150,24 @@ impl Reader {
 
     /// A snapshot member (`NODE|NET`) and its signed entry: taken when the
     /// entry is a valid signed ban of that very node and network.
-    fn snapshot_entry(&mut self, member: &[u8], value: &Value, where_: &str) -> Option<Entry> {
-        let Some(value) = bytes(value) else {
-            count(Reject::Malformed);
-            return None;
+    fn snapshot_entry(&mut self, m: &Member, where_: &str) -> Option<Entry> {
+        let (member, value) = match m {
+            Member::Entry(member, value) => (member, value),
+            Member::Missing => {
+                count(Reject::Malformed);
+                return None;
+            }
+            Member::Oversized => {
+                count(Reject::Oversized);
+                return None;
+            }
         };
         let Some(split) = value.iter().rposition(|b| *b == b'\n') else {
             count(Reject::Malformed);
             return None;
         };
         let e = self.accept(&value[..split], &value[split + 1..], where_, false)?;
-        if e.op != Op::Ban || member != format!("{}|{}", e.node, e.net).as_bytes() {
+        if e.op != Op::Ban || member.as_slice() != format!("{}|{}", e.node, e.net).as_bytes() {
             count(Reject::Mismatch);
             return None;
         }
@@ -183,16 +177,15 @@ impl Reader {
     /// One stream entry (fields `e`: the text, `m`: its MAC).
     fn on_event(
         &mut self,
-        fields: &[Value],
+        fields: &[(Vec<u8>, Vec<u8>)],
         where_: &str,
         bans: &mut Vec<(String, RemoteDecision)>,
     ) -> Result<()> {
         let get = |k: &[u8]| {
             fields
-                .chunks(2)
-                .find(|p| bytes(&p[0]) == Some(k))
-                .and_then(|p| p.get(1))
-                .and_then(bytes)
+                .iter()
+                .find(|(f, _)| f.as_slice() == k)
+                .map(|(_, v)| v.as_slice())
         };
         let Some(text) = get(b"e") else {
             count(Reject::Malformed);
@@ -298,6 +291,23 @@ fn decision(e: &Entry, left: Option<Duration>) -> RemoteDecision {
     }
 }
 
+/// Where to follow the stream from: after the entry last read when the
+/// connection was lost a moment ago (nothing published meanwhile is
+/// missed), else after its newest entry (older ones are in the snapshot,
+/// or past the replay window). Never past the newest: a new Redis numbers
+/// from scratch.
+fn resume_from(seen: Option<&str>, newest: String, now_ms: i64) -> String {
+    let id = |id: &str| -> (u64, u64) {
+        let (a, b) = id.split_once('-').unwrap_or((id, "0"));
+        (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+    };
+    let recent = u64::try_from(now_ms - WINDOW_MS).unwrap_or(0);
+    match seen {
+        Some(seen) if id(seen).0 >= recent && id(seen) <= id(&newest) => seen.to_owned(),
+        _ => newest,
+    }
+}
+
 /// The MACs of the stream entries seen within the window.
 #[derive(Default)]
 struct Seen {
@@ -323,38 +333,28 @@ impl Seen {
     }
 }
 
-fn items(v: &Value) -> &[Value] {
-    match v {
-        Value::Array(a) | Value::Set(a) => a,
-        _ => &[],
-    }
-}
-
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-/// A stream ID as Redis gives it (`ms-seq`); anything else is an answer
-/// that no Redis gives: the connection is dropped.
-fn stream_id(v: Option<&Value>) -> Result<String> {
-    let id = v.and_then(bytes).unwrap_or(b"");
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id.iter().all(|b| b.is_ascii_digit() || *b == b'-')
-        && id.iter().filter(|b| **b == b'-').count() == 1;
-    if !ok {
-        bail!("not a stream entry ID in the answer");
-    }
-    Ok(String::from_utf8_lossy(id).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconnect_resumes_after_the_last_entry_read_if_recent() {
+        let now = 1_700_000_000_000;
+        let newest = format!("{now}-0");
+        // Nothing read yet: from the newest.
+        assert_eq!(resume_from(None, newest.clone(), now), newest);
+        // Read a moment ago: from there.
+        let seen = format!("{}-3", now - 5000);
+        assert_eq!(resume_from(Some(&seen), newest.clone(), now), seen);
+        // Past the window, or past the newest (a new Redis): the newest.
+        let old = format!("{}-0", now - WINDOW_MS - 1);
+        assert_eq!(resume_from(Some(&old), newest.clone(), now), newest);
+        assert_eq!(resume_from(Some(&seen), "0-0".into(), now), "0-0");
+        assert_eq!(
+            resume_from(Some(&format!("{now}-9")), newest.clone(), now),
+            newest
+        );
+    }
 
     #[test]
     fn replays_are_seen_once_within_the_window() {
@@ -365,18 +365,5 @@ mod tests {
         assert!(s.first([2; 32], now + 1000));
         // Past the window, memory goes (the timestamp check refuses it then).
         assert!(s.first([1; 32], now + WINDOW_MS + 1));
-    }
-
-    #[test]
-    fn stream_ids_from_a_hostile_answer_are_refused() {
-        assert_eq!(
-            stream_id(Some(&Value::BulkString(b"1700000000000-3".to_vec()))).unwrap(),
-            "1700000000000-3"
-        );
-        for bad in [&b"\xff\xfe"[..], b"", b"1-2-3", b"abc", &[b'1'; 60]] {
-            assert!(stream_id(Some(&Value::BulkString(bad.to_vec()))).is_err());
-        }
-        assert!(stream_id(Some(&Value::Int(3))).is_err());
-        assert!(stream_id(None).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! change), so a member never sees half a change and a replacement is
 //! O(log N). What cannot be sent while Redis is away waits, up to a bound.
 use super::entry::{clean_jail, Entry, Op};
+use super::scripts::{self, Scripts};
 use super::{connect, unix_ms, Settings};
 use crate::bans::Scope;
 use crate::fleet::Outbound;
@@ -26,8 +27,11 @@ const TRIM_ROUNDS: usize = 10;
 pub struct Writer {
     s: Settings,
     con: Option<redis::Connection>,
+    /// Loaded on `con`, when first needed.
+    scripts: Option<Scripts>,
     pending: VecDeque<Outbound>,
     last_trim: Instant,
+    trim_refused_logged: bool,
 }
 
 impl Writer {
@@ -35,8 +39,10 @@ impl Writer {
         Self {
             s,
             con: None,
+            scripts: None,
             pending: VecDeque::new(),
             last_trim: Instant::now(),
+            trim_refused_logged: false,
         }
     }
 
@@ -59,6 +65,7 @@ impl Writer {
             }
             if self.con.is_none() {
                 self.con = Some(connect(&self.s, Duration::from_secs(10))?);
+                self.scripts = None;
             }
             let result = self.flush().and_then(|()| self.trim());
             if result.is_err() {
@@ -164,6 +171,17 @@ impl Writer {
             .ignore();
     }
 
+    /// One page of ended bans removed, on the server: the members
+    /// (anyone's, of any size) are never read here.
+    fn trim_with(&mut self, bans: &str, entries: &str) -> Result<usize> {
+        let con = self.con.as_mut().expect("connected");
+        if self.scripts.is_none() {
+            self.scripts = Some(Scripts::load(con)?);
+        }
+        let sc = self.scripts.as_ref().expect("loaded");
+        sc.trim(con, (bans, entries), unix_ms(), TRIM_PAGE)
+    }
+
     /// Every minute: ended bans (of any node: a node that left stays in the
     /// set otherwise) leave the set and their entries the hash.
     fn trim(&mut self) -> Result<()> {
@@ -172,31 +190,21 @@ impl Writer {
         }
         self.last_trim = Instant::now();
         let (bans, entries) = (self.s.key_name("bans"), self.s.key_name("entries"));
-        let con = self.con.as_mut().expect("connected");
         for _ in 0..TRIM_ROUNDS {
-            let ended: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
-                .arg(&bans)
-                .arg("-inf")
-                .arg(format!("({}", unix_ms()))
-                .arg("LIMIT")
-                .arg(0)
-                .arg(TRIM_PAGE)
-                .query(con)?;
-            if ended.is_empty() {
-                break;
-            }
-            redis::pipe()
-                .atomic()
-                .cmd("ZREM")
-                .arg(&bans)
-                .arg(&ended)
-                .ignore()
-                .cmd("HDEL")
-                .arg(&entries)
-                .arg(&ended)
-                .ignore()
-                .query::<()>(con)?;
-            if ended.len() < TRIM_PAGE {
+            let removed = match self.trim_with(&bans, &entries) {
+                Ok(n) => n,
+                Err(e) if e.downcast_ref::<scripts::Refused>().is_some() => {
+                    // Publishing goes on; ended bans stay (their ends
+                    // are in their entries: members drop them anyway).
+                    if !self.trim_refused_logged {
+                        self.trim_refused_logged = true;
+                        tracing::warn!("Redis fleet: ended bans are not trimmed: {e}");
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if removed < TRIM_PAGE {
                 break;
             }
         }

@@ -141,7 +141,14 @@ fn crowdsec_decisions_drop_and_lift_through_outages() -> Result<()> {
     lapi.kill();
     std::thread::sleep(Duration::from_secs(2));
     lapi.restart()?;
-    lapi.cscli(&["decisions", "add", "--ip", "203.0.113.44", "--duration", "1h"])?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "203.0.113.44",
+        "--duration",
+        "1h",
+    ])?;
     wait_until(10, "resynchronised after the second outage", || {
         has(&s.sb, "203.0.113.44", "crowdsec")
     })?;

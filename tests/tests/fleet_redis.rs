@@ -61,6 +61,11 @@ fn publish(redis: &Redis, key: &str, e: &Entry) -> Result<()> {
 
 /// Box 1 follows the fleet: a member's ban arrives. The entry, for replays.
 fn following(s: &Setup, redis: &Redis) -> Result<Entry> {
+    // Published only to the stream (not the snapshot), so only once the
+    // reader has read where the stream stood: before, it would start after it.
+    wait_until(10, "box 1 follows the fleet", || {
+        Ok(s.daemon.log().contains("Redis fleet: following"))
+    })?;
     let e = ban_entry("box9", MEMBER_BAN);
     publish(redis, FLEET_KEY, &e)?;
     wait_until(10, "a member's ban arrives", || listed(s, MEMBER_BAN))?;

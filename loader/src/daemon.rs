@@ -1169,7 +1169,7 @@ impl Engine {
             "ports": self.config.protected_ports(),
             "freeswitch": self.config.discovered,
             "remote": self.remote_summary(),
-            "fleet": { "redis": fleet::redis::report() },
+            "fleet": { "redis": fleet::redis::report(), "workers": fleet::workers_report() },
         }))
     }
 
@@ -1467,6 +1467,8 @@ impl Engine {
             over_cap,
             dry_run: self.config.dry_run,
             notifications_dropped: self.notifier.dropped,
+            fleet_rejected: fleet::redis::rejected(),
+            worker_restarts: fleet::restarts(),
         }
     }
 

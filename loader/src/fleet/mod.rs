@@ -135,6 +135,20 @@ pub fn restarts() -> Vec<(&'static str, u64, u64)> {
     RESTARTS.lock().map(|r| r.clone()).unwrap_or_default()
 }
 
+/// `status`'s `fleet.workers`: each restarted worker's restarts, by cause.
+pub fn workers_report() -> serde_json::Value {
+    restarts()
+        .into_iter()
+        .map(|(n, errors, panics)| {
+            (
+                n.to_owned(),
+                serde_json::json!({ "errors": errors, "panics": panics }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn count_restart(name: &'static str, panicked: bool) {
     if let Ok(mut r) = RESTARTS.lock() {
         let i = match r.iter().position(|(n, ..)| *n == name) {
@@ -335,6 +349,10 @@ mod tests {
         let r = restarts();
         let (_, errors, panics) = r.iter().find(|(n, ..)| *n == "test-worker").unwrap();
         assert_eq!((*errors, *panics), (1, 1));
+        assert_eq!(
+            workers_report()["test-worker"],
+            serde_json::json!({ "errors": 1, "panics": 1 })
+        );
         drop(stop_tx);
     }
 

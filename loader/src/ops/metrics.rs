@@ -22,6 +22,12 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerCause {
+    worker: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JailFamily {
     jail: String,
     family: String,
@@ -109,6 +115,10 @@ pub struct Snapshot {
     pub dry_run: bool,
     /// Ban and unban events the notification queue could not take.
     pub notifications_dropped: u64,
+    /// Redis fleet entries refused, by reason (every reason, even at 0).
+    pub fleet_rejected: Vec<(&'static str, u64)>,
+    /// Fleet workers restarted by their supervisor: worker, errors, panics.
+    pub worker_restarts: Vec<(&'static str, u64, u64)>,
 }
 
 /// The whole exposition, in the Prometheus text format (0.0.4).
@@ -198,7 +208,7 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
 
     // Redis fleet entries refused (unsigned, replayed, ...), by reason.
     let fleet_rejected = Family::<Reason, Counter>::default();
-    for (reason, n) in crate::fleet::redis::rejected() {
+    for &(reason, n) in &snap.fleet_rejected {
         fleet_rejected
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
@@ -209,6 +219,25 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "fleet_rejected",
         "Redis fleet entries refused: no valid MAC, replayed, forged in this box's name, malformed",
         fleet_rejected,
+    );
+
+    // Fleet workers restarted by their supervisor, after an error (an
+    // engine away) or a panic (a hostile answer that crashed a parser).
+    let restarts = Family::<WorkerCause, Counter>::default();
+    for &(worker, errors, panics) in &snap.worker_restarts {
+        for (cause, n) in [("error", errors), ("panic", panics)] {
+            restarts
+                .get_or_create(&WorkerCause {
+                    worker: worker.to_owned(),
+                    cause: cause.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+    r.register(
+        "fleet_worker_restarts",
+        "Fleet workers (CrowdSec, Redis, APIBAN) restarted after an error or a panic",
+        restarts,
     );
 
     let lines = Family::<JailResult, Counter>::default();
@@ -344,6 +373,8 @@ mod tests {
             over_cap: vec![("redis:b".into(), 4)],
             dry_run: false,
             notifications_dropped: 0,
+            fleet_rejected: vec![("replay", 3)],
+            worker_restarts: vec![("redis-reader", 1, 2)],
         };
         let text = render(&live, &snap);
         for line in [
@@ -361,7 +392,9 @@ mod tests {
             "sipguard_bans_refused_total{jail=\"redis:b\",cause=\"over_cap\"} 4",
             "sipguard_dry_run 0",
             "sipguard_notifications_dropped_total 0",
-            "sipguard_fleet_rejected_total{reason=\"replay\"}",
+            "sipguard_fleet_rejected_total{reason=\"replay\"} 3",
+            "sipguard_fleet_worker_restarts_total{worker=\"redis-reader\",cause=\"error\"} 1",
+            "sipguard_fleet_worker_restarts_total{worker=\"redis-reader\",cause=\"panic\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }

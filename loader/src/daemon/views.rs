@@ -1,0 +1,288 @@
+//! What the daemon shows: `status`, ban lists, the metrics snapshot, the
+//! service manager's status line.
+use super::{Daemon, FLOOD_JAIL, SCANNER_JAIL};
+use crate::{
+    addr,
+    bans::{
+        caps::{self},
+        now_ms, Scope,
+    },
+    fleet::{self},
+    kernel::clock,
+    ops::metrics,
+};
+use anyhow::{bail, Result};
+use ipnet::IpNet;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// Bans a jail's `status` lists (the rest are counted; `sipguard list`
+/// has them all).
+const STATUS_BANS: usize = 1000;
+
+impl Daemon {
+    /// A jail's bans for `status`: how many, the first `STATUS_BANS` by
+    /// address, and how many are not listed.
+    pub(super) fn ban_list(
+        &self,
+        nets: Option<Vec<IpNet>>,
+    ) -> (usize, Vec<serde_json::Value>, usize) {
+        let mut nets = nets.unwrap_or_default();
+        let n = nets.len();
+        if n > STATUS_BANS {
+            nets.select_nth_unstable(STATUS_BANS);
+            nets.truncate(STATUS_BANS);
+        }
+        nets.sort_unstable();
+        let listed = nets
+            .iter()
+            .filter_map(|net| Some((net, self.bans.get(net)?)))
+            .map(|(net, b)| {
+                json!({
+                    "address": addr::display(net),
+                    "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
+                    "reason": b.reason,
+                    "line": b.line,
+                    "all_ports": b.scope == Scope::AllPorts,
+                    "ports_only": b.scope == Scope::PortsOnly,
+                })
+            })
+            .collect();
+        (n, listed, n - nets.len())
+    }
+
+    /// fail2ban-client-like status: per jail, failures and bans.
+    pub(super) fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
+        if let Some(name) = only {
+            let pseudo = ["manual", FLOOD_JAIL, SCANNER_JAIL].contains(&name);
+            if !pseudo && !self.jails.iter().any(|j| j.name == name) {
+                bail!(
+                    "no jail named '{name}' (jails: {})",
+                    self.jail_names().join(", ")
+                );
+            }
+        }
+        let now = now_ms();
+        // The networks each jail bans; a status lists the first
+        // `STATUS_BANS` of them by address, and counts the rest (a million
+        // bans would be hundreds of MB of JSON, built on the loop).
+        let mut by_jail: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+        let bans: Box<dyn Iterator<Item = _>> = match only {
+            Some(jail) => Box::new(self.bans.iter_jail(jail)),
+            None => Box::new(self.bans.iter()),
+        };
+        for (net, b) in bans {
+            by_jail.entry(b.jail).or_default().push(*net);
+        }
+        let mut jails = Vec::new();
+        for j in &self.jails {
+            if only.is_some_and(|n| n != j.name) {
+                continue;
+            }
+            let (n, banned, more) = self.ban_list(by_jail.remove(j.name.as_str()));
+            jails.push(json!({
+                "name": j.name,
+                "filter": {
+                    "currently_failed": j.offenders.currently_failed(now),
+                    "total_failed": j.stats.total_failed,
+                    "files": j.files(),
+                    "lines": j.stats.lines,
+                    "ignored": j.stats.ignored_ip + j.stats.ignored_regex,
+                    "too_old": j.stats.too_old,
+                    "skewed": j.stats.skewed,
+                    "ambiguous": j.stats.ambiguous,
+                    "skipped_long_lines": j.skipped_long_lines(),
+                },
+                "actions": {
+                    "currently_banned": n,
+                    "total_banned": self.bans.total_by_jail.get(&j.name).copied().unwrap_or(0),
+                    "banned": banned,
+                    "banned_not_listed": more,
+                },
+            }));
+        }
+        // Bans that no log jail made: by hand, and by the XDP flood limiter.
+        for name in ["manual", FLOOD_JAIL, SCANNER_JAIL] {
+            if only.is_some_and(|n| n != name) {
+                continue;
+            }
+            let (n, banned, more) = self.ban_list(by_jail.remove(name));
+            let total = self.bans.total_by_jail.get(name).copied().unwrap_or(0);
+            let quiet = total == 0
+                && self.packet_bans.skipped(name) == 0
+                && !self.refused.contains_key(name);
+            if banned.is_empty() && quiet && only.is_none() {
+                continue;
+            }
+            jails.push(json!({
+                "name": name,
+                "filter": null,
+                "actions": {
+                    "currently_banned": n,
+                    "total_banned": total,
+                    "skipped_over_budget": self.packet_bans.skipped(name),
+                    "refused_never_ban": self.refused.get(name).copied().unwrap_or(0),
+                    "banned": banned,
+                    "banned_not_listed": more,
+                },
+            }));
+        }
+        Ok(json!({
+            "jails": jails,
+            "bans": self.bans.len(),
+            "dry_run": self.config.dry_run,
+            "ports": self.config.protected_ports(),
+            "freeswitch": self.config.discovered,
+            "remote": self.remote_summary(),
+            "fleet": { "redis": fleet::redis::report(), "workers": fleet::workers_report() },
+        }))
+    }
+
+    /// What Prometheus reads beyond the live counters.
+    pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let maps = self.bans.kernel();
+        let verdicts = maps
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .zip(common::counter::NAMES)
+                    .map(|(c, name)| (name, c.packets, c.bytes))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Kept counted as bans change: jails and origins, not bans.
+        let mut by_jail: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for (jail, family, n) in self.bans.counts_by_jail() {
+            *by_jail.entry((jail.to_owned(), family)).or_default() += n;
+        }
+        // Bans from elsewhere, under their origin: the largest few, the
+        // rest as `other` (anyone writing to a shared Redis names nodes).
+        let remote = self.bans.remote();
+        let tallies = remote.tallies().map(|(o, t)| (o, *t)).collect();
+        for (origin, t) in caps::top(tallies, caps::METRIC_ORIGINS, |t| t.total()) {
+            for (f, family) in crate::bans::FAMILIES.iter().enumerate() {
+                if t.bans[f] > 0 {
+                    *by_jail.entry((origin.clone(), family)).or_default() += t.bans[f];
+                }
+            }
+        }
+        let refused = |pick: fn(&caps::Refusals) -> u64| {
+            let all = remote.refused().iter().map(|(o, r)| (o, pick(r))).collect();
+            caps::top(all, caps::METRIC_ORIGINS, |n| *n)
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+        };
+        let never_ban: Vec<(String, u64)> = refused(|r| r.never_ban).collect();
+        let over_cap: Vec<(String, u64)> = refused(|r| r.over_cap).collect();
+        let family_total = |f: &str| {
+            by_jail
+                .iter()
+                .filter(|((_, g), _)| *g == f)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        let allowed_v4 = self.never_ban.nets().filter(|n| n.addr().is_ipv4()).count() as u64;
+        let allowed_v6 = self.never_ban.nets().count() as u64 - allowed_v4;
+        let mut log_lines = Vec::new();
+        for j in &self.jails {
+            let s = &j.stats;
+            for (result, n) in [
+                ("read", s.lines),
+                ("matched", s.total_failed),
+                ("ignored", s.ignored_ip + s.ignored_regex),
+                ("too_old", s.too_old),
+                ("skewed", s.skewed),
+                ("ambiguous", s.ambiguous),
+                ("too_long", j.skipped_long_lines()),
+            ] {
+                log_lines.push((j.name.clone(), result, n));
+            }
+        }
+        metrics::Snapshot {
+            verdicts,
+            maps: vec![
+                (
+                    "banned_v4",
+                    family_total("ipv4"),
+                    u64::from(common::MAX_BANS),
+                ),
+                (
+                    "banned_v6",
+                    family_total("ipv6"),
+                    u64::from(common::MAX_BANS),
+                ),
+                ("allowed_v4", allowed_v4, u64::from(common::MAX_ALLOWED)),
+                ("allowed_v6", allowed_v6, u64::from(common::MAX_ALLOWED)),
+            ],
+            bans: by_jail
+                .into_iter()
+                .map(|((jail, family), n)| (jail, family, n))
+                .collect(),
+            log_lines,
+            lost_reports: maps.lost_reports().unwrap_or(0),
+            refused: self
+                .refused
+                .iter()
+                .map(|(j, n)| (j.clone(), *n))
+                .chain(never_ban)
+                .collect(),
+            over_cap,
+            dry_run: self.config.dry_run,
+            notifications_dropped: self.announce.notifier.dropped,
+            fleet_rejected: fleet::redis::rejected(),
+            worker_restarts: fleet::restarts(),
+        }
+    }
+
+    /// Bans from elsewhere, by origin (the largest `caps::STATUS_ORIGINS`, the
+    /// rest as `other`), with the address space they hold and what was
+    /// refused: never-ban set, caps. Kept counted: O(origins).
+    pub(super) fn remote_summary(&self) -> serde_json::Value {
+        self.bans
+            .remote()
+            .summary(caps::STATUS_ORIGINS)
+            .into_iter()
+            .map(|(o, s)| {
+                let v = json!({
+                    "bans": s.held.total(),
+                    "ipv4_addresses": s.held.space[0],
+                    "ipv6_64s": s.held.space[1],
+                    "refused_never_ban": s.never_ban,
+                    "over_cap": s.over_cap,
+                });
+                (crate::text::escape(&o).into_owned(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    /// One line for `systemctl status`: bans in force and what was dropped.
+    pub(super) fn status_line(&self) -> String {
+        let dropped: u64 = self
+            .bans
+            .kernel()
+            .counters()
+            .map(|c| {
+                common::counter::DROPS
+                    .iter()
+                    .map(|&i| c[i as usize].packets)
+                    .sum()
+            })
+            .unwrap_or(0);
+        if self.config.dry_run {
+            format!(
+                "DRY RUN, dropping nothing; {} ban(s) recorded, {dropped} packet(s) would have been dropped",
+                self.bans.len()
+            )
+        } else {
+            format!(
+                "protecting; {} ban(s) in force, {dropped} packet(s) dropped",
+                self.bans.len()
+            )
+        }
+    }
+
+    pub(super) fn jail_names(&self) -> Vec<String> {
+        self.jails.iter().map(|j| j.name.clone()).collect()
+    }
+}

@@ -137,7 +137,9 @@ fn run(s: &Settings, mut cursor: String, tx: &InboundTx, stop: &mpsc::Receiver<(
                                 net,
                                 left: Some(BAN_FOR),
                                 reason: format!("APIBAN {} list", s.set),
-                                scope: crate::bans::Scope::Ports,
+                                // A third-party list: never widened to every
+                                // port, even when this box bans on all ports.
+                                scope: crate::bans::Scope::PortsOnly,
                             }),
                             Err(_) => refused += 1,
                         }

@@ -21,6 +21,10 @@ use std::{collections::HashSet, time::Instant};
 const MAX_SCENARIOS: usize = 4096;
 /// Refusals described per answer (the rest are only counted).
 const REFUSALS_SHOWN: usize = 10;
+/// Decisions held for one network. CrowdSec has a few per network (one per
+/// scenario that fired); a LAPI sending thousands for one network would
+/// otherwise grow its list and make every add a longer walk.
+const MAX_IDS_PER_NET: usize = 16;
 
 #[derive(Default)]
 pub struct Book {
@@ -49,6 +53,8 @@ pub struct Pass {
     pub refused_count: usize,
     /// This box's own exported decisions, skipped.
     pub own: usize,
+    /// New networks refused because the book holds `max_decisions` already.
+    pub over_book: usize,
 }
 
 impl Book {
@@ -116,16 +122,43 @@ impl Book {
             scenario: self.scenario(&d.scenario),
             ports_only,
         };
+        // The book is bounded by what an answer may bring: decisions pulled
+        // again and again (never deleted, never ended) cannot grow it past that.
+        let full = self.by_net.len() >= s.max_decisions;
         match self.by_net.get_mut(&net) {
-            Some(ids) => match ids.iter_mut().find(|h| h.id == d.id) {
-                Some(h) => *h = held,
-                None => ids.push(held),
-            },
+            Some(ids) => {
+                if let Some(i) = ids.iter().position(|h| h.id == d.id) {
+                    ids[i] = held;
+                } else if ids.len() < MAX_IDS_PER_NET {
+                    ids.push(held);
+                } else {
+                    // Full: the new one replaces the one ending first, when
+                    // it outlasts it (the network's longest is what counts).
+                    let first = ids.iter_mut().min_by_key(|h| end_key(h.end, now))?;
+                    if end_key(held.end, now) <= end_key(first.end, now) {
+                        return None;
+                    }
+                    *first = held;
+                }
+            }
+            None if full => {
+                pass.over_book += 1;
+                return None;
+            }
             None => {
                 self.by_net.insert(net, SmallVec::from_buf([held]));
             }
         }
         Some(net)
+    }
+
+    /// Forgets decisions that have ended: their bans ended on their own, and
+    /// the room they held is free for the next answer.
+    pub fn prune(&mut self, now: Instant) {
+        self.by_net.retain(|_, ids| {
+            ids.retain(|h| h.end.is_none_or(|e| e > now));
+            !ids.is_empty()
+        });
     }
 
     /// A scenario's index; a generic one once `MAX_SCENARIOS` are held, so
@@ -145,10 +178,7 @@ impl Book {
     /// sipguard box's packet-evidence export stays ports-only here.
     pub fn effective(&self, net: &IpNet, all_ports: bool, now: Instant) -> Option<RemoteDecision> {
         let ids = self.by_net.get(net)?;
-        let h = ids.iter().max_by_key(|h| {
-            h.end
-                .map_or(u128::MAX, |e| e.duration_since(now).as_nanos())
-        })?;
+        let h = ids.iter().max_by_key(|h| end_key(h.end, now))?;
         Some(RemoteDecision {
             net: *net,
             left: h.end.map(|e| e.saturating_duration_since(now)),
@@ -178,6 +208,11 @@ impl Book {
     pub fn clear(&mut self) {
         *self = Book::default();
     }
+}
+
+/// How long a decision has left, for ordering (`None`: no end, the longest).
+fn end_key(end: Option<Instant>, now: Instant) -> u128 {
+    end.map_or(u128::MAX, |e| e.saturating_duration_since(now).as_nanos())
 }
 
 /// A decision's network: `Ip` is one address, `Range` a prefix; nothing
@@ -292,6 +327,51 @@ mod tests {
         let pass = run(&mut book, &s, List::New, &[own], now);
         assert_eq!(pass.own, 0);
         assert_eq!(scope(&book, "192.0.2.2/32"), Some(Scope::PortsOnly));
+    }
+
+    #[test]
+    fn the_book_and_each_network_are_bounded_and_ended_decisions_forgotten() {
+        let mut s = settings();
+        s.max_decisions = 100;
+        let now = Instant::now();
+        let mut book = Book::default();
+        // One network, thousands of ids: at most MAX_IDS_PER_NET held, the
+        // longest kept.
+        let many: Vec<Record> = (0..5000)
+            .map(|i| d(i, "192.0.2.1", "Ip", &format!("{}s", 60 + i)))
+            .collect();
+        run(&mut book, &s, List::New, &many, now);
+        let ids = book.by_net.get(&"192.0.2.1/32".parse().unwrap()).unwrap();
+        assert_eq!(ids.len(), MAX_IDS_PER_NET);
+        let left = book
+            .effective(&"192.0.2.1/32".parse().unwrap(), false, now)
+            .unwrap()
+            .left
+            .unwrap();
+        assert_eq!(left.as_secs(), 60 + 4999);
+        // New networks past max_decisions are refused and counted, pass
+        // after pass: the book never grows past the cap.
+        for round in 0..3u32 {
+            let nets: Vec<Record> = (0..200u32)
+                .map(|i| {
+                    let a = std::net::Ipv4Addr::from(0x0a00_0000 + round * 1000 + i);
+                    d(i64::from(i), &a.to_string(), "Ip", "1h")
+                })
+                .collect();
+            let pass = run(&mut book, &s, List::New, &nets, now);
+            assert!(pass.over_book >= 100, "{pass:?}");
+            assert_eq!(book.networks(), 100);
+        }
+        // Ended decisions are forgotten, and their room is free again.
+        let short: Vec<Record> = (0..5)
+            .map(|i| d(9000 + i, "198.51.100.1", "Ip", "1s"))
+            .collect();
+        book.prune(now);
+        assert_eq!(book.networks(), 100);
+        book.prune(now + std::time::Duration::from_secs(7200));
+        assert_eq!(book.networks(), 0);
+        let pass = run(&mut book, &s, List::New, &short, now);
+        assert_eq!((pass.over_book, book.networks()), (0, 1));
     }
 
     #[test]

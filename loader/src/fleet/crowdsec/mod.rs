@@ -109,10 +109,12 @@ fn pull(
             e => anyhow::Error::new(e),
         })?;
     let resp = no_redirect(resp)?;
+    let now = Instant::now();
     if startup {
         book.clear();
+    } else {
+        book.prune(now);
     }
-    let now = Instant::now();
     let mut pass = Pass::default();
     let tally = stream::read(
         resp.into_reader(),
@@ -152,14 +154,15 @@ struct Noted {
 impl Noted {
     fn note(&mut self, s: &Settings, p: &Pulled) {
         let t = p.tally;
-        if t.over_cap > 0 && !self.over_cap {
+        let over = t.over_cap + p.pass.over_book;
+        if over > 0 && !self.over_cap {
             tracing::warn!(
-                "CrowdSec: the LAPI sent more than max_decisions = {}: {} more skipped (raise [crowdsec] max_decisions if they are wanted)",
+                "CrowdSec: more than max_decisions = {} decisions in force: {} more skipped (raise [crowdsec] max_decisions if they are wanted)",
                 s.max_decisions,
-                t.over_cap
+                over
             );
         }
-        self.over_cap = t.over_cap > 0;
+        self.over_cap = over > 0;
         if t.malformed > 0 && !self.malformed {
             tracing::warn!(
                 "CrowdSec: {} element(s) of the decision stream were no decision within bounds, skipped",

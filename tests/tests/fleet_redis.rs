@@ -150,6 +150,88 @@ fn entries_from_non_members_change_nothing_and_are_counted() -> Result<()> {
     Ok(())
 }
 
+/// `e` as the member's snapshot entry (`NODE|NET` in the set, its signed
+/// entry in the hash), written as the daemon's writer does.
+fn put_snapshot_entry(redis: &Redis, e: &Entry, score: &str) -> Result<String> {
+    let key = sipguard::fleet::redis::Secret::new(FLEET_KEY.as_bytes().to_vec());
+    let (text, mac) = e.sign(&key, "sipguard:entries");
+    let member = format!("{}|{}", e.node, e.net);
+    let value = format!("{text}\n{mac}");
+    redis.cli(&["ZADD", "sipguard:bans", score, &member])?;
+    redis.cli(&["HSET", "sipguard:entries", &member, &value])?;
+    Ok(value)
+}
+
+/// Makes box 1's reader start again from a snapshot, as anyone who can
+/// write to the Redis can: a stream key of the wrong type fails its next
+/// read, then the key goes.
+fn force_resync(s: &Setup, redis: &Redis) -> Result<()> {
+    let errors = || -> Result<u64> {
+        Ok(
+            s.json(&["status"])?["fleet"]["workers"]["redis-in"]["errors"]
+                .as_u64()
+                .unwrap_or(0),
+        )
+    };
+    let before = errors()?;
+    redis.cli(&["DEL", "sipguard:events"])?;
+    redis.cli(&["SET", "sipguard:events", "not a stream"])?;
+    wait_until(10, "the reader fails its read", || Ok(errors()? > before))?;
+    redis.cli(&["DEL", "sipguard:events"])?;
+    let follows = s.daemon.log().matches("Redis fleet: following").count();
+    wait_until(15, "the reader takes a new snapshot", || {
+        Ok(s.daemon.log().matches("Redis fleet: following").count() > follows)
+    })
+}
+
+#[test]
+fn deleting_the_fleets_keys_or_putting_an_old_entry_back_lifts_and_bans_nothing() -> Result<()> {
+    let s = Setup::new("")?;
+    let redis = Redis::start(&s.pair.server)?;
+    write_fleet_key(s.sb.dir.path(), FLEET_KEY, 0o600)?;
+    s.sb.write_config(&config(""))?;
+    s.cli(&["reload"])?;
+    let far = (chrono::Utc::now().timestamp_millis() + 3_600_000).to_string();
+    // A member's ban in the snapshot, taken at a resync.
+    let ban = ban_entry("box9", CLIENT_V4);
+    let old_value = put_snapshot_entry(&redis, &ban, &far)?;
+    following(&s, &redis)?;
+    force_resync(&s, &redis)?;
+    wait_until(10, "the snapshot's ban is taken", || listed(&s, CLIENT_V4))?;
+    assert_eq!(client_reaches(&s)?, 0);
+
+    // Someone without the key deletes the fleet's keys and forces a new
+    // snapshot: an absence is no signed unban, both bans stay.
+    redis.cli(&["DEL", "sipguard:bans", "sipguard:entries"])?;
+    force_resync(&s, &redis)?;
+    assert!(listed(&s, CLIENT_V4)?, "a deleted entry lifted a ban");
+    assert!(listed(&s, MEMBER_BAN)?, "a deleted entry lifted a ban");
+    assert_eq!(client_reaches(&s)?, 0);
+
+    // The member unbans: its signed unban on the stream and its tombstone.
+    let mut unban = entry(Op::Unban, "box9", CLIENT_V4);
+    unban.end_ms = None;
+    put_snapshot_entry(&redis, &unban, &far)?;
+    publish(&redis, FLEET_KEY, &unban)?;
+    wait_until(10, "the member's unban applies", || {
+        Ok(!listed(&s, CLIENT_V4)?)
+    })?;
+    assert_eq!(client_reaches(&s)?, 5);
+
+    // The old signed ban entry, kept by whoever read it, put back in place
+    // of the tombstone: refused as a replay at the next snapshot.
+    let replays = rejected(&s, "replay")?;
+    let member = format!("box9|{CLIENT_V4}/32");
+    redis.cli(&["HSET", "sipguard:entries", &member, &old_value])?;
+    force_resync(&s, &redis)?;
+    wait_until(5, "the old entry counted as a replay", || {
+        Ok(rejected(&s, "replay")? > replays)
+    })?;
+    assert!(!listed(&s, CLIENT_V4)?, "a lifted ban came back");
+    assert_eq!(client_reaches(&s)?, 5);
+    Ok(())
+}
+
 #[test]
 fn without_a_private_key_the_fleet_is_refused() -> Result<()> {
     let s = Setup::new("")?;

@@ -22,14 +22,20 @@ pub const MAX_NODES: usize = 256;
 /// one from further in the future than `SKEW` too.
 const WINDOW_MS: i64 = 10 * 60 * 1000;
 const SKEW_MS: i64 = 60 * 1000;
-/// MACs remembered against exact replays within the window.
+/// MACs remembered against exact replays within the window; past that
+/// many within 10 minutes, entries are refused rather than a MAC forgotten
+/// early.
 const SEEN_MAX: usize = 100_000;
+/// Unbans remembered (node, network, signed time), against the lifted
+/// ban's old signed entry put back.
+const LIFTED_MAX: usize = 100_000;
 
 pub struct Reader {
     s: Settings,
     tx: InboundTx,
     seen: Seen,
     nodes: HashSet<String>,
+    lifted: Lifted,
     refusal_logged: bool,
     /// The last stream entry read, across connections.
     last_id: Option<String>,
@@ -42,6 +48,7 @@ impl Reader {
             tx,
             seen: Seen::default(),
             nodes: HashSet::new(),
+            lifted: Lifted::default(),
             refusal_logged: false,
             last_id: None,
         }
@@ -102,13 +109,15 @@ impl Reader {
         }
     }
 
-    /// Every ban in force, page by page; then each node's list is complete
-    /// (what a node no longer bans goes).
+    /// Every ban in force and every unban's tombstone, page by page. What
+    /// is missing lifts nothing: anyone who can write to the Redis can
+    /// delete, and an absence carries no signature. A member's ban ends at
+    /// its signed end, or with its signed unban (stream or tombstone).
     fn snapshot(&mut self, con: &mut redis::Connection, sc: &Scripts) -> Result<()> {
         let (bans_key, entries_key) = (self.s.key_name("bans"), self.s.key_name("entries"));
         let now = unix_ms();
         let mut batch = Vec::new();
-        let mut seen: BTreeMap<String, HashSet<ipnet::IpNet>> = BTreeMap::new();
+        let mut nodes: HashSet<String> = HashSet::new();
         self.nodes.clear();
         for page in 0..MAX_PAGES {
             let min = format!("({now}");
@@ -118,8 +127,16 @@ impl Reader {
                 let Some(e) = self.snapshot_entry(m, &entries_key) else {
                     continue;
                 };
+                if e.op == Op::Unban {
+                    self.send_bans(std::mem::take(&mut batch))?;
+                    self.send(Inbound::Unbans {
+                        origin: format!("redis:{}", e.node),
+                        nets: vec![e.net],
+                    })?;
+                    continue;
+                }
                 let Some(left) = e.left(now) else { continue };
-                seen.entry(e.node.clone()).or_default().insert(e.net);
+                nodes.insert(e.node.clone());
                 batch.push((e.node.clone(), decision(&e, left)));
             }
             if members.len() < PAGE {
@@ -128,28 +145,18 @@ impl Reader {
         }
         let total = batch.len();
         self.send_bans(batch)?;
-        for (node, nets) in &seen {
-            self.send(Inbound::Complete {
-                origin: format!("redis:{node}"),
-                nets: nets.clone(),
-            })?;
-        }
-        // Nodes with nothing in force any more.
-        self.send(Inbound::OnlyOrigins {
-            prefix: "redis:".into(),
-            keep: seen.keys().map(|n| format!("redis:{n}")).collect(),
-        })?;
         tracing::info!(
             "Redis fleet: following {} as node {:?}, {total} ban(s) of {} other node(s) in force",
             crate::text::redact_url(&self.s.url),
             self.s.node,
-            seen.len()
+            nodes.len()
         );
         Ok(())
     }
 
     /// A snapshot member (`NODE|NET`) and its signed entry: taken when the
-    /// entry is a valid signed ban of that very node and network.
+    /// entry is a valid signed ban (or unban's tombstone) of that very node
+    /// and network.
     fn snapshot_entry(&mut self, m: &Member, where_: &str) -> Option<Entry> {
         let (member, value) = match m {
             Member::Entry(member, value) => (member, value),
@@ -167,7 +174,8 @@ impl Reader {
             return None;
         };
         let e = self.accept(&value[..split], &value[split + 1..], where_, false)?;
-        if e.op != Op::Ban || member.as_slice() != format!("{}|{}", e.node, e.net).as_bytes() {
+        if e.op == Op::FleetUnban || member.as_slice() != format!("{}|{}", e.node, e.net).as_bytes()
+        {
             count(Reject::Mismatch);
             return None;
         }
@@ -247,10 +255,23 @@ impl Reader {
         }
         if stream {
             let now = unix_ms();
-            if e.ts_ms < now - WINDOW_MS || e.ts_ms > now + SKEW_MS || !self.seen.first(mac, now) {
+            if e.ts_ms < now - WINDOW_MS
+                || e.ts_ms > now + SKEW_MS
+                || !self.seen.first(mac, e.ts_ms, now)
+            {
                 count(Reject::Replay);
                 return None;
             }
+        }
+        // A ban signed before this node's unban of it is its old entry,
+        // put back: refused. An unban is remembered against that.
+        match e.op {
+            Op::Ban if !self.lifted.allows(&e) => {
+                count(Reject::Replay);
+                return None;
+            }
+            Op::Ban => {}
+            Op::Unban | Op::FleetUnban => self.lifted.record(&e),
         }
         if !self.nodes.contains(&e.node) {
             if self.nodes.len() >= MAX_NODES {
@@ -311,25 +332,63 @@ fn resume_from(seen: Option<&str>, newest: String, now_ms: i64) -> String {
 /// The MACs of the stream entries seen within the window.
 #[derive(Default)]
 struct Seen {
-    order: VecDeque<(i64, [u8; 32])>,
+    /// Each MAC with the time it may be forgotten: when its entry's own
+    /// time (which may run up to `SKEW_MS` ahead) is out of the window too.
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(i64, [u8; 32])>>,
     set: HashSet<[u8; 32]>,
 }
 
 impl Seen {
-    /// True the first time `mac` is seen (within the window).
-    fn first(&mut self, mac: [u8; 32], now: i64) -> bool {
-        while let Some((ts, m)) = self.order.front() {
-            if *ts >= now - WINDOW_MS && self.order.len() < SEEN_MAX {
+    /// True the first time `mac` (signed at `ts`) is seen within the
+    /// window; false too when `SEEN_MAX` MACs are still in their window.
+    fn first(&mut self, mac: [u8; 32], ts: i64, now: i64) -> bool {
+        while let Some(std::cmp::Reverse((forget_at, m))) = self.order.peek() {
+            if *forget_at > now {
                 break;
             }
             self.set.remove(m);
-            self.order.pop_front();
+            self.order.pop();
         }
-        if !self.set.insert(mac) {
+        if self.set.contains(&mac) || self.set.len() >= SEEN_MAX {
             return false;
         }
-        self.order.push_back((now, mac));
+        self.set.insert(mac);
+        self.order.push(std::cmp::Reverse((
+            ts.max(now).saturating_add(WINDOW_MS),
+            mac,
+        )));
         true
+    }
+}
+
+/// The latest signed unban per (node, network), bounded: the oldest is
+/// forgotten first.
+#[derive(Default)]
+struct Lifted {
+    at: std::collections::HashMap<(String, ipnet::IpNet), i64>,
+    order: VecDeque<(String, ipnet::IpNet)>,
+}
+
+impl Lifted {
+    fn record(&mut self, e: &Entry) {
+        let key = (e.node.clone(), e.net);
+        let latest = self.at.entry(key.clone()).or_insert(i64::MIN);
+        if *latest == i64::MIN {
+            self.order.push_back(key);
+        }
+        *latest = (*latest).max(e.ts_ms);
+        while self.order.len() > LIFTED_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a ban entry is newer than the node's last unban of it.
+    fn allows(&self, e: &Entry) -> bool {
+        self.at
+            .get(&(e.node.clone(), e.net))
+            .is_none_or(|&unbanned| e.ts_ms > unbanned)
     }
 }
 
@@ -360,10 +419,62 @@ mod tests {
     fn replays_are_seen_once_within_the_window() {
         let mut s = Seen::default();
         let now = 1_000_000_000;
-        assert!(s.first([1; 32], now));
-        assert!(!s.first([1; 32], now + 1000));
-        assert!(s.first([2; 32], now + 1000));
+        assert!(s.first([1; 32], now, now));
+        assert!(!s.first([1; 32], now, now + 1000));
+        assert!(s.first([2; 32], now, now + 1000));
         // Past the window, memory goes (the timestamp check refuses it then).
-        assert!(s.first([1; 32], now + WINDOW_MS + 1));
+        assert!(s.first([1; 32], now, now + WINDOW_MS + 1));
+        // Signed ahead of this clock: remembered until its own time is out
+        // of the window, not only the arrival.
+        let ahead = now + SKEW_MS;
+        assert!(s.first([3; 32], ahead, now));
+        assert!(!s.first([3; 32], ahead, now + WINDOW_MS + 1));
+        assert!(s.first([3; 32], ahead, ahead + WINDOW_MS + 1));
+    }
+
+    #[test]
+    fn a_full_memory_refuses_rather_than_forgets() {
+        let mut s = Seen::default();
+        let now = 1_000_000_000;
+        for i in 0..SEEN_MAX as u32 {
+            let mut mac = [0; 32];
+            mac[..4].copy_from_slice(&i.to_le_bytes());
+            assert!(s.first(mac, now, now));
+        }
+        assert!(!s.first([0xff; 32], now, now + 1));
+        // An exact replay of the first is still refused as such.
+        assert!(!s.first([0; 32], now, now + 1));
+        // Once the window has passed, there is room again.
+        assert!(s.first([0xff; 32], now, now + WINDOW_MS + 1));
+    }
+
+    #[test]
+    fn a_lifted_bans_old_entry_is_refused_and_a_newer_one_taken() {
+        let mut l = Lifted::default();
+        let mut ban = crate::fleet::redis::entry::Entry {
+            op: Op::Ban,
+            node: "box9".into(),
+            net: "192.0.2.1/32".parse().unwrap(),
+            scope: crate::bans::Scope::Ports,
+            end_ms: None,
+            ts_ms: 1000,
+            jail: "j".into(),
+        };
+        assert!(l.allows(&ban));
+        let unban = Entry {
+            op: Op::Unban,
+            ts_ms: 2000,
+            ..ban.clone()
+        };
+        l.record(&unban);
+        assert!(!l.allows(&ban), "the old entry put back");
+        ban.ts_ms = 3000;
+        assert!(l.allows(&ban), "banned again since");
+        let other = Entry {
+            node: "box8".into(),
+            ts_ms: 1000,
+            ..ban.clone()
+        };
+        assert!(l.allows(&other), "another node's ban is its own");
     }
 }

@@ -1,6 +1,6 @@
-//! Publishes this box's ban changes: each batch is one MULTI/EXEC (ZADD or
-//! ZREM of `NODE|NET`, HSET or HDEL of its signed entry, XADD of the signed
-//! change), so a member never sees half a change and a replacement is
+//! Publishes this box's ban changes: each batch is one MULTI/EXEC (ZADD of
+//! `NODE|NET`, HSET of its signed entry, a ban or an unban's tombstone, XADD
+//! of the signed change), so a member never sees half a change and a replacement is
 //! O(log N). What cannot be sent while Redis is away waits, up to a bound.
 use super::entry::{clean_jail, Entry, Op};
 use super::scripts::{self, Scripts};
@@ -23,6 +23,9 @@ const BATCH: usize = 500;
 /// Ended bans removed at once, and rounds of that per trim.
 const TRIM_PAGE: usize = 1000;
 const TRIM_ROUNDS: usize = 10;
+/// How long an unban's tombstone stays at least (longer when the ban it
+/// lifts would have: see `add`).
+const TOMBSTONE_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub struct Writer {
     s: Settings,
@@ -152,10 +155,32 @@ impl Writer {
                 .arg(format!("{text}\n{mac}"))
                 .ignore();
         } else {
-            // A fleet unban lifts this box's own entry; every other member
-            // withdraws its own when it applies the unban.
-            p.cmd("ZREM").arg(&bans).arg(&member).ignore();
-            p.cmd("HDEL").arg(&entries).arg(&member).ignore();
+            // The entry becomes a signed tombstone instead of going: a
+            // member that missed the stream learns of the unban from the
+            // snapshot, and nobody can lift a ban by deleting its entry
+            // (absence lifts nothing) or bring it back by putting the old
+            // signed entry in again (the tombstone is newer). It is kept as
+            // long as the ban would have lasted, at least `TOMBSTONE_KEEP`
+            // (GT: a later end is never shortened).
+            // A tombstone says this node's ban is lifted, never more: a
+            // fleet unban travels on the stream alone.
+            let keep = now.saturating_add(TOMBSTONE_KEEP_MS).to_string();
+            let tombstone = Entry {
+                op: Op::Unban,
+                ..e.clone()
+            };
+            let (text, mac) = tombstone.sign(&s.key, &entries);
+            p.cmd("ZADD")
+                .arg(&bans)
+                .arg("GT")
+                .arg(&keep)
+                .arg(&member)
+                .ignore();
+            p.cmd("HSET")
+                .arg(&entries)
+                .arg(&member)
+                .arg(format!("{text}\n{mac}"))
+                .ignore();
         }
         let (text, mac) = e.sign(&s.key, &events);
         p.cmd("XADD")

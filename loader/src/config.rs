@@ -613,10 +613,39 @@ fn log_tz<'de, D: Deserializer<'de>>(d: D) -> Result<filter::LogTz, D::Error> {
         .map_err(|e| de::Error::custom(format!("{e:#}")))
 }
 
+/// Where and what, never the line itself: toml's own message quotes the
+/// offending line, which may hold a key, a password or a webhook's token
+/// (a typo in `api_key = "..."`), and this error is logged.
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{origin}: {}", e.message());
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = before.len() - line_start + 1;
+    // The key of that line (what is left of `=`), which says no secret.
+    let key = text[line_start..]
+        .lines()
+        .next()
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.len() <= 64)
+        .map(|k| format!(", key {}", crate::text::escape(k)))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "{origin}, line {line}, column {column}{key}: {}",
+        e.message().trim_end()
+    )
+}
+
 impl Config {
     /// Parses and checks a configuration; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
         config.check().with_context(|| origin.to_owned())?;
         Ok(config)
     }
@@ -797,6 +826,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_error_says_where_but_never_quotes_the_line() {
+        let text =
+            "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\napi-key = \"s3cr3t-bouncer-key\"\n";
+        let e = format!(
+            "{:#}",
+            Config::parse(text, "/etc/sipguard/sipguard.toml").unwrap_err()
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("api-key"), "{e}");
+        let text = "[notify]\nwebhooks = [\"https://hooks.example/T0KEN\", 5]\n";
+        let e = format!("{:#}", Config::parse(text, "x").unwrap_err());
+        assert!(!e.contains("T0KEN") && e.contains("line 2"), "{e}");
+    }
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text, "test.toml").unwrap_err())

@@ -201,6 +201,15 @@ pub fn host_of(url: &str) -> Option<String> {
     }
 }
 
+fn host_is_loopback(url: &str) -> bool {
+    host_of(url).is_some_and(|h| {
+        h == "localhost"
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+    })
+}
+
 /// Checks a URL (without ever echoing it: it may hold a password).
 pub fn check_url(url: &str) -> Result<()> {
     if !url.starts_with("redis://") && !url.starts_with("rediss://") {
@@ -255,6 +264,14 @@ pub fn start(
 ) -> Result<()> {
     check_url(&s.url)?;
     set_refused(None);
+    if s.url.starts_with("redis://") && !host_is_loopback(&s.url) {
+        // Entries are signed, but the server's replies are not: whoever sits
+        // between this box and Redis can make a reply as large as it likes
+        // (the client reads a reply whole) and see the fleet's password.
+        tracing::warn!(
+            "Redis fleet over plain redis:// to another host: use rediss:// (TLS) unless the path to Redis is trusted"
+        );
+    }
     let mut r = reader::Reader::new(s.clone(), tx);
     super::supervise("redis-in", stop, move |stop| r.run(stop));
     let mut w = writer::Writer::new(s);

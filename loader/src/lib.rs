@@ -34,7 +34,8 @@
 //! | `kernel/`   | `program`       | the embedded XDP object, attaching and pinned links       |
 //! |             | `maps`          | typed access to the pinned kernel maps                    |
 //! |             | `batch`         | batched map writes and reads (a million bans at start)    |
-//! |             | `migrate`       | the maps' layout version, upgrades over old pins          |
+//! |             | `migrate`       | upgrades over pins of an older layout                     |
+//! |             | `layout`        | the pinned layout: map shapes, its version, trie keys     |
 //! |             | `bpffs`         | the BPF filesystem, pinned maps made by hand              |
 //! |             | `clock`         | the one clock bans end by, and its state-file form        |
 //! | bottom      | `control`       | the control socket's protocol                             |

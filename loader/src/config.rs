@@ -72,7 +72,7 @@ pub struct Config {
     pub freeswitch_conf: Option<PathBuf>,
     /// What was read there (by the daemon, at start and reload).
     #[serde(skip)]
-    pub discovered: Option<crate::ops::discovery::Discovered>,
+    pub discovered: Option<crate::freeswitch::Discovered>,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,

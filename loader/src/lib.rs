@@ -11,6 +11,8 @@
 //! |             | `trace`         | `sipguard trace`: each packet of a source, live           |
 //! | `daemon`    |                 | `sipguard run`: load, attach, serve, shut down            |
 //! | `config`    |                 | `/etc/sipguard/sipguard.toml`: settings, jails, `[flood]` |
+//! | `freeswitch/`| `freeswitch`    | FreeSWITCH's ports, trunks and log, from its own config   |
+//! |             | `walk`, `xml`   | its files read within bounds, as its X-PRE-PROCESS does   |
 //! | `logs/`     | `filter`        | matching log lines: anchored built-ins, `<HOST>`          |
 //! |             | `follow`        | following logs like `tail -F` across rotations            |
 //! |             | `watch`         | inotify wake-ups for the followed logs' folders           |
@@ -19,7 +21,6 @@
 //! | `ops/`      | `readiness`     | `sd_notify`: ready, reloading, stopping, watchdog, status |
 //! |             | `metrics`       | Prometheus metrics and their HTTP endpoint                |
 //! |             | `notify`        | exec hooks and webhooks on ban and unban, digests         |
-//! |             | `discovery`     | FreeSWITCH's ports, trunks and log, from its own config   |
 //! | `fleet/`    | `crowdsec`      | CrowdSec: its decisions enforced, detections sent as alerts |
 //! |             | `redis`         | sipguard daemons sharing bans through Redis               |
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
@@ -55,6 +56,7 @@ pub mod defaults;
 pub mod duration;
 pub mod files;
 pub mod fleet;
+pub mod freeswitch;
 pub mod kernel;
 pub mod logs;
 pub mod net_table;

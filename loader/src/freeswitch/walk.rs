@@ -18,6 +18,8 @@ pub(super) const MAX_VALUE: usize = 64 * 1024;
 pub(super) const MAX_EXPANDED: usize = 16 << 20;
 /// What one kept tag costs beyond its text (counted against `MAX_EXPANDED`).
 pub(super) const TAG_OVERHEAD: usize = 64;
+/// Includes nested deeper than this are not followed (a loop, or a mistake).
+pub(super) const MAX_DEPTH: usize = 8;
 /// Most wildcard components in one include pattern (`/*/*/*/x` would
 /// walk the whole file system).
 pub(super) const MAX_WILDCARDS: usize = 2;

@@ -6,13 +6,11 @@
 //! with globs relative to the including file, `$${var}`), so the files are
 //! read the same way: comments removed, tags and their attributes scanned,
 //! no XML tree needed (included files are often fragments).
-use regex::Regex;
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::LazyLock,
     time::Duration,
 };
 
@@ -22,12 +20,11 @@ pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
 
 /// Longest a gateway's host name may take to resolve (all of them at once).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Includes nested deeper than this are not followed (a loop, or a mistake).
-const MAX_DEPTH: usize = 8;
 
-#[path = "discovery_walk.rs"]
 mod walk;
+mod xml;
 use walk::*;
+use xml::*;
 
 /// What was found, each with where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -185,128 +182,6 @@ fn builtin_vars(dir: &Path) -> BTreeMap<String, String> {
         ("conf_dir".to_owned(), dir.display().to_string()),
         ("log_dir".to_owned(), log_dir),
     ])
-}
-
-/// One tag: its name and attributes, and whether it closes.
-#[derive(Clone, Debug)]
-struct Tag {
-    name: String,
-    closing: bool,
-    attrs: Vec<(String, String)>,
-    /// Shared by all the file's tags.
-    file: std::rc::Rc<Path>,
-}
-
-impl Tag {
-    fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-static COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<!--.*?-->").expect("valid"));
-static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"<(/?)([A-Za-z][\w.-]*)([^>]*)>").expect("valid"));
-static ATTR: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"([\w.-]+)\s*=\s*"([^"]*)""#).expect("valid"));
-static VAR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\$\$\{([^}]*)\}").expect("valid"));
-
-/// Reads `file`, applying `X-PRE-PROCESS` `set` and `include` in order,
-/// and appends its other tags (attributes expanded) to `out`.
-fn read_tree(
-    file: &Path,
-    conf: &Path,
-    depth: usize,
-    vars: &mut BTreeMap<String, String>,
-    out: &mut Vec<Tag>,
-    warnings: &mut Vec<String>,
-    budget: &mut Budget,
-) {
-    if !budget.take_file(file, warnings) {
-        return;
-    }
-    if depth > MAX_DEPTH {
-        warnings.push(format!("{}: includes nested too deep", shown(file)));
-        return;
-    }
-    let Some(text) = read_file(file, depth, budget, warnings) else {
-        return;
-    };
-    let text = COMMENT.replace_all(&text, "");
-    let shared: std::rc::Rc<Path> = file.into();
-    for cap in TAG.captures_iter(&text) {
-        let name = cap[2].to_owned();
-        let mut attrs = Vec::new();
-        for a in ATTR.captures_iter(&cap[3]) {
-            let value = expand(&a[2], vars);
-            // Every expanded value is held (as a tag's or a variable's).
-            if !budget.hold(a[1].len() + value.len(), file, warnings) {
-                return;
-            }
-            attrs.push((a[1].to_owned(), value));
-        }
-        if !budget.hold(name.len() + TAG_OVERHEAD, file, warnings) {
-            return;
-        }
-        let tag = Tag {
-            name,
-            closing: &cap[1] == "/",
-            attrs,
-            file: shared.clone(),
-        };
-        if tag.name != "X-PRE-PROCESS" {
-            out.push(tag);
-            continue;
-        }
-        let (cmd, data) = (
-            tag.attr("cmd").unwrap_or(""),
-            tag.attr("data").unwrap_or(""),
-        );
-        match cmd {
-            "set" | "stun-set" => {
-                if let Some((k, v)) = data.split_once('=') {
-                    vars.insert(k.trim().to_owned(), v.to_owned());
-                }
-            }
-            "include" => {
-                let pattern = if Path::new(data).is_absolute() {
-                    PathBuf::from(data)
-                } else {
-                    file.parent().unwrap_or(conf).join(data)
-                };
-                if budget.spent || budget.files == 0 {
-                    budget.take_file(&pattern, warnings);
-                    return;
-                }
-                for f in glob_sorted(&pattern, budget, warnings) {
-                    read_tree(&f, conf, depth + 1, vars, out, warnings, budget);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// `$${name}` replaced by its value (unknown ones are left as they are),
-/// at most `MAX_VALUE` bytes of it.
-fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut last = 0;
-    for c in VAR.captures_iter(value) {
-        let whole = c.get(0).expect("a match");
-        out.push_str(&value[last..whole.start()]);
-        out.push_str(vars.get(&c[1]).map_or(whole.as_str(), String::as_str));
-        last = whole.end();
-        if out.len() > MAX_VALUE {
-            break;
-        }
-    }
-    if out.len() <= MAX_VALUE {
-        out.push_str(&value[last..]);
-    }
-    crate::text::bounded(&out, MAX_VALUE).to_owned()
 }
 
 fn rel(conf: &Path, file: &Path) -> String {
@@ -505,5 +380,4 @@ fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> 
 }
 
 #[cfg(test)]
-#[path = "discovery_tests.rs"]
 mod tests;

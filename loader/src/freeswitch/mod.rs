@@ -4,8 +4,8 @@
 //!
 //! FreeSWITCH's `X-PRE-PROCESS` is a textual preprocessor (`set`, `include`
 //! with globs relative to the including file, `$${var}`), so the files are
-//! read the same way: comments removed, tags and their attributes scanned,
-//! no XML tree needed (included files are often fragments).
+//! read one at a time, as a stream of tags in order (see `xml`): included
+//! files are often fragments, which no whole-document parser would take.
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
@@ -194,19 +194,20 @@ fn rel(conf: &Path, file: &Path) -> String {
 /// The ports a profile listens on and the hosts of its gateways.
 fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
     let conf = d.conf_dir.clone();
-    let mut gateway: Option<String> = None;
+    // A gateway: its name, and the file it is written in.
+    let mut gateway: Option<(String, String)> = None;
     let mut gateway_params: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut profile: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut profile_file = String::new();
     for t in tags {
         match (t.name.as_str(), t.closing) {
             ("gateway", false) => {
-                gateway = t.attr("name").map(str::to_owned);
+                gateway = t.attr("name").map(|n| (n.to_owned(), rel(&conf, &t.file)));
                 gateway_params.clear();
             }
             ("gateway", true) => {
-                if let Some(name) = gateway.take() {
-                    gateway_hosts(&name, &gateway_params, hosts, &mut d.warnings);
+                if let Some((name, file)) = gateway.take() {
+                    gateway_hosts(&name, &file, &gateway_params, hosts, &mut d.warnings);
                 }
             }
             ("profile", false) => profile_file = rel(&conf, &t.file),
@@ -303,6 +304,7 @@ impl Hosts {
 /// outbound-proxy.
 fn gateway_hosts(
     name: &str,
+    file: &str,
     params: &BTreeMap<String, (String, String)>,
     out: &mut Hosts,
     warnings: &mut Vec<String>,
@@ -313,17 +315,12 @@ fn gateway_hosts(
             out.add(name, host, from, warnings);
         }
     };
-    let file = params
-        .values()
-        .next()
-        .map(|(_, f)| f.clone())
-        .unwrap_or_default();
     match ["proxy", "realm"]
         .iter()
         .find_map(|k| params.get(*k).map(|v| (*k, v)))
     {
         Some((k, (v, f))) => add(k, v, f),
-        None => add("name", name, &file),
+        None => add("name", name, file),
     }
     for key in ["register-proxy", "outbound-proxy"] {
         if let Some((v, f)) = params.get(key) {
@@ -381,3 +378,6 @@ fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod xml_tests;

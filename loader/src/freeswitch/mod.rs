@@ -93,18 +93,9 @@ pub fn discover(dir: &Path) -> Discovered {
     let mut vars = builtin_vars(dir);
     let mut budget = Budget::new();
     // vars.xml: `set` lines only (and what it includes).
-    let mut tags = Vec::new();
-    read_tree(
-        &dir.join("vars.xml"),
-        dir,
-        0,
-        &mut vars,
-        &mut tags,
-        &mut d.warnings,
-        &mut budget,
-    );
-    drop(tags);
-    if !dir.join("vars.xml").is_file() {
+    let vars_xml = dir.join("vars.xml");
+    read_top(&vars_xml, dir, &mut vars, &mut d.warnings, &mut budget);
+    if !vars_xml.is_file() {
         d.warnings.push(format!("{}: no vars.xml", dir.display()));
     }
 
@@ -120,51 +111,53 @@ pub fn discover(dir: &Path) -> Discovered {
     }
     let mut pending_hosts = Hosts::default();
     for file in profiles {
-        let mut tags = Vec::new();
-        read_tree(
-            &file,
-            dir,
-            0,
-            &mut vars,
-            &mut tags,
-            &mut d.warnings,
-            &mut budget,
-        );
+        let tags = read_top(&file, dir, &mut vars, &mut d.warnings, &mut budget);
         profile_facts(&tags, &mut d, &mut pending_hosts);
     }
 
-    // mod_logfile's file, else FreeSWITCH's default under log_dir.
+    d.log = log_file(dir, &mut vars, &mut d.warnings, &mut budget);
+    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
+    // A file included a hundred times says what is wrong with it once.
+    let mut seen = std::collections::HashSet::new();
+    d.warnings.retain(|w| seen.insert(w.clone()));
+    d
+}
+
+/// The tags of one file FreeSWITCH reads itself (not through an include).
+fn read_top(
+    file: &Path,
+    conf: &Path,
+    vars: &mut BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+    budget: &mut Budget,
+) -> Vec<Tag> {
     let mut tags = Vec::new();
-    let logfile_conf = dir.join("autoload_configs/logfile.conf.xml");
-    read_tree(
-        &logfile_conf,
-        dir,
-        0,
-        &mut vars,
-        &mut tags,
-        &mut d.warnings,
-        &mut budget,
-    );
-    d.log = tags
-        .iter()
+    read_tree(file, conf, 0, vars, &mut tags, warnings, budget);
+    tags
+}
+
+/// mod_logfile's file, else FreeSWITCH's default under log_dir.
+fn log_file(
+    dir: &Path,
+    vars: &mut BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+    budget: &mut Budget,
+) -> Option<Found<PathBuf>> {
+    let conf = dir.join("autoload_configs/logfile.conf.xml");
+    let tags = read_top(&conf, dir, vars, warnings, budget);
+    tags.iter()
         .find(|t| t.name == "param" && t.attr("name") == Some("logfile"))
         .and_then(|t| t.attr("value"))
         .map(|v| Found {
             value: PathBuf::from(v),
-            from: format!("{}: param logfile", rel(dir, &logfile_conf)),
+            from: format!("{}: param logfile", rel(dir, &conf)),
         })
         .or_else(|| {
             vars.get("log_dir").map(|l| Found {
                 value: Path::new(l).join("freeswitch.log"),
                 from: "FreeSWITCH's default: $${log_dir}/freeswitch.log".to_owned(),
             })
-        });
-
-    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
-    // A file included a hundred times says what is wrong with it once.
-    let mut seen = std::collections::HashSet::new();
-    d.warnings.retain(|w| seen.insert(w.clone()));
-    d
+        })
 }
 
 /// FreeSWITCH's own variables that matter here, from where it is installed.
@@ -225,14 +218,23 @@ fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
             _ => {}
         }
     }
-    if profile_file.is_empty() {
-        return;
+    if !profile_file.is_empty() {
+        profile_ports(&profile, &profile_file, d);
     }
+}
+
+/// The ports a profile listens on, from its params (`profile`: name to
+/// value and file), FreeSWITCH's defaults where it says nothing.
+fn profile_ports(
+    profile: &BTreeMap<String, (String, String)>,
+    profile_file: &str,
+    d: &mut Discovered,
+) {
     let mut port = |key: &str, default: Option<u16>, value: Option<&(String, String)>| {
         let (text, file) = match value {
             Some((v, f)) => (v.clone(), f.clone()),
             None => match default {
-                Some(p) => (p.to_string(), profile_file.clone()),
+                Some(p) => (p.to_string(), profile_file.to_owned()),
                 None => return,
             },
         };

@@ -101,6 +101,7 @@ impl Walk<'_> {
             // not configuration.
             let (start, closing) = match reader.read_event() {
                 Ok(Event::Start(e)) => (e, false),
+                // A closing tag is its name alone: no attributes to read.
                 Ok(Event::End(e)) => (BytesStart::new(e.name().as_ref().to_owned()), true),
                 Ok(Event::Eof) => return,
                 Ok(_) => continue,

@@ -11,6 +11,8 @@
 //! |             | `trace`         | `sipguard trace`: each packet of a source, live           |
 //! | `daemon`    |                 | `sipguard run`: load, attach, serve, shut down            |
 //! | `config`    |                 | `/etc/sipguard/sipguard.toml`: settings, jails, `[flood]` |
+//! | `freeswitch/`| `freeswitch`    | FreeSWITCH's ports, trunks and log, from its own config   |
+//! |             | `walk`, `xml`   | its files read within bounds, as its X-PRE-PROCESS does   |
 //! | `logs/`     | `filter`        | matching log lines: anchored built-ins, `<HOST>`          |
 //! |             | `follow`        | following logs like `tail -F` across rotations            |
 //! |             | `watch`         | inotify wake-ups for the followed logs' folders           |
@@ -19,7 +21,6 @@
 //! | `ops/`      | `readiness`     | `sd_notify`: ready, reloading, stopping, watchdog, status |
 //! |             | `metrics`       | Prometheus metrics and their HTTP endpoint                |
 //! |             | `notify`        | exec hooks and webhooks on ban and unban, digests         |
-//! |             | `discovery`     | FreeSWITCH's ports, trunks and log, from its own config   |
 //! | `fleet/`    | `crowdsec`      | CrowdSec: its decisions enforced, detections sent as alerts |
 //! |             | `redis`         | sipguard daemons sharing bans through Redis               |
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
@@ -34,7 +35,8 @@
 //! | `kernel/`   | `program`       | the embedded XDP object, attaching and pinned links       |
 //! |             | `maps`          | typed access to the pinned kernel maps                    |
 //! |             | `batch`         | batched map writes and reads (a million bans at start)    |
-//! |             | `migrate`       | the maps' layout version, upgrades over old pins          |
+//! |             | `migrate`       | upgrades over pins of an older layout                     |
+//! |             | `layout`        | the pinned layout: map shapes, its version, trie keys     |
 //! |             | `bpffs`         | the BPF filesystem, pinned maps made by hand              |
 //! |             | `clock`         | the one clock bans end by, and its state-file form        |
 //! | bottom      | `control`       | the control socket's protocol                             |
@@ -54,6 +56,7 @@ pub mod defaults;
 pub mod duration;
 pub mod files;
 pub mod fleet;
+pub mod freeswitch;
 pub mod kernel;
 pub mod logs;
 pub mod net_table;

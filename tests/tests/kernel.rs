@@ -892,7 +892,7 @@ fn an_older_layout_is_migrated_not_refused() -> Result<()> {
     a4.insert(&Key::new(24, [10, 0, 8, 0, 0, 0, 0, 0]), [0u8; 16], 0)?;
     drop((v4, v6, a4));
 
-    assert_eq!(sipguard::kernel::migrate::pinned_version(&pin)?, Some(1));
+    assert_eq!(sipguard::kernel::layout::pinned_version(&pin)?, Some(1));
     let err = format!(
         "{:#}",
         sipguard::kernel::maps::KernelMaps::open(&pin)
@@ -906,7 +906,7 @@ fn an_older_layout_is_migrated_not_refused() -> Result<()> {
 
     let _new = sipguard::kernel::program::load(&pin)?;
     assert_eq!(
-        sipguard::kernel::migrate::pinned_version(&pin)?,
+        sipguard::kernel::layout::pinned_version(&pin)?,
         Some(common::LAYOUT_VERSION)
     );
     let maps = sipguard::kernel::maps::KernelMaps::open(&pin)?;

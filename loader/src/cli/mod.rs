@@ -50,27 +50,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the daemon: attach XDP, follow the jails' logs, ban, until SIGINT/SIGTERM.
-    Run {
-        /// Interface to protect (repeat for several) [default: config, else the default route's].
-        #[arg(long = "iface", short = 'i')]
-        ifaces: Vec<String>,
-        /// driver (native), skb (generic), or auto: driver with fallback to skb.
-        #[arg(long, value_enum)]
-        xdp_mode: Option<program::AttachMode>,
-        /// Protected destination ports, TCP and UDP [default: config, else what FreeSWITCH listens on, else 5060,5061,5066,5080,5081,7443].
-        #[arg(long, value_delimiter = ',')]
-        ports: Option<Vec<u16>>,
-        /// Bans drop every packet of the source, not only the protected ports.
-        #[arg(long)]
-        all_ports: bool,
-        /// Read logs seen for the first time from their beginning, not their end.
-        #[arg(long)]
-        from_beginning: bool,
-        /// Decide and record as usual but drop nothing: the program counts
-        /// would-be drops (`stats`, `list`, metrics). For trying sipguard on a live box.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Run(RunArgs),
     /// Ban an address or network (through the daemon when it runs).
     Ban {
         /// ADDRESS or ADDRESS/PREFIX, IPv4 or IPv6.
@@ -140,6 +120,30 @@ pub enum Command {
     ImportFail2ban(import::Args),
 }
 
+// `sipguard run`'s flags: each overrides the configuration file's.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Interface to protect (repeat for several) [default: config, else the default route's].
+    #[arg(long = "iface", short = 'i')]
+    pub ifaces: Vec<String>,
+    /// driver (native), skb (generic), or auto: driver with fallback to skb.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<program::AttachMode>,
+    /// Protected destination ports, TCP and UDP [default: config, else what FreeSWITCH listens on, else 5060,5061,5066,5080,5081,7443].
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Option<Vec<u16>>,
+    /// Bans drop every packet of the source, not only the protected ports.
+    #[arg(long)]
+    pub all_ports: bool,
+    /// Read logs seen for the first time from their beginning, not their end.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Decide and record as usual but drop nothing: the program counts
+    /// would-be drops (`stats`, `list`, metrics). For trying sipguard on a live box.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Ban notes asked of the daemon per request: each page costs it a few ms.
 const NOTES_PAGE: usize = 20_000;
 
@@ -189,231 +193,246 @@ fn operator_change(
     journal.append(&change)
 }
 
+/// Runs the verb: one `do_<verb>` each.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run {
-            ref ifaces,
-            xdp_mode,
-            ref ports,
-            all_ports,
-            from_beginning,
-            dry_run,
-        } => {
-            require_root("run the daemon")?;
-            let opts = daemon::RunOptions {
-                explicit_config: cli.config.as_os_str() != config::DEFAULT_PATH,
-                config_path: cli.config.clone(),
-                overrides: daemon::Overrides {
-                    ifaces: ifaces.clone(),
-                    mode: xdp_mode,
-                    ports: ports.clone(),
-                    all_ports,
-                    dry_run,
-                    pin_dir: cli.pin_dir.clone(),
-                    state_file: cli.state_file.clone(),
-                    socket: cli.socket.clone(),
-                    from_beginning,
-                },
-            };
-            // Read (and cleared) before any thread starts.
-            let readiness = crate::ops::readiness::Readiness::from_env();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(daemon::run(opts, readiness))
-        }
+    let cli = &cli;
+    match &cli.command {
+        Command::Run(args) => do_run(cli, args),
         Command::Ban {
-            ref net,
-            ref duration,
+            net,
+            duration,
             all_ports,
-        } => {
-            let net = addr::parse_ban_net(net)?;
-            let bantime = duration::parse_bantime(duration)?;
-            require_root("change bans")?;
-            let req = Request::Ban {
-                net: net.to_string(),
-                duration: duration.clone(),
-                all_ports,
-            };
-            let change = journal::Change::Ban {
-                net: net.to_string(),
-                expires_at: bantime.map(|d| {
-                    crate::bans::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-                }),
-                all_ports,
-            };
-            operator_change(&cli, &req, change, |maps| {
-                let expires = bantime.map_or(0, clock::deadline_ns);
-                let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
-                maps.ban(net, expires, flags, clock::mono_now_ns())
-            })?;
-            match bantime {
-                Some(d) => println!("banned {} for {}", addr::display(&net), clock::human(d)),
-                None => println!("banned {} permanently", addr::display(&net)),
-            }
-            Ok(())
-        }
-        Command::Unban { ref net, fleet } => {
-            let net = addr::parse_net(net)?;
-            require_root("change bans")?;
-            let req = Request::Unban {
-                net: net.to_string(),
-                fleet,
-            };
-            if fleet {
-                running_daemon(&paths(&cli).socket, &req)?;
-                println!("unbanned {} on every box", addr::display(&net));
-                return Ok(());
-            }
-            let change = journal::Change::Unban {
-                net: net.to_string(),
-            };
-            operator_change(&cli, &req, change, |maps| {
-                if !maps.unban(net)? {
-                    bail!(
-                        "{} is not banned (unban takes the exact address or network that was banned)",
-                        addr::display(&net)
-                    );
-                }
-                Ok(())
-            })?;
-            println!("unbanned {}", addr::display(&net));
-            Ok(())
-        }
-        Command::Allow { ref net } => {
-            let net = addr::parse_net(net)?;
-            require_root("change the allowlist")?;
-            let req = Request::Allow {
-                net: net.to_string(),
-            };
-            let change = journal::Change::Allow {
-                net: net.to_string(),
-            };
-            operator_change(&cli, &req, change, |maps| maps.allow(net))?;
-            println!("allow-listed {}", addr::display(&net));
-            Ok(())
-        }
-        Command::Disallow { ref net } => {
-            let net = addr::parse_net(net)?;
-            require_root("change the allowlist")?;
-            let req = Request::Disallow {
-                net: net.to_string(),
-            };
-            let change = journal::Change::Disallow {
-                net: net.to_string(),
-            };
-            operator_change(&cli, &req, change, |maps| {
-                if !maps.disallow(net)? {
-                    bail!("{} is not in the allowlist", addr::display(&net));
-                }
-                Ok(())
-            })?;
-            println!("removed {} from the allowlist", addr::display(&net));
-            Ok(())
-        }
-        Command::List { json, allowed } => {
-            require_root("read sipguard's maps")?;
-            let Paths {
-                pin_dir, socket, ..
-            } = paths(&cli);
-            let maps = open(&pin_dir)?;
-            if allowed {
-                show::list_allowed(&maps, json)
-            } else {
-                // The kernel has the bans; the daemon, when it runs, their
-                // jail and reason, a page at a time.
-                let mut notes = show::BanNotes::new();
-                let mut offset = 0;
-                while let Ok(Some(page)) = daemon_request(
-                    &socket,
-                    &Request::Notes {
-                        offset,
-                        limit: NOTES_PAGE,
-                    },
-                ) {
-                    let got = show::add_notes(&mut notes, &page);
-                    offset += got;
-                    if got < NOTES_PAGE {
-                        break;
-                    }
-                }
-                show::list_bans(&maps, &notes, json)
-            }
-        }
-        Command::Stats { json } => {
-            require_root("read sipguard's maps")?;
-            show::stats(&open(&paths(&cli).pin_dir)?, json)
-        }
-        Command::Top { interval, json } => {
-            require_root("read sipguard's maps")?;
-            if !(0.1..=60.0).contains(&interval) {
-                bail!("--interval must be between 0.1 and 60 seconds");
-            }
-            show::top(
-                &open(&paths(&cli).pin_dir)?,
-                std::time::Duration::from_secs_f64(interval),
-                json,
-            )
-        }
-        Command::Status {
-            ref jail,
-            json,
-            wait,
-        } => {
-            require_root("read the daemon's status")?;
-            let socket = paths(&cli).socket;
-            let req = Request::Status { jail: jail.clone() };
-            let data = match wait {
-                None => running_daemon(&socket, &req)?,
-                Some(secs) if (0.0..=86_400.0).contains(&secs) => {
-                    wait_for_daemon(&socket, &req, std::time::Duration::from_secs_f64(secs))?
-                }
-                Some(_) => bail!("--wait takes 0 to 86400 seconds"),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
-            } else {
-                show::status(&data, jail.is_some());
-            }
-            Ok(())
-        }
-        Command::Reload => {
-            require_root("reload the daemon")?;
-            let socket = paths(&cli).socket;
-            running_daemon(&socket, &Request::Reload)?;
-            println!("configuration reloaded");
-            Ok(())
-        }
-        Command::Detach { ref ifaces } => {
-            require_root("detach the program")?;
-            let pin_dir = paths(&cli).pin_dir;
-            let ifaces = if ifaces.is_empty() {
-                program::pinned_links(&pin_dir)
-            } else {
-                ifaces.clone()
-            };
-            if ifaces.is_empty() {
-                println!(
-                    "nothing attached (no links pinned in {})",
-                    pin_dir.display()
-                );
-            }
-            for iface in ifaces {
-                if program::detach(&pin_dir, &iface)? {
-                    println!("detached from {iface}");
-                } else {
-                    println!("{iface}: no pinned link");
-                }
-            }
-            Ok(())
-        }
-        Command::Trace(ref args) => {
-            require_root("trace packets")?;
-            trace::run(args, &paths(&cli).pin_dir)
-        }
-        Command::TestFilter(ref args) => test_filter::run(args, &cli.config),
-        Command::ImportFail2ban(ref args) => import::run(args),
+        } => do_ban(cli, net, duration, *all_ports),
+        Command::Unban { net, fleet } => do_unban(cli, net, *fleet),
+        Command::Allow { net } => do_allow(cli, net),
+        Command::Disallow { net } => do_disallow(cli, net),
+        Command::List { json, allowed } => do_list(cli, *json, *allowed),
+        Command::Stats { json } => do_stats(cli, *json),
+        Command::Top { interval, json } => do_top(cli, *interval, *json),
+        Command::Status { jail, json, wait } => do_status(cli, jail.as_deref(), *json, *wait),
+        Command::Reload => do_reload(cli),
+        Command::Detach { ifaces } => do_detach(cli, ifaces),
+        Command::Trace(args) => do_trace(cli, args),
+        Command::TestFilter(args) => test_filter::run(args, &cli.config),
+        Command::ImportFail2ban(args) => import::run(args),
     }
+}
+
+fn do_run(cli: &Cli, args: &RunArgs) -> Result<()> {
+    require_root("run the daemon")?;
+    let opts = daemon::RunOptions {
+        explicit_config: cli.config.as_os_str() != config::DEFAULT_PATH,
+        config_path: cli.config.clone(),
+        overrides: daemon::Overrides {
+            ifaces: args.ifaces.clone(),
+            mode: args.xdp_mode,
+            ports: args.ports.clone(),
+            all_ports: args.all_ports,
+            dry_run: args.dry_run,
+            pin_dir: cli.pin_dir.clone(),
+            state_file: cli.state_file.clone(),
+            socket: cli.socket.clone(),
+            from_beginning: args.from_beginning,
+        },
+    };
+    // Read (and cleared) before any thread starts.
+    let readiness = crate::ops::readiness::Readiness::from_env();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(opts, readiness))
+}
+
+fn do_ban(cli: &Cli, net: &str, duration: &str, all_ports: bool) -> Result<()> {
+    let net = addr::parse_ban_net(net)?;
+    let bantime = duration::parse_bantime(duration)?;
+    require_root("change bans")?;
+    let req = Request::Ban {
+        net: net.to_string(),
+        duration: duration.to_owned(),
+        all_ports,
+    };
+    let change = journal::Change::Ban {
+        net: net.to_string(),
+        expires_at: bantime
+            .map(|d| crate::bans::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
+        all_ports,
+    };
+    operator_change(cli, &req, change, |maps| {
+        let expires = bantime.map_or(0, clock::deadline_ns);
+        let flags = if all_ports { BAN_ALL_PORTS } else { 0 };
+        maps.ban(net, expires, flags, clock::mono_now_ns())
+    })?;
+    match bantime {
+        Some(d) => println!("banned {} for {}", addr::display(&net), clock::human(d)),
+        None => println!("banned {} permanently", addr::display(&net)),
+    }
+    Ok(())
+}
+
+fn do_unban(cli: &Cli, net: &str, fleet: bool) -> Result<()> {
+    let net = addr::parse_net(net)?;
+    require_root("change bans")?;
+    let req = Request::Unban {
+        net: net.to_string(),
+        fleet,
+    };
+    if fleet {
+        running_daemon(&paths(cli).socket, &req)?;
+        println!("unbanned {} on every box", addr::display(&net));
+        return Ok(());
+    }
+    let change = journal::Change::Unban {
+        net: net.to_string(),
+    };
+    operator_change(cli, &req, change, |maps| {
+        if !maps.unban(net)? {
+            bail!(
+                "{} is not banned (unban takes the exact address or network that was banned)",
+                addr::display(&net)
+            );
+        }
+        Ok(())
+    })?;
+    println!("unbanned {}", addr::display(&net));
+    Ok(())
+}
+
+fn do_allow(cli: &Cli, net: &str) -> Result<()> {
+    let net = addr::parse_net(net)?;
+    require_root("change the allowlist")?;
+    let req = Request::Allow {
+        net: net.to_string(),
+    };
+    let change = journal::Change::Allow {
+        net: net.to_string(),
+    };
+    operator_change(cli, &req, change, |maps| maps.allow(net))?;
+    println!("allow-listed {}", addr::display(&net));
+    Ok(())
+}
+
+fn do_disallow(cli: &Cli, net: &str) -> Result<()> {
+    let net = addr::parse_net(net)?;
+    require_root("change the allowlist")?;
+    let req = Request::Disallow {
+        net: net.to_string(),
+    };
+    let change = journal::Change::Disallow {
+        net: net.to_string(),
+    };
+    operator_change(cli, &req, change, |maps| {
+        if !maps.disallow(net)? {
+            bail!("{} is not in the allowlist", addr::display(&net));
+        }
+        Ok(())
+    })?;
+    println!("removed {} from the allowlist", addr::display(&net));
+    Ok(())
+}
+
+fn do_list(cli: &Cli, json: bool, allowed: bool) -> Result<()> {
+    require_root("read sipguard's maps")?;
+    let Paths {
+        pin_dir, socket, ..
+    } = paths(cli);
+    let maps = open(&pin_dir)?;
+    if allowed {
+        return show::list_allowed(&maps, json);
+    }
+    // The kernel has the bans; the daemon, when it runs, their jail and
+    // reason, a page at a time.
+    let mut notes = show::BanNotes::new();
+    let mut offset = 0;
+    while let Ok(Some(page)) = daemon_request(
+        &socket,
+        &Request::Notes {
+            offset,
+            limit: NOTES_PAGE,
+        },
+    ) {
+        let got = show::add_notes(&mut notes, &page);
+        offset += got;
+        if got < NOTES_PAGE {
+            break;
+        }
+    }
+    show::list_bans(&maps, &notes, json)
+}
+
+fn do_stats(cli: &Cli, json: bool) -> Result<()> {
+    require_root("read sipguard's maps")?;
+    show::stats(&open(&paths(cli).pin_dir)?, json)
+}
+
+fn do_top(cli: &Cli, interval: f64, json: bool) -> Result<()> {
+    require_root("read sipguard's maps")?;
+    if !(0.1..=60.0).contains(&interval) {
+        bail!("--interval must be between 0.1 and 60 seconds");
+    }
+    show::top(
+        &open(&paths(cli).pin_dir)?,
+        std::time::Duration::from_secs_f64(interval),
+        json,
+    )
+}
+
+fn do_status(cli: &Cli, jail: Option<&str>, json: bool, wait: Option<f64>) -> Result<()> {
+    require_root("read the daemon's status")?;
+    let socket = paths(cli).socket;
+    let req = Request::Status {
+        jail: jail.map(str::to_owned),
+    };
+    let data = match wait {
+        None => running_daemon(&socket, &req)?,
+        Some(secs) if (0.0..=86_400.0).contains(&secs) => {
+            wait_for_daemon(&socket, &req, std::time::Duration::from_secs_f64(secs))?
+        }
+        Some(_) => bail!("--wait takes 0 to 86400 seconds"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        show::status(&data, jail.is_some());
+    }
+    Ok(())
+}
+
+fn do_reload(cli: &Cli) -> Result<()> {
+    require_root("reload the daemon")?;
+    let socket = paths(cli).socket;
+    running_daemon(&socket, &Request::Reload)?;
+    println!("configuration reloaded");
+    Ok(())
+}
+
+fn do_detach(cli: &Cli, ifaces: &[String]) -> Result<()> {
+    require_root("detach the program")?;
+    let pin_dir = paths(cli).pin_dir;
+    let ifaces = if ifaces.is_empty() {
+        program::pinned_links(&pin_dir)
+    } else {
+        ifaces.to_vec()
+    };
+    if ifaces.is_empty() {
+        println!(
+            "nothing attached (no links pinned in {})",
+            pin_dir.display()
+        );
+    }
+    for iface in ifaces {
+        if program::detach(&pin_dir, &iface)? {
+            println!("detached from {iface}");
+        } else {
+            println!("{iface}: no pinned link");
+        }
+    }
+    Ok(())
+}
+
+fn do_trace(cli: &Cli, args: &trace::Args) -> Result<()> {
+    require_root("trace packets")?;
+    trace::run(args, &paths(cli).pin_dir)
 }
 
 /// Sends a request to the daemon; `None` when no daemon runs. A daemon's

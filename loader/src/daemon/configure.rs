@@ -4,9 +4,9 @@ use super::{announce::ExportPolicy, join_ports, Daemon};
 use crate::{
     config::{Config, StartAt},
     fleet::{self, Inbound, Workers},
+    freeswitch,
     kernel::program::AttachMode,
     logs::jail::Jail,
-    ops::discovery,
     ops::notify::Notifier,
     ops::readiness::Readiness,
 };
@@ -74,10 +74,10 @@ pub(super) fn load_config(opts: &RunOptions) -> Result<Config> {
 /// Reads FreeSWITCH's configuration (when there is one) for its ports,
 /// trunks and log, and points jails on the default log at its real one.
 pub(super) fn discover_freeswitch(c: &mut Config) {
-    let Some(dir) = discovery::conf_dir(c.freeswitch_conf.as_deref()) else {
+    let Some(dir) = freeswitch::conf_dir(c.freeswitch_conf.as_deref()) else {
         return;
     };
-    let d = discovery::discover(&dir);
+    let d = freeswitch::discover(&dir);
     for w in &d.warnings {
         tracing::warn!("FreeSWITCH discovery: {w}");
     }

@@ -5,9 +5,9 @@ use crate::{
     addr,
     bans::never_ban::{NeverBan, Sources, Vetted},
     bans::now_ms,
+    freeswitch,
     kernel::clock,
     logs::jail::BanRequest,
-    ops::discovery,
 };
 use anyhow::Result;
 use ipnet::IpNet;
@@ -31,7 +31,7 @@ impl Daemon {
             .config
             .discovered
             .as_ref()
-            .map(discovery::Discovered::trunk_addresses)
+            .map(freeswitch::Discovered::trunk_addresses)
             .unwrap_or_default();
         let sources = Sources {
             resolv_conf: &self.config.resolv_conf,

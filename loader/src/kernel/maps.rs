@@ -1,16 +1,16 @@
 //! Typed access to the XDP program's pinned maps. The CLI and the daemon both
 //! go through here, so bans work the same with the daemon running or not.
 use crate::kernel::batch;
+use crate::kernel::layout::{self, k_v4, k_v6};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::IterableMap as _;
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuHashMap,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
 };
 use common::{
     ban_counter_slot, counter, map_name, v4_key, AllowEntry, BanCounter, BanEntry, BanStats,
-    Config, Counter, FloodEvent, PendingScan, RateKey, RateState, V4Key, BAN_COUNTER_SLOTS,
-    FLOOD_RING_BYTES, PORT_WORDS,
+    Config, Counter, FloodEvent, RateKey, RateState, V4Key, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::os::fd::AsFd as _;
@@ -18,58 +18,6 @@ use std::{
     mem::size_of,
     path::{Path, PathBuf},
 };
-
-/// What a pinned map must look like for this build: (name, key size, value
-/// size, and the capacity where it is part of the layout). A pin left by an
-/// older sipguard with another layout is refused, never reinterpreted. The
-/// tries' capacities may differ (see `program::Capacity`).
-#[rustfmt::skip]
-const LAYOUT: [(&str, usize, usize, Option<u32>); 16] = [
-    (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
-    (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
-    (map_name::BANNED_HOST_V4, 4, size_of::<BanEntry>(), None),
-    (map_name::BANNED_HOST_V6, 16, size_of::<BanEntry>(), None),
-    (map_name::ALLOWED_V4, 4 + size_of::<V4Key>(), size_of::<AllowEntry>(), None),
-    (map_name::ALLOWED_V6, 4 + 16, size_of::<AllowEntry>(), None),
-    (map_name::PORTS, 4, size_of::<u64>(), Some(PORT_WORDS)),
-    (map_name::CONFIG, 4, size_of::<Config>(), Some(1)),
-    (map_name::COUNTERS, 4, size_of::<Counter>(), Some(counter::COUNT)),
-    (map_name::RATE, size_of::<RateKey>(), size_of::<RateState>(), None),
-    (map_name::FLOOD_EVENTS, 0, 0, Some(FLOOD_RING_BYTES)),
-    (map_name::LOST_REPORTS, 4, size_of::<u64>(), Some(1)),
-    (map_name::BAN_COUNTERS, 4, size_of::<BanCounter>(), Some(BAN_COUNTER_SLOTS)),
-    (map_name::RATE_LIMITED, size_of::<RateKey>(), size_of::<u64>(), None),
-    (map_name::SCANNER, 4, 4, Some(1)),
-    (map_name::PENDING_SCAN, 4, size_of::<PendingScan>(), Some(1)),
-];
-
-/// Checks every map already pinned in `pin_dir` against this build's layout.
-pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
-    for (name, key, value, max) in LAYOUT {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path)
-            .with_context(|| format!("cannot open pinned map {}", path.display()))?;
-        let found = (
-            info.key_size() as usize,
-            info.value_size() as usize,
-            max.map(|_| info.max_entries()),
-        );
-        if found != (key, value, max) {
-            bail!(
-                "pinned map {} has key/value sizes and capacity {found:?}, this sipguard expects {:?}: \
-                 it was made by another version. Export what you need with `sipguard list --json`, \
-                 then remove {} (dropping all bans) and start again",
-                path.display(),
-                (key, value, max),
-                pin_dir.display()
-            );
-        }
-    }
-    Ok(())
-}
 
 /// One ban as userspace sees it, with its drops summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,7 +91,7 @@ pub fn flood_event(bytes: &[u8]) -> Option<FloodEvent> {
 impl KernelMaps {
     /// Opens the maps pinned in `pin_dir` by a daemon (running or not).
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        match crate::kernel::migrate::pinned_version(pin_dir)? {
+        match layout::pinned_version(pin_dir)? {
             Some(v) if v != common::LAYOUT_VERSION => bail!(
                 "the maps in {} were made by another sipguard version (layout {v}, this one uses {}): \
                  start `sipguard run` once, which migrates the bans and the allowlist",
@@ -163,7 +111,7 @@ impl KernelMaps {
                 pin_dir.display()
             );
         }
-        check_pinned_layout(pin_dir)?;
+        layout::check_pinned(pin_dir)?;
         let open = |name: &str| -> Result<MapData> {
             let path = pin_dir.join(name);
             MapData::from_pin(&path).map_err(|e| match &e {
@@ -636,16 +584,6 @@ fn key_v6(n: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(n.prefix_len()), n.network().octets())
 }
 
-pub(crate) fn k_v4(k: &Key<V4Key>) -> Ipv4Net {
-    let d = k.data();
-    Ipv4Net::new([d[0], d[1], d[2], d[3]].into(), k.prefix_len() as u8)
-        .expect("kernel keys have valid prefixes")
-}
-
-pub(crate) fn k_v6(k: &Key<[u8; 16]>) -> Ipv6Net {
-    Ipv6Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel keys have valid prefixes")
-}
-
 fn not_found_is_false(result: Result<(), MapError>) -> Result<bool> {
     match result {
         Ok(()) => Ok(true),
@@ -679,4 +617,14 @@ fn full_or(e: MapError, what: &str, net: IpNet) -> anyhow::Error {
         }
     }
     anyhow::Error::new(e).context(format!("cannot add {net} to the {what}"))
+}
+
+impl layout::Restore for KernelMaps {
+    fn ban(&mut self, net: IpNet, expires_at_ns: u64, flags: u32, banned_at_ns: u64) -> Result<()> {
+        KernelMaps::ban(self, net, expires_at_ns, flags, banned_at_ns)
+    }
+
+    fn allow(&mut self, net: IpNet) -> Result<()> {
+        KernelMaps::allow(self, net)
+    }
 }

@@ -1,15 +1,21 @@
 //! Upgrades over pinned maps: a `layout` map pinned beside the others holds
-//! the version of the map layout that made them ([`common::LAYOUT_VERSION`]).
+//! the version of the map layout that made them (see `layout`).
 //! When a new sipguard finds another version pinned (or none: every sipguard
 //! before the version map existed), it does not refuse to start and does not
 //! reinterpret old bytes: it moves the old pins aside, lets the loader make
 //! fresh maps, copies the bans and the allowlist into them, and says so. The
 //! old program, still attached through its pinned link, keeps dropping with
 //! the old maps until the new program replaces it: no gap.
-use crate::{kernel::bpffs, kernel::maps::KernelMaps};
+use crate::kernel::layout::{k_v4, k_v6, pinned_version, Restore};
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{lpm_trie::LpmTrie, Array, Map, MapData};
+use aya::maps::{lpm_trie::LpmTrie, Map, MapData};
 use common::{map_name, AllowEntry, BanEntry, V4Key, LAYOUT_VERSION};
+use ipnet::IpNet;
+use std::{
+    fs,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
 
 /// A ban as layouts 1 and 2 stored it: counters in the entry itself.
 #[repr(C)]
@@ -43,12 +49,6 @@ impl OldBan for BanEntry {
         (self.expires_at_ns, self.banned_at_ns, self.flags)
     }
 }
-use ipnet::IpNet;
-use std::{
-    fs,
-    mem::size_of,
-    path::{Path, PathBuf},
-};
 
 /// The maps whose contents outlive an upgrade. The rest (counters, rate
 /// state, the ring buffer, settings the daemon writes at start) start anew.
@@ -58,22 +58,6 @@ const KEPT: [&str; 4] = [
     map_name::ALLOWED_V4,
     map_name::ALLOWED_V6,
 ];
-
-/// The layout version pinned in `pin_dir`: `None` when nothing is pinned,
-/// `Some(1)` for maps pinned by a sipguard from before the version map.
-pub fn pinned_version(pin_dir: &Path) -> Result<Option<u32>> {
-    if !pin_dir.join(map_name::BANNED_V4).exists() {
-        return Ok(None);
-    }
-    let path = pin_dir.join(map_name::LAYOUT);
-    if !path.exists() {
-        return Ok(Some(1));
-    }
-    let data =
-        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let array: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
-    Ok(Some(array.get(&0, 0)?))
-}
 
 /// Before loading: when another layout is pinned, moves its map pins into a
 /// folder of their own (same filesystem) and returns it.
@@ -129,7 +113,7 @@ pub struct Migrated {
 
 /// After loading: copies the bans and the allowlist from the maps moved
 /// aside into the new ones, then removes the old pins.
-pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrated> {
+pub fn finish(version: u32, aside: &Path, new: &mut dyn Restore) -> Result<Migrated> {
     let mut done = Migrated::default();
     for name in KEPT {
         let path = aside.join(name);
@@ -191,17 +175,17 @@ pub fn finish(version: u32, aside: &Path, new: &mut KernelMaps) -> Result<Migrat
 }
 
 fn v4_net(k: &aya::maps::lpm_trie::Key<V4Key>) -> IpNet {
-    IpNet::V4(crate::kernel::maps::k_v4(k))
+    IpNet::V4(k_v4(k))
 }
 
 fn v6_net(k: &aya::maps::lpm_trie::Key<[u8; 16]>) -> IpNet {
-    IpNet::V6(crate::kernel::maps::k_v6(k))
+    IpNet::V6(k_v6(k))
 }
 
 /// Copies every ban of an old trie into the new maps; returns how many.
 fn copy_bans<K: aya::Pod, V: OldBan>(
     data: MapData,
-    new: &mut KernelMaps,
+    new: &mut dyn Restore,
     net: fn(&aya::maps::lpm_trie::Key<K>) -> IpNet,
 ) -> Result<usize> {
     let old: LpmTrie<MapData, K, V> = LpmTrie::try_from(Map::LpmTrie(data))?;
@@ -213,17 +197,4 @@ fn copy_bans<K: aya::Pod, V: OldBan>(
         n += 1;
     }
     Ok(n)
-}
-
-/// Pins the `layout` map with this build's version (after a fresh load or a
-/// migration).
-pub fn mark(pin_dir: &Path) -> Result<()> {
-    let path = pin_dir.join(map_name::LAYOUT);
-    if !path.exists() {
-        bpffs::create_pinned_map(&path, bpffs::BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0)?;
-    }
-    let data = MapData::from_pin(&path)?;
-    let mut array: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
-    array.set(0, LAYOUT_VERSION, 0)?;
-    Ok(())
 }

@@ -6,7 +6,7 @@
 //! and the bans keep being enforced, expiring in the kernel on time. A new daemon
 //! atomically swaps its program into the pinned link; a clean stop (SIGINT,
 //! SIGTERM) or `sipguard detach` removes it.
-use crate::kernel::maps;
+use crate::kernel::{layout, maps, migrate};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
@@ -97,8 +97,8 @@ pub fn open(pin_dir: &Path) -> Result<Ebpf> {
 fn open_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
     crate::kernel::bpffs::ensure_pin_dir(pin_dir)?;
     // Maps of another layout version are moved aside and migrated below.
-    let migration = crate::kernel::migrate::prepare(pin_dir)?;
-    maps::check_pinned_layout(pin_dir)?;
+    let migration = migrate::prepare(pin_dir)?;
+    layout::check_pinned(pin_dir)?;
     // Counters an older sipguard kept (its program, if still attached,
     // holds the map itself until it is replaced).
     let _ = fs::remove_file(pin_dir.join(map_name::OLD_BAN_STATS));
@@ -114,13 +114,13 @@ fn open_with(pin_dir: &Path, capacity: Capacity) -> Result<Ebpf> {
         .map_err(|e| explain_bpf_error(anyhow::Error::new(e)))
         .context("loading the XDP object failed")?;
     if let Some((version, aside)) = migration {
-        crate::kernel::migrate::finish(
+        migrate::finish(
             version,
             &aside,
             &mut maps::KernelMaps::open_unversioned(pin_dir)?,
         )?;
     }
-    crate::kernel::migrate::mark(pin_dir)?;
+    layout::mark(pin_dir)?;
     Ok(ebpf)
 }
 

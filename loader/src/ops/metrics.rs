@@ -124,6 +124,20 @@ pub struct Snapshot {
 /// The whole exposition, in the Prometheus text format (0.0.4).
 pub fn render(live: &Metrics, snap: &Snapshot) -> String {
     let mut r = Registry::with_prefix("sipguard");
+    register_build(&mut r, snap);
+    register_xdp(&mut r, snap);
+    register_bans(&mut r, live, snap);
+    register_fleet(&mut r, snap);
+    register_logs(&mut r, snap);
+    register_maps(&mut r, snap);
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// What runs: the version, and whether it drops at all.
+fn register_build(r: &mut Registry, snap: &Snapshot) {
     let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
     r.register("build", "sipguard's version", info);
     let dry = Gauge::<i64>::default();
@@ -133,7 +147,10 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "1 when the program counts would-be drops and passes every packet",
         dry,
     );
+}
 
+/// The program's verdicts, and the reports it could not hand over.
+fn register_xdp(r: &mut Registry, snap: &Snapshot) {
     let packets = Family::<Action, Counter>::default();
     let bytes = Family::<Action, Counter>::default();
     for &(action, p, b) in &snap.verdicts {
@@ -161,7 +178,11 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "Flood and scanner reports lost to a full ring buffer (each is sent again)",
         lost,
     );
+}
 
+/// Bans: in force, made, lifted, refused, how fast, and their
+/// notifications that could not be queued.
+fn register_bans(r: &mut Registry, live: &Metrics, snap: &Snapshot) {
     let dropped = Counter::<u64>::default();
     dropped.inc_by(snap.notifications_dropped);
     r.register(
@@ -205,7 +226,10 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "Automatic bans refused: they would hit the never-ban set, or remote bans over the [fleet] caps",
         refused,
     );
+}
 
+/// What the fleet refused, and how often its workers restarted.
+fn register_fleet(r: &mut Registry, snap: &Snapshot) {
     // Redis fleet entries refused (unsigned, replayed, ...), by reason.
     let fleet_rejected = Family::<Reason, Counter>::default();
     for &(reason, n) in &snap.fleet_rejected {
@@ -239,7 +263,10 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "Fleet workers (CrowdSec, Redis, APIBAN) restarted after an error or a panic",
         restarts,
     );
+}
 
+/// The jails' log lines.
+fn register_logs(r: &mut Registry, snap: &Snapshot) {
     let lines = Family::<JailResult, Counter>::default();
     for (jail, result, n) in &snap.log_lines {
         lines
@@ -254,7 +281,10 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
         "Log lines by jail: read, and of those matched (failures), ignored, too old",
         lines,
     );
+}
 
+/// How full each kernel map is.
+fn register_maps(r: &mut Registry, snap: &Snapshot) {
     let entries = Family::<MapName, Gauge>::default();
     let capacity = Family::<MapName, Gauge>::default();
     for &(map, n, cap) in &snap.maps {
@@ -270,11 +300,6 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
     }
     r.register("map_entries", "Entries in a kernel map", entries);
     r.register("map_capacity", "Entries a kernel map can hold", capacity);
-
-    let mut out = String::new();
-    prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
-        .expect("writing to a String cannot fail");
-    out
 }
 
 /// The `Content-Type` of what `render` writes.

@@ -1,7 +1,5 @@
 //! Running sipguard as a service: readiness for the service manager,
-//! Prometheus metrics, notifications on ban and unban, and what FreeSWITCH's
-//! own configuration says.
-pub mod discovery;
+//! Prometheus metrics, and notifications on ban and unban.
 pub mod metrics;
 pub mod notify;
 pub mod readiness;

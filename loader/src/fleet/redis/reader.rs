@@ -61,43 +61,63 @@ impl Reader {
         if self.tx.is_closed() {
             return Ok(());
         }
+        let events = self.s.key_name("events");
+        let (mut con, sc, newest) = self.open(&events)?;
+        let last_id = resume_from(self.last_id.as_deref(), newest, unix_ms());
+        self.snapshot(&mut con, &sc)?;
+        self.follow(&mut con, &sc, &events, last_id, stop)
+    }
+
+    /// A connection with the scripts loaded, and the stream's last entry
+    /// before the snapshot (to follow from there). A server that refuses
+    /// scripts is remembered for `status`.
+    fn open(&self, events: &str) -> Result<(redis::Connection, Scripts, String)> {
         // A script over a large entry keeps a busy Redis a while: the wait
         // is for a dead server, not a slow one.
         let mut con = connect(&self.s, Duration::from_secs(15))?;
-        let events = self.s.key_name("events");
-        // The stream's last entry before the snapshot: follow from there.
         let started =
-            Scripts::load(&mut con).and_then(|sc| Ok((sc.last_id(&mut con, &events)?, sc)));
-        let (newest, sc) = match started {
-            Ok(ok) => ok,
+            Scripts::load(&mut con).and_then(|sc| Ok((sc.last_id(&mut con, events)?, sc)));
+        match started {
+            Ok((newest, sc)) => {
+                set_scripts_refused(None);
+                Ok((con, sc, newest))
+            }
             Err(e) => {
                 if e.downcast_ref::<scripts::Refused>().is_some() {
                     set_scripts_refused(Some(e.to_string()));
                 }
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// The stream after `last_id`, polled, until `stop` or the daemon goes.
+    fn follow(
+        &mut self,
+        con: &mut redis::Connection,
+        sc: &Scripts,
+        events: &str,
+        mut last_id: String,
+        stop: &mpsc::Receiver<()>,
+    ) -> Result<()> {
+        let stopped = |wait| {
+            matches!(
+                stop.recv_timeout(wait),
+                Err(mpsc::RecvTimeoutError::Disconnected) | Ok(())
+            )
         };
-        set_scripts_refused(None);
-        let mut last_id = resume_from(self.last_id.as_deref(), newest, unix_ms());
-        self.snapshot(&mut con, &sc)?;
         loop {
-            let stopped = |wait| {
-                matches!(
-                    stop.recv_timeout(wait),
-                    Err(mpsc::RecvTimeoutError::Disconnected) | Ok(())
-                )
-            };
             if stopped(Duration::ZERO) || self.tx.is_closed() {
                 return Ok(());
             }
-            let got = sc.read_stream(&mut con, &events, &last_id)?;
+            let got = sc.read_stream(con, events, &last_id)?;
             let full = got.len() >= scripts::XRANGE_COUNT;
             let mut bans = Vec::new();
             for (id, e) in got {
                 last_id.clone_from(&id);
                 self.last_id = Some(id);
                 match e {
-                    StreamEntry::Fields(fields) => self.on_event(&fields, &events, &mut bans)?,
+                    StreamEntry::Fields(fields) => self.on_event(&fields, events, &mut bans)?,
                     StreamEntry::Oversized => count(Reject::Oversized),
                 }
             }

@@ -4,15 +4,13 @@
 //!
 //! FreeSWITCH's `X-PRE-PROCESS` is a textual preprocessor (`set`, `include`
 //! with globs relative to the including file, `$${var}`), so the files are
-//! read the same way: comments removed, tags and their attributes scanned,
-//! no XML tree needed (included files are often fragments).
-use regex::Regex;
+//! read one at a time, as a stream of tags in order (see `xml`): included
+//! files are often fragments, which no whole-document parser would take.
 use serde::Serialize;
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::LazyLock,
     time::Duration,
 };
 
@@ -22,12 +20,11 @@ pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
 
 /// Longest a gateway's host name may take to resolve (all of them at once).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Includes nested deeper than this are not followed (a loop, or a mistake).
-const MAX_DEPTH: usize = 8;
 
-#[path = "discovery_walk.rs"]
 mod walk;
+mod xml;
 use walk::*;
+use xml::*;
 
 /// What was found, each with where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -96,18 +93,9 @@ pub fn discover(dir: &Path) -> Discovered {
     let mut vars = builtin_vars(dir);
     let mut budget = Budget::new();
     // vars.xml: `set` lines only (and what it includes).
-    let mut tags = Vec::new();
-    read_tree(
-        &dir.join("vars.xml"),
-        dir,
-        0,
-        &mut vars,
-        &mut tags,
-        &mut d.warnings,
-        &mut budget,
-    );
-    drop(tags);
-    if !dir.join("vars.xml").is_file() {
+    let vars_xml = dir.join("vars.xml");
+    read_top(&vars_xml, dir, &mut vars, &mut d.warnings, &mut budget);
+    if !vars_xml.is_file() {
         d.warnings.push(format!("{}: no vars.xml", dir.display()));
     }
 
@@ -123,51 +111,53 @@ pub fn discover(dir: &Path) -> Discovered {
     }
     let mut pending_hosts = Hosts::default();
     for file in profiles {
-        let mut tags = Vec::new();
-        read_tree(
-            &file,
-            dir,
-            0,
-            &mut vars,
-            &mut tags,
-            &mut d.warnings,
-            &mut budget,
-        );
+        let tags = read_top(&file, dir, &mut vars, &mut d.warnings, &mut budget);
         profile_facts(&tags, &mut d, &mut pending_hosts);
     }
 
-    // mod_logfile's file, else FreeSWITCH's default under log_dir.
+    d.log = log_file(dir, &mut vars, &mut d.warnings, &mut budget);
+    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
+    // A file included a hundred times says what is wrong with it once.
+    let mut seen = std::collections::HashSet::new();
+    d.warnings.retain(|w| seen.insert(w.clone()));
+    d
+}
+
+/// The tags of one file FreeSWITCH reads itself (not through an include).
+fn read_top(
+    file: &Path,
+    conf: &Path,
+    vars: &mut BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+    budget: &mut Budget,
+) -> Vec<Tag> {
     let mut tags = Vec::new();
-    let logfile_conf = dir.join("autoload_configs/logfile.conf.xml");
-    read_tree(
-        &logfile_conf,
-        dir,
-        0,
-        &mut vars,
-        &mut tags,
-        &mut d.warnings,
-        &mut budget,
-    );
-    d.log = tags
-        .iter()
+    read_tree(file, conf, 0, vars, &mut tags, warnings, budget);
+    tags
+}
+
+/// mod_logfile's file, else FreeSWITCH's default under log_dir.
+fn log_file(
+    dir: &Path,
+    vars: &mut BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+    budget: &mut Budget,
+) -> Option<Found<PathBuf>> {
+    let conf = dir.join("autoload_configs/logfile.conf.xml");
+    let tags = read_top(&conf, dir, vars, warnings, budget);
+    tags.iter()
         .find(|t| t.name == "param" && t.attr("name") == Some("logfile"))
         .and_then(|t| t.attr("value"))
         .map(|v| Found {
             value: PathBuf::from(v),
-            from: format!("{}: param logfile", rel(dir, &logfile_conf)),
+            from: format!("{}: param logfile", rel(dir, &conf)),
         })
         .or_else(|| {
             vars.get("log_dir").map(|l| Found {
                 value: Path::new(l).join("freeswitch.log"),
                 from: "FreeSWITCH's default: $${log_dir}/freeswitch.log".to_owned(),
             })
-        });
-
-    d.trunks = resolve(pending_hosts.list, &mut d.warnings);
-    // A file included a hundred times says what is wrong with it once.
-    let mut seen = std::collections::HashSet::new();
-    d.warnings.retain(|w| seen.insert(w.clone()));
-    d
+        })
 }
 
 /// FreeSWITCH's own variables that matter here, from where it is installed.
@@ -187,128 +177,6 @@ fn builtin_vars(dir: &Path) -> BTreeMap<String, String> {
     ])
 }
 
-/// One tag: its name and attributes, and whether it closes.
-#[derive(Clone, Debug)]
-struct Tag {
-    name: String,
-    closing: bool,
-    attrs: Vec<(String, String)>,
-    /// Shared by all the file's tags.
-    file: std::rc::Rc<Path>,
-}
-
-impl Tag {
-    fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-static COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<!--.*?-->").expect("valid"));
-static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"<(/?)([A-Za-z][\w.-]*)([^>]*)>").expect("valid"));
-static ATTR: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"([\w.-]+)\s*=\s*"([^"]*)""#).expect("valid"));
-static VAR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\$\$\{([^}]*)\}").expect("valid"));
-
-/// Reads `file`, applying `X-PRE-PROCESS` `set` and `include` in order,
-/// and appends its other tags (attributes expanded) to `out`.
-fn read_tree(
-    file: &Path,
-    conf: &Path,
-    depth: usize,
-    vars: &mut BTreeMap<String, String>,
-    out: &mut Vec<Tag>,
-    warnings: &mut Vec<String>,
-    budget: &mut Budget,
-) {
-    if !budget.take_file(file, warnings) {
-        return;
-    }
-    if depth > MAX_DEPTH {
-        warnings.push(format!("{}: includes nested too deep", shown(file)));
-        return;
-    }
-    let Some(text) = read_file(file, depth, budget, warnings) else {
-        return;
-    };
-    let text = COMMENT.replace_all(&text, "");
-    let shared: std::rc::Rc<Path> = file.into();
-    for cap in TAG.captures_iter(&text) {
-        let name = cap[2].to_owned();
-        let mut attrs = Vec::new();
-        for a in ATTR.captures_iter(&cap[3]) {
-            let value = expand(&a[2], vars);
-            // Every expanded value is held (as a tag's or a variable's).
-            if !budget.hold(a[1].len() + value.len(), file, warnings) {
-                return;
-            }
-            attrs.push((a[1].to_owned(), value));
-        }
-        if !budget.hold(name.len() + TAG_OVERHEAD, file, warnings) {
-            return;
-        }
-        let tag = Tag {
-            name,
-            closing: &cap[1] == "/",
-            attrs,
-            file: shared.clone(),
-        };
-        if tag.name != "X-PRE-PROCESS" {
-            out.push(tag);
-            continue;
-        }
-        let (cmd, data) = (
-            tag.attr("cmd").unwrap_or(""),
-            tag.attr("data").unwrap_or(""),
-        );
-        match cmd {
-            "set" | "stun-set" => {
-                if let Some((k, v)) = data.split_once('=') {
-                    vars.insert(k.trim().to_owned(), v.to_owned());
-                }
-            }
-            "include" => {
-                let pattern = if Path::new(data).is_absolute() {
-                    PathBuf::from(data)
-                } else {
-                    file.parent().unwrap_or(conf).join(data)
-                };
-                if budget.spent || budget.files == 0 {
-                    budget.take_file(&pattern, warnings);
-                    return;
-                }
-                for f in glob_sorted(&pattern, budget, warnings) {
-                    read_tree(&f, conf, depth + 1, vars, out, warnings, budget);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// `$${name}` replaced by its value (unknown ones are left as they are),
-/// at most `MAX_VALUE` bytes of it.
-fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut last = 0;
-    for c in VAR.captures_iter(value) {
-        let whole = c.get(0).expect("a match");
-        out.push_str(&value[last..whole.start()]);
-        out.push_str(vars.get(&c[1]).map_or(whole.as_str(), String::as_str));
-        last = whole.end();
-        if out.len() > MAX_VALUE {
-            break;
-        }
-    }
-    if out.len() <= MAX_VALUE {
-        out.push_str(&value[last..]);
-    }
-    crate::text::bounded(&out, MAX_VALUE).to_owned()
-}
-
 fn rel(conf: &Path, file: &Path) -> String {
     file.strip_prefix(conf)
         .unwrap_or(file)
@@ -319,19 +187,20 @@ fn rel(conf: &Path, file: &Path) -> String {
 /// The ports a profile listens on and the hosts of its gateways.
 fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
     let conf = d.conf_dir.clone();
-    let mut gateway: Option<String> = None;
+    // A gateway: its name, and the file it is written in.
+    let mut gateway: Option<(String, String)> = None;
     let mut gateway_params: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut profile: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut profile_file = String::new();
     for t in tags {
         match (t.name.as_str(), t.closing) {
             ("gateway", false) => {
-                gateway = t.attr("name").map(str::to_owned);
+                gateway = t.attr("name").map(|n| (n.to_owned(), rel(&conf, &t.file)));
                 gateway_params.clear();
             }
             ("gateway", true) => {
-                if let Some(name) = gateway.take() {
-                    gateway_hosts(&name, &gateway_params, hosts, &mut d.warnings);
+                if let Some((name, file)) = gateway.take() {
+                    gateway_hosts(&name, &file, &gateway_params, hosts, &mut d.warnings);
                 }
             }
             ("profile", false) => profile_file = rel(&conf, &t.file),
@@ -349,14 +218,23 @@ fn profile_facts(tags: &[Tag], d: &mut Discovered, hosts: &mut Hosts) {
             _ => {}
         }
     }
-    if profile_file.is_empty() {
-        return;
+    if !profile_file.is_empty() {
+        profile_ports(&profile, &profile_file, d);
     }
+}
+
+/// The ports a profile listens on, from its params (`profile`: name to
+/// value and file), FreeSWITCH's defaults where it says nothing.
+fn profile_ports(
+    profile: &BTreeMap<String, (String, String)>,
+    profile_file: &str,
+    d: &mut Discovered,
+) {
     let mut port = |key: &str, default: Option<u16>, value: Option<&(String, String)>| {
         let (text, file) = match value {
             Some((v, f)) => (v.clone(), f.clone()),
             None => match default {
-                Some(p) => (p.to_string(), profile_file.clone()),
+                Some(p) => (p.to_string(), profile_file.to_owned()),
                 None => return,
             },
         };
@@ -428,6 +306,7 @@ impl Hosts {
 /// outbound-proxy.
 fn gateway_hosts(
     name: &str,
+    file: &str,
     params: &BTreeMap<String, (String, String)>,
     out: &mut Hosts,
     warnings: &mut Vec<String>,
@@ -438,17 +317,12 @@ fn gateway_hosts(
             out.add(name, host, from, warnings);
         }
     };
-    let file = params
-        .values()
-        .next()
-        .map(|(_, f)| f.clone())
-        .unwrap_or_default();
     match ["proxy", "realm"]
         .iter()
         .find_map(|k| params.get(*k).map(|v| (*k, v)))
     {
         Some((k, (v, f))) => add(k, v, f),
-        None => add("name", name, &file),
+        None => add("name", name, file),
     }
     for key in ["register-proxy", "outbound-proxy"] {
         if let Some((v, f)) = params.get(key) {
@@ -505,5 +379,7 @@ fn resolve(hosts: Vec<(String, String, String)>, warnings: &mut Vec<String>) -> 
 }
 
 #[cfg(test)]
-#[path = "discovery_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod xml_tests;

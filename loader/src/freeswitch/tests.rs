@@ -316,3 +316,35 @@ fn globs_are_bounded() {
         "{warnings:#?}"
     );
 }
+
+/// Bytes this process has read so far (`rchar` of /proc/self/io).
+fn bytes_read() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A sparse file past the budget is refused by its size: not one of its
+/// zeros is read (256 of them would otherwise cost gigabytes of reads).
+#[test]
+fn a_sparse_file_past_the_budget_is_refused_before_a_byte_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.xml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(MAX_BYTES * 4)
+        .unwrap();
+    let mut budget = walk::Budget::new();
+    let mut warnings = Vec::new();
+    let before = bytes_read();
+    assert!(walk::read_file(&path, 1, &mut budget, &mut warnings).is_none());
+    let read = bytes_read() - before;
+    assert!(read < 64 * 1024, "{read} bytes read");
+    assert_eq!(budget.bytes, MAX_BYTES);
+    assert!(warnings[0].contains("not read"), "{warnings:?}");
+}

@@ -18,6 +18,8 @@ pub(super) const MAX_VALUE: usize = 64 * 1024;
 pub(super) const MAX_EXPANDED: usize = 16 << 20;
 /// What one kept tag costs beyond its text (counted against `MAX_EXPANDED`).
 pub(super) const TAG_OVERHEAD: usize = 64;
+/// Includes nested deeper than this are not followed (a loop, or a mistake).
+pub(super) const MAX_DEPTH: usize = 8;
 /// Most wildcard components in one include pattern (`/*/*/*/x` would
 /// walk the whole file system).
 pub(super) const MAX_WILDCARDS: usize = 2;
@@ -122,14 +124,23 @@ pub(super) fn read_file(
             return None;
         }
     };
+    // Refused by its size before a byte is read: a sparse file of any size
+    // costs a stat, not a read of its zeros. One that grows meanwhile is
+    // still cut at the budget.
+    let too_big = |len: u64, warnings: &mut Vec<String>| {
+        warnings.push(format!(
+            "{}: {len} bytes: not read (discovery reads at most {MAX_BYTES} bytes in all)",
+            shown(file),
+        ));
+    };
+    if meta.len() > budget.bytes {
+        too_big(meta.len(), warnings);
+        return None;
+    }
     let bytes = match crate::files::read_at_most(&f, budget.bytes) {
-        Ok(Some(b)) if meta.len() <= budget.bytes => b,
-        Ok(_) => {
-            warnings.push(format!(
-                "{}: {} bytes: not read (discovery reads at most {MAX_BYTES} bytes in all)",
-                shown(file),
-                meta.len(),
-            ));
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            too_big(meta.len(), warnings);
             return None;
         }
         Err(e) => {

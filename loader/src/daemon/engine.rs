@@ -79,8 +79,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// An automatic ban, checked against the never-ban set: as asked,
-    /// narrowed to the offender's address, or refused (logged and counted).
+    /// A ban on packet evidence, checked against the never-ban set: as
+    /// asked, narrowed to the offender's address, or refused (logged and
+    /// counted). Its one check: a log's bans are checked by their jail, at
+    /// the failure (`Jail::on_line`), and never again here.
     pub(super) fn vet(&mut self, mut r: BanRequest) -> Option<BanRequest> {
         match self.never_ban.vet(r.net, r.host) {
             Vetted::Ban(_) => Some(r),

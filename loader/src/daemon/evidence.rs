@@ -24,10 +24,8 @@ impl Daemon {
                 now,
             ));
         }
+        // Vetted against the never-ban set by their jails, at the failure.
         for r in requests {
-            let Some(r) = self.vet(r) else {
-                continue;
-            };
             let net = r.net;
             if self.enforce(r, "log") {
                 self.announce.metrics.ban_latency(read_at.elapsed());

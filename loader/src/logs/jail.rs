@@ -1,7 +1,7 @@
 //! A jail: one filter over some logs, its offenders, and the rule that turns
 //! `maxretry` failures within `findtime` into a ban of `bantime`.
 use crate::{
-    bans::never_ban::NeverBan,
+    bans::never_ban::{NeverBan, Vetted},
     bans::state::Position,
     bans::Scope,
     logs::filter::{self, Filter, LogTz, Outcome},
@@ -410,10 +410,22 @@ impl Jail {
         previous_bans: &dyn Fn(&IpNet) -> u32,
     ) -> Option<BanRequest> {
         let (host, time_ms) = self.failure(line)?;
-        if ignore.contains(host) {
-            self.stats.ignored_ip += 1;
-            return None;
-        }
+        // The never-ban set is asked here, once, for every ban a log earns:
+        // a protected host's failures are not counted at all (fail2ban's
+        // ignoreip), and a network that would cover a protected address is
+        // narrowed to the offender. The daemon does not ask again.
+        let (net, narrowed) = match ignore.vet(offender_net(host, self.config.ipv6_prefix), host) {
+            Vetted::Refused { .. } => {
+                self.stats.ignored_ip += 1;
+                return None;
+            }
+            Vetted::Narrowed {
+                net,
+                protected,
+                why,
+            } => (net, Some((protected, why))),
+            Vetted::Ban(net) => (net, None),
+        };
         let t = time_ms.unwrap_or(arrival_ms);
         let findtime_ms = i64::try_from(self.config.findtime.as_millis()).unwrap_or(i64::MAX);
         if live {
@@ -423,13 +435,21 @@ impl Jail {
             self.stats.too_old += 1;
             return None;
         }
-        let net = offender_net(host, self.config.ipv6_prefix);
         if banned(&net) {
             self.stats.already_banned += 1;
             return None;
         }
         if !self.offenders.record(net, t) {
             return None;
+        }
+        if let Some((protected, why)) = narrowed {
+            tracing::warn!(
+                "[{}] narrowed the ban of {} to {}: it would cover {} ({why})",
+                self.name,
+                crate::addr::display(&offender_net(host, self.config.ipv6_prefix)),
+                crate::addr::display(&net),
+                crate::addr::display(&protected)
+            );
         }
         Some(self.ban_request(net, host, line, previous_bans(&net)))
     }

@@ -185,6 +185,37 @@ fn ignoreip_is_never_counted() {
     assert_eq!(j.stats.ignored_ip, 20);
 }
 
+/// A jail banning IPv6 /64s, a protected address inside an offender's
+/// /64: the ban is narrowed to the offender at the failure, and counted
+/// there (the daemon never asks the never-ban set again).
+#[test]
+fn a_network_over_a_protected_address_is_narrowed_to_the_offender() {
+    let mut j = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n");
+    let ignore = NeverBan::from_nets(vec![(
+        "2001:db8::1/128".parse().unwrap(),
+        crate::bans::never_ban::Why::Configured,
+    )]);
+    let mut requests = (0..2).filter_map(|i| {
+        j.on_line(
+            &failure("2001:db8::99", &i.to_string()),
+            0,
+            false,
+            &ignore,
+            &|_| false,
+            &|_| 0,
+        )
+    });
+    let r = requests.next().expect("a ban at maxretry");
+    assert_eq!(r.net, "2001:db8::99/128".parse::<IpNet>().unwrap());
+    // The protected address itself is never counted.
+    let mut k = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n");
+    for i in 0..5 {
+        let line = failure("2001:db8::1", &i.to_string());
+        assert!(k.on_line(&line, 0, false, &ignore, &|_| false, &|_| 0).is_none());
+    }
+    assert_eq!(k.stats.ignored_ip, 5);
+}
+
 #[test]
 fn bantime_increment() {
     let j = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nbantime = \"1h\"\nbantime_increment = true\nbantime_factor = 2\nbantime_maxtime = \"5h\"\n");

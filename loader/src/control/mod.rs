@@ -299,6 +299,7 @@ pub fn request_within<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::de::IgnoredAny;
 
     /// 100 idle clients: the oldest are closed, so at most `MAX_CLIENTS`
     /// are held, and a real request is still answered at once.
@@ -339,6 +340,40 @@ mod tests {
                 assert!(closed < 100, "the newest are kept");
             })
             .await;
+    }
+
+    /// A request whose values fail their checks never reaches the
+    /// handler: the client reads why, and the connection still serves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_value_is_refused_at_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = bind(&sock).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, |req| {
+            assert_eq!(req, Request::Reload, "only the good request is handled");
+            Response::ok(Reply::Reloaded(Reloaded { reloaded: true }))
+        }));
+        let answers = local
+            .run_until(tokio::task::spawn_blocking(move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+                stream
+                    .write_all(b"{\"op\":\"ban\",\"net\":\"0.0.0.0/0\",\"duration\":\"-1\",\"all_ports\":false}\n{\"op\":\"reload\"}\n")
+                    .unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                let mut next = || lines.next().unwrap().unwrap();
+                (next(), next())
+            }))
+            .await
+            .unwrap();
+        let refused: Response<IgnoredAny> = serde_json::from_str(&answers.0).unwrap();
+        let why = refused.error.unwrap_or_default();
+        assert!(
+            !refused.ok && why.starts_with("bad request: refusing to ban 0.0.0.0/0"),
+            "{why}"
+        );
+        let reloaded: Response<Reloaded> = serde_json::from_str(&answers.1).unwrap();
+        assert_eq!(reloaded.data, Some(Reloaded { reloaded: true }));
     }
 
     /// Forks a child that, as user `nobody`, connects to `sock` `total`

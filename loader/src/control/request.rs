@@ -223,7 +223,7 @@ mod tests {
 
     /// A request a handler must not see is refused as it is read, saying why.
     #[test]
-    fn bad_values_are_refused_at_the_socket() {
+    fn bad_values_are_refused_as_they_are_read() {
         for (line, why) in [
             (ban("0.0.0.0/0", r#""-1""#), "refusing to ban 0.0.0.0/0"),
             (ban("1.2.3", r#""-1""#), "invalid address '1.2.3'"),

@@ -39,7 +39,9 @@
 //! |             | `layout`        | the pinned layout: map shapes, its version, trie keys     |
 //! |             | `bpffs`         | the BPF filesystem, pinned maps made by hand              |
 //! |             | `clock`         | the one clock bans end by, and its state-file form        |
-//! | bottom      | `control`       | the control socket's protocol                             |
+//! | bottom      | `control/`      | the control socket: root only, its clients capped         |
+//! |             | `request`       | what a client asks, its values checked as they are read   |
+//! |             | `reply`         | what the daemon answers: status, ban notes, changes made  |
 //! |             | `defaults`      | default paths and ports                                   |
 //! |             | `addr`          | `ADDR[/PREFIX]` parsing                                   |
 //! |             | `net_table`     | a compact table by network, for a million entries         |

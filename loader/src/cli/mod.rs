@@ -10,8 +10,8 @@ use crate::{
     addr,
     bans::journal,
     config::{self, Config},
-    control::{self, Request},
-    daemon, defaults, duration,
+    control::{self, BanNet, BanTime, Net, Request},
+    daemon, defaults,
     kernel::clock,
     kernel::maps::KernelMaps,
     kernel::program,
@@ -19,6 +19,7 @@ use crate::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use common::BAN_ALL_PORTS;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use std::path::{Path, PathBuf};
 
 pub use crate::defaults::{PIN_DIR as DEFAULT_PIN_DIR, PORTS as DEFAULT_PORTS};
@@ -186,7 +187,8 @@ fn operator_change(
 ) -> Result<()> {
     let p = paths(cli);
     let mut journal = journal::lock(&p.state_file)?;
-    if daemon_request(&p.socket, req)?.is_some() {
+    // What the daemon answers is not shown: it did what was asked.
+    if daemon_request::<IgnoredAny>(&p.socket, req)?.is_some() {
         return Ok(());
     }
     in_maps(&mut open(&p.pin_dir)?)?;
@@ -244,14 +246,15 @@ fn do_run(cli: &Cli, args: &RunArgs) -> Result<()> {
 }
 
 fn do_ban(cli: &Cli, net: &str, duration: &str, all_ports: bool) -> Result<()> {
-    let net = addr::parse_ban_net(net)?;
-    let bantime = duration::parse_bantime(duration)?;
+    let checked: BanNet = net.parse()?;
+    let duration: BanTime = duration.parse()?;
     require_root("change bans")?;
     let req = Request::Ban {
-        net: net.to_string(),
-        duration: duration.to_owned(),
+        net: checked,
+        duration,
         all_ports,
     };
+    let (net, bantime) = (checked.get(), duration.get());
     let change = journal::Change::Ban {
         net: net.to_string(),
         expires_at: bantime
@@ -271,14 +274,15 @@ fn do_ban(cli: &Cli, net: &str, duration: &str, all_ports: bool) -> Result<()> {
 }
 
 fn do_unban(cli: &Cli, net: &str, fleet: bool) -> Result<()> {
-    let net = addr::parse_net(net)?;
+    let checked: Net = net.parse()?;
     require_root("change bans")?;
     let req = Request::Unban {
-        net: net.to_string(),
+        net: checked,
         fleet,
     };
+    let net = checked.get();
     if fleet {
-        running_daemon(&paths(cli).socket, &req)?;
+        running_daemon::<control::Unbanned>(&paths(cli).socket, &req)?;
         println!("unbanned {} on every box", addr::display(&net));
         return Ok(());
     }
@@ -299,11 +303,10 @@ fn do_unban(cli: &Cli, net: &str, fleet: bool) -> Result<()> {
 }
 
 fn do_allow(cli: &Cli, net: &str) -> Result<()> {
-    let net = addr::parse_net(net)?;
+    let checked: Net = net.parse()?;
     require_root("change the allowlist")?;
-    let req = Request::Allow {
-        net: net.to_string(),
-    };
+    let req = Request::Allow { net: checked };
+    let net = checked.get();
     let change = journal::Change::Allow {
         net: net.to_string(),
     };
@@ -313,11 +316,10 @@ fn do_allow(cli: &Cli, net: &str) -> Result<()> {
 }
 
 fn do_disallow(cli: &Cli, net: &str) -> Result<()> {
-    let net = addr::parse_net(net)?;
+    let checked: Net = net.parse()?;
     require_root("change the allowlist")?;
-    let req = Request::Disallow {
-        net: net.to_string(),
-    };
+    let req = Request::Disallow { net: checked };
+    let net = checked.get();
     let change = journal::Change::Disallow {
         net: net.to_string(),
     };
@@ -344,14 +346,14 @@ fn do_list(cli: &Cli, json: bool, allowed: bool) -> Result<()> {
     // reason, a page at a time.
     let mut notes = show::BanNotes::new();
     let mut offset = 0;
-    while let Ok(Some(page)) = daemon_request(
+    while let Ok(Some(page)) = daemon_request::<control::Notes>(
         &socket,
         &Request::Notes {
             offset,
             limit: NOTES_PAGE,
         },
     ) {
-        let got = show::add_notes(&mut notes, &page);
+        let got = show::add_notes(&mut notes, page);
         offset += got;
         if got < NOTES_PAGE {
             break;
@@ -383,7 +385,7 @@ fn do_status(cli: &Cli, jail: Option<&str>, json: bool, wait: Option<f64>) -> Re
     let req = Request::Status {
         jail: jail.map(str::to_owned),
     };
-    let data = match wait {
+    let data: control::Status = match wait {
         None => running_daemon(&socket, &req)?,
         Some(secs) if (0.0..=86_400.0).contains(&secs) => {
             wait_for_daemon(&socket, &req, std::time::Duration::from_secs_f64(secs))?
@@ -401,7 +403,7 @@ fn do_status(cli: &Cli, jail: Option<&str>, json: bool, wait: Option<f64>) -> Re
 fn do_reload(cli: &Cli) -> Result<()> {
     require_root("reload the daemon")?;
     let socket = paths(cli).socket;
-    running_daemon(&socket, &Request::Reload)?;
+    running_daemon::<control::Reloaded>(&socket, &Request::Reload)?;
     println!("configuration reloaded");
     Ok(())
 }
@@ -437,16 +439,30 @@ fn do_trace(cli: &Cli, args: &trace::Args) -> Result<()> {
 
 /// Sends a request to the daemon; `None` when no daemon runs. A daemon's
 /// refusal is an error carrying its message.
-fn daemon_request(socket: &Path, req: &Request) -> Result<Option<serde_json::Value>> {
+fn daemon_request<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<Option<T>> {
     match control::request(socket, req)? {
         None => Ok(None),
-        Some(r) if r.ok => Ok(Some(r.data)),
-        Some(r) => bail!("{}", r.error.unwrap_or_else(|| "the daemon refused".into())),
+        Some(r) => answer(r).map(Some),
+    }
+}
+
+/// The reply of a daemon's answer, or its refusal as an error.
+fn answer<T>(r: control::Response<T>) -> Result<T> {
+    match r {
+        control::Response {
+            ok: true,
+            data: Some(data),
+            ..
+        } => Ok(data),
+        control::Response { ok: true, .. } => bail!("the daemon answered nothing"),
+        control::Response { error, .. } => {
+            bail!("{}", error.unwrap_or_else(|| "the daemon refused".into()))
+        }
     }
 }
 
 /// Like `daemon_request`, for requests only a running daemon can answer.
-fn running_daemon(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+fn running_daemon<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T> {
     daemon_request(socket, req)?.with_context(|| {
         format!(
             "the daemon is not running (no one listens on {})",
@@ -457,17 +473,16 @@ fn running_daemon(socket: &Path, req: &Request) -> Result<serde_json::Value> {
 
 /// Asks until a daemon answers (it answers only once protection is
 /// active), for at most `within`.
-fn wait_for_daemon(
+fn wait_for_daemon<T: DeserializeOwned>(
     socket: &Path,
     req: &Request,
     within: std::time::Duration,
-) -> Result<serde_json::Value> {
+) -> Result<T> {
     let deadline = std::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match control::request_within(socket, req, left) {
-            Ok(Some(r)) if r.ok => return Ok(r.data),
-            Ok(Some(r)) => bail!("{}", r.error.unwrap_or_else(|| "the daemon refused".into())),
+            Ok(Some(r)) => return answer(r),
             // Not listening yet, or a daemon that died while starting.
             Ok(None) | Err(_) if !left.is_zero() => {
                 std::thread::sleep(left.min(std::time::Duration::from_millis(50)))

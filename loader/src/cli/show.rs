@@ -1,5 +1,13 @@
 //! What the CLI prints: bans, the allowlist, counters, and jail status.
-use crate::{addr, daemon, kernel::clock, kernel::maps::KernelMaps, kernel::program, text::escape};
+use crate::{
+    addr,
+    control::{self, JailStatus, Status},
+    daemon,
+    kernel::clock,
+    kernel::maps::KernelMaps,
+    kernel::program,
+    text::escape,
+};
 use anyhow::Result;
 use common::{counter, BAN_ALL_PORTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN};
 use serde_json::json;
@@ -8,17 +16,13 @@ use std::fmt::Write as _;
 /// A ban's jail and reason, from the daemon, by address as displayed.
 pub type BanNotes = std::collections::HashMap<String, (String, String)>;
 
-/// Jail and reason of every ban the daemon knows, from a `status` answer.
-/// Adds one page of the daemon's `notes` answer (`[[address, jail,
-/// reason], ...]`); returns how many it held.
-pub fn add_notes(notes: &mut BanNotes, page: &serde_json::Value) -> usize {
-    let rows = page["notes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    for row in rows {
-        if let (Some(a), Some(j), Some(r)) = (row[0].as_str(), row[1].as_str(), row[2].as_str()) {
-            notes.insert(a.to_owned(), (j.to_owned(), r.to_owned()));
-        }
+/// Adds one page of the daemon's `notes` answer; returns how many it held.
+pub fn add_notes(notes: &mut BanNotes, page: control::Notes) -> usize {
+    let n = page.notes.len();
+    for note in page.notes {
+        notes.insert(note.address, (note.jail, note.reason));
     }
-    rows.len()
+    n
 }
 
 /// Bans from the kernel maps, with their jail and reason when the daemon
@@ -195,141 +199,112 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
 
 /// Text from a `status` answer, escaped: file names, jail and origin
 /// names and warnings may come from outside.
-fn txt(v: &serde_json::Value, or: &str) -> String {
-    escape(v.as_str().unwrap_or(or)).into_owned()
-}
-
-/// The strings of a JSON array, escaped.
-fn txts(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(|x| x.as_str())
-        .map(|x| escape(x).into_owned())
-        .collect()
+fn txt(text: &str) -> String {
+    escape(text).into_owned()
 }
 
 /// What the daemon read in FreeSWITCH's configuration, and from where.
-fn freeswitch(out: &mut String, d: &serde_json::Value) {
-    let empty = Vec::new();
-    if d["conf_dir"].as_str().is_none() {
+fn freeswitch(out: &mut String, d: Option<&control::Freeswitch>) {
+    let Some(d) = d else {
         let _ = writeln!(
             out,
             "|- FreeSWITCH:          no configuration found (freeswitch_conf)"
         );
         return;
+    };
+    let _ = writeln!(out, "|- FreeSWITCH:          {}", txt(&d.conf_dir));
+    for p in &d.ports {
+        let _ = writeln!(out, "|  |- port {:<6}       {}", p.value, txt(&p.from));
     }
-    let _ = writeln!(out, "|- FreeSWITCH:          {}", txt(&d["conf_dir"], ""));
-    for p in d["ports"].as_array().unwrap_or(&empty) {
-        let _ = writeln!(
-            out,
-            "|  |- port {:<6}       {}",
-            p["value"],
-            txt(&p["from"], "")
-        );
-    }
-    for t in d["trunks"].as_array().unwrap_or(&empty) {
-        let addrs = txts(&t["addresses"]);
+    for t in &d.trunks {
+        let addrs: Vec<String> = t.addresses.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
             "|  |- trunk {} = {} never banned ({})",
-            txt(&t["host"], "?"),
+            txt(&t.host),
             if addrs.is_empty() {
                 "unresolved".to_owned()
             } else {
                 addrs.join(" ")
             },
-            txt(&t["from"], "")
+            txt(&t.from)
         );
     }
-    if d["log"]["value"].as_str().is_some() {
-        let _ = writeln!(
-            out,
-            "|  |- log {} ({})",
-            txt(&d["log"]["value"], ""),
-            txt(&d["log"]["from"], "")
-        );
+    if let Some(log) = &d.log {
+        let _ = writeln!(out, "|  |- log {} ({})", txt(&log.value), txt(&log.from));
     }
-    for w in d["warnings"].as_array().unwrap_or(&empty) {
-        let _ = writeln!(out, "|  |- warning: {}", txt(w, ""));
+    for w in &d.warnings {
+        let _ = writeln!(out, "|  |- warning: {}", txt(w));
     }
 }
 
 /// `status` like `fail2ban-client status [JAIL]`.
-pub fn status(data: &serde_json::Value, one_jail: bool) {
+pub fn status(data: &Status, one_jail: bool) {
     print!("{}", status_text(data, one_jail));
 }
 
-fn status_text(data: &serde_json::Value, one_jail: bool) -> String {
+fn status_text(data: &Status, one_jail: bool) -> String {
     let mut out = String::new();
-    let empty = Vec::new();
-    let jails = data["jails"].as_array().unwrap_or(&empty);
     if !one_jail {
-        let names: Vec<String> = jails
-            .iter()
-            .filter(|j| j["name"].is_string())
-            .map(|j| txt(&j["name"], ""))
-            .collect();
-        let _ = writeln!(out, "Status");
-        let _ = writeln!(out, "|- Number of jail:      {}", names.len());
-        let _ = writeln!(out, "|- Bans in force:       {}", data["bans"]);
-        if data["dry_run"] == true {
-            let _ = writeln!(
-                out,
-                "|- DRY RUN:             bans are recorded, nothing is dropped"
-            );
-        }
-        if let Some(ports) = data["ports"].as_array() {
-            let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "|- Protected ports:     {}", ports.join(","));
-        }
-        if let Some(remote) = data["remote"].as_object().filter(|r| !r.is_empty()) {
-            let parts: Vec<String> = remote
-                .iter()
-                .map(|(o, v)| format!("{} {}", escape(o), v["bans"]))
-                .collect();
-            let _ = writeln!(out, "|- From elsewhere:      {}", parts.join(", "));
-        }
-        freeswitch(&mut out, &data["freeswitch"]);
-        let _ = writeln!(out, "`- Jail list:           {}", names.join(", "));
+        overview(&mut out, data);
     }
-    for j in jails {
-        let f = &j["filter"];
-        let a = &j["actions"];
-        let banned: Vec<String> = a["banned"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .filter(|b| b["address"].is_string())
-            .map(|b| txt(&b["address"], ""))
-            .collect();
-        let _ = writeln!(out, "Status for the jail: {}", txt(&j["name"], "?"));
-        if !f.is_null() {
-            let _ = writeln!(out, "|- Filter");
-            let _ = writeln!(out, "|  |- Currently failed: {}", f["currently_failed"]);
-            let _ = writeln!(out, "|  |- Total failed:     {}", f["total_failed"]);
-            let _ = writeln!(
-                out,
-                "|  `- File list:        {}",
-                txts(&f["files"]).join(" ")
-            );
-        }
-        let _ = writeln!(out, "`- Actions");
-        let _ = writeln!(out, "   |- Currently banned: {}", a["currently_banned"]);
-        let _ = writeln!(out, "   |- Total banned:     {}", a["total_banned"]);
-        let more = a["banned_not_listed"].as_u64().unwrap_or(0);
-        if more > 0 {
-            let _ = writeln!(
-                out,
-                "   `- Banned IP list:   {} ... and {more} more (`sipguard list` has them all)",
-                banned.join(" ")
-            );
-        } else {
-            let _ = writeln!(out, "   `- Banned IP list:   {}", banned.join(" "));
-        }
+    for j in &data.jails {
+        jail(&mut out, j);
     }
     out
+}
+
+/// The head of `status` without a jail: counts, ports, origins, FreeSWITCH.
+fn overview(out: &mut String, data: &Status) {
+    let names: Vec<String> = data.jails.iter().map(|j| txt(&j.name)).collect();
+    let _ = writeln!(out, "Status");
+    let _ = writeln!(out, "|- Number of jail:      {}", names.len());
+    let _ = writeln!(out, "|- Bans in force:       {}", data.bans);
+    if data.dry_run {
+        let _ = writeln!(
+            out,
+            "|- DRY RUN:             bans are recorded, nothing is dropped"
+        );
+    }
+    let ports: Vec<String> = data.ports.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "|- Protected ports:     {}", ports.join(","));
+    if !data.remote.is_empty() {
+        let parts: Vec<String> = data
+            .remote
+            .iter()
+            .map(|(o, r)| format!("{} {}", escape(o), r.bans))
+            .collect();
+        let _ = writeln!(out, "|- From elsewhere:      {}", parts.join(", "));
+    }
+    freeswitch(out, data.freeswitch.as_ref());
+    let _ = writeln!(out, "`- Jail list:           {}", names.join(", "));
+}
+
+/// One jail's part of `status`.
+fn jail(out: &mut String, j: &JailStatus) {
+    let a = &j.actions;
+    let banned: Vec<String> = a.banned.iter().map(|b| txt(&b.address)).collect();
+    let _ = writeln!(out, "Status for the jail: {}", txt(&j.name));
+    if let Some(f) = &j.filter {
+        let files: Vec<String> = f.files.iter().map(|f| txt(f)).collect();
+        let _ = writeln!(out, "|- Filter");
+        let _ = writeln!(out, "|  |- Currently failed: {}", f.currently_failed);
+        let _ = writeln!(out, "|  |- Total failed:     {}", f.total_failed);
+        let _ = writeln!(out, "|  `- File list:        {}", files.join(" "));
+    }
+    let _ = writeln!(out, "`- Actions");
+    let _ = writeln!(out, "   |- Currently banned: {}", a.currently_banned);
+    let _ = writeln!(out, "   |- Total banned:     {}", a.total_banned);
+    let more = a.banned_not_listed;
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "   `- Banned IP list:   {} ... and {more} more (`sipguard list` has them all)",
+            banned.join(" ")
+        );
+    } else {
+        let _ = writeln!(out, "   `- Banned IP list:   {}", banned.join(" "));
+    }
 }
 
 /// `top`: samples the rate map twice, `interval` apart, and shows the sources
@@ -421,23 +396,34 @@ mod tests {
 
     #[test]
     fn status_escapes_text_from_outside() {
-        let data = json!({
+        let ban = json!({"address": HOSTILE, "all_ports": false, "expires_in_secs": null,
+                         "line": HOSTILE, "ports_only": false, "reason": HOSTILE});
+        let data: Status = serde_json::from_value(json!({
             "jails": [{
                 "name": HOSTILE,
-                "filter": {"currently_failed": 1, "total_failed": 2, "files": [HOSTILE]},
+                "filter": {"currently_failed": 1, "total_failed": 2, "files": [HOSTILE],
+                           "ambiguous": 0, "ignored": 0, "lines": 3, "skewed": 0,
+                           "skipped_long_lines": 0, "too_old": 0},
                 "actions": {"currently_banned": 1, "total_banned": 1,
-                            "banned": [{"address": HOSTILE}]},
+                            "banned": [ban], "banned_not_listed": 0},
             }],
             "bans": 1,
-            "remote": {HOSTILE: {"bans": 3}},
+            "dry_run": false,
+            "ports": [5060],
+            "remote": {HOSTILE: {"bans": 3, "ipv4_addresses": 3, "ipv6_64s": 0,
+                                 "over_cap": 0, "refused_never_ban": 0}},
             "freeswitch": {"conf_dir": HOSTILE, "ports": [{"value": 5060, "from": HOSTILE}],
-                           "trunks": [{"host": HOSTILE, "addresses": [HOSTILE], "from": HOSTILE}],
+                           "trunks": [{"gateway": HOSTILE, "host": HOSTILE,
+                                       "addresses": ["192.0.2.9"], "from": HOSTILE}],
                            "log": {"value": HOSTILE, "from": HOSTILE}, "warnings": [HOSTILE]},
-        });
+            "fleet": {"redis": null, "workers": {}},
+        }))
+        .unwrap();
         let text = status_text(&data, false);
         clean(&text);
-        // Every place a hostile text can be shown is shown, escaped.
-        assert_eq!(text.matches("evil\\u{1b}").count(), 13, "{text}");
+        // Every place a hostile text can be shown is shown, escaped (a
+        // trunk's addresses are addresses: they cannot carry any).
+        assert_eq!(text.matches("evil\\u{1b}").count(), 12, "{text}");
         clean(&status_text(&data, true));
     }
 
@@ -445,7 +431,8 @@ mod tests {
     fn list_escapes_a_ban_s_jail_and_reason() {
         let mut notes = BanNotes::new();
         let page = json!({"notes": [["192.0.2.1", HOSTILE, format!("3 failures: {HOSTILE}")]]});
-        assert_eq!(add_notes(&mut notes, &page), 1);
+        let page = serde_json::from_value(page).unwrap();
+        assert_eq!(add_notes(&mut notes, page), 1);
         let (jail, reason) = shown_note(&notes, "192.0.2.1");
         clean(&jail);
         clean(&reason);

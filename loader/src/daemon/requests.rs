@@ -4,13 +4,14 @@ use super::{configure::RunOptions, Daemon};
 use crate::{
     addr,
     bans::Scope,
-    control::{Request, Response},
-    duration,
+    control::{
+        Allowed, BanNet, BanTime, Banned, Disallowed, Net, Note, Notes, Reloaded, Reply, Request,
+        Response, Unbanned,
+    },
     logs::jail::BanRequest,
     ops::readiness::Readiness,
 };
 use anyhow::{bail, Result};
-use serde_json::json;
 use std::{cell::RefCell, rc::Rc};
 
 /// Answers one request. Reload is a request like the others: it needs the
@@ -21,18 +22,30 @@ pub(super) fn dispatch(
     readiness: &Rc<RefCell<Readiness>>,
     req: Request,
 ) -> Response {
+    // The request's values were checked as it was read (see `control`).
     let result = match req {
-        Request::Reload => do_reload(daemon, opts, readiness),
-        Request::Status { jail } => daemon.borrow().status(jail.as_deref()),
+        Request::Reload => do_reload(daemon, opts, readiness).map(Reply::Reloaded),
+        Request::Status { jail } => daemon
+            .borrow()
+            .status(jail.as_deref())
+            .map(|s| Reply::Status(Box::new(s))),
         Request::Ban {
             net,
             duration,
             all_ports,
-        } => daemon.borrow_mut().do_ban(&net, &duration, all_ports),
-        Request::Unban { net, fleet } => daemon.borrow_mut().do_unban(&net, fleet),
-        Request::Allow { net } => daemon.borrow_mut().do_allow(&net),
-        Request::Disallow { net } => daemon.borrow_mut().do_disallow(&net),
-        Request::Notes { offset, limit } => Ok(daemon.borrow().do_notes(offset, limit)),
+        } => daemon
+            .borrow_mut()
+            .do_ban(net, duration, all_ports)
+            .map(Reply::Banned),
+        Request::Unban { net, fleet } => daemon
+            .borrow_mut()
+            .do_unban(net, fleet)
+            .map(Reply::Unbanned),
+        Request::Allow { net } => daemon.borrow_mut().do_allow(net).map(Reply::Allowed),
+        Request::Disallow { net } => daemon.borrow_mut().do_disallow(net).map(Reply::Disallowed),
+        Request::Notes { offset, limit } => {
+            Ok(Reply::Notes(daemon.borrow().do_notes(offset, limit)))
+        }
     };
     match result {
         Ok(data) => Response::ok(data),
@@ -44,15 +57,14 @@ fn do_reload(
     daemon: &Rc<RefCell<Daemon>>,
     opts: &RunOptions,
     readiness: &Rc<RefCell<Readiness>>,
-) -> Result<serde_json::Value> {
-    super::configure::reload(daemon, opts, readiness).map(|()| json!({ "reloaded": true }))
+) -> Result<Reloaded> {
+    super::configure::reload(daemon, opts, readiness).map(|()| Reloaded { reloaded: true })
 }
 
 impl Daemon {
     /// A manual ban replaces whatever was there.
-    fn do_ban(&mut self, net: &str, duration: &str, all_ports: bool) -> Result<serde_json::Value> {
-        let net = addr::parse_ban_net(net)?;
-        let bantime = duration::parse_bantime(duration)?;
+    fn do_ban(&mut self, net: BanNet, bantime: BanTime, all_ports: bool) -> Result<Banned> {
+        let (net, bantime) = (net.get(), bantime.get());
         self.bans.unban(net)?;
         self.packet_bans.forget(&net);
         let r = BanRequest {
@@ -75,12 +87,14 @@ impl Daemon {
             jail.offenders.forget(&net);
         }
         self.dirty = true;
-        Ok(json!({ "banned": addr::display(&net) }))
+        Ok(Banned {
+            banned: addr::display(&net),
+        })
     }
 
     /// The operator's unban lifts every origin's ban on this box.
-    fn do_unban(&mut self, net: &str, fleet: bool) -> Result<serde_json::Value> {
-        let net = addr::parse_net(net)?;
+    fn do_unban(&mut self, net: Net, fleet: bool) -> Result<Unbanned> {
+        let net = net.get();
         if fleet && !self.announce.workers.publishes() {
             bail!("`unban --fleet` needs a fleet: configure [redis]");
         }
@@ -110,19 +124,25 @@ impl Daemon {
         }
         self.announce.unban_everywhere(net, fleet);
         self.dirty = true;
-        Ok(json!({ "unbanned": addr::display(&net), "origins": origins, "fleet": fleet }))
+        Ok(Unbanned {
+            fleet,
+            origins,
+            unbanned: addr::display(&net),
+        })
     }
 
-    fn do_allow(&mut self, net: &str) -> Result<serde_json::Value> {
-        let net = addr::parse_net(net)?;
+    fn do_allow(&mut self, net: Net) -> Result<Allowed> {
+        let net = net.get();
         self.operator_allowed.insert(net);
         self.dirty = true;
         self.refresh_never_ban()?;
-        Ok(json!({ "allowed": addr::display(&net) }))
+        Ok(Allowed {
+            allowed: addr::display(&net),
+        })
     }
 
-    fn do_disallow(&mut self, net: &str) -> Result<serde_json::Value> {
-        let net = addr::parse_net(net)?;
+    fn do_disallow(&mut self, net: Net) -> Result<Disallowed> {
+        let net = net.get();
         if !self.operator_allowed.remove(&net) {
             if let Some((_, why)) = self.never_ban.entries().iter().find(|(n, _)| *n == net) {
                 bail!(
@@ -134,27 +154,31 @@ impl Daemon {
         }
         self.dirty = true;
         self.refresh_never_ban()?;
-        Ok(json!({ "disallowed": addr::display(&net) }))
+        Ok(Disallowed {
+            disallowed: addr::display(&net),
+        })
     }
 
     /// This box's own bans, then the networks only other origins ban
     /// (named by their origin).
-    fn do_notes(&self, offset: usize, limit: usize) -> serde_json::Value {
-        let local = self
-            .bans
-            .iter()
-            .map(|(net, b)| json!([addr::display(net), b.jail, b.reason]));
+    fn do_notes(&self, offset: usize, limit: usize) -> Notes {
+        let note = |net, jail: &str, reason: &str| Note {
+            address: addr::display(net),
+            jail: jail.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let local = self.bans.iter().map(|(net, b)| note(net, b.jail, b.reason));
         let remote = self
             .bans
             .remote()
             .iter()
             .filter(|(net, _)| self.bans.get(net).is_none())
-            .map(|(net, b)| json!([addr::display(net), b.origin, b.reason]));
-        let notes: Vec<serde_json::Value> = local
+            .map(|(net, b)| note(net, b.origin, b.reason));
+        let notes = local
             .chain(remote)
             .skip(offset)
             .take(limit.min(100_000))
             .collect();
-        json!({ "notes": notes })
+        Notes { notes }
     }
 }

@@ -7,14 +7,17 @@ use crate::{
         caps::{self},
         now_ms, Scope,
     },
+    control::{self, Actions, BanEntry, JailStatus, RemoteOrigin, Status},
     fleet::{self},
     kernel::clock,
     ops::metrics,
 };
 use anyhow::{bail, Result};
 use ipnet::IpNet;
-use serde_json::json;
 use std::collections::BTreeMap;
+
+/// The jails of bans no log jail made, in the order `status` shows them.
+const PSEUDO_JAILS: [&str; 3] = ["manual", FLOOD_JAIL, SCANNER_JAIL];
 
 /// Bans a jail's `status` lists (the rest are counted; `sipguard list`
 /// has them all).
@@ -23,10 +26,7 @@ const STATUS_BANS: usize = 1000;
 impl Daemon {
     /// A jail's bans for `status`: how many, the first `STATUS_BANS` by
     /// address, and how many are not listed.
-    pub(super) fn ban_list(
-        &self,
-        nets: Option<Vec<IpNet>>,
-    ) -> (usize, Vec<serde_json::Value>, usize) {
+    pub(super) fn ban_list(&self, nets: Option<Vec<IpNet>>) -> (usize, Vec<BanEntry>, usize) {
         let mut nets = nets.unwrap_or_default();
         let n = nets.len();
         if n > STATUS_BANS {
@@ -37,24 +37,22 @@ impl Daemon {
         let listed = nets
             .iter()
             .filter_map(|net| Some((net, self.bans.get(net)?)))
-            .map(|(net, b)| {
-                json!({
-                    "address": addr::display(net),
-                    "expires_in_secs": b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
-                    "reason": b.reason,
-                    "line": b.line,
-                    "all_ports": b.scope == Scope::AllPorts,
-                    "ports_only": b.scope == Scope::PortsOnly,
-                })
+            .map(|(net, b)| BanEntry {
+                address: addr::display(net),
+                all_ports: b.scope == Scope::AllPorts,
+                expires_in_secs: b.expires_at_ns.map(|e| clock::remaining(e).as_secs()),
+                line: b.line.to_owned(),
+                ports_only: b.scope == Scope::PortsOnly,
+                reason: b.reason.to_owned(),
             })
             .collect();
         (n, listed, n - nets.len())
     }
 
     /// fail2ban-client-like status: per jail, failures and bans.
-    pub(super) fn status(&self, only: Option<&str>) -> Result<serde_json::Value> {
+    pub(super) fn status(&self, only: Option<&str>) -> Result<Status> {
         if let Some(name) = only {
-            let pseudo = ["manual", FLOOD_JAIL, SCANNER_JAIL].contains(&name);
+            let pseudo = PSEUDO_JAILS.contains(&name);
             if !pseudo && !self.jails.iter().any(|j| j.name == name) {
                 bail!(
                     "no jail named '{name}' (jails: {})",
@@ -62,7 +60,6 @@ impl Daemon {
                 );
             }
         }
-        let now = now_ms();
         // The networks each jail bans; a status lists the first
         // `STATUS_BANS` of them by address, and counts the rest (a million
         // bans would be hundreds of MB of JSON, built on the loop).
@@ -74,35 +71,71 @@ impl Daemon {
         for (net, b) in bans {
             by_jail.entry(b.jail).or_default().push(*net);
         }
+        let mut jails = self.log_jails(only, &mut by_jail);
+        jails.extend(self.pseudo_jails(only, &mut by_jail));
+        Ok(Status {
+            bans: self.bans.len(),
+            dry_run: self.config.dry_run,
+            fleet: control::Fleet {
+                redis: fleet::redis::report(),
+                workers: fleet::workers_report(),
+            },
+            freeswitch: self.config.discovered.as_ref().map(discovered),
+            jails,
+            ports: self.config.protected_ports(),
+            remote: self.remote_summary(),
+        })
+    }
+
+    /// The log jails' status (`only` one of them, if named), their bans
+    /// taken from `by_jail`.
+    fn log_jails(
+        &self,
+        only: Option<&str>,
+        by_jail: &mut BTreeMap<&str, Vec<IpNet>>,
+    ) -> Vec<JailStatus> {
+        let now = now_ms();
         let mut jails = Vec::new();
         for j in &self.jails {
             if only.is_some_and(|n| n != j.name) {
                 continue;
             }
             let (n, banned, more) = self.ban_list(by_jail.remove(j.name.as_str()));
-            jails.push(json!({
-                "name": j.name,
-                "filter": {
-                    "currently_failed": j.offenders.currently_failed(now),
-                    "total_failed": j.stats.total_failed,
-                    "files": j.files(),
-                    "lines": j.stats.lines,
-                    "ignored": j.stats.ignored_ip + j.stats.ignored_regex,
-                    "too_old": j.stats.too_old,
-                    "skewed": j.stats.skewed,
-                    "ambiguous": j.stats.ambiguous,
-                    "skipped_long_lines": j.skipped_long_lines(),
+            jails.push(JailStatus {
+                actions: Actions {
+                    banned,
+                    banned_not_listed: more,
+                    currently_banned: n,
+                    refused_never_ban: None,
+                    skipped_over_budget: None,
+                    total_banned: self.bans.total_by_jail.get(&j.name).copied().unwrap_or(0),
                 },
-                "actions": {
-                    "currently_banned": n,
-                    "total_banned": self.bans.total_by_jail.get(&j.name).copied().unwrap_or(0),
-                    "banned": banned,
-                    "banned_not_listed": more,
-                },
-            }));
+                filter: Some(control::Filter {
+                    ambiguous: j.stats.ambiguous,
+                    currently_failed: j.offenders.currently_failed(now),
+                    files: j.files(),
+                    ignored: j.stats.ignored_ip + j.stats.ignored_regex,
+                    lines: j.stats.lines,
+                    skewed: j.stats.skewed,
+                    skipped_long_lines: j.skipped_long_lines(),
+                    too_old: j.stats.too_old,
+                    total_failed: j.stats.total_failed,
+                }),
+                name: j.name.clone(),
+            });
         }
-        // Bans that no log jail made: by hand, and by the XDP flood limiter.
-        for name in ["manual", FLOOD_JAIL, SCANNER_JAIL] {
+        jails
+    }
+
+    /// Bans that no log jail made: by hand, and by the XDP flood limiter
+    /// and scanner check. Shown when asked for, or when they did anything.
+    fn pseudo_jails(
+        &self,
+        only: Option<&str>,
+        by_jail: &mut BTreeMap<&str, Vec<IpNet>>,
+    ) -> Vec<JailStatus> {
+        let mut jails = Vec::new();
+        for name in PSEUDO_JAILS {
             if only.is_some_and(|n| n != name) {
                 continue;
             }
@@ -114,28 +147,20 @@ impl Daemon {
             if banned.is_empty() && quiet && only.is_none() {
                 continue;
             }
-            jails.push(json!({
-                "name": name,
-                "filter": null,
-                "actions": {
-                    "currently_banned": n,
-                    "total_banned": total,
-                    "skipped_over_budget": self.packet_bans.skipped(name),
-                    "refused_never_ban": self.refused.get(name).copied().unwrap_or(0),
-                    "banned": banned,
-                    "banned_not_listed": more,
+            jails.push(JailStatus {
+                actions: Actions {
+                    banned,
+                    banned_not_listed: more,
+                    currently_banned: n,
+                    refused_never_ban: Some(self.refused.get(name).copied().unwrap_or(0)),
+                    skipped_over_budget: Some(self.packet_bans.skipped(name)),
+                    total_banned: total,
                 },
-            }));
+                filter: None,
+                name: name.to_owned(),
+            });
         }
-        Ok(json!({
-            "jails": jails,
-            "bans": self.bans.len(),
-            "dry_run": self.config.dry_run,
-            "ports": self.config.protected_ports(),
-            "freeswitch": self.config.discovered,
-            "remote": self.remote_summary(),
-            "fleet": { "redis": fleet::redis::report(), "workers": fleet::workers_report() },
-        }))
+        jails
     }
 
     /// What Prometheus reads beyond the live counters.
@@ -237,23 +262,22 @@ impl Daemon {
     /// Bans from elsewhere, by origin (the largest `caps::STATUS_ORIGINS`, the
     /// rest as `other`), with the address space they hold and what was
     /// refused: never-ban set, caps. Kept counted: O(origins).
-    pub(super) fn remote_summary(&self) -> serde_json::Value {
+    pub(super) fn remote_summary(&self) -> BTreeMap<String, RemoteOrigin> {
         self.bans
             .remote()
             .summary(caps::STATUS_ORIGINS)
             .into_iter()
             .map(|(o, s)| {
-                let v = json!({
-                    "bans": s.held.total(),
-                    "ipv4_addresses": s.held.space[0],
-                    "ipv6_64s": s.held.space[1],
-                    "refused_never_ban": s.never_ban,
-                    "over_cap": s.over_cap,
-                });
-                (crate::text::escape(&o).into_owned(), v)
+                let origin = RemoteOrigin {
+                    bans: s.held.total(),
+                    ipv4_addresses: s.held.space[0],
+                    ipv6_64s: s.held.space[1],
+                    over_cap: s.over_cap,
+                    refused_never_ban: s.never_ban,
+                };
+                (crate::text::escape(&o).into_owned(), origin)
             })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+            .collect()
     }
 
     /// One line for `systemctl status`: bans in force and what was dropped.
@@ -284,5 +308,37 @@ impl Daemon {
 
     pub(super) fn jail_names(&self) -> Vec<String> {
         self.jails.iter().map(|j| j.name.clone()).collect()
+    }
+}
+
+/// FreeSWITCH's discovery as `status` shows it. JSON strings are UTF-8:
+/// a path that is not is shown lossily.
+fn discovered(d: &crate::freeswitch::Discovered) -> control::Freeswitch {
+    let found = |f: &crate::freeswitch::Found<std::path::PathBuf>| control::Found {
+        from: f.from.clone(),
+        value: f.value.to_string_lossy().into_owned(),
+    };
+    control::Freeswitch {
+        conf_dir: d.conf_dir.to_string_lossy().into_owned(),
+        log: d.log.as_ref().map(found),
+        ports: d
+            .ports
+            .iter()
+            .map(|p| control::Found {
+                from: p.from.clone(),
+                value: p.value,
+            })
+            .collect(),
+        trunks: d
+            .trunks
+            .iter()
+            .map(|t| control::Trunk {
+                addresses: t.addresses.clone(),
+                from: t.from.clone(),
+                gateway: t.gateway.clone(),
+                host: t.host.clone(),
+            })
+            .collect(),
+        warnings: d.warnings.clone(),
     }
 }

@@ -2,8 +2,17 @@
 //! per line. The socket file is mode 0600 in a 0700 folder, and every
 //! connection's peer must be root (SO_PEERCRED), so only root can read the
 //! daemon's state or change bans through it.
+//!
+//! This is the bottom floor: the protocol's types (`request`, `reply`) are
+//! shared by the CLI and the daemon and use only `addr` and `duration`.
+mod reply;
+mod request;
+
+pub use reply::*;
+pub use request::*;
+
 use anyhow::{bail, Context as _, Result};
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
 use std::{
     cell::RefCell,
     collections::VecDeque,
@@ -13,66 +22,6 @@ use std::{
     rc::Rc,
     time::Duration,
 };
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    Status {
-        jail: Option<String>,
-    },
-    Ban {
-        net: String,
-        duration: String,
-        all_ports: bool,
-    },
-    Unban {
-        net: String,
-        /// Every box of the fleet, not only this one.
-        #[serde(default)]
-        fleet: bool,
-    },
-    Allow {
-        net: String,
-    },
-    Disallow {
-        net: String,
-    },
-    /// Jail and reason of bans, a page at a time: `list` reads the bans
-    /// from the kernel maps and asks the daemon only for these, so a
-    /// million bans never hold its one thread for long.
-    Notes {
-        offset: usize,
-        limit: usize,
-    },
-    Reload,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-impl Response {
-    pub fn ok(data: serde_json::Value) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            data,
-        }
-    }
-
-    pub fn err(e: &anyhow::Error) -> Self {
-        Self {
-            ok: false,
-            error: Some(format!("{e:#}")),
-            data: serde_json::Value::Null,
-        }
-    }
-}
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -144,7 +93,7 @@ fn is_root(stream: &tokio::net::UnixStream) -> bool {
 /// Tells a client that is not root why, if its socket takes the line now
 /// (it always can, being new), and closes it: nothing waits on it.
 fn refuse(stream: &tokio::net::UnixStream) {
-    let mut line = serde_json::to_vec(&Response::err(&anyhow::anyhow!(NOT_ROOT)))
+    let mut line = serde_json::to_vec(&Response::<Reply>::err(&anyhow::anyhow!(NOT_ROOT)))
         .expect("responses serialize");
     line.push(b'\n');
     let _ = stream.try_write(&line);
@@ -303,13 +252,19 @@ impl Clients {
 }
 
 /// Sends one request to the daemon. `Ok(None)`: no daemon is listening.
-pub fn request(path: &Path, req: &Request) -> Result<Option<Response>> {
+/// `T` is the reply the request gets (`IgnoredAny` to read none); an answer
+/// of another shape is an error.
+pub fn request<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<Option<Response<T>>> {
     request_within(path, req, Duration::from_secs(30))
 }
 
 /// Like `request`, waiting at most `timeout` for the answer (a daemon
 /// still starting has bound its socket but answers once protection is on).
-pub fn request_within(path: &Path, req: &Request, timeout: Duration) -> Result<Option<Response>> {
+pub fn request_within<T: DeserializeOwned>(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Option<Response<T>>> {
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -344,6 +299,7 @@ pub fn request_within(path: &Path, req: &Request, timeout: Duration) -> Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::de::IgnoredAny;
 
     /// 100 idle clients: the oldest are closed, so at most `MAX_CLIENTS`
     /// are held, and a real request is still answered at once.
@@ -353,7 +309,9 @@ mod tests {
         let sock = dir.path().join("s.sock");
         let listener = bind(&sock).unwrap();
         let local = tokio::task::LocalSet::new();
-        local.spawn_local(serve(listener, |_| Response::ok(serde_json::json!("up"))));
+        local.spawn_local(serve(listener, |_| {
+            Response::ok(Reply::Reloaded(Reloaded { reloaded: true }))
+        }));
         local
             .run_until(async {
                 let mut idle = Vec::new();
@@ -363,7 +321,7 @@ mod tests {
                 let path = sock.clone();
                 let started = std::time::Instant::now();
                 let answer = tokio::task::spawn_blocking(move || {
-                    request_within(&path, &Request::Reload, Duration::from_secs(5))
+                    request_within::<Reloaded>(&path, &Request::Reload, Duration::from_secs(5))
                 })
                 .await
                 .unwrap()
@@ -382,6 +340,40 @@ mod tests {
                 assert!(closed < 100, "the newest are kept");
             })
             .await;
+    }
+
+    /// A request whose values fail their checks never reaches the
+    /// handler: the client reads why, and the connection still serves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_value_is_refused_at_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = bind(&sock).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(serve(listener, |req| {
+            assert_eq!(req, Request::Reload, "only the good request is handled");
+            Response::ok(Reply::Reloaded(Reloaded { reloaded: true }))
+        }));
+        let answers = local
+            .run_until(tokio::task::spawn_blocking(move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+                stream
+                    .write_all(b"{\"op\":\"ban\",\"net\":\"0.0.0.0/0\",\"duration\":\"-1\",\"all_ports\":false}\n{\"op\":\"reload\"}\n")
+                    .unwrap();
+                let mut lines = BufReader::new(stream).lines();
+                let mut next = || lines.next().unwrap().unwrap();
+                (next(), next())
+            }))
+            .await
+            .unwrap();
+        let refused: Response<IgnoredAny> = serde_json::from_str(&answers.0).unwrap();
+        let why = refused.error.unwrap_or_default();
+        assert!(
+            !refused.ok && why.starts_with("bad request: refusing to ban 0.0.0.0/0"),
+            "{why}"
+        );
+        let reloaded: Response<Reloaded> = serde_json::from_str(&answers.1).unwrap();
+        assert_eq!(reloaded.data, Some(Reloaded { reloaded: true }));
     }
 
     /// Forks a child that, as user `nobody`, connects to `sock` `total`
@@ -438,7 +430,9 @@ mod tests {
         let listener = bind(&sock).unwrap();
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
         let local = tokio::task::LocalSet::new();
-        local.spawn_local(serve(listener, |_| Response::ok(serde_json::json!("up"))));
+        local.spawn_local(serve(listener, |_| {
+            Response::ok(Reply::Reloaded(Reloaded { reloaded: true }))
+        }));
         local
             .run_until(async {
                 // A refused user reads why.
@@ -463,7 +457,7 @@ mod tests {
                     (0..50)
                         .map(|_| {
                             std::thread::sleep(Duration::from_millis(10));
-                            request_within(&path, &Request::Reload, Duration::from_secs(5))
+                            request_within::<Reloaded>(&path, &Request::Reload, Duration::from_secs(5))
                         })
                         .collect::<Vec<_>>()
                 })

@@ -190,7 +190,9 @@ fn ignoreip_is_never_counted() {
 /// there (the daemon never asks the never-ban set again).
 #[test]
 fn a_network_over_a_protected_address_is_narrowed_to_the_offender() {
-    let mut j = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n");
+    let mut j = jail(
+        "[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n",
+    );
     let ignore = NeverBan::from_nets(vec![(
         "2001:db8::1/128".parse().unwrap(),
         crate::bans::never_ban::Why::Configured,
@@ -208,10 +210,14 @@ fn a_network_over_a_protected_address_is_narrowed_to_the_offender() {
     let r = requests.next().expect("a ban at maxretry");
     assert_eq!(r.net, "2001:db8::99/128".parse::<IpNet>().unwrap());
     // The protected address itself is never counted.
-    let mut k = jail("[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n");
+    let mut k = jail(
+        "[jails.a]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretry = 2\nipv6_prefix = 64\n",
+    );
     for i in 0..5 {
         let line = failure("2001:db8::1", &i.to_string());
-        assert!(k.on_line(&line, 0, false, &ignore, &|_| false, &|_| 0).is_none());
+        assert!(k
+            .on_line(&line, 0, false, &ignore, &|_| false, &|_| 0)
+            .is_none());
     }
     assert_eq!(k.stats.ignored_ip, 5);
 }

@@ -23,8 +23,9 @@ pub struct Clock {
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     /// The batch is the whole state: every ban, count, position, cursor
-    /// and allowlist entry not in it goes (a restart after a failed batch,
-    /// an import).
+    /// and allowlist entry not in it goes, and without `allowed` the
+    /// allowlist is as never saved (a restart after a failed batch, an
+    /// import).
     pub replace: bool,
     pub clock: Option<Clock>,
     /// Every ban a network has now (none: unbanned), whatever its origin:
@@ -88,7 +89,8 @@ pub fn apply(conn: &Connection, batch: &Batch) -> Result<()> {
     if batch.replace {
         conn.execute_batch(
             "DELETE FROM bans; DELETE FROM offenders; DELETE FROM positions;
-             DELETE FROM cursors; DELETE FROM allowlist;",
+             DELETE FROM cursors; DELETE FROM allowlist;
+             DELETE FROM meta WHERE key = 'allowlist_kept';",
         )?;
     }
     if let Some(clock) = &batch.clock {

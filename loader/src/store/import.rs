@@ -196,3 +196,7 @@ fn import_positions(conn: &Connection, state_file: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "import_tests.rs"]
+mod tests;

@@ -34,6 +34,11 @@ pub struct Restore<'a> {
 
 impl<'a> Restore<'a> {
     pub(super) fn begin(conn: &'a Connection) -> Result<Self> {
+        // Read through a mapping of the file, not copies into SQLite's
+        // cache: the whole table is read once, and a tenth of the time went
+        // to copying pages. Unmapped at `finish`: the pages mapped count in
+        // the daemon's resident memory (as file pages the kernel can drop).
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut this = Restore {
             conn,
@@ -96,6 +101,7 @@ impl<'a> Restore<'a> {
             after: 0,
             page: VecDeque::new(),
             names: HashSet::new(),
+            last: Default::default(),
             done: false,
         }
     }
@@ -115,6 +121,7 @@ impl<'a> Restore<'a> {
     pub fn finish(mut self) -> Result<()> {
         self.open = false;
         self.conn.execute_batch("COMMIT")?;
+        self.conn.pragma_update(None, "mmap_size", 0)?;
         match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -131,6 +138,7 @@ impl Drop for Restore<'_> {
     fn drop(&mut self) {
         if self.open {
             let _ = self.conn.execute_batch("COMMIT");
+            let _ = self.conn.pragma_update(None, "mmap_size", 0);
         }
     }
 }
@@ -144,6 +152,8 @@ pub struct Bans<'r, 'a> {
     /// Jails, reasons and origins, each allocated once: a million bans
     /// share a handful (as the ban manager's `Names` keeps them).
     names: HashSet<Arc<str>>,
+    /// The last jail, reason and origin handed out.
+    last: [Option<Arc<str>>; 3],
     done: bool,
 }
 
@@ -155,13 +165,22 @@ impl Bans<'_, '_> {
              FROM bans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )?;
         let mut rows = stmt.query([self.after, PAGE])?;
-        let names = &mut self.names;
-        let mut name = |text: &str| -> Arc<str> {
-            if let Some(n) = names.get(text) {
+        let (names, last) = (&mut self.names, &mut self.last);
+        // Mostly the same as the row before's (bans come in runs of a jail):
+        // compared first, hashed only when it differs.
+        let mut name = |column: usize, text: &str| -> Arc<str> {
+            if let Some(n) = last[column].as_ref().filter(|n| &***n == text) {
                 return n.clone();
             }
-            let n: Arc<str> = Arc::from(text);
-            names.insert(n.clone());
+            let n = match names.get(text) {
+                Some(n) => n.clone(),
+                None => {
+                    let n: Arc<str> = Arc::from(text);
+                    names.insert(n.clone());
+                    n
+                }
+            };
+            last[column] = Some(n.clone());
             n
         };
         let mut n = 0;
@@ -169,15 +188,15 @@ impl Bans<'_, '_> {
             n += 1;
             self.after = r.get(0)?;
             let origin = r.get_ref(2)?.as_str()?;
-            let origin = (!origin.is_empty()).then(|| name(origin));
+            let origin = (!origin.is_empty()).then(|| name(2, origin));
             let (all_ports, ports_only) = schema::scope_flags(r.get_ref(4)?.as_str()?);
             self.page.push_back(SavedBan {
                 net: r.get(1)?,
-                jail: name(r.get_ref(3)?.as_str()?),
+                jail: name(0, r.get_ref(3)?.as_str()?),
                 banned_at: r.get(5)?,
                 expires_at: r.get(6)?,
                 expires_mono: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
-                reason: name(r.get_ref(8)?.as_str()?),
+                reason: name(1, r.get_ref(8)?.as_str()?),
                 line: r.get(9)?,
                 all_ports,
                 ports_only,

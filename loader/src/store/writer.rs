@@ -3,9 +3,12 @@
 //! (and a checkpoint now and then) never holds up the daemon's loop.
 //!
 //! Every batch gets a sequence number when it is handed over; the writer
-//! says which it has committed (`durable`, `wait`). A batch that fails is
-//! rolled back whole and reported once (`take_failure`): the daemon then
-//! hands over a `replace` batch of its whole state.
+//! says which it has committed (`durable`, `wait`). A batch that fails (a
+//! full disk) is rolled back whole, reported (`take_failure`), and tried
+//! again in front of the next one, in the same transaction: a batch says
+//! what things *are* now, so applying it later, before the newer ones, is
+//! right. Past `MAX_PENDING_ROWS` waiting, they are dropped (`lost`), and
+//! only a `replace` batch of the whole state makes the database whole again.
 use super::batch::{self, Batch};
 use anyhow::{anyhow, Result};
 use rusqlite::Connection;
@@ -14,6 +17,10 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+/// Rows of failed batches kept for the next try, at most (a few hundred
+/// MB of records): past that, a full state is cheaper than the backlog.
+const MAX_PENDING_ROWS: usize = 1_000_000;
 
 pub struct Writer {
     tx: Option<mpsc::Sender<Batch>>,
@@ -33,14 +40,20 @@ struct Shared {
 /// crash tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// The last batch committed (0: none yet). Batches are committed in
-    /// the order they were handed over.
+    /// The last batch committed (0: none yet), every batch before it
+    /// with it (one that failed was committed with a later one), unless
+    /// `lost`. Batches are committed in the order they were handed over.
     pub durable: u64,
     /// The last batch the writer is done with, committed or failed.
     pub done: u64,
     /// Batches that failed since `take_failure` last asked, the first one's
     /// number and error.
     pub failed: Option<(u64, String)>,
+    /// Failed batches waiting to be tried again with the next.
+    pub pending: usize,
+    /// Failed batches were dropped (see `MAX_PENDING_ROWS`): the database
+    /// misses changes until a `replace` batch is committed.
+    pub lost: bool,
     pub batches: u64,
     pub rows: u64,
     /// The longest a batch took, from its `BEGIN` to its `COMMIT`.
@@ -101,8 +114,9 @@ impl Writer {
             .take()
     }
 
-    /// Waits until batch `seq` is committed; an error if it, or one before
-    /// it, failed since `take_failure` last asked (or the writer is gone).
+    /// Waits until the writer is done with batch `seq`: an error if it is
+    /// not committed (it failed, and waits for the next batch to be tried
+    /// again), if changes were `lost`, or if the writer is gone.
     pub fn wait(&self, seq: u64) -> Result<()> {
         let mut state = self.shared.state.lock().expect("writer state");
         while state.done < seq {
@@ -116,10 +130,16 @@ impl Writer {
                 .expect("writer state")
                 .0;
         }
-        match &state.failed {
-            Some((first, e)) if *first <= seq => Err(anyhow!("batch {first} was not saved: {e}")),
-            _ => Ok(()),
+        if state.lost {
+            return Err(anyhow!(
+                "failed batches were dropped: the database needs the whole state"
+            ));
         }
+        if state.durable < seq {
+            let why = state.failed.as_ref().map_or("", |f| f.1.as_str());
+            return Err(anyhow!("batch {seq} is not saved yet: {why}"));
+        }
+        Ok(())
     }
 
     /// Waits for every batch handed over.
@@ -156,33 +176,63 @@ impl Drop for Writer {
 
 fn run(conn: Connection, rx: &mpsc::Receiver<Batch>, shared: &Shared) -> Connection {
     let mut seq = 0;
+    // Failed batches, in order, tried again in front of the next.
+    let mut pending: Vec<Batch> = Vec::new();
+    let mut pending_rows = 0;
     for batch in rx {
         seq += 1;
+        if batch.replace {
+            // The whole state: nothing before it matters.
+            pending.clear();
+            pending_rows = 0;
+        }
         let started = Instant::now();
         let result = conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(anyhow::Error::from)
-            .and_then(|()| super::schema::finish(&conn, batch::apply(&conn, &batch)));
+            .and_then(|()| {
+                let applied = pending
+                    .iter()
+                    .chain([&batch])
+                    .try_for_each(|b| batch::apply(&conn, b));
+                super::schema::finish(&conn, applied)
+            });
         let took = started.elapsed();
         let mut state = shared.state.lock().expect("writer state");
         state.done = seq;
+        let mut freed = Vec::new();
         match result {
             Ok(()) => {
                 state.durable = seq;
-                state.batches += 1;
-                state.rows += batch.len() as u64;
+                state.batches += 1 + pending.len() as u64;
+                state.rows += (pending_rows + batch.len()) as u64;
                 state.longest = state.longest.max(took);
                 state.busy += took;
+                state.lost &= !batch.replace;
+                freed = std::mem::take(&mut pending);
+                pending_rows = 0;
+                freed.push(batch);
             }
             Err(e) => {
-                tracing::error!("store: batch {seq} not saved: {e:#}");
+                tracing::error!("store: batch {seq} not saved (tried again with the next): {e:#}");
                 state.failed.get_or_insert((seq, format!("{e:#}")));
+                pending_rows += batch.len();
+                pending.push(batch);
+                if pending_rows > MAX_PENDING_ROWS {
+                    tracing::error!(
+                        "store: {pending_rows} rows of failed batches dropped; the whole state is needed"
+                    );
+                    state.lost = true;
+                    freed = std::mem::take(&mut pending);
+                    pending_rows = 0;
+                }
             }
         }
+        state.pending = pending.len();
         drop(state);
         shared.changed.notify_all();
-        // Its memory freed here, off the lock.
-        drop(batch);
+        // Their memory freed here, off the lock.
+        drop(freed);
     }
     conn
 }

@@ -26,6 +26,8 @@ pub struct Restore<'a> {
     pub header: State,
     /// How many bans there are.
     pub bans_len: usize,
+    /// Bans from this rowid on are read with their line (see `keep_lines`).
+    lines_from: i64,
     /// The first error met while reading the bans or counts (the read
     /// stops there; `finish` returns it).
     error: RefCell<Option<anyhow::Error>>,
@@ -44,6 +46,7 @@ impl<'a> Restore<'a> {
             conn,
             header: State::default(),
             bans_len: 0,
+            lines_from: 0,
             error: RefCell::new(None),
             open: true,
         };
@@ -92,6 +95,33 @@ impl<'a> Restore<'a> {
             positions,
             cursors,
         })
+    }
+
+    /// Reads the matched lines of the newest bans only, as many as fit in
+    /// `budget` bytes (counted as `bans::lines` counts them: 32 bytes
+    /// beyond the text); older bans come with an empty line. The ban
+    /// manager keeps no more than that (the newest bans' lines, see
+    /// `bans::lines`): the others would be read, copied and let go, a
+    /// third of a restore's time at a million bans. The database keeps
+    /// every line for the operator.
+    pub fn keep_lines(&mut self, budget: usize) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rowid, length(CAST(line AS BLOB)) FROM bans ORDER BY rowid DESC")?;
+        let mut rows = stmt.query([])?;
+        let (mut used, mut from) = (0usize, i64::MAX);
+        while let Some(r) = rows.next()? {
+            let len: i64 = r.get(1)?;
+            if len > 0 {
+                used += len as usize + 32;
+                if used > budget {
+                    break;
+                }
+            }
+            from = r.get(0)?;
+        }
+        self.lines_from = from;
+        Ok(())
     }
 
     /// The bans, in the order they were first saved.
@@ -161,10 +191,10 @@ impl Bans<'_, '_> {
     fn fill(&mut self) -> Result<()> {
         let mut stmt = self.restore.conn.prepare_cached(
             "SELECT rowid, net, origin, jail, scope, banned_at, expires_at, expires_mono,
-                    reason, line, count
+                    reason, CASE WHEN rowid >= ?3 THEN line ELSE '' END, count
              FROM bans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )?;
-        let mut rows = stmt.query([self.after, PAGE])?;
+        let mut rows = stmt.query([self.after, PAGE, self.restore.lines_from])?;
         let (names, last) = (&mut self.names, &mut self.last);
         // Mostly the same as the row before's (bans come in runs of a jail):
         // compared first, hashed only when it differs.

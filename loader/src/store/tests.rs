@@ -280,3 +280,27 @@ fn change_log_lines_become_a_batch() {
     assert_eq!(b.allowed, Some(vec!["10.0.0.0/8".to_owned()]));
     assert_eq!(b.cursors, [("apiban".to_owned(), Some("7".to_owned()))]);
 }
+
+#[test]
+fn only_the_newest_lines_are_read_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_db(&dir.path().join("state.db")).unwrap();
+    let bans: Vec<SavedBan> = (1..=5)
+        .map(|i| SavedBan {
+            line: "x".repeat(68),
+            ..ban(&format!("192.0.2.{i}/32"), None)
+        })
+        .collect();
+    store
+        .write(&Batch {
+            bans,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut r = store.restore().unwrap();
+    // Two lines of 68 bytes and 32 of overhead each.
+    r.keep_lines(250).unwrap();
+    let lines: Vec<usize> = r.bans().map(|b| b.line.len()).collect();
+    assert_eq!(lines, [0, 0, 0, 68, 68]);
+    r.finish().unwrap();
+}

@@ -7,6 +7,7 @@ use super::{
 };
 use anyhow::Result;
 use rusqlite::{params, Connection};
+use std::collections::BTreeMap;
 
 /// The boot and wall time a batch was made at (the `Clock` of the change
 /// log): a batch of a later boot voids the monotonic deadlines saved
@@ -68,6 +69,26 @@ impl Batch {
         batch
     }
 
+    /// The read positions that differ from `before` (the last ones
+    /// handed over), those gone included: the daemon keeps the positions
+    /// it last saved and hands over only what moved.
+    pub fn positions_since(
+        &mut self,
+        before: &BTreeMap<String, Position>,
+        now: &BTreeMap<String, Position>,
+    ) {
+        self.positions.extend(changed(before, now));
+    }
+
+    /// The feed cursors that differ from `before`, as `positions_since`.
+    pub fn cursors_since(
+        &mut self,
+        before: &BTreeMap<String, String>,
+        now: &BTreeMap<String, String>,
+    ) {
+        self.cursors.extend(changed(before, now));
+    }
+
     /// How many rows the batch writes, about (for the writer's figures).
     pub fn len(&self) -> usize {
         self.nets.iter().map(|(_, b)| b.len().max(1)).sum::<usize>()
@@ -82,6 +103,22 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         !self.replace && self.clock.is_none() && self.len() == 0 && self.allowed.is_none()
     }
+}
+
+/// What differs between two maps: the keys set anew, and those gone.
+fn changed<'a, V: PartialEq + Clone>(
+    before: &'a BTreeMap<String, V>,
+    now: &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = (String, Option<V>)> + 'a {
+    let set = now
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())));
+    let gone = before
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .map(|k| (k.clone(), None));
+    set.chain(gone)
 }
 
 /// Applies `batch` inside the caller's transaction.

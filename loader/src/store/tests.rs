@@ -304,3 +304,25 @@ fn only_the_newest_lines_are_read_when_asked() {
     assert_eq!(lines, [0, 0, 0, 68, 68]);
     r.finish().unwrap();
 }
+
+#[test]
+fn only_moved_positions_and_cursors_are_handed_over() {
+    let at = |offset| Position {
+        dev: 1,
+        ino: 1,
+        offset,
+    };
+    let before = BTreeMap::from([("/a".to_owned(), at(1)), ("/b".to_owned(), at(2))]);
+    let now = BTreeMap::from([("/a".to_owned(), at(1)), ("/c".to_owned(), at(3))]);
+    let mut b = Batch::default();
+    b.positions_since(&before, &now);
+    b.cursors_since(
+        &BTreeMap::from([("apiban".to_owned(), "1".to_owned())]),
+        &BTreeMap::from([("apiban".to_owned(), "2".to_owned())]),
+    );
+    assert_eq!(
+        b.positions,
+        [("/c".to_owned(), Some(at(3))), ("/b".to_owned(), None)]
+    );
+    assert_eq!(b.cursors, [("apiban".to_owned(), Some("2".to_owned()))]);
+}

@@ -150,9 +150,17 @@ fn import_whole(conn: &Connection, state_file: &Path) -> Result<Imported> {
     if let Some(allowed) = &header.allowed {
         batch::set_allowlist(conn, allowed, None)?;
     }
-    // The meta of the last write, set after the bans: setting a boot voids
-    // the monotonic deadlines of the bans already there (none now), and the
-    // logs voided those of an earlier boot already.
+    // The boot the state was written on, before the bans: theirs (the
+    // logs voided the deadlines of an earlier boot already).
+    // A state of no known boot: a boot of its own ("", which no restore
+    // takes for its own), so no deadline of it is taken for this boot's.
+    batch::set_clock(
+        conn,
+        &batch::Clock {
+            boot_id: header.boot_id.clone().unwrap_or_default(),
+            saved_at: header.saved_at.unwrap_or(0),
+        },
+    )?;
     let mut imported = Imported {
         changes,
         ..Default::default()
@@ -167,11 +175,11 @@ fn import_whole(conn: &Connection, state_file: &Path) -> Result<Imported> {
         batch::put_count(conn, &count)?;
         imported.counts += 1;
     }
-    if let Some(boot) = &header.boot_id {
-        schema::set_meta(conn, "boot_id", boot)?;
-    }
-    if let Some(at) = header.saved_at {
-        schema::set_meta(conn, "saved_at", at)?;
+    match header.saved_at {
+        Some(at) => schema::set_meta(conn, "saved_at", at)?,
+        None => {
+            conn.execute("DELETE FROM meta WHERE key = 'saved_at'", [])?;
+        }
     }
     Ok(imported)
 }

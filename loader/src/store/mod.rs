@@ -34,9 +34,15 @@ use anyhow::Result;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
-/// The database of the state file `state_file` (`state.json` → `state.db`).
+/// The database of the state file `state_file` (`state.json` → `state.db`;
+/// a state file already named `*.db` → `*.store.db`, never itself: the
+/// import would take the database for an older state file).
 pub fn db_path(state_file: &Path) -> PathBuf {
-    state_file.with_extension("db")
+    let db = state_file.with_extension("db");
+    if db == state_file {
+        return state_file.with_extension("store.db");
+    }
+    db
 }
 
 /// An open database, on the caller's thread.

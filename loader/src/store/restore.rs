@@ -28,6 +28,9 @@ pub struct Restore<'a> {
     pub bans_len: usize,
     /// Bans from this rowid on are read with their line (see `keep_lines`).
     lines_from: i64,
+    /// The last boot that wrote (`meta.boot_seq`): the monotonic deadlines
+    /// of bans written in an earlier one are read as none.
+    boot_seq: i64,
     /// The first error met while reading the bans or counts (the read
     /// stops there; `finish` returns it).
     error: RefCell<Option<anyhow::Error>>,
@@ -47,6 +50,7 @@ impl<'a> Restore<'a> {
             header: State::default(),
             bans_len: 0,
             lines_from: 0,
+            boot_seq: schema::meta(conn, "boot_seq")?.unwrap_or(0),
             error: RefCell::new(None),
             open: true,
         };
@@ -190,11 +194,13 @@ pub struct Bans<'r, 'a> {
 impl Bans<'_, '_> {
     fn fill(&mut self) -> Result<()> {
         let mut stmt = self.restore.conn.prepare_cached(
-            "SELECT rowid, net, origin, jail, scope, banned_at, expires_at, expires_mono,
+            "SELECT rowid, net, origin, jail, scope, banned_at, expires_at,
+                    CASE WHEN boot = ?4 THEN expires_mono END,
                     reason, CASE WHEN rowid >= ?3 THEN line ELSE '' END, count
              FROM bans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )?;
-        let mut rows = stmt.query([self.after, PAGE, self.restore.lines_from])?;
+        let r = self.restore;
+        let mut rows = stmt.query([self.after, PAGE, r.lines_from, r.boot_seq])?;
         let (names, last) = (&mut self.names, &mut self.last);
         // Mostly the same as the row before's (bans come in runs of a jail):
         // compared first, hashed only when it differs.

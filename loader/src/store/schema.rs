@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS bans (
                  CHECK (scope IN ('ports', 'ports-only', 'all-ports')),
     banned_at    INTEGER NOT NULL,            -- Unix ms
     expires_at   INTEGER,                     -- Unix ms; NULL: permanent
-    expires_mono INTEGER,                     -- CLOCK_MONOTONIC ns of boot meta.boot_id
+    expires_mono INTEGER,                     -- CLOCK_MONOTONIC ns, of boot `boot`
+    boot         INTEGER NOT NULL DEFAULT 0,  -- meta.boot_seq when written
     reason       TEXT    NOT NULL DEFAULT '',
     line         TEXT    NOT NULL DEFAULT '', -- the matched log line
     count        INTEGER NOT NULL DEFAULT 0   -- the network's bans so far (this box's)
@@ -67,7 +68,9 @@ CREATE TABLE IF NOT EXISTS allowlist (
     added_at INTEGER                          -- Unix ms; NULL: not known (imported)
 ) WITHOUT ROWID;
 
--- schema_version; boot_id and saved_at of the last write; allowlist_kept
+-- schema_version; boot_id and saved_at of the last write; boot_seq (one
+-- more with each boot that wrote: a ban's expires_mono holds only while its
+-- boot is the last one, and a new boot costs no rewrite); allowlist_kept
 -- (absent: the allowlist was never saved, the kernel's is adopted);
 -- imported_at (when older state files were last taken in).
 CREATE TABLE IF NOT EXISTS meta (

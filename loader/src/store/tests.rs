@@ -1,6 +1,6 @@
 //! The store's own tests: batches in, the same state out.
 use super::*;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 pub(crate) fn ban(net: &str, origin: Option<&str>) -> SavedBan {
     SavedBan {
@@ -325,4 +325,18 @@ fn only_moved_positions_and_cursors_are_handed_over() {
         [("/c".to_owned(), Some(at(3))), ("/b".to_owned(), None)]
     );
     assert_eq!(b.cursors, [("apiban".to_owned(), Some("2".to_owned()))]);
+}
+
+#[test]
+fn the_database_is_never_the_state_file_itself() {
+    let db = |p: &str| db_path(Path::new(p)).display().to_string();
+    assert_eq!(
+        db("/var/lib/sipguard/state.json"),
+        "/var/lib/sipguard/state.db"
+    );
+    assert_eq!(db("/var/lib/sipguard/state"), "/var/lib/sipguard/state.db");
+    assert_eq!(
+        db("/var/lib/sipguard/state.db"),
+        "/var/lib/sipguard/state.store.db"
+    );
 }

@@ -5,6 +5,7 @@
 //! - write: BANS bans handed to the writer thread in batches of PER_BATCH
 //!   (the daemon's changes per tick), as `BanManager::take_changes` hands
 //!   them out (each network's bans now), at most two batches in flight;
+//!   then 100 small ticks on the full table (the first a new boot's);
 //! - restore: every ban read back, as a start reads them;
 //! - size: the database (checkpointed) beside the snapshot of the same bans;
 //! - peak RSS of each phase (the peak is reset between phases).
@@ -176,7 +177,52 @@ fn write(db: &Path, n: u32, per_batch: u32, now: i64) -> Result<()> {
         progress.busy.as_secs_f64() * 1e3 / progress.batches.max(1) as f64,
         (closed - wrote).as_secs_f64(),
     );
+    ticks(db, n, now)
+}
 
+/// A busy daemon's ticks on the full table: each bans 50 new networks,
+/// lifts 50 old bans, and moves a read position; the time from handing a
+/// batch over to its commit.
+fn ticks(db: &Path, n: u32, now: i64) -> Result<()> {
+    const TICKS: u32 = 100;
+    let mut writer = Store::open_db(db)?.writer()?;
+    let mut times = Vec::new();
+    for t in 0..TICKS {
+        let mut nets: Vec<(String, Vec<SavedBan>)> = (0..50)
+            .map(|i| {
+                let b = ban(n + t * 50 + i, now);
+                (b.net.clone(), vec![b])
+            })
+            .collect();
+        nets.extend((0..50).map(|i| (ban(t * 50 + i, now).net, Vec::new())));
+        let batch = Batch {
+            clock: Some(sipguard::store::Clock {
+                boot_id: "bench".into(),
+                saved_at: now,
+            }),
+            nets,
+            positions: vec![(
+                "/var/log/freeswitch/freeswitch.log".into(),
+                Some(sipguard::store::Position {
+                    dev: 1,
+                    ino: 2,
+                    offset: u64::from(t) * 4096,
+                }),
+            )],
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let seq = writer.send(batch)?;
+        writer.wait(seq)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    writer.close()?;
+    times.sort_by(f64::total_cmp);
+    println!(
+        "ticks on the full table ({TICKS} batches of 50 bans + 50 unbans + a position): median {:.1} ms, longest {:.1} ms",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod names;
 pub mod never_ban;
 pub mod packet_bans;
 pub mod remote;
+mod saved;
 pub mod tally;
 // The state files, now the store's (`store::legacy`), by their old names
 // until the daemon reads and writes the database instead.

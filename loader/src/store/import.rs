@@ -62,9 +62,10 @@ pub fn import(conn: &Connection, state_file: &Path) -> Result<Option<Imported>> 
     if files.is_empty() {
         return Ok(None);
     }
-    // An older CLI could be appending to the journal: its lock is held
-    // until the journal is renamed (it then makes a new one, taken in at
-    // the next start).
+    // The journal's lock, held until it is renamed: no CLI of the journal's
+    // time is halfway through a line while it is read. (A CLI of that time
+    // still waiting for the lock would append to the renamed file; the CLI
+    // and the daemon are one binary, so none outlives an upgrade's start.)
     let journal = journal::path(state_file)
         .exists()
         .then(|| journal::lock(state_file))

@@ -26,12 +26,16 @@
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `remote`        | other origins' bans of a network, beside this box's own   |
-//! |             | `state`         | the state file: atomic saves, bans, positions             |
-//! |             | `snapshot`      | the state file's compact binary form                      |
-//! |             | `changes`       | the state's change log: what changed since the snapshot   |
-//! |             | `journal`       | operator changes made while the daemon is stopped         |
 //! |             | `never_ban`     | the allowlist: ignoreip, own, gateways, resolvers, allows |
 //! |             | `packet_bans`   | bans on packet evidence: budget, scope, reserved room     |
+//! | `store/`    | `store`         | everything on disk: one SQLite database, opened and read  |
+//! |             | `records`       | the saved records: bans, counts, positions (plain data)   |
+//! |             | `schema`        | the tables, views and connection settings                 |
+//! |             | `writer`        | the writer thread: a batch a tick, one transaction each   |
+//! |             | `restore`       | reading the state back at start, a ban at a time          |
+//! |             | `offline`       | operator changes made while the daemon is stopped         |
+//! |             | `import`        | the older state files, taken in once                      |
+//! |             | `legacy`        | those files' readers and writers (state, snapshot, change log, journal) |
 //! | `kernel/`   | `program`       | the embedded XDP object, attaching and pinned links       |
 //! |             | `maps`          | typed access to the pinned kernel maps                    |
 //! |             | `batch`         | batched map writes and reads (a million bans at start)    |
@@ -63,4 +67,5 @@ pub mod kernel;
 pub mod logs;
 pub mod net_table;
 pub mod ops;
+pub mod store;
 pub mod text;

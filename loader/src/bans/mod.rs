@@ -10,26 +10,25 @@
 //! `clock`), so the daemon and the program always agree on when a ban ends.
 pub mod background;
 pub mod caps;
-pub mod changes;
-pub mod journal;
 pub mod lifted;
 pub mod lines;
 pub mod names;
 pub mod never_ban;
 pub mod packet_bans;
 pub mod remote;
-pub mod snapshot;
-pub mod state;
+mod saved;
 pub mod tally;
-pub mod torn;
+// The state files, now the store's (`store::legacy`), by their old names
+// until the daemon reads and writes the database instead.
+pub use crate::store::legacy::{changes, journal, snapshot, state, torn};
 
 use crate::{
     bans::lines::{LineRef, LineStore},
     bans::names::{Name, Names},
     bans::remote::{RemoteBan, RemoteBans},
-    bans::state::{SavedBan, State},
     kernel::clock::{self, Clock as _},
     kernel::maps::KernelMaps,
+    store::records::{SavedBan, State},
 };
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};

@@ -99,7 +99,7 @@ fn complete_len(file: &File, len: u64) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bans::{changes, journal, state::State};
+    use crate::store::legacy::{changes, journal, state::State};
 
     /// Tears the last record of `path`: cuts it in the middle.
     fn tear(path: &Path) {

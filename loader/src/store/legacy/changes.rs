@@ -16,10 +16,7 @@
 //! Each line says what a network's bans *are* (not what happened to them),
 //! so replaying a line twice, or lines the snapshot already holds, changes
 //! nothing; a line torn by a crash mid-write is the last one, and skipped.
-use super::{
-    snapshot::Count,
-    state::{SavedBan, State},
-};
+use crate::store::records::{Count, SavedBan, State};
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,7 @@
 //! little-endian. Written whole
 //! (temporary file, fsync, rename) like the JSON it replaces, which is
 //! still read, as is form 2 (the counts in the JSON part).
-use super::state::{SavedBan, State};
+use crate::store::records::{SavedBan, State};
 use anyhow::{bail, Context as _, Result};
 use std::{
     collections::HashMap,
@@ -39,8 +39,7 @@ const HAS_ORIGIN: u8 = 16;
 /// The ban carries its network's ban count (form 3).
 const HAS_COUNT: u8 = 32;
 
-/// A network's ban count and when its last ban began (Unix ms).
-pub type Count = (String, u32, i64);
+pub use crate::store::records::Count;
 
 /// Writes `state` to `out`.
 pub fn write(out: &mut impl Write, state: &State) -> Result<()> {
@@ -373,7 +372,7 @@ mod tests {
 
     fn sample() -> State {
         State {
-            version: super::super::state::VERSION,
+            version: crate::store::records::VERSION,
             boot_id: Some("b".into()),
             saved_at: Some(5),
             bans: vec![

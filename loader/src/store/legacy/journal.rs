@@ -10,10 +10,8 @@
 //! listens on its socket before it takes the lock to read the journal. So
 //! every change either reaches the running daemon or is in the journal when
 //! the daemon reads it, never neither.
-use crate::bans::{
-    changes::Overrides,
-    state::{SavedBan, State},
-};
+use super::changes::Overrides;
+use crate::store::records::{SavedBan, State};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -73,7 +71,7 @@ pub fn lock(state: &Path) -> Result<Locked> {
             .with_context(|| format!("cannot lock {}", path.display()));
     }
     // Under the lock: nobody else is writing, so an unfinished last line is torn.
-    crate::bans::torn::cut_torn_tail(&file, &path)?;
+    super::torn::cut_torn_tail(&file, &path)?;
     Ok(Locked { file, path })
 }
 
@@ -144,7 +142,7 @@ pub fn apply_over(header: &mut State, over: &mut Overrides, changes: &[Change]) 
                     Some(SavedBan {
                         net: net.clone(),
                         jail: "manual".into(),
-                        banned_at: crate::bans::now_ms(),
+                        banned_at: chrono::Utc::now().timestamp_millis(),
                         expires_at: *expires_at,
                         expires_mono: None,
                         reason: "banned by hand while the daemon was stopped".into(),

@@ -177,8 +177,12 @@ fn paths(cli: &Cli) -> Paths {
 }
 
 /// A change the operator makes: through the daemon when it runs; else
-/// straight into the maps, and journaled so the next start keeps it. The
-/// journal is locked before looking for the daemon (see `journal`).
+/// straight into the maps, and into the saved state so the next start
+/// keeps it. The state's write lock is taken only once no daemon answers,
+/// and the socket looked at again under it: a daemon binds its socket
+/// before it reads the state, so one starting meanwhile is either asked
+/// (the lock let go first: it waits for it) or reads the state only once
+/// the change is in it. Nothing waits for a daemon while holding the lock.
 fn operator_change(
     cli: &Cli,
     req: &Request,
@@ -186,13 +190,19 @@ fn operator_change(
     in_maps: impl FnOnce(&mut KernelMaps) -> Result<()>,
 ) -> Result<()> {
     let p = paths(cli);
-    let mut journal = journal::lock(&p.state_file)?;
     // What the daemon answers is not shown: it did what was asked.
     if daemon_request::<IgnoredAny>(&p.socket, req)?.is_some() {
         return Ok(());
     }
+    let offline = crate::store::offline::begin(&p.state_file)?;
+    if std::os::unix::net::UnixStream::connect(&p.socket).is_ok() {
+        drop(offline);
+        running_daemon::<IgnoredAny>(&p.socket, req)?;
+        return Ok(());
+    }
     in_maps(&mut open(&p.pin_dir)?)?;
-    journal.append(&change)
+    offline.apply(&change)?;
+    offline.commit()
 }
 
 /// Runs the verb: one `do_<verb>` each.

@@ -265,7 +265,7 @@ impl Daemon {
             saved_cursors: saved.cursors.clone(),
             cursors: saved.cursors,
             feed_addrs: Vec::new(),
-            store: store.writer()?,
+            store: Some(store.writer()?),
         };
         daemon.apply_config(true)?;
         // What the restore found different from the state (bans adopted

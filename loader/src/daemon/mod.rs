@@ -73,8 +73,8 @@ pub struct Daemon {
     /// The feeds' addresses, never banned (see `fleet::Plan::endpoints`).
     feed_addrs: Vec<std::net::IpAddr>,
     /// The database's writer: each tick's changes, one transaction each,
-    /// on a thread of its own.
-    store: crate::store::Writer,
+    /// on a thread of its own (closed at stop).
+    store: Option<crate::store::Writer>,
     /// The feeds' cursors as last handed to the store.
     saved_cursors: BTreeMap<String, String>,
 }

@@ -52,7 +52,10 @@ impl Daemon {
         batch.cursors_since(&self.saved_cursors, &self.cursors);
         let positions = self.current_positions();
         batch.positions_since(&self.saved_positions, &positions);
-        match self.store.send(batch) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        match store.send(batch) {
             Ok(_) => {
                 self.saved_cursors.clone_from(&self.cursors);
                 self.saved_positions = positions;
@@ -72,7 +75,7 @@ impl Daemon {
     /// When the writer had to drop batches it could not write (the disk
     /// full for long), the whole state goes next, replacing the database's.
     fn recover_lost(&mut self) {
-        if !self.store.progress().lost {
+        if !self.store.as_ref().is_some_and(|s| s.progress().lost) {
             return;
         }
         tracing::warn!(
@@ -90,7 +93,7 @@ impl Daemon {
             .into_iter()
             .map(|(p, at)| (p, Some(at)))
             .collect();
-        if let Err(e) = self.store.send(batch) {
+        if let Some(Err(e)) = self.store.as_mut().map(|s| s.send(batch)) {
             tracing::error!("saving state failed: {e:#}");
         }
     }
@@ -98,7 +101,7 @@ impl Daemon {
     /// A batch the writer could not commit (it tries again with the next
     /// one), told once per failure.
     fn report_failure(&mut self) {
-        if let Some((seq, why)) = self.store.take_failure() {
+        if let Some((seq, why)) = self.store.as_ref().and_then(|s| s.take_failure()) {
             tracing::error!("saving state failed (batch {seq}, tried again with the next): {why}");
         }
     }
@@ -110,10 +113,11 @@ impl Daemon {
             .collect()
     }
 
-    /// Everything, at exit, and waited for.
+    /// Everything, at exit, and waited for; the database checkpointed (its
+    /// log folded in), so the file alone holds the state.
     pub(super) fn save(&mut self) {
         self.save_changes(usize::MAX);
-        if let Err(e) = self.store.flush() {
+        if let Some(Err(e)) = self.store.take().map(|s| s.close()) {
             tracing::error!("saving state at stop failed: {e:#}");
         }
     }

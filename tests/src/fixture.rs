@@ -37,6 +37,12 @@ impl Setup {
         args
     }
 
+    /// A daemon on `pair` and `sb` as this setup starts them, once READY
+    /// (for a test that starts one while doing something else).
+    pub fn start_daemon(pair: &Pair, sb: &Sandbox) -> Result<Daemon> {
+        Daemon::start(&pair.server, sb, &Self::run_args(pair, &[]))
+    }
+
     /// Stops the daemon (SIGTERM) and starts a new one.
     pub fn restart(&mut self) -> Result<()> {
         self.daemon.stop()?;

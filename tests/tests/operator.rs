@@ -185,3 +185,43 @@ fn a_campaign_killed_mid_write_loses_no_committed_ban() -> Result<()> {
     assert!(s.banned()?.len() >= 20_000, "{:?}", s.banned()?.len());
     Ok(())
 }
+
+/// `sipguard ban` while a daemon is starting, at every moment of its
+/// start: each ban either reaches the daemon or is in the database before
+/// the daemon reads it; none is lost, after the start or after a reboot.
+#[test]
+fn offline_bans_racing_the_daemons_start_are_all_kept() -> Result<()> {
+    let mut s = Setup::new(CONFIG)?;
+    let addr = |i: u32| std::net::Ipv4Addr::from(0xc000_0264 + i).to_string(); // 192.0.2.100 +
+    const ROUNDS: u32 = 8;
+    for round in 0..ROUNDS {
+        s.daemon.stop()?;
+        // The ban starts a little earlier each round: before, during and
+        // after the daemon's own start.
+        let sb = &s.sb;
+        let banned = std::thread::scope(|scope| {
+            let cli = scope.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(round) * 60));
+                sipguard_tests::daemon::cli_ok(sb, &["ban", &addr(round), "--for", "1h"])
+            });
+            let started = Setup::start_daemon(&s.pair, sb);
+            (cli.join().expect("the CLI thread"), started)
+        });
+        let (cli, started) = banned;
+        cli?;
+        s.daemon = started?;
+        wait_until(5, "the ban in force", || {
+            Ok(s.banned()?.contains(&addr(round)))
+        })?;
+    }
+    s.reboot()?;
+    let banned = s.banned()?;
+    for round in 0..ROUNDS {
+        assert!(
+            banned.contains(&addr(round)),
+            "{} lost: {banned:?}",
+            addr(round)
+        );
+    }
+    Ok(())
+}

@@ -77,22 +77,6 @@ impl Sandbox {
         self.path("state.json")
     }
 
-    /// The saved state's database (beside `state()`).
-    pub fn db(&self) -> std::path::PathBuf {
-        sipguard::store::db_path(&self.state())
-    }
-
-    /// `SELECT COUNT(*)` of `sql` (e.g. `bans WHERE ...`) in the saved
-    /// state, read as an operator's `sqlite3` would, while the daemon runs.
-    pub fn db_count(&self, sql: &str) -> anyhow::Result<i64> {
-        let c = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        c.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(c.query_row(&format!("SELECT COUNT(*) FROM {sql}"), [], |r| r.get(0))?)
-    }
-
     /// The global options that point sipguard at this sandbox.
     pub fn args(&self) -> Vec<std::ffi::OsString> {
         vec![

@@ -177,12 +177,13 @@ fn paths(cli: &Cli) -> Paths {
 }
 
 /// A change the operator makes: through the daemon when it runs; else
-/// straight into the maps, and into the saved state so the next start
-/// keeps it. The state's write lock is taken only once no daemon answers,
-/// and the socket looked at again under it: a daemon binds its socket
-/// before it reads the state, so one starting meanwhile is either asked
-/// (the lock let go first: it waits for it) or reads the state only once
-/// the change is in it. Nothing waits for a daemon while holding the lock.
+/// straight into the maps, and journaled so the next start keeps it. The
+/// journal is locked only once no daemon answers, and the socket looked at
+/// again under the lock: a daemon binds its socket before it reads the
+/// journal, so one starting meanwhile is either asked (the lock let go
+/// first: it waits for it) or reads the journal only once the change is
+/// in it. Nothing waits for a daemon while holding the lock, which a
+/// starting daemon waits for.
 fn operator_change(
     cli: &Cli,
     req: &Request,
@@ -194,15 +195,14 @@ fn operator_change(
     if daemon_request::<IgnoredAny>(&p.socket, req)?.is_some() {
         return Ok(());
     }
-    let offline = crate::store::offline::begin(&p.state_file)?;
+    let mut journal = journal::lock(&p.state_file)?;
     if std::os::unix::net::UnixStream::connect(&p.socket).is_ok() {
-        drop(offline);
+        drop(journal);
         running_daemon::<IgnoredAny>(&p.socket, req)?;
         return Ok(());
     }
     in_maps(&mut open(&p.pin_dir)?)?;
-    offline.apply(&change)?;
-    offline.commit()
+    journal.append(&change)
 }
 
 /// Runs the verb: one `do_<verb>` each.

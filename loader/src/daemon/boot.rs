@@ -6,8 +6,11 @@ use super::{
     join_ports, Daemon,
 };
 use crate::{
+    bans::changes::{self, ChangeLog},
+    bans::journal,
     bans::never_ban::{NeverBan, Sources},
     bans::packet_bans::PacketBans,
+    bans::state,
     bans::BanManager,
     config::Config,
     control,
@@ -15,7 +18,6 @@ use crate::{
     kernel::maps::KernelMaps,
     kernel::program,
     ops::notify::Notifier,
-    store::Store,
 };
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -43,8 +45,8 @@ pub(super) struct DaemonParts {
     maps: KernelMaps,
     /// The programs, being verified by the kernel meanwhile.
     verifying: std::thread::JoinHandle<Result<aya::Ebpf>>,
-    /// The database of the saved state (older state files taken in).
-    store: Store,
+    /// The saved state, being read meanwhile.
+    opened: state::Opened,
     /// The networks the pinned maps hold, being read meanwhile.
     pinned: crate::bans::InKernel,
 }
@@ -52,9 +54,8 @@ pub(super) struct DaemonParts {
 /// Reads the configuration, checks the interfaces, makes (or takes up) the
 /// pinned maps, opens the state, starts the programs' verification and the
 /// pinned bans' reading on threads of their own, and opens what the
-/// daemon listens to. The control socket is bound here, before the saved
-/// state is read: a CLI change made meanwhile either reaches the daemon or
-/// is in the database before the daemon reads it (see `store::offline`).
+/// daemon listens to. The control socket is bound here, before the journal
+/// is read (see `journal`).
 pub(super) fn load(opts: &RunOptions) -> Result<Loaded<DaemonParts, ()>> {
     let config = load_config(opts)?;
     let ifaces = if config.interfaces.is_empty() {
@@ -70,24 +71,9 @@ pub(super) fn load(opts: &RunOptions) -> Result<Loaded<DaemonParts, ()>> {
     for iface in &ifaces {
         program::if_index(iface)?;
     }
-    // The database (older state files are taken in once, here); its bans
-    // are read as they are restored.
-    let store = Store::open(&config.state_file)?;
-    if let Some(i) = store.imported() {
-        tracing::info!(
-            "state: older state files taken into {} ({} ban(s), {} count(s), {} change-log line(s), {} CLI change(s)); kept aside as {}",
-            store.path().display(),
-            i.bans,
-            i.counts,
-            i.changes,
-            i.journaled,
-            i.files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    // The state's header now; its bans as they are restored (see
+    // `state::Opened`).
+    let opened = state::open_with_positions(&config.state_file)?;
     let mut ebpf = program::open(&config.pin_dir)?;
     let maps = KernelMaps::open(&config.pin_dir)?;
     // What the pinned maps still hold (a restart over a million bans), read
@@ -140,7 +126,7 @@ pub(super) fn load(opts: &RunOptions) -> Result<Loaded<DaemonParts, ()>> {
             config,
             maps,
             verifying,
-            store,
+            opened,
             pinned,
         },
     })
@@ -159,12 +145,12 @@ pub(super) fn attach(
         config,
         mut maps,
         verifying,
-        store,
+        opened,
         pinned,
     } = loaded.daemon;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
-    let daemon = Daemon::start(config, maps, store, pinned, fleet_tx)?;
+    let daemon = Daemon::start(config, maps, opened, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()
         .map_err(|_| anyhow::anyhow!("verifying the XDP programs panicked"))??;
@@ -209,25 +195,67 @@ pub(super) fn attach(
 }
 
 impl Daemon {
-    /// `store`: the saved state, read as its bans are restored (the CLI's
-    /// offline changes wait meanwhile); `pinned`: the networks the pinned
-    /// maps held, being read meanwhile.
+    /// `opened`: the state, read as its bans are restored; `pinned`: the
+    /// networks the pinned maps held, being read meanwhile.
     pub(super) fn start(
         config: Config,
         maps: KernelMaps,
-        mut store: Store,
+        mut opened: state::Opened,
         pinned: crate::bans::InKernel,
         fleet_tx: InboundTx,
     ) -> Result<Self> {
-        let mut restore = store.restore()?;
-        restore.keep_lines(crate::defaults::LINE_MEMORY)?;
-        let saved = std::mem::take(&mut restore.header);
-        let operator_allowed = operator_allowlist(&config, &maps, saved.allowed.as_deref())?;
+        let mut saved = std::mem::take(&mut opened.state);
+        // What changed after the last snapshot, laid over the snapshot's
+        // bans as they are read.
+        let (replayed, mut over) = changes::read(&config.state_file, &mut saved)?;
+        if replayed > 0 {
+            tracing::info!("state: {replayed} change(s) replayed from the change log");
+        }
+        // Changes the operator made while no daemon ran are applied to the
+        // saved state before it is restored, so none of them is undone.
+        let mut journal = journal::lock(&config.state_file)?;
+        let changes = journal.changes()?;
+        if !changes.is_empty() {
+            tracing::info!(
+                "applying {} change(s) made with the CLI while the daemon was stopped",
+                changes.len()
+            );
+            journal::apply_over(&mut saved, &mut over, &changes);
+        }
+        let operator_allowed = match &saved.allowed {
+            Some(list) => list
+                .iter()
+                .filter_map(|n| crate::addr::parse_net(n).ok())
+                .collect(),
+            // A state from before the allowlist was kept: what the kernel
+            // holds beyond the never-ban set is the operator's.
+            None => {
+                let protected = NeverBan::discover(
+                    config.ignoreip.iter().map(|n| n.0),
+                    [],
+                    &Sources {
+                        resolv_conf: &config.resolv_conf,
+                        ..Sources::default()
+                    },
+                );
+                let protected: BTreeSet<IpNet> = protected.nets().collect();
+                maps.allowed()?
+                    .into_iter()
+                    .map(|a| a.net)
+                    .filter(|n| !protected.contains(n))
+                    .collect()
+            }
+        };
         let config_hooks = config.notify.hooks();
+        let config_state_file = config.state_file.clone();
         let mut bans = BanManager::new(maps);
-        let n = restore.bans_len;
-        let r = bans.restore_from(&saved, (n, restore.bans()), restore.counts(), pinned)?;
-        restore.finish()?;
+        let n = opened.bans_left();
+        // One reader for both: the counts are taken once every ban is.
+        let opened = std::cell::RefCell::new(opened);
+        let counts = over.counts(std::iter::from_fn(|| opened.borrow_mut().next_count()));
+        let saved_bans = over.bans(std::iter::from_fn(|| opened.borrow_mut().next_ban()));
+        let r = bans.restore_from(&saved, (n, saved_bans), counts, pinned)?;
+        let damaged = opened.borrow().damaged;
         tracing::info!(
             "bans restored: {} kept in the kernel, {} written again, {} adopted from the kernel, {} expired meanwhile",
             r.kept,
@@ -262,49 +290,37 @@ impl Daemon {
             announce: Announcer::new(Notifier::start(&config_hooks)),
             fleet_plan: fleet::Plan::default(),
             fleet_tx,
-            saved_cursors: saved.cursors.clone(),
             cursors: saved.cursors,
             feed_addrs: Vec::new(),
-            store: Some(store.writer()?),
+            changelog: ChangeLog::new(&config_state_file, replayed),
+            snapshot_due: false,
+            snapshot_writer: None,
         };
         daemon.apply_config(true)?;
-        // What the restore found different from the state (bans adopted
-        // from the kernel, bans ended) is the first batch: a start costs the
-        // change, not the table.
-        daemon.save_changes(usize::MAX);
+        // What the journal changed, and what the restore found different
+        // from the state (bans adopted from the kernel, bans ended), go to
+        // the change log, not into a snapshot: a start costs the change, not
+        // the table (a snapshot of a million bans is seconds). Once written,
+        // the journal is emptied.
+        for change in &changes {
+            if let journal::Change::Ban { net, .. } | journal::Change::Unban { net } = change {
+                if let Ok(net) = crate::addr::parse_net(net) {
+                    daemon.bans.mark_changed(net);
+                }
+            }
+        }
+        let logged = daemon.append_changes(usize::MAX);
+        daemon.changelog.flush();
+        if logged && !daemon.changelog.take_failure() {
+            journal.clear()?;
+        } else {
+            daemon.snapshot_due = true;
+        }
+        // A state damaged part way was moved aside: what was restored goes
+        // into a new one.
+        daemon.snapshot_due |= damaged;
         Ok(daemon)
     }
-}
-
-/// The operator's allowlist as saved; from a state that did not keep one
-/// (before the allowlist was kept), what the kernel holds beyond the
-/// never-ban set is the operator's.
-fn operator_allowlist(
-    config: &Config,
-    maps: &KernelMaps,
-    saved: Option<&[String]>,
-) -> Result<BTreeSet<IpNet>> {
-    if let Some(list) = saved {
-        return Ok(list
-            .iter()
-            .filter_map(|n| crate::addr::parse_net(n).ok())
-            .collect());
-    }
-    let protected = NeverBan::discover(
-        config.ignoreip.iter().map(|n| n.0),
-        [],
-        &Sources {
-            resolv_conf: &config.resolv_conf,
-            ..Sources::default()
-        },
-    );
-    let protected: BTreeSet<IpNet> = protected.nets().collect();
-    Ok(maps
-        .allowed()?
-        .into_iter()
-        .map(|a| a.net)
-        .filter(|n| !protected.contains(n))
-        .collect())
 }
 
 /// The metrics endpoint's socket, when enabled; one that cannot be bound

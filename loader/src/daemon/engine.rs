@@ -192,6 +192,12 @@ impl Daemon {
         }
         let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
-        self.save_tick(positions_due);
+        self.reap_snapshot();
+        if self.dirty || self.snapshot_wanted() {
+            self.log_changes();
+        }
+        if positions_due {
+            self.save_positions();
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! removes it). SIGHUP (or `sipguard reload`) re-reads the configuration
 //! without touching bans.
 use crate::{
-    bans::{never_ban::NeverBan, packet_bans::PacketBans},
+    bans::{background, changes::ChangeLog, never_ban::NeverBan, packet_bans::PacketBans},
     bans::{state::Position, BanManager},
     config::Config,
     fleet::{self, InboundTx},
@@ -72,11 +72,12 @@ pub struct Daemon {
     cursors: BTreeMap<String, String>,
     /// The feeds' addresses, never banned (see `fleet::Plan::endpoints`).
     feed_addrs: Vec<std::net::IpAddr>,
-    /// The database's writer: each tick's changes, one transaction each,
-    /// on a thread of its own (closed at stop).
-    store: Option<crate::store::Writer>,
-    /// The feeds' cursors as last handed to the store.
-    saved_cursors: BTreeMap<String, String>,
+    /// Ban changes between snapshots of the state (see `changes`).
+    changelog: ChangeLog,
+    /// The last snapshot failed: the next save is a snapshot again.
+    snapshot_due: bool,
+    /// The child writing a snapshot in the background, while one does.
+    snapshot_writer: Option<background::Child>,
 }
 
 /// `sipguard run`: load, attach, serve until a signal, shut down. The

@@ -1,25 +1,37 @@
-//! What the daemon hands the store: each tick's changes (bans, counts, the
-//! allowlist, feed cursors, read positions that moved), as one batch the
-//! store's writer commits in one transaction on its own thread. The loop
-//! never waits for the disk, except at stop.
-use super::Daemon;
+//! When the state is written: the tick's changes to the change log, a
+//! snapshot once the log outgrows the table, read positions, everything at
+//! stop.
+use super::{boot::release_freed_memory, Daemon};
 use crate::{
-    bans::state::Position,
-    kernel::clock::{self, Clock as _},
-    store::{legacy::changes::Change, Batch},
+    bans::background,
+    bans::changes,
+    bans::state::{self, Position, State},
+    kernel::clock,
 };
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-/// Read positions go with a tick's batch at most this often when nothing
-/// else changed (a crash re-reads at most this much log, and lines older
-/// than findtime are never counted).
+/// Ban changes reach the state's change log within a tick (one line per
+/// changed network, see `changes`); read positions, in their own small
+/// file, at most this often (a crash re-reads at most this much log, and
+/// lines older than findtime are never counted). Everything is written at exit. A ban made since the last
+/// write is in the kernel map already, which a restart adopts (only a crash
+/// followed by a reboot within a second loses one).
 pub(super) const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
-/// Networks handed over per tick at most: a long remote list is saved over
+
+/// Networks logged per tick at most: a long remote list is logged over
 /// several ticks, none of them holding the loop up for long.
-const CHANGES_PER_TICK: usize = 100_000;
+const CHANGES_PER_TICK: usize = 10_000;
+
+/// Change-log lines beyond the table's size before a snapshot replaces the
+/// log (so a small table is not rewritten at every change either).
+const CHANGELOG_MARGIN: usize = 50_000;
+
+/// A snapshot written in the background that takes longer than this is
+/// stopped and tried again (a million bans take about a second).
+const SNAPSHOT_TIME_LIMIT: Duration = Duration::from_secs(600);
 
 impl Daemon {
     pub(super) fn current_positions(&self) -> BTreeMap<String, Position> {
@@ -30,95 +42,184 @@ impl Daemon {
         positions
     }
 
-    /// Once a tick: what changed, when anything did.
-    pub(super) fn save_tick(&mut self, positions_due: bool) {
-        if self.dirty || positions_due {
-            self.save_changes(CHANGES_PER_TICK);
+    /// Read positions alone, into their own small file.
+    pub(super) fn save_positions(&mut self) {
+        let positions = self.current_positions();
+        match state::save_positions(&self.config.state_file, &positions) {
+            Ok(()) => {
+                self.last_positions_save = Instant::now();
+                self.saved_positions = positions;
+            }
+            Err(e) => tracing::error!("saving read positions failed: {e:#}"),
         }
     }
 
-    /// Up to `limit` changed networks, the allowlist, the cursors that moved
-    /// and the read positions that moved, as one batch for the writer.
-    pub(super) fn save_changes(&mut self, limit: usize) {
-        self.recover_lost();
-        let clock = clock::System;
-        let mut lines = vec![Change::Clock {
-            boot_id: clock.boot_id(),
-            saved_at: clock.wall_ms(),
-        }];
-        lines.extend(self.bans.take_changes(limit));
-        let mut batch = Batch::from_changes(lines);
-        batch.allowed = Some(self.allowed_list());
-        batch.cursors_since(&self.saved_cursors, &self.cursors);
-        let positions = self.current_positions();
-        batch.positions_since(&self.saved_positions, &positions);
-        let Some(store) = &mut self.store else {
+    /// Everything of the state but its bans and counts.
+    pub(super) fn snapshot_header(&self) -> State {
+        State {
+            version: state::VERSION,
+            cursors: self.cursors.clone(),
+            allowed: Some(
+                self.operator_allowed
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A snapshot written by a forked child while the loop goes on (see
+    /// `background`); written here, on the loop, when the child cannot be
+    /// made.
+    pub(super) fn start_snapshot(&mut self) {
+        // The log holds every change up to now (the writer thread writes
+        // it in order), and the snapshot covers exactly that log: it
+        // becomes the older log, and later changes start a new one.
+        if !self.append_changes(usize::MAX) || self.changelog.rotate().is_err() {
+            return self.save_bans();
+        }
+        let header = self.snapshot_header();
+        let (bans, path) = (&mut self.bans, &self.config.state_file);
+        match background::spawn(|| {
+            state::write_atomically(path, |out| bans.write_snapshot(out, &header))
+        }) {
+            Ok(child) => {
+                self.snapshot_writer = Some(child);
+                self.snapshot_due = false;
+                // The log took every change above: none is left to write.
+                self.dirty = false;
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}: writing the state on the loop instead");
+                self.save_bans();
+            }
+        }
+    }
+
+    /// Takes in the background snapshot's outcome, once it has one.
+    pub(super) fn reap_snapshot(&mut self) {
+        let Some(child) = &mut self.snapshot_writer else {
             return;
         };
-        match store.send(batch) {
-            Ok(_) => {
-                self.saved_cursors.clone_from(&self.cursors);
-                self.saved_positions = positions;
-                self.last_positions_save = Instant::now();
-                if !self.bans.has_changes() {
-                    self.dirty = false;
+        let Some(done) = child.poll(SNAPSHOT_TIME_LIMIT) else {
+            return;
+        };
+        let paused = child.paused;
+        self.snapshot_writer = None;
+        match done {
+            Ok(took) => {
+                tracing::info!(
+                    "state written in the background in {} ms (the loop paused {:.1} ms to start it)",
+                    took.as_millis(),
+                    paused.as_secs_f64() * 1e3
+                );
+                if let Err(e) = self.changelog.drop_older() {
+                    tracing::error!("removing the older change log failed: {e:#}");
                 }
             }
             Err(e) => {
-                // The writer is gone: nothing can be saved from now on.
+                // Both logs stay: what they hold is safe, the next tick tries again.
                 tracing::error!("saving state failed: {e:#}");
+                self.snapshot_due = true;
+                self.dirty = true;
             }
         }
-        self.report_failure();
     }
 
-    /// When the writer had to drop batches it could not write (the disk
-    /// full for long), the whole state goes next, replacing the database's.
-    fn recover_lost(&mut self) {
-        if !self.store.as_ref().is_some_and(|s| s.progress().lost) {
-            return;
+    /// Bans and ban counts, written on the loop (at stop, or when no child
+    /// can be made); read positions go to their own file.
+    pub(super) fn save_bans(&mut self) {
+        // A snapshot being written in the background is of an older table.
+        if let Some(child) = self.snapshot_writer.take() {
+            child.kill();
         }
-        tracing::warn!(
-            "state: batches were lost while the disk refused them; writing the whole state again"
-        );
-        let mut batch = self.bans.whole_batch();
-        batch.allowed = Some(self.allowed_list());
-        batch.cursors = self
-            .cursors
-            .iter()
-            .map(|(f, c)| (f.clone(), Some(c.clone())))
-            .collect();
-        batch.positions = self
-            .current_positions()
-            .into_iter()
-            .map(|(p, at)| (p, Some(at)))
-            .collect();
-        if let Some(Err(e)) = self.store.as_mut().map(|s| s.send(batch)) {
-            tracing::error!("saving state failed: {e:#}");
+        // The log first holds every change up to now, written: a crash
+        // between the snapshot and the log's removal then replays lines
+        // that say what the snapshot says.
+        self.append_changes(usize::MAX);
+        self.changelog.flush();
+        let header = self.snapshot_header();
+        let bans = &mut self.bans;
+        match state::write_atomically(&self.config.state_file, |out| {
+            bans.write_snapshot(out, &header)
+        }) {
+            Ok(()) => {
+                // The log took every change above: none is left to write.
+                self.dirty = false;
+                self.snapshot_due = false;
+                if let Err(e) = self.changelog.clear() {
+                    tracing::error!("emptying the change log failed: {e:#}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("saving state failed: {e:#}");
+                self.snapshot_due = true;
+            }
+        }
+        // The sorted index and the records made for writing are gone: give
+        // their memory back.
+        release_freed_memory();
+    }
+
+    /// The tick's ban changes, appended to the change log: the cost of
+    /// what changed, not of the table. Once the log is as long as the table
+    /// (plus a margin), a snapshot replaces both.
+    pub(super) fn log_changes(&mut self) {
+        if self.changelog.take_failure() {
+            self.snapshot_due = true;
+        }
+        if self.snapshot_wanted() {
+            return self.start_snapshot();
+        }
+        if self.append_changes(CHANGES_PER_TICK) && !self.bans.has_changes() {
+            self.dirty = false;
         }
     }
 
-    /// A batch the writer could not commit (it tries again with the next
-    /// one), told once per failure.
-    fn report_failure(&mut self) {
-        if let Some((seq, why)) = self.store.as_ref().and_then(|s| s.take_failure()) {
-            tracing::error!("saving state failed (batch {seq}, tried again with the next): {why}");
+    /// A snapshot is due (the last one failed, or the log outgrew the
+    /// table) and none is being written: while one is, changes go on into
+    /// the new log.
+    pub(super) fn snapshot_wanted(&self) -> bool {
+        self.snapshot_writer.is_none()
+            && (self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len())
+    }
+
+    /// Hands what changed to the change log's writer; false (and a
+    /// snapshot due) when it cannot take them.
+    pub(super) fn append_changes(&mut self, limit: usize) -> bool {
+        let clock = clock::System;
+        let mut lines = vec![changes::Change::Clock {
+            boot_id: crate::kernel::clock::Clock::boot_id(&clock),
+            saved_at: crate::kernel::clock::Clock::wall_ms(&clock),
+        }];
+        lines.extend(self.bans.take_changes(limit));
+        lines.push(changes::Change::Meta {
+            allowed: self
+                .operator_allowed
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            cursors: self.cursors.clone(),
+        });
+        match self.changelog.append(&lines) {
+            Ok(()) => true,
+            Err(e) => {
+                // What was taken is not in the log: a snapshot next.
+                tracing::error!(
+                    "appending to the change log failed: {e:#}; writing a snapshot next"
+                );
+                self.snapshot_due = true;
+                false
+            }
         }
     }
 
-    fn allowed_list(&self) -> Vec<String> {
-        self.operator_allowed
-            .iter()
-            .map(|n| n.to_string())
-            .collect()
-    }
-
-    /// Everything, at exit, and waited for; the database checkpointed (its
-    /// log folded in), so the file alone holds the state.
+    /// Everything, at exit.
     pub(super) fn save(&mut self) {
-        self.save_changes(usize::MAX);
-        if let Some(Err(e)) = self.store.take().map(|s| s.close()) {
-            tracing::error!("saving state at stop failed: {e:#}");
-        }
+        self.save_bans();
+        // The log's removal done before the process ends.
+        self.changelog.flush();
+        self.save_positions();
     }
 }

@@ -426,10 +426,8 @@ fn bulk(out: &mut Section) -> Result<()> {
         let mut daemon = Daemon::start(&pair.server, &old, &["--iface", &pair.server_if])?;
         let secs = start.elapsed().as_secs_f64();
         daemon.stop()?;
-        // The database the daemon made of it (taken in once), as the next
-        // start finds it.
-        std::fs::copy(old.db(), sb.db())?;
-        say!(out, "| sipguard daemon start, {SAVED} saved bans with every matched line ({mib:.0} MiB: the state file of an older sipguard, taken into the database once) written to empty maps | {secs:.2} | | |");
+        std::fs::copy(old.state(), sb.state())?;
+        say!(out, "| sipguard daemon start, {SAVED} saved bans with every matched line ({mib:.0} MiB: a state of an older sipguard) written to empty maps | {secs:.2} | | |");
     }
     // Cold: empty maps, as after a reboot; every saved ban is written.
     let start = Instant::now();
@@ -470,8 +468,8 @@ fn bulk(out: &mut Section) -> Result<()> {
     )?;
     let (rss, hwm) = memory(daemon.pid())?;
     say!(out, "| sipguard daemon: {SAVED} failure lines from as many sources, each tracked as an offender | {secs:.2} | | {rss:.0} MiB resident with {SAVED} bans and {SAVED} offenders (peak {hwm:.0} MiB) |");
-    // The stop hands the last tick's changes to the store and waits for
-    // them (and a checkpoint); the peak is read until the daemon is gone.
+    // The stop writes the state whole (a snapshot, as when the change log
+    // outgrows the table); the peak is read until the daemon is gone.
     let pid = daemon.pid();
     let watching = std::thread::spawn(move || {
         let mut peak = 0.0f64;
@@ -483,12 +481,28 @@ fn bulk(out: &mut Section) -> Result<()> {
     });
     let start = Instant::now();
     daemon.stop()?;
-    let stop_secs = start.elapsed().as_secs_f64();
+    let save_secs = start.elapsed().as_secs_f64();
     let peak = watching
         .join()
         .map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
-    let db_mib = std::fs::metadata(sb.db())?.len() as f64 / (1 << 20) as f64;
-    say!(out, "| sipguard daemon stop with {SAVED} bans and {SAVED} offenders: the last changes committed, the database checkpointed | {stop_secs:.2} | | {db_mib:.0} MiB on disk (peak {peak:.0} MiB) |");
+    let save_mib = std::fs::metadata(sb.state())?.len() as f64 / (1 << 20) as f64;
+    say!(out, "| sipguard daemon stop with {SAVED} bans and {SAVED} offenders: the state written whole, on the daemon's loop (the snapshot at stop) | {save_secs:.2} | | {save_mib:.0} MiB on disk (peak {peak:.0} MiB) |");
+    background_snapshot(out, &pair, &sb, save_secs)?;
+    // What a change costs between snapshots: one line per changed network.
+    let mut log = sipguard::bans::changes::ChangeLog::new(&sb.state(), 0);
+    let line = [sipguard::bans::changes::Change::Net {
+        net: format!("{}/32", addr(BANNED_BASE, 7)),
+        bans: vec![],
+    }];
+    let start = Instant::now();
+    for _ in 0..100 {
+        log.append(&line)?;
+        log.flush();
+    }
+    let change_ms = start.elapsed().as_secs_f64() * 1e3 / 100.0;
+    log.clear()?;
+    log.flush();
+    say!(out, "| sipguard change log: one changed ban appended and synced, with {SAVED} bans in the table (what a ban costs between snapshots) | {:.4} | | |", change_ms / 1e3);
 
     // The firewalls loading as many, each in a namespace of its own.
     let ips: Vec<String> = (0..SAVED)
@@ -538,8 +552,78 @@ fn bulk(out: &mut Section) -> Result<()> {
             ),
         }
     }
-    say!(out, "\nThe daemon's start includes loading and verifying the XDP program, reading the state (the database) and attaching; memory is the daemon's resident set (VmRSS; the kernel maps are not in it). The firewalls' rows time the command alone.");
+    say!(out, "\nThe daemon's start includes loading and verifying the XDP program, reading the state file and attaching; memory is the daemon's resident set (VmRSS; the kernel maps are not in it). The firewalls' rows time the command alone.");
     Ok(())
+}
+
+/// A snapshot while the daemon runs (due when the change log outgrows the
+/// table; here the state is cut short, so one is due at once), written by
+/// a forked child: how long the loop paused, against `on_loop` (the
+/// stop's snapshot, written on the loop), and what the child cost in
+/// memory of its own (the pages the daemon changed meanwhile, which the
+/// two no longer share, and the child's buffers).
+fn background_snapshot(out: &mut Section, pair: &Pair, sb: &Sandbox, on_loop: f64) -> Result<()> {
+    let len = std::fs::metadata(sb.state())?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(sb.state())?
+        .set_len(len - 1)?;
+    let mut daemon = Daemon::start(&pair.server, sb, &["--iface", &pair.server_if])?;
+    let mut child_mib = 0.0f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let log = daemon.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("state written in the background"))
+        {
+            break line.to_owned();
+        }
+        if log.contains("saving state failed") || Instant::now() > deadline {
+            bail!("no snapshot written in the background:\n{log}");
+        }
+        for child in children(daemon.pid()) {
+            child_mib = child_mib.max(private_dirty_mib(child).unwrap_or(0.0));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    daemon.stop()?;
+    // "... in N ms (the loop paused P ms to start it)"
+    let number_after = |key: &str| -> Result<f64> {
+        let rest = line
+            .split(key)
+            .nth(1)
+            .with_context(|| format!("{key:?} in {line:?}"))?;
+        Ok(rest.split(' ').next().unwrap_or("").parse()?)
+    };
+    let (took_ms, paused_ms) = (number_after("background in ")?, number_after("paused ")?);
+    say!(out, "| sipguard daemon: the {SAVED} bans written whole while it runs (the snapshot due when the change log outgrows the table), by a forked child | {:.2} | | the loop paused {paused_ms:.1} ms to fork ({:.0}× less than on the loop); the child's own memory {child_mib:.0} MiB at most |", took_ms / 1e3, on_loop * 1e3 / paused_ms);
+    Ok(())
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The memory `pid` holds alone (written, not shared): for a forked
+/// child, what the fork cost.
+fn private_dirty_mib(pid: u32) -> Result<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let line = rollup
+        .lines()
+        .find(|l| l.starts_with("Private_Dirty:"))
+        .context("no Private_Dirty")?;
+    Ok(line["Private_Dirty:".len()..]
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse::<f64>()?
+        / 1024.0)
 }
 
 /// (resident, peak resident) MiB of `pid`.

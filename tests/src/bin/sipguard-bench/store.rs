@@ -136,6 +136,15 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
             lines >> 20,
             ms(started.elapsed())
         );
+        if state_file.exists() {
+            let (snap, store) = into_maps(&state_file, &db)?;
+            say!(
+                out,
+                "into the maps: from the snapshot {:.0} ms, from the store {:.0} ms",
+                ms(snap),
+                ms(store)
+            );
+        }
         return Ok(());
     }
     for old in [
@@ -261,14 +270,39 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let restore_ratio = restored.as_secs_f64() / snap_read.as_secs_f64();
     say!(out, "| restore {bans} bans (the newest {} MiB of lines) from the store, against the snapshot's read of the same bans ({:.0} ms, peak {snap_peak:.0} MiB) | {:.0} ms, {restore_ratio:.2}× the snapshot's | | peak {restore_peak:.0} MiB (the file's pages mapped included) |", lines >> 20, ms(snap_read), ms(restored));
 
+    // The same into a ban manager and empty kernel maps, as a start after
+    // a reboot restores them (root: loads the XDP program's maps).
+    let into_maps = match into_maps(&state_file, &db) {
+        Ok((snap, store)) => {
+            say!(out, "| restore {SAVED} bans into the ban manager and empty kernel maps (as a start after a reboot), from the store, against from the snapshot ({:.0} ms) | {:.0} ms, {:.2}× the snapshot's | | |", ms(snap), ms(store), store.as_secs_f64() / snap.as_secs_f64());
+            Some(store.as_secs_f64() - snap.as_secs_f64())
+        }
+        Err(e) => {
+            say!(
+                out,
+                "| restore into the ban manager and kernel maps: not measured ({e:#}) | | | |"
+            );
+            None
+        }
+    };
+
     let size_ratio = mib(&db) / mib(&state_file).max(f64::MIN_POSITIVE);
     say!(out, "| size: the database (checkpointed) against the snapshot ({:.1} MiB) | {:.1} MiB, {size_ratio:.2}× | | |", mib(&state_file), mib(&db));
 
     // The gate.
     let today = start.unwrap_or(START_SECS);
-    let start_on_store = today - snap_read.as_secs_f64() + restored.as_secs_f64();
+    // The store's part of a start, beyond the snapshot's: into the maps
+    // when measured (the reading overlaps the maps' writes), else the read.
+    let (extra, how) = match into_maps {
+        Some(extra) => (extra, "the restore into the maps from the snapshot"),
+        None => (
+            restored.as_secs_f64() - snap_read.as_secs_f64(),
+            "the snapshot's read",
+        ),
+    };
+    let start_on_store = today + extra;
     let verdict = |ok: bool| if ok { "passes" } else { "fails" };
-    say!(out, "\nGate (the issue's, before the store replaces the state files): (a) start with {SAVED} bans ready ≤ {READY_SECS:.1} s, estimated as today's start ({today:.2} s{}) less the snapshot's read plus the store's: {start_on_store:.2} s, {} by {:.2} s; (b) ≥ {RATE:.0} bans/s sustained: {sustained_rate:.0}, {} by {:.0}%; (e) database ≤ {SIZE_RATIO:.0}× the state file: {size_ratio:.2}×, {} by {:.2}×. (c) memory and (d) kill -9 are measured elsewhere (the daemon's rows once it runs on the store; `tests/tests/store_crash.rs`).",
+    say!(out, "\nGate (the issue's, before the store replaces the state files): (a) start with {SAVED} bans ready ≤ {READY_SECS:.1} s, estimated as today's start ({today:.2} s{}) less {how} plus the store's: {start_on_store:.2} s, {} by {:.2} s; (b) ≥ {RATE:.0} bans/s sustained: {sustained_rate:.0}, {} by {:.0}%; (e) database ≤ {SIZE_RATIO:.0}× the state file: {size_ratio:.2}×, {} by {:.2}×. (c) memory and (d) kill -9 are measured elsewhere (the daemon's rows once it runs on the store; `tests/tests/store_crash.rs`).",
         if start.is_some() { ", measured above" } else { ", BENCHMARKS.md's" },
         verdict(start_on_store <= READY_SECS),
         (READY_SECS - start_on_store).abs(),
@@ -294,4 +328,49 @@ fn restore(db: &Path) -> Result<(usize, usize)> {
     ensure!(r.counts().count() == 0, "counts where none were written");
     r.finish()?;
     Ok((bans, lines))
+}
+
+/// The daemon's restore of SAVED bans into empty maps (as after a reboot),
+/// from the snapshot and from the store, as `daemon::boot` does it.
+fn into_maps(state_file: &Path, db: &Path) -> Result<(Duration, Duration)> {
+    use sipguard::{
+        bans::{BanManager, InKernel},
+        kernel::maps::KernelMaps,
+    };
+    use sipguard_tests::kernel::TestProgram;
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root, to load the XDP program's maps"
+    );
+    let snapshot = {
+        let t = TestProgram::load()?;
+        let mut bans = BanManager::new(KernelMaps::open(t.pin())?);
+        let started = Instant::now();
+        let opened = state::open(state_file)?;
+        let header = opened.state.clone();
+        let n = opened.bans_left();
+        let opened = std::cell::RefCell::new(opened);
+        let r = bans.restore_from(
+            &header,
+            (n, std::iter::from_fn(|| opened.borrow_mut().next_ban())),
+            std::iter::from_fn(|| opened.borrow_mut().next_count()),
+            InKernel::Empty,
+        )?;
+        let took = started.elapsed();
+        ensure!(r.reinstated == SAVED as usize, "{r:?}");
+        took
+    };
+    let t = TestProgram::load()?;
+    let mut bans = BanManager::new(KernelMaps::open(t.pin())?);
+    let started = Instant::now();
+    let mut store = Store::open_db(db)?;
+    let mut r = store.restore()?;
+    r.keep_lines(sipguard::defaults::LINE_MEMORY)?;
+    let header = r.header.clone();
+    let restored =
+        bans.restore_from(&header, (r.bans_len, r.bans()), r.counts(), InKernel::Empty)?;
+    r.finish()?;
+    let took = started.elapsed();
+    ensure!(restored.reinstated == SAVED as usize, "{restored:?}");
+    Ok((snapshot, took))
 }

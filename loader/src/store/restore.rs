@@ -12,13 +12,16 @@ use super::{
     schema,
 };
 use anyhow::Result;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use std::{
     cell::RefCell,
-    collections::HashSet,
-    sync::{mpsc, Arc},
-    thread::JoinHandle,
+    collections::{HashSet, VecDeque},
+    sync::Arc,
 };
+
+/// Rows read per query: a query per page keeps no statement open across
+/// the caller's work, and at this size its cost is lost in the rows'.
+const PAGE: i64 = 4096;
 
 /// The state being read (see `Store::restore`).
 pub struct Restore<'a> {
@@ -128,36 +131,31 @@ impl<'a> Restore<'a> {
         Ok(())
     }
 
-    /// The bans, in the order they were first saved. Read on a thread of
-    /// their own, through a connection of its own (in the read transaction
-    /// this one's lock keeps still), a chunk ahead of the caller: the rows
-    /// are decoded while the caller puts the bans before them in place.
+    /// The bans, in the order they were first saved.
     pub fn bans(&self) -> Bans<'_, 'a> {
-        let (lines_from, boot_seq) = (self.lines_from, self.boot_seq);
-        Bans {
+        let mut bans = Bans {
             restore: self,
-            rows: self.background(move |conn, emit| read_bans(conn, lines_from, boot_seq, emit)),
+            after: 0,
+            page: VecDeque::new(),
+            names: Vec::new(),
+            origins: HashSet::new(),
+            last_origin: None,
+            done: false,
+        };
+        if let Err(e) = bans.read_names() {
+            bans.done = true;
+            self.failed(e);
         }
+        bans
     }
 
-    /// The ban counts (read as `bans` are).
+    /// The ban counts.
     pub fn counts(&self) -> Counts<'_, 'a> {
         Counts {
             restore: self,
-            rows: self.background(read_counts),
-        }
-    }
-
-    fn background<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Connection, &mut Chunks<T>) -> Result<()> + Send + 'static,
-    ) -> Background<T> {
-        match Background::start(self.conn, read) {
-            Ok(b) => b,
-            Err(e) => {
-                self.failed(e);
-                Background::none()
-            }
+            after: String::new(),
+            page: VecDeque::new(),
+            done: false,
         }
     }
 
@@ -189,244 +187,152 @@ impl Drop for Restore<'_> {
 /// The bans as `Restore::bans` hands them out.
 pub struct Bans<'r, 'a> {
     restore: &'r Restore<'a>,
-    rows: Background<SavedBan>,
+    /// The last rowid handed out.
+    after: i64,
+    page: VecDeque<SavedBan>,
+    /// Jails and reasons by id, each allocated once: a million bans share
+    /// a handful (as the ban manager's `Names` keeps them).
+    names: Vec<Option<Arc<str>>>,
+    /// Origins, as names.
+    origins: HashSet<Arc<str>>,
+    /// The last origin handed out.
+    last_origin: Option<Arc<str>>,
+    done: bool,
+}
+
+impl Bans<'_, '_> {
+    fn read_names(&mut self) -> Result<()> {
+        let mut stmt = self.restore.conn.prepare("SELECT id, name FROM names")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = usize::try_from(r.get::<_, i64>(0)?)?;
+            if self.names.len() <= id {
+                self.names.resize(id + 1, None);
+            }
+            self.names[id] = Some(Arc::from(r.get_ref(1)?.as_str()?));
+        }
+        Ok(())
+    }
+
+    fn name(&self, id: i64) -> Result<Arc<str>> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.names.get(i)?.clone())
+            .ok_or_else(|| anyhow::anyhow!("a ban refers to name {id}, not in `names`"))
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let mut stmt = self.restore.conn.prepare_cached(
+            "SELECT rowid, net, origin, jail, scope, banned_at, expires_at,
+                    CASE WHEN boot = ?4 THEN expires_mono END, reason,
+                    count, CASE WHEN rowid >= ?3 THEN line END
+             FROM bans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        )?;
+        let r = self.restore;
+        let mut rows = stmt.query([self.after, PAGE, r.lines_from, r.boot_seq])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            self.after = r.get(0)?;
+            let origin = r.get_ref(2)?.as_str()?;
+            let origin = match origin {
+                "" => None,
+                // Mostly the same as the row before's: compared first,
+                // hashed only when it differs.
+                text => Some(match self.last_origin.as_ref().filter(|o| &***o == text) {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o = match self.origins.get(text) {
+                            Some(o) => o.clone(),
+                            None => {
+                                let o: Arc<str> = Arc::from(text);
+                                self.origins.insert(o.clone());
+                                o
+                            }
+                        };
+                        self.last_origin = Some(o.clone());
+                        o
+                    }
+                }),
+            };
+            let (all_ports, ports_only) = schema::scope_of_code(r.get(4)?);
+            let line = match r.get_ref(10)? {
+                rusqlite::types::ValueRef::Null => String::new(),
+                text => text.as_str()?.to_owned(),
+            };
+            self.page.push_back(SavedBan {
+                net: r.get_ref(1)?.as_str()?.to_owned(),
+                jail: self.name(r.get(3)?)?,
+                banned_at: r.get(5)?,
+                expires_at: r.get(6)?,
+                expires_mono: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
+                reason: self.name(r.get(8)?)?,
+                line,
+                all_ports,
+                ports_only,
+                origin,
+                count: r.get(9)?,
+            });
+        }
+        self.done = n < PAGE;
+        Ok(())
+    }
 }
 
 impl Iterator for Bans<'_, '_> {
     type Item = SavedBan;
 
     fn next(&mut self) -> Option<SavedBan> {
-        self.rows.next(self.restore)
+        if self.page.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                self.done = true;
+                self.restore.failed(e);
+            }
+        }
+        self.page.pop_front()
     }
 }
 
 /// The ban counts as `Restore::counts` hands them out.
 pub struct Counts<'r, 'a> {
     restore: &'r Restore<'a>,
-    rows: Background<Count>,
+    /// The last network handed out ("" before the first: every network's
+    /// text sorts after it).
+    after: String,
+    page: VecDeque<Count>,
+    done: bool,
+}
+
+impl Counts<'_, '_> {
+    fn fill(&mut self) -> Result<()> {
+        let mut stmt = self.restore.conn.prepare_cached(
+            "SELECT net, bans, last_ban_at FROM offenders
+             WHERE net > ?1 ORDER BY net LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![self.after, PAGE])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            self.page.push_back((r.get(0)?, r.get(1)?, r.get(2)?));
+        }
+        if let Some(last) = self.page.back() {
+            self.after.clone_from(&last.0);
+        }
+        self.done = n < PAGE;
+        Ok(())
+    }
 }
 
 impl Iterator for Counts<'_, '_> {
     type Item = Count;
 
     fn next(&mut self) -> Option<Count> {
-        self.rows.next(self.restore)
-    }
-}
-
-/// Rows read on a thread, handed over in chunks.
-struct Background<T> {
-    chunks: Option<mpsc::Receiver<Result<Vec<T>>>>,
-    chunk: std::vec::IntoIter<T>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl<T: Send + 'static> Background<T> {
-    fn start(
-        conn: &Connection,
-        read: impl FnOnce(&Connection, &mut Chunks<T>) -> Result<()> + Send + 'static,
-    ) -> Result<Self> {
-        let path = conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("the database has no file to read it from"))?
-            .to_owned();
-        // A few chunks ahead at most: a few MB, however many rows.
-        let (tx, rx) = mpsc::sync_channel(4);
-        let thread = std::thread::Builder::new()
-            .name("sipguard-restore".into())
-            .spawn(move || {
-                let mut chunks = Chunks {
-                    tx,
-                    chunk: Vec::with_capacity(CHUNK),
-                };
-                let result = (|| -> Result<()> {
-                    let conn = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    conn.busy_timeout(schema::BUSY_TIMEOUT)?;
-                    // One read transaction: every row of one state.
-                    conn.execute_batch("BEGIN")?;
-                    read(&conn, &mut chunks)?;
-                    conn.execute_batch("COMMIT")?;
-                    Ok(())
-                })();
-                match result {
-                    Ok(()) => {
-                        let last = std::mem::take(&mut chunks.chunk);
-                        let _ = chunks.tx.send(Ok(last));
-                    }
-                    // The caller is gone: nothing to say.
-                    Err(e) if e.is::<Gone>() => {}
-                    Err(e) => {
-                        let _ = chunks.tx.send(Err(e));
-                    }
-                }
-            })?;
-        Ok(Self {
-            chunks: Some(rx),
-            chunk: Vec::new().into_iter(),
-            thread: Some(thread),
-        })
-    }
-
-    fn none() -> Self {
-        Self {
-            chunks: None,
-            chunk: Vec::new().into_iter(),
-            thread: None,
-        }
-    }
-
-    fn next(&mut self, restore: &Restore<'_>) -> Option<T> {
-        loop {
-            if let Some(row) = self.chunk.next() {
-                return Some(row);
-            }
-            match self.chunks.as_ref()?.recv() {
-                Ok(Ok(chunk)) => self.chunk = chunk.into_iter(),
-                Ok(Err(e)) => {
-                    self.chunks = None;
-                    restore.failed(e);
-                    return None;
-                }
-                // Done.
-                Err(_) => {
-                    self.chunks = None;
-                    return None;
-                }
+        if self.page.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                self.done = true;
+                self.restore.failed(e);
             }
         }
+        self.page.pop_front()
     }
-}
-
-impl<T> Drop for Background<T> {
-    fn drop(&mut self) {
-        // The reader stops at its next chunk, and ends its read.
-        self.chunks = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Rows per chunk handed over.
-const CHUNK: usize = 4096;
-
-/// Where a reader puts its rows.
-struct Chunks<T> {
-    tx: mpsc::SyncSender<Result<Vec<T>>>,
-    chunk: Vec<T>,
-}
-
-/// The caller stopped reading (dropped the iterator).
-#[derive(Debug)]
-struct Gone;
-
-impl std::fmt::Display for Gone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the restore stopped reading")
-    }
-}
-
-impl std::error::Error for Gone {}
-
-impl<T> Chunks<T> {
-    fn push(&mut self, row: T) -> Result<()> {
-        self.chunk.push(row);
-        if self.chunk.len() == CHUNK {
-            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
-            self.tx.send(Ok(full)).map_err(|_| Gone)?;
-        }
-        Ok(())
-    }
-}
-
-/// Every ban, in rowid order, with its line from rowid `lines_from` on and
-/// its monotonic deadline if written in boot `boot_seq`.
-fn read_bans(
-    conn: &Connection,
-    lines_from: i64,
-    boot_seq: i64,
-    out: &mut Chunks<SavedBan>,
-) -> Result<()> {
-    // Jails and reasons by id, each allocated once: a million bans share a
-    // handful (as the ban manager's `Names` keeps them).
-    let mut names: Vec<Option<Arc<str>>> = Vec::new();
-    let mut stmt = conn.prepare("SELECT id, name FROM names")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let id = usize::try_from(r.get::<_, i64>(0)?)?;
-        anyhow::ensure!(id < 1 << 20, "a name's id is out of range: {id}");
-        if names.len() <= id {
-            names.resize(id + 1, None);
-        }
-        names[id] = Some(Arc::from(r.get_ref(1)?.as_str()?));
-    }
-    let name = |id: i64| -> Result<Arc<str>> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| names.get(i)?.clone())
-            .ok_or_else(|| anyhow::anyhow!("a ban refers to name {id}, not in `names`"))
-    };
-    // Origins, as names; mostly the same as the row before's: compared
-    // first, hashed only when it differs.
-    let mut origins: HashSet<Arc<str>> = HashSet::new();
-    let mut last_origin: Option<Arc<str>> = None;
-    let mut stmt = conn.prepare(
-        "SELECT net, origin, jail, scope, banned_at, expires_at,
-                CASE WHEN boot = ?2 THEN expires_mono END, reason,
-                count, CASE WHEN rowid >= ?1 THEN line END
-         FROM bans ORDER BY rowid",
-    )?;
-    let mut rows = stmt.query([lines_from, boot_seq])?;
-    while let Some(r) = rows.next()? {
-        let origin = match r.get_ref(1)?.as_str()? {
-            "" => None,
-            text => Some(match last_origin.as_ref().filter(|o| &***o == text) {
-                Some(o) => o.clone(),
-                None => {
-                    let o = match origins.get(text) {
-                        Some(o) => o.clone(),
-                        None => {
-                            let o: Arc<str> = Arc::from(text);
-                            origins.insert(o.clone());
-                            o
-                        }
-                    };
-                    last_origin = Some(o.clone());
-                    o
-                }
-            }),
-        };
-        let (all_ports, ports_only) = schema::scope_of_code(r.get(3)?);
-        let line = match r.get_ref(9)? {
-            rusqlite::types::ValueRef::Null => String::new(),
-            text => text.as_str()?.to_owned(),
-        };
-        out.push(SavedBan {
-            net: r.get_ref(0)?.as_str()?.to_owned(),
-            jail: name(r.get(2)?)?,
-            banned_at: r.get(4)?,
-            expires_at: r.get(5)?,
-            expires_mono: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
-            reason: name(r.get(7)?)?,
-            line,
-            all_ports,
-            ports_only,
-            origin,
-            count: r.get(8)?,
-        })?;
-    }
-    Ok(())
-}
-
-fn read_counts(conn: &Connection, out: &mut Chunks<Count>) -> Result<()> {
-    let mut stmt = conn.prepare("SELECT net, bans, last_ban_at FROM offenders ORDER BY net")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        out.push((r.get(0)?, r.get(1)?, r.get(2)?))?;
-    }
-    Ok(())
 }

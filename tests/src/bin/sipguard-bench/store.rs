@@ -14,9 +14,11 @@
 //!   snapshot's read of the same bans;
 //! - size: the database (checkpointed) beside the snapshot.
 //!
-//! Then which of the gate rows these figures pass. No root, no XDP:
-//! the files go in a temporary folder (`SIPGUARD_BENCH_STORE_DIR` keeps
-//! them); `SIPGUARD_BENCH_STORE_SECS` shortens the sustained run.
+//! Then which of the gate rows these figures pass. The files go
+//! in a temporary folder (`SIPGUARD_BENCH_STORE_DIR` keeps them); `SIPGUARD_BENCH_STORE_SECS` shortens the sustained run;
+//! `SIPGUARD_BENCH_STORE_RESTORE_ONLY` with a kept folder times only its
+//! restores (to profile them). The restore into the ban manager and the
+//! kernel maps needs root (it loads the XDP program's maps).
 use crate::report::Section;
 use anyhow::{ensure, Result};
 use sipguard::store::{

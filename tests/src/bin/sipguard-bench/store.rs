@@ -270,7 +270,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let snap_peak = peak_mib();
     ensure!(read == SAVED, "snapshot read {read} of {SAVED}");
     let restore_ratio = restored.as_secs_f64() / snap_read.as_secs_f64();
-    say!(out, "| restore {bans} bans (the newest {} MiB of lines) from the store, against the snapshot's read of the same bans ({:.0} ms, peak {snap_peak:.0} MiB) | {:.0} ms, {restore_ratio:.2}× the snapshot's | | peak {restore_peak:.0} MiB (the file's pages mapped included) |", lines >> 20, ms(snap_read), ms(restored));
+    say!(out, "| restore {bans} bans (the newest {} MiB of lines) from the store, against the snapshot's read of the same bans ({:.0} ms, peak {snap_peak:.0} MiB) | {:.0} ms, {restore_ratio:.2}× the snapshot's | | peak {restore_peak:.0} MiB |", lines >> 20, ms(snap_read), ms(restored));
 
     // The same into a ban manager and empty kernel maps, as a start after
     // a reboot restores them (root: loads the XDP program's maps).

@@ -129,7 +129,7 @@ fn every_acknowledged_batch_survives_sigkill() {
         // Every batch up to the last is there whole, and nothing after it.
         let mut per_jail = store
             .conn()
-            .prepare("SELECT jail, count(*) FROM bans GROUP BY jail")
+            .prepare("SELECT jail, count(*) FROM bans_readable GROUP BY jail")
             .unwrap();
         let jails: Vec<(String, u32)> = per_jail
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -125,7 +125,8 @@ fn changed<'a, V: PartialEq + Clone>(
 pub fn apply(conn: &Connection, batch: &Batch) -> Result<()> {
     if batch.replace {
         conn.execute_batch(
-            "DELETE FROM bans; DELETE FROM offenders; DELETE FROM positions;
+            "DELETE FROM bans; DELETE FROM names;
+             DELETE FROM offenders; DELETE FROM positions;
              DELETE FROM cursors; DELETE FROM allowlist;
              DELETE FROM meta WHERE key = 'allowlist_kept';",
         )?;
@@ -133,17 +134,18 @@ pub fn apply(conn: &Connection, batch: &Batch) -> Result<()> {
     if let Some(clock) = &batch.clock {
         set_clock(conn, clock)?;
     }
+    let mut put = PutBans::new(conn)?;
     if !batch.nets.is_empty() {
         let mut drop_net = conn.prepare_cached("DELETE FROM bans WHERE net = ?1")?;
         for (net, bans) in &batch.nets {
             drop_net.execute([net])?;
             for b in bans {
-                put_ban(conn, b)?;
+                put.put(b)?;
             }
         }
     }
     for b in &batch.bans {
-        put_ban(conn, b)?;
+        put.put(b)?;
     }
     if !batch.unbans.is_empty() {
         let mut unban = conn.prepare_cached("DELETE FROM bans WHERE net = ?1 AND origin = ?2")?;
@@ -195,32 +197,76 @@ pub fn set_clock(conn: &Connection, clock: &Clock) -> Result<()> {
 
 /// Adds or replaces the ban of `b.net` by `b.origin`.
 pub fn put_ban(conn: &Connection, b: &SavedBan) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO bans (net, origin, jail, scope, banned_at, expires_at,
-                           expires_mono, reason, line, count, boot)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                 coalesce((SELECT value FROM meta WHERE key = 'boot_seq'), 0))
-         ON CONFLICT (net, origin) DO UPDATE SET
-             jail = excluded.jail, scope = excluded.scope,
-             banned_at = excluded.banned_at, expires_at = excluded.expires_at,
-             expires_mono = excluded.expires_mono, reason = excluded.reason,
-             line = excluded.line, count = excluded.count, boot = excluded.boot",
-    )?
-    .execute(params![
-        b.net,
-        b.origin.as_deref().unwrap_or(""),
-        &*b.jail,
-        schema::scope_text(b.all_ports, b.ports_only),
-        b.banned_at,
-        b.expires_at,
-        // A monotonic deadline fits in an i64 for 292 years of uptime.
-        b.expires_mono.map(|m| m as i64),
-        &*b.reason,
-        b.line,
-        b.count,
-    ])?;
-    Ok(())
+    PutBans::new(conn)?.put(b)
 }
+
+/// Bans written in one transaction: the boot they are written in, read
+/// once, and the ids of the jails and reasons met, found once each (good
+/// for this transaction only: a rolled back one takes its new names along).
+struct PutBans<'c> {
+    conn: &'c Connection,
+    /// The upsert, found in the statement cache once per batch (its text
+    /// is hashed at each `prepare_cached`).
+    upsert: rusqlite::CachedStatement<'c>,
+    boot: i64,
+    /// A batch has a handful of names: looked through, newest first.
+    names: Vec<(std::sync::Arc<str>, i64)>,
+}
+
+impl<'c> PutBans<'c> {
+    fn new(conn: &'c Connection) -> Result<Self> {
+        Ok(Self {
+            conn,
+            upsert: conn.prepare_cached(UPSERT)?,
+            boot: schema::meta(conn, "boot_seq")?.unwrap_or(0),
+            names: Vec::new(),
+        })
+    }
+
+    fn name(&mut self, name: &std::sync::Arc<str>) -> Result<i64> {
+        // The same `Arc` most of the time (a jail's bans share one).
+        if let Some((_, id)) = self
+            .names
+            .iter()
+            .rev()
+            .find(|(n, _)| std::sync::Arc::ptr_eq(n, name) || n == name)
+        {
+            return Ok(*id);
+        }
+        let id = schema::name_id(self.conn, name)?;
+        self.names.push((name.clone(), id));
+        Ok(id)
+    }
+
+    fn put(&mut self, b: &SavedBan) -> Result<()> {
+        let jail = self.name(&b.jail)?;
+        let reason = self.name(&b.reason)?;
+        self.upsert.execute(params![
+            b.net,
+            b.origin.as_deref().unwrap_or(""),
+            jail,
+            schema::scope_code(b.all_ports, b.ports_only),
+            b.banned_at,
+            b.expires_at,
+            // A monotonic deadline fits in an i64 for 292 years of uptime.
+            b.expires_mono.map(|m| m as i64),
+            reason,
+            b.count,
+            self.boot,
+            b.line,
+        ])?;
+        Ok(())
+    }
+}
+
+const UPSERT: &str = "INSERT INTO bans (net, origin, jail, scope, banned_at, expires_at,
+                                       expires_mono, reason, count, boot, line)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+     ON CONFLICT (net, origin) DO UPDATE SET
+         jail = excluded.jail, scope = excluded.scope,
+         banned_at = excluded.banned_at, expires_at = excluded.expires_at,
+         expires_mono = excluded.expires_mono, reason = excluded.reason,
+         count = excluded.count, boot = excluded.boot, line = excluded.line";
 
 /// Sets a network's ban count; 0 forgets it.
 pub fn put_count(conn: &Connection, (net, n, at): &Count) -> Result<()> {

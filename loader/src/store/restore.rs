@@ -13,7 +13,11 @@ use super::{
 };
 use anyhow::Result;
 use rusqlite::Connection;
-use std::{cell::RefCell, collections::HashSet, collections::VecDeque, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 /// Rows read per query: a query per page keeps no statement open across
 /// the caller's work, and at this size its cost is lost in the rows'.
@@ -39,11 +43,10 @@ pub struct Restore<'a> {
 
 impl<'a> Restore<'a> {
     pub(super) fn begin(conn: &'a Connection) -> Result<Self> {
-        // Read through a mapping of the file, not copies into SQLite's
-        // cache: the whole table is read once, and a tenth of the time went
-        // to copying pages. Unmapped at `finish`: the pages mapped count in
-        // the daemon's resident memory (as file pages the kernel can drop).
-        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
+        // Not through a mapping of the file: every page read would count in
+        // the daemon's peak resident memory (the whole file, 230 MiB at a
+        // million bans, past the 200 MiB the daemon may take), and reading
+        // through SQLite's cache measured as fast.
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut this = Restore {
             conn,
@@ -130,14 +133,20 @@ impl<'a> Restore<'a> {
 
     /// The bans, in the order they were first saved.
     pub fn bans(&self) -> Bans<'_, 'a> {
-        Bans {
+        let mut bans = Bans {
             restore: self,
             after: 0,
             page: VecDeque::new(),
-            names: HashSet::new(),
-            last: Default::default(),
+            names: Vec::new(),
+            origins: HashSet::new(),
+            last_origin: None,
             done: false,
+        };
+        if let Err(e) = bans.read_names() {
+            bans.done = true;
+            self.failed(e);
         }
+        bans
     }
 
     /// The ban counts.
@@ -155,7 +164,6 @@ impl<'a> Restore<'a> {
     pub fn finish(mut self) -> Result<()> {
         self.open = false;
         self.conn.execute_batch("COMMIT")?;
-        self.conn.pragma_update(None, "mmap_size", 0)?;
         match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -172,7 +180,6 @@ impl Drop for Restore<'_> {
     fn drop(&mut self) {
         if self.open {
             let _ = self.conn.execute_batch("COMMIT");
-            let _ = self.conn.pragma_update(None, "mmap_size", 0);
         }
     }
 }
@@ -183,61 +190,88 @@ pub struct Bans<'r, 'a> {
     /// The last rowid handed out.
     after: i64,
     page: VecDeque<SavedBan>,
-    /// Jails, reasons and origins, each allocated once: a million bans
-    /// share a handful (as the ban manager's `Names` keeps them).
-    names: HashSet<Arc<str>>,
-    /// The last jail, reason and origin handed out.
-    last: [Option<Arc<str>>; 3],
+    /// Jails and reasons by id, each allocated once: a million bans share
+    /// a handful (as the ban manager's `Names` keeps them).
+    names: Vec<Option<Arc<str>>>,
+    /// Origins, as names.
+    origins: HashSet<Arc<str>>,
+    /// The last origin handed out.
+    last_origin: Option<Arc<str>>,
     done: bool,
 }
 
 impl Bans<'_, '_> {
+    fn read_names(&mut self) -> Result<()> {
+        let mut stmt = self.restore.conn.prepare("SELECT id, name FROM names")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = usize::try_from(r.get::<_, i64>(0)?)?;
+            if self.names.len() <= id {
+                self.names.resize(id + 1, None);
+            }
+            self.names[id] = Some(Arc::from(r.get_ref(1)?.as_str()?));
+        }
+        Ok(())
+    }
+
+    fn name(&self, id: i64) -> Result<Arc<str>> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.names.get(i)?.clone())
+            .ok_or_else(|| anyhow::anyhow!("a ban refers to name {id}, not in `names`"))
+    }
+
     fn fill(&mut self) -> Result<()> {
         let mut stmt = self.restore.conn.prepare_cached(
             "SELECT rowid, net, origin, jail, scope, banned_at, expires_at,
-                    CASE WHEN boot = ?4 THEN expires_mono END,
-                    reason, CASE WHEN rowid >= ?3 THEN line ELSE '' END, count
+                    CASE WHEN boot = ?4 THEN expires_mono END, reason,
+                    count, CASE WHEN rowid >= ?3 THEN line END
              FROM bans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )?;
         let r = self.restore;
         let mut rows = stmt.query([self.after, PAGE, r.lines_from, r.boot_seq])?;
-        let (names, last) = (&mut self.names, &mut self.last);
-        // Mostly the same as the row before's (bans come in runs of a jail):
-        // compared first, hashed only when it differs.
-        let mut name = |column: usize, text: &str| -> Arc<str> {
-            if let Some(n) = last[column].as_ref().filter(|n| &***n == text) {
-                return n.clone();
-            }
-            let n = match names.get(text) {
-                Some(n) => n.clone(),
-                None => {
-                    let n: Arc<str> = Arc::from(text);
-                    names.insert(n.clone());
-                    n
-                }
-            };
-            last[column] = Some(n.clone());
-            n
-        };
         let mut n = 0;
         while let Some(r) = rows.next()? {
             n += 1;
             self.after = r.get(0)?;
             let origin = r.get_ref(2)?.as_str()?;
-            let origin = (!origin.is_empty()).then(|| name(2, origin));
-            let (all_ports, ports_only) = schema::scope_flags(r.get_ref(4)?.as_str()?);
+            let origin = match origin {
+                "" => None,
+                // Mostly the same as the row before's: compared first,
+                // hashed only when it differs.
+                text => Some(match self.last_origin.as_ref().filter(|o| &***o == text) {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o = match self.origins.get(text) {
+                            Some(o) => o.clone(),
+                            None => {
+                                let o: Arc<str> = Arc::from(text);
+                                self.origins.insert(o.clone());
+                                o
+                            }
+                        };
+                        self.last_origin = Some(o.clone());
+                        o
+                    }
+                }),
+            };
+            let (all_ports, ports_only) = schema::scope_of_code(r.get(4)?);
+            let line = match r.get_ref(10)? {
+                rusqlite::types::ValueRef::Null => String::new(),
+                text => text.as_str()?.to_owned(),
+            };
             self.page.push_back(SavedBan {
-                net: r.get(1)?,
-                jail: name(0, r.get_ref(3)?.as_str()?),
+                net: r.get_ref(1)?.as_str()?.to_owned(),
+                jail: self.name(r.get(3)?)?,
                 banned_at: r.get(5)?,
                 expires_at: r.get(6)?,
                 expires_mono: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
-                reason: name(1, r.get_ref(8)?.as_str()?),
-                line: r.get(9)?,
+                reason: self.name(r.get(8)?)?,
+                line,
                 all_ports,
                 ports_only,
                 origin,
-                count: r.get(10)?,
+                count: r.get(9)?,
             });
         }
         self.done = n < PAGE;

@@ -340,3 +340,52 @@ fn the_database_is_never_the_state_file_itself() {
         "/var/lib/sipguard/state.store.db"
     );
 }
+
+#[test]
+fn a_database_of_schema_1_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    // Schema 1's table, as the first store wrote it.
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE bans (net TEXT NOT NULL, origin TEXT NOT NULL DEFAULT '',
+             jail TEXT NOT NULL, scope TEXT NOT NULL DEFAULT 'ports',
+             banned_at INTEGER NOT NULL, expires_at INTEGER, expires_mono INTEGER,
+             boot INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
+             line TEXT NOT NULL DEFAULT '', count INTEGER NOT NULL DEFAULT 0);
+         CREATE UNIQUE INDEX bans_key ON bans (net, origin);
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE VIEW bans_readable AS SELECT net, jail FROM bans;
+         INSERT INTO meta VALUES ('schema_version', 1), ('boot_seq', 1);
+         INSERT INTO bans VALUES ('192.0.2.1/32', 'redis:box2', 'redis:box2', 'all-ports',
+             1700000000000, 1700000600000, 123456789, 1, '5 failures in 10m',
+             'SIP auth failure from ip 203.0.113.5 é', 0);
+         INSERT INTO bans VALUES ('192.0.2.2/32', '', 'freeswitch', 'ports-only',
+             1700000000000, 1700000600000, 123456789, 1, '5 failures in 10m',
+             'SIP auth failure from ip 203.0.113.5 é', 3);",
+    )
+    .unwrap();
+    drop(old);
+    let mut store = Store::open_db(&path).unwrap();
+    let version: i64 = schema::meta(store.conn(), "schema_version")
+        .unwrap()
+        .unwrap();
+    assert_eq!(version, schema::VERSION);
+    assert_eq!(
+        read(&mut store).bans,
+        [
+            ban("192.0.2.1/32", Some("redis:box2")),
+            ban("192.0.2.2/32", None)
+        ]
+    );
+    let readable: (String, String) = store
+        .conn()
+        .query_row(
+            "SELECT jail, scope FROM bans_readable WHERE net = '192.0.2.2/32'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(readable, ("freeswitch".into(), "ports-only".into()));
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet]`: sipguard measured
+//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet|scale-store]`: sipguard measured
 //! against a baseline in the same run (an empty XDP program, iptables, ipset,
 //! nftables, fail2ban), every figure reported as a ratio to it. Each part
 //! writes its section of `BENCHMARKS.md` (see `report`).
@@ -15,6 +15,7 @@ mod latency;
 mod logs;
 mod report;
 mod scale;
+mod store;
 mod xdp;
 
 use anyhow::{bail, Result};
@@ -31,14 +32,18 @@ const PARTS: [(&str, Part); 6] = [
     ("fleet", fleet::run),
 ];
 
+/// Parts of another, run alone only when named (`all` runs them in theirs).
+const ALONE: [(&str, Part); 1] = [("scale-store", store::run_alone)];
+
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let parts: Vec<_> = PARTS
         .iter()
         .filter(|(name, _)| what == "all" || what == *name)
+        .chain(ALONE.iter().filter(|(name, _)| what == *name))
         .collect();
     if parts.is_empty() {
-        let known: Vec<_> = PARTS.iter().map(|(n, _)| *n).collect();
+        let known: Vec<_> = PARTS.iter().chain(&ALONE).map(|(n, _)| *n).collect();
         bail!(
             "unknown benchmark '{what}' (known: all, {})",
             known.join(", ")

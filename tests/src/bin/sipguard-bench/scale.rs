@@ -8,7 +8,8 @@
 //! * bulk loads: the daemon starting with 1 000 000 saved bans, against
 //!   iptables-restore, ipset restore and `nft -f` loading as many;
 //! * the daemon's resident memory with 1 000 000 bans and 1 000 000 tracked
-//!   offenders.
+//!   offenders;
+//! * the state store the daemon is to keep its state in (see `store`).
 //!
 //! Firewall commands only ever run inside namespaces this benchmark creates.
 use crate::report::Section;
@@ -37,7 +38,8 @@ const OFFENDER_BASE: u32 = 0x6460_0000;
 
 pub fn run(out: &mut Section) -> Result<()> {
     ban_rate(out)?;
-    bulk(out)
+    let start = bulk(out)?;
+    crate::store::run(out, Some(start))
 }
 
 fn addr(base: u32, i: u32) -> Ipv4Addr {
@@ -398,7 +400,8 @@ impl Drop for Fail2ban {
     }
 }
 
-fn bulk(out: &mut Section) -> Result<()> {
+/// The daemon's rows with SAVED bans; its start with them (seconds).
+fn bulk(out: &mut Section) -> Result<f64> {
     say!(out, "\n## Loading {SAVED} bans, and memory\n");
     say!(out, "| what | seconds | × sipguard | memory |");
     say!(out, "|---|---:|---:|---:|");
@@ -553,7 +556,7 @@ fn bulk(out: &mut Section) -> Result<()> {
         }
     }
     say!(out, "\nThe daemon's start includes loading and verifying the XDP program, reading the state file and attaching; memory is the daemon's resident set (VmRSS; the kernel maps are not in it). The firewalls' rows time the command alone.");
-    Ok(())
+    Ok(cold)
 }
 
 /// A snapshot while the daemon runs (due when the change log outgrows the

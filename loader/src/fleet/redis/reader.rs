@@ -382,24 +382,32 @@ impl Seen {
 }
 
 /// The latest signed unban per (node, network), bounded: the oldest is
-/// forgotten first.
+/// forgotten first. By node, then network: a snapshot's every ban entry is
+/// looked up without a key made for it.
 #[derive(Default)]
 struct Lifted {
-    at: std::collections::HashMap<(String, ipnet::IpNet), i64>,
+    at: std::collections::HashMap<String, std::collections::HashMap<ipnet::IpNet, i64>>,
     order: VecDeque<(String, ipnet::IpNet)>,
 }
 
 impl Lifted {
     fn record(&mut self, e: &Entry) {
-        let key = (e.node.clone(), e.net);
-        let latest = self.at.entry(key.clone()).or_insert(i64::MIN);
-        if *latest == i64::MIN {
-            self.order.push_back(key);
+        let nets = self.at.entry(e.node.clone()).or_default();
+        match nets.get_mut(&e.net) {
+            Some(latest) => *latest = (*latest).max(e.ts_ms),
+            None => {
+                nets.insert(e.net, e.ts_ms);
+                self.order.push_back((e.node.clone(), e.net));
+            }
         }
-        *latest = (*latest).max(e.ts_ms);
-        while self.order.len() > LIFTED_MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.at.remove(&old);
+        if self.order.len() > LIFTED_MAX {
+            if let Some((node, net)) = self.order.pop_front() {
+                if let Some(nets) = self.at.get_mut(&node) {
+                    nets.remove(&net);
+                    if nets.is_empty() {
+                        self.at.remove(&node);
+                    }
+                }
             }
         }
     }
@@ -407,7 +415,8 @@ impl Lifted {
     /// Whether a ban entry is newer than the node's last unban of it.
     fn allows(&self, e: &Entry) -> bool {
         self.at
-            .get(&(e.node.clone(), e.net))
+            .get(e.node.as_str())
+            .and_then(|nets| nets.get(&e.net))
             .is_none_or(|&unbanned| e.ts_ms > unbanned)
     }
 }

@@ -630,7 +630,7 @@ fn private_dirty_mib(pid: u32) -> Result<f64> {
 }
 
 /// (resident, peak resident) MiB of `pid`.
-fn memory(pid: u32) -> Result<(f64, f64)> {
+pub(crate) fn memory(pid: u32) -> Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = |key: &str| -> Result<f64> {
         let line = status

@@ -86,15 +86,10 @@ fn batch(from: u32, to: u32, unban: std::ops::Range<u32>, now: i64) -> Batch {
     }
 }
 
-/// This process's peak resident memory since the last reset, MiB.
+/// This process's peak resident memory since the last reset, MiB (0 when
+/// it cannot be read).
 fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    crate::scale::memory(std::process::id()).map_or(0.0, |(_, hwm)| hwm)
 }
 
 /// Starts a new peak (Linux: "5" to `clear_refs` resets `VmHWM`).

@@ -3,9 +3,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Errors are printed as one line (`{e:#}`), never with a backtrace:
-    // capturing one for each error is pure cost, and it takes a process-wide
-    // lock that a forked snapshot writer (`bans::background`) could inherit
-    // held. Set before any thread starts; an operator's own setting stands.
+    // capturing one for each error is pure cost. Set before any thread
+    // starts; an operator's own setting stands.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }

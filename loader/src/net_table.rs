@@ -90,6 +90,20 @@ impl<V> NetTable<V> {
             .map(|(i, _)| i as u32)
     }
 
+    /// One past the last slot (live or free): `slots_in` walks up to it.
+    pub fn slot_end(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// The live entries of the slots in `range` (slots past the end are
+    /// none): a walk over a table that changes between its steps (see
+    /// `bans::sliced`).
+    pub fn slots_in(&self, range: std::ops::Range<u32>) -> impl Iterator<Item = &(IpNet, V)> {
+        let end = (range.end as usize).min(self.slots.len());
+        let start = (range.start as usize).min(end);
+        self.slots[start..end].iter().flatten()
+    }
+
     /// The entry at `slot` (which must hold one).
     pub fn at(&self, slot: u32) -> &(IpNet, V) {
         self.slots[slot as usize].as_ref().expect("a live slot")

@@ -145,7 +145,8 @@ fn bans_since_the_last_snapshot_survive_a_crash_and_a_reboot() -> Result<()> {
 }
 
 /// Once the change log outgrows the table, a snapshot replaces it, written
-/// by a forked child while the daemon goes on banning: the bans made
+/// while the daemon goes on banning (a slice at a time, by a writer
+/// thread): the bans made
 /// meanwhile go to a new log, and a crash followed by a reboot loses none.
 #[test]
 fn a_snapshot_written_in_the_background_loses_no_ban_made_meanwhile() -> Result<()> {

@@ -8,7 +8,6 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
-pub mod background;
 pub mod caps;
 pub mod lifted;
 pub mod lines;
@@ -18,6 +17,7 @@ pub mod packet_bans;
 pub mod remote;
 mod restore;
 mod saved;
+pub mod sliced;
 pub mod tally;
 // The state files, now the store's (`store::legacy`), by their old names
 // until the daemon reads and writes the database instead.
@@ -288,11 +288,13 @@ impl BanManager {
     }
 
     /// Removes this box's ban of `net` from the table; its count stays,
-    /// in `counts`.
+    /// in `counts`, and is logged as such (the ban's line says no ban: a
+    /// restart would otherwise forget the count until the next snapshot).
     fn remove_ban(&mut self, net: &IpNet) -> Option<BanInfo> {
         let info = self.take(net)?;
         if info.count > 0 {
             self.counts.insert(*net, (info.count, info.banned_at_ns));
+            self.counts_changed.insert(*net);
         }
         Some(info)
     }

@@ -351,6 +351,17 @@ impl RemoteBans {
         self.by_net.iter().map(|(net, _)| net)
     }
 
+    /// One past the last slot of the networks' table: with `nets_in`, a
+    /// walk over a table that changes between its steps (see `sliced`).
+    pub fn slot_end(&self) -> u32 {
+        self.by_net.slot_end()
+    }
+
+    /// The networks in the slots of `range`.
+    pub fn nets_in(&self, range: std::ops::Range<u32>) -> impl Iterator<Item = &IpNet> {
+        self.by_net.slots_in(range).map(|(net, _)| net)
+    }
+
     /// Every name a ban holds (for the state's string table).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter()

@@ -269,6 +269,7 @@ impl Daemon {
                 r.failed
             );
         }
+        let (snapshot_tell, snapshot_events) = tokio::sync::mpsc::unbounded_channel();
         let mut daemon = Self {
             packet_bans: PacketBans::new(
                 config.flood.max_bans_per_minute,
@@ -294,7 +295,10 @@ impl Daemon {
             feed_addrs: Vec::new(),
             changelog: ChangeLog::new(&config_state_file, replayed),
             snapshot_due: false,
-            snapshot_writer: None,
+            snapshot: None,
+            snapshot_id: 0,
+            snapshot_tell,
+            snapshot_events: Some(snapshot_events),
         };
         daemon.apply_config(true)?;
         // What the journal changed, and what the restore found different

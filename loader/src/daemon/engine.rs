@@ -192,7 +192,7 @@ impl Daemon {
         }
         let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;
-        self.reap_snapshot();
+        self.check_snapshot();
         if self.dirty || self.snapshot_wanted() {
             self.log_changes();
         }

@@ -19,6 +19,7 @@ pub(super) struct Inputs {
     pub(super) watch: crate::logs::watch::LogWatch,
     pub(super) flood_events: tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     pub(super) fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
+    pub(super) snapshot_events: super::SnapshotEvents,
     pub(super) metrics_listener: Option<std::net::TcpListener>,
 }
 
@@ -42,6 +43,7 @@ pub(super) async fn serve(
         mut watch,
         mut flood_events,
         mut fleet_rx,
+        mut snapshot_events,
         metrics_listener,
     } = inputs;
     let local = tokio::task::LocalSet::new();
@@ -97,6 +99,9 @@ pub(super) async fn serve(
                     // One batch (at most fleet::BATCH bans) per turn: log
                     // lines are read between the batches of a long list.
                     Some(msg) = fleet_rx.recv() => timed("a batch from an daemon", || daemon.borrow_mut().on_fleet(msg)),
+                    // The next slices of a snapshot being written (each
+                    // a millisecond or two of the loop's time).
+                    Some(event) = snapshot_events.recv() => timed("a slice of the state's snapshot", || daemon.borrow_mut().on_snapshot(event)),
                     _ = poll.tick() => behind = daemon.borrow_mut().poll_logs(),
                     _ = tick.tick() => timed("the once-a-second tick", || {
                         let mut daemon = daemon.borrow_mut();

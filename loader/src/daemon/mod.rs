@@ -4,7 +4,7 @@
 //! removes it). SIGHUP (or `sipguard reload`) re-reads the configuration
 //! without touching bans.
 use crate::{
-    bans::{background, changes::ChangeLog, never_ban::NeverBan, packet_bans::PacketBans},
+    bans::{changes::ChangeLog, never_ban::NeverBan, packet_bans::PacketBans, sliced},
     bans::{state::Position, BanManager},
     config::Config,
     fleet::{self, InboundTx},
@@ -76,9 +76,17 @@ pub struct Daemon {
     changelog: ChangeLog,
     /// The last snapshot failed: the next save is a snapshot again.
     snapshot_due: bool,
-    /// The child writing a snapshot in the background, while one does.
-    snapshot_writer: Option<background::Child>,
+    /// The snapshot being written in the background, while one is.
+    snapshot: Option<sliced::Sliced>,
+    /// The last snapshot's number (its writer's events carry it).
+    snapshot_id: u64,
+    /// Where the snapshot writers' events go; the loop takes them from
+    /// `snapshot_events` (taken out by `run`).
+    snapshot_tell: tokio::sync::mpsc::UnboundedSender<crate::store::legacy::sliced::Event>,
+    snapshot_events: Option<SnapshotEvents>,
 }
+
+type SnapshotEvents = tokio::sync::mpsc::UnboundedReceiver<crate::store::legacy::sliced::Event>;
 
 /// `sipguard run`: load, attach, serve until a signal, shut down. The
 /// service manager hears `READY=1` once the program is attached and the
@@ -99,6 +107,8 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
     } = boot::attach(loaded, fleet_tx)?;
     // Bound before READY=1: a scrape right after start finds it.
     let metrics_listener = boot::bind_metrics(&daemon.config.metrics);
+    let mut daemon = daemon;
+    let snapshot_events = daemon.snapshot_events.take().expect("made at boot");
     readiness.ready(&daemon.status_line());
     let daemon = Rc::new(RefCell::new(daemon));
     let readiness = Rc::new(RefCell::new(readiness));
@@ -107,6 +117,7 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
         watch,
         flood_events,
         fleet_rx,
+        snapshot_events,
         metrics_listener,
     };
     let result = event_loop::serve(&daemon, &opts, &readiness, inputs).await;

@@ -3,10 +3,10 @@
 //! stop.
 use super::{boot::release_freed_memory, Daemon};
 use crate::{
-    bans::background,
     bans::changes,
     bans::state::{self, Position, State},
     kernel::clock,
+    store::legacy::sliced::Event,
 };
 use std::{
     collections::BTreeMap,
@@ -30,7 +30,8 @@ const CHANGES_PER_TICK: usize = 10_000;
 const CHANGELOG_MARGIN: usize = 50_000;
 
 /// A snapshot written in the background that takes longer than this is
-/// stopped and tried again (a million bans take about a second).
+/// stopped and tried again (a million bans take about a second; a disk
+/// that stalls for ever must not keep the change log growing for ever).
 const SNAPSHOT_TIME_LIMIT: Duration = Duration::from_secs(600);
 
 impl Daemon {
@@ -69,9 +70,10 @@ impl Daemon {
         }
     }
 
-    /// A snapshot written by a forked child while the loop goes on (see
-    /// `background`); written here, on the loop, when the child cannot be
-    /// made.
+    /// A snapshot written while the loop goes on: the loop hands the
+    /// tables over a slice at a time, a thread writes them (see
+    /// `bans::sliced`); written here, on the loop, when the thread cannot
+    /// be started.
     pub(super) fn start_snapshot(&mut self) {
         // The log holds every change up to now (the writer thread writes
         // it in order), and the snapshot covers exactly that log: it
@@ -80,12 +82,18 @@ impl Daemon {
             return self.save_bans();
         }
         let header = self.snapshot_header();
-        let (bans, path) = (&mut self.bans, &self.config.state_file);
-        match background::spawn(|| {
-            state::write_atomically(path, |out| bans.write_snapshot(out, &header))
-        }) {
-            Ok(child) => {
-                self.snapshot_writer = Some(child);
+        self.snapshot_id += 1;
+        let tell = self.snapshot_tell.clone();
+        match self.bans.start_sliced(
+            self.snapshot_id,
+            self.config.state_file.clone(),
+            &header,
+            move |event| {
+                let _ = tell.send(event);
+            },
+        ) {
+            Ok(writing) => {
+                self.snapshot = Some(writing);
                 self.snapshot_due = false;
                 // The log took every change above: none is left to write.
                 self.dirty = false;
@@ -97,22 +105,25 @@ impl Daemon {
         }
     }
 
-    /// Takes in the background snapshot's outcome, once it has one.
-    pub(super) fn reap_snapshot(&mut self) {
-        let Some(child) = &mut self.snapshot_writer else {
+    /// One of the snapshot writer's events: the next slices go out, or the
+    /// snapshot is done.
+    pub(super) fn on_snapshot(&mut self, event: Event) {
+        let Some(writing) = &mut self.snapshot else {
             return;
         };
-        let Some(done) = child.poll(SNAPSHOT_TIME_LIMIT) else {
-            return;
+        let done = match writing.on_event(event, &self.bans) {
+            Ok(None) => return,
+            Ok(Some(done)) => done,
+            Err(e) => Err(format!("{e:#}")),
         };
-        let paused = child.paused;
-        self.snapshot_writer = None;
+        let writing = self.snapshot.take().expect("a snapshot being written");
         match done {
             Ok(took) => {
                 tracing::info!(
-                    "state written in the background in {} ms (the loop paused {:.1} ms to start it)",
+                    "state written in the background in {} ms ({} slices on the loop, the longest {:.1} ms)",
                     took.as_millis(),
-                    paused.as_secs_f64() * 1e3
+                    writing.slices,
+                    writing.longest.as_secs_f64() * 1e3
                 );
                 if let Err(e) = self.changelog.drop_older() {
                     tracing::error!("removing the older change log failed: {e:#}");
@@ -120,10 +131,31 @@ impl Daemon {
             }
             Err(e) => {
                 // Both logs stay: what they hold is safe, the next tick tries again.
-                tracing::error!("saving state failed: {e:#}");
+                tracing::error!("saving state failed: {e}");
                 self.snapshot_due = true;
                 self.dirty = true;
             }
+        }
+        writing.stop();
+    }
+
+    /// A snapshot that outlived its time limit (a stalled disk) is stopped,
+    /// and tried again.
+    pub(super) fn check_snapshot(&mut self) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|w| w.started.elapsed() > SNAPSHOT_TIME_LIMIT)
+        {
+            tracing::error!(
+                "saving state failed: the snapshot took over {} s; trying again",
+                SNAPSHOT_TIME_LIMIT.as_secs()
+            );
+            if let Some(w) = self.snapshot.take() {
+                w.stop();
+            }
+            self.snapshot_due = true;
+            self.dirty = true;
         }
     }
 
@@ -131,8 +163,8 @@ impl Daemon {
     /// can be made); read positions go to their own file.
     pub(super) fn save_bans(&mut self) {
         // A snapshot being written in the background is of an older table.
-        if let Some(child) = self.snapshot_writer.take() {
-            child.kill();
+        if let Some(writing) = self.snapshot.take() {
+            writing.stop();
         }
         // The log first holds every change up to now, written: a crash
         // between the snapshot and the log's removal then replays lines
@@ -181,7 +213,7 @@ impl Daemon {
     /// table) and none is being written: while one is, changes go on into
     /// the new log.
     pub(super) fn snapshot_wanted(&self) -> bool {
-        self.snapshot_writer.is_none()
+        self.snapshot.is_none()
             && (self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len())
     }
 

@@ -5,6 +5,7 @@
 //! once, by `store::import`.
 pub mod changes;
 pub mod journal;
+pub mod sliced;
 pub mod snapshot;
 pub mod state;
 pub mod torn;

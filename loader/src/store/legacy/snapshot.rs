@@ -29,7 +29,8 @@ use std::{
 pub const MAGIC: &[u8] = b"SIPGUARD STATE 3\n";
 /// Form 2: no counts section; the counts are in the JSON part.
 pub const MAGIC_2: &[u8] = b"SIPGUARD STATE 2\n";
-const END: &[u8] = b"END\n";
+/// The end of a state, after the counts.
+pub const END: &[u8] = b"END\n";
 
 const HAS_END: u8 = 1;
 const HAS_MONO: u8 = 2;
@@ -63,6 +64,63 @@ pub fn write_parts<'a>(
     (n, bans): (usize, impl Iterator<Item = SavedBan>),
     counts: impl Iterator<Item = Count>,
 ) -> Result<()> {
+    let strings = Strings::new(strings);
+    write_head(out, header, &strings)?;
+    out.write_all(&(n as u64).to_le_bytes())?;
+    let mut written = 0;
+    let mut buf = Vec::with_capacity(512);
+    for b in bans {
+        written += 1;
+        buf.clear();
+        if !encode_ban(&mut buf, &b, &strings)? {
+            bail!("a ban's names are not in the string table");
+        }
+        out.write_all(&buf)?;
+    }
+    if written != n {
+        bail!("{written} bans written of {n} announced");
+    }
+    // The count is only known at the end: the counts go to a buffer first
+    // (short records, and as many as the bans at most).
+    let mut section = Vec::new();
+    let mut n: u64 = 0;
+    for count in counts {
+        encode_count(&mut section, &count)?;
+        n += 1;
+    }
+    out.write_all(&n.to_le_bytes())?;
+    out.write_all(&section)?;
+    out.write_all(END)?;
+    Ok(())
+}
+
+/// The strings the bans name by index, each once, in the order met.
+#[derive(Clone, Debug, Default)]
+pub struct Strings {
+    index: HashMap<String, u32>,
+    table: Vec<String>,
+}
+
+impl Strings {
+    pub fn new<'a>(strings: impl Iterator<Item = &'a str>) -> Self {
+        let mut me = Self::default();
+        for s in strings {
+            if !me.index.contains_key(s) {
+                me.index.insert(s.to_owned(), me.table.len() as u32);
+                me.table.push(s.to_owned());
+            }
+        }
+        me
+    }
+
+    fn at(&self, s: &str) -> Option<[u8; 4]> {
+        self.index.get(s).map(|i| i.to_le_bytes())
+    }
+}
+
+/// Everything before the bans' number: the magic, the header as JSON
+/// (without its bans and counts), the string table.
+pub fn write_head(out: &mut impl Write, header: &State, strings: &Strings) -> Result<()> {
     out.write_all(MAGIC)?;
     let rest = State {
         version: header.version,
@@ -77,74 +135,62 @@ pub fn write_parts<'a>(
     };
     let json = serde_json::to_vec(&rest)?;
     write_bytes32(out, &json)?;
-    // The strings, each once.
-    let mut index: HashMap<&str, u32> = HashMap::new();
-    let mut table: Vec<&str> = Vec::new();
-    for s in strings {
-        if !index.contains_key(s) {
-            index.insert(s, table.len() as u32);
-            table.push(s);
-        }
-    }
-    out.write_all(&(table.len() as u32).to_le_bytes())?;
-    for s in &table {
+    out.write_all(&(strings.table.len() as u32).to_le_bytes())?;
+    for s in &strings.table {
         write_bytes32(out, s.as_bytes())?;
     }
-    let at = |s: &str| -> Result<[u8; 4]> {
-        Ok(index
-            .get(s)
-            .with_context(|| format!("{s:?} is not in the string table"))?
-            .to_le_bytes())
+    Ok(())
+}
+
+/// Appends ban `b`'s record to `out`; false (and nothing appended) when
+/// one of its names is not in `strings`.
+pub fn encode_ban(out: &mut Vec<u8>, b: &SavedBan, strings: &Strings) -> Result<bool> {
+    let (Some(jail), Some(reason)) = (strings.at(&b.jail), strings.at(&b.reason)) else {
+        return Ok(false);
     };
-    out.write_all(&(n as u64).to_le_bytes())?;
-    let mut written = 0;
-    for b in bans {
-        written += 1;
-        let flags = if b.expires_at.is_some() { HAS_END } else { 0 }
-            | if b.expires_mono.is_some() {
-                HAS_MONO
-            } else {
-                0
-            }
-            | if b.all_ports { ALL_PORTS } else { 0 }
-            | if b.ports_only { PORTS_ONLY } else { 0 }
-            | if b.origin.is_some() { HAS_ORIGIN } else { 0 }
-            | if b.count > 0 { HAS_COUNT } else { 0 };
-        write_net(out, flags, &b.net)?;
-        out.write_all(&b.banned_at.to_le_bytes())?;
-        if let Some(end) = b.expires_at {
-            out.write_all(&end.to_le_bytes())?;
+    let origin = match &b.origin {
+        Some(o) => match strings.at(o) {
+            Some(at) => Some(at),
+            None => return Ok(false),
+        },
+        None => None,
+    };
+    let flags = if b.expires_at.is_some() { HAS_END } else { 0 }
+        | if b.expires_mono.is_some() {
+            HAS_MONO
+        } else {
+            0
         }
-        if let Some(mono) = b.expires_mono {
-            out.write_all(&mono.to_le_bytes())?;
-        }
-        out.write_all(&at(&b.jail)?)?;
-        out.write_all(&at(&b.reason)?)?;
-        if let Some(origin) = &b.origin {
-            out.write_all(&at(origin)?)?;
-        }
-        write_bytes32(out, b.line.as_bytes())?;
-        if b.count > 0 {
-            out.write_all(&b.count.to_le_bytes())?;
-        }
+        | if b.all_ports { ALL_PORTS } else { 0 }
+        | if b.ports_only { PORTS_ONLY } else { 0 }
+        | if b.origin.is_some() { HAS_ORIGIN } else { 0 }
+        | if b.count > 0 { HAS_COUNT } else { 0 };
+    write_net(out, flags, &b.net)?;
+    out.extend_from_slice(&b.banned_at.to_le_bytes());
+    if let Some(end) = b.expires_at {
+        out.extend_from_slice(&end.to_le_bytes());
     }
-    if written != n {
-        bail!("{written} bans written of {n} announced");
+    if let Some(mono) = b.expires_mono {
+        out.extend_from_slice(&mono.to_le_bytes());
     }
-    // The count is only known at the end: the counts go to a buffer first
-    // (short records, and as many as the bans at most).
-    let mut section = Vec::new();
-    let mut n: u64 = 0;
-    for (net, bans, at) in counts {
-        section.push(u8::try_from(net.len()).context("a network's text is too long")?);
-        section.extend_from_slice(net.as_bytes());
-        section.extend_from_slice(&bans.to_le_bytes());
-        section.extend_from_slice(&at.to_le_bytes());
-        n += 1;
+    out.extend_from_slice(&jail);
+    out.extend_from_slice(&reason);
+    if let Some(origin) = origin {
+        out.extend_from_slice(&origin);
     }
-    out.write_all(&n.to_le_bytes())?;
-    out.write_all(&section)?;
-    out.write_all(END)?;
+    write_bytes32(out, b.line.as_bytes())?;
+    if b.count > 0 {
+        out.extend_from_slice(&b.count.to_le_bytes());
+    }
+    Ok(true)
+}
+
+/// Appends a count's record to `out`.
+pub fn encode_count(out: &mut Vec<u8>, (net, bans, at): &Count) -> Result<()> {
+    out.push(u8::try_from(net.len()).context("a network's text is too long")?);
+    out.extend_from_slice(net.as_bytes());
+    out.extend_from_slice(&bans.to_le_bytes());
+    out.extend_from_slice(&at.to_le_bytes());
     Ok(())
 }
 

@@ -560,11 +560,10 @@ fn bulk(out: &mut Section) -> Result<f64> {
 }
 
 /// A snapshot while the daemon runs (due when the change log outgrows the
-/// table; here the state is cut short, so one is due at once), written by
-/// a forked child: how long the loop paused, against `on_loop` (the
-/// stop's snapshot, written on the loop), and what the child cost in
-/// memory of its own (the pages the daemon changed meanwhile, which the
-/// two no longer share, and the child's buffers).
+/// table; here the state is cut short, so one is due at once), its tables
+/// handed a slice at a time to a writer thread: how long the longest slice
+/// held the loop, against `on_loop` (the stop's snapshot, written on the
+/// loop whole), and the daemon's peak memory meanwhile.
 fn background_snapshot(out: &mut Section, pair: &Pair, sb: &Sandbox, on_loop: f64) -> Result<()> {
     let len = std::fs::metadata(sb.state())?.len();
     std::fs::OpenOptions::new()
@@ -572,7 +571,6 @@ fn background_snapshot(out: &mut Section, pair: &Pair, sb: &Sandbox, on_loop: f6
         .open(sb.state())?
         .set_len(len - 1)?;
     let mut daemon = Daemon::start(&pair.server, sb, &["--iface", &pair.server_if])?;
-    let mut child_mib = 0.0f64;
     let deadline = Instant::now() + Duration::from_secs(60);
     let line = loop {
         let log = daemon.log();
@@ -585,48 +583,25 @@ fn background_snapshot(out: &mut Section, pair: &Pair, sb: &Sandbox, on_loop: f6
         if log.contains("saving state failed") || Instant::now() > deadline {
             bail!("no snapshot written in the background:\n{log}");
         }
-        for child in children(daemon.pid()) {
-            child_mib = child_mib.max(private_dirty_mib(child).unwrap_or(0.0));
-        }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let (_, peak) = memory(daemon.pid())?;
     daemon.stop()?;
-    // "... in N ms (the loop paused P ms to start it)"
+    // "... in N ms (S slices on the loop, the longest L ms)"
     let number_after = |key: &str| -> Result<f64> {
         let rest = line
             .split(key)
             .nth(1)
             .with_context(|| format!("{key:?} in {line:?}"))?;
-        Ok(rest.split(' ').next().unwrap_or("").parse()?)
+        Ok(rest.split([' ', ')']).next().unwrap_or("").parse()?)
     };
-    let (took_ms, paused_ms) = (number_after("background in ")?, number_after("paused ")?);
-    say!(out, "| sipguard daemon: the {SAVED} bans written whole while it runs (the snapshot due when the change log outgrows the table), by a forked child | {:.2} | | the loop paused {paused_ms:.1} ms to fork ({:.0}× less than on the loop); the child's own memory {child_mib:.0} MiB at most |", took_ms / 1e3, on_loop * 1e3 / paused_ms);
+    let (took_ms, slices, longest_ms) = (
+        number_after("background in ")?,
+        number_after("ms (")?,
+        number_after("the longest ")?,
+    );
+    say!(out, "| sipguard daemon: the {SAVED} bans written whole while it runs (the snapshot due when the change log outgrows the table), handed a slice at a time to a writer thread | {:.2} | | {slices:.0} slices, the longest held the loop {longest_ms:.1} ms ({:.0}× less than the whole on the loop); peak {peak:.0} MiB |", took_ms / 1e3, on_loop * 1e3 / longest_ms);
     Ok(())
-}
-
-/// The children of process `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// The memory `pid` holds alone (written, not shared): for a forked
-/// child, what the fork cost.
-fn private_dirty_mib(pid: u32) -> Result<f64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let line = rollup
-        .lines()
-        .find(|l| l.starts_with("Private_Dirty:"))
-        .context("no Private_Dirty")?;
-    Ok(line["Private_Dirty:".len()..]
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse::<f64>()?
-        / 1024.0)
 }
 
 /// (resident, peak resident) MiB of `pid`.

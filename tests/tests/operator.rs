@@ -243,3 +243,37 @@ fn offline_bans_racing_the_daemons_start_are_all_kept() -> Result<()> {
     }
     Ok(())
 }
+
+/// `sipguard export` while the daemon runs: the saved bans in a database
+/// read with plain SQL, each with its jail and matched line, a ban made
+/// a moment ago included (the change log is laid over the snapshot).
+#[test]
+fn the_saved_bans_are_read_with_sql_while_the_daemon_runs() -> Result<()> {
+    let s = Setup::new(CONFIG)?;
+    append_failures(&s.sb, CLIENT_V4, 3)?;
+    wait_until(5, "banned by the log", || Ok(s.banned()? == [CLIENT_V4]))?;
+    s.cli(&["ban", "192.0.2.99", "--for", "1h"])?;
+    let out = s.sb.dir.path().join("bans.db");
+    let rows = || -> Result<Vec<(String, String, String)>> {
+        s.cli(&["export", out.to_str().unwrap()])?;
+        let conn = rusqlite::Connection::open(&out)?;
+        let mut rows = conn
+            .prepare("SELECT net, jail, line FROM bans_readable ORDER BY net")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.sort();
+        Ok(rows)
+    };
+    // Within a tick of the ban, the change log has it.
+    wait_until(5, "both bans in the export", || Ok(rows()?.len() == 2))?;
+    let rows = rows()?;
+    let of = |net: &str| rows.iter().find(|r| r.0 == net);
+    let logged = of(&format!("{CLIENT_V4}/32")).expect("the log's ban");
+    assert_eq!(logged.1, "freeswitch", "{rows:?}");
+    assert!(logged.2.contains(CLIENT_V4), "the matched line: {rows:?}");
+    assert_eq!(of("192.0.2.99/32").map(|r| r.1.as_str()), Some("manual"));
+    // Only the operator reads it: it holds SIP usernames.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&out)?.permissions().mode() & 0o077, 0);
+    Ok(())
+}

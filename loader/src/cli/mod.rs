@@ -82,6 +82,12 @@ pub enum Command {
         #[arg(long)]
         allowed: bool,
     },
+    /// Write the saved state (bans, ban counts, read positions, the allowlist)
+    /// into a new SQLite database at PATH, to read with sqlite3.
+    Export {
+        /// The database to write (replaced if it exists).
+        path: PathBuf,
+    },
     /// Show the program's verdict counters.
     Stats {
         #[arg(long)]
@@ -219,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Allow { net } => do_allow(cli, net),
         Command::Disallow { net } => do_disallow(cli, net),
         Command::List { json, allowed } => do_list(cli, *json, *allowed),
+        Command::Export { path } => do_export(cli, path),
         Command::Stats { json } => do_stats(cli, *json),
         Command::Top { interval, json } => do_top(cli, *interval, *json),
         Command::Status { jail, json, wait } => do_status(cli, jail.as_deref(), *json, *wait),
@@ -370,6 +377,25 @@ fn do_list(cli: &Cli, json: bool, allowed: bool) -> Result<()> {
         }
     }
     show::list_bans(&maps, &notes, json)
+}
+
+fn do_export(cli: &Cli, path: &Path) -> Result<()> {
+    let state_file = paths(cli).state_file;
+    let e = crate::store::export::export(&state_file, path)?;
+    println!(
+        "exported {} ban(s) and {} ban count(s) from {} ({} logged and {} journaled change(s) laid over it) to {}",
+        e.bans,
+        e.counts,
+        state_file.display(),
+        e.changes,
+        e.journaled,
+        path.display()
+    );
+    println!(
+        "read it with: sqlite3 {} 'SELECT * FROM bans_readable LIMIT 20'",
+        path.display()
+    );
+    Ok(())
 }
 
 fn do_stats(cli: &Cli, json: bool) -> Result<()> {

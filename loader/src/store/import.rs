@@ -127,7 +127,7 @@ pub fn import(conn: &Connection, state_file: &Path) -> Result<Option<Imported>> 
 
 /// The state file with its change logs laid over it, as the daemon read
 /// them at start, streamed into the database.
-fn import_whole(conn: &Connection, state_file: &Path) -> Result<Imported> {
+pub(super) fn import_whole(conn: &Connection, state_file: &Path) -> Result<Imported> {
     let mut opened = state::open_with_positions(state_file)?;
     let mut header = std::mem::take(&mut opened.state);
     let (changes, mut over) = changes::read(state_file, &mut header)?;

@@ -1,22 +1,24 @@
-//! Everything sipguard keeps on disk, in one SQLite database beside where
-//! the state file was (`state.json` → `state.db`): bans, ban counts, read
-//! positions, feed cursors, the operator's allowlist (see `schema`).
+//! Everything sipguard keeps on disk.
+//!
+//! The daemon's state is `legacy`'s files: a binary snapshot, a change log
+//! laid over it, the offline journal, read positions. A SQLite database
+//! (`schema`) was built to replace them and measured against the issue's
+//! gate (BENCHMARKS.md, "The state store"); it missed the start-up and
+//! sustained-rate rows, so the daemon keeps the files, and the database is
+//! what `sipguard export` writes for an operator to read with `sqlite3`
+//! (`export`, through `import`'s reading of the files).
 //!
 //! A layer under the daemon and the CLI, above `kernel`: it knows records
 //! (`records`), never the ban manager's tables, so `bans` can use it and
 //! it uses nothing of `bans`.
 //!
-//! - start: `Store::open` (takes in older state files once, see
-//!   `import`), `Store::restore` (the state, the bans one at a time), then
-//!   `Store::writer`;
-//! - each tick: `Writer::send(Batch)`, one transaction on the writer's
-//!   thread; `Writer::durable`/`wait` say what is committed;
-//! - stop: `Writer::close`;
-//! - the CLI while no daemon runs: `offline::begin`.
-//!
-//! `legacy` holds the state files' readers and writers from before (the
-//! daemon still writes them until it is moved onto the store).
+//! The database's own path, as measured (`cargo xtask bench scale-store`)
+//! and tested (`tests/tests/store_*.rs`): `Store::open` (takes in older
+//! state files once, see `import`), `Store::restore`, `Store::writer` (a
+//! tick's `Batch` per transaction on a thread of its own), `offline` (the
+//! CLI's changes, `BEGIN IMMEDIATE`).
 pub mod batch;
+pub mod export;
 pub mod import;
 pub mod legacy;
 pub mod offline;

@@ -1,8 +1,6 @@
-//! The state files sipguard wrote before the database: the state file
-//! (binary snapshot, or the JSON of older versions), its read positions,
-//! its change log, and the offline journal. The daemon still writes them
-//! until it is moved onto the database; after that they are only read,
-//! once, by `store::import`.
+//! The state files the daemon keeps: the state file (binary snapshot, or
+//! the JSON of older versions, still read), its read positions, its change
+//! log, the offline journal, and the snapshot's writer thread (`sliced`).
 pub mod changes;
 pub mod journal;
 pub mod sliced;

@@ -86,15 +86,23 @@ fn batch(from: u32, to: u32, unban: std::ops::Range<u32>, now: i64) -> Batch {
     }
 }
 
-/// This process's peak resident memory since the last reset, MiB (0 when
-/// it cannot be read).
-fn peak_mib() -> f64 {
-    crate::scale::memory(std::process::id()).map_or(0.0, |(_, hwm)| hwm)
+thread_local! {
+    /// This process's resident memory when the peak was last reset: what
+    /// the rows before (in `bench scale`, the daemon's) left in it.
+    static BASE_MIB: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
 }
 
-/// Starts a new peak (Linux: "5" to `clear_refs` resets `VmHWM`).
+/// How far this process's resident memory rose since the last reset, at
+/// its peak, MiB (0 when it cannot be read).
+fn peak_mib() -> f64 {
+    crate::scale::memory(std::process::id()).map_or(0.0, |(_, hwm)| (hwm - BASE_MIB.get()).max(0.0))
+}
+
+/// Starts a new peak (Linux: "5" to `clear_refs` resets `VmHWM` to the
+/// resident memory now, which is the base the next peak is taken from).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    BASE_MIB.set(crate::scale::memory(std::process::id()).map_or(0.0, |(rss, _)| rss));
 }
 
 fn mib(path: &Path) -> f64 {
@@ -154,7 +162,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
 
     say!(out, "\n## The state store (SQLite), {SAVED} bans\n");
-    say!(out, "The database the daemon is to keep its state in (`loader/src/store`), on the same bans as the snapshot it replaces (each with its matched line). Writes go through the writer thread, one transaction per batch, at most two batches in flight.\n");
+    say!(out, "The SQLite database built to replace the daemon's state files (`loader/src/store`), on the same bans as the snapshot (each with its matched line). Writes go through the writer thread, one transaction per batch, at most two batches in flight. Memory is how far this process's resident set rose during the row.\n");
     say!(out, "| what | figure | longest transaction | memory |");
     say!(out, "|---|---:|---:|---:|");
 
@@ -175,7 +183,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let wrote = started.elapsed();
     let p = writer.close()?;
     let rate = f64::from(SAVED) / wrote.as_secs_f64();
-    say!(out, "| write {SAVED} bans into an empty database, {} batches of {BATCH} | {rate:.0} bans/s ({:.2} s) | {:.1} ms (mean {:.1} ms) | peak {:.0} MiB |", p.batches, wrote.as_secs_f64(), ms(p.longest), ms(p.busy) / p.batches.max(1) as f64, peak_mib());
+    say!(out, "| write {SAVED} bans into an empty database, {} batches of {BATCH} | {rate:.0} bans/s ({:.2} s) | {:.1} ms (mean {:.1} ms) | peak +{:.0} MiB |", p.batches, wrote.as_secs_f64(), ms(p.longest), ms(p.busy) / p.batches.max(1) as f64, peak_mib());
 
     // Sustained: new bans in, the oldest out, for `sustained`.
     reset_peak();
@@ -196,7 +204,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let p = writer.close()?;
     let banned = next_ban - SAVED;
     let sustained_rate = f64::from(banned) / took.as_secs_f64();
-    say!(out, "| sustained for {:.0} s: batches of {BATCH} new bans and {BATCH} of the oldest lifted (the table stays at {SAVED}), as fast as the writer takes them | {sustained_rate:.0} bans/s ({banned} bans, {} batches) | {:.1} ms (mean {:.1} ms) | peak {:.0} MiB |", took.as_secs_f64(), p.batches, ms(p.longest), ms(p.busy) / p.batches.max(1) as f64, peak_mib());
+    say!(out, "| sustained for {:.0} s: batches of {BATCH} new bans and {BATCH} of the oldest lifted (the table stays at {SAVED}), as fast as the writer takes them | {sustained_rate:.0} bans/s ({banned} bans, {} batches) | {:.1} ms (mean {:.1} ms) | peak +{:.0} MiB |", took.as_secs_f64(), p.batches, ms(p.longest), ms(p.busy) / p.batches.max(1) as f64, peak_mib());
 
     // Small ticks on the full table, one at a time.
     let mut writer = Store::open_db(&db)?.writer()?;
@@ -265,7 +273,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     let snap_peak = peak_mib();
     ensure!(read == SAVED, "snapshot read {read} of {SAVED}");
     let restore_ratio = restored.as_secs_f64() / snap_read.as_secs_f64();
-    say!(out, "| restore {bans} bans (the newest {} MiB of lines) from the store, against the snapshot's read of the same bans ({:.0} ms, peak {snap_peak:.0} MiB) | {:.0} ms, {restore_ratio:.2}× the snapshot's | | peak {restore_peak:.0} MiB |", lines >> 20, ms(snap_read), ms(restored));
+    say!(out, "| restore {bans} bans (the newest {} MiB of lines) from the store, against the snapshot's read of the same bans ({:.0} ms, peak +{snap_peak:.0} MiB) | {:.0} ms, {restore_ratio:.2}× the snapshot's | | peak +{restore_peak:.0} MiB |", lines >> 20, ms(snap_read), ms(restored));
 
     // The same into a ban manager and empty kernel maps, as a start after
     // a reboot restores them (root: loads the XDP program's maps).
@@ -299,7 +307,7 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
     };
     let start_on_store = today + extra;
     let verdict = |ok: bool| if ok { "passes" } else { "fails" };
-    say!(out, "\nGate (the issue's, before the store replaces the state files): (a) start with {SAVED} bans ready ≤ {READY_SECS:.1} s, estimated as today's start ({today:.2} s{}) less {how} plus the store's: {start_on_store:.2} s, {} by {:.2} s; (b) ≥ {RATE:.0} bans/s sustained: {sustained_rate:.0}, {} by {:.0}%; (e) database ≤ {SIZE_RATIO:.0}× the state file: {size_ratio:.2}×, {} by {:.2}×. (c) memory and (d) kill -9 are measured elsewhere (the daemon's rows once it runs on the store; `tests/tests/store_crash.rs`).",
+    say!(out, "\nGate (the issue's, before the store replaces the state files): (a) start with {SAVED} bans ready ≤ {READY_SECS:.1} s, estimated as today's start ({today:.2} s{}) less {how} plus the store's: {start_on_store:.2} s, {} by {:.2} s; (b) ≥ {RATE:.0} bans/s sustained: {sustained_rate:.0}, {} by {:.0}%; (e) database ≤ {SIZE_RATIO:.0}× the state file: {size_ratio:.2}×, {} by {:.2}×. (c) memory is the rows' own above; (d) kill -9 is `tests/tests/store_crash.rs`. {}",
         if start.is_some() { ", measured above" } else { ", BENCHMARKS.md's" },
         verdict(start_on_store <= READY_SECS),
         (READY_SECS - start_on_store).abs(),
@@ -307,6 +315,11 @@ pub fn run(out: &mut Section, start: Option<f64>) -> Result<()> {
         (sustained_rate / RATE - 1.0).abs() * 100.0,
         verdict(size_ratio <= SIZE_RATIO),
         (SIZE_RATIO - size_ratio).abs(),
+        if start_on_store <= READY_SECS && sustained_rate >= RATE && size_ratio <= SIZE_RATIO {
+            "The store meets the gate."
+        } else {
+            "The store misses the gate: the daemon keeps the state files (the snapshot, written a slice at a time by a thread, and the change log), and the database is what `sipguard export` writes for an operator to read."
+        },
     );
     Ok(())
 }

@@ -7,7 +7,10 @@
 //! slot, sorted by the thread: a restore finds them in the pinned maps in
 //! one walk), their bans in that order, then the counts by slot. No step
 //! costs the loop more than a slice; none copies a table.
-use super::{counted_at, saved_remote, BanManager};
+use super::{
+    saved::{counted_at, saved_remote},
+    BanManager,
+};
 use crate::{
     kernel::clock::{self, Clock as _},
     store::legacy::{

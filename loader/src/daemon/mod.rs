@@ -21,6 +21,7 @@ use std::{
 };
 
 mod announce;
+mod assemble;
 mod boot;
 mod configure;
 mod engine;
@@ -29,6 +30,7 @@ mod evidence;
 mod fleet_intake;
 mod requests;
 mod saving;
+mod scrape;
 mod views;
 
 pub use configure::{Overrides, RunOptions};

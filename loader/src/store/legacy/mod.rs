@@ -3,6 +3,7 @@
 //! log, the offline journal, and the snapshot's writer thread (`sliced`).
 pub mod changes;
 pub mod journal;
+pub mod overrides;
 pub mod sliced;
 pub mod snapshot;
 pub mod state;

@@ -1,6 +1,6 @@
 //! The store survives a daemon killed at any point: a child process hands
 //! batches to the store's writer and says each one the writer acknowledged;
-//! it is killed (SIGKILL) at a random moment, 20 times, a new one going on
+//! it is killed (SIGKILL) at a random moment, 50 times, a new one going on
 //! where the last left off. After each kill the database passes SQLite's
 //! integrity check, holds every acknowledged batch, and holds each batch
 //! whole or not at all.
@@ -13,7 +13,7 @@ use std::{
 };
 
 const CHILD: &str = "SIPGUARD_STORE_CRASH_CHILD";
-const KILLS: usize = 20;
+const KILLS: usize = 50;
 /// Bans per batch: a transaction long enough to be killed inside.
 const PER_BATCH: u32 = 500;
 

@@ -253,7 +253,9 @@ fn the_saved_bans_are_read_with_sql_while_the_daemon_runs() -> Result<()> {
     append_failures(&s.sb, CLIENT_V4, 3)?;
     wait_until(5, "banned by the log", || Ok(s.banned()? == [CLIENT_V4]))?;
     s.cli(&["ban", "192.0.2.99", "--for", "1h"])?;
-    let out = s.sb.dir.path().join("bans.db");
+    // Not beside the state: the export refuses that folder.
+    let elsewhere = tempfile::tempdir()?;
+    let out = elsewhere.path().join("bans.db");
     let rows = || -> Result<Vec<(String, String, String)>> {
         s.cli(&["export", out.to_str().unwrap()])?;
         let conn = rusqlite::Connection::open(&out)?;

@@ -127,10 +127,22 @@ fn a_snapshot_written_in_slices_while_bans_change_holds_them_all() -> Result<()>
         let _ = tx.send(e);
     })?;
     let mut step = 0u32;
+    // At the finish, as the daemon does: every change since the start goes
+    // to the log (here, kept aside), and the tables as they are then.
+    let mut at_finish: Option<(Vec<Change>, State)> = None;
     let done = loop {
         let event = rx.recv_timeout(Duration::from_secs(60))?;
         if let Some(done) = writing.on_event(event, &m)? {
             break done;
+        }
+        if writing.ready_to_finish() {
+            let logged = m.take_changes(usize::MAX);
+            let mut whole = Vec::new();
+            m.write_snapshot(&mut whole, &header)?;
+            at_finish = Some((logged, snapshot::read(&whole)?));
+            let (tx, rx) = std::sync::mpsc::channel();
+            tx.send(true)?;
+            writing.finish(rx)?;
         }
         // Between two slices, what the loop's other work does: new bans
         // among the old ones, bans lifted and widened, early and late in
@@ -157,6 +169,24 @@ fn a_snapshot_written_in_slices_while_bans_change_holds_them_all() -> Result<()>
         "{} bans in the snapshot",
         restored.bans.len()
     );
+    // What is on disk the moment the snapshot is in place (a crash then):
+    // the snapshot with the log as written at its finish holds the tables
+    // as they were at the finish.
+    let (logged, then) = at_finish.expect("finished");
+    lay_over(&mut restored, logged);
+    let (bans, counts) = view(&restored);
+    let (want_bans, want_counts) = view(&then);
+    assert_eq!(
+        differences(&bans, &want_bans),
+        (vec![], vec![]),
+        "bans at the finish"
+    );
+    assert_eq!(
+        differences(&counts, &want_counts),
+        (vec![], vec![]),
+        "counts at the finish"
+    );
+    // And with what the log took after: the tables now.
     lay_over(&mut restored, m.take_changes(usize::MAX));
     let mut whole = Vec::new();
     m.write_snapshot(&mut whole, &header)?;
@@ -196,6 +226,7 @@ fn a_snapshot_stopped_half_way_leaves_the_last_one() -> Result<()> {
     for _ in 0..3 {
         let event = rx.recv_timeout(Duration::from_secs(60))?;
         assert!(writing.on_event(event, &m)?.is_none());
+        assert!(!writing.ready_to_finish());
     }
     writing.stop();
     assert!(state::load(&path)?.bans.is_empty());

@@ -52,10 +52,20 @@ pub struct Sliced {
 }
 
 enum Phase {
-    Gather { local: u32, remote: u32 },
+    Gather {
+        local: u32,
+        remote: u32,
+    },
     Sorting,
-    Bans { keys: Vec<IpNet>, at: usize },
-    Counts { at: u32 },
+    Bans {
+        keys: Vec<IpNet>,
+        at: usize,
+    },
+    Counts {
+        at: u32,
+    },
+    /// Every slice is handed over: `finish` next.
+    Counted,
     Finishing,
 }
 
@@ -123,9 +133,28 @@ impl Sliced {
         Ok(None)
     }
 
+    /// Every slice is handed over: the caller logs every change made
+    /// since the start, then calls `finish`.
+    pub fn ready_to_finish(&self) -> bool {
+        matches!(self.phase, Phase::Counted)
+    }
+
+    /// Lets the writer put the file in place once `log_written` says the
+    /// change log holds every change made since the start (a ban the walk
+    /// skipped or caught half way is there).
+    pub fn finish(&mut self, log_written: std::sync::mpsc::Receiver<bool>) -> Result<()> {
+        self.phase = Phase::Finishing;
+        self.writer.send(Part::Finish(log_written))
+    }
+
     /// Stops the writer; the state file stays as it was.
     pub fn stop(self) {
         self.writer.stop();
+    }
+
+    /// Stops the writer without waiting for it (see `Writer::abandon`).
+    pub fn abandon(self) {
+        self.writer.abandon();
     }
 
     /// Hands slices over until `IN_FLIGHT` wait, or the thread has to
@@ -162,7 +191,7 @@ impl Sliced {
                     Part::Sort
                 }
             }
-            Phase::Sorting | Phase::Finishing => return Ok(None),
+            Phase::Sorting | Phase::Counted | Phase::Finishing => return Ok(None),
             Phase::Bans { keys, at } => {
                 if *at >= keys.len() {
                     self.phase = Phase::Counts { at: 0 };
@@ -175,8 +204,8 @@ impl Sliced {
             }
             Phase::Counts { at } => {
                 if *at >= bans.counts.slot_end() {
-                    self.phase = Phase::Finishing;
-                    return Ok(Some(Part::Finish));
+                    self.phase = Phase::Counted;
+                    return Ok(None);
                 }
                 let to = at.saturating_add(COUNTS_PER_SLICE);
                 let now = now();

@@ -112,6 +112,10 @@ impl Daemon {
             return;
         };
         let done = match writing.on_event(event, &self.bans) {
+            Ok(None) if writing.ready_to_finish() => match self.finish_snapshot() {
+                Ok(()) => return,
+                Err(e) => Err(format!("{e:#}")),
+            },
             Ok(None) => return,
             Ok(Some(done)) => done,
             Err(e) => Err(format!("{e:#}")),
@@ -139,8 +143,22 @@ impl Daemon {
         writing.stop();
     }
 
-    /// A snapshot that outlived its time limit (a stalled disk) is stopped,
-    /// and tried again.
+    /// Every slice is written: the change log gets every change made since
+    /// the snapshot began (bans it skipped or caught half way among them),
+    /// and the file goes in place once the log says they are written.
+    fn finish_snapshot(&mut self) -> anyhow::Result<()> {
+        if !self.append_changes(usize::MAX) {
+            anyhow::bail!("the change log could not take the changes made meanwhile");
+        }
+        let log_written = self.changelog.barrier();
+        self.snapshot
+            .as_mut()
+            .expect("a snapshot being written")
+            .finish(log_written)
+    }
+
+    /// A snapshot that outlived its time limit (a stalled disk) is let go
+    /// (never waited for: that would stall the loop as long), and tried again.
     pub(super) fn check_snapshot(&mut self) {
         if self
             .snapshot
@@ -152,7 +170,7 @@ impl Daemon {
                 SNAPSHOT_TIME_LIMIT.as_secs()
             );
             if let Some(w) = self.snapshot.take() {
-                w.stop();
+                w.abandon();
             }
             self.snapshot_due = true;
             self.dirty = true;

@@ -12,7 +12,11 @@
 //! A running daemon may put a new snapshot in place, or move its change
 //! log aside, while they are read: the files are looked at before and
 //! after, and read again when one changed.
-use super::{import, legacy::journal, offline, schema};
+use super::{
+    import,
+    legacy::{changes, journal},
+    offline, schema,
+};
 use anyhow::{bail, Context as _, Result};
 use std::{
     fs,
@@ -45,13 +49,11 @@ pub fn export(state_file: &Path, out: &Path) -> Result<Exported> {
             state_file.display()
         );
     }
-    let theirs: Vec<PathBuf> = import::legacy_files(state_file)
-        .into_iter()
-        .chain([super::db_path(state_file)])
-        .collect();
-    if theirs.iter().any(|p| same_file(p, out)) {
+    // Never beside the state: a name there may be one the daemon writes
+    // (a snapshot's temporary file, a log begun anew).
+    if in_folder_of(out, state_file) {
         bail!(
-            "{} is one of sipguard's own state files: export to another path",
+            "{} is in sipguard's state folder: export to another folder",
             out.display()
         );
     }
@@ -83,13 +85,10 @@ fn try_export(state_file: &Path, tmp: &Path) -> Result<Option<Exported>> {
     let conn = schema::open(tmp)?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| -> Result<Exported> {
-        let whole = import::import_whole(&conn, state_file)?;
-        // The journal (changes made while no daemon ran), under its lock:
-        // no CLI is halfway through a line.
-        let journaled = match journal::path(state_file).exists() {
-            true => journal::lock(state_file)?.changes()?,
-            false => Vec::new(),
-        };
+        let whole = import::import_whole(&conn, state_file, true)?;
+        // The journal (changes made while no daemon ran), read as it is: a
+        // line a CLI is writing is skipped.
+        let journaled = journal::read_changes(state_file)?;
         for change in &journaled {
             if let Err(e) = offline::apply(&conn, change) {
                 tracing::warn!("journal: skipping {change:?}: {e:#}");
@@ -117,20 +116,34 @@ fn try_export(state_file: &Path, tmp: &Path) -> Result<Option<Exported>> {
     Ok(Some(exported))
 }
 
-/// Which files the state is in now (a new snapshot, a log moved aside or
+/// Which files the bans are in now (a new snapshot, a log moved aside or
 /// begun anew are new files); appends to a log are not changes (a read of
-/// part of them is the state a moment earlier).
+/// part of them is the state a moment earlier). The read positions and the
+/// journal are read whole, and replaced or appended whole: not in it.
 fn fingerprint(state_file: &Path) -> Vec<Option<(u64, u64)>> {
-    import::legacy_files(state_file)
-        .iter()
-        .map(|p| fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
-        .collect()
+    [
+        state_file.to_owned(),
+        changes::older_path(state_file),
+        changes::path(state_file),
+    ]
+    .iter()
+    .map(|p| fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+    .collect()
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => a == b,
+/// Whether `out` would be in the folder of `state_file`.
+fn in_folder_of(out: &Path, state_file: &Path) -> bool {
+    let folder = |p: &Path| -> Option<PathBuf> {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        fs::canonicalize(parent).ok()
+    };
+    match (folder(out), folder(state_file)) {
+        (Some(a), Some(b)) => a == b,
+        // A folder that cannot be looked at: refused rather than guessed.
+        _ => true,
     }
 }
 
@@ -205,7 +218,8 @@ mod tests {
         fs::write(changes::path(&state_file), lines).unwrap();
         let before = fs::read(&state_file).unwrap();
 
-        let out = dir.path().join("bans.db");
+        let elsewhere = tempfile::tempdir().unwrap();
+        let out = elsewhere.path().join("bans.db");
         let exported = export(&state_file, &out).unwrap();
         assert_eq!((exported.bans, exported.changes), (2, 2));
         let conn = rusqlite::Connection::open(&out).unwrap();
@@ -225,7 +239,7 @@ mod tests {
             ]
         );
         // One self-contained file.
-        assert!(!dir.path().join("bans.db-wal").exists());
+        assert!(!elsewhere.path().join("bans.db-wal").exists());
         assert_eq!(fs::read(&state_file).unwrap(), before);
         assert!(changes::path(&state_file).exists());
         assert!(!super::super::db_path(&state_file).exists());
@@ -235,23 +249,51 @@ mod tests {
         assert_eq!(export(&state_file, &out).unwrap().bans, 2);
     }
 
-    /// No state, or a path that is one of sipguard's own files: a clear
-    /// error, and nothing written.
+    /// No state, or a path beside the state (one of sipguard's own files,
+    /// or a name it may write): a clear error, and nothing written.
     #[test]
     fn an_export_over_the_state_or_without_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state_file = dir.path().join("state.json");
-        let err = export(&state_file, &dir.path().join("x.db")).unwrap_err();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let err = export(&state_file, &elsewhere.path().join("x.db")).unwrap_err();
         assert!(format!("{err:#}").contains("no saved state"), "{err:#}");
         state::save(&state_file, &State::default()).unwrap();
-        let err = export(&state_file, &state_file).unwrap_err();
-        assert!(format!("{err:#}").contains("own state files"), "{err:#}");
-        let err = export(&state_file, &changes::path(&state_file)).unwrap_err();
-        assert!(format!("{err:#}").contains("own state files"), "{err:#}");
+        for out in [
+            state_file.clone(),
+            changes::path(&state_file),
+            dir.path().join(".state.json.snapshot-1.tmp"),
+        ] {
+            let err = export(&state_file, &out).unwrap_err();
+            assert!(format!("{err:#}").contains("state folder"), "{err:#}");
+        }
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "only the state file"
         );
+    }
+
+    /// A damaged state file is an error of the export's, and stays where
+    /// it is: only the daemon moves it aside (a good one may be landing).
+    #[test]
+    fn a_damaged_state_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_file = dir.path().join("state.json");
+        let saved = State {
+            version: VERSION,
+            bans: (0..50).map(|i| ban(&format!("192.0.2.{i}/32"))).collect(),
+            ..Default::default()
+        };
+        state::save(&state_file, &saved).unwrap();
+        let bytes = fs::read(&state_file).unwrap();
+        fs::write(&state_file, &bytes[..bytes.len() / 2]).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let out = elsewhere.path().join("bans.db");
+        let err = export(&state_file, &out).unwrap_err();
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+        assert_eq!(fs::read(&state_file).unwrap(), &bytes[..bytes.len() / 2]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 }

@@ -15,7 +15,7 @@ use super::{
     legacy::{changes, journal, state},
     offline, schema,
 };
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use rusqlite::Connection;
 use std::{
     fs,
@@ -80,7 +80,7 @@ pub fn import(conn: &Connection, state_file: &Path) -> Result<Option<Imported>> 
             .iter()
             .any(|&i| legacy_files(state_file)[i].exists());
         let mut imported = if whole {
-            import_whole(conn, state_file)?
+            import_whole(conn, state_file, false)?
         } else {
             import_positions(conn, state_file)?;
             Imported::default()
@@ -127,8 +127,17 @@ pub fn import(conn: &Connection, state_file: &Path) -> Result<Option<Imported>> 
 
 /// The state file with its change logs laid over it, as the daemon read
 /// them at start, streamed into the database.
-pub(super) fn import_whole(conn: &Connection, state_file: &Path) -> Result<Imported> {
-    let mut opened = state::open_with_positions(state_file)?;
+/// `read_only` (`sipguard export`): a damaged state file is an error, and
+/// stays where it is.
+pub(super) fn import_whole(
+    conn: &Connection,
+    state_file: &Path,
+    read_only: bool,
+) -> Result<Imported> {
+    let mut opened = match read_only {
+        true => state::open_with_positions_read_only(state_file)?,
+        false => state::open_with_positions(state_file)?,
+    };
     let mut header = std::mem::take(&mut opened.state);
     let (changes, mut over) = changes::read(state_file, &mut header)?;
     batch::apply(
@@ -175,6 +184,9 @@ pub(super) fn import_whole(conn: &Connection, state_file: &Path) -> Result<Impor
     for count in counts {
         batch::put_count(conn, &count)?;
         imported.counts += 1;
+    }
+    if read_only && opened.borrow().damaged {
+        bail!("the state {} is damaged part way", state_file.display());
     }
     match header.saved_at {
         Some(at) => schema::set_meta(conn, "saved_at", at)?,

@@ -72,8 +72,9 @@ enum Write {
     Rotate,
     /// Removes the older log: its snapshot is in place.
     DropOlder,
-    /// Answered once everything before it is written.
-    Barrier(std::sync::mpsc::Sender<()>),
+    /// Answered once everything before it is written: whether every write
+    /// since the last `take_failure` went well.
+    Barrier(std::sync::mpsc::Sender<bool>),
 }
 
 impl ChangeLog {
@@ -133,10 +134,16 @@ impl ChangeLog {
 
     /// Waits until everything handed over is written and synced.
     pub fn flush(&self) {
+        let _ = self.barrier().recv();
+    }
+
+    /// Answers, once everything handed over so far is written and synced,
+    /// whether all of it was (a snapshot puts itself in place only then:
+    /// the log must hold every change it may have missed).
+    pub fn barrier(&self) -> std::sync::mpsc::Receiver<bool> {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Write::Barrier(tx)).is_ok() {
-            let _ = rx.recv();
-        }
+        let _ = self.tx.send(Write::Barrier(tx));
+        rx
     }
 
     /// True once a write failed since the last call (a snapshot is due).
@@ -171,12 +178,16 @@ fn writer(
                     super::torn::cut_torn_tail(file.as_ref().expect("opened"), path)?;
                 }
                 let f = file.as_mut().expect("opened");
-                f.write_all(&buf)?;
-                f.sync_data()?;
-                Ok(())
+                let written = f.write_all(&buf).and_then(|()| f.sync_data());
+                if written.is_err() {
+                    // Reopened for the next lines, which cuts what this
+                    // write left torn: a line glued to it would be lost.
+                    file = None;
+                }
+                Ok(written?)
             })(),
             Write::Barrier(done) => {
-                let _ = done.send(());
+                let _ = done.send(!failed.load(std::sync::atomic::Ordering::Relaxed));
                 Ok(())
             }
             Write::Clear => {

@@ -89,18 +89,7 @@ impl Locked {
     /// The changes in order. A line that cannot be read (a CLI killed
     /// mid-write) is skipped and logged; the others still apply.
     pub fn changes(&self) -> Result<Vec<Change>> {
-        let mut out = Vec::new();
-        for line in BufReader::new(File::open(&self.path)?).lines() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str(&line) {
-                Ok(c) => out.push(c),
-                Err(e) => tracing::warn!("{}: skipping unreadable line ({e})", self.path.display()),
-            }
-        }
-        Ok(out)
+        parse(&self.path)
     }
 
     /// Empties the journal once its changes are in the saved state.
@@ -109,6 +98,36 @@ impl Locked {
             .set_len(0)
             .with_context(|| format!("cannot truncate {}", self.path.display()))
     }
+}
+
+/// The journal's changes, read without its lock and without repairing
+/// it (`sipguard export`: a reader that writes nothing of the daemon's);
+/// a line being written is skipped as unreadable.
+pub fn read_changes(state: &Path) -> Result<Vec<Change>> {
+    match parse(&path(state)) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            Ok(Vec::new())
+        }
+        r => r,
+    }
+}
+
+fn parse(path: &Path) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    for line in BufReader::new(File::open(path)?).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(c) => out.push(c),
+            Err(e) => tracing::warn!("{}: skipping unreadable line ({e})", path.display()),
+        }
+    }
+    Ok(out)
 }
 
 /// Applies the changes to a loaded state, before it is restored: an unban

@@ -16,18 +16,19 @@
 //! the new log, which a restore lays over the snapshot. A network that
 //! changed meanwhile is in the new log with what it became, whatever the
 //! snapshot caught of it.
-use super::{
-    snapshot::{self, Strings},
-    state,
-};
+use super::snapshot::{self, Strings};
 use crate::store::records::State;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use ipnet::IpNet;
 use std::{
-    io::{Seek as _, Write as _},
+    fs::{self, File},
+    io::{BufWriter, Seek as _, Write as _},
     os::unix::fs::FileExt as _,
-    path::PathBuf,
-    sync::mpsc,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -43,8 +44,10 @@ pub enum Part {
     Bans(Vec<u8>, u64),
     /// Count records (`snapshot::encode_count`), and how many.
     Counts(Vec<u8>, u64),
-    /// Every part is in: sync, then put the file in place.
-    Finish,
+    /// Every part is in: sync, wait for the change log to hold every
+    /// change made since the start (its answer: whether it wrote them
+    /// all), then put the file in place.
+    Finish(mpsc::Receiver<bool>),
 }
 
 /// What the thread says back; `id` is the snapshot's (a stopped one's late
@@ -65,6 +68,10 @@ pub enum Event {
 pub struct Writer {
     tx: Option<mpsc::Sender<Part>>,
     thread: Option<JoinHandle<()>>,
+    /// Set when the loop no longer wants this snapshot: checked right
+    /// before the rename, so one stuck on a stalled disk and let go never
+    /// lands later over a newer state.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -79,11 +86,13 @@ impl Writer {
         tell: impl Fn(Event) + Send + 'static,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let theirs = cancelled.clone();
         let thread = std::thread::Builder::new()
             .name("sipguard-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let result = state::write_atomically(&path, |out| {
+                let result = write_file(id, &path, &theirs, |out| {
                     write(id, out, &header, &strings, &rx, &tell)
                 });
                 // Stopped by the loop (it no longer wants this one): no word.
@@ -100,6 +109,7 @@ impl Writer {
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            cancelled,
         })
     }
 
@@ -113,9 +123,28 @@ impl Writer {
     }
 
     /// Stops the thread and waits for it: the file it was writing is never
-    /// put in place (an on-loop save may write the same temporary file
-    /// right after).
+    /// put in place.
     pub fn stop(mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops the thread without waiting for it (stuck in a write to a
+    /// stalled disk, it would hold the loop up as long): its file is never
+    /// put in place, and the thread ends whenever the disk lets it.
+    pub fn abandon(mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.tx = None;
+        self.thread = None;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -123,13 +152,51 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// Writes `path` through `write` into a temporary file of this snapshot's
+/// own, syncs it, and renames it into place unless `cancelled`; removes
+/// it on any error (a partial file would hold the space a retry needs).
+fn write_file(
+    id: u64,
+    path: &Path,
+    cancelled: &AtomicBool,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<mpsc::Receiver<bool>>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.snapshot-{id}.tmp"));
+    let result = (|| -> Result<()> {
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = fs::remove_file(&tmp);
+            // 0600: the state holds SIP usernames (the matched lines).
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let log_written = write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        // The change log holds every change since the start, or this
+        // snapshot would drop what it skipped (a ban changed meanwhile).
+        if !log_written.recv().unwrap_or(false) {
+            bail!("the change log could not be written: the snapshot is not put in place");
         }
+        if cancelled.load(Ordering::SeqCst) {
+            bail!(STOPPED);
+        }
+        fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+        // Make the rename itself durable.
+        fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    result
 }
 
 const STOPPED: &str = "the snapshot was stopped";
@@ -140,14 +207,16 @@ fn stopped(result: &Result<()>) -> bool {
         .is_err_and(|e| e.root_cause().to_string() == STOPPED)
 }
 
+/// Writes what the loop hands over; the change log's answer, once every
+/// part is in.
 fn write(
     id: u64,
-    out: &mut std::io::BufWriter<std::fs::File>,
+    out: &mut BufWriter<File>,
     header: &State,
     strings: &Strings,
     rx: &mpsc::Receiver<Part>,
     tell: &impl Fn(Event),
-) -> Result<()> {
+) -> Result<mpsc::Receiver<bool>> {
     snapshot::write_head(out, header, strings)?;
     // The numbers of bans and counts are known at the end: written then,
     // over these.
@@ -155,7 +224,7 @@ fn write(
     out.write_all(&0u64.to_le_bytes())?;
     let (mut bans, mut counts, mut counts_at) = (0u64, 0u64, None);
     let mut keys = Vec::new();
-    loop {
+    let log_written = loop {
         let Ok(part) = rx.recv() else {
             bail!(STOPPED);
         };
@@ -186,10 +255,10 @@ fn write(
                 out.write_all(&records)?;
                 counts += n;
             }
-            Part::Finish => break,
+            Part::Finish(log_written) => break log_written,
         }
         tell(Event::Took { id });
-    }
+    };
     let counts_at = match counts_at {
         Some(at) => at,
         None => {
@@ -203,13 +272,13 @@ fn write(
     let file = out.get_ref();
     file.write_all_at(&bans.to_le_bytes(), bans_at)?;
     file.write_all_at(&counts.to_le_bytes(), counts_at)?;
-    Ok(())
+    Ok(log_written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::SavedBan;
+    use crate::store::{legacy::state, records::SavedBan};
 
     fn ban(net: &str, origin: Option<&str>) -> SavedBan {
         SavedBan {
@@ -225,6 +294,13 @@ mod tests {
             origin: origin.map(Into::into),
             count: u32::from(origin.is_none()),
         }
+    }
+
+    /// The change log's answer: `ok`, at once.
+    fn logged(ok: bool) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        tx.send(ok).unwrap();
+        rx
     }
 
     /// Everything the thread says, in order.
@@ -291,7 +367,7 @@ mod tests {
         let mut buf = Vec::new();
         snapshot::encode_count(&mut buf, &("198.51.100.7/32".into(), 2, 500)).unwrap();
         w.send(Part::Counts(buf, 1)).unwrap();
-        w.send(Part::Finish).unwrap();
+        w.send(Part::Finish(logged(true))).unwrap();
         let mut took = 0;
         let done = loop {
             match events.recv().unwrap() {
@@ -335,6 +411,34 @@ mod tests {
         w.stop();
         assert!(events.recv().is_err(), "no word after the stop");
         assert_eq!(state::load(&path).unwrap().bans, before.bans);
+    }
+
+    /// A change log that could not be written keeps the snapshot out of
+    /// place (it would drop what the log was to hold), and leaves no
+    /// partial file behind.
+    #[test]
+    fn a_snapshot_whose_change_log_failed_is_not_put_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let before = State {
+            version: crate::store::records::VERSION,
+            bans: vec![ban("203.0.113.9/32", None)],
+            ..Default::default()
+        };
+        state::save(&path, &before).unwrap();
+        let (w, events) = start(dir.path(), &State::default(), Strings::default());
+        w.send(Part::Finish(logged(false))).unwrap();
+        match events.recv().unwrap() {
+            Event::Done { result, .. } => {
+                let e = result.unwrap_err();
+                assert!(e.contains("change log"), "{e}");
+            }
+            e => panic!("{e:?}"),
+        }
+        w.stop();
+        assert_eq!(state::load(&path).unwrap().bans, before.bans);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     /// A name missing from the table is refused, not written as a wrong

@@ -59,6 +59,8 @@ pub struct Opened {
     /// The file turned out damaged part way (moved aside; what came
     /// before the damage was handed out).
     pub damaged: bool,
+    /// Opened by `open_read_only`: a damaged file stays where it is.
+    read_only: bool,
 }
 
 enum Source {
@@ -70,6 +72,17 @@ enum Source {
 
 /// Opens the state at `path` (see `Opened`).
 pub fn open(path: &Path) -> Result<Opened> {
+    open_as(path, false)
+}
+
+/// `open` for a reader that is not the daemon (`sipguard export`): a
+/// damaged state is an error, never moved aside (a daemon may be putting a
+/// good one in its place meanwhile).
+pub fn open_read_only(path: &Path) -> Result<Opened> {
+    open_as(path, true)
+}
+
+fn open_as(path: &Path, read_only: bool) -> Result<Opened> {
     let mut len = 0;
     let opened = |mut state: State, source: Option<Source>, len: u64| {
         let bans = std::mem::take(&mut state.bans);
@@ -83,6 +96,7 @@ pub fn open(path: &Path) -> Result<Opened> {
             path: path.to_owned(),
             len,
             damaged: false,
+            read_only,
         }
     };
     let file = match fs::File::open(path) {
@@ -114,6 +128,9 @@ pub fn open(path: &Path) -> Result<Opened> {
     };
     match parsed {
         Ok(o) => Ok(o),
+        Err(e) if read_only => {
+            Err(e.context(format!("the state {} is unreadable", path.display())))
+        }
         Err(e) => {
             let mut o = opened(empty(), None, 0);
             o.damaged = true;
@@ -127,6 +144,13 @@ pub fn open(path: &Path) -> Result<Opened> {
 /// read (see `load_with_positions`).
 pub fn open_with_positions(path: &Path) -> Result<Opened> {
     let mut opened = open(path)?;
+    newer_positions(path, &mut opened.state)?;
+    Ok(opened)
+}
+
+/// `open_read_only`, with the read positions.
+pub fn open_with_positions_read_only(path: &Path) -> Result<Opened> {
+    let mut opened = open_read_only(path)?;
     newer_positions(path, &mut opened.state)?;
     Ok(opened)
 }
@@ -170,7 +194,9 @@ impl Opened {
             Err(e) => {
                 self.damaged = true;
                 self.source = Source::Whole(Vec::new().into_iter());
-                if let Err(e) = self.move_aside(&e) {
+                if self.read_only {
+                    tracing::error!("state {} is unreadable: {e:#}", self.path.display());
+                } else if let Err(e) = self.move_aside(&e) {
                     tracing::error!("{e:#}");
                 }
                 None
@@ -222,9 +248,14 @@ pub fn write_atomically(
                 .with_context(|| format!("cannot write {}", tmp.display()))?
         };
         let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        write(&mut out)?;
-        out.flush()?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let written = write(&mut out)
+            .and_then(|()| Ok(out.flush()?))
+            .and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?));
+        if let Err(e) = written {
+            // A partial file would hold the disk space the next try needs.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     // Make the rename itself durable.

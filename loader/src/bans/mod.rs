@@ -508,6 +508,12 @@ impl BanManager {
                 .count()
     }
 
+    /// Ban records held (a network banned here and elsewhere counts
+    /// twice), without a walk: what a snapshot writes, about.
+    pub fn records(&self) -> usize {
+        self.bans.len() + self.remote.slots_used()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -351,6 +351,11 @@ impl RemoteBans {
         self.by_net.iter().map(|(net, _)| net)
     }
 
+    /// Networks held (each once, whatever its origins), without a walk.
+    pub fn slots_used(&self) -> usize {
+        self.by_net.len()
+    }
+
     /// One past the last slot of the networks' table: with `nets_in`, a
     /// walk over a table that changes between its steps (see `sliced`).
     pub fn slot_end(&self) -> u32 {

@@ -98,7 +98,13 @@ impl BanManager {
                 bans,
             });
         }
-        for net in std::mem::take(&mut self.counts_changed) {
+        // Counts within the same limit: a burst of a million bans changes
+        // a million counts, logged over several calls like their bans.
+        let counted: Vec<IpNet> = self.counts_changed.iter().take(limit).copied().collect();
+        for net in &counted {
+            self.counts_changed.remove(net);
+        }
+        for net in counted {
             let (n, at) = match self.count_of(&net) {
                 (0, _) => (0, 0),
                 (n, at) => (n, counted_at(at, now)),

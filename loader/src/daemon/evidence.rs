@@ -25,13 +25,21 @@ impl Daemon {
             ));
         }
         // Vetted against the never-ban set by their jails, at the failure.
+        let mut banned = 0;
         for r in requests {
             let net = r.net;
             if self.enforce(r, "log") {
+                banned += 1;
                 self.announce.metrics.ban_latency(read_at.elapsed());
                 // Proven by the log: no longer a ban on packet evidence.
                 self.packet_bans.forget(&net);
             }
+        }
+        // A burst is logged as it is read, not a tick's worth a second (a
+        // million bans would take minutes to be saved, and a snapshot's
+        // finish would have them all to write at once).
+        if banned > 0 {
+            self.log_changes();
         }
         self.jails.iter().any(|j| j.behind())
     }

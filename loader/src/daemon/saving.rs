@@ -21,9 +21,10 @@ use std::{
 /// followed by a reboot within a second loses one).
 pub(super) const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Networks logged per tick at most: a long remote list is logged over
-/// several ticks, none of them holding the loop up for long.
-const CHANGES_PER_TICK: usize = 10_000;
+/// Networks logged per tick (and per read of the logs that banned) at
+/// most: a long remote list is logged over several turns, none of them
+/// holding the loop up for long.
+pub(super) const CHANGES_PER_TICK: usize = 10_000;
 
 /// Change-log lines beyond the table's size before a snapshot replaces the
 /// log (so a small table is not rewritten at every change either).
@@ -78,7 +79,10 @@ impl Daemon {
         // The log holds every change up to now (the writer thread writes
         // it in order), and the snapshot covers exactly that log: it
         // becomes the older log, and later changes start a new one.
-        if !self.append_changes(usize::MAX) || self.changelog.rotate().is_err() {
+        // Changes not logged yet need not be: the snapshot takes each
+        // network as it is when its slice is taken, and every change still
+        // unlogged is logged before it goes in place (`finish_snapshot`).
+        if self.changelog.rotate().is_err() {
             return self.save_bans();
         }
         let header = self.snapshot_header();
@@ -95,8 +99,6 @@ impl Daemon {
             Ok(writing) => {
                 self.snapshot = Some(writing);
                 self.snapshot_due = false;
-                // The log took every change above: none is left to write.
-                self.dirty = false;
             }
             Err(e) => {
                 tracing::warn!("{e:#}: writing the state on the loop instead");
@@ -147,8 +149,12 @@ impl Daemon {
     /// the snapshot began (bans it skipped or caught half way among them),
     /// and the file goes in place once the log says they are written.
     fn finish_snapshot(&mut self) -> anyhow::Result<()> {
-        if !self.append_changes(usize::MAX) {
-            anyhow::bail!("the change log could not take the changes made meanwhile");
+        // A slice of changes at a time: each slice's records are freed once
+        // serialized (a million at once made a gigabyte of them).
+        while self.bans.has_changes() {
+            if !self.append_changes(CHANGES_PER_TICK) {
+                anyhow::bail!("the change log could not take the changes made meanwhile");
+            }
         }
         let log_written = self.changelog.barrier();
         self.snapshot
@@ -232,7 +238,7 @@ impl Daemon {
     /// the new log.
     pub(super) fn snapshot_wanted(&self) -> bool {
         self.snapshot.is_none()
-            && (self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.len())
+            && (self.snapshot_due || self.changelog.lines > CHANGELOG_MARGIN + self.bans.records())
     }
 
     /// Hands what changed to the change log's writer; false (and a

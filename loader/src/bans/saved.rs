@@ -84,7 +84,22 @@ impl BanManager {
         for net in &nets {
             self.changed.remove(net);
         }
-        let mut out = Vec::with_capacity(nets.len() + self.counts_changed.len());
+        // A network's count goes with its bans, in the same lines: a Net
+        // line logged before its Count line would, after a crash between
+        // them, restore the count before (a count entry sets the ban's).
+        let mut counted: Vec<IpNet> = nets
+            .iter()
+            .filter(|net| self.counts_changed.remove(*net))
+            .copied()
+            .collect();
+        // Then other counts, within the same limit: a burst of a million
+        // bans changes a million counts, logged over several calls.
+        let room = limit.saturating_sub(counted.len());
+        counted.extend(self.counts_changed.iter().take(room).copied());
+        for net in &counted[..] {
+            self.counts_changed.remove(net);
+        }
+        let mut out = Vec::with_capacity(nets.len() + counted.len());
         for net in nets {
             let bans = self
                 .bans
@@ -97,12 +112,6 @@ impl BanManager {
                 net: net.to_string(),
                 bans,
             });
-        }
-        // Counts within the same limit: a burst of a million bans changes
-        // a million counts, logged over several calls like their bans.
-        let counted: Vec<IpNet> = self.counts_changed.iter().take(limit).copied().collect();
-        for net in &counted {
-            self.counts_changed.remove(net);
         }
         for net in counted {
             let (n, at) = match self.count_of(&net) {

@@ -65,6 +65,9 @@ impl Daemon {
     /// A manual ban replaces whatever was there.
     fn do_ban(&mut self, net: BanNet, bantime: BanTime, all_ports: bool) -> Result<Banned> {
         let (net, bantime) = (net.get(), bantime.get());
+        // Logged whatever happens next: the unban below is a change even
+        // if the ban after it fails.
+        self.dirty = true;
         self.bans.unban(net)?;
         self.packet_bans.forget(&net);
         let r = BanRequest {

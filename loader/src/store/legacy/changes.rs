@@ -73,7 +73,7 @@ enum Write {
     /// Removes the older log: its snapshot is in place.
     DropOlder,
     /// Answered once everything before it is written: whether every write
-    /// since the last `take_failure` went well.
+    /// since the log was last rotated or cleared went well.
     Barrier(std::sync::mpsc::Sender<bool>),
 }
 
@@ -160,9 +160,27 @@ fn writer(
     failed: &std::sync::atomic::AtomicBool,
 ) {
     let mut file: Option<fs::File> = None;
-    for w in rx {
+    // A write of this log failed since it was begun (rotated or cleared):
+    // a snapshot's barrier answers from this, which `take_failure` does
+    // not reset (a snapshot must not land over lines that were lost).
+    let mut failed_since_rotate = false;
+    // What the next turn takes, when gathering lines met something else.
+    let mut next: Option<Write> = None;
+    while let Some(w) = next.take().or_else(|| rx.recv().ok()) {
         let result = match w {
-            Write::Lines(buf) => (|| -> Result<()> {
+            Write::Lines(mut buf) => (|| -> Result<()> {
+                // Every batch of lines waiting goes out with one sync: a
+                // burst read in many small turns costs one sync, not one a
+                // turn.
+                while let Ok(more) = rx.try_recv() {
+                    match more {
+                        Write::Lines(lines) => buf.extend_from_slice(&lines),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
                 if file.is_none() {
                     use std::os::unix::fs::OpenOptionsExt as _;
                     file = Some(
@@ -187,15 +205,17 @@ fn writer(
                 Ok(written?)
             })(),
             Write::Barrier(done) => {
-                let _ = done.send(!failed.load(std::sync::atomic::Ordering::Relaxed));
+                let _ = done.send(!failed_since_rotate);
                 Ok(())
             }
             Write::Clear => {
                 file = None;
+                failed_since_rotate = false;
                 remove(older).and_then(|()| remove(path))
             }
             Write::Rotate => {
                 file = None;
+                failed_since_rotate = false;
                 rotate(path, older)
             }
             Write::DropOlder => remove(older),
@@ -203,6 +223,7 @@ fn writer(
         if let Err(e) = result {
             tracing::error!("change log: {e:#}; writing a snapshot next");
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            failed_since_rotate = true;
         }
     }
 }
@@ -345,6 +366,36 @@ mod tests {
             origin: None,
             count: 0,
         }
+    }
+
+    /// A write that failed is told to a snapshot's barrier even once the
+    /// tick took the failure, until the log is begun anew.
+    #[test]
+    fn a_failed_write_is_told_to_the_barrier_until_the_log_is_begun_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.json");
+        // Lines cannot be written where a folder stands.
+        fs::create_dir(path(&state_path)).unwrap();
+        let mut log = ChangeLog::new(&state_path, 0);
+        let line = |n| Change::Count {
+            net: "192.0.2.1/32".into(),
+            n,
+            at: 0,
+        };
+        log.append(&[line(1)]).unwrap();
+        assert!(!log.barrier().recv().unwrap());
+        assert!(log.take_failure(), "the tick learns of it");
+        assert!(
+            !log.barrier().recv().unwrap(),
+            "and so does a snapshot, still"
+        );
+        fs::remove_dir(path(&state_path)).unwrap();
+        log.rotate().unwrap();
+        log.append(&[line(2)]).unwrap();
+        assert!(log.barrier().recv().unwrap());
+        let mut st = State::default();
+        replay(&state_path, &mut st).unwrap();
+        assert_eq!(st.ban_counts.get("192.0.2.1/32"), Some(&2));
     }
 
     #[test]

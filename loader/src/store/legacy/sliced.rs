@@ -165,17 +165,7 @@ fn write_file(
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.snapshot-{id}.tmp"));
     let result = (|| -> Result<()> {
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let _ = fs::remove_file(&tmp);
-            // 0600: the state holds SIP usernames (the matched lines).
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?
-        };
+        let file = super::state::new_private_file(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let log_written = write(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;

@@ -236,17 +236,7 @@ pub fn write_atomically(
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
     ));
     {
-        // 0600: the state holds SIP usernames (the matched lines).
-        let f = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let _ = fs::remove_file(&tmp);
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?
-        };
+        let f = new_private_file(&tmp)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
         let written = write(&mut out)
             .and_then(|()| Ok(out.flush()?))
@@ -261,6 +251,19 @@ pub fn write_atomically(
     // Make the rename itself durable.
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// A new temporary file at `tmp` (one left by a crash is replaced), mode
+/// 0600: the state holds SIP usernames (the matched lines).
+pub(super) fn new_private_file(tmp: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = fs::remove_file(tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))
 }
 
 /// Read positions also live in a small file of their own beside the state

@@ -124,12 +124,9 @@ impl Writer {
 
     /// Stops the thread and waits for it: the file it was writing is never
     /// put in place.
-    pub fn stop(mut self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        // What `Drop` does: cancel, close the channel, join.
+        drop(self);
     }
 
     /// Stops the thread without waiting for it (stuck in a write to a
@@ -380,10 +377,9 @@ mod tests {
         );
     }
 
-    /// A snapshot stopped half way leaves the state file as it was, and
-    /// says nothing after its stop.
-    #[test]
-    fn a_stopped_snapshot_leaves_the_state_file_alone() {
+    /// A state file already in place, to be left alone: its folder, path
+    /// and what it holds.
+    fn saved_before() -> (tempfile::TempDir, std::path::PathBuf, State) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let before = State {
@@ -392,6 +388,14 @@ mod tests {
             ..Default::default()
         };
         state::save(&path, &before).unwrap();
+        (dir, path, before)
+    }
+
+    /// A snapshot stopped half way leaves the state file as it was, and
+    /// says nothing after its stop.
+    #[test]
+    fn a_stopped_snapshot_leaves_the_state_file_alone() {
+        let (dir, path, before) = saved_before();
         let strings = Strings::new(["fs", "3 failures"].into_iter());
         let (w, events) = start(dir.path(), &State::default(), strings.clone());
         let mut buf = Vec::new();
@@ -408,14 +412,7 @@ mod tests {
     /// partial file behind.
     #[test]
     fn a_snapshot_whose_change_log_failed_is_not_put_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let before = State {
-            version: crate::store::records::VERSION,
-            bans: vec![ban("203.0.113.9/32", None)],
-            ..Default::default()
-        };
-        state::save(&path, &before).unwrap();
+        let (dir, path, before) = saved_before();
         let (w, events) = start(dir.path(), &State::default(), Strings::default());
         w.send(Part::Finish(logged(false))).unwrap();
         match events.recv().unwrap() {

@@ -308,6 +308,52 @@ pub struct RateLease {
 /// Lease slots per CPU (a power of two).
 pub const LEASE_SLOTS: u32 = 4096;
 
+/// The rate limiter's first stage: a per-CPU count-min sketch that lets a
+/// source with no rate state send `SKETCH_ADMIT` packets per window before
+/// it gets one, so a forged-source storm (every packet from a new address)
+/// costs two counters in a cache line, not an insert into the shared LRU map.
+///
+/// A window is `SKETCH_ADMIT + 1` rate intervals: a source that never gets
+/// state sends fewer packets than its rate allows. Counters only ever
+/// overestimate (collisions), and an overestimate only gives a source its
+/// rate state early, which is what every source got before. What a source
+/// gains is at most `SKETCH_ADMIT` packets per window per CPU before its
+/// state exists (twice that across a window's edge): the stage is on only
+/// when the burst is at least `SKETCH_MIN_BURST`, so that this is a small
+/// part of it; smaller bursts keep the exact limiter.
+pub const SKETCH_ADMIT: u32 = 3;
+pub const SKETCH_MIN_BURST: u32 = 48;
+/// Cache lines of counters per CPU (a power of two): 512 KiB per CPU.
+pub const SKETCH_LINES: u32 = 1 << 13;
+/// Counters in a line; a source has two of them, in one line.
+pub const SKETCH_SLOTS: usize = 32;
+
+/// One line of the sketch. A counter is `window << 8 | count`, the window's
+/// low 8 bits beside a count of up to 255: a counter last written in another
+/// window reads as 0 (a window 256 apart reads as its own, an overestimate).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SketchLine(pub [u16; SKETCH_SLOTS]);
+
+impl Config {
+    /// Packets the first stage lets a source without rate state send per
+    /// window (0: the stage is off).
+    #[inline(always)]
+    pub fn sketch_admit(&self) -> u32 {
+        if self.burst >= SKETCH_MIN_BURST && self.interval_ns != 0 {
+            SKETCH_ADMIT
+        } else {
+            0
+        }
+    }
+
+    /// The first stage's window, in ns.
+    #[inline(always)]
+    pub fn sketch_window_ns(&self) -> u64 {
+        u64::from(SKETCH_ADMIT + 1) * self.interval_ns
+    }
+}
+
 /// The key of the rate map: an IPv6 /64 (the rest zeroed), or an IPv4
 /// address mapped into IPv6 (`::ffff:a.b.c.d`).
 pub type RateKey = [u8; 16];

@@ -2,7 +2,7 @@
 //! behaviour, IPv4 and IPv6 /64 sources, the allowlist, unprotected ports,
 //! runtime changes, and escalation through the ring buffer.
 use anyhow::Result;
-use common::{counter, rate_key_v4, rate_key_v6, Config};
+use common::{counter, rate_key_v4, rate_key_v6, Config, SKETCH_ADMIT};
 use sipguard::{addr::parse_net, kernel::clock, kernel::maps};
 use sipguard_tests::{kernel::TestProgram, packet::*};
 
@@ -187,8 +187,10 @@ fn a_source_over_its_limit_is_reported_once() -> Result<()> {
 }
 
 /// With a burst large enough for leases (here 640: a CPU takes 10 tokens at
-/// once), a source still gets exactly its burst + 1 on one CPU, and on two
-/// CPUs at once at most one lease per CPU more.
+/// once), a source still gets exactly its burst + 1 on one CPU, plus what
+/// the first stage let through before it had state (`SKETCH_ADMIT`, or
+/// twice that across a window's edge), and on two CPUs at once at most one
+/// lease and the first stage's packets per CPU more.
 #[test]
 fn leased_tokens_keep_the_budget_exact() -> Result<()> {
     use sipguard_tests::kernel::test_run_on;
@@ -209,7 +211,11 @@ fn leased_tokens_keep_the_budget_exact() -> Result<()> {
     })
     .join()
     .expect("run thread")?;
-    assert_eq!(passed, 641, "burst + the packet that opens it, exactly");
+    let first = SKETCH_ADMIT as usize;
+    assert!(
+        (641 + first..=641 + 2 * first).contains(&passed),
+        "burst + the packet that opens it + the first stage's: {passed}"
+    );
 
     let f = udp4(OTHER, 5060);
     let cpus = std::thread::available_parallelism()?.get().min(4);
@@ -234,7 +240,7 @@ fn leased_tokens_keep_the_budget_exact() -> Result<()> {
     })?;
     let total: usize = per_cpu.iter().sum();
     assert!(
-        total <= 641 + cpus * 10 && total >= 641 - cpus * 10,
+        total <= 641 + cpus * (10 + 2 * first) && total >= 641 - cpus * 10,
         "{total} passed on {cpus} CPUs ({per_cpu:?})"
     );
     Ok(())

@@ -12,7 +12,10 @@
 //! * Rate-limit: an unbanned source's packets to a protected port, and its
 //!   fragments, go through a per-source limiter (GCRA over a shared LRU map)
 //!   when a forger could send them (UDP, TCP SYN, fragments); a source that
-//!   keeps exceeding it is reported through a ring buffer, to be banned.
+//!   keeps exceeding it is reported through a ring buffer, to be banned. A
+//!   source with no state yet first goes through a per-CPU sketch, and gets
+//!   its state only after a few packets in a window: one-packet forged
+//!   sources cost no insert.
 //! * Count: every packet lands in exactly one per-CPU verdict counter; a dropped
 //!   packet also bumps its ban's own per-CPU packet/byte counters.
 #![no_std]
@@ -22,6 +25,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod floors;
 mod parse;
 mod scanner;
 mod trace;
@@ -39,11 +43,11 @@ use aya_ebpf::{
 };
 use common::{
     ban_counter_slot, counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanCounter, BanEntry,
-    Config, Counter, FloodEvent, PendingScan, RateKey, RateLease, RateState, TraceFilter, V4Key,
-    BAN_ALL_PORTS, BAN_COUNTER_SLOTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS, CONFIG_DRY_RUN,
-    CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES,
-    HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES, PORT_WORDS, REPORTED_FLOOD,
-    REPORTED_SCANNER,
+    Config, Counter, FloodEvent, PendingScan, RateKey, RateLease, RateState, SketchLine,
+    TraceFilter, V4Key, BAN_ALL_PORTS, BAN_COUNTER_SLOTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
+    CONFIG_DRY_RUN, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER,
+    FLOOD_RING_BYTES, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
+    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER, SKETCH_LINES, SKETCH_SLOTS,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -456,13 +460,19 @@ fn report(key: &RateKey, src: &Source, kind: u32, over_secs: u32, limited: u64) 
     true
 }
 
-/// The rate state of `key`, created when missing as a source idle until now
-/// (another CPU may create it meanwhile: either way one entry results).
+/// The rate state of `key`, created when missing (see `new_rate_state`).
 #[inline(always)]
 fn rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
     if let Some(st) = RATE.get_ptr_mut(key) {
         return Some(st);
     }
+    new_rate_state(key, now)
+}
+
+/// Creates the rate state of `key` as a source idle until now (another CPU
+/// may create it meanwhile: either way one entry results).
+#[inline(always)]
+fn new_rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
     let fresh = RateState {
         tat_ns: now,
         ..RateState::default()
@@ -471,17 +481,68 @@ fn rate_state(key: &RateKey, now: u64) -> Option<*mut RateState> {
     RATE.get_ptr_mut(key)
 }
 
-/// This CPU's lease slot for `key`.
+/// A 64-bit hash of `key`: the high bits are the well mixed ones.
 #[inline(always)]
-fn lease_slot(key: &RateKey) -> Option<*mut RateLease> {
+fn key_hash(key: &RateKey) -> u64 {
     let (a, b) = unsafe {
         (
             core::ptr::read_unaligned(key.as_ptr() as *const u64),
             core::ptr::read_unaligned(key.as_ptr().add(8) as *const u64),
         )
     };
-    let h = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
+    (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// This CPU's lease slot for `key`.
+#[inline(always)]
+fn lease_slot(key: &RateKey) -> Option<*mut RateLease> {
+    let h = key_hash(key) >> 52;
     LEASES.get_ptr_mut((h as u32) & (LEASE_SLOTS - 1))
+}
+
+/// The limiter's first stage (see `common::SKETCH_ADMIT`): per CPU, two
+/// counters of the source in one cache line, read and raised as a
+/// count-min sketch with conservative update (only the counters at the
+/// minimum go up, which keeps collisions' overestimates low).
+#[map]
+static SKETCH: PerCpuArray<SketchLine> = PerCpuArray::with_max_entries(SKETCH_LINES, 0);
+
+/// True if the first stage lets this packet of a source without rate state
+/// through: the source has sent fewer than `sketch_admit` packets in this
+/// window on this CPU. False (give it its state) otherwise, the stage off
+/// included.
+#[inline(always)]
+fn unseen_admitted(key: &RateKey, now: u64, cfg: &Config) -> bool {
+    let (admit, window_ns) = (cfg.sketch_admit() as u16, cfg.sketch_window_ns());
+    // (A window of 0 ns only with the limiter off; the test spares a
+    // division by zero, which Rust would turn into a panic path.)
+    if admit == 0 || window_ns == 0 {
+        return false;
+    }
+    let window = ((now / window_ns) as u16 & 0xff) << 8;
+    let h = key_hash(key);
+    let Some(line) = SKETCH.get_ptr_mut((h >> 51) as u32 & (SKETCH_LINES - 1)) else {
+        return false;
+    };
+    let i = (h >> 8) as usize & (SKETCH_SLOTS - 1);
+    // Never the same counter twice: j differs from i in at least one bit.
+    let j = (i ^ ((h >> 13) as usize | 1)) & (SKETCH_SLOTS - 1);
+    let read = |c: u16| if c & 0xff00 == window { c & 0xff } else { 0 };
+    unsafe {
+        let slots = &mut (*line).0;
+        let (a, b) = (read(slots[i]), read(slots[j]));
+        let seen = if a < b { a } else { b };
+        if seen >= admit {
+            return false;
+        }
+        if a == seen {
+            slots[i] = window | (seen + 1);
+        }
+        if b == seen {
+            slots[j] = window | (seen + 1);
+        }
+    }
+    true
 }
 
 /// Spends one token this CPU leased for `key`, if it holds one: a
@@ -506,9 +567,16 @@ fn spend_lease(key: &RateKey, now: u64) -> bool {
 #[inline(always)]
 fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
     let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
-    let Some(st) = rate_state(key, now) else {
-        // The map refused a new entry: let the packet through rather than guess.
-        return true;
+    let st = match RATE.get_ptr_mut(key) {
+        Some(st) => st,
+        // A source without state: no insert while it has sent only a few
+        // packets in the window (a forged source sends one).
+        None if unseen_admitted(key, now, cfg) => return true,
+        None => match new_rate_state(key, now) {
+            Some(st) => st,
+            // The map refused a new entry: let the packet through rather than guess.
+            None => return true,
+        },
     };
     unsafe {
         let tat = (*st).tat_ns;

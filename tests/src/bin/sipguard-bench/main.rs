@@ -16,6 +16,7 @@ mod logs;
 mod report;
 mod scale;
 mod store;
+mod storm;
 mod xdp;
 
 use anyhow::{bail, Result};

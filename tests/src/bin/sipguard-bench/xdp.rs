@@ -2,7 +2,7 @@
 //! kernel with BPF_PROG_TEST_RUN, beside an empty XDP program in the same run.
 //! Figures are medians of several runs of `REPEAT` packets each; what matters
 //! is the ratio to the empty program, which cancels most of the machine.
-use crate::report::Section;
+use crate::{report::Section, storm};
 use anyhow::{bail, Result};
 use sipguard::{addr::parse_net, kernel::clock};
 use sipguard_tests::{kernel::TestProgram, packet::*};
@@ -13,6 +13,9 @@ const RUNS: usize = 5;
 /// Line rate of 64-byte frames (84 bytes on the wire), in Mpps.
 const LINE_RATES: [(&str, f64); 3] = [("10 GbE", 14.88), ("25 GbE", 37.2), ("100 GbE", 148.8)];
 const RATE_LIMITED: &str = "rate-limited drop (v4, over 1 pps)";
+/// The floors (xdp-ebpf/src/floors.rs).
+pub const FLOOR_PARSE: &str = "floor_parse";
+pub const FLOOR_LOOKUP: &str = "floor_lookup";
 
 fn median_ns(mut f: impl FnMut() -> Result<Duration>) -> Result<f64> {
     let mut v = (0..RUNS)
@@ -24,7 +27,7 @@ fn median_ns(mut f: impl FnMut() -> Result<Duration>) -> Result<f64> {
 
 /// Fills the blocklist with `n` distinct /32s (v4) and /128s (v6) in
 /// 100.64.0.0/10 and fd00::/16, none of them the probe sources.
-fn fill(t: &mut TestProgram, n: u32) -> Result<()> {
+pub fn fill(t: &mut TestProgram, n: u32) -> Result<()> {
     let now = clock::mono_now_ns();
     for i in 0..n {
         let v4 = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
@@ -63,20 +66,32 @@ pub fn run(out: &mut Section) -> Result<()> {
     );
     say!(out, "One core's packets per second is 1000 / (ns per packet); the last column is how many cores that would take at the line rate of 64-byte frames: {} Mpps.\n",
         LINE_RATES.map(|(name, mpps)| format!("{name} {mpps}")).join(", "));
-    say!(out, "| blocklist size (v4 and v6 each) | case | ns/packet | × empty program | Mpps per core | cores for 10 / 25 / 100 GbE |");
-    say!(out, "|---:|---|---:|---:|---:|---:|");
+    say!(out, "Beside each case, two floors measured on the same packet: the *parse floor* is a program that parses exactly as sipguard does (VLAN tags, IPv4 options, the IPv6 extension-header chain) and drops; the *lookup floor* adds one hash lookup of the source in sipguard's own table of single addresses (the same size and fill). What sipguard adds to the lookup floor is its own work: the ban's clock and ports, the counters, the trace switch (and for a CIDR ban the trie, which the floor does not walk).\n");
+    say!(out, "| blocklist size (v4 and v6 each) | case | ns/packet | × empty program | parse floor (ns) | lookup floor (ns) | × lookup floor | Mpps per core | cores for 10 / 25 / 100 GbE |");
+    say!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut t = TestProgram::load()?;
+    t.load_program(FLOOR_PARSE)?;
+    t.load_program(FLOOR_LOOKUP)?;
     let now = clock::mono_now_ns();
     t.maps.ban(parse_net("192.0.2.66")?, 0, 0, now)?;
     t.maps.ban(parse_net("2001:db8::66")?, 0, 0, now)?;
     t.maps.ban(parse_net("198.51.100.0/24")?, 0, 0, now)?;
-    let row = |out: &mut Section, size: u32, name: &str, ns: f64, floor: f64| {
+    let row = |out: &mut Section,
+               size: u32,
+               name: &str,
+               ns: f64,
+               floor: f64,
+               floors: Option<(f64, f64)>| {
         let cores = LINE_RATES
             .map(|(_, mpps)| format!("{:.1}", mpps * ns / 1e3))
             .join(" / ");
+        let floors = match floors {
+            Some((parse, lookup)) => format!("{parse:.1} | {lookup:.1} | {:.2}", ns / lookup),
+            None => " | | ".into(),
+        };
         say!(
             out,
-            "| {size} (+3) | {name} | {ns:.1} | {:.2} | {:.1} | {cores} |",
+            "| {size} (+3) | {name} | {ns:.1} | {:.2} | {floors} | {:.1} | {cores} |",
             ns / floor,
             1e3 / ns
         );
@@ -86,7 +101,7 @@ pub fn run(out: &mut Section) -> Result<()> {
         fill(&mut t, target - size)?;
         size = target;
         let floor = median_ns(|| Ok(t.run_floor(&udp4(clean, 5060), REPEAT)?.1))?;
-        row(out, size, "empty XDP program (floor)", floor, floor);
+        row(out, size, "empty XDP program (floor)", floor, floor, None);
         for (name, frame, action) in &cases {
             // The limiter is on only for its own case: 1 packet/s, burst 1,
             // so every repeat after the first is over the rate.
@@ -106,14 +121,18 @@ pub fn run(out: &mut Section) -> Result<()> {
                 }
                 Ok(d)
             })?;
-            row(out, size, name, ns, floor);
+            let floors = (
+                median_ns(|| Ok(t.run_named(FLOOR_PARSE, frame, REPEAT)?.1))?,
+                median_ns(|| Ok(t.run_named(FLOOR_LOOKUP, frame, REPEAT)?.1))?,
+            );
+            row(out, size, name, ns, floor, Some(floors));
         }
         t.maps.set_config(common::Config::default())?;
     }
     rate_limiter(out)?;
     fragments(out)?;
-    forged_storm(out)?;
-    sources_in_turn(out)?;
+    storm::forged_storm(out)?;
+    storm::sources_in_turn(out)?;
     host_hash(out)?;
     trace_switch(out)?;
     multi_core(out)
@@ -323,7 +342,7 @@ fn multi_core(out: &mut Section) -> Result<()> {
 
 /// A limiter that is on but never over: the path every packet takes.
 fn limiter_on() -> common::Config {
-    common::Config::default().with_rate(100_000_000, u32::MAX)
+    common::Config::default().with_rate(500, u32::MAX)
 }
 
 /// What fragments cost beside a whole packet, limiter on (never over).
@@ -399,110 +418,6 @@ fn fragments(out: &mut Section) -> Result<()> {
     Ok(())
 }
 
-/// Sources the storm is made of: more than the rate map holds, so the LRU
-/// map evicts on every new source once it is full.
-const STORM_SOURCES: u32 = 300_000;
-
-/// A forged-source storm: every packet from a new source, one packet each,
-/// the rate map's worst case (a new entry, and once full an eviction, per
-/// packet), beside the same packet from one source, for the shared LRU list
-/// and for per-CPU lists (`BPF_F_NO_COMMON_LRU`).
-fn forged_storm(out: &mut Section) -> Result<()> {
-    say!(out, "\n## Forged-source storm (limiter on, {STORM_SOURCES} packets, one BPF_PROG_TEST_RUN each)\n");
-    say!(out, "Each packet is one run (the kernel's timing of a single run), so the figures carry the timer's own cost; compare them with each other, not with the tables above.\n");
-    say!(out, "| rate map | one source, repeated (ns/packet) | a new source each packet (ns/packet) | new / repeated |");
-    say!(out, "|---|---:|---:|---:|");
-    for (name, flags) in [
-        ("LRU hash, shared list (sipguard's)", 0),
-        (
-            "LRU hash, per-CPU lists (BPF_F_NO_COMMON_LRU)",
-            sipguard_tests::kernel::BPF_F_NO_COMMON_LRU,
-        ),
-    ] {
-        let mut t = TestProgram::load_with_rate_flags(flags)?;
-        t.maps.set_config(limiter_on())?;
-        let mut f = udp4([100, 64, 0, 0], 5060);
-        let src_at = 14 + 12;
-        let mut each = |t: &mut TestProgram, vary: bool| -> Result<f64> {
-            let mut total = Duration::ZERO;
-            for i in 0..STORM_SOURCES {
-                let a = if vary { 0x6440_0000 + i } else { 0x6440_0000 };
-                f[src_at..src_at + 4].copy_from_slice(&a.to_be_bytes());
-                let (got, d) = t.run_repeat(&f, 1)?;
-                if got != 2 {
-                    bail!("storm: action {got}, expected pass");
-                }
-                total += d;
-            }
-            Ok(total.as_nanos() as f64 / f64::from(STORM_SOURCES))
-        };
-        let same = each(&mut t, false)?;
-        let storm = each(&mut t, true)?;
-        say!(
-            out,
-            "| {name} | {same:.1} | {storm:.1} | {:.2} |",
-            storm / same
-        );
-    }
-    Ok(())
-}
-
-/// Bans in the table, for `sources_in_turn`.
-const IN_TURN_BANS: u32 = 1_000_000;
-
-/// Banned sources in turn: each packet from another of a million banned
-/// addresses (a scan campaign, a CrowdSec list), so the lookups miss the
-/// cache as they would on a real box, beside one banned source repeated
-/// (cache-hot, the main table's case) and the empty program, each one run
-/// per packet (the timer's cost is in every figure alike).
-fn sources_in_turn(out: &mut Section) -> Result<()> {
-    say!(out, "\n## Banned sources in turn ({IN_TURN_BANS} bans, {STORM_SOURCES} packets, one BPF_PROG_TEST_RUN each)\n");
-    say!(
-        out,
-        "| case | ns/packet | × empty program | × one source repeated |"
-    );
-    say!(out, "|---|---:|---:|---:|");
-    let mut t = TestProgram::load()?;
-    fill(&mut t, IN_TURN_BANS)?;
-    let mut f = udp4([100, 64, 0, 0], 5060);
-    let src_at = 14 + 12;
-    // Spread over the whole table: a stride prime to its size.
-    let source = |i: u32| 0x6440_0000 + (u64::from(i) * 7919 % u64::from(IN_TURN_BANS)) as u32;
-    let mut each = |t: &mut TestProgram, floor: bool, vary: bool| -> Result<f64> {
-        let mut total = Duration::ZERO;
-        for i in 0..STORM_SOURCES {
-            let a = if vary { source(i) } else { source(0) };
-            f[src_at..src_at + 4].copy_from_slice(&a.to_be_bytes());
-            let (got, d) = if floor {
-                t.run_floor(&f, 1)?
-            } else {
-                t.run_repeat(&f, 1)?
-            };
-            if !floor && got != 1 {
-                bail!("sources in turn: action {got}, expected drop");
-            }
-            total += d;
-        }
-        Ok(total.as_nanos() as f64 / f64::from(STORM_SOURCES))
-    };
-    let floor = each(&mut t, true, true)?;
-    let same = each(&mut t, false, false)?;
-    let turn = each(&mut t, false, true)?;
-    say!(out, "| empty XDP program (floor) | {floor:.1} | 1.00 | |");
-    say!(
-        out,
-        "| banned drop, one source repeated | {same:.1} | {:.2} | 1.00 |",
-        same / floor
-    );
-    say!(
-        out,
-        "| banned drop, a different banned source each packet | {turn:.1} | {:.2} | {:.2} |",
-        turn / floor,
-        turn / same
-    );
-    Ok(())
-}
-
 /// The cost the rate limiter adds to unbanned SIP traffic, beside the same
 /// packet with the limiter off and the empty program, in one run.
 fn rate_limiter(out: &mut Section) -> Result<()> {
@@ -523,7 +438,7 @@ fn rate_limiter(out: &mut Section) -> Result<()> {
     // Never over: 100 M packets/s with an enormous burst.
     let under = run(
         &mut t,
-        common::Config::default().with_rate(100_000_000, u32::MAX),
+        common::Config::default().with_rate(500, u32::MAX),
         2,
     )?;
     // Over after the first two packets: 1 packet/s, burst 1.

@@ -67,7 +67,11 @@ pub fn forged_storm(out: &mut Section) -> Result<()> {
     // What any program that checks a new source's ban pays: the parse and
     // the probe of the table of banned addresses, which misses the cache.
     let floor = each(&mut t, FLOOR_LOOKUP, 2, |i| base + i)?;
-    say!(out, "| lookup floor, a new source each packet (the ban check alone) | {floor:.1} | {:.2} | |", floor / same);
+    say!(
+        out,
+        "| lookup floor, a new source each packet (the ban check alone) | {floor:.1} | {:.2} | |",
+        floor / same
+    );
     let rows: [(&str, Config); 3] = [
         (
             "a new source each packet, 500 packets/s: first stage on (sipguard's)",

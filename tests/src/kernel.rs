@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const FLOOR: &str = "pass_all";
 /// The program that drops everything: the floor of a real receive path.
 pub const DROP_FLOOR: &str = "drop_all";
+/// The XDP action that lets a packet through.
+pub const XDP_PASS: u32 = 2;
 
 pub struct TestProgram {
     pub maps: KernelMaps,
@@ -85,6 +87,18 @@ impl TestProgram {
     /// Runs `frame` through the program once; returns the XDP action.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.0)
+    }
+
+    /// Runs `frame` through the program `n` times, one run each (so the
+    /// clock moves between them); returns how many passed.
+    pub fn passed(&mut self, frame: &[u8], n: usize) -> Result<usize> {
+        let mut ok = 0;
+        for _ in 0..n {
+            if self.run(frame)? == XDP_PASS {
+                ok += 1;
+            }
+        }
+        Ok(ok)
     }
 
     /// Runs `frame` `repeat` times in the kernel; returns the action and the

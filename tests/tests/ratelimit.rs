@@ -30,23 +30,12 @@ fn limited(escalate_secs: u32) -> Result<TestProgram> {
     Ok(t)
 }
 
-/// Sends `frame` `n` times; returns how many passed.
-fn passed(t: &mut TestProgram, frame: &[u8], n: usize) -> Result<usize> {
-    let mut ok = 0;
-    for _ in 0..n {
-        if t.run(frame)? == PASS {
-            ok += 1;
-        }
-    }
-    Ok(ok)
-}
-
 #[test]
 fn a_source_gets_its_burst_then_is_limited() -> Result<()> {
     let mut t = limited(0)?;
     let before = t.counters()?;
     assert_eq!(
-        passed(&mut t, &udp4(SRC, 5060), 50)?,
+        t.passed(&udp4(SRC, 5060), 50)?,
         BURST as usize + 1,
         "burst + the packet that opens it"
     );
@@ -56,9 +45,9 @@ fn a_source_gets_its_burst_then_is_limited() -> Result<()> {
     assert_eq!(moved(counter::DROP_RATE_LIMITED), 44);
     // TCP to a protected port shares the same budget; other sources have their own.
     assert_eq!(t.run(&tcp4(SRC, 7443))?, DROP);
-    assert_eq!(passed(&mut t, &udp4(OTHER, 5060), 10)?, 6);
+    assert_eq!(t.passed(&udp4(OTHER, 5060), 10)?, 6);
     // Unprotected ports are never limited.
-    assert_eq!(passed(&mut t, &udp4(SRC, 53), 20)?, 20);
+    assert_eq!(t.passed(&udp4(SRC, 53), 20)?, 20);
     let state = t.maps.rate_states()?;
     let st = state
         .iter()
@@ -72,15 +61,15 @@ fn a_source_gets_its_burst_then_is_limited() -> Result<()> {
 #[test]
 fn ipv6_sources_share_a_budget_per_64() -> Result<()> {
     let mut t = limited(0)?;
-    assert_eq!(passed(&mut t, &udp6(V6A, 5060), 3)?, 3);
+    assert_eq!(t.passed(&udp6(V6A, 5060), 3)?, 3);
     assert_eq!(
-        passed(&mut t, &udp6(V6B, 5060), 10)?,
+        t.passed(&udp6(V6B, 5060), 10)?,
         3,
         "the rest of the /64's burst"
     );
-    assert_eq!(passed(&mut t, &udp6(V6A, 5060), 5)?, 0);
+    assert_eq!(t.passed(&udp6(V6A, 5060), 5)?, 0);
     assert_eq!(
-        passed(&mut t, &udp6(V6C, 5060), 10)?,
+        t.passed(&udp6(V6C, 5060), 10)?,
         6,
         "another /64 is another source"
     );
@@ -97,7 +86,7 @@ fn allow_listed_sources_are_never_limited() -> Result<()> {
     let mut t = limited(0)?;
     t.maps.allow(parse_net("192.0.2.0/28")?)?;
     let before = t.counters()?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 50)?, 50);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 50)?, 50);
     let after = t.counters()?;
     let moved = |i: u32| after[i as usize].packets - before[i as usize].packets;
     assert_eq!(
@@ -113,13 +102,13 @@ fn allow_listed_sources_are_never_limited() -> Result<()> {
 #[test]
 fn rate_changes_take_effect_without_reloading() -> Result<()> {
     let mut t = limited(0)?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 20)?, 6);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 20)?, 6);
     // Off: nothing is limited.
     t.maps.set_config(Config::default())?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 100)?, 100);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 100)?, 100);
     // A generous limit: a new source passes a big burst.
     t.maps.set_config(Config::default().with_rate(1000, 500))?;
-    assert_eq!(passed(&mut t, &udp4(OTHER, 5060), 400)?, 400);
+    assert_eq!(t.passed(&udp4(OTHER, 5060), 400)?, 400);
     Ok(())
 }
 
@@ -130,7 +119,7 @@ fn expired_bans_are_still_rate_limited_and_bans_come_first() -> Result<()> {
     t.maps
         .ban(parse_net("192.0.2.10")?, now - 1_000_000_000, 0, now)?;
     let before = t.counters()?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 10)?, 6);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 10)?, 6);
     let after = t.counters()?;
     assert_eq!(
         after[counter::PASS_BAN_EXPIRED as usize].packets
@@ -140,7 +129,7 @@ fn expired_bans_are_still_rate_limited_and_bans_come_first() -> Result<()> {
     // A banned source is dropped by its ban, not counted by the limiter.
     t.maps.ban(parse_net("192.0.2.11")?, 0, 0, now)?;
     let before = t.counters()?;
-    assert_eq!(passed(&mut t, &udp4(OTHER, 5060), 10)?, 0);
+    assert_eq!(t.passed(&udp4(OTHER, 5060), 10)?, 0);
     let after = t.counters()?;
     assert_eq!(
         after[counter::DROP_BANNED as usize].packets
@@ -159,8 +148,8 @@ fn expired_bans_are_still_rate_limited_and_bans_come_first() -> Result<()> {
 fn a_source_over_its_limit_is_reported_once() -> Result<()> {
     let mut t = limited(1)?;
     let mut ring = maps::flood_events(t.pin())?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 30)?, 6);
-    assert_eq!(passed(&mut t, &udp6(V6A, 5060), 30)?, 6);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 30)?, 6);
+    assert_eq!(t.passed(&udp6(V6A, 5060), 30)?, 6);
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         events.push(maps::flood_event(&item).expect("a whole event"));
@@ -181,7 +170,7 @@ fn a_source_over_its_limit_is_reported_once() -> Result<()> {
     // Never escalating when escalation is off.
     let mut t = limited(0)?;
     let mut ring = maps::flood_events(t.pin())?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 30)?, 6);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 30)?, 6);
     assert!(ring.next().is_none());
     Ok(())
 }

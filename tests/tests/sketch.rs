@@ -25,28 +25,14 @@ fn has_state(t: &TestProgram, src: [u8; 4]) -> Result<bool> {
     Ok(t.maps.rate_states()?.iter().any(|(n, _, _)| *n == net))
 }
 
-/// Sends `frame` `n` times on one CPU; returns how many passed.
-fn passed(t: &mut TestProgram, frame: &[u8], n: usize) -> Result<usize> {
-    let mut ok = 0;
-    for _ in 0..n {
-        if t.run(frame)? == PASS {
-            ok += 1;
-        }
-    }
-    Ok(ok)
-}
-
 #[test]
 fn a_new_source_gets_state_only_after_its_first_packets_in_a_window() -> Result<()> {
     // 1 packet/s: a window of SKETCH_ADMIT + 1 seconds, far longer than the test.
     let mut t = limited(1, 100)?;
     let f = udp4(SRC, 5060);
-    assert_eq!(
-        passed(&mut t, &f, SKETCH_ADMIT as usize)?,
-        SKETCH_ADMIT as usize
-    );
+    assert_eq!(t.passed(&f, SKETCH_ADMIT as usize)?, SKETCH_ADMIT as usize);
     assert!(!has_state(&t, SRC)?, "no insert for the first packets");
-    assert_eq!(passed(&mut t, &f, 1)?, 1);
+    assert_eq!(t.passed(&f, 1)?, 1);
     assert!(
         has_state(&t, SRC)?,
         "the next one gets the source its state"
@@ -61,10 +47,7 @@ fn counts_decay_with_their_window() -> Result<()> {
     let window = Duration::from_nanos(Config::default().with_rate(100, 100).sketch_window_ns());
     let f = udp4(SRC, 5060);
     for round in 0..3 {
-        assert_eq!(
-            passed(&mut t, &f, SKETCH_ADMIT as usize)?,
-            SKETCH_ADMIT as usize
-        );
+        assert_eq!(t.passed(&f, SKETCH_ADMIT as usize)?, SKETCH_ADMIT as usize);
         assert!(!has_state(&t, SRC)?, "round {round}: a window's allowance");
         // The next window (the coarse clock moves by ticks of at most 10 ms).
         std::thread::sleep(window + Duration::from_millis(30));
@@ -74,7 +57,7 @@ fn counts_decay_with_their_window() -> Result<()> {
     let start = Instant::now();
     let mut n = 0;
     while !has_state(&t, SRC)? && n < 2 * SKETCH_ADMIT + 1 {
-        passed(&mut t, &f, 1)?;
+        t.passed(&f, 1)?;
         n += 1;
     }
     assert!(start.elapsed() < window, "sent within a window");
@@ -88,7 +71,7 @@ fn the_rate_still_holds_for_a_source_without_state() -> Result<()> {
     // packet that opens it, and the first stage's allowance, then nothing.
     let mut t = limited(1, 100)?;
     let before = t.counters()?;
-    let got = passed(&mut t, &udp4(SRC, 5060), 500)?;
+    let got = t.passed(&udp4(SRC, 5060), 500)?;
     let first = SKETCH_ADMIT as usize;
     assert!(
         (101 + first..=101 + 2 * first).contains(&got),
@@ -138,8 +121,8 @@ fn small_bursts_keep_the_exact_limiter() -> Result<()> {
     assert_eq!(cfg.sketch_admit(), 0);
     let mut t = TestProgram::load()?;
     t.maps.set_config(cfg)?;
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 1)?, 1);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 1)?, 1);
     assert!(has_state(&t, SRC)?, "state from the first packet");
-    assert_eq!(passed(&mut t, &udp4(SRC, 5060), 20)?, 5);
+    assert_eq!(t.passed(&udp4(SRC, 5060), 20)?, 5);
     Ok(())
 }

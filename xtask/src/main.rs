@@ -58,7 +58,8 @@ enum Cmd {
         /// (against fail2ban-regex), `latency` (line to ban to drop), `scale`
         /// (ban rates, 1 M bans, memory; against fail2ban and the firewalls),
         /// `fleet` (100 000 CrowdSec decisions and a delta; against ipset);
-        /// `scale-store`: the state store's rows of `scale` alone (no XDP).
+        /// `scale-store`: the state store's rows of `scale` alone (no XDP);
+        /// `burst`: the 1 M-line burst row of `scale` alone.
         #[arg(default_value = "all")]
         which: String,
     },

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet|scale-store]`: sipguard measured
+//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet|scale-store|burst]`: sipguard measured
 //! against a baseline in the same run (an empty XDP program, iptables, ipset,
 //! nftables, fail2ban), every figure reported as a ratio to it. Each part
 //! writes its section of `BENCHMARKS.md` (see `report`).
@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod burst;
 mod drop;
 mod fleet;
 mod latency;
@@ -33,7 +34,7 @@ const PARTS: [(&str, Part); 6] = [
 ];
 
 /// Parts of another, run alone only when named (`all` runs them in theirs).
-const ALONE: [(&str, Part); 1] = [("scale-store", store::run_alone)];
+const ALONE: [(&str, Part); 2] = [("scale-store", store::run_alone), ("burst", burst::run)];
 
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());

@@ -228,6 +228,9 @@ pub struct Jail {
     start: StartAt,
     pub stats: JailStats,
     skew: SkewWatch,
+    /// Every ban request's reason, made once (formatted per request, it
+    /// took 2 % of a million-line burst's time).
+    reason: String,
 }
 
 /// Notices a log whose timestamps are off by a steady amount (FreeSWITCH
@@ -320,6 +323,11 @@ impl Jail {
             start,
             stats: JailStats::default(),
             skew: SkewWatch::default(),
+            reason: format!(
+                "{} failures within {}",
+                config.maxretry,
+                humantime::format_duration(config.findtime)
+            ),
         })
     }
 
@@ -371,14 +379,17 @@ impl Jail {
         previous_bans: &dyn Fn(&IpNet) -> u32,
         now_ms: i64,
     ) -> Vec<BanRequest> {
-        let mut lines = Vec::new();
+        // The lines a rule may match, one after the other in one text (a
+        // string each cost an allocation and a free per line).
+        let (mut text, mut ends) = (String::new(), Vec::new());
         let (filter, stats) = (&self.filter, &mut self.stats);
         for follower in self.followers.values_mut() {
             // A line no rule can match is counted and let go here, neither
             // decoded nor copied (what `on_line` would do with it too).
             let mut take = |l: &[u8]| {
                 if filter.may_match(l) {
-                    lines.push(String::from_utf8_lossy(l).into_owned());
+                    text.push_str(&String::from_utf8_lossy(l));
+                    ends.push(text.len());
                 } else {
                     stats.lines += 1;
                 }
@@ -391,9 +402,13 @@ impl Jail {
                 );
             }
         }
-        lines
-            .iter()
-            .filter_map(|l| self.on_line(l, now_ms, true, ignore, banned, previous_bans))
+        let mut start = 0;
+        ends.iter()
+            .filter_map(|&end| {
+                let line = &text[start..end];
+                start = end;
+                self.on_line(line, now_ms, true, ignore, banned, previous_bans)
+            })
             .collect()
     }
 
@@ -502,15 +517,15 @@ impl Jail {
             host,
             jail: self.name.clone(),
             duration: ban_duration(&self.config, previous),
-            reason: format!(
-                "{} failures within {}",
-                self.config.maxretry,
-                humantime::format_duration(self.config.findtime)
-            ),
-            // The first 1024 characters.
-            line: match line.char_indices().nth(1024) {
-                Some((end, _)) => line[..end].to_owned(),
-                None => line.to_owned(),
+            reason: self.reason.clone(),
+            // The first 1024 characters (a line of at most 1024 bytes has
+            // no more: not counted one by one).
+            line: match line.len() > 1024 {
+                true => match line.char_indices().nth(1024) {
+                    Some((end, _)) => line[..end].to_owned(),
+                    None => line.to_owned(),
+                },
+                false => line.to_owned(),
             },
             scope: if self.all_ports() {
                 Scope::AllPorts

@@ -9,6 +9,7 @@
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
 pub mod caps;
+mod changed;
 pub mod lifted;
 pub mod lines;
 pub mod names;
@@ -33,8 +34,6 @@ use crate::{
 };
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
-// Tables of a million networks: a fast hasher (seeded per process).
-use foldhash::HashSet as FastSet;
 use ipnet::IpNet;
 use std::{
     collections::{HashMap, HashSet},
@@ -136,9 +135,8 @@ pub struct BanManager {
     counts: crate::net_table::NetTable<(u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
-    /// Networks whose bans, and whose counts, changed since `take_changes`.
-    changed: FastSet<IpNet>,
-    counts_changed: FastSet<IpNet>,
+    /// Networks whose bans, or whose counts, changed since `take_changes`.
+    changed: changed::Changed,
     names: Names,
     lines: LineStore,
 }
@@ -176,8 +174,7 @@ impl BanManager {
             bans: Default::default(),
             by_jail: Default::default(),
             remote: RemoteBans::default(),
-            changed: FastSet::default(),
-            counts_changed: FastSet::default(),
+            changed: changed::Changed::default(),
             names: Names::default(),
             lines: LineStore::new(crate::defaults::LINE_MEMORY),
             counts: Default::default(),
@@ -275,8 +272,7 @@ impl BanManager {
         };
         self.put(net, info);
         self.counts.remove(&net);
-        self.changed.insert(net);
-        self.counts_changed.insert(net);
+        self.changed.both(net);
         match self.total_by_jail.get_mut(jail) {
             Some(n) => *n += 1,
             None => {
@@ -293,7 +289,7 @@ impl BanManager {
         let info = self.take(net)?;
         if info.count > 0 {
             self.counts.insert(*net, (info.count, info.banned_at_ns));
-            self.counts_changed.insert(*net);
+            self.changed.count(*net);
         }
         Some(info)
     }
@@ -324,7 +320,7 @@ impl BanManager {
 
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
-        self.changed.insert(net);
+        self.changed.bans(net);
         if self.remote.origins_of(&net) > 0 {
             let had = self.remove_ban(&net).is_some();
             self.sync_kernel(net)?;
@@ -337,7 +333,7 @@ impl BanManager {
     /// The operator's unban: every origin's ban of `net` on this box.
     /// Returns whether there was any, and the remote origins lifted.
     pub fn unban_all(&mut self, net: IpNet) -> Result<(bool, Vec<String>)> {
-        self.changed.insert(net);
+        self.changed.bans(net);
         let origins = self.remote.remove_all(&net);
         let local = self.remove_ban(&net).is_some();
         let in_kernel = self.maps.unban(net)?;
@@ -353,7 +349,7 @@ impl BanManager {
         if self.remote.set(net, &ban) != Ok(true) {
             return Ok(false);
         }
-        self.changed.insert(net);
+        self.changed.bans(net);
         if let Err(e) = self.sync_kernel(net) {
             self.remote.remove(&net, &origin);
             return Err(e);
@@ -366,7 +362,7 @@ impl BanManager {
         if !self.remote.remove(&net, origin) {
             return Ok(false);
         }
-        self.changed.insert(net);
+        self.changed.bans(net);
         self.sync_kernel(net)?;
         Ok(true)
     }
@@ -376,7 +372,7 @@ impl BanManager {
     pub fn remote_retain(&mut self, origin: &str, keep: &HashSet<IpNet>) -> Result<Vec<IpNet>> {
         let gone = self.remote.retain_origin(origin, keep);
         for net in &gone {
-            self.changed.insert(*net);
+            self.changed.bans(*net);
             self.sync_kernel(*net)?;
         }
         Ok(gone)
@@ -387,7 +383,7 @@ impl BanManager {
     pub fn sweep_remote(&mut self) -> Result<Vec<(IpNet, String)>> {
         let ended = self.remote.take_expired(clock::mono_now_ns());
         for (net, _) in &ended {
-            self.changed.insert(*net);
+            self.changed.bans(*net);
             self.sync_kernel(*net)?;
         }
         Ok(ended)
@@ -420,7 +416,7 @@ impl BanManager {
             if let Some(info) = self.remove_ban(&net) {
                 out.push((net, self.names.text(info.jail).clone()));
             }
-            self.changed.insert(net);
+            self.changed.bans(net);
             self.sync_kernel(net)?;
         }
         Ok(out)
@@ -432,11 +428,11 @@ impl BanManager {
         let before = self.counts.len();
         let bans = &self.bans;
         let memory = duration_ns(memory);
-        let changed = &mut self.counts_changed;
+        let changed = &mut self.changed;
         self.counts.retain(|net, (_, at)| {
             let keep = bans.contains_key(net) || now_ns.saturating_sub(*at) < memory;
             if !keep {
-                changed.insert(*net);
+                changed.count(*net);
             }
             keep
         });
@@ -521,12 +517,12 @@ impl BanManager {
     /// Has `net`'s bans logged with the next changes (they differ from
     /// what the state on disk says).
     pub fn mark_changed(&mut self, net: IpNet) {
-        self.changed.insert(net);
+        self.changed.bans(net);
     }
 
     /// Changes not yet taken by `take_changes`.
     pub fn has_changes(&self) -> bool {
-        !self.changed.is_empty() || !self.counts_changed.is_empty()
+        !self.changed.is_empty()
     }
 }
 

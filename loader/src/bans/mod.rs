@@ -8,6 +8,7 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
+mod burst;
 pub mod caps;
 mod changed;
 pub mod lifted;
@@ -23,6 +24,7 @@ pub mod tally;
 // The state files, now the store's (`store::legacy`), by their old names
 // until the daemon reads and writes the database instead.
 pub use crate::store::legacy::{changes, journal, snapshot, state, torn};
+pub use burst::Order;
 pub use restore::{pinned, InKernel, Pinned, Restored};
 
 use crate::{
@@ -240,6 +242,24 @@ impl BanManager {
         line: &str,
         scope: Scope,
     ) -> Result<bool> {
+        let Some(info) = self.prepare(net, jail, duration, reason, scope) else {
+            return Ok(false);
+        };
+        self.write_kernel(net, &info)?;
+        self.commit(net, info, jail, line);
+        Ok(true)
+    }
+
+    /// The ban of `net` that `ban` makes (merged with the one in force);
+    /// none when the one in force already lasts as long and drops as much.
+    fn prepare(
+        &mut self,
+        net: IpNet,
+        jail: &str,
+        duration: Option<Duration>,
+        reason: &str,
+        scope: Scope,
+    ) -> Option<BanInfo> {
         let now = clock::mono_now_ns();
         let mut expires_at_ns = duration.map(|d| now.saturating_add(duration_ns(d)));
         let mut scope = scope;
@@ -248,7 +268,7 @@ impl BanManager {
                 let merged_end = later(current.expires_at_ns(), expires_at_ns);
                 let merged_scope = current.scope.max(scope);
                 if merged_end == current.expires_at_ns() && merged_scope == current.scope {
-                    return Ok(false);
+                    return None;
                 }
                 expires_at_ns = merged_end;
                 scope = merged_scope;
@@ -256,7 +276,7 @@ impl BanManager {
             }
             None => self.counts.get(&net).map_or(0, |c| c.0),
         };
-        let info = BanInfo {
+        Some(BanInfo {
             jail: self.names.id(jail),
             banned_at_ns: now,
             end_ns: expires_at_ns.unwrap_or(0),
@@ -264,8 +284,11 @@ impl BanManager {
             line: LineRef::NONE,
             count: count + 1,
             scope,
-        };
-        self.write_kernel(net, &info)?;
+        })
+    }
+
+    /// Puts a ban `prepare` made, now in the kernel, in the tables.
+    fn commit(&mut self, net: IpNet, info: BanInfo, jail: &str, line: &str) {
         let info = BanInfo {
             line: self.lines.push(line),
             ..info
@@ -279,7 +302,6 @@ impl BanManager {
                 self.total_by_jail.insert(jail.to_owned(), 1);
             }
         }
-        Ok(true)
     }
 
     /// Removes this box's ban of `net` from the table; its count stays,

@@ -18,6 +18,7 @@ use chrono::FixedOffset;
 use regex::Regex;
 use std::{net::IpAddr, sync::LazyLock};
 
+mod many;
 mod time;
 pub use time::{line_time_ms, other_time_ms};
 

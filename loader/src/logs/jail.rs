@@ -403,11 +403,20 @@ impl Jail {
             }
         }
         let mut start = 0;
-        ends.iter()
-            .filter_map(|&end| {
+        let lines: Vec<&str> = ends
+            .iter()
+            .map(|&end| {
                 let line = &text[start..end];
                 start = end;
-                self.on_line(line, now_ms, true, ignore, banned, previous_bans)
+                line
+            })
+            .collect();
+        let outcomes = self.filter.check_all(&lines);
+        lines
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(line, outcome)| {
+                self.on_checked(line, outcome, now_ms, true, ignore, banned, previous_bans)
             })
             .collect()
     }
@@ -424,7 +433,31 @@ impl Jail {
         banned: &dyn Fn(&IpNet) -> bool,
         previous_bans: &dyn Fn(&IpNet) -> u32,
     ) -> Option<BanRequest> {
-        let (host, time_ms) = self.failure(line)?;
+        let outcome = self.filter.check(line);
+        self.on_checked(
+            line,
+            outcome,
+            arrival_ms,
+            live,
+            ignore,
+            banned,
+            previous_bans,
+        )
+    }
+
+    /// `on_line`, with what the filter says of the line (`Filter::check`).
+    #[allow(clippy::too_many_arguments)]
+    fn on_checked(
+        &mut self,
+        line: &str,
+        outcome: Outcome,
+        arrival_ms: i64,
+        live: bool,
+        ignore: &NeverBan,
+        banned: &dyn Fn(&IpNet) -> bool,
+        previous_bans: &dyn Fn(&IpNet) -> u32,
+    ) -> Option<BanRequest> {
+        let (host, time_ms) = self.failure(outcome)?;
         // The never-ban set is asked here, once, for every ban a log earns:
         // a protected host's failures are not counted at all (fail2ban's
         // ignoreip), and a network that would cover a protected address is
@@ -469,11 +502,12 @@ impl Jail {
         Some(self.ban_request(net, host, line, previous_bans(&net)))
     }
 
-    /// The failing host of `line` and the time it is stamped with, counting
-    /// the line in the stats whatever it turns out to be.
-    fn failure(&mut self, line: &str) -> Option<(IpAddr, Option<i64>)> {
+    /// The failing host of a line the filter said `outcome` of, and the
+    /// time it is stamped with, counting the line in the stats whatever it
+    /// turns out to be.
+    fn failure(&mut self, outcome: Outcome) -> Option<(IpAddr, Option<i64>)> {
         self.stats.lines += 1;
-        let hit = match self.filter.check(line) {
+        let hit = match outcome {
             Outcome::Miss => return None,
             Outcome::Ignored => {
                 self.stats.ignored_regex += 1;

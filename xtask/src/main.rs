@@ -6,7 +6,7 @@
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
 //! * `install` the release binary, the systemd unit, a default configuration (`--destdir` to stage)
 //! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
-//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale|fleet`; `scale-store`: the state store's rows of `scale` alone; `xdp-storm`: the one-run-per-packet sections of `xdp` alone)
+//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale|fleet`; `scale-store`: the state store's rows of `scale` alone; `xdp-storm`: the one-run-per-packet sections of `xdp` alone; `burst`: the 1 M-line burst row of `scale` alone)
 mod install;
 mod setup;
 
@@ -59,7 +59,8 @@ enum Cmd {
         /// (ban rates, 1 M bans, memory; against fail2ban and the firewalls),
         /// `fleet` (100 000 CrowdSec decisions and a delta; against ipset);
         /// `scale-store`: the state store's rows of `scale` alone (no XDP);
-        /// `xdp-storm`: the forged-source storm and banned sources in turn alone.
+        /// `xdp-storm`: the forged-source storm and banned sources in turn alone;
+        /// `burst`: the 1 M-line burst row of `scale` alone.
         #[arg(default_value = "all")]
         which: String,
     },

@@ -14,14 +14,32 @@ impl LineRef {
     pub const NONE: LineRef = LineRef(u64::MAX);
 }
 
-/// Bytes a line costs beyond its text: its pointer and length in the
-/// queue, the allocator's header.
-const OVERHEAD: usize = 32;
+/// The text is kept in blocks of this size, each line within one (a longer
+/// line has a block of its own): a line kept or let go costs no allocation
+/// of its own (one each, freed as the budget let lines go, was a seventh
+/// of a ban's cost in a burst of a million).
+const BLOCK: usize = 64 << 10;
+
+/// Where a line lies: its block's number and its bytes there.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    block: u64,
+    start: u32,
+    len: u32,
+}
+
+/// Bytes a line costs beyond its text: where it lies, in the queue. The
+/// blocks add at most one block's worth beyond the budget (the oldest,
+/// partly let go) and the newest's room left.
+const OVERHEAD: usize = std::mem::size_of::<Span>();
 
 pub struct LineStore {
-    lines: VecDeque<Box<str>>,
+    lines: VecDeque<Span>,
     /// The number of `lines[0]`.
     first: u64,
+    /// Oldest first; `blocks[0]` is number `first_block`.
+    blocks: VecDeque<String>,
+    first_block: u64,
     bytes: usize,
     budget: usize,
 }
@@ -31,6 +49,8 @@ impl LineStore {
         Self {
             lines: VecDeque::new(),
             first: 0,
+            blocks: VecDeque::new(),
+            first_block: 0,
             bytes: 0,
             budget,
         }
@@ -46,10 +66,33 @@ impl LineStore {
             let Some(old) = self.lines.pop_front() else {
                 break;
             };
-            self.bytes -= old.len() + OVERHEAD;
+            self.bytes -= old.len as usize + OVERHEAD;
             self.first += 1;
         }
-        self.lines.push_back(line.into());
+        // The blocks no line kept lies in go (the newest stays, to fill).
+        let newest = (self.first_block + self.blocks.len() as u64).saturating_sub(1);
+        let oldest_kept = self.lines.front().map_or(newest, |s| s.block);
+        while self.first_block < oldest_kept && self.blocks.len() > 1 {
+            self.blocks.pop_front();
+            self.first_block += 1;
+        }
+        if self
+            .blocks
+            .back()
+            .is_none_or(|b| b.capacity() - b.len() < line.len())
+        {
+            self.blocks
+                .push_back(String::with_capacity(BLOCK.max(line.len())));
+        }
+        let block = self.first_block + self.blocks.len() as u64 - 1;
+        let text = self.blocks.back_mut().expect("a block was made");
+        let start = text.len();
+        text.push_str(line);
+        self.lines.push_back(Span {
+            block,
+            start: start as u32,
+            len: line.len() as u32,
+        });
         LineRef(self.first + self.lines.len() as u64 - 1)
     }
 
@@ -58,7 +101,10 @@ impl LineStore {
         r.0.checked_sub(self.first)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.lines.get(i))
-            .map_or("", |l| l)
+            .map_or("", |s| {
+                let text = &self.blocks[(s.block - self.first_block) as usize];
+                &text[s.start as usize..(s.start + s.len) as usize]
+            })
     }
 }
 
@@ -82,5 +128,33 @@ mod tests {
         // nothing out.
         assert_eq!(store.push(&"x".repeat(1000)), LineRef::NONE);
         assert_eq!(store.get(refs[2]), "line 00002");
+    }
+
+    /// Lines over many blocks (one longer than a block among them): each
+    /// kept line reads back whole, the let-go ones are empty, and the
+    /// blocks held stay within the budget and two blocks.
+    #[test]
+    fn lines_in_blocks_read_back_and_old_blocks_go() {
+        let budget = 5 * BLOCK;
+        let mut store = LineStore::new(budget);
+        let line = |i: usize| match i {
+            3000 => format!("{i:06} {}", "y".repeat(BLOCK + 10)),
+            _ => format!("{i:06} {}", "x".repeat(i % 300)),
+        };
+        let refs: Vec<LineRef> = (0..20_000).map(|i| store.push(&line(i))).collect();
+        let kept = (0..20_000)
+            .filter(|&i| {
+                let got = store.get(refs[i]);
+                assert!(got.is_empty() || got == line(i), "line {i}");
+                !got.is_empty()
+            })
+            .count();
+        assert!(store.get(refs[0]).is_empty() && store.get(refs[3000]).is_empty());
+        assert_eq!(store.get(refs[19_999]), line(19_999));
+        // Every line from the oldest kept on is kept.
+        assert_eq!(kept as u64, 20_000 - store.first);
+        assert!(store.bytes <= budget);
+        let held: usize = store.blocks.iter().map(String::capacity).sum();
+        assert!(held <= budget + 2 * BLOCK, "{held}");
     }
 }

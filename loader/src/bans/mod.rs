@@ -8,7 +8,9 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
+mod burst;
 pub mod caps;
+mod changed;
 pub mod lifted;
 pub mod lines;
 pub mod names;
@@ -22,6 +24,7 @@ pub mod tally;
 // The state files, now the store's (`store::legacy`), by their old names
 // until the daemon reads and writes the database instead.
 pub use crate::store::legacy::{changes, journal, snapshot, state, torn};
+pub use burst::Order;
 pub use restore::{pinned, InKernel, Pinned, Restored};
 
 use crate::{
@@ -33,8 +36,6 @@ use crate::{
 };
 use anyhow::Result;
 use common::{BAN_ALL_PORTS, BAN_PORTS_ONLY};
-// Tables of a million networks: a fast hasher (seeded per process).
-use foldhash::HashSet as FastSet;
 use ipnet::IpNet;
 use std::{
     collections::{HashMap, HashSet},
@@ -136,9 +137,8 @@ pub struct BanManager {
     counts: crate::net_table::NetTable<(u32, u64)>,
     /// Bans made so far per jail (for `status`).
     pub total_by_jail: HashMap<String, u64>,
-    /// Networks whose bans, and whose counts, changed since `take_changes`.
-    changed: FastSet<IpNet>,
-    counts_changed: FastSet<IpNet>,
+    /// Networks whose bans, or whose counts, changed since `take_changes`.
+    changed: changed::Changed,
     names: Names,
     lines: LineStore,
 }
@@ -176,8 +176,7 @@ impl BanManager {
             bans: Default::default(),
             by_jail: Default::default(),
             remote: RemoteBans::default(),
-            changed: FastSet::default(),
-            counts_changed: FastSet::default(),
+            changed: changed::Changed::default(),
             names: Names::default(),
             lines: LineStore::new(crate::defaults::LINE_MEMORY),
             counts: Default::default(),
@@ -243,6 +242,24 @@ impl BanManager {
         line: &str,
         scope: Scope,
     ) -> Result<bool> {
+        let Some(info) = self.prepare(net, jail, duration, reason, scope) else {
+            return Ok(false);
+        };
+        self.write_kernel(net, &info)?;
+        self.commit(net, info, jail, line);
+        Ok(true)
+    }
+
+    /// The ban of `net` that `ban` makes (merged with the one in force);
+    /// none when the one in force already lasts as long and drops as much.
+    fn prepare(
+        &mut self,
+        net: IpNet,
+        jail: &str,
+        duration: Option<Duration>,
+        reason: &str,
+        scope: Scope,
+    ) -> Option<BanInfo> {
         let now = clock::mono_now_ns();
         let mut expires_at_ns = duration.map(|d| now.saturating_add(duration_ns(d)));
         let mut scope = scope;
@@ -251,7 +268,7 @@ impl BanManager {
                 let merged_end = later(current.expires_at_ns(), expires_at_ns);
                 let merged_scope = current.scope.max(scope);
                 if merged_end == current.expires_at_ns() && merged_scope == current.scope {
-                    return Ok(false);
+                    return None;
                 }
                 expires_at_ns = merged_end;
                 scope = merged_scope;
@@ -259,7 +276,7 @@ impl BanManager {
             }
             None => self.counts.get(&net).map_or(0, |c| c.0),
         };
-        let info = BanInfo {
+        Some(BanInfo {
             jail: self.names.id(jail),
             banned_at_ns: now,
             end_ns: expires_at_ns.unwrap_or(0),
@@ -267,23 +284,24 @@ impl BanManager {
             line: LineRef::NONE,
             count: count + 1,
             scope,
-        };
-        self.write_kernel(net, &info)?;
+        })
+    }
+
+    /// Puts a ban `prepare` made, now in the kernel, in the tables.
+    fn commit(&mut self, net: IpNet, info: BanInfo, jail: &str, line: &str) {
         let info = BanInfo {
             line: self.lines.push(line),
             ..info
         };
         self.put(net, info);
         self.counts.remove(&net);
-        self.changed.insert(net);
-        self.counts_changed.insert(net);
+        self.changed.both(net);
         match self.total_by_jail.get_mut(jail) {
             Some(n) => *n += 1,
             None => {
                 self.total_by_jail.insert(jail.to_owned(), 1);
             }
         }
-        Ok(true)
     }
 
     /// Removes this box's ban of `net` from the table; its count stays,
@@ -293,7 +311,7 @@ impl BanManager {
         let info = self.take(net)?;
         if info.count > 0 {
             self.counts.insert(*net, (info.count, info.banned_at_ns));
-            self.counts_changed.insert(*net);
+            self.changed.count(*net);
         }
         Some(info)
     }
@@ -324,7 +342,7 @@ impl BanManager {
 
     /// Lifts this box's own ban of `net`; other origins' bans of it stay.
     pub fn unban(&mut self, net: IpNet) -> Result<bool> {
-        self.changed.insert(net);
+        self.changed.bans(net);
         if self.remote.origins_of(&net) > 0 {
             let had = self.remove_ban(&net).is_some();
             self.sync_kernel(net)?;
@@ -337,7 +355,7 @@ impl BanManager {
     /// The operator's unban: every origin's ban of `net` on this box.
     /// Returns whether there was any, and the remote origins lifted.
     pub fn unban_all(&mut self, net: IpNet) -> Result<(bool, Vec<String>)> {
-        self.changed.insert(net);
+        self.changed.bans(net);
         let origins = self.remote.remove_all(&net);
         let local = self.remove_ban(&net).is_some();
         let in_kernel = self.maps.unban(net)?;
@@ -353,7 +371,7 @@ impl BanManager {
         if self.remote.set(net, &ban) != Ok(true) {
             return Ok(false);
         }
-        self.changed.insert(net);
+        self.changed.bans(net);
         if let Err(e) = self.sync_kernel(net) {
             self.remote.remove(&net, &origin);
             return Err(e);
@@ -366,7 +384,7 @@ impl BanManager {
         if !self.remote.remove(&net, origin) {
             return Ok(false);
         }
-        self.changed.insert(net);
+        self.changed.bans(net);
         self.sync_kernel(net)?;
         Ok(true)
     }
@@ -376,7 +394,7 @@ impl BanManager {
     pub fn remote_retain(&mut self, origin: &str, keep: &HashSet<IpNet>) -> Result<Vec<IpNet>> {
         let gone = self.remote.retain_origin(origin, keep);
         for net in &gone {
-            self.changed.insert(*net);
+            self.changed.bans(*net);
             self.sync_kernel(*net)?;
         }
         Ok(gone)
@@ -387,7 +405,7 @@ impl BanManager {
     pub fn sweep_remote(&mut self) -> Result<Vec<(IpNet, String)>> {
         let ended = self.remote.take_expired(clock::mono_now_ns());
         for (net, _) in &ended {
-            self.changed.insert(*net);
+            self.changed.bans(*net);
             self.sync_kernel(*net)?;
         }
         Ok(ended)
@@ -420,7 +438,7 @@ impl BanManager {
             if let Some(info) = self.remove_ban(&net) {
                 out.push((net, self.names.text(info.jail).clone()));
             }
-            self.changed.insert(net);
+            self.changed.bans(net);
             self.sync_kernel(net)?;
         }
         Ok(out)
@@ -432,11 +450,11 @@ impl BanManager {
         let before = self.counts.len();
         let bans = &self.bans;
         let memory = duration_ns(memory);
-        let changed = &mut self.counts_changed;
+        let changed = &mut self.changed;
         self.counts.retain(|net, (_, at)| {
             let keep = bans.contains_key(net) || now_ns.saturating_sub(*at) < memory;
             if !keep {
-                changed.insert(*net);
+                changed.count(*net);
             }
             keep
         });
@@ -521,12 +539,12 @@ impl BanManager {
     /// Has `net`'s bans logged with the next changes (they differ from
     /// what the state on disk says).
     pub fn mark_changed(&mut self, net: IpNet) {
-        self.changed.insert(net);
+        self.changed.bans(net);
     }
 
     /// Changes not yet taken by `take_changes`.
     pub fn has_changes(&self) -> bool {
-        !self.changed.is_empty() || !self.counts_changed.is_empty()
+        !self.changed.is_empty()
     }
 }
 

@@ -212,7 +212,7 @@ impl BanManager {
                         Some(deadline) => Some(deadline),
                         None => {
                             report.expired += 1;
-                            self.changed.insert(net);
+                            self.changed.bans(net);
                             taken.ended.push(net);
                             continue;
                         }
@@ -337,7 +337,7 @@ impl BanManager {
             };
             self.put(net, info);
             report.adopted += 1;
-            self.changed.insert(net);
+            self.changed.bans(net);
         }
         Ok(())
     }

@@ -80,50 +80,41 @@ impl BanManager {
     pub fn take_changes(&mut self, limit: usize) -> Vec<changes::Change> {
         let clock = clock::System;
         let now = (clock.mono_ns(), clock.wall_ms());
-        let nets: Vec<IpNet> = self.changed.iter().take(limit).copied().collect();
-        for net in &nets {
-            self.changed.remove(net);
-        }
+        let taken = self.changed.take(limit);
+        let mut out = Vec::with_capacity(taken.len());
         // A network's count goes with its bans, in the same lines: a Net
-        // line logged before its Count line would, after a crash between
-        // them, restore the count before (a count entry sets the ban's).
-        let mut counted: Vec<IpNet> = nets
-            .iter()
-            .filter(|net| self.counts_changed.remove(*net))
-            .copied()
-            .collect();
-        // Then other counts, within the same limit: a burst of a million
-        // bans changes a million counts, logged over several calls.
-        let room = limit.saturating_sub(counted.len());
-        counted.extend(self.counts_changed.iter().take(room).copied());
-        for net in &counted[..] {
-            self.counts_changed.remove(net);
+        // line logged before its Count line (in an earlier batch) would,
+        // after a crash between them, restore the count before (a count
+        // entry sets the ban's). Each network is looked up once for both.
+        let mut counts = Vec::new();
+        for (net, what) in taken {
+            let name = net.to_string();
+            let ban = self.bans.get(&net);
+            if what.count {
+                // A banned network's count is in its ban.
+                let (n, at) = match ban.map_or_else(
+                    || self.counts.get(&net).copied().unwrap_or((0, 0)),
+                    |b| (b.count, b.banned_at_ns),
+                ) {
+                    (0, _) => (0, 0),
+                    (n, at) => (n, counted_at(at, now)),
+                };
+                counts.push(changes::Change::Count {
+                    net: name.clone(),
+                    n,
+                    at,
+                });
+            }
+            if what.bans {
+                let bans = ban
+                    .map(|b| self.saved_local(&net, b, now))
+                    .into_iter()
+                    .chain(self.remote.get(&net).map(|b| saved_remote(&net, &b, now)))
+                    .collect();
+                out.push(changes::Change::Net { net: name, bans });
+            }
         }
-        let mut out = Vec::with_capacity(nets.len() + counted.len());
-        for net in nets {
-            let bans = self
-                .bans
-                .get(&net)
-                .map(|b| self.saved_local(&net, b, now))
-                .into_iter()
-                .chain(self.remote.get(&net).map(|b| saved_remote(&net, &b, now)))
-                .collect();
-            out.push(changes::Change::Net {
-                net: net.to_string(),
-                bans,
-            });
-        }
-        for net in counted {
-            let (n, at) = match self.count_of(&net) {
-                (0, _) => (0, 0),
-                (n, at) => (n, counted_at(at, now)),
-            };
-            out.push(changes::Change::Count {
-                net: net.to_string(),
-                n,
-                at,
-            });
-        }
+        out.extend(counts);
         out
     }
 

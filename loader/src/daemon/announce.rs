@@ -79,7 +79,7 @@ impl Announcer {
         if !self.exported(&r.jail, cause) {
             return;
         }
-        self.workers.publish(&Outbound::Ban {
+        self.workers.publish(|| Outbound::Ban {
             net: r.net,
             jail: r.jail.clone(),
             cause: cause.to_owned(),
@@ -131,7 +131,7 @@ impl Announcer {
     /// The operator's unban (or a fleet member's) leaves the fleet's list
     /// too; `fleet`: every member is asked to lift it.
     pub(super) fn unban_everywhere(&mut self, net: IpNet, fleet: bool) {
-        self.workers.publish(&Outbound::Unban { net, fleet });
+        self.workers.publish(|| Outbound::Unban { net, fleet });
     }
 
     /// A feed's ban taken, counted under its bounded label.

@@ -118,14 +118,20 @@ impl Daemon {
     /// flood, scanner), and logs it; true when written. A ban already in
     /// force that lasts as long is left alone (nothing to log).
     pub(super) fn enforce(&mut self, r: BanRequest, cause: &str) -> bool {
-        match self
+        let made = self
             .bans
-            .ban(r.net, &r.jail, r.duration, &r.reason, &r.line, r.scope)
-        {
+            .ban(r.net, &r.jail, r.duration, &r.reason, &r.line, r.scope);
+        self.enforced(&r, cause, made)
+    }
+
+    /// What `enforce` does once the ban manager has made `r`'s ban, or
+    /// not (`made`: what `BanManager::ban` returned).
+    pub(super) fn enforced(&mut self, r: &BanRequest, cause: &str, made: Result<bool>) -> bool {
+        match made {
             Ok(true) => {
                 self.dirty = true;
-                self.announce.log_ban(&r);
-                self.announce.ban(&r, cause);
+                self.announce.log_ban(r);
+                self.announce.ban(r, cause);
                 true
             }
             Ok(false) => false,

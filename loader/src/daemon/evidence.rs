@@ -3,7 +3,7 @@
 use super::{Daemon, FLOOD_JAIL, SCANNER_JAIL};
 use crate::{
     addr,
-    bans::{now_ms, Scope},
+    bans::{now_ms, Order, Scope},
     logs::jail::BanRequest,
 };
 use std::time::Instant;
@@ -24,15 +24,28 @@ impl Daemon {
                 now,
             ));
         }
-        // Vetted against the never-ban set by their jails, at the failure.
+        // Vetted against the never-ban set by their jails, at the failure;
+        // made together (see `BanManager::ban_all`), then told one by one.
+        let orders: Vec<Order> = requests
+            .iter()
+            .map(|r| Order {
+                net: r.net,
+                jail: &r.jail,
+                duration: r.duration,
+                reason: &r.reason,
+                line: &r.line,
+                scope: r.scope,
+            })
+            .collect();
+        let made = self.bans.ban_all(&orders);
+        drop(orders);
         let mut banned = 0;
-        for r in requests {
-            let net = r.net;
-            if self.enforce(r, "log") {
+        for (r, made) in requests.iter().zip(made) {
+            if self.enforced(r, "log", made) {
                 banned += 1;
                 self.announce.metrics.ban_latency(read_at.elapsed());
                 // Proven by the log: no longer a ban on packet evidence.
-                self.packet_bans.forget(&net);
+                self.packet_bans.forget(&r.net);
             }
         }
         // A burst is logged as it is read, not a tick's worth a second (a

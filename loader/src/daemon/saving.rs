@@ -228,6 +228,13 @@ impl Daemon {
         if self.snapshot_wanted() {
             return self.start_snapshot();
         }
+        // While the writer has a turn's worth left to write (a slow disk),
+        // changes wait in the ban manager, which holds each network once:
+        // handed over, they would wait as records, as many as a burst made
+        // (about 400 bytes a ban).
+        if self.changelog.waiting() >= CHANGES_PER_TICK {
+            return;
+        }
         if self.append_changes(CHANGES_PER_TICK) && !self.bans.has_changes() {
             self.dirty = false;
         }
@@ -258,7 +265,7 @@ impl Daemon {
                 .collect(),
             cursors: self.cursors.clone(),
         });
-        match self.changelog.append(&lines) {
+        match self.changelog.append(lines) {
             Ok(()) => true,
             Err(e) => {
                 // What was taken is not in the log: a snapshot next.

@@ -481,8 +481,13 @@ impl Workers {
     }
 
     /// Hands one of this box's own ban changes to every engine that
-    /// publishes them.
-    pub fn publish(&mut self, o: &Outbound) {
+    /// publishes them; without any it is not even made (a burst of a
+    /// million bans copies no names for nobody).
+    pub fn publish(&mut self, o: impl FnOnce() -> Outbound) {
+        if self.outlets.is_empty() {
+            return;
+        }
+        let o = o();
         for outlet in &mut self.outlets {
             outlet.send(o.clone());
         }

@@ -14,11 +14,13 @@
 //!   domain, chosen by the attacker) can supply it;
 //! * a line's time is read only from that prefix, at the start of the line.
 use anyhow::{bail, Context as _, Result};
-use chrono::{
-    DateTime, Datelike as _, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeZone as _,
-};
+use chrono::FixedOffset;
 use regex::Regex;
 use std::{net::IpAddr, sync::LazyLock};
+
+mod many;
+mod time;
+pub use time::{line_time_ms, other_time_ms};
 
 /// What `<HOST>` becomes: an IPv4 address, or an IPv6 address (which may end
 /// in an embedded IPv4). Host names are not accepted: no DNS lookups, ever.
@@ -546,141 +548,10 @@ impl Filter {
     }
 }
 
-/// The prefix alone, to read a line's time from the start of the line
-/// (never from text a client wrote further on).
-static PREFIX: LazyLock<Regex> = LazyLock::new(|| Regex::new(&LINE_START).expect("valid"));
-
-static STARTS_WITH_UUID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(&format!("^{UUID}")).expect("valid"));
-static CPU_NEXT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^ \d{1,3}\.\d{1,2}% \[").expect("valid"));
-
-static FS_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:(\d{4})-)?(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
-        .expect("valid")
-});
-
-/// The time of a line, in ms since the epoch, from the prefix FreeSWITCH
-/// wrote at its start: FreeSWITCH's own timestamp (in `tz`), else the
-/// syslog one when it is ISO. A year-less date (`08-03 08:10:21`) is taken
-/// in the current year, or the previous one if that would put it more than
-/// a day in the future. `None` when the line has no such prefix.
-pub fn line_time_ms(line: &str, tz: LogTz) -> Option<i64> {
-    // Most lines start with FreeSWITCH's timestamp (after a session UUID
-    // with `log-uuid`): read it there when the level or the CPU percentage
-    // follows (not a syslog host), without running the capture engine.
-    let after_uuid = if STARTS_WITH_UUID.is_match(line) {
-        UUID.len()
-    } else {
-        0
-    };
-    if let Some(m) = line.get(after_uuid..).and_then(|rest| FS_TIME.find(rest)) {
-        let after = &line[after_uuid + m.end()..];
-        if after.starts_with(" [") || CPU_NEXT.is_match(after) {
-            return fs_time_ms(m.as_str(), tz);
-        }
-    }
-    let caps = PREFIX.captures(line)?;
-    if let Some(fs) = caps.name("fstime").or_else(|| caps.name("fstime2")) {
-        return fs_time_ms(fs.as_str(), tz);
-    }
-    let sys = caps.name("systime")?.as_str().replacen(' ', "T", 1);
-    let sys = sys.as_str();
-    if let Ok(t) = DateTime::parse_from_rfc3339(sys) {
-        return Some(t.timestamp_millis());
-    }
-    let t = NaiveDateTime::parse_from_str(sys, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
-    to_ms(t, tz)
-}
-
-/// Asterisk's `[2012-02-13 17:21:54]` / `[Jan 18 17:39:50]`, else a syslog
-/// date (ISO, or RFC 3164 `Nov  4 18:30:40`), at the very start of the line.
-static OTHER_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\[?(?:(?P<iso>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?)(?P<off>Z|[+-]\d{2}:?\d{2})?|(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<hms>\d{2}:\d{2}:\d{2}))")
-        .expect("valid")
-});
-
-/// The time of an Asterisk or Kamailio line, from its start only. A date
-/// without a year is this year's (last year's if that is over a day ahead).
-pub fn other_time_ms(line: &str, tz: LogTz) -> Option<i64> {
-    let c = OTHER_TIME.captures(line)?;
-    if let Some(iso) = c.name("iso") {
-        let text = iso.as_str().replacen(' ', "T", 1);
-        if let Some(off) = c.name("off") {
-            return DateTime::parse_from_rfc3339(&format!("{text}{}", off.as_str()))
-                .ok()
-                .map(|t| t.timestamp_millis());
-        }
-        return to_ms(
-            NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f").ok()?,
-            tz,
-        );
-    }
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == &c["mon"])? as u32
-        + 1;
-    let day: u32 = c["day"].parse().ok()?;
-    let hms = chrono::NaiveTime::parse_from_str(&c["hms"], "%H:%M:%S").ok()?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let year = Local::now().year();
-    let at = |y: i32| Some(NaiveDate::from_ymd_opt(y, month, day)?.and_time(hms));
-    let this_year = to_ms(at(year)?, tz)?;
-    if this_year > now + 86_400_000 {
-        to_ms(at(year - 1)?, tz)
-    } else {
-        Some(this_year)
-    }
-}
-
-fn to_ms(t: NaiveDateTime, tz: LogTz) -> Option<i64> {
-    match tz {
-        LogTz::Local => Local
-            .from_local_datetime(&t)
-            .earliest()
-            .map(|t| t.timestamp_millis()),
-        LogTz::Fixed(off) => off
-            .from_local_datetime(&t)
-            .earliest()
-            .map(|t| t.timestamp_millis()),
-    }
-}
-
-fn fs_time_ms(text: &str, tz: LogTz) -> Option<i64> {
-    let caps = FS_TIME.captures(text)?;
-    let num = |i: usize| {
-        caps.get(i)
-            .map(|m| m.as_str().parse::<u32>().ok())
-            .unwrap_or(None)
-    };
-    let (month, day, h, m, s) = (num(2)?, num(3)?, num(4)?, num(5)?, num(6)?);
-    let nanos = caps.get(7).map_or(0, |f| {
-        let digits = f.as_str();
-        digits.parse::<u32>().unwrap_or(0) * 10u32.pow(9 - digits.len() as u32)
-    });
-    let at = |year: i32| -> Option<NaiveDateTime> {
-        NaiveDate::from_ymd_opt(year, month, day)?.and_hms_nano_opt(h, m, s, nanos)
-    };
-    match caps.get(1) {
-        Some(y) => to_ms(at(y.as_str().parse().ok()?)?, tz),
-        None => {
-            let now = chrono::Utc::now().timestamp_millis();
-            let year = Local::now().year();
-            let this_year = to_ms(at(year)?, tz)?;
-            if this_year > now + 86_400_000 {
-                to_ms(at(year - 1)?, tz)
-            } else {
-                Some(this_year)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{Local, TimeZone as _};
 
     fn hit(filter: &str, line: &str) -> Option<IpAddr> {
         match Filter::builtin(filter).unwrap().check(line) {

@@ -52,19 +52,22 @@ pub fn older_path(state: &Path) -> PathBuf {
     state.with_extension("changes.old")
 }
 
-/// The open log. Lines are serialized by the caller's thread and written
-/// and synced by a writer thread of the log's own, in order: a sync (tens
-/// of milliseconds on a busy disk) never holds up the daemon's loop.
+/// The open log. Lines are serialized, written and synced by a writer
+/// thread of the log's own, in order: a sync (tens of milliseconds on a
+/// busy disk) never holds up the daemon's loop, nor does the JSON (a third
+/// of what logging a change cost the loop in a burst).
 pub struct ChangeLog {
     tx: std::sync::mpsc::Sender<Write>,
     /// Set by the writer when a write failed: a snapshot is due.
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Lines handed over and not yet taken by the writer.
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Lines handed over since the log was last emptied.
     pub lines: usize,
 }
 
 enum Write {
-    Lines(Vec<u8>),
+    Lines(Vec<Change>),
     /// Empties both logs: a snapshot holds all of them.
     Clear,
     /// The log so far becomes the older log (added to it, if one is left
@@ -82,27 +85,38 @@ impl ChangeLog {
     pub fn new(state: &Path, lines: usize) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Write>();
         let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (paths, flag) = ((path(state), older_path(state)), failed.clone());
+        let waiting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paths = (path(state), older_path(state));
+        let (flag, left) = (failed.clone(), waiting.clone());
         std::thread::Builder::new()
             .name("sipguard-changes".into())
-            .spawn(move || writer(&paths.0, &paths.1, &rx, &flag))
+            .spawn(move || writer(&paths.0, &paths.1, &rx, &flag, &left))
             .expect("cannot start the change log's writer");
-        Self { tx, failed, lines }
+        Self {
+            tx,
+            failed,
+            waiting,
+            lines,
+        }
     }
 
-    /// Hands `changes` to the writer.
-    pub fn append(&mut self, changes: &[Change]) -> Result<()> {
+    /// Hands `changes` to the writer (a vector is moved, a slice copied).
+    pub fn append(&mut self, changes: impl Into<Vec<Change>>) -> Result<()> {
+        let changes = changes.into();
         if changes.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        for c in changes {
-            serde_json::to_writer(&mut buf, c)?;
-            buf.push(b'\n');
-        }
-        self.send(Write::Lines(buf))?;
-        self.lines += changes.len();
+        let n = changes.len();
+        self.waiting
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.send(Write::Lines(changes))?;
+        self.lines += n;
         Ok(())
+    }
+
+    /// Lines handed over that the writer has not taken yet (a slow disk).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send(&self, w: Write) -> Result<()> {
@@ -158,6 +172,7 @@ fn writer(
     older: &Path,
     rx: &std::sync::mpsc::Receiver<Write>,
     failed: &std::sync::atomic::AtomicBool,
+    waiting: &std::sync::atomic::AtomicUsize,
 ) {
     let mut file: Option<fs::File> = None;
     // A write of this log failed since it was begun (rotated or cleared):
@@ -168,19 +183,7 @@ fn writer(
     let mut next: Option<Write> = None;
     while let Some(w) = next.take().or_else(|| rx.recv().ok()) {
         let result = match w {
-            Write::Lines(mut buf) => (|| -> Result<()> {
-                // Every batch of lines waiting goes out with one sync: a
-                // burst read in many small turns costs one sync, not one a
-                // turn.
-                while let Ok(more) = rx.try_recv() {
-                    match more {
-                        Write::Lines(lines) => buf.extend_from_slice(&lines),
-                        other => {
-                            next = Some(other);
-                            break;
-                        }
-                    }
-                }
+            Write::Lines(changes) => (|| -> Result<()> {
                 if file.is_none() {
                     use std::os::unix::fs::OpenOptionsExt as _;
                     file = Some(
@@ -196,13 +199,33 @@ fn writer(
                     super::torn::cut_torn_tail(file.as_ref().expect("opened"), path)?;
                 }
                 let f = file.as_mut().expect("opened");
-                let written = f.write_all(&buf).and_then(|()| f.sync_data());
+                // Every batch of lines waiting goes out with one sync (a
+                // burst read in many small turns costs one sync, not one a
+                // turn), each written as it is taken: what is held at once
+                // is one batch, not all that waited.
+                let mut buf = Vec::new();
+                let mut batch = Some(changes);
+                let written = (|| -> Result<()> {
+                    while let Some(changes) = batch.take() {
+                        waiting.fetch_sub(changes.len(), std::sync::atomic::Ordering::Relaxed);
+                        buf.clear();
+                        serialize(&changes, &mut buf)?;
+                        drop(changes);
+                        f.write_all(&buf)?;
+                        match rx.try_recv() {
+                            Ok(Write::Lines(more)) => batch = Some(more),
+                            Ok(other) => next = Some(other),
+                            Err(_) => {}
+                        }
+                    }
+                    Ok(f.sync_data()?)
+                })();
                 if written.is_err() {
                     // Reopened for the next lines, which cuts what this
                     // write left torn: a line glued to it would be lost.
                     file = None;
                 }
-                Ok(written?)
+                written
             })(),
             Write::Barrier(done) => {
                 let _ = done.send(!failed_since_rotate);
@@ -226,6 +249,15 @@ fn writer(
             failed_since_rotate = true;
         }
     }
+}
+
+/// `changes` as the log's lines, one JSON object each.
+fn serialize(changes: &[Change], buf: &mut Vec<u8>) -> Result<()> {
+    for c in changes {
+        serde_json::to_writer(&mut *buf, c)?;
+        buf.push(b'\n');
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> Result<()> {
@@ -502,10 +534,10 @@ mod tests {
                 cursors: BTreeMap::from([("apiban".into(), "300".into())]),
             },
         ];
-        log.append(&changes).unwrap();
+        log.append(changes.clone()).unwrap();
         assert_eq!(log.lines, 5);
         // Twice: the same result.
-        log.append(&changes).unwrap();
+        log.append(changes.clone()).unwrap();
         log.flush();
         // A crash mid-write.
         fs::OpenOptions::new()

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet|scale-store|xdp-storm]`: sipguard measured
+//! `cargo xtask bench [all|xdp|drop|logs|latency|scale|fleet|scale-store|xdp-storm|burst]`: sipguard measured
 //! against a baseline in the same run (an empty XDP program, iptables, ipset,
 //! nftables, fail2ban), every figure reported as a ratio to it. Each part
 //! writes its section of `BENCHMARKS.md` (see `report`).
@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod burst;
 mod drop;
 mod fleet;
 mod latency;
@@ -34,9 +35,10 @@ const PARTS: [(&str, Part); 6] = [
 ];
 
 /// Parts of another, run alone only when named (`all` runs them in theirs).
-const ALONE: [(&str, Part); 2] = [
+const ALONE: [(&str, Part); 3] = [
     ("scale-store", store::run_alone),
     ("xdp-storm", storm::run_alone),
+    ("burst", burst::run),
 ];
 
 fn main() -> Result<()> {

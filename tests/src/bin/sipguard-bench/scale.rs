@@ -27,15 +27,13 @@ use std::{
 
 /// Failure lines appended at once: the "ban 100 000 addresses" figure.
 const BURST: u32 = 100_000;
-/// The operator's worst burst: a million sources' failures at once.
-const BIG_BURST: u32 = 1_000_000;
 /// Bans made one process at a time (and by fail2ban, which bans ~50/s).
 const ONE_BY_ONE: u32 = 500;
 /// Saved bans the daemon starts with, offenders it then tracks.
 const SAVED: u32 = 1_000_000;
 /// Banned sources start here (100.64.0.0/10, shared address space); offenders
 /// that are never banned start at 100.96.0.0.
-const BANNED_BASE: u32 = 0x6440_0000;
+pub(crate) const BANNED_BASE: u32 = 0x6440_0000;
 const OFFENDER_BASE: u32 = 0x6460_0000;
 
 pub fn run(out: &mut Section) -> Result<()> {
@@ -44,7 +42,7 @@ pub fn run(out: &mut Section) -> Result<()> {
     crate::store::run(out, Some(start))
 }
 
-fn addr(base: u32, i: u32) -> Ipv4Addr {
+pub(crate) fn addr(base: u32, i: u32) -> Ipv4Addr {
     Ipv4Addr::from(base + i)
 }
 
@@ -58,11 +56,11 @@ fn failure_line(ip: Ipv4Addr) -> String {
 }
 
 /// One failure line for each of `n` sources from `base` on.
-fn failure_lines(base: u32, n: u32) -> String {
+pub(crate) fn failure_lines(base: u32, n: u32) -> String {
     (0..n).map(|i| failure_line(addr(base, i))).collect()
 }
 
-fn append(path: &std::path::Path, text: &str) -> Result<()> {
+pub(crate) fn append(path: &std::path::Path, text: &str) -> Result<()> {
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)?
@@ -72,7 +70,7 @@ fn append(path: &std::path::Path, text: &str) -> Result<()> {
 
 /// Polls `done` every `every` until it holds or `limit` passes; returns the
 /// seconds since `start`.
-fn wait_until(
+pub(crate) fn wait_until(
     start: Instant,
     every: Duration,
     limit: Duration,
@@ -89,7 +87,7 @@ fn wait_until(
     }
 }
 
-fn jail_config(maxretry: u32) -> String {
+pub(crate) fn jail_config(maxretry: u32) -> String {
     format!("[jails.fs]\nlogpath = \"{{dir}}/freeswitch.log\"\nfilter = \"freeswitch\"\nmaxretry = {maxretry}\nbantime = \"1d\"\n")
 }
 
@@ -124,7 +122,7 @@ fn ban_rate(out: &mut Section) -> Result<()> {
     let sipguard_burst = f64::from(BURST) / secs;
     say!(out, "| sipguard daemon, failure lines at once | {BURST} | {secs:.2} | {sipguard_burst:.0} | 1.00 |");
     drop(daemon);
-    let big = big_burst()?;
+    let big = crate::burst::big_burst()?;
 
     match fail2ban_burst() {
         Ok((bans, secs)) => {
@@ -134,7 +132,7 @@ fn ban_rate(out: &mut Section) -> Result<()> {
         Err(e) => say!(out, "| fail2ban-server: not measured ({e:#}) | | | | |"),
     }
 
-    let (bans, secs, peak) = big;
+    let (bans, secs, peak) = (big.bans, big.secs, big.peak_mib);
     let rate = f64::from(bans) / secs;
     say!(out, "| sipguard daemon, {bans} failure lines at once (the daemon's peak resident memory {peak:.0} MiB) | {bans} | {secs:.2} | {rate:.0} | {:.2} |", rate / sipguard_burst);
 
@@ -263,38 +261,6 @@ fn ban_rate(out: &mut Section) -> Result<()> {
     }
     say!(out, "\nEach group's ratio is to the sipguard row above it. The daemon's ban is a map write (a system call); the one-process rows are bound by starting a process, for `sipguard ban` included.");
     Ok(())
-}
-
-/// `BIG_BURST` failure lines from as many sources appended at once to a
-/// followed log (`maxretry = 1`), as an operator would see a campaign's
-/// burst: how many were banned, how long until the last is in the kernel
-/// map, and the daemon's peak resident memory (MiB).
-fn big_burst() -> Result<(u32, f64, f64)> {
-    let pair = Pair::new()?;
-    let sb = Sandbox::new(&jail_config(1))?;
-    let log = sb.path("freeswitch.log");
-    std::fs::write(&log, "")?;
-    let daemon = Daemon::start(&pair.server, &sb, &["--iface", &pair.server_if])?;
-    let maps = sipguard::kernel::maps::KernelMaps::open(&sb.pin)?;
-    let lines: String = failure_lines(BANNED_BASE, BIG_BURST);
-    let last = ipnet::IpNet::from(std::net::IpAddr::V4(addr(BANNED_BASE, BIG_BURST - 1)));
-    let start = Instant::now();
-    append(&log, &lines)?;
-    drop(lines);
-    let secs = wait_until(
-        start,
-        Duration::from_millis(5),
-        Duration::from_secs(300),
-        || Ok(maps.ban_entry(last)?.is_some()),
-    )?;
-    let banned = maps.bans()?.len();
-    if banned != BIG_BURST as usize {
-        bail!("sipguard banned {banned} of {BIG_BURST} sources");
-    }
-    // What the burst left to do (the change log, a snapshot) settles first.
-    std::thread::sleep(Duration::from_secs(3));
-    let (_, peak) = memory(daemon.pid())?;
-    Ok((BIG_BURST, secs, peak))
 }
 
 fn iptables_chain(ns: &Netns, cmd: &str) -> Result<()> {

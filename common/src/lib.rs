@@ -239,7 +239,9 @@ pub struct TraceFilter {
 pub struct PendingScan {
     /// Packet offset of the UDP payload.
     pub payload: u64,
-    /// The coarse clock when the packet was judged.
+    /// The coarse clock when the packet was judged; 0 when the limiter is off
+    /// (no clock read then). The scan reads its own on a match, so this is
+    /// kept only for the map's layout (pinned, a version of its own).
     pub now: u64,
     pub key: RateKey,
     /// The source address; IPv4 in the first four bytes.

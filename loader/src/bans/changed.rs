@@ -47,7 +47,13 @@ impl Changed {
     pub fn take(&mut self, limit: usize) -> Vec<(IpNet, What)> {
         // Taken as they are walked (one lookup each, not a walk and then a
         // removal); what the walk does not reach stays.
-        self.0.extract_if(|_, _| true).take(limit).collect()
+        let taken = self.0.extract_if(|_, _| true).take(limit).collect();
+        // A burst's million networks left a table of tens of MiB behind,
+        // for the daemon's life: let it go once drained.
+        if self.0.is_empty() && self.0.capacity() > 4096 {
+            self.0 = Default::default();
+        }
+        taken
     }
 }
 

@@ -149,8 +149,10 @@ impl Daemon {
     /// the snapshot began (bans it skipped or caught half way among them),
     /// and the file goes in place once the log says they are written.
     fn finish_snapshot(&mut self) -> anyhow::Result<()> {
-        // A slice of changes at a time: each slice's records are freed once
-        // serialized (a million at once made a gigabyte of them).
+        // A slice of changes at a time, each handed to the writer thread,
+        // which serializes and frees it: the records wait in its queue
+        // until then (about the size of their JSON, which waited there
+        // before the writer serialized).
         while self.bans.has_changes() {
             if !self.append_changes(CHANGES_PER_TICK) {
                 anyhow::bail!("the change log could not take the changes made meanwhile");

@@ -64,8 +64,14 @@ pub fn update<K: Pod, V: Pod>(
             ..Default::default()
         };
         if let Err(e) = bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
-            // `count` now says how many of this chunk went in.
-            return Err((e, done + attr.count as usize));
+            // `count` now says how many of this chunk went in, except when
+            // the kernel failed before the first (EPERM, ENOTSUPP, or an
+            // ENOMEM on kernels without the fix that zeroes it): then it
+            // is still what was asked. An error always means entry `count`
+            // failed, so a count of all of them means none.
+            let went_in = attr.count as usize;
+            let went_in = if went_in >= k.len() { 0 } else { went_in };
+            return Err((e, done + went_in));
         }
         done += k.len();
     }

@@ -11,26 +11,42 @@ const PER_THREAD: usize = 2048;
 impl Filter {
     /// What `check` says of each of `lines`, in order.
     pub fn check_all(&self, lines: &[&str]) -> Vec<Outcome> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (lines.len() / PER_THREAD).clamp(1, cores);
+        let threads = (lines.len() / PER_THREAD).clamp(1, cores());
         if threads == 1 {
             return lines.iter().map(|l| self.check(l)).collect();
         }
         let per = lines.len().div_ceil(threads);
         std::thread::scope(|s| {
+            // A thread the OS refuses (a pids limit, no memory) is no
+            // error: its lines are matched here, after the others.
             let others: Vec<_> = lines
                 .chunks(per)
                 .skip(1)
-                .map(|chunk| s.spawn(move || chunk.iter().map(|l| self.check(l)).collect()))
+                .map(|chunk| {
+                    let thread = std::thread::Builder::new()
+                        .name("sipguard-match".into())
+                        .spawn_scoped(s, move || {
+                            chunk.iter().map(|l| self.check(l)).collect::<Vec<_>>()
+                        });
+                    (chunk, thread.ok())
+                })
                 .collect();
             let mut out: Vec<Outcome> = lines[..per].iter().map(|l| self.check(l)).collect();
-            for other in others {
-                let more: Vec<Outcome> = other.join().expect("matching a line panicked");
-                out.extend(more);
+            for (chunk, thread) in others {
+                match thread {
+                    Some(t) => out.extend(t.join().expect("matching a line panicked")),
+                    None => out.extend(chunk.iter().map(|l| self.check(l))),
+                }
             }
             out
         })
     }
+}
+
+/// The cores to match on, read once (it reads cgroup files each time).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

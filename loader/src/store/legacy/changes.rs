@@ -109,7 +109,12 @@ impl ChangeLog {
         let n = changes.len();
         self.waiting
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        self.send(Write::Lines(changes))?;
+        if let Err(e) = self.send(Write::Lines(changes)) {
+            // Nobody will take them: they must not hold the gate shut.
+            self.waiting
+                .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
         self.lines += n;
         Ok(())
     }
@@ -203,8 +208,12 @@ fn writer(
                 // burst read in many small turns costs one sync, not one a
                 // turn), each written as it is taken: what is held at once
                 // is one batch, not all that waited.
+                // Chained for at most UNSYNCED_FOR: a burst that keeps
+                // handing batches over while each is written would
+                // otherwise leave them all unsynced until it ends.
                 let mut buf = Vec::new();
                 let mut batch = Some(changes);
+                let first = std::time::Instant::now();
                 let written = (|| -> Result<()> {
                     while let Some(changes) = batch.take() {
                         waiting.fetch_sub(changes.len(), std::sync::atomic::Ordering::Relaxed);
@@ -212,6 +221,9 @@ fn writer(
                         serialize(&changes, &mut buf)?;
                         drop(changes);
                         f.write_all(&buf)?;
+                        if first.elapsed() >= UNSYNCED_FOR {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(Write::Lines(more)) => batch = Some(more),
                             Ok(other) => next = Some(other),
@@ -252,6 +264,10 @@ fn writer(
 }
 
 /// `changes` as the log's lines, one JSON object each.
+/// The longest the writer chains batches before it syncs them (see the
+/// writer's loop): what a crash can lose of a burst already handed over.
+const UNSYNCED_FOR: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn serialize(changes: &[Change], buf: &mut Vec<u8>) -> Result<()> {
     for c in changes {
         serde_json::to_writer(&mut *buf, c)?;

@@ -57,6 +57,12 @@ fn row(s: &Setup, address: &str, prefix: u8) -> Result<Option<serde_json::Value>
         .cloned())
 }
 
+/// Whether the pinned `banned_v4` trie holds exactly 198.51.100.0/24.
+fn in_trie(s: &Setup) -> Result<bool> {
+    let maps = sipguard::kernel::maps::KernelMaps::open(&s.sb.pin)?;
+    Ok(maps.ban_entry("198.51.100.0/24".parse()?)?.is_some())
+}
+
 /// Appends 3 failures of each of `ips` and waits until each is banned.
 fn fail(s: &Setup, ips: &[&str]) -> Result<()> {
     for ip in ips {
@@ -84,8 +90,10 @@ fn three_members_ban_their_24_which_drops_a_fourth_and_stays() -> Result<()> {
     assert_eq!(row(&s, PREFIX, 24)?, None, "{}", s.daemon.log());
     assert_eq!(forged_reach(&s, &raw, FOURTH, &sip, 10)?, 10);
 
-    // The third: the /24 is in the kernel, with its jail and member count.
+    // The third: the /24 is in the kernel's range trie, and `list` shows
+    // it with its jail and member count.
     fail(&s, &MEMBERS[2..])?;
+    assert!(in_trie(&s)?, "{}", s.daemon.log());
     let prefix = row(&s, PREFIX, 24)?.expect("the /24 is banned");
     assert_eq!(prefix["jail"], "freeswitch", "{prefix}");
     let reason = prefix["reason"].as_str().unwrap_or_default();
@@ -129,6 +137,7 @@ fn three_members_ban_their_24_which_drops_a_fourth_and_stays() -> Result<()> {
     // `unban PREFIX` lifts the prefix, not its members.
     s.cli(&["unban", "198.51.100.0/24"])?;
     assert_eq!(row(&s, PREFIX, 24)?, None);
+    assert!(!in_trie(&s)?);
     for m in MEMBERS {
         assert!(row(&s, m, 32)?.is_some(), "{m} stays banned");
     }

@@ -169,6 +169,34 @@ fn a_24_holding_a_protected_address_is_never_made() -> Result<()> {
     Ok(())
 }
 
+/// IPv6 offenders are banned as their /64 (`ipv6_prefix`): three /64s of
+/// one /48 make the /48 (the IPv6 default), in the `banned_v6` trie.
+#[test]
+fn three_ipv6_64s_ban_their_48() -> Result<()> {
+    let s = Setup::new(&config(""))?;
+    for ip in ["2001:db8:6:1::1", "2001:db8:6:2::1"] {
+        append(&s.sb, &failures(ip, 3))?;
+    }
+    wait_until(10, "the members are banned as /64s", || {
+        Ok(row(&s, "2001:db8:6:1::", 64)?.is_some() && row(&s, "2001:db8:6:2::", 64)?.is_some())
+    })?;
+    assert_eq!(row(&s, "2001:db8:6::", 48)?, None);
+    append(&s.sb, &failures("2001:db8:6:3::1", 3))?;
+    wait_until(10, "the /48 is banned", || {
+        Ok(row(&s, "2001:db8:6::", 48)?.is_some())
+    })?;
+    let prefix = row(&s, "2001:db8:6::", 48)?.expect("banned");
+    assert!(
+        prefix["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("aggregated from 3 members")),
+        "{prefix}"
+    );
+    let maps = sipguard::kernel::maps::KernelMaps::open(&s.sb.pin)?;
+    assert!(maps.ban_entry("2001:db8:6::/48".parse()?)?.is_some());
+    Ok(())
+}
+
 /// Fewer than N distinct addresses: the same address banned, unbanned and
 /// banned again is one member.
 #[test]

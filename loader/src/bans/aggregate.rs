@@ -253,10 +253,6 @@ impl Tracker {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Prefixes and members remembered now.
     pub fn len(&self) -> (usize, usize) {
         (self.prefixes.len(), self.members)

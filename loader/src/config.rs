@@ -625,6 +625,7 @@ fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> anyhow::Error {
 impl Config {
     /// Parses and checks a configuration; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        aggregate::reject_packet_jails(text).with_context(|| origin.to_owned())?;
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
         config.check().with_context(|| origin.to_owned())?;
         Ok(config)
@@ -670,6 +671,7 @@ impl Config {
     }
 }
 
+mod aggregate;
 mod check;
 
 #[cfg(test)]

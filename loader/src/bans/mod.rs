@@ -8,6 +8,7 @@
 //!
 //! Time: every deadline here is the kernel's own (`CLOCK_MONOTONIC`, see
 //! `clock`), so the daemon and the program always agree on when a ban ends.
+pub mod aggregate;
 mod burst;
 pub mod caps;
 mod changed;

@@ -58,7 +58,7 @@ fn check_jail(jail: &JailConfig) -> Result<(), String> {
     if jail.max_offenders == 0 {
         return Err("key `max_offenders` must be at least 1".into());
     }
-    Ok(())
+    super::aggregate::check_jail(jail)
 }
 
 impl CrowdsecConfig {

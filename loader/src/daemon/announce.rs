@@ -117,6 +117,9 @@ impl Announcer {
             "flood" => self.export.flood,
             "scanner" => self.export.scanner,
             "log" => !self.export.kept_home.contains(jail),
+            // A prefix this box aggregated from its own members' bans: the
+            // members travel, each box aggregates from its own evidence.
+            super::aggregate::CAUSE => false,
             _ => true,
         }
     }

@@ -195,6 +195,9 @@ impl Daemon {
         for jail in &mut self.jails {
             jail.refresh_files(&self.positions, false);
             jail.offenders.prune(now);
+            if let Some(a) = &mut jail.aggregate {
+                a.expire(now);
+            }
         }
         let positions_due = self.last_positions_save.elapsed() >= POSITIONS_SAVE_INTERVAL
             && self.current_positions() != self.saved_positions;

@@ -40,14 +40,20 @@ impl Daemon {
         let made = self.bans.ban_all(&orders);
         drop(orders);
         let mut banned = 0;
+        let aggregating = self.jails.iter().any(|j| j.aggregate.is_some());
+        let mut members = Vec::new();
         for (r, made) in requests.iter().zip(made) {
             if self.enforced(r, "log", made) {
                 banned += 1;
                 self.announce.metrics.ban_latency(read_at.elapsed());
                 // Proven by the log: no longer a ban on packet evidence.
                 self.packet_bans.forget(&r.net);
+                if aggregating {
+                    members.push(r);
+                }
             }
         }
+        self.aggregate(&members, now);
         // A burst is logged as it is read, not a tick's worth a second (a
         // million bans would take minutes to be saved, and a snapshot's
         // finish would have them all to write at once).

@@ -20,6 +20,7 @@ use std::{
     time::Instant,
 };
 
+mod aggregate;
 mod announce;
 mod assemble;
 mod boot;

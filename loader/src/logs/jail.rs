@@ -1,6 +1,7 @@
 //! A jail: one filter over some logs, its offenders, and the rule that turns
 //! `maxretry` failures within `findtime` into a ban of `bantime`.
 use crate::{
+    bans::aggregate,
     bans::never_ban::{NeverBan, Vetted},
     bans::state::Position,
     bans::Scope,
@@ -95,6 +96,15 @@ pub struct JailConfig {
     /// line FreeSWITCH wrote is evidence worth sharing.
     #[serde(default = "yes")]
     pub export: bool,
+    /// Prefix aggregation (see `bans::aggregate`): this many distinct
+    /// members of one prefix banned within `findtime` ban the prefix.
+    #[serde(default)]
+    pub aggregate_after: Option<u32>,
+    /// The prefix lengths aggregated to (defaults: /24, and /64 or /48).
+    #[serde(default)]
+    pub aggregate_v4: Option<u8>,
+    #[serde(default)]
+    pub aggregate_v6: Option<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +132,17 @@ impl<'de> Deserialize<'de> for Ports {
 }
 
 impl JailConfig {
+    /// The jail's prefix aggregation, or what is wrong with its keys.
+    pub fn aggregation(&self) -> Result<Option<aggregate::Settings>, String> {
+        aggregate::Settings::of(
+            self.aggregate_after,
+            self.aggregate_v4,
+            self.aggregate_v6,
+            self.ipv6_prefix,
+            self.findtime,
+        )
+    }
+
     /// The filter of a jail.
     pub fn filter(&self, tz: LogTz) -> Result<Filter> {
         let f = match &self.filter {
@@ -231,6 +252,8 @@ pub struct Jail {
     /// Every ban request's reason, made once (formatted per request, it
     /// took 2 % of a million-line burst's time).
     reason: String,
+    /// Its prefixes on their way to an aggregated ban (`aggregate_after`).
+    pub aggregate: Option<aggregate::Tracker>,
 }
 
 /// Notices a log whose timestamps are off by a steady amount (FreeSWITCH
@@ -328,6 +351,10 @@ impl Jail {
                 config.maxretry,
                 humantime::format_duration(config.findtime)
             ),
+            aggregate: config
+                .aggregation()
+                .map_err(|e| anyhow::anyhow!("jail {name}: {e}"))?
+                .map(|s| aggregate::Tracker::new(name, s)),
         })
     }
 

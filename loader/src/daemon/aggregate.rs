@@ -1,0 +1,81 @@
+//! Prefix aggregation's hook (see `bans::aggregate`): the log bans just
+//! made are told to their jail's tracker, and what it decides is banned,
+//! or said, here. A prefix ban goes the normal ban path (kept, restored,
+//! listed, lifted by `unban`) but never leaves for the fleet: it is this
+//! box's derivation from its own evidence, and every box derives its own
+//! from the members, which travel as they are.
+use super::Daemon;
+use crate::{addr, bans::aggregate::Decision, kernel::clock, logs::jail::BanRequest};
+use std::time::Duration;
+
+/// The announcer's cause for prefix bans (`Announcer::exported` keeps them home).
+pub(super) const CAUSE: &str = "aggregate";
+
+impl Daemon {
+    /// `made`: bans jails made from their logs at `now_ms` (wall clock).
+    pub(super) fn aggregate(&mut self, made: &[&BanRequest], now_ms: i64) {
+        for r in made {
+            let Some(tracker) = self
+                .jails
+                .iter_mut()
+                .find(|j| j.name == r.jail)
+                .and_then(|j| j.aggregate.as_mut())
+            else {
+                continue;
+            };
+            let decision =
+                tracker.member_banned(r.net, r.host, now_ms, &self.never_ban, &self.bans);
+            match decision {
+                Some(Decision::Ban {
+                    prefix,
+                    end,
+                    reason,
+                    ..
+                }) => {
+                    let now = clock::mono_now_ns();
+                    let duration = match end {
+                        Some(end) if end <= now => continue,
+                        Some(end) => Some(Duration::from_nanos(end - now)),
+                        None => None,
+                    };
+                    let request = BanRequest {
+                        net: prefix,
+                        host: r.host,
+                        jail: r.jail.clone(),
+                        duration,
+                        reason,
+                        // The member's line that completed (or extended) it.
+                        line: r.line.clone(),
+                        scope: r.scope,
+                    };
+                    self.enforce(request, CAUSE);
+                }
+                Some(Decision::Refused {
+                    prefix,
+                    members,
+                    protected,
+                    why,
+                }) => tracing::warn!(
+                    "[{}] not aggregating {members} banned members into {}: it would cover {} ({why}), \
+                     which is never banned; the members keep their own bans",
+                    r.jail,
+                    addr::display(&prefix),
+                    addr::display(&protected)
+                ),
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The daemon's packet jails are the ones configuration refuses to
+    /// aggregate.
+    #[test]
+    fn packet_jails_are_known_to_aggregation() {
+        use crate::bans::aggregate::PACKET_JAILS;
+        assert!(PACKET_JAILS.contains(&super::super::FLOOD_JAIL));
+        assert!(PACKET_JAILS.contains(&super::super::SCANNER_JAIL));
+    }
+}

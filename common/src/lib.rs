@@ -110,6 +110,22 @@ pub const BAN_PORTS_ONLY: u32 = 2;
 pub const CONFIG_ALL_PORTS: u32 = 1;
 /// `Config::flags`: drop UDP SIP requests with a scanner's User-Agent.
 pub const CONFIG_SCANNERS: u32 = 2;
+
+/// The User-Agent values (their start, lower case) the scanner program
+/// drops. Scanners only. Left out on purpose: sipsak and SIPp (diagnostic
+/// and load tools operators use against their own servers), and softphone
+/// SDK names attackers borrow but real users also run.
+pub const SCANNER_SIGNATURES: [&[u8]; 9] = [
+    b"friendly-scanner",
+    b"sipvicious",
+    b"sipcli",
+    b"vaxsipuseragent",
+    b"pplsip",
+    b"sip-scan",
+    b"iwar",
+    b"sivus",
+    b"sundayddr",
+];
 /// `Config::flags`: also report scanning sources, to be banned (off: the
 /// packets are dropped and nothing else happens).
 pub const CONFIG_REPORT_SCANNERS: u32 = 4;

@@ -177,3 +177,20 @@ impl Drop for Daemon {
         let _ = std::fs::remove_file(&self.notify_path);
     }
 }
+
+/// `sipguard run ARGS` with `sandbox`'s config in `ns`, which must refuse to
+/// start (a bad config, an interface it cannot attach to): its stderr.
+pub fn refused_run(ns: &crate::netns::Netns, sandbox: &Sandbox, args: &[&str]) -> Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(bin())
+        .args(sandbox.args())
+        .arg("run")
+        .args(args)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        bail!("sipguard run {args:?} started, and should have refused: {err}");
+    }
+    Ok(err)
+}

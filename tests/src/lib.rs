@@ -12,6 +12,7 @@ pub mod http;
 pub mod kernel;
 pub mod netns;
 pub mod packet;
+pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

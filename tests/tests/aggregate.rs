@@ -170,9 +170,9 @@ fn a_24_holding_a_protected_address_is_never_made() -> Result<()> {
 }
 
 /// IPv6 offenders are banned as their /64 (`ipv6_prefix`): three /64s of
-/// one /48 make the /48 (the IPv6 default), in the `banned_v6` trie.
+/// one /56 make the /56 (the IPv6 default: 256 /64s, as a /24 holds 256 addresses), in the `banned_v6` trie.
 #[test]
-fn three_ipv6_64s_ban_their_48() -> Result<()> {
+fn three_ipv6_64s_ban_their_56() -> Result<()> {
     let s = Setup::new(&config(""))?;
     for ip in ["2001:db8:6:1::1", "2001:db8:6:2::1"] {
         append(&s.sb, &failures(ip, 3))?;
@@ -180,12 +180,12 @@ fn three_ipv6_64s_ban_their_48() -> Result<()> {
     wait_until(10, "the members are banned as /64s", || {
         Ok(row(&s, "2001:db8:6:1::", 64)?.is_some() && row(&s, "2001:db8:6:2::", 64)?.is_some())
     })?;
-    assert_eq!(row(&s, "2001:db8:6::", 48)?, None);
+    assert_eq!(row(&s, "2001:db8:6::", 56)?, None);
     append(&s.sb, &failures("2001:db8:6:3::1", 3))?;
-    wait_until(10, "the /48 is banned", || {
-        Ok(row(&s, "2001:db8:6::", 48)?.is_some())
+    wait_until(10, "the /56 is banned", || {
+        Ok(row(&s, "2001:db8:6::", 56)?.is_some())
     })?;
-    let prefix = row(&s, "2001:db8:6::", 48)?.expect("banned");
+    let prefix = row(&s, "2001:db8:6::", 56)?.expect("banned");
     assert!(
         prefix["reason"]
             .as_str()
@@ -193,7 +193,11 @@ fn three_ipv6_64s_ban_their_48() -> Result<()> {
         "{prefix}"
     );
     let maps = sipguard::kernel::maps::KernelMaps::open(&s.sb.pin)?;
-    assert!(maps.ban_entry("2001:db8:6::/48".parse()?)?.is_some());
+    let entry = maps
+        .ban_entry("2001:db8:6::/56".parse()?)?
+        .expect("in the trie");
+    // Protected ports only: a prefix is an inference from its members.
+    assert_ne!(entry.flags & common::BAN_PORTS_ONLY, 0, "{entry:?}");
     Ok(())
 }
 
@@ -217,14 +221,8 @@ fn packet_jails_with_aggregation_do_not_start() -> Result<()> {
     ] {
         let sb = Sandbox::new(&text)?;
         let pair = Pair::new()?;
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", pair.server.path()))
-            .arg(sipguard_tests::daemon::bin())
-            .args(sb.args())
-            .args(["run", "--iface", &pair.server_if])
-            .output()?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        let err =
+            sipguard_tests::daemon::refused_run(&pair.server, &sb, &["--iface", &pair.server_if])?;
         assert!(
             err.contains("sipguard.toml")
                 && err.contains("aggregate_after")

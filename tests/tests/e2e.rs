@@ -167,14 +167,12 @@ fn auto_mode_falls_back_to_skb_and_default_route_picks_the_interface() -> Result
     // its link, mode and all. Detach to attach anew.
     assert!(cli_ok(&sb, &["detach"])?.contains("detached from lo"));
     // Driver mode asked for explicitly is an error, not a silent fallback.
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", pair.server.path()))
-        .arg(sipguard_tests::daemon::bin())
-        .args(sb.args())
-        .args(["run", "--iface", "lo", "--xdp-mode", "driver"])
-        .output()?;
-    assert!(!out.status.success(), "driver mode on loopback must fail");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot attach to lo"));
+    let err = sipguard_tests::daemon::refused_run(
+        &pair.server,
+        &sb,
+        &["--iface", "lo", "--xdp-mode", "driver"],
+    )?;
+    assert!(err.contains("cannot attach to lo"), "{err}");
     // No --iface: the default route's interface.
     pair.server
         .ip(&["route", "add", "default", "via", CLIENT_V4])?;

@@ -232,14 +232,8 @@ fn manual_bans_go_through_the_daemon_and_reload_keeps_bans() -> Result<()> {
 fn bad_config_stops_the_daemon_with_file_line_and_key() -> Result<()> {
     let sb = Sandbox::new("[jails.fs]\nlogpath = \"/x\"\nfilter = \"freeswitch\"\nmaxretr = 3\n")?;
     let pair = Pair::new()?;
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", pair.server.path()))
-        .arg(sipguard_tests::daemon::bin())
-        .args(sb.args())
-        .args(["run", "--iface", &pair.server_if])
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err =
+        sipguard_tests::daemon::refused_run(&pair.server, &sb, &["--iface", &pair.server_if])?;
     assert!(
         // Line 4 as written; the sandbox's first line keeps discovery off.
         err.contains("sipguard.toml") && err.contains("line 5") && err.contains("maxretr"),

@@ -8,7 +8,7 @@ use common::{
     counter, rate_key_v4, Config, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_SCANNER,
 };
 use sipguard::{addr::parse_net, kernel::maps};
-use sipguard_tests::{kernel::TestProgram, packet::*};
+use sipguard_tests::{kernel::TestProgram, packet::*, rng::Rng};
 
 const PASS: u32 = 2;
 const DROP: u32 = 1;
@@ -209,17 +209,9 @@ fn drop_only_reports_nobody() -> Result<()> {
 // byte, for every encapsulation that moves the payload.
 
 const WINDOW: usize = 512;
-const SCANNERS: [&[u8]; 9] = [
-    b"friendly-scanner",
-    b"sipvicious",
-    b"sipcli",
-    b"vaxsipuseragent",
-    b"pplsip",
-    b"sip-scan",
-    b"iwar",
-    b"sivus",
-    b"sundayddr",
-];
+// The program's own list: the model differs from the scan in how it
+// reads, not in what it looks for.
+const SCANNERS: [&[u8]; 9] = common::SCANNER_SIGNATURES;
 
 /// What the scan decides for a UDP payload, byte by byte (see the comment
 /// at the top of xdp-ebpf/src/scanner.rs): the first line (its '\n' in the
@@ -579,24 +571,6 @@ fn a_body_is_not_a_header() -> Result<()> {
         format!("INVITE sip:a SIP/2.0\r\nSubject: a\r\n\tb\r\nUser-Agent: sipvicious\r\n{TAIL}");
     expect(&mut t, m.as_bytes(), true, "a folded line before")?;
     Ok(())
-}
-
-/// A small deterministic generator (xorshift64*), no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
 }
 
 /// A SIP-like payload built to land on the scan's edges: header lines of

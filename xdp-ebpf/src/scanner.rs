@@ -30,20 +30,7 @@ const HEADER_LEN: usize = 11;
 const HEADER_HEAD: u64 = u64::from_le_bytes(*b"user-age");
 const HEADER_TAIL: u32 = u32::from_le_bytes(*b"ent:");
 
-/// Scanners only. Left out on purpose: sipsak and SIPp (diagnostic and load
-/// tools operators use against their own servers), and softphone SDK names
-/// attackers borrow but real users also run.
-const SIGNATURES: [&[u8]; 9] = [
-    b"friendly-scanner",
-    b"sipvicious",
-    b"sipcli",
-    b"vaxsipuseragent",
-    b"pplsip",
-    b"sip-scan",
-    b"iwar",
-    b"sivus",
-    b"sundayddr",
-];
+use common::SCANNER_SIGNATURES as SIGNATURES;
 
 /// Longest signature, and the most whitespace skipped before the value.
 const MAX_SIGNATURE: usize = 16;

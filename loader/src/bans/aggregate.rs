@@ -43,9 +43,33 @@ pub const PACKET_WHY: &str = "a packet-evidence jail cannot aggregate: its evide
      source address, which a forger chooses, so he could choose the prefix to be banned (a \
      victim's /24); only log jails, whose evidence this box's own server wrote, aggregate";
 
+/// The filters whose lines may aggregate: FreeSWITCH writes them only for
+/// a request that answered a digest challenge with a wrong response, which
+/// one forged packet cannot do without a nonce (a forger with his own
+/// nonce still can: see the README's threat model; hence ports only and
+/// the cap on a prefix's time).
+pub const AGGREGATING_FILTERS: [&str; 1] = ["freeswitch"];
+
+/// Why another filter cannot aggregate (config errors say it).
+pub const FILTER_WHY: &str = "key `aggregate_after` needs `filter = \"freeswitch\"`: its lines \
+     are written only after a digest challenge was answered; other filters (freeswitch-challenge, \
+     kamailio's pike lines, asterisk's unknown-endpoint lines, a custom failregex) count lines \
+     that one unauthenticated packet earns, whose source a forger chooses, so he could choose \
+     the prefix to be banned";
+
+/// The longest a prefix ban lasts (and no longer than the jail's own
+/// `bantime`): its evidence is a few members, not the prefix's own
+/// failures, and a forger with a nonce of his own can earn members; fresh
+/// members make it again.
+pub const MAX_PREFIX_BAN: Duration = Duration::from_secs(24 * 3600);
+
 /// Most members `aggregate_after` may ask for: a /24 holds 256 addresses,
 /// and each prefix waiting for its last member remembers up to this many.
 pub const MAX_AFTER: u32 = 256;
+
+/// The widest prefixes aggregated to.
+pub const MIN_V4: u8 = 16;
+pub const MIN_V6: u8 = 32;
 
 /// Most prefixes and members remembered per jail (~10 MiB at worst).
 pub const MAX_PREFIXES: usize = 65_536;
@@ -90,27 +114,30 @@ impl Settings {
                  ban a prefix ban; a /24 holds 256 addresses)"
             ));
         }
-        // /8 is the widest ban sipguard makes anywhere (`addr`); a /32 is
-        // one address, nothing to aggregate.
+        // No wider than the fleet takes a range (/16, /32): a few members
+        // must not cut off a whole provider. A /32 is one address.
         let v4 = v4.unwrap_or(24);
-        if !(crate::addr::MIN_BAN_PREFIX_V4..=31).contains(&v4) {
+        if !(MIN_V4..=31).contains(&v4) {
             return Err(format!(
-                "key `aggregate_v4` must be {} to 31, not {v4} (wider would ban a large part of \
-                 the Internet; /32 is a single address)",
-                crate::addr::MIN_BAN_PREFIX_V4
+                "key `aggregate_v4` must be {MIN_V4} to 31, not {v4} (wider would cut off a whole \
+                 provider on a few members' evidence; /32 is a single address)"
             ));
         }
-        // IPv6 members are the jail's /`ipv6_prefix` (default /64, an
-        // attacker's whole subnet): a /64 prefix only means something when
-        // the jail bans narrower, else the default is a /48 (a site).
-        let v6 = v6.unwrap_or(if ipv6_prefix > 64 { 64 } else { 48 });
-        if !(crate::addr::MIN_BAN_PREFIX_V6..=127).contains(&v6) || v6 >= ipv6_prefix {
+        // IPv6 members are the jail's /`ipv6_prefix` (default /64, one
+        // subscriber): the default prefix holds 256 of them, as a v4 /24
+        // holds 256 addresses (a /56 for /64 members); /64 when the jail
+        // bans narrower.
+        let v6 = v6.unwrap_or(if ipv6_prefix > 64 {
+            64
+        } else {
+            ipv6_prefix.saturating_sub(8)
+        });
+        if !(MIN_V6..=127).contains(&v6) || v6 >= ipv6_prefix {
             return Err(format!(
-                "key `aggregate_v6` must be {} to {}, not {v6}: wider than the jail's IPv6 bans \
-                 (`ipv6_prefix` = {ipv6_prefix}, which are the members) and no wider than a /{}",
-                crate::addr::MIN_BAN_PREFIX_V6,
-                ipv6_prefix.saturating_sub(1),
-                crate::addr::MIN_BAN_PREFIX_V6
+                "key `aggregate_v6` must be {MIN_V6} to {}, not {v6}: wider than the jail's IPv6 \
+                 bans (`ipv6_prefix` = {ipv6_prefix}, which are the members) and no wider than a \
+                 /{MIN_V6}",
+                ipv6_prefix.saturating_sub(1).max(MIN_V6),
             ));
         }
         // A prefix with room for fewer members than `after` never bans.
@@ -280,11 +307,24 @@ impl Tracker {
             if later(prefix_end, member_end) == prefix_end {
                 return None;
             }
+            // Vetted again: a protected address may have come into it since
+            // (a new trunk, an `allow`); then it only runs out.
+            if let Vetted::Narrowed { protected, why, .. } | Vetted::Refused { protected, why } =
+                never_ban.vet(prefix, host)
+            {
+                return Some(Decision::Refused {
+                    prefix,
+                    members,
+                    protected,
+                    why,
+                });
+            }
+            let members = members.saturating_add(1);
             return Some(Decision::Ban {
                 prefix,
                 end: member_end,
-                members: members + 1,
-                reason: reason(members + 1, self.settings.findtime_ms),
+                members,
+                reason: reason(members, self.settings.findtime_ms),
             });
         }
         self.expire(now_ms);

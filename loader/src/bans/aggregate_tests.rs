@@ -246,6 +246,20 @@ fn a_later_member_extends_the_prefix_ban_and_others_bans_are_left_alone() {
             reason: reason(3, MIN),
         })
     );
+    // A protected address that came into the prefix since: not extended.
+    let gateway = NeverBan::from_nets(vec![(n("198.51.100.1"), Why::Gateway)]);
+    let d = member(
+        &mut t,
+        &mut b,
+        "198.51.100.7",
+        Some(4 * HOUR_NS),
+        1,
+        &gateway,
+    );
+    assert!(
+        matches!(d, Some(Decision::Refused { prefix: p, .. }) if p == prefix),
+        "{d:?}"
+    );
     // A permanent prefix is never extended.
     b.0.insert(prefix, (JAIL.into(), None, reason(2, MIN)));
     assert_eq!(member(&mut t, &mut b, "198.51.100.5", None, 2, &nb), None);
@@ -295,12 +309,12 @@ fn ipv6_members_are_the_jails_networks() {
         .unwrap();
     assert_eq!(
         (s.v4, s.v6),
-        (24, 48),
-        "a /64 member aggregates into its /48"
+        (24, 56),
+        "a /64 member aggregates into its /56 (256 of them, as a /24 of addresses)"
     );
     assert_eq!(
         s.prefix_of(&n("2001:db8:1:2::/64")),
-        Some(n("2001:db8:1::/48"))
+        Some(n("2001:db8:1::/56"))
     );
     assert_eq!(
         s.prefix_of(&n("10.0.0.0/24")),
@@ -331,23 +345,23 @@ fn settings_are_checked_with_reasons() {
         (of(Some(1), None, None, 64), "2 to 256"),
         (of(Some(257), None, None, 64), "2 to 256"),
         (
-            of(Some(3), Some(7), None, 64),
-            "`aggregate_v4` must be 8 to 31",
+            of(Some(3), Some(15), None, 64),
+            "`aggregate_v4` must be 16 to 31",
         ),
         (
             of(Some(3), Some(32), None, 64),
-            "`aggregate_v4` must be 8 to 31",
+            "`aggregate_v4` must be 16 to 31",
         ),
         (of(Some(3), None, Some(64), 64), "`ipv6_prefix` = 64"),
         (
-            of(Some(3), None, Some(8), 128),
-            "`aggregate_v6` must be 16 to 127",
+            of(Some(3), None, Some(31), 128),
+            "`aggregate_v6` must be 32 to 127",
         ),
         (of(Some(3), Some(31), None, 64), "a /31 holds only 2"),
         (of(Some(3), None, Some(63), 64), "a /63 holds only 2"),
         (
-            of(Some(3), None, None, 48),
-            "`aggregate_v6` must be 16 to 47, not 48",
+            of(Some(3), None, Some(48), 48),
+            "`aggregate_v6` must be 32 to 47, not 48",
         ),
     ] {
         let e = bad.unwrap_err();

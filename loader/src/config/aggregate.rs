@@ -50,7 +50,7 @@ mod tests {
     fn log_jails_aggregate_with_defaults() {
         let c = Config::parse(&format!("{JAIL}aggregate_after = 3\n"), "t.toml").unwrap();
         let s = c.jails["fs"].aggregation().unwrap().unwrap();
-        assert_eq!((s.after, s.v4, s.v6), (3, 24, 48));
+        assert_eq!((s.after, s.v4, s.v6), (3, 24, 56));
         let c = Config::parse(
             &format!("{JAIL}aggregate_after = 2\naggregate_v4 = 16\nipv6_prefix = 128\n"),
             "t.toml",
@@ -72,7 +72,19 @@ mod tests {
             "{e}"
         );
         let e = err(&format!("{JAIL}aggregate_after = 3\naggregate_v4 = 4\n"));
-        assert!(e.contains("`aggregate_v4` must be 8 to 31"), "{e}");
+        assert!(e.contains("`aggregate_v4` must be 16 to 31"), "{e}");
+        // Only the filter whose lines follow a digest challenge.
+        for filter in ["freeswitch-challenge", "kamailio", "asterisk"] {
+            let text = JAIL.replace("\"freeswitch\"", &format!("\"{filter}\""));
+            let e = err(&format!("{text}aggregate_after = 3\n"));
+            assert!(
+                e.contains("needs `filter = \"freeswitch\"`"),
+                "{filter}: {e}"
+            );
+        }
+        let custom = "[jails.fs]\nlogpath = \"/x\"\nfailregex = \"from <HOST>$\"\n";
+        let e = err(&format!("{custom}aggregate_after = 3\n"));
+        assert!(e.contains("a custom failregex"), "{e}");
         let e = err(&format!("{JAIL}aggregate_v6 = 48\n"));
         assert!(e.contains("need `aggregate_after`"), "{e}");
     }

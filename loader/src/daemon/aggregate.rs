@@ -5,7 +5,15 @@
 //! box's derivation from its own evidence, and every box derives its own
 //! from the members, which travel as they are.
 use super::Daemon;
-use crate::{addr, bans::aggregate::Decision, kernel::clock, logs::jail::BanRequest};
+use crate::{
+    addr,
+    bans::{
+        aggregate::{Decision, MAX_PREFIX_BAN},
+        Scope,
+    },
+    kernel::clock,
+    logs::jail::BanRequest,
+};
 use std::time::Duration;
 
 /// The announcer's cause for prefix bans (`Announcer::exported` keeps them home).
@@ -33,11 +41,20 @@ impl Daemon {
                     ..
                 }) => {
                     let now = clock::mono_now_ns();
-                    let duration = match end {
+                    let longest = match end {
                         Some(end) if end <= now => continue,
-                        Some(end) => Some(Duration::from_nanos(end - now)),
-                        None => None,
+                        Some(end) => Duration::from_nanos(end - now),
+                        None => MAX_PREFIX_BAN,
                     };
+                    // Never permanent, never longer than the jail's own
+                    // bantime or a day (see `MAX_PREFIX_BAN`).
+                    let jail_bantime = self
+                        .jails
+                        .iter()
+                        .find(|j| j.name == r.jail)
+                        .and_then(|j| j.config.bantime)
+                        .unwrap_or(MAX_PREFIX_BAN);
+                    let duration = Some(longest.min(jail_bantime).min(MAX_PREFIX_BAN));
                     let request = BanRequest {
                         net: prefix,
                         host: r.host,
@@ -46,7 +63,10 @@ impl Daemon {
                         reason,
                         // The member's line that completed (or extended) it.
                         line: r.line.clone(),
-                        scope: r.scope,
+                        // Protected ports only, whatever the member's scope
+                        // or all-ports mode: members are evidence of
+                        // themselves, a prefix is an inference from them.
+                        scope: Scope::PortsOnly,
                     };
                     self.enforce(request, CAUSE);
                 }

@@ -134,6 +134,11 @@ impl<'de> Deserialize<'de> for Ports {
 impl JailConfig {
     /// The jail's prefix aggregation, or what is wrong with its keys.
     pub fn aggregation(&self) -> Result<Option<aggregate::Settings>, String> {
+        if self.aggregate_after.is_some()
+            && !aggregate::AGGREGATING_FILTERS.contains(&self.filter.as_deref().unwrap_or(""))
+        {
+            return Err(aggregate::FILTER_WHY.into());
+        }
         aggregate::Settings::of(
             self.aggregate_after,
             self.aggregate_v4,

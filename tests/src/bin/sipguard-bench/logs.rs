@@ -4,22 +4,8 @@
 use crate::report::Section;
 use anyhow::{bail, Result};
 
-/// A deterministic pseudo-random sequence (xorshift64*), so every run
-/// generates the same log.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+// A deterministic sequence, so every run generates the same log.
+use sipguard_tests::rng::Rng;
 
 const LOG_LINES: u64 = 1_000_000;
 
@@ -49,8 +35,8 @@ fn generate_log(path: &std::path::Path) -> Result<std::collections::BTreeSet<Str
         if rng.below(10) < 3 {
             line.push_str(&format!(
                 "{:08x}-1f1c-4a5e-9d6f-{:012x} ",
-                rng.next() as u32,
-                rng.next() & 0xffff_ffff_ffff
+                rng.next_u64() as u32,
+                rng.next_u64() & 0xffff_ffff_ffff
             ));
         }
         line.push_str(&t.format("%Y-%m-%d %H:%M:%S%.6f ").to_string());
@@ -80,7 +66,7 @@ fn generate_log(path: &std::path::Path) -> Result<std::collections::BTreeSet<Str
                 failing.insert(ip);
             }
         } else {
-            line.push_str(chatter[rng.below(chatter.len() as u64) as usize]);
+            line.push_str(chatter[rng.below(chatter.len())]);
         }
         line.push('\n');
         out.write_all(line.as_bytes())?;

@@ -1,0 +1,218 @@
+//! Sharing the interface with xdp-tools' programs (xdp-filter, xdp-loader,
+//! libxdp's dispatcher), on a veth pair between namespaces the tests create.
+//!
+//! xdp-filter keeps its maps pinned box-wide (/sys/fs/bpf/xdp-filter, no
+//! override), so the tests that load it run one at a time and unload it
+//! even when they fail.
+use anyhow::{bail, Context as _, Result};
+use sipguard::kernel::dispatcher::probe::{self, Freplace};
+use sipguard_tests::{
+    daemon::{bin, Daemon},
+    netns::*,
+    Sandbox,
+};
+use std::{process::Command, sync::Mutex, time::Duration};
+
+const SIP: u16 = 5060;
+const PROBES: usize = 20;
+
+static XDP_FILTER: Mutex<()> = Mutex::new(());
+
+/// xdp-filter loaded on the server's veth, unloaded on drop.
+struct XdpFilter<'a> {
+    pair: &'a Pair,
+}
+
+impl<'a> XdpFilter<'a> {
+    /// `xdp-filter load` (native mode, as an operator runs it), then a deny
+    /// rule for packets from `deny_src`.
+    fn load(pair: &'a Pair, deny_src: &str) -> Result<Self> {
+        run_in(&pair.server, "xdp-filter", &["load", &pair.server_if])?;
+        let filter = Self { pair };
+        run_in(
+            &pair.server,
+            "xdp-filter",
+            &["ip", deny_src, "--mode", "src"],
+        )?;
+        Ok(filter)
+    }
+}
+
+impl Drop for XdpFilter<'_> {
+    fn drop(&mut self) {
+        let _ = run_in(
+            &self.pair.server,
+            "xdp-filter",
+            &["unload", &self.pair.server_if],
+        );
+    }
+}
+
+/// Runs `cmd ARGS` in `ns`'s network namespace only (nsenter, so the host's
+/// /sys/fs/bpf stays visible); its stdout, or an error with its stderr.
+fn run_in(ns: &Netns, cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {cmd} (cargo xtask setup installs xdp-tools)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn xdp_loader_status(pair: &Pair) -> Result<String> {
+    run_in(&pair.server, "xdp-loader", &["status", &pair.server_if])
+}
+
+/// UDP datagrams from `src` delivered to the server's SIP socket, of PROBES.
+fn delivered(pair: &Pair, server: &std::net::UdpSocket, src: &str) -> Result<usize> {
+    let from = udp_socket(&pair.client, addr(src, 0))?;
+    udp_delivered(&from, server, PROBES)
+}
+
+/// libxdp and sipguard agree on whether this kernel lets programs share an
+/// interface through a dispatcher: sipguard's check says "allowed" exactly
+/// when xdp-filter (through libxdp) ends up inside a dispatcher.
+#[test]
+fn sipguard_and_libxdp_agree_on_freplace() -> Result<()> {
+    let _one = XDP_FILTER.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = Pair::new()?;
+    let _filter = XdpFilter::load(&pair, OTHER_V4)?;
+    let status = xdp_loader_status(&pair)?;
+    assert!(status.contains("xdpfilt_"), "xdp-filter listed:\n{status}");
+    let libxdp_dispatcher = status.contains("xdp_dispatcher");
+    let verdict = probe::probe()?;
+    assert_eq!(
+        verdict == Freplace::Allowed,
+        libxdp_dispatcher,
+        "sipguard's check ({verdict:?}) and libxdp's (dispatcher on the interface: {libxdp_dispatcher}) disagree:\n{status}"
+    );
+    if let Freplace::Refused(why) = &verdict {
+        eprintln!("this kernel refuses freplace: {why}");
+    }
+    Ok(())
+}
+
+/// With xdp-filter on the interface, sipguard (which attaches exclusively)
+/// does not start: its error names xdp-filter's program and why it cannot
+/// share the interface on this kernel. xdp-filter is left in place and its
+/// verdicts hold before and after: its denied source is dropped, another
+/// source passes.
+#[test]
+fn beside_xdp_filter_sipguard_refuses_by_name_and_xdp_filter_keeps_working() -> Result<()> {
+    let _one = XDP_FILTER.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let server = udp_socket(&pair.server, addr(SERVER_V4, SIP))?;
+    assert_eq!(
+        delivered(&pair, &server, OTHER_V4)?,
+        PROBES,
+        "all flows before any XDP"
+    );
+    let _filter = XdpFilter::load(&pair, OTHER_V4)?;
+    let verdicts = |when: &str| -> Result<()> {
+        assert_eq!(
+            delivered(&pair, &server, OTHER_V4)?,
+            0,
+            "xdp-filter drops its denied source {when}"
+        );
+        assert_eq!(
+            delivered(&pair, &server, CLIENT_V4)?,
+            PROBES,
+            "other sources pass {when}"
+        );
+        Ok(())
+    };
+    verdicts("before sipguard")?;
+    let before = xdp_loader_status(&pair)?;
+
+    let mut daemon = Daemon::spawn(&pair.server, &sb, &["--iface", &pair.server_if], &[])?;
+    let err = match daemon.wait_for("READY=1", Duration::from_secs(30)) {
+        Ok(_) => bail!("sipguard started beside xdp-filter:\n{}", daemon.log()),
+        Err(e) => format!("{e:#}"),
+    };
+    let id = before
+        .lines()
+        .find(|l| l.contains("xdpfilt_"))
+        .and_then(|l| l.split_whitespace().find(|w| w.parse::<u32>().is_ok()))
+        .context("xdp-filter's program id in xdp-loader status")?;
+    assert!(
+        err.contains(&format!(
+            "another XDP program is attached to {}: xdpfilt_",
+            pair.server_if
+        )) && err.contains(&format!("(id {id}, driver mode)")),
+        "the error names xdp-filter's program {id}: {err}"
+    );
+    match probe::probe()? {
+        Freplace::Refused(_) => assert!(
+            err.contains("this kernel refuses the freplace (BPF_PROG_TYPE_EXT) programs"),
+            "the error says why no program can share the interface here: {err}"
+        ),
+        Freplace::Allowed => assert!(err.contains("not implemented yet"), "{err}"),
+    }
+    assert!(
+        !sb.pin.join("links").join(&pair.server_if).exists(),
+        "no link pinned for the interface"
+    );
+    assert_eq!(xdp_loader_status(&pair)?, before, "xdp-filter untouched");
+    verdicts("after sipguard gave up")
+}
+
+/// `sipguard stats` says what is on each protected interface's XDP hook,
+/// the program behind sipguard's link marked, in text and JSON.
+#[test]
+fn stats_show_what_is_on_the_hook() -> Result<()> {
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let _daemon = Daemon::start(
+        &pair.server,
+        &sb,
+        &["--iface", &pair.server_if, "--xdp-mode", "driver"],
+    )?;
+    let stats = |json: bool| -> Result<String> {
+        let mut args: Vec<String> = sb
+            .args()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        args.push("stats".into());
+        if json {
+            args.push("--json".into());
+        }
+        let bin = bin();
+        let mut all = vec![bin.to_str().context("binary path")?];
+        all.extend(args.iter().map(String::as_str));
+        run_in(&pair.server, all[0], &all[1..])
+    };
+    let text = stats(false)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("xdp on {}:", pair.server_if)))
+        .with_context(|| format!("no hook line in:\n{text}"))?;
+    assert!(
+        line.contains("sipguard (id ") && line.contains("driver mode) [sipguard]"),
+        "{line}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stats(true)?)?;
+    let hook = &v["xdp_hooks"][&pair.server_if];
+    assert_eq!(hook.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(hook[0]["name"], "sipguard");
+    assert_eq!(hook[0]["mode"], "driver");
+    assert_eq!(hook[0]["sipguard"], true);
+    assert_eq!(v["attach"], "exclusive");
+    // From a namespace without the interface: said, not "nothing".
+    let out = sipguard_tests::daemon::cli_ok(&sb, &["stats"])?;
+    assert!(
+        out.contains(&format!("xdp on {}: unknown (", pair.server_if)),
+        "{out}"
+    );
+    Ok(())
+}

@@ -216,3 +216,184 @@ fn stats_show_what_is_on_the_hook() -> Result<()> {
     );
     Ok(())
 }
+
+/// A dispatcher built from libxdp's installed object with sipguard's
+/// configuration runs that configuration (BPF_PROG_TEST_RUN on the loaded
+/// dispatcher, no member in its slots: every slot's stub returns 31):
+/// with the stubs' 31 among the chain actions, as libxdp always sets it,
+/// every slot count passes; without it in the last enabled slot, that
+/// slot's 31 comes back, and a slot past `num_progs_enabled` is never run.
+/// The frozen config map holds exactly the bytes sipguard made.
+#[test]
+fn a_dispatcher_from_libxdps_object_runs_sipguards_config() -> Result<()> {
+    use sipguard::kernel::dispatcher::{build, config, object};
+    let bytes = object::read(&object::find()?)?;
+    let frame = sipguard_tests::packet::udp4([10, 213, 0, 2], SIP);
+    let member = |i: u32| config::Member {
+        name: format!("m{i}"),
+        priority: i,
+        chain_actions: 1 << config::XDP_PASS,
+        frags: false,
+    };
+    let run = |conf: &[u8]| -> Result<u32> {
+        let mut d = build::load_config(&bytes, conf)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(d.program()?.fd()?));
+        let (action, _) = sipguard_tests::kernel::test_run_on(0, fd, &frame, 1)?;
+        Ok(action)
+    };
+    let plain = |n: u32| -> Result<Vec<u8>> {
+        let members: Vec<_> = (0..n).map(member).collect();
+        let mut d = build::load(&bytes, &members, true)?;
+        let conf = config::encode(d.version, &members, true)?;
+        // The frozen .rodata map holds what sipguard wrote.
+        let map: aya::maps::Array<_, [u8; 124]> = d
+            .ebpf
+            .map(".rodata")
+            .context("the dispatcher's .rodata map")?
+            .try_into()?;
+        if d.version == 2 {
+            assert_eq!(map.get(&0, 0)?.as_slice(), conf.as_slice());
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(d.program()?.fd()?));
+        assert_eq!(
+            sipguard_tests::kernel::test_run_on(0, fd, &frame, 1)?.0,
+            2,
+            "{n} empty slots pass (XDP_PASS)"
+        );
+        Ok(conf)
+    };
+    for n in 1..=10 {
+        plain(n)?;
+    }
+    // Without the stubs' value among slot I's chain actions.
+    let cut = |mut conf: Vec<u8>, slot: usize| {
+        let at = 4 + slot * 4;
+        let v = u32::from_ne_bytes(conf[at..at + 4].try_into().unwrap()) & !(1 << config::RETVAL);
+        conf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        conf
+    };
+    assert_eq!(
+        run(&cut(plain(1)?, 0))?,
+        config::RETVAL,
+        "slot 0 runs, its 31 returned"
+    );
+    assert_eq!(
+        run(&cut(plain(3)?, 2))?,
+        config::RETVAL,
+        "slot 2 runs after 0 and 1"
+    );
+    assert_eq!(
+        run(&cut(plain(2)?, 2))?,
+        2,
+        "slot 2 is past num_progs_enabled = 2"
+    );
+    Ok(())
+}
+
+/// A libxdp dispatcher on the interface, built by sipguard from libxdp's
+/// object with two members in its config and a program pinned for each
+/// slot where libxdp pins it (under a private LIBXDP_BPFFS; plain XDP
+/// programs stand in for members, since this kernel refuses freplace):
+/// `xdp-loader status` reads it as its own, slots, priorities and chain
+/// actions; sipguard reads it the same way and its refusal lists the
+/// members in run order.
+#[test]
+fn a_dispatcher_on_the_interface_is_read_like_libxdp() -> Result<()> {
+    use sipguard::kernel::dispatcher::{build, config, object};
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let bytes = object::read(&object::find()?)?;
+    let members = [
+        config::Member {
+            name: "first".into(),
+            priority: 5,
+            chain_actions: 1 << config::XDP_PASS,
+            frags: false,
+        },
+        config::Member {
+            name: "second".into(),
+            priority: 10,
+            chain_actions: 1 << config::XDP_PASS | 1 << config::XDP_DROP,
+            frags: false,
+        },
+    ];
+    let mut d = build::load(&bytes, &members, true)?;
+    let iface = pair.server_if.clone();
+    let (ifindex, id) = in_netns_scoped(&pair.server, || {
+        let p = d.program()?;
+        p.attach(&iface, aya::programs::XdpMode::Driver)?;
+        let id = p.info()?.id();
+        Ok((sipguard::kernel::program::if_index(&iface)?, id))
+    })?;
+    // Member programs pinned in the slots, as libxdp pins progN-prog.
+    let dir = sb.pin.join("xdp").join(format!("dispatch-{ifindex}-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut pinned = Vec::new();
+    for slot in 0..2 {
+        let mut member = aya::EbpfLoader::new().load(&bytes)?;
+        let pass: &mut aya::programs::Xdp = member
+            .program_mut("xdp_pass")
+            .context("xdp_pass")?
+            .try_into()?;
+        pass.load()?;
+        pass.pin(dir.join(format!("prog{slot}-prog")))?;
+        pinned.push(member);
+    }
+    // libxdp reads the same state: config layout and pins are its own.
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", pair.server.path()))
+        .args(["xdp-loader", "status", &pair.server_if])
+        .env("LIBXDP_BPFFS", &sb.pin)
+        .output()?;
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("xdp_dispatcher") && l.contains(&id.to_string())),
+        "xdp-loader sees the dispatcher:\n{status}"
+    );
+    let rows: Vec<Vec<&str>> = status
+        .lines()
+        .filter(|l| l.trim_start().starts_with("=>"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let row = |r: &Vec<&str>| {
+        (
+            r[1].to_owned(),
+            r[2].to_owned(),
+            r.last().map(|s| s.to_string()),
+        )
+    };
+    assert_eq!(
+        rows.iter().map(row).collect::<Vec<_>>(),
+        [
+            ("5".into(), "xdp_pass".into(), Some("XDP_PASS".into())),
+            (
+                "10".into(),
+                "xdp_pass".into(),
+                Some("XDP_DROP,XDP_PASS".into())
+            ),
+        ],
+        "xdp-loader reads sipguard's config and pins as its own:\n{status}"
+    );
+
+    let pin = sb.pin.to_string_lossy().into_owned();
+    let mut daemon = Daemon::spawn(
+        &pair.server,
+        &sb,
+        &["--iface", &pair.server_if],
+        &[("LIBXDP_BPFFS", &pin)],
+    )?;
+    let err = match daemon.wait_for("READY=1", Duration::from_secs(30)) {
+        Ok(_) => bail!("sipguard started over a dispatcher:\n{}", daemon.log()),
+        Err(e) => format!("{e:#}"),
+    };
+    let expected = format!(
+        "another XDP program is attached to {iface}: xdp_dispatcher (id {id}, driver mode): \
+         libxdp dispatcher v2 (id {id}) running xdp_pass (priority 5, on to the next after PASS), \
+         then xdp_pass (priority 10, on to the next after DROP/PASS)"
+    );
+    assert!(err.contains(&expected), "expected {expected}\nin: {err}");
+    assert!(pair.server_has_xdp()?, "the dispatcher stays");
+    Ok(())
+}

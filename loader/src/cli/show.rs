@@ -171,6 +171,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
                     "name": h.program.name,
                     "mode": h.program.mode,
                     "sipguard": h.ours,
+                    "description": h.text,
                 })).collect::<serde_json::Value>(),
                 Err(e) => json!({"error": format!("{e:#}")}),
             })).collect::<serde_json::Map<_, _>>(),
@@ -191,7 +192,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             Ok(on) if on.is_empty() => "nothing".to_owned(),
             Ok(on) => on
                 .iter()
-                .map(|h| format!("{}{}", h.program, if h.ours { " [sipguard]" } else { "" }))
+                .map(|h| format!("{}{}", h.text, if h.ours { " [sipguard]" } else { "" }))
                 .collect::<Vec<_>>()
                 .join(", "),
             Err(e) => format!("unknown ({e:#})"),
@@ -227,10 +228,12 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A program on an interface's XDP hook, and whether it is sipguard's.
+/// A program on an interface's XDP hook, whether it is sipguard's, and
+/// what it runs when it is a libxdp dispatcher.
 struct Hooked {
     program: dispatcher::iface::Attached,
     ours: bool,
+    text: String,
 }
 
 /// What the kernel has on `iface`'s XDP hook (one program per mode at
@@ -238,11 +241,12 @@ struct Hooked {
 /// when the interface is not in this network namespace.
 fn hooked(pin_dir: &std::path::Path, iface: &str) -> Result<Vec<Hooked>> {
     let ours = program::link_program_id(pin_dir, iface);
-    Ok(program::if_index(iface)
-        .and_then(dispatcher::iface::attached)?
+    let index = program::if_index(iface)?;
+    Ok(dispatcher::iface::attached(index)?
         .into_iter()
         .map(|program| Hooked {
             ours: Some(program.id) == ours,
+            text: dispatcher::iface::describe(index, &program),
             program,
         })
         .collect())

@@ -281,13 +281,16 @@ fn attach_link(
 /// share the interface with it on this kernel.
 fn explain_occupied(iface: &str, e: anyhow::Error) -> anyhow::Error {
     use crate::kernel::dispatcher::{iface as hook, probe};
-    let Ok(others) = if_index(iface).and_then(hook::attached) else {
+    let Ok(index) = if_index(iface) else {
+        return e;
+    };
+    let Ok(others) = hook::attached(index) else {
         return e;
     };
     if others.is_empty() {
         return e;
     }
-    let list: Vec<String> = others.iter().map(ToString::to_string).collect();
+    let list: Vec<String> = others.iter().map(|p| hook::describe(index, p)).collect();
     let why = match probe::probe() {
         Ok(probe::Freplace::Refused(reason)) => format!(
             "this kernel refuses the freplace (BPF_PROG_TYPE_EXT) programs that libxdp's \

@@ -23,6 +23,15 @@ impl fmt::Display for Attached {
     }
 }
 
+/// `program`, and when it is a libxdp dispatcher, its members in run order.
+pub fn describe(ifindex: u32, program: &Attached) -> String {
+    match super::state::read(ifindex, program) {
+        Ok(Some(d)) => format!("{program}: {d}"),
+        Ok(None) => program.to_string(),
+        Err(e) => format!("{program}: a dispatcher whose state cannot be read ({e:#})"),
+    }
+}
+
 /// libxdp's name of its dispatcher program: an interface holding it shares
 /// its XDP hook between the programs in the dispatcher's slots.
 pub const DISPATCHER: &str = "xdp_dispatcher";

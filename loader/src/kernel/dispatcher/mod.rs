@@ -6,6 +6,10 @@
 //! dispatcher needs `freplace` (BPF_PROG_TYPE_EXT) programs, and kernels that
 //! refuse them (lockdown policies, sandboxes) leave `exclusive` the only way
 //! to attach.
+pub mod build;
+pub mod config;
 pub mod iface;
+pub mod lock;
 pub mod object;
 pub mod probe;
+pub mod state;

@@ -397,3 +397,70 @@ fn a_dispatcher_on_the_interface_is_read_like_libxdp() -> Result<()> {
     assert!(pair.server_has_xdp()?, "the dispatcher stays");
     Ok(())
 }
+
+/// Dispatchers put on the veth's hook through netlink as libxdp does: a
+/// first one only on an empty hook; a replacement only in place of the
+/// program expected there (the kernel refuses a stale expectation, libxdp's
+/// cue to start over), seen at once by the kernel; removal of exactly the
+/// expected one. Traffic flows through each (stub slots pass).
+#[test]
+fn dispatchers_swap_on_the_hook_the_way_libxdp_swaps_them() -> Result<()> {
+    use sipguard::kernel::dispatcher::{build, config, iface, object, swap};
+    use std::os::fd::AsFd as _;
+    let pair = Pair::new()?;
+    let server = udp_socket(&pair.server, addr(SERVER_V4, SIP))?;
+    let bytes = object::read(&object::find()?)?;
+    let member = config::Member {
+        name: "m".into(),
+        priority: 1,
+        chain_actions: 1 << config::XDP_PASS,
+        frags: false,
+    };
+    let mut a = build::load(&bytes, std::slice::from_ref(&member), true)?;
+    let mut b = build::load(&bytes, &[member.clone(), member.clone()], true)?;
+    let mut c = build::load(&bytes, std::slice::from_ref(&member), true)?;
+    let id = |d: &mut build::Dispatcher| -> Result<u32> { Ok(d.program()?.info()?.id()) };
+    let (ida, idb) = (id(&mut a)?, id(&mut b)?);
+    let iface = pair.server_if.clone();
+    let mode = swap::Mode::Driver;
+    let on_hook = |ifindex: u32| -> Result<Vec<u32>> {
+        in_netns_scoped(&pair.server, || {
+            Ok(iface::attached(ifindex)?.iter().map(|p| p.id).collect())
+        })
+    };
+    let ifindex = in_netns_scoped(&pair.server, || sipguard::kernel::program::if_index(&iface))?;
+    let fd = |d: &mut build::Dispatcher| -> Result<std::os::fd::OwnedFd> {
+        Ok(d.program()?.fd()?.as_fd().try_clone_to_owned()?)
+    };
+    let (fa, fb, fc) = (fd(&mut a)?, fd(&mut b)?, fd(&mut c)?);
+    let result = in_netns_scoped(&pair.server, || -> Result<()> {
+        swap::attach_new(ifindex, fa.as_fd(), mode)?;
+        let again = swap::attach_new(ifindex, fb.as_fd(), mode);
+        assert!(again.is_err(), "a second first dispatcher is refused");
+        swap::replace(ifindex, fb.as_fd(), fa.as_fd(), mode)?;
+        let stale = swap::replace(ifindex, fc.as_fd(), fa.as_fd(), mode);
+        assert!(
+            stale.is_err(),
+            "a replacement expecting a program no longer there is refused"
+        );
+        let stale = swap::remove(ifindex, fa.as_fd(), mode);
+        assert!(
+            stale.is_err(),
+            "removing a program no longer there is refused"
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = in_netns_scoped(&pair.server, || swap::remove(ifindex, fa.as_fd(), mode));
+        return Err(e);
+    }
+    assert_eq!(on_hook(ifindex)?, [idb], "b replaced a ({ida})");
+    assert_eq!(
+        delivered(&pair, &server, CLIENT_V4)?,
+        PROBES,
+        "traffic flows through the dispatcher"
+    );
+    in_netns_scoped(&pair.server, || swap::remove(ifindex, fb.as_fd(), mode))?;
+    assert!(on_hook(ifindex)?.is_empty(), "removed");
+    Ok(())
+}

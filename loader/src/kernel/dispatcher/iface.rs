@@ -3,8 +3,9 @@
 //! `prog/xdp id N`), with each program's name. libxdp attaches through
 //! netlink, not BPF links, so this is the only place its programs (and
 //! dispatchers) show up.
+use super::netlink;
 use anyhow::{bail, Context as _, Result};
-use std::{fmt, mem::size_of};
+use std::fmt;
 
 /// An XDP program attached to an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,6 @@ fn program_name(id: u32) -> Option<String> {
     )
 }
 
-const IFLA_XDP: u16 = 43;
 const IFLA_XDP_ATTACHED: u16 = 2;
 const IFLA_XDP_PROG_ID: u16 = 4;
 const IFLA_XDP_DRV_PROG_ID: u16 = 5;
@@ -74,86 +74,24 @@ const IFLA_XDP_HW_PROG_ID: u16 = 7;
 const XDP_ATTACHED_DRV: u8 = 1;
 const XDP_ATTACHED_SKB: u8 = 2;
 const XDP_ATTACHED_HW: u8 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-/// A reply to one RTM_GETLINK is a few kB; more is refused, not grown into.
-const REPLY_MAX: usize = 64 << 10;
 
 /// Sends RTM_GETLINK for `ifindex` and returns the kernel's reply.
 fn getlink(ifindex: u32) -> Result<Vec<u8>> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot open a netlink socket");
-    }
-    // SAFETY: fd is a new socket no one else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let index = i32::try_from(ifindex).context("interface index out of range")?;
-    let mut req = Vec::with_capacity(32);
-    let len = (size_of::<libc::nlmsghdr>() + size_of::<libc::ifinfomsg>()) as u32;
-    req.extend_from_slice(&len.to_ne_bytes());
-    req.extend_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    req.push(libc::AF_UNSPEC as u8); // ifi_family
-    req.push(0);
-    req.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
-    req.extend_from_slice(&index.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes()); // ifi_flags
-    req.extend_from_slice(&0u32.to_ne_bytes()); // ifi_change
-                                                // SAFETY: req is a valid buffer of req.len() bytes.
-    let sent = unsafe { libc::send(raw, req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error()).context("netlink RTM_GETLINK failed");
-    }
-    let mut buf = vec![0u8; REPLY_MAX];
-    // SAFETY: buf is a valid, writable buffer of buf.len() bytes.
-    let got = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
-    if got < 0 {
-        return Err(std::io::Error::last_os_error()).context("netlink RTM_GETLINK reply failed");
-    }
-    let got = got as usize;
-    if got > buf.len() {
-        bail!("netlink reply of {got} bytes, more than {REPLY_MAX}");
-    }
-    buf.truncate(got);
-    Ok(buf)
+    netlink::roundtrip(&netlink::message(libc::RTM_GETLINK, 0, ifindex, &[])?)
+        .context("netlink RTM_GETLINK")
 }
 
 /// The (mode, program id) pairs of the IFLA_XDP attribute of an
 /// RTM_NEWLINK reply; an error for a netlink error or a malformed reply.
 fn parse_getlink(msg: &[u8]) -> Result<Vec<(&'static str, u32)>> {
-    let hdr = size_of::<libc::nlmsghdr>();
-    if msg.len() < hdr {
-        bail!("short netlink reply ({} bytes)", msg.len());
-    }
-    let len = u32_at(msg, 0) as usize;
-    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
-    if len < hdr || len > msg.len() {
-        bail!("malformed netlink reply (length {len} of {})", msg.len());
-    }
-    if kind == libc::NLMSG_ERROR as u16 {
-        let errno = if len >= hdr + 4 {
-            -(u32_at(msg, hdr) as i32)
-        } else {
-            0
-        };
-        return Err(std::io::Error::from_raw_os_error(errno))
-            .context("the kernel refused RTM_GETLINK");
-    }
+    let (kind, len) = netlink::check_reply(msg).context("the kernel refused RTM_GETLINK")?;
     if kind != libc::RTM_NEWLINK {
         bail!("unexpected netlink reply type {kind}");
     }
-    let attrs_at = hdr + size_of::<libc::ifinfomsg>();
-    let Some(xdp) = attributes(msg.get(attrs_at..len).unwrap_or_default())
-        .find(|(t, _)| *t == IFLA_XDP)
+    let hdr = netlink::HEADER;
+    let attrs_at = hdr + netlink::IFINFO;
+    let Some(xdp) = netlink::attributes(msg.get(attrs_at..len).unwrap_or_default())
+        .find(|(t, _)| *t == netlink::IFLA_XDP)
         .map(|(_, v)| v)
     else {
         return Ok(Vec::new());
@@ -161,8 +99,8 @@ fn parse_getlink(msg: &[u8]) -> Result<Vec<(&'static str, u32)>> {
     let mut attached = 0u8;
     let mut single = None;
     let mut per_mode = Vec::new();
-    for (t, v) in attributes(xdp) {
-        let id = (v.len() >= 4).then(|| u32_at(v, 0));
+    for (t, v) in netlink::attributes(xdp) {
+        let id = (v.len() >= 4).then(|| netlink::u32_at(v, 0));
         match (t, id) {
             (IFLA_XDP_ATTACHED, _) if !v.is_empty() => attached = v[0],
             (IFLA_XDP_PROG_ID, Some(id)) => single = Some(id),
@@ -183,29 +121,6 @@ fn parse_getlink(msg: &[u8]) -> Result<Vec<(&'static str, u32)>> {
     Ok(match (mode, single) {
         (Some(mode), Some(id)) => vec![(mode, id)],
         _ => per_mode,
-    })
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// The (type, payload) netlink attributes of `b`, stopping at the first
-/// malformed one.
-fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        // Attributes are 4-byte aligned; the last one's padding may be cut.
-        b = b.get((len + 3) & !3..).unwrap_or_default();
-        Some((kind, value))
     })
 }
 
@@ -240,7 +155,7 @@ mod tests {
         let mut xdp = attr(IFLA_XDP_ATTACHED, &[XDP_ATTACHED_SKB]);
         xdp.extend(attr(IFLA_XDP_PROG_ID, &7090u32.to_ne_bytes()));
         let mut attrs = attr(3, b"eth0\0"); // IFLA_IFNAME first, as the kernel puts it
-        attrs.extend(attr(IFLA_XDP | 0x8000, &xdp)); // NLA_F_NESTED
+        attrs.extend(attr(netlink::IFLA_XDP | netlink::NLA_F_NESTED, &xdp)); // NLA_F_NESTED
         assert_eq!(
             parse_getlink(&newlink(&attrs)).unwrap(),
             vec![("skb", 7090)]
@@ -253,7 +168,7 @@ mod tests {
         xdp.extend(attr(IFLA_XDP_DRV_PROG_ID, &1u32.to_ne_bytes()));
         xdp.extend(attr(IFLA_XDP_HW_PROG_ID, &2u32.to_ne_bytes()));
         assert_eq!(
-            parse_getlink(&newlink(&attr(IFLA_XDP, &xdp))).unwrap(),
+            parse_getlink(&newlink(&attr(netlink::IFLA_XDP, &xdp))).unwrap(),
             vec![("driver", 1), ("hw", 2)]
         );
     }
@@ -261,7 +176,7 @@ mod tests {
     #[test]
     fn nothing_attached() {
         let xdp = attr(IFLA_XDP_ATTACHED, &[0]);
-        assert!(parse_getlink(&newlink(&attr(IFLA_XDP, &xdp)))
+        assert!(parse_getlink(&newlink(&attr(netlink::IFLA_XDP, &xdp)))
             .unwrap()
             .is_empty());
         assert!(parse_getlink(&newlink(&[])).unwrap().is_empty());
@@ -270,7 +185,7 @@ mod tests {
     #[test]
     fn malformed_replies_are_errors_or_empty_never_panics() {
         assert!(parse_getlink(&[0; 8]).is_err());
-        let mut m = newlink(&attr(IFLA_XDP, &attr(IFLA_XDP_PROG_ID, &[1, 2])));
+        let mut m = newlink(&attr(netlink::IFLA_XDP, &attr(IFLA_XDP_PROG_ID, &[1, 2])));
         assert!(
             parse_getlink(&m).unwrap().is_empty(),
             "a short id is ignored"

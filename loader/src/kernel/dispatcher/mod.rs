@@ -10,6 +10,8 @@ pub mod build;
 pub mod config;
 pub mod iface;
 pub mod lock;
+pub mod netlink;
 pub mod object;
 pub mod probe;
 pub mod state;
+pub mod swap;

@@ -6,7 +6,7 @@
 //! * `test`   setup + every test: unit, kernel (BPF_PROG_TEST_RUN) and end to end (netns)
 //! * `install` the release binary, the systemd unit, a default configuration (`--destdir` to stage)
 //! * `lint`   rustfmt check, clippy on the userspace crates and on the XDP crate (BPF target)
-//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale|fleet`; `scale-store`: the state store's rows of `scale` alone; `xdp-storm`: the one-run-per-packet sections of `xdp` alone; `burst`: the 1 M-line burst row of `scale` alone)
+//! * `bench`  setup + benchmarks against baselines in the same run (`bench all|xdp|drop|logs|latency|scale|fleet`; `scale-store`: the state store's rows of `scale` alone; `xdp-storm`: the one-run-per-packet sections of `xdp` alone; `burst`: the 1 M-line burst row of `scale` alone; `xdp-dispatcher`: the libxdp dispatcher rows of `xdp` alone)
 mod install;
 mod setup;
 
@@ -60,7 +60,8 @@ enum Cmd {
         /// `fleet` (100 000 CrowdSec decisions and a delta; against ipset);
         /// `scale-store`: the state store's rows of `scale` alone (no XDP);
         /// `xdp-storm`: the forged-source storm and banned sources in turn alone;
-        /// `burst`: the 1 M-line burst row of `scale` alone.
+        /// `burst`: the 1 M-line burst row of `scale` alone;
+        /// `xdp-dispatcher`: the libxdp dispatcher rows of `xdp` alone.
         #[arg(default_value = "all")]
         which: String,
     },

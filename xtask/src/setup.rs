@@ -18,7 +18,7 @@ struct Step {
     run: fn() -> Result<()>,
 }
 
-fn steps() -> [Step; 8] {
+fn steps() -> [Step; 9] {
     [
         Step {
             what: "nightly Rust toolchain",
@@ -91,6 +91,12 @@ fn steps() -> [Step; 8] {
             run: || apt_install(&["iproute2", "util-linux", "sipvicious"]),
         },
         Step {
+            what: "xdp-tools (xdp-loader, xdp-filter, libxdp's xdp-dispatcher.o)",
+            why: "the dispatcher tests put xdp-filter on the interface sipguard protects, check libxdp's verdict on freplace, and read `xdp-loader status`",
+            done: || which("xdp-loader") && which("xdp-filter") && XDP_DISPATCHER_OBJECTS.iter().any(|p| Path::new(p).is_file()),
+            run: || apt_install(&["xdp-tools"]),
+        },
+        Step {
             what: "fail2ban (its sample logs)",
             why: "the filter tests check the asterisk and freeswitch filters against fail2ban's own samples, with fail2ban's expected hosts",
             done: || std::path::Path::new(FAIL2BAN_SAMPLES).is_dir(),
@@ -127,6 +133,13 @@ fn install_engines() -> Result<()> {
     }
     without_service_starts(|| apt_install(&["redis-server", "crowdsec"]))
 }
+
+/// Where Debian's xdp-tools puts libxdp's dispatcher object (multiarch).
+const XDP_DISPATCHER_OBJECTS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/bpf/xdp-dispatcher.o",
+    "/usr/lib/aarch64-linux-gnu/bpf/xdp-dispatcher.o",
+    "/usr/lib/bpf/xdp-dispatcher.o",
+];
 
 /// Where Debian's fail2ban keeps its filters' sample logs.
 pub const FAIL2BAN_SAMPLES: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";

@@ -4,6 +4,7 @@ use crate::{
     control::{self, JailStatus, Status},
     daemon,
     kernel::clock,
+    kernel::dispatcher,
     kernel::maps::KernelMaps,
     kernel::program,
     text::escape,
@@ -140,6 +141,10 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
     let all_ports = cfg.flags & CONFIG_ALL_PORTS != 0;
     let dry_run = cfg.flags & CONFIG_DRY_RUN != 0;
     let attached = program::pinned_links(maps.pin_dir());
+    let hooks: Vec<(String, Result<Vec<Hooked>>)> = attached
+        .iter()
+        .map(|i| (i.clone(), hooked(maps.pin_dir(), i)))
+        .collect();
     if json {
         let mut c = serde_json::Map::new();
         for (name, v) in counter::NAMES.iter().zip(&counters) {
@@ -159,6 +164,17 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             "burst": cfg.burst,
             "lost_reports": maps.lost_reports()?,
             "attached": attached,
+            "attach": "exclusive",
+            "xdp_hooks": hooks.iter().map(|(iface, on)| (iface.clone(), match on {
+                Ok(on) => on.iter().map(|h| json!({
+                    "id": h.program.id,
+                    "name": h.program.name,
+                    "mode": h.program.mode,
+                    "sipguard": h.ours,
+                    "description": h.text,
+                })).collect::<serde_json::Value>(),
+                Err(e) => json!({"error": format!("{e:#}")}),
+            })).collect::<serde_json::Map<_, _>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -171,6 +187,21 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
             escape(&attached.join(", ")).into_owned()
         }
     );
+    for (iface, on) in &hooks {
+        let what = match on {
+            Ok(on) if on.is_empty() => "nothing".to_owned(),
+            Ok(on) => on
+                .iter()
+                .map(|h| format!("{}{}", h.text, if h.ours { " [sipguard]" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("unknown ({e:#})"),
+        };
+        println!(
+            "xdp on {}: {what} (sipguard attaches exclusively)",
+            escape(iface)
+        );
+    }
     println!(
         "protecting:  {}",
         if all_ports {
@@ -195,6 +226,30 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
         println!("{name:<24} {:>14} {:>16}", v.packets, v.bytes);
     }
     Ok(())
+}
+
+/// A program on an interface's XDP hook, whether it is sipguard's, and
+/// what it runs when it is a libxdp dispatcher.
+struct Hooked {
+    program: dispatcher::iface::Attached,
+    ours: bool,
+    text: String,
+}
+
+/// What the kernel has on `iface`'s XDP hook (one program per mode at
+/// most): the program behind sipguard's pinned link is marked. An error
+/// when the interface is not in this network namespace.
+fn hooked(pin_dir: &std::path::Path, iface: &str) -> Result<Vec<Hooked>> {
+    let ours = program::link_program_id(pin_dir, iface);
+    let index = program::if_index(iface)?;
+    Ok(dispatcher::iface::attached(index)?
+        .into_iter()
+        .map(|program| Hooked {
+            ours: Some(program.id) == ours,
+            text: dispatcher::iface::describe(index, &program),
+            program,
+        })
+        .collect())
 }
 
 /// Text from a `status` answer, escaped: file names, jail and origin

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod bpffs;
 pub mod clock;
+pub mod dispatcher;
 pub mod layout;
 pub mod maps;
 pub mod migrate;

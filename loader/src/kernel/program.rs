@@ -225,21 +225,8 @@ pub fn attach(
             }
         }
     }
-    let (link_id, mode_name) = match mode {
-        AttachMode::Driver => (prog.attach(iface, XdpMode::Driver)?, "driver"),
-        AttachMode::Skb => (prog.attach(iface, XdpMode::Skb)?, "skb"),
-        AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, "driver"),
-            Err(e) => {
-                tracing::warn!("driver-mode XDP failed on {iface} ({e}); falling back to skb mode, which is slower");
-                (
-                    prog.attach(iface, XdpMode::Skb)
-                        .with_context(|| format!("cannot attach XDP to {iface}"))?,
-                    "skb",
-                )
-            }
-        },
-    };
+    let (link_id, mode_name) =
+        attach_link(prog, iface, mode).map_err(|e| explain_occupied(iface, e))?;
     let link = prog.take_link(link_id)?;
     let pinned = match FdLink::try_from(link) {
         Ok(fd_link) => {
@@ -264,6 +251,62 @@ pub fn attach(
         pin: pinned,
         mode: mode_name,
     })
+}
+
+/// Attaches `prog` to `iface` through a BPF link, in `mode`.
+fn attach_link(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, &'static str)> {
+    Ok(match mode {
+        AttachMode::Driver => (prog.attach(iface, XdpMode::Driver)?, "driver"),
+        AttachMode::Skb => (prog.attach(iface, XdpMode::Skb)?, "skb"),
+        AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "driver"),
+            Err(e) => {
+                tracing::warn!("driver-mode XDP failed on {iface} ({e}); falling back to skb mode, which is slower");
+                (
+                    prog.attach(iface, XdpMode::Skb)
+                        .with_context(|| format!("cannot attach XDP to {iface}"))?,
+                    "skb",
+                )
+            }
+        },
+    })
+}
+
+/// An attach that failed because another program holds the interface's
+/// XDP hook: the error names that program and says why sipguard cannot
+/// share the interface with it on this kernel.
+fn explain_occupied(iface: &str, e: anyhow::Error) -> anyhow::Error {
+    use crate::kernel::dispatcher::{iface as hook, probe};
+    let Ok(index) = if_index(iface) else {
+        return e;
+    };
+    let Ok(others) = hook::attached(index) else {
+        return e;
+    };
+    if others.is_empty() {
+        return e;
+    }
+    let list: Vec<String> = others.iter().map(|p| hook::describe(index, p)).collect();
+    let why = match probe::probe() {
+        Ok(probe::Freplace::Refused(reason)) => format!(
+            "this kernel refuses the freplace (BPF_PROG_TYPE_EXT) programs that libxdp's \
+             multi-program dispatcher puts in its slots ({reason}), so no program can share \
+             the interface here (xdp-loader and xdp-filter also attach alone on this kernel)"
+        ),
+        Ok(probe::Freplace::Allowed) => "sipguard attaches exclusively: joining libxdp's \
+             multi-program dispatcher is not implemented yet"
+            .to_owned(),
+        Err(p) => format!("sipguard attaches exclusively ({p:#})"),
+    };
+    e.context(format!(
+        "another XDP program is attached to {iface}: {}; {why}. Remove it (`xdp-loader status {iface}` \
+         shows it; `xdp-loader unload {iface} --all`, or the tool that loaded it) to attach sipguard",
+        list.join(", ")
+    ))
 }
 
 fn take_over(prog: &mut Xdp, pin: &Path) -> Result<()> {
@@ -295,6 +338,14 @@ pub fn attached_program(pin_dir: &Path) -> Result<Option<(String, u32)>> {
     let link: FdLink = PinnedLink::from_pin(link_pin_path(pin_dir, &iface))?.into();
     let id = link.info()?.program_id();
     Ok(Some((iface, id)))
+}
+
+/// The id of the program behind `iface`'s pinned link, if there is one.
+pub fn link_program_id(pin_dir: &Path, iface: &str) -> Option<u32> {
+    let link: FdLink = PinnedLink::from_pin(link_pin_path(pin_dir, iface))
+        .ok()?
+        .into();
+    Some(link.info().ok()?.program_id())
 }
 
 /// Interfaces with a pinned link in `pin_dir`.

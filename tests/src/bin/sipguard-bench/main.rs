@@ -10,6 +10,7 @@ macro_rules! say {
 }
 
 mod burst;
+mod dispatcher;
 mod drop;
 mod fleet;
 mod latency;
@@ -35,10 +36,11 @@ const PARTS: [(&str, Part); 6] = [
 ];
 
 /// Parts of another, run alone only when named (`all` runs them in theirs).
-const ALONE: [(&str, Part); 3] = [
+const ALONE: [(&str, Part); 4] = [
     ("scale-store", store::run_alone),
     ("xdp-storm", storm::run_alone),
     ("burst", burst::run),
+    ("xdp-dispatcher", dispatcher::run),
 ];
 
 fn main() -> Result<()> {

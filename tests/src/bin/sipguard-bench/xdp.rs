@@ -135,6 +135,7 @@ pub fn run(out: &mut Section) -> Result<()> {
     storm::sources_in_turn(out)?;
     host_hash(out)?;
     trace_switch(out)?;
+    crate::dispatcher::run(out)?;
     multi_core(out)
 }
 

@@ -8,3 +8,4 @@ pub mod maps;
 pub mod migrate;
 pub mod program;
 pub mod trace_lease;
+pub mod trust;

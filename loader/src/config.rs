@@ -91,6 +91,9 @@ pub struct Config {
     /// How much room bans from elsewhere may take.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Trusted sources and overload shedding.
+    #[serde(default)]
+    pub trust: trust::TrustConfig,
 }
 
 /// `[fleet]`: caps on the bans CrowdSec, Redis nodes and APIBAN hand in,
@@ -671,6 +674,7 @@ impl Config {
 }
 
 mod check;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;

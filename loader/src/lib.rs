@@ -69,3 +69,4 @@ pub mod net_table;
 pub mod ops;
 pub mod store;
 pub mod text;
+pub mod trust;

@@ -70,6 +70,10 @@ pub struct Status {
     pub ports: Vec<u16>,
     /// Bans from elsewhere by origin (the largest few; the rest `other`).
     pub remote: BTreeMap<String, RemoteOrigin>,
+    /// Trusted sources and overload (made by the daemon's `trust`, above
+    /// this floor, and printed whole: JSON, like `fleet`).
+    #[serde(default)]
+    pub trust: serde_json::Value,
 }
 
 /// The fleet's workers. Their reports are made by `fleet` (above this

@@ -1,0 +1,320 @@
+//! Trusted sources in the daemon: the registry FreeSWITCH's event socket
+//! fills (see `trust`), the operator's entries, and the kernel's trusted
+//! map made of them, key by key as they change.
+use super::Daemon;
+use crate::{
+    freeswitch::EventSocket,
+    kernel::{clock, trust::TrustMaps},
+    trust::{
+        client::{self, EslMsg, Settings},
+        registrations::{RegEvent, Registry},
+    },
+};
+use anyhow::Result;
+use common::{RateKey, TrustEntry, TRUST_OPERATOR, TRUST_REGISTERED};
+use std::{collections::BTreeMap, time::Duration};
+
+/// The event socket as `status` shows it (never the password).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct EslView {
+    /// `off`, `connecting`, `connected`, `down`.
+    pub state: &'static str,
+    pub address: Option<String>,
+    pub from: Option<String>,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub events: u64,
+    pub bad_events: u64,
+}
+
+pub(super) struct TrustState {
+    maps: Option<TrustMaps>,
+    pub(super) registry: Registry,
+    /// The operator's entries: until when (`CLOCK_MONOTONIC` ns; 0: no end).
+    pub(super) operator: BTreeMap<RateKey, u64>,
+    settings: Option<Settings>,
+    /// Dropped to stop the worker.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    tx: client::EslTx,
+    pub(super) rx: Option<tokio::sync::mpsc::Receiver<EslMsg>>,
+    pub(super) view: EslView,
+    grace: Duration,
+    /// The connection whose listing was last applied.
+    generation: u64,
+}
+
+impl TrustState {
+    pub(super) fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        Self {
+            maps: None,
+            registry: Registry::new(crate::config::trust::TrustConfig::default().max_entries),
+            operator: BTreeMap::new(),
+            settings: None,
+            stop: None,
+            tx,
+            rx: Some(rx),
+            view: EslView {
+                state: "off",
+                ..EslView::default()
+            },
+            grace: Duration::from_secs(600),
+            generation: 0,
+        }
+    }
+
+    /// Writes (or removes) the kernel's entry of `key` from what the
+    /// registry and the operator say now.
+    pub(super) fn write(&mut self, key: RateKey) {
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        let reg = self.registry.key(&key).map(|k| k.until_ns);
+        let op = self.operator.get(&key).copied();
+        let entry = match (reg, op) {
+            (_, Some(until)) => Some((
+                if until == 0 {
+                    0
+                } else {
+                    until.max(reg.unwrap_or(0))
+                },
+                TRUST_OPERATOR,
+            )),
+            (Some(until), None) => Some((until, TRUST_REGISTERED)),
+            (None, None) => None,
+        };
+        let result = match entry {
+            Some((expires_at_ns, origin)) => maps
+                .trust(
+                    key,
+                    TrustEntry {
+                        expires_at_ns,
+                        trusted_at_ns: clock::mono_now_ns(),
+                        origin,
+                        _pad: 0,
+                    },
+                )
+                .map(|_| ()),
+            None => maps.untrust(&key).map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("trusted map: {e:#}");
+        }
+    }
+}
+
+/// Where the event socket is: `[trust] esl` (`""`: off), else as
+/// discovered; the password from `[trust]`, else as discovered.
+pub(super) fn esl_settings(
+    c: &crate::config::trust::TrustConfig,
+    discovered: Option<&crate::freeswitch::Found<EventSocket>>,
+) -> Result<Option<Settings>> {
+    let password = c.password()?;
+    let (addr, from, found_password) = match (&c.esl, discovered) {
+        (Some(e), _) if e.is_empty() => return Ok(None),
+        (Some(e), _) => (
+            crate::config::trust::parse_esl(e)?,
+            "[trust] esl".to_owned(),
+            None,
+        ),
+        (None, Some(d)) => (
+            d.value.addr(),
+            d.from.clone(),
+            Some(d.value.password.clone()),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let Some(password) = password.or(found_password) else {
+        anyhow::bail!("[trust] esl is set without `esl_password` or `esl_password_file`");
+    };
+    Ok(Some(Settings {
+        addr,
+        password,
+        from,
+        max_rows: c.max_entries,
+    }))
+}
+
+impl Daemon {
+    /// `[trust]` applied: the kernel's budgets, the registry's bound, and
+    /// the event-socket worker (restarted only when its settings change).
+    pub(super) fn apply_trust_config(&mut self) -> Result<()> {
+        let t = &mut self.trust;
+        if t.maps.is_none() {
+            t.maps = Some(TrustMaps::open(&self.config.pin_dir)?);
+        }
+        let c = &self.config.trust;
+        if let Some(maps) = t.maps.as_mut() {
+            maps.set_config(c.kernel())?;
+        }
+        t.registry.set_max(c.max_entries);
+        t.grace = c.grace;
+        let discovered = self
+            .config
+            .discovered
+            .as_ref()
+            .and_then(|d| d.event_socket.as_ref());
+        let settings = match esl_settings(c, discovered) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("trusted registrations off: {e:#}");
+                None
+            }
+        };
+        if settings == t.settings && (t.stop.is_some() || settings.is_none()) {
+            return Ok(());
+        }
+        t.stop = None;
+        t.settings = settings.clone();
+        match settings {
+            Some(s) => {
+                t.view = EslView {
+                    state: "connecting",
+                    address: Some(s.addr.to_string()),
+                    from: Some(s.from.clone()),
+                    ..EslView::default()
+                };
+                let (stop_tx, stop) = std::sync::mpsc::channel();
+                client::start(s, t.tx.clone(), stop);
+                t.stop = Some(stop_tx);
+            }
+            None => {
+                tracing::info!(
+                    "no FreeSWITCH event socket configured or found: trust comes only from `sipguard trust`"
+                );
+                t.view = EslView {
+                    state: "off",
+                    ..EslView::default()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// What the event-socket worker says.
+    pub(super) fn on_esl(&mut self, msg: EslMsg) {
+        let now = clock::mono_now_ns();
+        let grace = self.trust.grace;
+        let t = &mut self.trust;
+        match msg {
+            EslMsg::Connected { generation } => {
+                t.view.state = "connected";
+                t.view.connects += 1;
+                t.view.last_error = None;
+                t.generation = t.generation.max(generation);
+            }
+            EslMsg::Down { error } => {
+                t.view.state = "down";
+                t.view.last_error = Some(error);
+            }
+            EslMsg::BadEvent { error } => {
+                t.view.bad_events += 1;
+                if t.view.bad_events.is_power_of_two() {
+                    tracing::warn!(
+                        "event socket: an event skipped ({} so far): {error}",
+                        t.view.bad_events
+                    );
+                }
+            }
+            EslMsg::Listing {
+                generation,
+                rows,
+                unreadable,
+            } => {
+                let unix_now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let n = rows.len();
+                let current = rows
+                    .into_iter()
+                    .map(|r| {
+                        let left = u64::try_from(r.expires_at - unix_now).unwrap_or(0);
+                        (r.id, r.addr, until(now, left, grace))
+                    })
+                    .collect();
+                let changed = t.registry.replace_older(current, generation);
+                tracing::info!(
+                    "FreeSWITCH lists {n} registration(s){}: {} address(es) trusted",
+                    if unreadable > 0 {
+                        format!(" ({unreadable} unreadable, skipped)")
+                    } else {
+                        String::new()
+                    },
+                    t.registry.keys().count()
+                );
+                for key in changed {
+                    t.write(key);
+                }
+            }
+            EslMsg::Event { event, generation } => {
+                t.view.events += 1;
+                match event {
+                    RegEvent::Register { id, addr, expires } => {
+                        let refused = t.registry.refused;
+                        let changed =
+                            t.registry
+                                .register(id, addr, until(now, expires, grace), generation);
+                        if t.registry.refused > refused && t.registry.refused.is_power_of_two() {
+                            tracing::warn!(
+                                "trust: {} registration(s) not kept, [trust] max_entries reached",
+                                t.registry.refused
+                            );
+                        }
+                        for key in changed {
+                            t.write(key);
+                        }
+                    }
+                    RegEvent::Gone { id, why } => {
+                        if let Some(key) = t.registry.remove(&id) {
+                            tracing::debug!("registration {why}");
+                            t.write(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `status`'s `trust`: the event socket (never its password), what is
+    /// trusted.
+    pub(super) fn trust_report(&self) -> serde_json::Value {
+        let t = &self.trust;
+        serde_json::json!({
+            "esl": t.view,
+            "registrations": t.registry.len(),
+            "registered_addresses": t.registry.keys().count(),
+            "registrations_refused": t.registry.refused,
+            "operator": t.operator.len(),
+        })
+    }
+
+    /// Once a second: registrations past their time, operator entries
+    /// ended.
+    pub(super) fn trust_tick(&mut self) {
+        let now = clock::mono_now_ns();
+        let t = &mut self.trust;
+        let mut keys = t.registry.sweep(now);
+        let ended: Vec<RateKey> = t
+            .operator
+            .iter()
+            .filter(|(_, until)| **until != 0 && **until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &ended {
+            t.operator.remove(k);
+        }
+        keys.extend(ended);
+        for key in keys {
+            t.write(key);
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` ns `secs` + `grace` from `now`.
+fn until(now: u64, secs: u64, grace: Duration) -> u64 {
+    now.saturating_add(
+        secs.saturating_add(grace.as_secs())
+            .saturating_mul(1_000_000_000),
+    )
+}

@@ -190,3 +190,53 @@ fn a_hostile_peer_is_dropped_and_the_daemon_carries_on() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<()> {
+    let mut s = Setup::new("")?;
+    s.cli(&["trust", "192.0.2.40"])?;
+    s.cli(&["trust", "192.0.2.41", "--for", "1h"])?;
+    assert_eq!(
+        trusted(&s)?,
+        vec![
+            ("192.0.2.40".into(), "operator".into()),
+            ("192.0.2.41".into(), "operator".into())
+        ]
+    );
+    let list = s.json(&["list", "--trusted"])?;
+    assert!(list[0]["expires_in_secs"].is_null());
+    let left = list[1]["expires_in_secs"].as_u64().unwrap_or(0);
+    assert!((3590..=3600).contains(&left), "{left}");
+    // A range is not a source; something not trusted cannot be untrusted.
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.0/24"])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust takes one address"));
+    let out = sipguard_tests::daemon::cli(&s.sb, &["untrust", "192.0.2.99"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("192.0.2.99 is not trusted"));
+
+    s.restart()?;
+    assert_eq!(trusted(&s)?.len(), 2, "kept across a restart");
+    // With the daemon stopped: written to the kernel and the file.
+    s.daemon.stop()?;
+    s.cli(&["untrust", "192.0.2.40"])?;
+    s.cli(&["trust", "192.0.2.42"])?;
+    assert_eq!(
+        trusted(&s)?
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["192.0.2.41", "192.0.2.42"]
+    );
+    s.start_again()?;
+    assert_eq!(
+        trusted(&s)?
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["192.0.2.41", "192.0.2.42"],
+        "the daemon takes the offline changes in"
+    );
+    s.cli(&["untrust", "192.0.2.42"])?;
+    assert_eq!(trusted(&s)?.len(), 1);
+    Ok(())
+}

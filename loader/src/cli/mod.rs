@@ -75,6 +75,17 @@ pub enum Command {
     Allow { net: String },
     /// Remove exactly ADDRESS[/PREFIX] from the allowlist.
     Disallow { net: String },
+    /// Trust a source: it keeps its own, higher budget ([trust] trusted_rate),
+    /// also under overload; it is still limited over it, and still banned by
+    /// a jail. An IPv6 address trusts its /64.
+    Trust {
+        net: String,
+        /// How long (`30m`, `1h`, `-1`: until untrusted).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// End the trust `sipguard trust` gave a source.
+    Untrust { net: String },
     /// List bans (or the allowlist) with their counters, from the kernel maps.
     List {
         #[arg(long)]
@@ -228,6 +239,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unban { net, fleet } => do_unban(cli, net, *fleet),
         Command::Allow { net } => do_allow(cli, net),
         Command::Disallow { net } => do_disallow(cli, net),
+        Command::Trust { net, duration } => trust::change(cli, net, duration.as_deref(), true),
+        Command::Untrust { net } => trust::change(cli, net, None, false),
         Command::List {
             json,
             allowed,

@@ -69,3 +69,80 @@ pub fn list_trusted(pin_dir: &Path, json: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `sipguard trust ADDR [--for DURATION]` and `untrust ADDR`: asked of the
+/// daemon; with none running, written into the kernel's map and the
+/// operator's file under the journal's lock (a daemon starting meanwhile
+/// waits for it, then reads the file).
+pub fn change(cli: &super::Cli, net: &str, duration: Option<&str>, trust: bool) -> Result<()> {
+    use crate::{
+        control::{BanTime, Net, Request},
+        trust::operator,
+    };
+    let checked: Net = net.parse()?;
+    let addr = operator::trust_addr(checked.get())?;
+    let duration: BanTime = duration.unwrap_or("-1").parse()?;
+    super::require_root("change the trusted sources")?;
+    let req = if trust {
+        Request::Trust {
+            net: checked,
+            duration,
+        }
+    } else {
+        Request::Untrust { net: checked }
+    };
+    let key = crate::kernel::trust::trust_key(addr);
+    let shown = addr::display(&trust_net(&key));
+    let p = super::paths(cli);
+    let done = |via: &str| {
+        if trust {
+            println!("trusted {shown}{via}");
+        } else {
+            println!("untrusted {shown}{via}");
+        }
+    };
+    if super::daemon_request::<serde::de::IgnoredAny>(&p.socket, &req)?.is_some() {
+        done("");
+        return Ok(());
+    }
+    let journal = crate::bans::journal::lock(&p.state_file)?;
+    if std::os::unix::net::UnixStream::connect(&p.socket).is_ok() {
+        drop(journal);
+        super::running_daemon::<serde::de::IgnoredAny>(&p.socket, &req)?;
+        done("");
+        return Ok(());
+    }
+    let file = operator::path(&p.state_file);
+    let mut entries = operator::load(&file)?;
+    let mut maps = TrustMaps::open(&p.pin_dir)?;
+    entries.retain(|e| crate::kernel::trust::trust_key(e.addr) != key);
+    if trust {
+        let now = clock::mono_now_ns();
+        let (until, until_ns) = match duration.get() {
+            None => (None, 0),
+            Some(d) => (
+                Some(operator::unix_now() + d.as_secs() as i64),
+                now + d.as_nanos() as u64,
+            ),
+        };
+        entries.push(operator::Entry { addr, until });
+        maps.trust(
+            key,
+            common::TrustEntry {
+                expires_at_ns: until_ns,
+                trusted_at_ns: now,
+                origin: TRUST_OPERATOR,
+                _pad: 0,
+            },
+        )?;
+    } else {
+        let before = operator::load(&file)?.len();
+        if entries.len() == before {
+            anyhow::bail!("{shown} is not trusted by `sipguard trust`");
+        }
+        maps.untrust(&key)?;
+    }
+    operator::save(&file, &entries)?;
+    done(" (no daemon running: written to the kernel and kept for its start)");
+    Ok(())
+}

@@ -55,6 +55,8 @@ pub enum Reply {
     Disallowed(Disallowed),
     Notes(Notes),
     Reloaded(Reloaded),
+    Trusted(Trusted),
+    Untrusted(Untrusted),
 }
 
 /// `status`: like `fail2ban-client status`, and what the daemon found.
@@ -192,6 +194,18 @@ pub struct Allowed {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Disallowed {
     pub disallowed: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trusted {
+    pub trusted: String,
+    /// Null: no end.
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Untrusted {
+    pub untrusted: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,10 +7,11 @@ use crate::{
     kernel::{clock, trust::TrustMaps},
     trust::{
         client::{self, EslMsg, Settings},
+        operator,
         registrations::{RegEvent, Registry},
     },
 };
-use anyhow::Result;
+use anyhow::{bail, Result};
 use common::{RateKey, TrustEntry, TRUST_OPERATOR, TRUST_REGISTERED};
 use std::{collections::BTreeMap, time::Duration};
 
@@ -27,11 +28,42 @@ pub(super) struct EslView {
     pub bad_events: u64,
 }
 
+/// One of the operator's trusted sources.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Operator {
+    addr: std::net::IpAddr,
+    /// Unix seconds (what the file keeps); `None`: no end.
+    until_unix: Option<i64>,
+    /// The same as the kernel's clock has it (0: no end).
+    until_ns: u64,
+}
+
+impl Operator {
+    fn new(addr: std::net::IpAddr, until_unix: Option<i64>) -> Self {
+        let until_ns = match until_unix {
+            None => 0,
+            Some(u) => {
+                let left = u64::try_from(u - operator::unix_now()).unwrap_or(0);
+                clock::mono_now_ns()
+                    .saturating_add(left.saturating_mul(1_000_000_000))
+                    .max(1)
+            }
+        };
+        Self {
+            addr,
+            until_unix,
+            until_ns,
+        }
+    }
+}
+
 pub(super) struct TrustState {
     maps: Option<TrustMaps>,
     pub(super) registry: Registry,
-    /// The operator's entries: until when (`CLOCK_MONOTONIC` ns; 0: no end).
-    pub(super) operator: BTreeMap<RateKey, u64>,
+    /// The operator's entries (`sipguard trust`), kept in a file.
+    pub(super) operator: BTreeMap<RateKey, Operator>,
+    /// That file.
+    operator_file: std::path::PathBuf,
     settings: Option<Settings>,
     /// Dropped to stop the worker.
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -50,6 +82,7 @@ impl TrustState {
             maps: None,
             registry: Registry::new(crate::config::trust::TrustConfig::default().max_entries),
             operator: BTreeMap::new(),
+            operator_file: std::path::PathBuf::new(),
             settings: None,
             stop: None,
             tx,
@@ -70,7 +103,7 @@ impl TrustState {
             return;
         };
         let reg = self.registry.key(&key).map(|k| k.until_ns);
-        let op = self.operator.get(&key).copied();
+        let op = self.operator.get(&key).map(|o| o.until_ns);
         let entry = match (reg, op) {
             (_, Some(until)) => Some((
                 if until == 0 {
@@ -139,10 +172,12 @@ impl Daemon {
     /// `[trust]` applied: the kernel's budgets, the registry's bound, and
     /// the event-socket worker (restarted only when its settings change).
     pub(super) fn apply_trust_config(&mut self) -> Result<()> {
-        let t = &mut self.trust;
-        if t.maps.is_none() {
-            t.maps = Some(TrustMaps::open(&self.config.pin_dir)?);
+        if self.trust.maps.is_none() {
+            self.trust.maps = Some(TrustMaps::open(&self.config.pin_dir)?);
+            self.trust.operator_file = operator::path(&self.config.state_file);
+            self.take_in_trust()?;
         }
+        let t = &mut self.trust;
         let c = &self.config.trust;
         if let Some(maps) = t.maps.as_mut() {
             maps.set_config(c.kernel())?;
@@ -298,16 +333,135 @@ impl Daemon {
         let ended: Vec<RateKey> = t
             .operator
             .iter()
-            .filter(|(_, until)| **until != 0 && **until <= now)
+            .filter(|(_, o)| o.until_ns != 0 && o.until_ns <= now)
             .map(|(k, _)| *k)
             .collect();
         for k in &ended {
             t.operator.remove(k);
         }
+        if !ended.is_empty() {
+            self.save_operator_trust();
+        }
+        let t = &mut self.trust;
         keys.extend(ended);
         for key in keys {
             t.write(key);
         }
+    }
+}
+
+impl Daemon {
+    /// At start: the operator's file, and what the kernel holds from the
+    /// daemon before (registrations are adopted until FreeSWITCH's listing
+    /// says otherwise; operator entries no longer in the file go).
+    fn take_in_trust(&mut self) -> Result<()> {
+        let t = &mut self.trust;
+        let entries = match operator::load(&t.operator_file) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("the operator's trusted sources are not restored: {e:#}");
+                Vec::new()
+            }
+        };
+        for e in entries {
+            let o = Operator::new(e.addr, e.until);
+            if o.until_unix.is_none() || o.until_ns > clock::mono_now_ns() {
+                t.operator
+                    .insert(crate::kernel::trust::trust_key(e.addr), o);
+            }
+        }
+        let now = clock::mono_now_ns();
+        let pinned = t
+            .maps
+            .as_ref()
+            .map(TrustMaps::entries)
+            .transpose()?
+            .unwrap_or_default();
+        let mut stale = Vec::new();
+        for (key, e) in pinned {
+            match e.origin {
+                TRUST_REGISTERED if !e.is_expired(now) => {
+                    let addr = crate::kernel::trust::trust_net(&key).addr();
+                    let id = ("adopted".to_owned(), addr.to_string(), String::new());
+                    t.registry.register(id, addr, e.expires_at_ns, 0);
+                }
+                _ if !t.operator.contains_key(&key) => stale.push(key),
+                _ => {}
+            }
+        }
+        let keys: Vec<RateKey> = t.operator.keys().copied().chain(stale).collect();
+        for key in keys {
+            t.write(key);
+        }
+        Ok(())
+    }
+
+    fn save_operator_trust(&self) {
+        let entries: Vec<operator::Entry> = self
+            .trust
+            .operator
+            .values()
+            .map(|o| operator::Entry {
+                addr: o.addr,
+                until: o.until_unix,
+            })
+            .collect();
+        if let Err(e) = operator::save(&self.trust.operator_file, &entries) {
+            tracing::error!("saving the operator's trusted sources failed: {e:#}");
+        }
+    }
+
+    /// `sipguard trust ADDR [--for DURATION]`.
+    pub(super) fn do_trust(
+        &mut self,
+        net: ipnet::IpNet,
+        duration: Option<Duration>,
+    ) -> Result<crate::control::Trusted> {
+        let addr = operator::trust_addr(net)?;
+        let key = crate::kernel::trust::trust_key(addr);
+        if !self.trust.operator.contains_key(&key)
+            && self.trust.operator.len() >= operator::MAX_ENTRIES
+        {
+            bail!(
+                "{} operator-trusted sources already: untrust some first",
+                operator::MAX_ENTRIES
+            );
+        }
+        let until_unix = duration.map(|d| operator::unix_now().saturating_add(d.as_secs() as i64));
+        self.trust
+            .operator
+            .insert(key, Operator::new(addr, until_unix));
+        self.save_operator_trust();
+        self.trust.write(key);
+        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
+        tracing::info!(
+            "trusted {shown} (operator){}",
+            duration
+                .map(|d| format!(" for {}", humantime::format_duration(d)))
+                .unwrap_or_default()
+        );
+        Ok(crate::control::Trusted {
+            trusted: shown,
+            expires_in_secs: duration.map(|d| d.as_secs()),
+        })
+    }
+
+    /// `sipguard untrust ADDR`: the operator's entry goes (a registration
+    /// ends with FreeSWITCH's unregister).
+    pub(super) fn do_untrust(&mut self, net: ipnet::IpNet) -> Result<crate::control::Untrusted> {
+        let addr = operator::trust_addr(net)?;
+        let key = crate::kernel::trust::trust_key(addr);
+        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
+        if self.trust.operator.remove(&key).is_none() {
+            if self.trust.registry.key(&key).is_some() {
+                bail!("{shown} is trusted as registered with FreeSWITCH, not by `sipguard trust`: it ends when it unregisters or expires");
+            }
+            bail!("{shown} is not trusted");
+        }
+        self.save_operator_trust();
+        self.trust.write(key);
+        tracing::info!("untrusted {shown}");
+        Ok(crate::control::Untrusted { untrusted: shown })
     }
 }
 

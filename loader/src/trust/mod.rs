@@ -4,4 +4,5 @@
 //! the registry into the kernel's trusted map.
 pub mod client;
 pub mod esl;
+pub mod operator;
 pub mod registrations;

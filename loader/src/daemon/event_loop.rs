@@ -70,6 +70,8 @@ pub(super) async fn serve(
             let mut poll = tokio::time::interval(POLL_INTERVAL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut tick = tokio::time::interval(TICK_INTERVAL);
+            let mut overload = tokio::time::interval(crate::trust::overload::SAMPLE);
+            overload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Without a watchdog this ticks once a day and sends nothing.
             let watchdog_every = readiness.borrow().watchdog();
             let mut watchdog =
@@ -105,6 +107,7 @@ pub(super) async fn serve(
                     // a millisecond or two of the loop's time).
                     Some(event) = snapshot_events.recv() => timed("a slice of the state's snapshot", || daemon.borrow_mut().on_snapshot(event)),
                     Some(msg) = esl_rx.recv() => daemon.borrow_mut().on_esl(msg),
+                    _ = overload.tick() => daemon.borrow_mut().sample_overload(),
                     _ = poll.tick() => behind = daemon.borrow_mut().poll_logs(),
                     _ = tick.tick() => timed("the once-a-second tick", || {
                         let mut daemon = daemon.borrow_mut();

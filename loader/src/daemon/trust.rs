@@ -73,6 +73,7 @@ pub(super) struct TrustState {
     grace: Duration,
     /// The connection whose listing was last applied.
     generation: u64,
+    pub(super) overload: crate::trust::overload::Overload,
 }
 
 impl TrustState {
@@ -93,6 +94,7 @@ impl TrustState {
             },
             grace: Duration::from_secs(600),
             generation: 0,
+            overload: Default::default(),
         }
     }
 
@@ -179,8 +181,12 @@ impl Daemon {
         }
         let t = &mut self.trust;
         let c = &self.config.trust;
+        t.overload.threshold = c.overload_pps;
         if let Some(maps) = t.maps.as_mut() {
             maps.set_config(c.kernel())?;
+            // The program's settings were just written anew: the overload
+            // flag goes back as it is.
+            maps.set_overloaded(t.overload.on)?;
         }
         t.registry.set_max(c.max_entries);
         t.grace = c.grace;
@@ -311,6 +317,67 @@ impl Daemon {
         }
     }
 
+    /// Every `overload::SAMPLE`: the box's SIP packets per second, and
+    /// the overload state it makes (the kernel flag, log, notification).
+    pub(super) fn sample_overload(&mut self) {
+        use crate::trust::overload::Change;
+        let t = &mut self.trust;
+        if t.overload.threshold == 0 && !t.overload.on {
+            return;
+        }
+        let Some(maps) = t.maps.as_mut() else {
+            return;
+        };
+        let total = match maps.sip_packets() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot read the SIP packet counters: {e:#}");
+                return;
+            }
+        };
+        let Some(change) = t.overload.sample(total, std::time::Instant::now()) else {
+            return;
+        };
+        let on = matches!(change, Change::Entered { .. });
+        if let Err(e) = maps.set_overloaded(on) {
+            tracing::error!("cannot set the overload flag: {e:#}");
+        }
+        let c = &self.config.trust;
+        let (kind, reason) = match change {
+            Change::Entered { pps } => {
+                let r = format!(
+                    "{pps} SIP packets/s over overload_pps {}: untrusted sources held to {} /s, trusted keep {} /s",
+                    c.overload_pps, c.untrusted_rate, c.trusted_rate
+                );
+                tracing::warn!("overloaded: {r}");
+                ("overload", r)
+            }
+            Change::Left { pps } => {
+                let r = format!(
+                    "{pps} SIP packets/s, below {} % of overload_pps {}: normal budgets back",
+                    (crate::trust::overload::LEAVE_RATIO * 100.0) as u32,
+                    c.overload_pps
+                );
+                tracing::warn!("overload over: {r}");
+                ("overload_end", r)
+            }
+        };
+        self.announce
+            .notifier
+            .send(|| crate::ops::notify::Event::state(kind, &reason));
+    }
+
+    /// Trusted sources in force (registered addresses and the operator's).
+    pub(super) fn trusted_count(&self) -> u64 {
+        let t = &self.trust;
+        let registered = t
+            .registry
+            .keys()
+            .filter(|(k, _)| !t.operator.contains_key(*k))
+            .count();
+        (registered + t.operator.len()) as u64
+    }
+
     /// `status`'s `trust`: the event socket (never its password), what is
     /// trusted.
     pub(super) fn trust_report(&self) -> serde_json::Value {
@@ -321,6 +388,13 @@ impl Daemon {
             "registered_addresses": t.registry.keys().count(),
             "registrations_refused": t.registry.refused,
             "operator": t.operator.len(),
+            "trusted": self.trusted_count(),
+            "overload": {
+                "overloaded": t.overload.on,
+                "entered": t.overload.entered,
+                "sip_packets_per_second": t.overload.pps,
+                "overload_pps": t.overload.threshold,
+            },
         })
     }
 

@@ -5,4 +5,5 @@
 pub mod client;
 pub mod esl;
 pub mod operator;
+pub mod overload;
 pub mod registrations;

@@ -119,6 +119,11 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
     let v: serde_json::Value = serde_json::from_str(&status)?;
     assert_eq!(v["trust"]["esl"]["state"], "connected", "{status}");
     assert!(!status.contains(PASSWORD), "no password in status");
+    let human = s.cli(&["status"])?;
+    assert!(
+        human.contains(&format!("event socket connected (127.0.0.1:{port})")),
+        "{human}"
+    );
     s.daemon.stop()?;
     assert!(!s.daemon.log().contains(PASSWORD), "no password in the log");
     Ok(())

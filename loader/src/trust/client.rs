@@ -60,11 +60,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a quiet connection looks at whether it must stop.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Connections made so far, by any worker of this process: a worker
+/// started by a reload numbers its connections after the old one's, so
+/// its listing replaces what the old one learnt.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Starts the worker; it stops when `stop`'s sender is dropped.
 pub fn start(settings: Settings, tx: EslTx, stop: mpsc::Receiver<()>) {
-    let mut generation = 0u64;
     crate::fleet::supervise("esl", stop, move |stop| {
-        generation += 1;
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let result = session(&settings, &tx, stop, generation);
         if let Err(e) = &result {
             let _ = tx.try_send(EslMsg::Down {

@@ -274,6 +274,56 @@ mod tests {
         assert_eq!(url_decode("100%25"), "100%");
     }
 
+    /// A connection to a peer that writes `bytes` and keeps the socket open.
+    fn conn_to(bytes: &'static [u8]) -> (Conn, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(bytes).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        (Conn::new(stream, Duration::from_millis(50)).unwrap(), peer)
+    }
+
+    #[test]
+    fn frames_are_read_whole_and_within_bounds() {
+        let (mut c, peer) = conn_to(
+            b"Content-Type: auth/request\r\n\r\n\nContent-Length: 5\nContent-Type: api/response\n\nhello",
+        );
+        let f = c.expect(Duration::from_secs(2)).unwrap();
+        assert_eq!(f.content_type(), "auth/request");
+        let f = c.expect(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            (f.content_type(), f.body.as_slice()),
+            ("api/response", &b"hello"[..])
+        );
+        assert!(matches!(c.read().unwrap(), Read1::Idle));
+        peer.join().unwrap();
+
+        let many: &'static [u8] = Box::leak(
+            (0..=MAX_HEADERS)
+                .map(|i| format!("X-{i}: v\n"))
+                .collect::<String>()
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let (mut c, peer) = conn_to(many);
+        let e = c.expect(Duration::from_secs(2)).unwrap_err();
+        assert!(format!("{e:#}").contains("more than 64 headers"), "{e:#}");
+        peer.join().unwrap();
+
+        let (mut c, peer) = conn_to(b"Content-Length: -1\n\n");
+        let e = c.expect(Duration::from_secs(2)).unwrap_err();
+        assert!(format!("{e:#}").contains("bad Content-Length"), "{e:#}");
+        peer.join().unwrap();
+
+        let (mut c, peer) = conn_to(b"no colon\n\n");
+        assert!(c.expect(Duration::from_secs(2)).is_err());
+        peer.join().unwrap();
+    }
+
     #[test]
     fn event_bodies_are_read_as_headers() {
         let body =

@@ -539,8 +539,13 @@ impl Daemon {
     }
 }
 
-/// `CLOCK_MONOTONIC` ns `secs` + `grace` from `now`.
+/// Longest a registration is believed (FreeSWITCH's own registrations
+/// last minutes to hours; a broken or hostile peer's `expires` is cut).
+const MAX_EXPIRES_SECS: u64 = 7 * 86_400;
+
+/// `CLOCK_MONOTONIC` ns `secs` (at most `MAX_EXPIRES_SECS`) + `grace` from `now`.
 fn until(now: u64, secs: u64, grace: Duration) -> u64 {
+    let secs = secs.min(MAX_EXPIRES_SECS);
     now.saturating_add(
         secs.saturating_add(grace.as_secs())
             .saturating_mul(1_000_000_000),

@@ -59,6 +59,14 @@ pub mod map_name {
     /// One [`super::TraceFilter`] at index 0: the source `sipguard trace`
     /// follows (off when nobody traces).
     pub const TRACE: &str = "trace";
+    /// Hash of trusted sources: [`super::RateKey`] → [`super::TrustEntry`]
+    /// (registered phones, the operator's `sipguard trust`, the never-ban set).
+    pub const TRUSTED: &str = "trusted";
+    /// One [`super::TrustConfig`] at index 0: the trusted and overload budgets.
+    pub const TRUST_CONFIG: &str = "trust_config";
+    /// Per-CPU `u64` at index 0: packets that went through the limiter (the
+    /// SIP packets a forger could send), summed by the daemon for overload.
+    pub const SIP_PACKETS: &str = "sip_packets";
 }
 
 /// The version of the pinned maps' layout (names, key and value formats).
@@ -67,8 +75,10 @@ pub mod map_name {
 /// sipguard before the version map; 2: `lost_reports`, the ports-only flag,
 /// and the reporting packet's address in `FloodEvent`; 3: ban counters per
 /// CPU in `ban_stats` (`BanEntry` carries an `id` instead), a source's
-/// limited packets per CPU in `rate_limited` (not in `RateState`).
-pub const LAYOUT_VERSION: u32 = 4;
+/// limited packets per CPU in `rate_limited` (not in `RateState`); 5: the
+/// trust tier cached in `RateState`, the `pass_trusted` and `drop_shed`
+/// counters.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value
@@ -133,6 +143,11 @@ pub const CONFIG_REPORT_SCANNERS: u32 = 4;
 /// the limiter, reports), but nothing is dropped: the `drop_*` counters
 /// count would-be drops.
 pub const CONFIG_DRY_RUN: u32 = 8;
+/// Overload: the box receives more SIP packets than `[trust] overload_pps`
+/// (the daemon sets and clears it, see `TrustConfig`): sources not trusted
+/// are held to the untrusted budget, and what that drops is shed, never
+/// escalated to a ban.
+pub const CONFIG_OVERLOADED: u32 = 16;
 
 /// `FloodEvent::kind`: the source kept exceeding its rate.
 pub const EVENT_FLOOD: u32 = 0;
@@ -392,6 +407,81 @@ pub const fn rate_key_v6(a: [u8; 16]) -> RateKey {
     ]
 }
 
+/// Capacity of the trusted map.
+pub const MAX_TRUSTED: u32 = 1 << 16;
+
+/// `TrustEntry::origin`: why a source is trusted.
+pub const TRUST_REGISTERED: u32 = 1;
+pub const TRUST_OPERATOR: u32 = 2;
+pub const TRUST_NEVER_BAN: u32 = 3;
+
+/// A trusted source: the value of `trusted`, keyed like the limiter keys
+/// sources (an IPv4 address, an IPv6 /64), since the budget trust raises is
+/// the one the limiter charges to that key. Read only for a source already
+/// over its first budget (at most once a second, cached in its `RateState`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrustEntry {
+    /// When the trust ends (`CLOCK_MONOTONIC` ns, the coarse clock); 0:
+    /// never. A stale entry is ignored by the program even with no daemon.
+    pub expires_at_ns: u64,
+    /// When it was written.
+    pub trusted_at_ns: u64,
+    /// `TRUST_*`.
+    pub origin: u32,
+    pub _pad: u32,
+}
+
+impl TrustEntry {
+    #[inline(always)]
+    pub fn is_expired(&self, now_ns: u64) -> bool {
+        self.expires_at_ns != 0 && now_ns >= self.expires_at_ns
+    }
+}
+
+/// The budgets beside the normal one (`Config`): a trusted source's, and
+/// an untrusted source's while the box is overloaded. Interval 0: that
+/// tier is off (a trusted source keeps the normal budget; overload holds
+/// nobody tighter). Like `Config`, precomputed so the program never divides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrustConfig {
+    pub trusted_interval_ns: u64,
+    pub trusted_tolerance_ns: u64,
+    pub untrusted_interval_ns: u64,
+    pub untrusted_tolerance_ns: u64,
+    pub trusted_rate: u32,
+    pub trusted_burst: u32,
+    pub untrusted_rate: u32,
+    pub untrusted_burst: u32,
+}
+
+impl TrustConfig {
+    /// Budgets from rates (packets/s, 0: off) and bursts (packets).
+    pub fn new(trusted: (u32, u32), untrusted: (u32, u32)) -> Self {
+        let gcra = |rate: u32, burst: u32| {
+            if rate == 0 {
+                (0, 0)
+            } else {
+                let i = 1_000_000_000 / u64::from(rate);
+                (i, i * u64::from(burst))
+            }
+        };
+        let (ti, tt) = gcra(trusted.0, trusted.1);
+        let (ui, ut) = gcra(untrusted.0, untrusted.1);
+        Self {
+            trusted_interval_ns: ti,
+            trusted_tolerance_ns: tt,
+            untrusted_interval_ns: ui,
+            untrusted_tolerance_ns: ut,
+            trusted_rate: trusted.0,
+            trusted_burst: trusted.1,
+            untrusted_rate: untrusted.0,
+            untrusted_burst: untrusted.1,
+        }
+    }
+}
+
 /// Per-source rate state, shared by all CPUs (one LRU hash entry per source,
 /// not per CPU: a source spread over many RX queues gets one budget).
 ///
@@ -413,6 +503,13 @@ pub struct RateState {
     /// `REPORTED_*` bits: what this source was reported for (flooding: in
     /// the current window).
     pub reported: u32,
+    /// Until when this source is known trusted (its `TrustEntry` was read
+    /// then, and the answer is kept at most a second): its packets are
+    /// charged to the trusted budget without a lookup.
+    pub trust_until_ns: u64,
+    /// Until when the trusted map is not looked at again for this source
+    /// (a source over its budget looks at most once a second).
+    pub trust_checked_ns: u64,
 }
 
 /// Sources whose limited packets are counted at once (per CPU, in
@@ -473,14 +570,21 @@ pub mod counter {
     pub const DROP_SCANNER: u32 = 10;
     /// Scanner's User-Agent from an allow-listed source: passed.
     pub const PASS_SCANNER_ALLOWLISTED: u32 = 11;
+    /// A trusted source's packet passed on the trusted budget (the source
+    /// was over its normal, or overload, budget once in the last second).
+    pub const PASS_TRUSTED: u32 = 12;
+    /// Overload: an untrusted source over the untrusted budget: dropped,
+    /// never escalated to a ban.
+    pub const DROP_SHED: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     /// The counters of dropped packets.
-    pub const DROPS: [u32; 4] = [
+    pub const DROPS: [u32; 5] = [
         DROP_BANNED,
         DROP_BANNED_NO_PORT,
         DROP_RATE_LIMITED,
         DROP_SCANNER,
+        DROP_SHED,
     ];
 
     /// Display names, by index.
@@ -497,6 +601,8 @@ pub mod counter {
         "pass_rate_allowlisted",
         "drop_scanner",
         "pass_scanner_allowlisted",
+        "pass_trusted",
+        "drop_shed",
     ];
 }
 
@@ -514,4 +620,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::FloodEvent {}
+    unsafe impl aya::Pod for super::TrustEntry {}
+    unsafe impl aya::Pod for super::TrustConfig {}
 }

@@ -91,6 +91,9 @@ pub struct Config {
     /// How much room bans from elsewhere may take.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Trusted sources and overload shedding.
+    #[serde(default)]
+    pub trust: trust::TrustConfig,
 }
 
 /// `[fleet]`: caps on the bans CrowdSec, Redis nodes and APIBAN hand in,
@@ -673,6 +676,7 @@ impl Config {
 
 mod aggregate;
 mod check;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,9 @@
 //! | `fleet/`    | `crowdsec`      | CrowdSec: its decisions enforced, detections sent as alerts |
 //! |             | `redis`         | sipguard daemons sharing bans through Redis               |
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
+//! | `trust/`    | `esl`, `client` | FreeSWITCH's event socket: bounded framing, the worker     |
+//! |             | `registrations` | registration events and listing, the bounded registry    |
+//! |             | `operator`, `overload` | `sipguard trust` entries on disk; overload hysteresis |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `remote`        | other origins' bans of a network, beside this box's own   |
 //! |             | `never_ban`     | the allowlist: ignoreip, own, gateways, resolvers, allows |
@@ -69,3 +72,4 @@ pub mod net_table;
 pub mod ops;
 pub mod store;
 pub mod text;
+pub mod trust;

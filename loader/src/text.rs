@@ -225,3 +225,27 @@ mod tests {
         assert_eq!(escape("a\u{200e}b\u{2028}"), "a\\u{200e}b\\u{2028}");
     }
 }
+
+/// A secret from the configuration (a password): compared and cloned,
+/// never shown. `Debug` prints a placeholder, it has no `Display` and no
+/// `Serialize`, so neither a log line nor `status` can carry it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}

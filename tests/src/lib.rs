@@ -7,6 +7,7 @@
 //! unique name and is removed by a `Drop` guard, also when the test fails.
 pub mod daemon;
 pub mod engines;
+pub mod esl;
 pub mod fixture;
 pub mod http;
 pub mod kernel;

@@ -44,10 +44,11 @@ use aya_ebpf::{
 use common::{
     ban_counter_slot, counter, rate_key_v4, rate_key_v6, v4_key, AllowEntry, BanCounter, BanEntry,
     Config, Counter, FloodEvent, PendingScan, RateKey, RateLease, RateState, SketchLine,
-    TraceFilter, V4Key, BAN_ALL_PORTS, BAN_COUNTER_SLOTS, BAN_PORTS_ONLY, CONFIG_ALL_PORTS,
-    CONFIG_DRY_RUN, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS, EVENT_FLOOD, EVENT_SCANNER,
-    FLOOD_RING_BYTES, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS, MAX_RATE_SOURCES,
-    PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER, SKETCH_LINES, SKETCH_SLOTS,
+    TraceFilter, TrustConfig, TrustEntry, V4Key, BAN_ALL_PORTS, BAN_COUNTER_SLOTS, BAN_PORTS_ONLY,
+    CONFIG_ALL_PORTS, CONFIG_DRY_RUN, CONFIG_OVERLOADED, CONFIG_REPORT_SCANNERS, CONFIG_SCANNERS,
+    EVENT_FLOOD, EVENT_SCANNER, FLOOD_RING_BYTES, HOT_LIMITED, LEASE_SLOTS, MAX_ALLOWED, MAX_BANS,
+    MAX_RATE_SOURCES, MAX_TRUSTED, PORT_WORDS, REPORTED_FLOOD, REPORTED_SCANNER, SKETCH_LINES,
+    SKETCH_SLOTS,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 use parse::{Port, Source};
@@ -90,6 +91,17 @@ static LOST_REPORTS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "trace")]
 static TRACE: Array<TraceFilter> = Array::pinned(1, 0);
+
+/// Trusted sources (see `common::TrustEntry`); read only for a source over
+/// its first budget, at most once a second (cached in its rate state).
+#[map(name = "trusted")]
+static TRUSTED: HashMap<RateKey, TrustEntry> = HashMap::pinned(MAX_TRUSTED, 0);
+#[map(name = "trust_config")]
+static TRUST_CONFIG: Array<TrustConfig> = Array::pinned(1, 0);
+/// Packets that went through the limiter, per CPU: the daemon sums them to
+/// tell overload (no shared line written per packet).
+#[map(name = "sip_packets")]
+static SIP_PACKETS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[xdp]
 pub fn sipguard(ctx: XdpContext) -> u32 {
@@ -334,12 +346,24 @@ fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     // every packet) needs none, and a read costs ~19 ns here (a helper
     // call); `scan` reads it itself on a match.
     let now = if limit { now_ns() } else { 0 };
-    if limit && !spend_lease(&key, now) && !conforms(&key, &pkt.src, now, cfg) {
-        // Checked only for packets over the limit: the common path stays cheap.
-        if allowlisted(&pkt.src, now) {
-            return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+    let mut pass = pass;
+    if limit {
+        count_sip_packet();
+        // Leases are spent only at the normal budget: overload holds every
+        // source to a budget of its own tier.
+        let overloaded = cfg.flags & CONFIG_OVERLOADED != 0;
+        if overloaded || !spend_lease(&key, now) {
+            let admit = conforms(&key, &pkt.src, now, cfg, overloaded);
+            if admit == counter::PASS_TRUSTED {
+                pass = admit;
+            } else if admit != ADMIT {
+                // Checked only for packets over the limit: the common path stays cheap.
+                if allowlisted(&pkt.src, now) {
+                    return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+                }
+                return (admit, xdp_action::XDP_DROP);
+            }
         }
-        return (counter::DROP_RATE_LIMITED, xdp_action::XDP_DROP);
     }
     if scanners && set_aside(pkt, &key, now, pass) {
         return (SCAN, xdp_action::XDP_PASS);
@@ -568,23 +592,98 @@ fn spend_lease(key: &RateKey, now: u64) -> bool {
     true
 }
 
-/// GCRA: true if a packet from `key` at `now` is within its rate and burst.
-/// With room for it, a whole lease is taken from the budget at once: this
-/// packet, and `lease - 1` tokens this CPU spends alone.
+/// `conforms`: the packet is within the budget it was charged to (the
+/// normal one, or the overload one), and keeps the caller's pass verdict.
+const ADMIT: u32 = u32::MAX - 1;
+
+/// GCRA on the source's budget; returns `ADMIT`, `PASS_TRUSTED` (within
+/// the trusted budget), `DROP_RATE_LIMITED` or `DROP_SHED`. With room for
+/// it at the normal budget, a whole lease is taken from the budget at
+/// once: this packet, and `lease - 1` tokens this CPU spends alone.
+///
+/// The budget: the trusted one for a source known trusted within the last
+/// second, else the overload one while overloaded, else the normal one.
+/// Only a packet over that budget looks the source up in `trusted` (at
+/// most once a second per source): a clean packet pays nothing for trust.
 #[inline(always)]
-fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
-    let (interval, tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
+fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: bool) -> u32 {
     let st = match RATE.get_ptr_mut(key) {
         Some(st) => st,
         // A source without state: no insert while it has sent only a few
         // packets in the window (a forged source sends one).
-        None if unseen_admitted(key, now, cfg) => return true,
+        None if unseen_admitted(key, now, cfg) => return ADMIT,
         None => match new_rate_state(key, now) {
             Some(st) => st,
             // The map refused a new entry: let the packet through rather than guess.
-            None => return true,
+            None => return ADMIT,
         },
     };
+    let tiers = TRUST_CONFIG.get(0);
+    let (mut interval, mut tolerance, mut lease) = (cfg.interval_ns, cfg.tolerance_ns, !overloaded);
+    let mut admit = ADMIT;
+    let mut trusted = false;
+    unsafe {
+        if let Some(t) = tiers {
+            if now < (*st).trust_until_ns && t.trusted_interval_ns != 0 {
+                (interval, tolerance, lease, admit) = (
+                    t.trusted_interval_ns,
+                    t.trusted_tolerance_ns,
+                    false,
+                    counter::PASS_TRUSTED,
+                );
+                trusted = true;
+            } else if overloaded && t.untrusted_interval_ns != 0 {
+                (interval, tolerance) = (t.untrusted_interval_ns, t.untrusted_tolerance_ns);
+            }
+        }
+        if charge(st, key, now, interval, tolerance, lease, cfg) {
+            return admit;
+        }
+        // Over its budget: is the source trusted? Asked once a second.
+        if let Some(t) = tiers {
+            if !trusted && t.trusted_interval_ns != 0 && (*st).trust_checked_ns <= now {
+                (*st).trust_checked_ns = now + 1_000_000_000;
+                if let Some(entry) = TRUSTED.get(key) {
+                    if !entry.is_expired(now) {
+                        let until = now + 1_000_000_000;
+                        (*st).trust_until_ns =
+                            if entry.expires_at_ns != 0 && entry.expires_at_ns < until {
+                                entry.expires_at_ns
+                            } else {
+                                until
+                            };
+                        trusted = true;
+                        let (i, tol) = (t.trusted_interval_ns, t.trusted_tolerance_ns);
+                        if charge(st, key, now, i, tol, false, cfg) {
+                            return counter::PASS_TRUSTED;
+                        }
+                    }
+                }
+            }
+        }
+        if overloaded && !trusted {
+            // Shed: held to the overload budget, not flooding by its own
+            // budget as far as the program knows; never escalated.
+            return counter::DROP_SHED;
+        }
+        let limited = count_limited(key);
+        escalate(st, key, src, now, cfg, limited);
+    }
+    counter::DROP_RATE_LIMITED
+}
+
+/// Charges one packet to the budget (`interval`, `tolerance`) of the rate
+/// state `st`; false when over it (nothing written then).
+#[inline(always)]
+unsafe fn charge(
+    st: *mut RateState,
+    key: &RateKey,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+    lease: bool,
+    cfg: &Config,
+) -> bool {
     unsafe {
         let tat = (*st).tat_ns;
         if tat <= now {
@@ -593,24 +692,35 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config) -> bool {
             return true;
         }
         let ahead = tat - now;
-        if ahead <= tolerance {
-            let extra = u64::from(cfg.lease.saturating_sub(1));
-            if extra > 0 && ahead + extra * interval <= tolerance {
-                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
-                if let Some(lease) = lease_slot(key) {
-                    (*lease).key = *key;
-                    (*lease).tokens = extra as u32;
-                    (*lease).valid_until_ns = now + 1_000_000_000;
-                }
-            } else {
-                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
-            }
-            return true;
+        if ahead > tolerance {
+            return false;
         }
-        let limited = count_limited(key);
-        escalate(st, key, src, now, cfg, limited);
+        let extra = if lease {
+            u64::from(cfg.lease.saturating_sub(1))
+        } else {
+            0
+        };
+        if extra > 0 && ahead + extra * interval <= tolerance {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
+            if let Some(lease) = lease_slot(key) {
+                (*lease).key = *key;
+                (*lease).tokens = extra as u32;
+                (*lease).valid_until_ns = now + 1_000_000_000;
+            }
+        } else {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
+        }
+        true
     }
-    false
+}
+
+/// Counts a packet that went through the limiter on this CPU's slot.
+#[inline(always)]
+fn count_sip_packet() {
+    if let Some(c) = SIP_PACKETS.get_ptr_mut(0) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *c += 1 };
+    }
 }
 
 /// Counts a packet of `key` dropped by the limiter on this CPU; returns this

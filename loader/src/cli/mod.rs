@@ -5,6 +5,7 @@ pub mod import;
 pub mod show;
 pub mod test_filter;
 pub mod trace;
+pub mod trust;
 
 use crate::{
     addr,
@@ -74,13 +75,27 @@ pub enum Command {
     Allow { net: String },
     /// Remove exactly ADDRESS[/PREFIX] from the allowlist.
     Disallow { net: String },
+    /// Trust a source: it keeps its own, higher budget ([trust] trusted_rate),
+    /// also under overload; it is still limited over it, and still banned by
+    /// a jail. An IPv6 address trusts its /64.
+    Trust {
+        net: String,
+        /// How long (`30m`, `1h`, `-1`: until untrusted).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// End the trust `sipguard trust` gave a source.
+    Untrust { net: String },
     /// List bans (or the allowlist) with their counters, from the kernel maps.
     List {
         #[arg(long)]
         json: bool,
         /// List the allowlist instead of the bans.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "trusted")]
         allowed: bool,
+        /// List the trusted sources instead (registered phones, `trust`).
+        #[arg(long)]
+        trusted: bool,
     },
     /// Write the saved state (bans, ban counts, read positions, the allowlist)
     /// into a new SQLite database at PATH, to read with sqlite3.
@@ -224,7 +239,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unban { net, fleet } => do_unban(cli, net, *fleet),
         Command::Allow { net } => do_allow(cli, net),
         Command::Disallow { net } => do_disallow(cli, net),
-        Command::List { json, allowed } => do_list(cli, *json, *allowed),
+        Command::Trust { net, duration } => trust::change(cli, net, duration.as_deref(), true),
+        Command::Untrust { net } => trust::change(cli, net, None, false),
+        Command::List {
+            json,
+            allowed,
+            trusted,
+        } => {
+            if *trusted {
+                require_root("read sipguard's maps")?;
+                trust::list_trusted(&paths(cli).pin_dir, *json)
+            } else {
+                do_list(cli, *json, *allowed)
+            }
+        }
         Command::Export { path } => do_export(cli, path),
         Command::Stats { json } => do_stats(cli, *json),
         Command::Top { interval, json } => do_top(cli, *interval, *json),

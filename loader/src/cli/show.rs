@@ -332,7 +332,44 @@ fn overview(out: &mut String, data: &Status) {
         let _ = writeln!(out, "|- From elsewhere:      {}", parts.join(", "));
     }
     freeswitch(out, data.freeswitch.as_ref());
+    trust(out, &data.trust);
     let _ = writeln!(out, "`- Jail list:           {}", names.join(", "));
+}
+
+/// The trust part of `status` (absent from an older daemon's answer).
+fn trust(out: &mut String, t: &serde_json::Value) {
+    if t.is_null() {
+        return;
+    }
+    let esl = &t["esl"];
+    let state = esl["state"].as_str().unwrap_or("?");
+    let mut line = format!("event socket {}", txt(state));
+    if let Some(a) = esl["address"].as_str() {
+        line.push_str(&format!(" ({})", txt(a)));
+    }
+    if let Some(e) = esl["last_error"].as_str() {
+        line.push_str(&format!(": {}", txt(e)));
+    }
+    let _ = writeln!(
+        out,
+        "|- Trusted:             {} source(s); {line}",
+        t["trusted"]
+    );
+    let o = &t["overload"];
+    if o["overload_pps"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            out,
+            "|- Overload:            {} ({} SIP packets/s, threshold {}, entered {} time(s))",
+            if o["overloaded"] == true {
+                "YES: untrusted sources shed"
+            } else {
+                "no"
+            },
+            o["sip_packets_per_second"],
+            o["overload_pps"],
+            o["entered"]
+        );
+    }
 }
 
 /// One jail's part of `status`.

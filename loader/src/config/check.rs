@@ -18,6 +18,7 @@ impl Config {
         }
         self.notify.check()?;
         self.flood.check()?;
+        self.trust.check(&self.flood)?;
         check_ignoreip(&self.ignoreip)?;
         self.fleet.check(self.flood.max_packet_bans)?;
         if self.ports.as_ref().is_some_and(Vec::is_empty) && !self.all_ports {

@@ -55,6 +55,8 @@ pub enum Reply {
     Disallowed(Disallowed),
     Notes(Notes),
     Reloaded(Reloaded),
+    Trusted(Trusted),
+    Untrusted(Untrusted),
 }
 
 /// `status`: like `fail2ban-client status`, and what the daemon found.
@@ -70,6 +72,10 @@ pub struct Status {
     pub ports: Vec<u16>,
     /// Bans from elsewhere by origin (the largest few; the rest `other`).
     pub remote: BTreeMap<String, RemoteOrigin>,
+    /// Trusted sources and overload (made by the daemon's `trust`, above
+    /// this floor, and printed whole: JSON, like `fleet`).
+    #[serde(default)]
+    pub trust: serde_json::Value,
 }
 
 /// The fleet's workers. Their reports are made by `fleet` (above this
@@ -188,6 +194,18 @@ pub struct Allowed {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Disallowed {
     pub disallowed: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trusted {
+    pub trusted: String,
+    /// Null: no end.
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Untrusted {
+    pub untrusted: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

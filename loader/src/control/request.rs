@@ -38,6 +38,14 @@ pub enum Request {
         limit: usize,
     },
     Reload,
+    /// Trust a source (`sipguard trust`): its own, higher budget.
+    Trust {
+        net: Net,
+        duration: BanTime,
+    },
+    Untrust {
+        net: Net,
+    },
 }
 
 /// An address or network as `addr::parse_net` reads it (host bits

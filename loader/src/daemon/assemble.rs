@@ -126,6 +126,7 @@ impl Daemon {
             snapshot_id: 0,
             snapshot_tell,
             snapshot_events: Some(snapshot_events),
+            trust: super::trust::TrustState::new(),
         };
         daemon.apply_config(true)?;
         // What the journal changed, and what the restore found different

@@ -159,6 +159,7 @@ impl Daemon {
     pub(super) fn tick(&mut self) {
         self.announce.second_over();
         self.end_orphan_trace();
+        self.trust_tick();
         match self.bans.sweep() {
             Ok(ended) => {
                 for (net, jail) in &ended {

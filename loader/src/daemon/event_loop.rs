@@ -21,6 +21,7 @@ pub(super) struct Inputs {
     pub(super) fleet_rx: tokio::sync::mpsc::Receiver<Inbound>,
     pub(super) snapshot_events: super::SnapshotEvents,
     pub(super) metrics_listener: Option<std::net::TcpListener>,
+    pub(super) esl_rx: tokio::sync::mpsc::Receiver<crate::trust::client::EslMsg>,
 }
 
 /// Logs are read as soon as inotify reports a change in their folders, and
@@ -45,6 +46,7 @@ pub(super) async fn serve(
         mut fleet_rx,
         mut snapshot_events,
         metrics_listener,
+        mut esl_rx,
     } = inputs;
     let local = tokio::task::LocalSet::new();
     let (handler_daemon, handler_opts, handler_readiness) =
@@ -68,6 +70,8 @@ pub(super) async fn serve(
             let mut poll = tokio::time::interval(POLL_INTERVAL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut tick = tokio::time::interval(TICK_INTERVAL);
+            let mut overload = tokio::time::interval(crate::trust::overload::SAMPLE);
+            overload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Without a watchdog this ticks once a day and sends nothing.
             let watchdog_every = readiness.borrow().watchdog();
             let mut watchdog =
@@ -102,6 +106,8 @@ pub(super) async fn serve(
                     // The next slices of a snapshot being written (each
                     // a millisecond or two of the loop's time).
                     Some(event) = snapshot_events.recv() => timed("a slice of the state's snapshot", || daemon.borrow_mut().on_snapshot(event)),
+                    Some(msg) = esl_rx.recv() => daemon.borrow_mut().on_esl(msg),
+                    _ = overload.tick() => daemon.borrow_mut().sample_overload(),
                     _ = poll.tick() => behind = daemon.borrow_mut().poll_logs(),
                     _ = tick.tick() => timed("the once-a-second tick", || {
                         let mut daemon = daemon.borrow_mut();

@@ -32,6 +32,7 @@ mod fleet_intake;
 mod requests;
 mod saving;
 mod scrape;
+mod trust;
 mod views;
 
 pub use configure::{Overrides, RunOptions};
@@ -87,6 +88,8 @@ pub struct Daemon {
     /// `snapshot_events` (taken out by `run`).
     snapshot_tell: tokio::sync::mpsc::UnboundedSender<crate::store::legacy::sliced::Event>,
     snapshot_events: Option<SnapshotEvents>,
+    /// Trusted sources: FreeSWITCH's registrations, the operator's.
+    trust: trust::TrustState,
 }
 
 type SnapshotEvents = tokio::sync::mpsc::UnboundedReceiver<crate::store::legacy::sliced::Event>;
@@ -112,6 +115,7 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
     let metrics_listener = boot::bind_metrics(&daemon.config.metrics);
     let mut daemon = daemon;
     let snapshot_events = daemon.snapshot_events.take().expect("made at boot");
+    let esl_rx = daemon.trust.rx.take().expect("made at boot");
     readiness.ready(&daemon.status_line());
     let daemon = Rc::new(RefCell::new(daemon));
     let readiness = Rc::new(RefCell::new(readiness));
@@ -122,6 +126,7 @@ pub async fn run(opts: RunOptions, mut readiness: Readiness) -> Result<()> {
         fleet_rx,
         snapshot_events,
         metrics_listener,
+        esl_rx,
     };
     let result = event_loop::serve(&daemon, &opts, &readiness, inputs).await;
     readiness.borrow().stopping();

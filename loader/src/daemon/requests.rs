@@ -43,6 +43,14 @@ pub(super) fn dispatch(
             .map(Reply::Unbanned),
         Request::Allow { net } => daemon.borrow_mut().do_allow(net).map(Reply::Allowed),
         Request::Disallow { net } => daemon.borrow_mut().do_disallow(net).map(Reply::Disallowed),
+        Request::Trust { net, duration } => daemon
+            .borrow_mut()
+            .do_trust(net.get(), duration.get())
+            .map(Reply::Trusted),
+        Request::Untrust { net } => daemon
+            .borrow_mut()
+            .do_untrust(net.get())
+            .map(Reply::Untrusted),
         Request::Notes { offset, limit } => {
             Ok(Reply::Notes(daemon.borrow().do_notes(offset, limit)))
         }

@@ -103,6 +103,10 @@ impl Daemon {
             notifications_dropped: self.announce.notifier.dropped,
             fleet_rejected: fleet::redis::rejected(),
             worker_restarts: fleet::restarts(),
+            trusted: self.trusted_count(),
+            overloaded: self.trust.overload.on,
+            overload_entered: self.trust.overload.entered,
+            sip_pps: self.trust.overload.pps,
         }
     }
 

@@ -80,6 +80,7 @@ impl Daemon {
             jails,
             ports: self.config.protected_ports(),
             remote: self.remote_summary(),
+            trust: self.trust_report(),
         })
     }
 

@@ -21,8 +21,10 @@ pub const SEARCH: [&str; 2] = ["/etc/freeswitch", "/usr/local/freeswitch/conf"];
 /// Longest a gateway's host name may take to resolve (all of them at once).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+mod event_socket;
 mod walk;
 mod xml;
+pub use event_socket::EventSocket;
 use walk::*;
 use xml::*;
 
@@ -33,6 +35,8 @@ pub struct Discovered {
     pub ports: Vec<Found<u16>>,
     pub trunks: Vec<Trunk>,
     pub log: Option<Found<PathBuf>>,
+    /// mod_event_socket's address and password.
+    pub event_socket: Option<Found<EventSocket>>,
     /// What could not be read or understood.
     pub warnings: Vec<String>,
 }
@@ -116,6 +120,7 @@ pub fn discover(dir: &Path) -> Discovered {
     }
 
     d.log = log_file(dir, &mut vars, &mut d.warnings, &mut budget);
+    d.event_socket = event_socket::event_socket(dir, &mut vars, &mut d.warnings, &mut budget);
     d.trunks = resolve(pending_hosts.list, &mut d.warnings);
     // A file included a hundred times says what is wrong with it once.
     let mut seen = std::collections::HashSet::new();

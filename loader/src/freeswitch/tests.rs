@@ -348,3 +348,50 @@ fn a_sparse_file_past_the_budget_is_refused_before_a_byte_is_read() {
     assert_eq!(budget.bytes, MAX_BYTES);
     assert!(warnings[0].contains("not read"), "{warnings:?}");
 }
+
+#[test]
+fn the_event_socket_is_found_and_its_password_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    vanilla_tree(dir.path());
+    let d = discover(dir.path());
+    let es = d
+        .event_socket
+        .as_ref()
+        .expect("vanilla has event_socket.conf.xml");
+    // `::` listens everywhere, loopback included: connect there.
+    assert_eq!(es.value.addr(), "[::1]:8021".parse().unwrap());
+    assert_eq!(es.value.password.expose(), "ClueCon");
+    assert_eq!(
+        es.from,
+        "autoload_configs/event_socket.conf.xml: listen-ip, listen-port, password"
+    );
+    let shown = format!("{d:?}{}", serde_json::to_string(&d).unwrap());
+    assert!(!shown.contains("ClueCon"), "{shown}");
+    // Another address and port, `$${}` expanded; a bad port is a warning.
+    let conf = dir.path().join("autoload_configs/event_socket.conf.xml");
+    std::fs::write(
+        &conf,
+        r#"<X-PRE-PROCESS cmd="set" data="esl_pw=Other"/><configuration name="event_socket.conf"><settings>
+<param name="listen-ip" value="0.0.0.0"/><param name="listen-port" value="8022"/>
+<param name="password" value="$${esl_pw}"/></settings></configuration>"#,
+    )
+    .unwrap();
+    let d = discover(dir.path());
+    let es = d.event_socket.unwrap().value;
+    assert_eq!(es.addr(), "127.0.0.1:8022".parse().unwrap());
+    assert_eq!(es.password.expose(), "Other");
+    std::fs::write(
+        &conf,
+        r#"<configuration><settings><param name="listen-port" value="99999"/></settings></configuration>"#,
+    )
+    .unwrap();
+    let d = discover(dir.path());
+    assert!(d.event_socket.is_none());
+    assert!(
+        d.warnings.iter().any(|w| w.contains("listen-port 99999")),
+        "{:?}",
+        d.warnings
+    );
+    std::fs::remove_file(&conf).unwrap();
+    assert!(discover(dir.path()).event_socket.is_none());
+}

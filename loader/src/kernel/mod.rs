@@ -9,3 +9,4 @@ pub mod maps;
 pub mod migrate;
 pub mod program;
 pub mod trace_lease;
+pub mod trust;

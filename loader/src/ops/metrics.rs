@@ -119,6 +119,12 @@ pub struct Snapshot {
     pub fleet_rejected: Vec<(&'static str, u64)>,
     /// Fleet workers restarted by their supervisor: worker, errors, panics.
     pub worker_restarts: Vec<(&'static str, u64, u64)>,
+    /// Trusted sources in the kernel's map (registered, operator).
+    pub trusted: u64,
+    /// Overload: now, times entered, the last measured SIP packets/s.
+    pub overloaded: bool,
+    pub overload_entered: u64,
+    pub sip_pps: u64,
 }
 
 /// The whole exposition, in the Prometheus text format (0.0.4).
@@ -130,6 +136,7 @@ pub fn render(live: &Metrics, snap: &Snapshot) -> String {
     register_fleet(&mut r, snap);
     register_logs(&mut r, snap);
     register_maps(&mut r, snap);
+    register_trust(&mut r, snap);
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &r)
         .expect("writing to a String cannot fail");
@@ -147,6 +154,34 @@ fn register_build(r: &mut Registry, snap: &Snapshot) {
         "1 when the program counts would-be drops and passes every packet",
         dry,
     );
+}
+
+/// Trusted sources and overload.
+fn register_trust(r: &mut Registry, snap: &Snapshot) {
+    let trusted = Gauge::<i64>::default();
+    trusted.set(i64::try_from(snap.trusted).unwrap_or(i64::MAX));
+    r.register(
+        "trusted_sources",
+        "Sources with a trusted budget (registered, operator)",
+        trusted,
+    );
+    let on = Gauge::<i64>::default();
+    on.set(i64::from(snap.overloaded));
+    r.register(
+        "overloaded",
+        "1 while untrusted sources are held to [trust] untrusted_rate",
+        on,
+    );
+    let entered = Counter::<u64>::default();
+    entered.inc_by(snap.overload_entered);
+    r.register(
+        "overload_entered",
+        "Times the box became overloaded",
+        entered,
+    );
+    let pps = Gauge::<i64>::default();
+    pps.set(i64::try_from(snap.sip_pps).unwrap_or(i64::MAX));
+    r.register("sip_packets_per_second", "SIP packets per second through the limiter, all sources and CPUs (measured while [trust] overload_pps is set)", pps);
 }
 
 /// The program's verdicts, and the reports it could not hand over.
@@ -400,6 +435,10 @@ mod tests {
             notifications_dropped: 0,
             fleet_rejected: vec![("replay", 3)],
             worker_restarts: vec![("redis-reader", 1, 2)],
+            trusted: 3,
+            overloaded: true,
+            overload_entered: 2,
+            sip_pps: 12_000,
         };
         let text = render(&live, &snap);
         for line in [
@@ -416,6 +455,10 @@ mod tests {
             "sipguard_bans_refused_total{jail=\"sip-flood\",cause=\"never_ban\"} 1",
             "sipguard_bans_refused_total{jail=\"redis:b\",cause=\"over_cap\"} 4",
             "sipguard_dry_run 0",
+            "sipguard_trusted_sources 3",
+            "sipguard_overloaded 1",
+            "sipguard_overload_entered_total 2",
+            "sipguard_sip_packets_per_second 12000",
             "sipguard_notifications_dropped_total 0",
             "sipguard_fleet_rejected_total{reason=\"replay\"} 3",
             "sipguard_fleet_worker_restarts_total{worker=\"redis-reader\",cause=\"error\"} 1",

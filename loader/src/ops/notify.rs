@@ -42,7 +42,7 @@ pub struct Hooks {
 /// A ban or an unban, as hooks receive it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
-    /// `ban` or `unban`.
+    /// `ban` or `unban`; `overload` or `overload_end` for the box's state.
     pub event: &'static str,
     pub address: String,
     pub prefix: u8,
@@ -79,6 +79,24 @@ impl Event {
             bantime: bantime
                 .map(|b| b.map_or(-1, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
             line: clean(line),
+            time: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// A change of the box's state (`overload`, `overload_end`): no
+    /// address, the reason says what was measured.
+    pub fn state(kind: &'static str, reason: &str) -> Self {
+        Self {
+            event: kind,
+            address: String::new(),
+            prefix: 0,
+            jail: String::new(),
+            cause: kind.to_owned(),
+            reason: clean(reason),
+            bantime: None,
+            line: String::new(),
             time: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -81,6 +81,7 @@ fn status() -> Status {
             },
         )]
         .into(),
+        trust: json!({"esl": {"state": "connected"}, "registrations": 3}),
     }
 }
 
@@ -128,6 +129,7 @@ fn as_json_built_it() -> serde_json::Value {
         ],
         "bans": 2,
         "dry_run": false,
+        "trust": {"esl": {"state": "connected"}, "registrations": 3},
         "ports": [5060, 5080],
         "freeswitch": {
             "conf_dir": "/etc/freeswitch",

@@ -1,0 +1,553 @@
+//! Trusted sources in the daemon: the registry FreeSWITCH's event socket
+//! fills (see `trust`), the operator's entries, and the kernel's trusted
+//! map made of them, key by key as they change.
+use super::Daemon;
+use crate::{
+    freeswitch::EventSocket,
+    kernel::{clock, trust::TrustMaps},
+    trust::{
+        client::{self, EslMsg, Settings},
+        operator,
+        registrations::{RegEvent, Registry},
+    },
+};
+use anyhow::{bail, Result};
+use common::{RateKey, TrustEntry, TRUST_OPERATOR, TRUST_REGISTERED};
+use std::{collections::BTreeMap, time::Duration};
+
+/// The event socket as `status` shows it (never the password).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct EslView {
+    /// `off`, `connecting`, `connected`, `down`.
+    pub state: &'static str,
+    pub address: Option<String>,
+    pub from: Option<String>,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub events: u64,
+    pub bad_events: u64,
+}
+
+/// One of the operator's trusted sources.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Operator {
+    addr: std::net::IpAddr,
+    /// Unix seconds (what the file keeps); `None`: no end.
+    until_unix: Option<i64>,
+    /// The same as the kernel's clock has it (0: no end).
+    until_ns: u64,
+}
+
+impl Operator {
+    fn new(addr: std::net::IpAddr, until_unix: Option<i64>) -> Self {
+        let until_ns = match until_unix {
+            None => 0,
+            Some(u) => {
+                let left = u64::try_from(u - operator::unix_now()).unwrap_or(0);
+                clock::mono_now_ns()
+                    .saturating_add(left.saturating_mul(1_000_000_000))
+                    .max(1)
+            }
+        };
+        Self {
+            addr,
+            until_unix,
+            until_ns,
+        }
+    }
+}
+
+pub(super) struct TrustState {
+    maps: Option<TrustMaps>,
+    pub(super) registry: Registry,
+    /// The operator's entries (`sipguard trust`), kept in a file.
+    pub(super) operator: BTreeMap<RateKey, Operator>,
+    /// That file.
+    operator_file: std::path::PathBuf,
+    settings: Option<Settings>,
+    /// Dropped to stop the worker.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    tx: client::EslTx,
+    pub(super) rx: Option<tokio::sync::mpsc::Receiver<EslMsg>>,
+    pub(super) view: EslView,
+    grace: Duration,
+    /// The connection whose listing was last applied.
+    generation: u64,
+    pub(super) overload: crate::trust::overload::Overload,
+}
+
+impl TrustState {
+    pub(super) fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        Self {
+            maps: None,
+            registry: Registry::new(crate::config::trust::TrustConfig::default().max_entries),
+            operator: BTreeMap::new(),
+            operator_file: std::path::PathBuf::new(),
+            settings: None,
+            stop: None,
+            tx,
+            rx: Some(rx),
+            view: EslView {
+                state: "off",
+                ..EslView::default()
+            },
+            grace: Duration::from_secs(600),
+            generation: 0,
+            overload: Default::default(),
+        }
+    }
+
+    /// Writes (or removes) the kernel's entry of `key` from what the
+    /// registry and the operator say now.
+    pub(super) fn write(&mut self, key: RateKey) {
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        let reg = self.registry.key(&key).map(|k| k.until_ns);
+        let op = self.operator.get(&key).map(|o| o.until_ns);
+        let entry = match (reg, op) {
+            (_, Some(until)) => Some((
+                if until == 0 {
+                    0
+                } else {
+                    until.max(reg.unwrap_or(0))
+                },
+                TRUST_OPERATOR,
+            )),
+            (Some(until), None) => Some((until, TRUST_REGISTERED)),
+            (None, None) => None,
+        };
+        let result = match entry {
+            Some((expires_at_ns, origin)) => maps
+                .trust(
+                    key,
+                    TrustEntry {
+                        expires_at_ns,
+                        trusted_at_ns: clock::mono_now_ns(),
+                        origin,
+                        _pad: 0,
+                    },
+                )
+                .map(|_| ()),
+            None => maps.untrust(&key).map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("trusted map: {e:#}");
+        }
+    }
+}
+
+/// Where the event socket is: `[trust] esl` (`""`: off), else as
+/// discovered; the password from `[trust]`, else as discovered.
+pub(super) fn esl_settings(
+    c: &crate::config::trust::TrustConfig,
+    discovered: Option<&crate::freeswitch::Found<EventSocket>>,
+) -> Result<Option<Settings>> {
+    let password = c.password()?;
+    let (addr, from, found_password) = match (&c.esl, discovered) {
+        (Some(e), _) if e.is_empty() => return Ok(None),
+        (Some(e), _) => (
+            crate::config::trust::parse_esl(e)?,
+            "[trust] esl".to_owned(),
+            None,
+        ),
+        (None, Some(d)) => (
+            d.value.addr(),
+            d.from.clone(),
+            Some(d.value.password.clone()),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let Some(password) = password.or(found_password) else {
+        anyhow::bail!("[trust] esl is set without `esl_password` or `esl_password_file`");
+    };
+    Ok(Some(Settings {
+        addr,
+        password,
+        from,
+        max_rows: c.max_entries,
+    }))
+}
+
+impl Daemon {
+    /// `[trust]` applied: the kernel's budgets, the registry's bound, and
+    /// the event-socket worker (restarted only when its settings change).
+    pub(super) fn apply_trust_config(&mut self) -> Result<()> {
+        if self.trust.maps.is_none() {
+            self.trust.maps = Some(TrustMaps::open(&self.config.pin_dir)?);
+            self.trust.operator_file = operator::path(&self.config.state_file);
+            self.take_in_trust()?;
+        }
+        let t = &mut self.trust;
+        let c = &self.config.trust;
+        t.overload.threshold = c.overload_pps;
+        if let Some(maps) = t.maps.as_mut() {
+            maps.set_config(c.kernel())?;
+            // The program's settings were just written anew: the overload
+            // flag goes back as it is.
+            maps.set_overloaded(t.overload.on)?;
+        }
+        t.registry.set_max(c.max_entries);
+        t.grace = c.grace;
+        let discovered = self
+            .config
+            .discovered
+            .as_ref()
+            .and_then(|d| d.event_socket.as_ref());
+        let settings = match esl_settings(c, discovered) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("trusted registrations off: {e:#}");
+                None
+            }
+        };
+        if settings == t.settings && (t.stop.is_some() || settings.is_none()) {
+            return Ok(());
+        }
+        t.stop = None;
+        t.settings = settings.clone();
+        match settings {
+            Some(s) => {
+                t.view = EslView {
+                    state: "connecting",
+                    address: Some(s.addr.to_string()),
+                    from: Some(s.from.clone()),
+                    ..EslView::default()
+                };
+                let (stop_tx, stop) = std::sync::mpsc::channel();
+                client::start(s, t.tx.clone(), stop);
+                t.stop = Some(stop_tx);
+            }
+            None => {
+                tracing::info!(
+                    "no FreeSWITCH event socket configured or found: trust comes only from `sipguard trust`"
+                );
+                t.view = EslView {
+                    state: "off",
+                    ..EslView::default()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// What the event-socket worker says.
+    pub(super) fn on_esl(&mut self, msg: EslMsg) {
+        let now = clock::mono_now_ns();
+        let grace = self.trust.grace;
+        let t = &mut self.trust;
+        match msg {
+            EslMsg::Connected { generation } => {
+                t.view.state = "connected";
+                t.view.connects += 1;
+                t.view.last_error = None;
+                t.generation = t.generation.max(generation);
+            }
+            EslMsg::Down { error } => {
+                t.view.state = "down";
+                t.view.last_error = Some(error);
+            }
+            EslMsg::BadEvent { error } => {
+                t.view.bad_events += 1;
+                if t.view.bad_events.is_power_of_two() {
+                    tracing::warn!(
+                        "event socket: an event skipped ({} so far): {error}",
+                        t.view.bad_events
+                    );
+                }
+            }
+            EslMsg::Listing {
+                generation,
+                rows,
+                unreadable,
+            } => {
+                let unix_now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let n = rows.len();
+                let current = rows
+                    .into_iter()
+                    .map(|r| {
+                        let left = u64::try_from(r.expires_at - unix_now).unwrap_or(0);
+                        (r.id, r.addr, until(now, left, grace))
+                    })
+                    .collect();
+                let changed = t.registry.replace_older(current, generation);
+                tracing::info!(
+                    "FreeSWITCH lists {n} registration(s){}: {} address(es) trusted",
+                    if unreadable > 0 {
+                        format!(" ({unreadable} unreadable, skipped)")
+                    } else {
+                        String::new()
+                    },
+                    t.registry.keys().count()
+                );
+                for key in changed {
+                    t.write(key);
+                }
+            }
+            EslMsg::Event { event, generation } => {
+                t.view.events += 1;
+                match event {
+                    RegEvent::Register { id, addr, expires } => {
+                        let refused = t.registry.refused;
+                        let changed =
+                            t.registry
+                                .register(id, addr, until(now, expires, grace), generation);
+                        if t.registry.refused > refused && t.registry.refused.is_power_of_two() {
+                            tracing::warn!(
+                                "trust: {} registration(s) not kept, [trust] max_entries reached",
+                                t.registry.refused
+                            );
+                        }
+                        for key in changed {
+                            t.write(key);
+                        }
+                    }
+                    RegEvent::Gone { id, why } => {
+                        if let Some(key) = t.registry.remove(&id) {
+                            tracing::debug!("registration {why}");
+                            t.write(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every `overload::SAMPLE`: the box's SIP packets per second, and
+    /// the overload state it makes (the kernel flag, log, notification).
+    pub(super) fn sample_overload(&mut self) {
+        use crate::trust::overload::Change;
+        let t = &mut self.trust;
+        if t.overload.threshold == 0 && !t.overload.on {
+            return;
+        }
+        let Some(maps) = t.maps.as_mut() else {
+            return;
+        };
+        let total = match maps.sip_packets() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot read the SIP packet counters: {e:#}");
+                return;
+            }
+        };
+        let Some(change) = t.overload.sample(total, std::time::Instant::now()) else {
+            return;
+        };
+        let on = matches!(change, Change::Entered { .. });
+        if let Err(e) = maps.set_overloaded(on) {
+            tracing::error!("cannot set the overload flag: {e:#}");
+        }
+        let c = &self.config.trust;
+        let (kind, reason) = match change {
+            Change::Entered { pps } => {
+                let r = format!(
+                    "{pps} SIP packets/s over overload_pps {}: untrusted sources held to {} /s, trusted keep {} /s",
+                    c.overload_pps, c.untrusted_rate, c.trusted_rate
+                );
+                tracing::warn!("overloaded: {r}");
+                ("overload", r)
+            }
+            Change::Left { pps } => {
+                let r = format!(
+                    "{pps} SIP packets/s, below {} % of overload_pps {}: normal budgets back",
+                    (crate::trust::overload::LEAVE_RATIO * 100.0) as u32,
+                    c.overload_pps
+                );
+                tracing::warn!("overload over: {r}");
+                ("overload_end", r)
+            }
+        };
+        self.announce
+            .notifier
+            .send(|| crate::ops::notify::Event::state(kind, &reason));
+    }
+
+    /// Trusted sources in force (registered addresses and the operator's).
+    pub(super) fn trusted_count(&self) -> u64 {
+        let t = &self.trust;
+        let registered = t
+            .registry
+            .keys()
+            .filter(|(k, _)| !t.operator.contains_key(*k))
+            .count();
+        (registered + t.operator.len()) as u64
+    }
+
+    /// `status`'s `trust`: the event socket (never its password), what is
+    /// trusted.
+    pub(super) fn trust_report(&self) -> serde_json::Value {
+        let t = &self.trust;
+        serde_json::json!({
+            "esl": t.view,
+            "registrations": t.registry.len(),
+            "registered_addresses": t.registry.keys().count(),
+            "registrations_refused": t.registry.refused,
+            "operator": t.operator.len(),
+            "trusted": self.trusted_count(),
+            "overload": {
+                "overloaded": t.overload.on,
+                "entered": t.overload.entered,
+                "sip_packets_per_second": t.overload.pps,
+                "overload_pps": t.overload.threshold,
+            },
+        })
+    }
+
+    /// Once a second: registrations past their time, operator entries
+    /// ended.
+    pub(super) fn trust_tick(&mut self) {
+        let now = clock::mono_now_ns();
+        let t = &mut self.trust;
+        let mut keys = t.registry.sweep(now);
+        let ended: Vec<RateKey> = t
+            .operator
+            .iter()
+            .filter(|(_, o)| o.until_ns != 0 && o.until_ns <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &ended {
+            t.operator.remove(k);
+        }
+        if !ended.is_empty() {
+            self.save_operator_trust();
+        }
+        let t = &mut self.trust;
+        keys.extend(ended);
+        for key in keys {
+            t.write(key);
+        }
+    }
+}
+
+impl Daemon {
+    /// At start: the operator's file, and what the kernel holds from the
+    /// daemon before (registrations are adopted until FreeSWITCH's listing
+    /// says otherwise; operator entries no longer in the file go).
+    fn take_in_trust(&mut self) -> Result<()> {
+        let t = &mut self.trust;
+        let entries = match operator::load(&t.operator_file) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("the operator's trusted sources are not restored: {e:#}");
+                Vec::new()
+            }
+        };
+        for e in entries {
+            let o = Operator::new(e.addr, e.until);
+            if o.until_unix.is_none() || o.until_ns > clock::mono_now_ns() {
+                t.operator
+                    .insert(crate::kernel::trust::trust_key(e.addr), o);
+            }
+        }
+        let now = clock::mono_now_ns();
+        let pinned = t
+            .maps
+            .as_ref()
+            .map(TrustMaps::entries)
+            .transpose()?
+            .unwrap_or_default();
+        let mut stale = Vec::new();
+        for (key, e) in pinned {
+            match e.origin {
+                TRUST_REGISTERED if !e.is_expired(now) => {
+                    let addr = crate::kernel::trust::trust_net(&key).addr();
+                    let id = ("adopted".to_owned(), addr.to_string(), String::new());
+                    t.registry.register(id, addr, e.expires_at_ns, 0);
+                }
+                _ if !t.operator.contains_key(&key) => stale.push(key),
+                _ => {}
+            }
+        }
+        let keys: Vec<RateKey> = t.operator.keys().copied().chain(stale).collect();
+        for key in keys {
+            t.write(key);
+        }
+        Ok(())
+    }
+
+    fn save_operator_trust(&self) {
+        let entries: Vec<operator::Entry> = self
+            .trust
+            .operator
+            .values()
+            .map(|o| operator::Entry {
+                addr: o.addr,
+                until: o.until_unix,
+            })
+            .collect();
+        if let Err(e) = operator::save(&self.trust.operator_file, &entries) {
+            tracing::error!("saving the operator's trusted sources failed: {e:#}");
+        }
+    }
+
+    /// `sipguard trust ADDR [--for DURATION]`.
+    pub(super) fn do_trust(
+        &mut self,
+        net: ipnet::IpNet,
+        duration: Option<Duration>,
+    ) -> Result<crate::control::Trusted> {
+        let addr = operator::trust_addr(net)?;
+        let key = crate::kernel::trust::trust_key(addr);
+        if !self.trust.operator.contains_key(&key)
+            && self.trust.operator.len() >= operator::MAX_ENTRIES
+        {
+            bail!(
+                "{} operator-trusted sources already: untrust some first",
+                operator::MAX_ENTRIES
+            );
+        }
+        let until_unix = duration.map(|d| operator::unix_now().saturating_add(d.as_secs() as i64));
+        self.trust
+            .operator
+            .insert(key, Operator::new(addr, until_unix));
+        self.save_operator_trust();
+        self.trust.write(key);
+        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
+        tracing::info!(
+            "trusted {shown} (operator){}",
+            duration
+                .map(|d| format!(" for {}", humantime::format_duration(d)))
+                .unwrap_or_default()
+        );
+        Ok(crate::control::Trusted {
+            trusted: shown,
+            expires_in_secs: duration.map(|d| d.as_secs()),
+        })
+    }
+
+    /// `sipguard untrust ADDR`: the operator's entry goes (a registration
+    /// ends with FreeSWITCH's unregister).
+    pub(super) fn do_untrust(&mut self, net: ipnet::IpNet) -> Result<crate::control::Untrusted> {
+        let addr = operator::trust_addr(net)?;
+        let key = crate::kernel::trust::trust_key(addr);
+        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
+        if self.trust.operator.remove(&key).is_none() {
+            if self.trust.registry.key(&key).is_some() {
+                bail!("{shown} is trusted as registered with FreeSWITCH, not by `sipguard trust`: it ends when it unregisters or expires");
+            }
+            bail!("{shown} is not trusted");
+        }
+        self.save_operator_trust();
+        self.trust.write(key);
+        tracing::info!("untrusted {shown}");
+        Ok(crate::control::Untrusted { untrusted: shown })
+    }
+}
+
+/// Longest a registration is believed (FreeSWITCH's own registrations
+/// last minutes to hours; a broken or hostile peer's `expires` is cut).
+const MAX_EXPIRES_SECS: u64 = 7 * 86_400;
+
+/// `CLOCK_MONOTONIC` ns `secs` (at most `MAX_EXPIRES_SECS`) + `grace` from `now`.
+fn until(now: u64, secs: u64, grace: Duration) -> u64 {
+    let secs = secs.min(MAX_EXPIRES_SECS);
+    now.saturating_add(
+        secs.saturating_add(grace.as_secs())
+            .saturating_mul(1_000_000_000),
+    )
+}

@@ -1,0 +1,247 @@
+//! Trust from FreeSWITCH's event socket, end to end: the real daemon in a
+//! namespace talks to an event-socket stand-in that follows
+//! mod_event_socket's framing (tests/src/esl.rs). A registration's address
+//! reaches the kernel's trusted map and `list --trusted`; an unregister
+//! ends it; a restarted FreeSWITCH's listing is taken in on reconnect; a
+//! wrong password is a clear error with backoff and never logged; a
+//! hostile peer is dropped and the daemon carries on.
+use anyhow::Result;
+use sipguard_tests::{
+    daemon::Daemon,
+    esl::{register, unregister, Esl, Row},
+    fixture::{wait_until, Setup},
+    netns::Pair,
+    Sandbox,
+};
+use std::sync::atomic::Ordering;
+
+const PASSWORD: &str = "Clue-8f3a-secret";
+
+/// A daemon whose `[trust] esl` is a stand-in in its namespace.
+fn setup(password_in_config: &str, rows: Vec<Row>) -> Result<(Setup, Esl)> {
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let esl = Esl::start(&pair.server, 0, PASSWORD, rows)?;
+    sb.write_config(&format!(
+        "[trust]\nesl = \"127.0.0.1:{}\"\nesl_password = \"{password_in_config}\"\n",
+        esl.port
+    ))?;
+    let daemon = Daemon::start(&pair.server, &sb, &["--iface", pair.server_if.as_str()])?;
+    Ok((Setup { daemon, pair, sb }, esl))
+}
+
+/// `list --trusted`: (address, origin).
+fn trusted(s: &Setup) -> Result<Vec<(String, String)>> {
+    Ok(s.json(&["list", "--trusted"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            (
+                t["address"].as_str().unwrap_or("?").to_owned(),
+                t["origin"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect())
+}
+
+fn is_trusted(s: &Setup, addr: &str) -> Result<bool> {
+    Ok(trusted(s)?.iter().any(|(a, _)| a == addr))
+}
+
+#[test]
+fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> Result<()> {
+    let (mut s, esl) = setup(PASSWORD, vec![])?;
+    wait_until(
+        20,
+        "the daemon subscribes and asks for the registrations",
+        || Ok(esl.commands().iter().any(|c| c == "api show registrations")),
+    )?;
+    assert_eq!(
+        esl.commands(),
+        vec![
+            "auth *".to_owned(),
+            "event plain CUSTOM sofia::register sofia::unregister sofia::expire".to_owned(),
+            "api show registrations".to_owned(),
+        ]
+    );
+    esl.send(register("reg-1@phone", "192.0.2.10", 3600));
+    wait_until(10, "the registered address is trusted", || {
+        is_trusted(&s, "192.0.2.10")
+    })?;
+    assert_eq!(
+        trusted(&s)?,
+        vec![("192.0.2.10".into(), "registered".into())]
+    );
+    let left = s.json(&["list", "--trusted"])?[0]["expires_in_secs"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        (4190..=4200).contains(&left),
+        "expires 3600 s + grace 600 s, got {left}"
+    );
+    // Unregister names the registration (call-id, user, host), not the address.
+    esl.send(unregister("reg-1@phone"));
+    wait_until(10, "unregister ends the trust", || {
+        Ok(!is_trusted(&s, "192.0.2.10")?)
+    })?;
+
+    // FreeSWITCH restarts (the port closes and opens again) with a phone
+    // that registered meanwhile: the listing on reconnect brings it in.
+    let port = esl.port;
+    drop(esl);
+    let expires_at = chrono::Utc::now().timestamp() + 1800;
+    let esl = Esl::start(
+        &s.pair.server,
+        port,
+        PASSWORD,
+        vec![Row {
+            user: "1001".into(),
+            realm: "example.org".into(),
+            call_id: "reg-2@phone".into(),
+            ip: "192.0.2.20".into(),
+            expires_at,
+        }],
+    )?;
+    wait_until(
+        30,
+        "the listing's registration is trusted after the reconnect",
+        || is_trusted(&s, "192.0.2.20"),
+    )?;
+    assert!(esl.authenticated.load(Ordering::Relaxed) >= 1);
+    // An IPv6 phone is trusted by its /64, as the limiter keys it.
+    esl.send(register("reg-3@phone", "2001:db8:1:2::a", 600));
+    wait_until(10, "the IPv6 /64 is trusted", || {
+        is_trusted(&s, "2001:db8:1:2::/64")
+    })?;
+    let status = s.cli(&["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    assert_eq!(v["trust"]["esl"]["state"], "connected", "{status}");
+    assert!(!status.contains(PASSWORD), "no password in status");
+    let human = s.cli(&["status"])?;
+    assert!(
+        human.contains(&format!("event socket connected (127.0.0.1:{port})")),
+        "{human}"
+    );
+    s.daemon.stop()?;
+    assert!(!s.daemon.log().contains(PASSWORD), "no password in the log");
+    Ok(())
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error_with_backoff_and_never_shown() -> Result<()> {
+    let wrong = "Wrong-7c1d-password";
+    let (s, esl) = setup(wrong, vec![])?;
+    wait_until(20, "the daemon tries again after backing off", || {
+        Ok(esl.accepted.load(Ordering::Relaxed) >= 2)
+    })?;
+    assert_eq!(esl.authenticated.load(Ordering::Relaxed), 0);
+    let log = s.daemon.log();
+    assert!(log.contains("refused the password (-ERR invalid)"), "{log}");
+    // Backoff: not a tight loop of reconnects.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(esl.accepted.load(Ordering::Relaxed) <= 4, "backs off");
+    let status = s.cli(&["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    assert_eq!(v["trust"]["esl"]["state"], "down", "{status}");
+    assert!(v["trust"]["esl"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("refused the password"));
+    for text in [&status, &s.daemon.log()] {
+        assert!(
+            !text.contains(wrong) && !text.contains(PASSWORD),
+            "no password shown: {text}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_hostile_peer_is_dropped_and_the_daemon_carries_on() -> Result<()> {
+    let (s, esl) = setup(PASSWORD, vec![])?;
+    wait_until(20, "connected", || {
+        Ok(esl.commands().iter().any(|c| c == "api show registrations"))
+    })?;
+    // A body of a gigabyte announced.
+    esl.send(b"Content-Type: text/event-plain\nContent-Length: 999999999\n\n".to_vec());
+    wait_until(20, "dropped and reconnected", || {
+        Ok(esl.authenticated.load(Ordering::Relaxed) >= 2)
+    })?;
+    assert!(
+        s.daemon
+            .log()
+            .contains("a body of 999999999 bytes announced"),
+        "{}",
+        s.daemon.log()
+    );
+    // A header line that never ends.
+    esl.send(vec![b'A'; 64 * 1024]);
+    wait_until(20, "dropped and reconnected again", || {
+        Ok(esl.authenticated.load(Ordering::Relaxed) >= 3)
+    })?;
+    assert!(
+        s.daemon
+            .log()
+            .contains("a header line longer than 8192 bytes"),
+        "{}",
+        s.daemon.log()
+    );
+    // Still working: a registration is trusted.
+    esl.send(register("reg-9@phone", "192.0.2.30", 600));
+    wait_until(10, "trusted after the hostile frames", || {
+        is_trusted(&s, "192.0.2.30")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<()> {
+    let mut s = Setup::new("")?;
+    s.cli(&["trust", "192.0.2.40"])?;
+    s.cli(&["trust", "192.0.2.41", "--for", "1h"])?;
+    assert_eq!(
+        trusted(&s)?,
+        vec![
+            ("192.0.2.40".into(), "operator".into()),
+            ("192.0.2.41".into(), "operator".into())
+        ]
+    );
+    let list = s.json(&["list", "--trusted"])?;
+    assert!(list[0]["expires_in_secs"].is_null());
+    let left = list[1]["expires_in_secs"].as_u64().unwrap_or(0);
+    assert!((3590..=3600).contains(&left), "{left}");
+    // A range is not a source; something not trusted cannot be untrusted.
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.0/24"])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust takes one address"));
+    let out = sipguard_tests::daemon::cli(&s.sb, &["untrust", "192.0.2.99"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("192.0.2.99 is not trusted"));
+
+    s.restart()?;
+    assert_eq!(trusted(&s)?.len(), 2, "kept across a restart");
+    // With the daemon stopped: written to the kernel and the file.
+    s.daemon.stop()?;
+    s.cli(&["untrust", "192.0.2.40"])?;
+    s.cli(&["trust", "192.0.2.42"])?;
+    assert_eq!(
+        trusted(&s)?
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["192.0.2.41", "192.0.2.42"]
+    );
+    s.start_again()?;
+    assert_eq!(
+        trusted(&s)?
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["192.0.2.41", "192.0.2.42"],
+        "the daemon takes the offline changes in"
+    );
+    s.cli(&["untrust", "192.0.2.42"])?;
+    assert_eq!(trusted(&s)?.len(), 1);
+    Ok(())
+}

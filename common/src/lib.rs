@@ -454,6 +454,11 @@ pub struct TrustConfig {
     pub trusted_burst: u32,
     pub untrusted_rate: u32,
     pub untrusted_burst: u32,
+    /// `CONFIG_OVERLOADED` holds only until then (`CLOCK_MONOTONIC` ns, the
+    /// coarse clock): the daemon renews it every sample while overloaded,
+    /// so a daemon stopped or killed during an overload does not leave
+    /// every untrusted source shed with nobody to clear it.
+    pub overload_until_ns: u64,
 }
 
 impl TrustConfig {
@@ -478,6 +483,7 @@ impl TrustConfig {
             trusted_burst: trusted.1,
             untrusted_rate: untrusted.0,
             untrusted_burst: untrusted.1,
+            overload_until_ns: 0,
         }
     }
 }

@@ -88,19 +88,20 @@ fn a_trusted_source_gets_its_own_budget_and_is_limited_over_it() -> Result<()> {
 }
 
 #[test]
-fn a_trusted_source_over_its_own_budget_is_still_reported() -> Result<()> {
+fn a_trusted_source_over_its_own_budget_is_limited_but_never_reported() -> Result<()> {
     let mut s = setup(1)?;
     let mut ring = maps::flood_events(s.t.pin())?;
     trust(&mut s, rate_key_v4(PHONE), 0)?;
     assert_eq!(passed(&mut s.t, &udp4(PHONE, 5060), 30)?, 15);
+    // Packet evidence never bans a trusted source: a forger sending as a
+    // registered phone would get it banned. (Log bans still do.)
+    assert!(ring.next().is_none(), "a trusted source is not reported");
+    // An untrusted one over its budget is, as before.
+    assert_eq!(passed(&mut s.t, &udp4(STRANGER, 5060), 30)?, 6);
     let event = ring
         .next()
         .map(|e| maps::flood_event(&e).expect("a whole event"));
-    assert_eq!(
-        event.map(|e| e.key),
-        Some(rate_key_v4(PHONE)),
-        "trusted is not allow-listed: flooding past the trusted budget escalates"
-    );
+    assert_eq!(event.map(|e| e.key), Some(rate_key_v4(STRANGER)));
     Ok(())
 }
 
@@ -129,6 +130,32 @@ fn overload_sheds_untrusted_sources_and_trusted_keep_their_budget() -> Result<()
     s.trust.set_overloaded(false)?;
     assert_eq!(s.t.maps.config()?.flags & common::CONFIG_OVERLOADED, 0);
     assert_eq!(passed(&mut s.t, &udp4([192, 0, 2, 12], 5060), 20)?, 6);
+    // Packets a lease served are counted too (when it was granted).
+    assert_eq!(s.trust.sip_packets()?, 90);
+    Ok(())
+}
+
+/// The flag holds only while the daemon renews it: a daemon stopped or
+/// killed during an overload leaves nobody shed.
+#[test]
+fn an_overload_nobody_renews_lapses() -> Result<()> {
+    let mut s = setup(1)?;
+    s.trust.set_overloaded(true)?;
+    let mut c = s.trust.config()?;
+    c.overload_until_ns = 1; // long past
+    s.trust.set_config(c)?;
+    assert_ne!(s.t.maps.config()?.flags & common::CONFIG_OVERLOADED, 0);
+    let before = s.t.counters()?;
+    assert_eq!(
+        passed(&mut s.t, &udp4(STRANGER, 5060), 20)?,
+        6,
+        "the normal budget"
+    );
+    let after = s.t.counters()?;
+    assert_eq!(moved(&before, &after, counter::DROP_SHED), 0);
+    // Renewed: in force again.
+    s.trust.renew_overload(true)?;
+    assert_eq!(passed(&mut s.t, &udp4([192, 0, 2, 13], 5060), 20)?, 3);
     Ok(())
 }
 

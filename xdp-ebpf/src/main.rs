@@ -348,13 +348,14 @@ fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     let now = if limit { now_ns() } else { 0 };
     let mut pass = pass;
     if limit {
-        count_sip_packet();
         // Leases are spent only at the normal budget: overload holds every
         // source to a budget of its own tier.
-        let overloaded = cfg.flags & CONFIG_OVERLOADED != 0;
+        let overloaded = cfg.flags & CONFIG_OVERLOADED != 0 && overload_in_force(now);
         if overloaded || !spend_lease(&key, now) {
             let admit = conforms(&key, &pkt.src, now, cfg, overloaded);
-            if admit == counter::PASS_TRUSTED {
+            // A trusted pass says so, unless the packet had more to say (a
+            // ban that ended).
+            if admit == counter::PASS_TRUSTED && pass == counter::PASS_NOT_BANNED {
                 pass = admit;
             } else if admit != ADMIT {
                 // Checked only for packets over the limit: the common path stays cheap.
@@ -607,6 +608,9 @@ const ADMIT: u32 = u32::MAX - 1;
 /// most once a second per source): a clean packet pays nothing for trust.
 #[inline(always)]
 fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: bool) -> u32 {
+    // Counted here, off the lease's fast path (a lease's tokens are counted
+    // when it is granted, see `charge`): the box's SIP packets for overload.
+    count_sip_packets(1);
     let st = match RATE.get_ptr_mut(key) {
         Some(st) => st,
         // A source without state: no insert while it has sent only a few
@@ -667,7 +671,13 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: boo
             return counter::DROP_SHED;
         }
         let limited = count_limited(key);
-        escalate(st, key, src, now, cfg, limited);
+        // A trusted source over its budget is limited, never banned on
+        // packet evidence: a forger who knows a registered phone's address
+        // could otherwise get it banned by sending as it. Log bans still
+        // ban it.
+        if !trusted {
+            escalate(st, key, src, now, cfg, limited);
+        }
     }
     counter::DROP_RATE_LIMITED
 }
@@ -702,6 +712,9 @@ unsafe fn charge(
         };
         if extra > 0 && ahead + extra * interval <= tolerance {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
+            // The lease's packets, counted now rather than one by one on
+            // the fast path (a lease cut short overcounts a little).
+            count_sip_packets(extra);
             if let Some(lease) = lease_slot(key) {
                 (*lease).key = *key;
                 (*lease).tokens = extra as u32;
@@ -714,13 +727,22 @@ unsafe fn charge(
     }
 }
 
-/// Counts a packet that went through the limiter on this CPU's slot.
+/// Counts `n` packets that went through the limiter, on this CPU's slot.
 #[inline(always)]
-fn count_sip_packet() {
+fn count_sip_packets(n: u64) {
     if let Some(c) = SIP_PACKETS.get_ptr_mut(0) {
         // Per-CPU slot: no other CPU writes it.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
+}
+
+/// The overload flag holds only while the daemon renews it (see
+/// `TrustConfig::overload_until_ns`); read only when the flag is set.
+#[inline(always)]
+fn overload_in_force(now: u64) -> bool {
+    TRUST_CONFIG
+        .get(0)
+        .is_some_and(|t| now < t.overload_until_ns)
 }
 
 /// Counts a packet of `key` dropped by the limiter on this CPU; returns this

@@ -142,6 +142,9 @@ fn shutdown(daemon: &Rc<RefCell<Daemon>>, ebpf: aya::Ebpf, ifaces: &[String]) {
     daemon.announce.second_over();
     tracing::info!("stopping: saving state");
     daemon.save();
+    // Nobody will renew it: the normal budgets from now on (it would lapse
+    // within a second anyway).
+    daemon.end_overload();
     let _ = std::fs::remove_file(&daemon.config.socket);
     drop(ebpf);
     tracing::info!(

@@ -335,7 +335,14 @@ impl Daemon {
                 return;
             }
         };
-        let Some(change) = t.overload.sample(total, std::time::Instant::now()) else {
+        let change = t.overload.sample(total, std::time::Instant::now());
+        if change.is_none() && t.overload.on {
+            // Still overloaded: the program's hold on the flag renewed.
+            if let Err(e) = maps.renew_overload(true) {
+                tracing::error!("cannot renew the overload flag: {e:#}");
+            }
+        }
+        let Some(change) = change else {
             return;
         };
         let on = matches!(change, Change::Entered { .. });
@@ -365,6 +372,17 @@ impl Daemon {
         self.announce
             .notifier
             .send(|| crate::ops::notify::Event::state(kind, &reason));
+    }
+
+    /// Clears the overload flag (at stop).
+    pub(super) fn end_overload(&mut self) {
+        if let Some(maps) = self.trust.maps.as_mut() {
+            if self.trust.overload.on {
+                if let Err(e) = maps.set_overloaded(false) {
+                    tracing::warn!("cannot clear the overload flag: {e:#}");
+                }
+            }
+        }
     }
 
     /// Trusted sources in force (registered addresses and the operator's).

@@ -12,6 +12,10 @@ use common::{
 use ipnet::IpNet;
 use std::{net::IpAddr, path::Path};
 
+/// How long the program holds the overload flag without a renewal: five
+/// of the daemon's 200 ms samples.
+pub const OVERLOAD_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct TrustMaps {
     trusted: HashMap<MapData, RateKey, TrustEntry>,
     config: Array<MapData, TrustConfig>,
@@ -107,8 +111,10 @@ impl TrustMaps {
     }
 
     /// Sets or clears the overload flag in the program's settings, leaving
-    /// the rest as the daemon last wrote it.
+    /// the rest as the daemon last wrote it, with its lease (see
+    /// `renew_overload`).
     pub fn set_overloaded(&mut self, on: bool) -> Result<()> {
+        self.renew_overload(on)?;
         let mut cfg = self.program_config.get(&0, 0)?;
         if on {
             cfg.flags |= CONFIG_OVERLOADED;
@@ -116,5 +122,18 @@ impl TrustMaps {
             cfg.flags &= !CONFIG_OVERLOADED;
         }
         Ok(self.program_config.set(0, cfg, 0)?)
+    }
+
+    /// The program holds the overload flag for `OVERLOAD_LEASE` from now
+    /// (none when `on` is false): renewed every sample while overloaded, it
+    /// lapses by itself when no daemon renews it (stopped or killed).
+    pub fn renew_overload(&mut self, on: bool) -> Result<()> {
+        let mut c = self.config()?;
+        c.overload_until_ns = if on {
+            crate::kernel::clock::mono_now_ns() + OVERLOAD_LEASE.as_nanos() as u64
+        } else {
+            0
+        };
+        self.set_config(c)
     }
 }

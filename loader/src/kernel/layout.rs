@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, Map, MapData, MapInfo};
 use common::{
     counter, map_name, AllowEntry, BanCounter, BanEntry, Config, Counter, PendingScan, RateKey,
-    RateState, V4Key, BAN_COUNTER_SLOTS, FLOOD_RING_BYTES, LAYOUT_VERSION, PORT_WORDS,
+    RateState, SipLimits, SipRateKey, SipRateState, V4Key, BAN_COUNTER_SLOTS, FLOOD_RING_BYTES,
+    LAYOUT_VERSION, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{mem::size_of, path::Path};
@@ -18,7 +19,7 @@ use std::{mem::size_of, path::Path};
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const MAPS: [(&str, usize, usize, Option<u32>); 16] = [
+const MAPS: [(&str, usize, usize, Option<u32>); 18] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
     (map_name::BANNED_HOST_V4, 4, size_of::<BanEntry>(), None),
@@ -35,6 +36,8 @@ const MAPS: [(&str, usize, usize, Option<u32>); 16] = [
     (map_name::RATE_LIMITED, size_of::<RateKey>(), size_of::<u64>(), None),
     (map_name::SCANNER, 4, 4, Some(1)),
     (map_name::PENDING_SCAN, 4, size_of::<PendingScan>(), Some(1)),
+    (map_name::SIP_LIMITS, 4, size_of::<SipLimits>(), Some(1)),
+    (map_name::SIP_RATE, size_of::<SipRateKey>(), size_of::<SipRateState>(), None),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.

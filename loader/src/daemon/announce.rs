@@ -116,6 +116,8 @@ impl Announcer {
         match cause {
             "flood" => self.export.flood,
             "scanner" => self.export.scanner,
+            // A forger's to choose, and never worth a fleet's ban.
+            "invalid" => false,
             "log" => !self.export.kept_home.contains(jail),
             _ => true,
         }

@@ -2,7 +2,9 @@
 //! are neither SIP nor a keepalive to the SIP port is held to its invalid
 //! budget, then banned in `sip-invalid` (protected ports only), while
 //! another source's real SIP, CRLF keepalives and STUN flow untouched and
-//! are never banned.
+//! are never banned. And per-method budgets: an OPTIONS flood held to its
+//! budget while the same source's REGISTERs pass, shown in `stats`, `top`
+//! and the metrics.
 use anyhow::Result;
 use sipguard_tests::{fixture::Setup, netns::*, packet::sip_options};
 use std::{
@@ -108,5 +110,47 @@ fn invalid_rate_zero_lets_garbage_through() -> Result<()> {
     let junk = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
     assert_eq!(delivered(&junk, &sip, b"not sip, not sip", 50)?, 50);
     assert_eq!(s.counter("drop_invalid")?, 0);
+    Ok(())
+}
+
+#[test]
+fn an_options_flood_is_held_while_the_same_source_registers() -> Result<()> {
+    let s = Setup::new("[flood.methods]\nOPTIONS = { rate = 10, burst = 20 }\nREGISTER = 100\n")?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    let pbx = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
+    let options = sip_options("User-Agent: FreeSWITCH", 0);
+    let register = b"REGISTER sip:example.com SIP/2.0\r\nCall-ID: 2\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    let got = delivered(&pbx, &sip, &options, 200)?;
+    assert!(
+        (21..=30).contains(&got),
+        "OPTIONS held to burst + rate: {got} of 200"
+    );
+    assert_eq!(delivered(&pbx, &sip, register, 150)?, 150, "REGISTERs pass");
+    let dropped = s.counter("drop_method_options")?;
+    assert!(dropped >= 170, "{dropped}");
+    assert_eq!(s.counter("drop_method_register")?, 0);
+    assert!(s.banned()?.is_empty(), "over a method budget is not a ban");
+    let stats = s.json(&["stats"])?;
+    assert_eq!(
+        stats["sip_budgets"]["methods"]["OPTIONS"]["rate"], 10,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["sip_budgets"]["methods"]["REGISTER"]["burst"], 200,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["sip_budgets"]["invalid"]["rate"], 5,
+        "the default: {stats}"
+    );
+    let top = s.json(&["top", "--interval", "0.2"])?;
+    assert_eq!(
+        top["budget_drops"]["OPTIONS"]["dropped_total"], dropped,
+        "{top}"
+    );
+    assert_eq!(
+        s.metric("sipguard_xdp_packets_total{action=\"drop_method_options\"}")?,
+        Some(dropped as f64)
+    );
     Ok(())
 }

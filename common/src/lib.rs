@@ -67,6 +67,12 @@ pub mod map_name {
     /// Per-CPU `u64` at index 0: packets that went through the limiter (the
     /// SIP packets a forger could send), summed by the daemon for overload.
     pub const SIP_PACKETS: &str = "sip_packets";
+    /// One [`super::SipLimits`] at index 0: the invalid-message and
+    /// per-method budgets (off when zero).
+    pub const SIP_LIMITS: &str = "sip_limits";
+    /// LRU hash of per-source, per-class budget state: [`super::SipRateKey`]
+    /// → [`super::SipRateState`].
+    pub const SIP_RATE: &str = "sip_rate";
 }
 
 /// The version of the pinned maps' layout (names, key and value formats).
@@ -77,8 +83,9 @@ pub mod map_name {
 /// CPU in `ban_stats` (`BanEntry` carries an `id` instead), a source's
 /// limited packets per CPU in `rate_limited` (not in `RateState`); 5: the
 /// trust tier cached in `RateState`, the `pass_trusted` and `drop_shed`
-/// counters.
-pub const LAYOUT_VERSION: u32 = 5;
+/// counters, `trusted`, `trust_config`, `sip_packets`; 6: `sip_limits` and
+/// `sip_rate` (invalid-message and per-method budgets), counters 14..=19.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value
@@ -153,6 +160,10 @@ pub const CONFIG_OVERLOADED: u32 = 16;
 pub const EVENT_FLOOD: u32 = 0;
 /// `FloodEvent::kind`: the source sent a scanner's User-Agent.
 pub const EVENT_SCANNER: u32 = 1;
+
+/// `FloodEvent::kind`: the source kept sending invalid messages (neither a
+/// SIP request or response line nor a keepalive) over its budget.
+pub const EVENT_INVALID: u32 = 2;
 
 /// `RateState::reported` bits.
 pub const REPORTED_FLOOD: u32 = 1;
@@ -539,6 +550,96 @@ pub struct FloodEvent {
     pub src: [u8; 16],
 }
 
+/// A per-source packet budget, GCRA like the limiter's (see `RateState`):
+/// `interval_ns = 1e9 / rate`, `tolerance_ns = burst * interval_ns`; an
+/// interval of 0 is no budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipBudget {
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+impl SipBudget {
+    /// `rate` packets/s with a bucket of `burst` packets; rate 0: none.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        if rate == 0 {
+            return Self::default();
+        }
+        let interval_ns = (1_000_000_000 / u64::from(rate)).max(1);
+        Self {
+            interval_ns,
+            tolerance_ns: interval_ns * u64::from(burst),
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_on(&self) -> bool {
+        self.interval_ns != 0
+    }
+}
+
+/// SIP request method classes (`SipRateKey::class`, `SipLimits::methods`).
+pub mod method {
+    pub const REGISTER: u32 = 0;
+    pub const INVITE: u32 = 1;
+    pub const OPTIONS: u32 = 2;
+    pub const SUBSCRIBE: u32 = 3;
+    /// Every other method.
+    pub const OTHER: u32 = 4;
+    /// Number of classes.
+    pub const CLASSES: usize = 5;
+    /// `SipRateKey::class` of the invalid-message budget.
+    pub const INVALID: u32 = 5;
+    /// Names, by class, as `[flood.methods]` spells them.
+    pub const NAMES: [&str; CLASSES] = ["REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "other"];
+}
+
+/// `SipLimits::flags`: the invalid-message budget is on.
+pub const SIP_INVALID_ON: u32 = 1;
+/// `SipLimits::flags`: at least one method class has a budget.
+pub const SIP_METHODS_ON: u32 = 2;
+
+/// The invalid-message and per-method budgets, written by the daemon (the
+/// `sip_limits` map). With `flags == 0` the program reads no payload for them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipLimits {
+    /// `SIP_*_ON`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Invalid UDP payloads to a protected port, per source.
+    pub invalid: SipBudget,
+    /// Requests of each `method` class, per source.
+    pub methods: [SipBudget; method::CLASSES],
+}
+
+/// The key of `sip_rate`: a source (as the limiter keys it) and a class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipRateKey {
+    pub key: RateKey,
+    /// `method::*`.
+    pub class: u32,
+    pub _pad: u32,
+}
+
+/// A source's state for one budget: GCRA as in `RateState`; the over-budget
+/// seconds drive the escalation of invalid messages (`EVENT_INVALID`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipRateState {
+    pub tat_ns: u64,
+    pub last_over_sec: u64,
+    pub over_secs: u32,
+    /// 1 once reported in the current window.
+    pub reported: u32,
+}
+
+/// Sources × classes whose budget state is kept at once (an LRU: a storm
+/// of forged sources evicts old state, never a ban).
+pub const MAX_SIP_RATE: u32 = 1 << 17;
+
 /// A per-CPU counter of packets and bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -582,15 +683,34 @@ pub mod counter {
     /// Overload: an untrusted source over the untrusted budget: dropped,
     /// never escalated to a ban.
     pub const DROP_SHED: u32 = 13;
+    /// UDP payload to a protected port that is neither a SIP request or
+    /// response line nor a keepalive, over the source's invalid budget:
+    /// dropped. (Over it but allow-listed: `PASS_RATE_ALLOWLISTED`.)
+    pub const DROP_INVALID: u32 = 14;
+    /// A request over its source's budget for its method class: dropped,
+    /// one counter per class (`DROP_METHOD + method::*`). (Allow-listed:
+    /// `PASS_RATE_ALLOWLISTED`.)
+    pub const DROP_METHOD: u32 = 15;
+    pub const DROP_REGISTER: u32 = DROP_METHOD + super::method::REGISTER;
+    pub const DROP_INVITE: u32 = DROP_METHOD + super::method::INVITE;
+    pub const DROP_OPTIONS: u32 = DROP_METHOD + super::method::OPTIONS;
+    pub const DROP_SUBSCRIBE: u32 = DROP_METHOD + super::method::SUBSCRIBE;
+    pub const DROP_OTHER_METHOD: u32 = DROP_METHOD + super::method::OTHER;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 20;
     /// The counters of dropped packets.
-    pub const DROPS: [u32; 5] = [
+    pub const DROPS: [u32; 11] = [
         DROP_BANNED,
         DROP_BANNED_NO_PORT,
         DROP_RATE_LIMITED,
         DROP_SCANNER,
         DROP_SHED,
+        DROP_INVALID,
+        DROP_REGISTER,
+        DROP_INVITE,
+        DROP_OPTIONS,
+        DROP_SUBSCRIBE,
+        DROP_OTHER_METHOD,
     ];
 
     /// Display names, by index.
@@ -609,6 +729,12 @@ pub mod counter {
         "pass_scanner_allowlisted",
         "pass_trusted",
         "drop_shed",
+        "drop_invalid",
+        "drop_method_register",
+        "drop_method_invite",
+        "drop_method_options",
+        "drop_method_subscribe",
+        "drop_method_other",
     ];
 }
 
@@ -628,4 +754,7 @@ mod pod {
     unsafe impl aya::Pod for super::FloodEvent {}
     unsafe impl aya::Pod for super::TrustEntry {}
     unsafe impl aya::Pod for super::TrustConfig {}
+    unsafe impl aya::Pod for super::SipLimits {}
+    unsafe impl aya::Pod for super::SipRateKey {}
+    unsafe impl aya::Pod for super::SipRateState {}
 }

@@ -491,6 +491,22 @@ pub struct FloodConfig {
     /// The same for `sip-scanner` bans.
     #[serde(default)]
     pub scanner_export: bool,
+    /// Invalid messages per source (see `config/sip_budgets.rs`); 0: off.
+    #[serde(default = "sip_budgets::default_invalid_rate")]
+    pub invalid_rate: u32,
+    #[serde(default = "sip_budgets::default_invalid_burst")]
+    pub invalid_burst: u32,
+    /// Ban a source over it for `escalate_after` seconds (jail `sip-invalid`).
+    #[serde(default = "yes")]
+    pub invalid_bans: bool,
+    #[serde(
+        default = "sip_budgets::default_invalid_bantime",
+        deserialize_with = "duration::serde::bantime"
+    )]
+    pub invalid_bantime: Option<Duration>,
+    /// `[flood.methods]`: requests per source and method class.
+    #[serde(default)]
+    pub methods: sip_budgets::MethodBudgets,
 }
 
 impl Default for FloodConfig {
@@ -509,6 +525,11 @@ impl Default for FloodConfig {
             max_packet_bans: default_max_packet_bans(),
             export: false,
             scanner_export: false,
+            invalid_rate: sip_budgets::default_invalid_rate(),
+            invalid_burst: sip_budgets::default_invalid_burst(),
+            invalid_bans: true,
+            invalid_bantime: sip_budgets::default_invalid_bantime(),
+            methods: sip_budgets::MethodBudgets::new(),
         }
     }
 }
@@ -676,6 +697,7 @@ impl Config {
 
 mod aggregate;
 mod check;
+pub mod sip_budgets;
 pub mod trust;
 
 #[cfg(test)]

@@ -26,8 +26,10 @@
 #![feature(core_intrinsics)]
 
 mod floors;
+mod methods;
 mod parse;
 mod scanner;
+mod sip_line;
 mod trace;
 
 use aya_ebpf::{
@@ -188,9 +190,9 @@ fn decide(ctx: &XdpContext, len: u64) -> (u32, u32, u64) {
     };
     let (ban, drop_verdict, now) = match banned(&pkt) {
         Ban::Drop(ban, verdict, now) => (ban, verdict, now),
-        Ban::None => return pass(unbanned(&pkt, counter::PASS_NOT_BANNED)),
+        Ban::None => return pass(unbanned(ctx, &pkt, counter::PASS_NOT_BANNED)),
         // Ignored from the moment it ends; the daemon deletes it.
-        Ban::Expired => return pass(unbanned(&pkt, counter::PASS_BAN_EXPIRED)),
+        Ban::Expired => return pass(unbanned(ctx, &pkt, counter::PASS_BAN_EXPIRED)),
         Ban::OtherPort => return (counter::PASS_BANNED_OTHER_PORT, xdp_action::XDP_PASS, 0),
     };
     let id = unsafe { (*ban).id };
@@ -322,7 +324,7 @@ fn drops(ban: &BanEntry, pkt: &parse::Packet) -> Option<u32> {
 /// flood is dropped before any payload is read), then the scanner
 /// signatures on what conforms. Allow-listed sources pass both.
 #[inline(always)]
-fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
+fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     let Some(cfg) = CONFIG.get(0) else {
         return (pass, xdp_action::XDP_PASS);
     };
@@ -335,7 +337,12 @@ fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Port::NoPorts => (false, false),
     };
     let limit = cfg.interval_ns != 0 && pkt.charged;
-    if !protected || (!limit && !scanners) {
+    // Invalid-message and per-method budgets: UDP only.
+    let sip = match pkt.udp_payload {
+        0 => None,
+        _ => methods::limits(),
+    };
+    if !protected || (!limit && !scanners && sip.is_none()) {
         return (pass, xdp_action::XDP_PASS);
     }
     let key = match pkt.src {
@@ -355,8 +362,10 @@ fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
             let admit = conforms(&key, &pkt.src, now, cfg, overloaded);
             // A trusted pass says so, unless the packet had more to say (a
             // ban that ended).
-            if admit == counter::PASS_TRUSTED && pass == counter::PASS_NOT_BANNED {
-                pass = admit;
+            if admit == counter::PASS_TRUSTED {
+                if pass == counter::PASS_NOT_BANNED {
+                    pass = admit;
+                }
             } else if admit != ADMIT {
                 // Checked only for packets over the limit: the common path stays cheap.
                 if allowlisted(&pkt.src, now) {
@@ -364,6 +373,11 @@ fn unbanned(pkt: &parse::Packet, pass: u32) -> (u32, u32) {
                 }
                 return (admit, xdp_action::XDP_DROP);
             }
+        }
+    }
+    if let Some(limits) = sip {
+        if let Some(verdict) = methods::judge(ctx, pkt.udp_payload, &key, &pkt.src, limits, cfg) {
+            return verdict;
         }
     }
     if scanners && set_aside(pkt, &key, now, pass) {

@@ -3,6 +3,7 @@
 //! (status, reload), and the tools (test-filter, import-fail2ban).
 pub mod import;
 pub mod show;
+pub mod sip_budgets;
 pub mod test_filter;
 pub mod trace;
 pub mod trust;

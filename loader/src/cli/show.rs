@@ -145,6 +145,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
         .iter()
         .map(|i| (i.clone(), hooked(maps.pin_dir(), i)))
         .collect();
+    let sip = maps.sip_limits()?;
     if json {
         let mut c = serde_json::Map::new();
         for (name, v) in counter::NAMES.iter().zip(&counters) {
@@ -175,6 +176,7 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
                 })).collect::<serde_json::Value>(),
                 Err(e) => json!({"error": format!("{e:#}")}),
             })).collect::<serde_json::Map<_, _>>(),
+            "sip_budgets": super::sip_budgets::json(&sip),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -214,6 +216,9 @@ pub fn stats(maps: &KernelMaps, json: bool) -> Result<()> {
         println!("DRY RUN:     nothing is dropped; the drop_* counters are would-be drops");
     }
     println!("rate limit:  {}", rate_limit(&cfg));
+    for line in super::sip_budgets::text(&sip) {
+        println!("{line}");
+    }
     println!("bans:        {bans}");
     println!("allowlist:   {allowed}");
     println!(
@@ -408,8 +413,11 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
         .into_iter()
         .map(|(net, _, limited)| (net, limited))
         .collect();
+    let counted = maps.counters()?;
     std::thread::sleep(interval);
     let second = maps.rate_states()?;
+    let classes =
+        super::sip_budgets::drop_rates(&counted, &maps.counters()?, interval.as_secs_f64());
     let now_sec = clock::mono_now_ns() / 1_000_000_000;
     let cfg = maps.config()?;
     let mut rows: Vec<(ipnet::IpNet, f64, common::RateState, u64)> = second
@@ -438,6 +446,8 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
                 "source": addr::display(n), "limited_pps": pps, "limited_total": limited,
                 "seconds_over": st.over_secs, "reported": st.reported != 0,
             })).collect::<Vec<_>>(),
+            "budget_drops": classes.iter().map(|(n, pps, total)| (n.to_string(),
+                json!({"dropped_pps": pps, "dropped_total": total}))).collect::<serde_json::Map<_, _>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -460,6 +470,11 @@ pub fn top(maps: &KernelMaps, interval: std::time::Duration, json: bool) -> Resu
             if st.reported != 0 { "yes" } else { "no" }
         );
     }
+    let shown: Vec<String> = classes
+        .iter()
+        .map(|(n, pps, total)| format!("{n} {pps:.0}/s ({total})"))
+        .collect();
+    println!("dropped over budget, all sources: {}", shown.join(", "));
     Ok(())
 }
 

@@ -155,6 +155,7 @@ impl FloodConfig {
         if self.enabled && self.rate == 0 {
             bail!("[flood] key `rate` must be at least 1 (or enabled = false)");
         }
+        self.check_sip_budgets()?;
         Ok(())
     }
 }

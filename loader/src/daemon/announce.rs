@@ -116,6 +116,8 @@ impl Announcer {
         match cause {
             "flood" => self.export.flood,
             "scanner" => self.export.scanner,
+            // A forger's to choose, and never worth a fleet's ban.
+            "invalid" => false,
             "log" => !self.export.kept_home.contains(jail),
             // A prefix this box aggregated from its own members' bans: the
             // members travel, each box aggregates from its own evidence.

@@ -1,6 +1,6 @@
 //! This box's own evidence: its logs, and the sources the XDP program
 //! reports for flooding or for a scanner's User-Agent.
-use super::{Daemon, FLOOD_JAIL, SCANNER_JAIL};
+use super::{Daemon, FLOOD_JAIL, INVALID_JAIL, SCANNER_JAIL};
 use crate::{
     addr,
     bans::{now_ms, Order, Scope},
@@ -63,8 +63,8 @@ impl Daemon {
         self.jails.iter().any(|j| j.behind())
     }
 
-    /// A source the XDP program reported: for flooding, or for a scanner's
-    /// User-Agent. Its packets are dropped in XDP whatever happens here; a
+    /// A source the XDP program reported: for flooding, for a scanner's
+    /// User-Agent, or for invalid messages. Its packets are dropped in XDP whatever happens here; a
     /// ban on this evidence (a source address anyone can forge) is vetted
     /// against the never-ban set, within the jail's budget, scoped to the
     /// protected ports, and never takes the room of other bans.
@@ -79,6 +79,19 @@ impl Daemon {
                 flood.scanner_bantime,
                 "a SIP scanner's User-Agent".to_owned(),
                 "scanner",
+            )
+        } else if event.kind == common::EVENT_INVALID {
+            if !flood.invalid_bans {
+                return;
+            }
+            (
+                INVALID_JAIL,
+                flood.invalid_bantime,
+                format!(
+                    "over {} invalid messages/s (neither SIP nor a keepalive) during {} s",
+                    flood.invalid_rate, event.over_secs
+                ),
+                "invalid",
             )
         } else {
             (

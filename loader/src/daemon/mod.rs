@@ -43,6 +43,9 @@ pub const FLOOD_JAIL: &str = "sip-flood";
 /// The jail name of bans of sources with a scanner's User-Agent.
 pub const SCANNER_JAIL: &str = "sip-scanner";
 
+/// The jail name of bans of sources that kept sending invalid messages.
+pub const INVALID_JAIL: &str = "sip-invalid";
+
 /// Everything the running daemon knows. Its methods live in this folder
 /// by concern: `engine` (the ban path), `evidence`, `fleet_intake`,
 /// `requests`, `views`, `saving`, `configure`, `boot`.

@@ -1,6 +1,6 @@
 //! What the daemon shows: `status`, ban lists, the service manager's
 //! status line (the metrics scrape's view is `scrape`).
-use super::{Daemon, FLOOD_JAIL, SCANNER_JAIL};
+use super::{Daemon, FLOOD_JAIL, INVALID_JAIL, SCANNER_JAIL};
 use crate::{
     addr,
     bans::{now_ms, Scope},
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 
 /// The jails of bans no log jail made, in the order `status` shows them.
-const PSEUDO_JAILS: [&str; 3] = ["manual", FLOOD_JAIL, SCANNER_JAIL];
+const PSEUDO_JAILS: [&str; 4] = ["manual", FLOOD_JAIL, SCANNER_JAIL, INVALID_JAIL];
 
 /// Bans a jail's `status` lists (the rest are counted; `sipguard list`
 /// has them all).

@@ -8,8 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, Map, MapData, MapInfo};
 use common::{
     counter, map_name, AllowEntry, BanCounter, BanEntry, Config, Counter, PendingScan, RateKey,
-    RateState, TrustConfig, TrustEntry, V4Key, BAN_COUNTER_SLOTS, FLOOD_RING_BYTES, LAYOUT_VERSION,
-    PORT_WORDS,
+    RateState, SipLimits, SipRateKey, SipRateState, TrustConfig, TrustEntry, V4Key,
+    BAN_COUNTER_SLOTS, FLOOD_RING_BYTES, LAYOUT_VERSION, PORT_WORDS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::{mem::size_of, path::Path};
@@ -19,7 +19,7 @@ use std::{mem::size_of, path::Path};
 /// older sipguard with another layout is refused, never reinterpreted. The
 /// tries' capacities may differ (see `program::Capacity`).
 #[rustfmt::skip]
-const MAPS: [(&str, usize, usize, Option<u32>); 19] = [
+const MAPS: [(&str, usize, usize, Option<u32>); 21] = [
     (map_name::BANNED_V4, 4 + size_of::<V4Key>(), size_of::<BanEntry>(), None),
     (map_name::BANNED_V6, 4 + 16, size_of::<BanEntry>(), None),
     (map_name::BANNED_HOST_V4, 4, size_of::<BanEntry>(), None),
@@ -39,6 +39,8 @@ const MAPS: [(&str, usize, usize, Option<u32>); 19] = [
     (map_name::TRUSTED, size_of::<RateKey>(), size_of::<TrustEntry>(), None),
     (map_name::TRUST_CONFIG, 4, size_of::<TrustConfig>(), Some(1)),
     (map_name::SIP_PACKETS, 4, size_of::<u64>(), Some(1)),
+    (map_name::SIP_LIMITS, 4, size_of::<SipLimits>(), Some(1)),
+    (map_name::SIP_RATE, size_of::<SipRateKey>(), size_of::<SipRateState>(), None),
 ];
 
 /// Checks every map already pinned in `pin_dir` against this build's layout.

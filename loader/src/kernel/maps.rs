@@ -3,6 +3,7 @@
 use crate::kernel::batch;
 
 mod host_batch;
+mod sip_limits;
 use crate::kernel::layout::{self, k_v4, k_v6};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::IterableMap as _;

@@ -197,7 +197,7 @@ fn register_xdp(r: &mut Registry, snap: &Snapshot) {
     }
     r.register(
         "xdp_packets",
-        "Packets by the XDP program's verdict (drop_rate_limited: the per-source limiter, drop_scanner: scanner signatures)",
+        "Packets by the XDP program's verdict (drop_rate_limited: the per-source limiter, drop_scanner: scanner signatures, drop_invalid: invalid messages, drop_method_*: per-method budgets)",
         packets,
     );
     r.register_with_unit(

@@ -1,0 +1,186 @@
+//! The budgets on what a UDP packet to a SIP port starts with (see
+//! `sip_line`): invalid messages per source, and requests per source and
+//! method class. Only packets of a class with a budget are charged: valid
+//! traffic pays for the classification (a few loads) and, for a method
+//! with a budget, one lookup of its own state.
+use crate::{
+    allowlisted, key_hash, now_ns, parse::Source, report, sip_line, xdp_action, Config, RateKey,
+    SKETCH,
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::XdpContext,
+};
+use common::{
+    counter, method, SipBudget, SipLimits, SipRateKey, SipRateState, EVENT_INVALID, MAX_SIP_RATE,
+    SIP_INVALID_ON, SIP_METHODS_ON, SKETCH_ADMIT, SKETCH_LINES, SKETCH_SLOTS,
+};
+use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+
+#[map(name = "sip_limits")]
+static SIP_LIMITS: Array<SipLimits> = Array::pinned(1, 0);
+
+#[map(name = "sip_rate")]
+static SIP_RATE: LruHashMap<SipRateKey, SipRateState> = LruHashMap::pinned(MAX_SIP_RATE, 0);
+
+/// The budgets, when any is on: read once per UDP packet to a protected port.
+#[inline(always)]
+pub fn limits() -> Option<&'static SipLimits> {
+    match SIP_LIMITS.get(0) {
+        Some(l) if l.flags != 0 => Some(l),
+        _ => None,
+    }
+}
+
+/// The verdict on the UDP packet whose payload is at `payload`, when a
+/// budget drops it (or lets it through only for the allowlist).
+#[inline(always)]
+pub fn judge(
+    ctx: &XdpContext,
+    payload: usize,
+    key: &RateKey,
+    src: &Source,
+    limits: &SipLimits,
+    cfg: &Config,
+) -> Option<(u32, u32)> {
+    let class = sip_line::classify(ctx, payload);
+    let (budget, verdict) = if class == sip_line::INVALID {
+        if limits.flags & SIP_INVALID_ON == 0 {
+            return None;
+        }
+        (&limits.invalid, counter::DROP_INVALID)
+    } else if class < method::CLASSES as u32 {
+        if limits.flags & SIP_METHODS_ON == 0 {
+            return None;
+        }
+        // Bounded for the verifier: `class` indexes the array.
+        let budget = limits.methods.get(class as usize)?;
+        (budget, counter::DROP_METHOD + class)
+    } else {
+        return None;
+    };
+    if !budget.is_on() {
+        return None;
+    }
+    let skey = SipRateKey {
+        key: *key,
+        class: if class == sip_line::INVALID {
+            method::INVALID
+        } else {
+            class
+        },
+        _pad: 0,
+    };
+    let now = now_ns();
+    let st = over(&skey, budget, now)?;
+    if allowlisted(src, now) {
+        return Some((counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS));
+    }
+    if class == sip_line::INVALID {
+        escalate(st, key, src, now, cfg);
+    }
+    Some((verdict, xdp_action::XDP_DROP))
+}
+
+/// GCRA (as `conforms`, without leases): the state of `skey` when its packet
+/// at `now` is over `budget`, `None` when it conforms.
+#[inline(always)]
+fn over(skey: &SipRateKey, budget: &SipBudget, now: u64) -> Option<*mut SipRateState> {
+    let st = match SIP_RATE.get_ptr_mut(skey) {
+        Some(st) => st,
+        None => {
+            if unseen(skey, budget, now) {
+                return None;
+            }
+            let fresh = SipRateState {
+                tat_ns: now,
+                ..SipRateState::default()
+            };
+            let _ = SIP_RATE.insert(skey, &fresh, u64::from(BPF_NOEXIST));
+            // The map refused a new entry: let the packet through.
+            SIP_RATE.get_ptr_mut(skey)?
+        }
+    };
+    unsafe {
+        let tat = (*st).tat_ns;
+        if tat <= now {
+            (*st).tat_ns = now + budget.interval_ns;
+            return None;
+        }
+        if tat - now <= budget.tolerance_ns {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, budget.interval_ns);
+            return None;
+        }
+    }
+    Some(st)
+}
+
+/// As the limiter's `escalate`: after `escalate_secs` distinct seconds over
+/// the invalid budget with no gap longer than the window, the source is
+/// reported once (`EVENT_INVALID`), to be banned in `sip-invalid`.
+#[inline(always)]
+fn escalate(st: *mut SipRateState, key: &RateKey, src: &Source, now: u64, cfg: &Config) {
+    let sec = now / 1_000_000_000;
+    unsafe {
+        let last = (*st).last_over_sec;
+        if last == sec {
+            return;
+        }
+        if sec - last > u64::from(cfg.escalate_window_secs) {
+            (*st).over_secs = 0;
+            (*st).reported = 0;
+        }
+        (*st).last_over_sec = sec;
+        (*st).over_secs += 1;
+        if cfg.escalate_secs == 0 || (*st).over_secs < cfg.escalate_secs || (*st).reported != 0 {
+            return;
+        }
+        if report(key, src, EVENT_INVALID, (*st).over_secs, 0) {
+            (*st).reported = 1;
+        }
+    }
+}
+
+/// The limiter's first stage (`unseen_admitted`, the same per-CPU sketch)
+/// for a budget: true if a source without state for `skey` has sent fewer
+/// than `SKETCH_ADMIT` packets of its class in this window (`SKETCH_ADMIT +
+/// 1` of the budget's intervals, so a source under its rate may never need
+/// state). A storm of forged sources then costs two counters, not an
+/// insert, per packet. On only for a burst of at least `2 * SKETCH_ADMIT`:
+/// what a source gains before its state exists stays a part of its burst.
+#[inline(always)]
+fn unseen(skey: &SipRateKey, budget: &SipBudget, now: u64) -> bool {
+    let window_ns = u64::from(SKETCH_ADMIT + 1) * budget.interval_ns;
+    if window_ns == 0 || budget.tolerance_ns < u64::from(2 * SKETCH_ADMIT) * budget.interval_ns {
+        return false;
+    }
+    let window = ((now / window_ns) as u16 & 0xff) << 8;
+    // Apart from the limiter's own counters of the source.
+    let mut key = skey.key;
+    key[8] ^= 0xa5 ^ (skey.class as u8);
+    let h = key_hash(&key);
+    let Some(line) = SKETCH.get_ptr_mut((h >> 51) as u32 & (SKETCH_LINES - 1)) else {
+        return false;
+    };
+    let i = (h >> 8) as usize & (SKETCH_SLOTS - 1);
+    let j = (i ^ ((h >> 13) as usize | 1)) & (SKETCH_SLOTS - 1);
+    let read = |c: u16| if c & 0xff00 == window { c & 0xff } else { 0 };
+    let admit = SKETCH_ADMIT as u16;
+    unsafe {
+        let slots = &mut (*line).0;
+        let (a, b) = (read(slots[i]), read(slots[j]));
+        let seen = if a < b { a } else { b };
+        if seen >= admit {
+            return false;
+        }
+        if a == seen {
+            slots[i] = window | (seen + 1);
+        }
+        if b == seen {
+            slots[j] = window | (seen + 1);
+        }
+    }
+    true
+}

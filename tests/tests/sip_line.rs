@@ -470,3 +470,30 @@ fn sustained_invalid_messages_are_reported_once() -> Result<()> {
     assert!(ring.next().is_none());
     Ok(())
 }
+
+/// A trusted source's garbage is dropped over the budget but never
+/// reported: its address is known, and a forger sending garbage as it
+/// would otherwise get a registered phone banned in `sip-invalid`.
+#[test]
+fn a_trusted_source_is_never_reported_for_invalid_messages() -> Result<()> {
+    let limits = SipLimits {
+        flags: SIP_INVALID_ON,
+        invalid: SipBudget::new(1, 2),
+        ..SipLimits::default()
+    };
+    let mut t = load(limits, 1)?;
+    let mut ring = maps::flood_events(t.pin())?;
+    let phone = [192, 0, 2, 30];
+    sipguard::kernel::trust::TrustMaps::open(t.pin())?.trust(
+        rate_key_v4(phone),
+        common::TrustEntry {
+            expires_at_ns: 0,
+            trusted_at_ns: sipguard::kernel::clock::mono_now_ns(),
+            origin: common::TRUST_REGISTERED,
+            _pad: 0,
+        },
+    )?;
+    assert_eq!(t.passed(&udp4_body(phone, b"junk junk junk junk"), 30)?, 3);
+    assert!(ring.next().is_none(), "a trusted source is not reported");
+    Ok(())
+}

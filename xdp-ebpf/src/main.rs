@@ -337,9 +337,10 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Port::NoPorts => (false, false),
     };
     let limit = cfg.interval_ns != 0 && pkt.charged;
-    // Invalid-message and per-method budgets: UDP only.
-    let sip = match pkt.udp_payload {
-        0 => None,
+    // Invalid-message and per-method budgets: UDP to a protected port only
+    // (RTP and the rest never pay the lookup).
+    let sip = match (protected, pkt.udp_payload) {
+        (false, _) | (_, 0) => None,
         _ => methods::limits(),
     };
     if !protected || (!limit && !scanners && sip.is_none()) {

@@ -5,17 +5,17 @@
 //! with a budget, one lookup of its own state.
 use crate::{
     allowlisted, key_hash, now_ns, parse::Source, report, sip_line, xdp_action, Config, RateKey,
-    SKETCH,
+    TRUSTED,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use common::{
-    counter, method, SipBudget, SipLimits, SipRateKey, SipRateState, EVENT_INVALID, MAX_SIP_RATE,
-    SIP_INVALID_ON, SIP_METHODS_ON, SKETCH_ADMIT, SKETCH_LINES, SKETCH_SLOTS,
+    counter, method, SipBudget, SipLimits, SipRateKey, SipRateState, SketchLine, EVENT_INVALID,
+    MAX_SIP_RATE, SIP_INVALID_ON, SIP_METHODS_ON, SKETCH_ADMIT, SKETCH_LINES, SKETCH_SLOTS,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 
@@ -24,6 +24,17 @@ static SIP_LIMITS: Array<SipLimits> = Array::pinned(1, 0);
 
 #[map(name = "sip_rate")]
 static SIP_RATE: LruHashMap<SipRateKey, SipRateState> = LruHashMap::pinned(MAX_SIP_RATE, 0);
+
+/// The budgets' first stage, a sketch of their own: the limiter's counts
+/// in windows of its own length, and a counter written in another
+/// window's numbering reads as 0 to it and is reset by it, so sharing one
+/// let a source's limiter counts be reset by forged packets of addresses
+/// hashing beside it (it never got state: never limited). A quarter of
+/// the limiter's size: only sources sending these classes reach it.
+const SIP_SKETCH_LINES: u32 = SKETCH_LINES / 4;
+
+#[map(name = "sip_sketch")]
+static SIP_SKETCH: PerCpuArray<SketchLine> = PerCpuArray::with_max_entries(SIP_SKETCH_LINES, 0);
 
 /// The budgets, when any is on: read once per UDP packet to a protected port.
 #[inline(always)]
@@ -137,6 +148,12 @@ fn escalate(st: *mut SipRateState, key: &RateKey, src: &Source, now: u64, cfg: &
         if cfg.escalate_secs == 0 || (*st).over_secs < cfg.escalate_secs || (*st).reported != 0 {
             return;
         }
+        // Never a trusted source (a registered phone, the operator's): its
+        // address is known, so a forger could send garbage as it and get it
+        // banned. Looked up once a second at most, over the budget only.
+        if TRUSTED.get(key).is_some_and(|e| !e.is_expired(now)) {
+            return;
+        }
         if report(key, src, EVENT_INVALID, (*st).over_secs, 0) {
             (*st).reported = 1;
         }
@@ -161,7 +178,7 @@ fn unseen(skey: &SipRateKey, budget: &SipBudget, now: u64) -> bool {
     let mut key = skey.key;
     key[8] ^= 0xa5 ^ (skey.class as u8);
     let h = key_hash(&key);
-    let Some(line) = SKETCH.get_ptr_mut((h >> 51) as u32 & (SKETCH_LINES - 1)) else {
+    let Some(line) = SIP_SKETCH.get_ptr_mut((h >> 51) as u32 & (SIP_SKETCH_LINES - 1)) else {
         return false;
     };
     let i = (h >> 8) as usize & (SKETCH_SLOTS - 1);

@@ -15,6 +15,10 @@ pub struct TrustConfig {
     pub esl_password: Option<Secret>,
     /// A root-only file holding the password (whole content, trimmed).
     pub esl_password_file: Option<PathBuf>,
+    /// Besides root, the user whose socket on this box may be sent the
+    /// password (FreeSWITCH's; unset: the owner of the discovered
+    /// `event_socket.conf.xml`, else root only).
+    pub esl_uid: Option<u32>,
     /// How long a registration's address stays trusted past its expiry.
     #[serde(deserialize_with = "duration::serde::finite")]
     pub grace: Duration,
@@ -38,6 +42,7 @@ impl Default for TrustConfig {
             esl: None,
             esl_password: None,
             esl_password_file: None,
+            esl_uid: None,
             grace: Duration::from_secs(600),
             max_entries: 100_000,
             trusted_rate: 5_000,

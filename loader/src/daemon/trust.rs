@@ -26,6 +26,9 @@ pub(super) struct EslView {
     pub connects: u64,
     pub events: u64,
     pub bad_events: u64,
+    /// Connections dropped before the password: the local socket there
+    /// was not root's nor FreeSWITCH's user's.
+    pub refused_peers: u64,
 }
 
 /// One of the operator's trusted sources.
@@ -145,17 +148,19 @@ pub(super) fn esl_settings(
     discovered: Option<&crate::freeswitch::Found<EventSocket>>,
 ) -> Result<Option<Settings>> {
     let password = c.password()?;
-    let (addr, from, found_password) = match (&c.esl, discovered) {
+    let (addr, from, found_password, owner) = match (&c.esl, discovered) {
         (Some(e), _) if e.is_empty() => return Ok(None),
         (Some(e), _) => (
             crate::config::trust::parse_esl(e)?,
             "[trust] esl".to_owned(),
+            None,
             None,
         ),
         (None, Some(d)) => (
             d.value.addr(),
             d.from.clone(),
             Some(d.value.password.clone()),
+            d.value.owner_uid,
         ),
         (None, None) => return Ok(None),
     };
@@ -167,6 +172,7 @@ pub(super) fn esl_settings(
         password,
         from,
         max_rows: c.max_entries,
+        uid: c.esl_uid.or(owner),
     }))
 }
 
@@ -244,6 +250,15 @@ impl Daemon {
                 t.view.last_error = None;
                 t.generation = t.generation.max(generation);
             }
+            EslMsg::PeerRefused { error } => {
+                t.view.refused_peers += 1;
+                if t.view.refused_peers.is_power_of_two() {
+                    tracing::error!(
+                        "event socket: password withheld ({} time(s) so far): {error}",
+                        t.view.refused_peers
+                    );
+                }
+            }
             EslMsg::Down { error } => {
                 t.view.state = "down";
                 t.view.last_error = Some(error);
@@ -252,7 +267,7 @@ impl Daemon {
                 t.view.bad_events += 1;
                 if t.view.bad_events.is_power_of_two() {
                     tracing::warn!(
-                        "event socket: an event skipped ({} so far): {error}",
+                        "event socket: an event or listing skipped ({} so far): {error}",
                         t.view.bad_events
                     );
                 }

@@ -305,5 +305,37 @@ fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<
     );
     s.cli(&["untrust", "192.0.2.42"])?;
     assert_eq!(trusted(&s)?.len(), 1);
+    // A duration past any sensible end is refused, not overflowed.
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.43", "--for", "100000000y"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 3650 days"), "{err}");
+    assert_eq!(trusted(&s)?.len(), 1);
+
+    // The file unreadable at start: the kernel's entries stay, the file is
+    // not overwritten, changes are refused until it is mended.
+    let file = format!("{}.trusted", s.sb.state().display());
+    s.daemon.stop()?;
+    std::fs::write(&file, "{not json")?;
+    s.start_again()?;
+    assert_eq!(
+        trusted(&s)?,
+        vec![("192.0.2.41".into(), "operator".into())],
+        "the kernel's operator entry kept"
+    );
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.44"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be read at start"), "{err}");
+    s.restart()?;
+    assert_eq!(
+        std::fs::read_to_string(&file)?,
+        "{not json",
+        "not overwritten"
+    );
+    assert!(s
+        .daemon
+        .log()
+        .contains("trusted sources file cannot be read"));
     Ok(())
 }

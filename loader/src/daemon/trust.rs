@@ -46,7 +46,7 @@ impl Operator {
         let until_ns = match until_unix {
             None => 0,
             Some(u) => {
-                let left = u64::try_from(u - operator::unix_now()).unwrap_or(0);
+                let left = u64::try_from(u.saturating_sub(operator::unix_now())).unwrap_or(0);
                 clock::mono_now_ns()
                     .saturating_add(left.saturating_mul(1_000_000_000))
                     .max(1)
@@ -76,6 +76,11 @@ pub(super) struct TrustState {
     grace: Duration,
     /// The connection whose listing was last applied.
     generation: u64,
+    /// Writes to the kernel's trusted map that failed.
+    pub(super) write_failures: u64,
+    /// Why the operator's file could not be read at start: it is then
+    /// never overwritten, and `sipguard trust`/`untrust` are refused.
+    operator_file_error: Option<String>,
     pub(super) overload: crate::trust::overload::Overload,
 }
 
@@ -97,15 +102,31 @@ impl TrustState {
             },
             grace: Duration::from_secs(600),
             generation: 0,
+            write_failures: 0,
+            operator_file_error: None,
             overload: Default::default(),
         }
     }
 
     /// Writes (or removes) the kernel's entry of `key` from what the
-    /// registry and the operator say now.
+    /// registry and the operator say now; a failure is logged (at powers
+    /// of two: a full map fails for every key) and counted.
     pub(super) fn write(&mut self, key: RateKey) {
+        if let Err(e) = self.try_write(key) {
+            self.write_failures += 1;
+            if self.write_failures.is_power_of_two() {
+                tracing::warn!(
+                    "trusted map: {e:#} ({} write(s) failed so far)",
+                    self.write_failures
+                );
+            }
+        }
+    }
+
+    /// `write`, its error returned (to an operator's request).
+    fn try_write(&mut self, key: RateKey) -> Result<()> {
         let Some(maps) = self.maps.as_mut() else {
-            return;
+            return Ok(());
         };
         let reg = self.registry.key(&key).map(|k| k.until_ns);
         let op = self.operator.get(&key).map(|o| o.until_ns);
@@ -121,7 +142,7 @@ impl TrustState {
             (Some(until), None) => Some((until, TRUST_REGISTERED)),
             (None, None) => None,
         };
-        let result = match entry {
+        match entry {
             Some((expires_at_ns, origin)) => maps
                 .trust(
                     key,
@@ -134,9 +155,6 @@ impl TrustState {
                 )
                 .map(|_| ()),
             None => maps.untrust(&key).map(|_| ()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("trusted map: {e:#}");
         }
     }
 }
@@ -403,6 +421,7 @@ impl Daemon {
             "registered_addresses": t.registry.keys().count(),
             "registrations_refused": t.registry.refused,
             "operator": t.operator.len(),
+            "map_write_failures": t.write_failures,
             "trusted": self.trusted_count(),
             "overload": {
                 "overloaded": t.overload.on,
@@ -448,7 +467,13 @@ impl Daemon {
         let entries = match operator::load(&t.operator_file) {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!("the operator's trusted sources are not restored: {e:#}");
+                // The kernel's operator entries stay (taken in below) and
+                // the file is left as it is for the operator to mend.
+                let error = crate::text::escape(&format!("{e:#}")).into_owned();
+                tracing::error!(
+                    "the operator's trusted sources file cannot be read: {error}; the kernel's operator entries are kept, the file is not overwritten, and `sipguard trust`/`untrust` are refused until it is fixed or removed and the daemon restarted"
+                );
+                t.operator_file_error = Some(error);
                 Vec::new()
             }
         };
@@ -474,6 +499,21 @@ impl Daemon {
                     let id = ("adopted".to_owned(), addr.to_string(), String::new());
                     t.registry.register(id, addr, e.expires_at_ns, 0);
                 }
+                TRUST_OPERATOR if t.operator_file_error.is_some() => {
+                    let addr = crate::kernel::trust::trust_net(&key).addr();
+                    let until_unix = (e.expires_at_ns != 0).then(|| {
+                        let left = e.expires_at_ns.saturating_sub(now) / 1_000_000_000;
+                        operator::unix_now().saturating_add(i64::try_from(left).unwrap_or(i64::MAX))
+                    });
+                    t.operator.insert(
+                        key,
+                        Operator {
+                            addr,
+                            until_unix,
+                            until_ns: e.expires_at_ns,
+                        },
+                    );
+                }
                 _ if !t.operator.contains_key(&key) => stale.push(key),
                 _ => {}
             }
@@ -486,6 +526,10 @@ impl Daemon {
     }
 
     fn save_operator_trust(&self) {
+        if self.trust.operator_file_error.is_some() {
+            // Never written over: it may hold what the operator wants back.
+            return;
+        }
         let entries: Vec<operator::Entry> = self
             .trust
             .operator
@@ -500,6 +544,18 @@ impl Daemon {
         }
     }
 
+    /// Refuses a change while the operator's file could not be read at
+    /// start (saving would overwrite it).
+    fn operator_file_usable(&self) -> Result<()> {
+        if let Some(e) = &self.trust.operator_file_error {
+            bail!(
+                "the operator's trusted sources file could not be read at start ({e}): fix or remove {}, then restart the daemon",
+                self.trust.operator_file.display()
+            );
+        }
+        Ok(())
+    }
+
     /// `sipguard trust ADDR [--for DURATION]`.
     pub(super) fn do_trust(
         &mut self,
@@ -508,6 +564,7 @@ impl Daemon {
     ) -> Result<crate::control::Trusted> {
         let addr = operator::trust_addr(net)?;
         let key = crate::kernel::trust::trust_key(addr);
+        self.operator_file_usable()?;
         if !self.trust.operator.contains_key(&key)
             && self.trust.operator.len() >= operator::MAX_ENTRIES
         {
@@ -516,13 +573,22 @@ impl Daemon {
                 operator::MAX_ENTRIES
             );
         }
-        let until_unix = duration.map(|d| operator::unix_now().saturating_add(d.as_secs() as i64));
-        self.trust
+        let until_unix = duration.map(operator::until_unix).transpose()?;
+        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
+        let before = self
+            .trust
             .operator
             .insert(key, Operator::new(addr, until_unix));
+        if let Err(e) = self.trust.try_write(key) {
+            // Not trusted: the operator is told, nothing kept.
+            match before {
+                Some(o) => self.trust.operator.insert(key, o),
+                None => self.trust.operator.remove(&key),
+            };
+            self.trust.write(key);
+            bail!("{shown} is not trusted: {e:#}");
+        }
         self.save_operator_trust();
-        self.trust.write(key);
-        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
         tracing::info!(
             "trusted {shown} (operator){}",
             duration
@@ -541,14 +607,18 @@ impl Daemon {
         let addr = operator::trust_addr(net)?;
         let key = crate::kernel::trust::trust_key(addr);
         let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
-        if self.trust.operator.remove(&key).is_none() {
+        self.operator_file_usable()?;
+        let Some(before) = self.trust.operator.remove(&key) else {
             if self.trust.registry.key(&key).is_some() {
                 bail!("{shown} is trusted as registered with FreeSWITCH, not by `sipguard trust`: it ends when it unregisters or expires");
             }
             bail!("{shown} is not trusted");
+        };
+        if let Err(e) = self.trust.try_write(key) {
+            self.trust.operator.insert(key, before);
+            bail!("{shown} is still trusted: {e:#}");
         }
         self.save_operator_trust();
-        self.trust.write(key);
         tracing::info!("untrusted {shown}");
         Ok(crate::control::Untrusted { untrusted: shown })
     }

@@ -140,7 +140,25 @@ impl Esl {
         password: &str,
         rows: Vec<Row>,
     ) -> Result<Self> {
+        Self::start_as(ns, port, password, rows, None)
+    }
+
+    /// Like `start`, its sockets owned by `uid` (`None`: ours): a local
+    /// user who took FreeSWITCH's port. The socket's owner is the file
+    /// system uid of the thread that makes it (a listener's, and an
+    /// accepted one's), so only the stand-in's own threads change theirs
+    /// (`setfsuid` is per thread; `setuid` would change the whole test).
+    pub fn start_as(
+        ns: &crate::netns::Netns,
+        port: u16,
+        password: &str,
+        rows: Vec<Row>,
+        uid: Option<u32>,
+    ) -> Result<Self> {
         let listener = crate::netns::in_netns(ns, move || {
+            if let Some(uid) = uid {
+                set_fsuid(uid)?;
+            }
             let s = socket2_reuse_bind(port)?;
             Ok(s)
         })?;
@@ -160,6 +178,9 @@ impl Esl {
         );
         let password = password.to_owned();
         let thread = std::thread::spawn(move || {
+            if let Some(uid) = uid {
+                set_fsuid(uid).expect("setfsuid");
+            }
             while !s.load(Ordering::Relaxed) {
                 let Ok((stream, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
@@ -201,6 +222,21 @@ impl Drop for Esl {
             let _ = t.join();
         }
     }
+}
+
+/// This thread's file system uid (what new sockets are owned by).
+fn set_fsuid(uid: u32) -> std::io::Result<()> {
+    // SAFETY: the raw syscall changes only the calling thread's fsuid
+    // (glibc's setfsuid wrapper does the same, without telling failure).
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
+    // setfsuid returns the previous value; asking again tells the new one.
+    let now = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) };
+    if now != i64::from(uid) {
+        return Err(std::io::Error::other(format!(
+            "setfsuid({uid}) did not take"
+        )));
+    }
+    Ok(())
 }
 
 /// A listener that can be bound again on the same port right after the
@@ -322,9 +358,14 @@ fn serve(
                 b"",
             ))?;
         } else if cmd == "api show registrations" {
-            let mut body = String::from(
-                "reg_user,realm,token,url,expires,network_ip,network_port,network_proto,hostname,metadata\n",
-            );
+            // As mod_commands' show_callback: the header comes with the
+            // first row, so no registrations is "\n0 total.\n".
+            let mut body = String::new();
+            if !rows.is_empty() {
+                body.push_str(
+                    "reg_user,realm,token,url,expires,network_ip,network_port,network_proto,hostname,metadata\n",
+                );
+            }
             for row in rows {
                 body.push_str(&format!(
                     "{},{},{},sofia/internal/sip:{}@{}:5060,{},{},5060,udp,pbx,\n",

@@ -19,11 +19,21 @@ const PASSWORD: &str = "Clue-8f3a-secret";
 
 /// A daemon whose `[trust] esl` is a stand-in in its namespace.
 fn setup(password_in_config: &str, rows: Vec<Row>) -> Result<(Setup, Esl)> {
+    setup_as(password_in_config, rows, None, "")
+}
+
+/// `setup` with the stand-in's sockets owned by `uid`, and more `[trust]`.
+fn setup_as(
+    password_in_config: &str,
+    rows: Vec<Row>,
+    uid: Option<u32>,
+    more: &str,
+) -> Result<(Setup, Esl)> {
     let sb = Sandbox::bare()?;
     let pair = Pair::new()?;
-    let esl = Esl::start(&pair.server, 0, PASSWORD, rows)?;
+    let esl = Esl::start_as(&pair.server, 0, PASSWORD, rows, uid)?;
     sb.write_config(&format!(
-        "[trust]\nesl = \"127.0.0.1:{}\"\nesl_password = \"{password_in_config}\"\n",
+        "[trust]\nesl = \"127.0.0.1:{}\"\nesl_password = \"{password_in_config}\"\n{more}",
         esl.port
     ))?;
     let daemon = Daemon::start(&pair.server, &sb, &["--iface", pair.server_if.as_str()])?;
@@ -70,6 +80,11 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
     wait_until(10, "the registered address is trusted", || {
         is_trusted(&s, "192.0.2.10")
     })?;
+    // The empty listing ("\n0 total.\n", no header, as FreeSWITCH
+    // answers with no registrations) kept the connection: one accepted.
+    assert_eq!(esl.accepted.load(Ordering::Relaxed), 1);
+    let v = s.json(&["status"])?;
+    assert_eq!(v["trust"]["esl"]["bad_events"], 0, "{v}");
     assert_eq!(
         trusted(&s)?,
         vec![("192.0.2.10".into(), "registered".into())]
@@ -158,6 +173,53 @@ fn a_wrong_password_is_a_clear_error_with_backoff_and_never_shown() -> Result<()
     Ok(())
 }
 
+/// `nobody`: a local user who bound FreeSWITCH's port while it was away.
+const NOBODY: u32 = 65534;
+
+#[test]
+fn a_local_listener_of_another_user_is_never_sent_the_password() -> Result<()> {
+    let (s, esl) = setup_as(PASSWORD, vec![], Some(NOBODY), "")?;
+    wait_until(20, "the daemon tries again after backing off", || {
+        Ok(esl.accepted.load(Ordering::Relaxed) >= 2)
+    })?;
+    // Connected, greeted, and left without a word: no `auth` line at all.
+    assert_eq!(esl.commands(), Vec::<String>::new());
+    assert_eq!(esl.authenticated.load(Ordering::Relaxed), 0);
+    let log = s.daemon.log();
+    assert!(
+        log.contains(&format!("is a socket of uid {NOBODY}, not root's"))
+            && log.contains("the password is not sent to it"),
+        "{log}"
+    );
+    let v = s.json(&["status"])?;
+    assert!(
+        v["trust"]["esl"]["refused_peers"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
+    assert_eq!(v["trust"]["esl"]["state"], "down", "{v}");
+    let status = v.to_string();
+    for text in [&status, &s.daemon.log()] {
+        assert!(!text.contains(PASSWORD), "no password shown: {text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_user_named_by_esl_uid_is_sent_the_password() -> Result<()> {
+    let (s, esl) = setup_as(
+        PASSWORD,
+        vec![],
+        Some(NOBODY),
+        &format!("esl_uid = {NOBODY}\n"),
+    )?;
+    wait_until(20, "connected to FreeSWITCH's user's socket", || {
+        Ok(esl.authenticated.load(Ordering::Relaxed) >= 1)
+    })?;
+    esl.send(register("reg-5@phone", "192.0.2.50", 600));
+    wait_until(10, "trusted", || is_trusted(&s, "192.0.2.50"))?;
+    Ok(())
+}
+
 #[test]
 fn a_hostile_peer_is_dropped_and_the_daemon_carries_on() -> Result<()> {
     let (s, esl) = setup(PASSWORD, vec![])?;
@@ -243,5 +305,37 @@ fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<
     );
     s.cli(&["untrust", "192.0.2.42"])?;
     assert_eq!(trusted(&s)?.len(), 1);
+    // A duration past any sensible end is refused, not overflowed.
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.43", "--for", "100000000y"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 3650 days"), "{err}");
+    assert_eq!(trusted(&s)?.len(), 1);
+
+    // The file unreadable at start: the kernel's entries stay, the file is
+    // not overwritten, changes are refused until it is mended.
+    let file = format!("{}.trusted", s.sb.state().display());
+    s.daemon.stop()?;
+    std::fs::write(&file, "{not json")?;
+    s.start_again()?;
+    assert_eq!(
+        trusted(&s)?,
+        vec![("192.0.2.41".into(), "operator".into())],
+        "the kernel's operator entry kept"
+    );
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", "192.0.2.44"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be read at start"), "{err}");
+    s.restart()?;
+    assert_eq!(
+        std::fs::read_to_string(&file)?,
+        "{not json",
+        "not overwritten"
+    );
+    assert!(s
+        .daemon
+        .log()
+        .contains("trusted sources file cannot be read"));
     Ok(())
 }

@@ -121,8 +121,8 @@ pub fn change(cli: &super::Cli, net: &str, duration: Option<&str>, trust: bool) 
         let (until, until_ns) = match duration.get() {
             None => (None, 0),
             Some(d) => (
-                Some(operator::unix_now() + d.as_secs() as i64),
-                now + d.as_nanos() as u64,
+                Some(operator::until_unix(d)?),
+                now.saturating_add(d.as_secs().saturating_mul(1_000_000_000)),
             ),
         };
         entries.push(operator::Entry { addr, until });

@@ -15,11 +15,17 @@ pub struct TrustConfig {
     pub esl_password: Option<Secret>,
     /// A root-only file holding the password (whole content, trimmed).
     pub esl_password_file: Option<PathBuf>,
+    /// Besides root, the user whose socket on this box may be sent the
+    /// password (FreeSWITCH's; unset: the owner of the discovered
+    /// `event_socket.conf.xml`, else root only).
+    pub esl_uid: Option<u32>,
     /// How long a registration's address stays trusted past its expiry.
     #[serde(deserialize_with = "duration::serde::finite")]
     pub grace: Duration,
-    /// Most registrations (and operator entries) kept: a flood of register
-    /// events cannot grow memory without bound.
+    /// Most registrations kept: a flood of register events cannot grow
+    /// memory without bound. With the operator's entries they fit the
+    /// kernel's trusted map (`MAX_TRUSTED`), so a refusal is ours, counted,
+    /// never the kernel's.
     pub max_entries: usize,
     /// A trusted source's budget (packets/s, and at once above it).
     pub trusted_rate: u32,
@@ -38,8 +44,9 @@ impl Default for TrustConfig {
             esl: None,
             esl_password: None,
             esl_password_file: None,
+            esl_uid: None,
             grace: Duration::from_secs(600),
-            max_entries: 100_000,
+            max_entries: 50_000,
             trusted_rate: 5_000,
             trusted_burst: 20_000,
             overload_pps: 0,
@@ -47,6 +54,12 @@ impl Default for TrustConfig {
             untrusted_burst: 40,
         }
     }
+}
+
+/// Most `max_entries`: what the kernel's trusted map holds beyond the
+/// operator's room (a registration takes at most one key).
+pub fn max_entries() -> usize {
+    (common::MAX_TRUSTED as usize).saturating_sub(crate::trust::operator::MAX_ENTRIES)
 }
 
 /// Longest a password file may be.
@@ -64,8 +77,13 @@ impl TrustConfig {
         if self.esl_password.is_some() && self.esl_password_file.is_some() {
             bail!("[trust]: set either `esl_password` or `esl_password_file`, not both");
         }
-        if self.max_entries == 0 || self.max_entries > 10_000_000 {
-            bail!("[trust] key `max_entries`: between 1 and 10000000");
+        let most = max_entries();
+        if self.max_entries == 0 || self.max_entries > most {
+            bail!(
+                "[trust] key `max_entries`: between 1 and {most} (the kernel's trusted map holds {} sources, {} of them kept for `sipguard trust`)",
+                common::MAX_TRUSTED,
+                crate::trust::operator::MAX_ENTRIES
+            );
         }
         if self.trusted_rate == 0 || self.trusted_burst == 0 {
             bail!("[trust]: `trusted_rate` and `trusted_burst` must be above 0");
@@ -106,20 +124,32 @@ impl TrustConfig {
         let Some(path) = &self.esl_password_file else {
             return Ok(None);
         };
+        use crate::files::{self, Opened};
         use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("[trust] esl_password_file {}", path.display()))?;
-        if meta.mode() & 0o077 != 0 {
+        let at = || format!("[trust] esl_password_file {}", path.display());
+        // Opened without blocking (a FIFO there would hold the daemon's
+        // loop), checked on the descriptor that is then read.
+        let (file, meta) = match files::open_regular(path).with_context(at)? {
+            Opened::File(f, m) => (f, m),
+            Opened::Missing => bail!("{}: no such file", at()),
+            Opened::NotRegular(m) => bail!("{}: {}, not a regular file", at(), files::kind(&m)),
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me && meta.uid() != 0 {
             bail!(
-                "[trust] esl_password_file {}: readable by others (chmod 600 it)",
-                path.display()
+                "{}: owned by uid {}, not by root: anyone who can write it chooses where the password check goes (chown root it)",
+                at(),
+                meta.uid()
             );
         }
-        if meta.len() > MAX_PASSWORD_FILE {
-            bail!("[trust] esl_password_file {}: too long", path.display());
+        if meta.mode() & 0o077 != 0 {
+            bail!("{}: readable or writable by others (chmod 600 it)", at());
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("[trust] esl_password_file {}", path.display()))?;
+        let bytes = files::read_at_most(&file, MAX_PASSWORD_FILE)
+            .with_context(at)?
+            .with_context(|| format!("{}: longer than {MAX_PASSWORD_FILE} bytes", at()))?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8", at()))?;
         let text = text.trim();
         if text.is_empty() || text.contains(['\n', '\r']) {
             bail!(
@@ -149,4 +179,65 @@ pub fn parse_esl(text: &str) -> Result<std::net::SocketAddr> {
         .with_context(|| format!("[trust] key `esl`: {shown} is not HOST:PORT"))?
         .next()
         .with_context(|| format!("[trust] key `esl`: {shown} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_entries_fits_the_kernel_map_beside_the_operators_room() {
+        let flood = crate::config::FloodConfig::default();
+        let mut c = TrustConfig::default();
+        assert!(c.check(&flood).is_ok(), "the default fits");
+        assert!(
+            c.max_entries + crate::trust::operator::MAX_ENTRIES <= common::MAX_TRUSTED as usize
+        );
+        c.max_entries = max_entries();
+        assert!(c.check(&flood).is_ok());
+        c.max_entries = max_entries() + 1;
+        let e = c.check(&flood).unwrap_err().to_string();
+        assert!(e.contains("max_entries") && e.contains("65536"), "{e}");
+        c.max_entries = 0;
+        assert!(c.check(&flood).is_err());
+    }
+
+    fn with_file(path: &std::path::Path) -> TrustConfig {
+        TrustConfig {
+            esl_password_file: Some(path.to_owned()),
+            ..TrustConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_password_file_is_a_private_regular_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("esl.pass");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            with_file(&p).password().unwrap().unwrap().expose(),
+            "s3cret"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", with_file(&p).password().unwrap_err());
+        assert!(e.contains("chmod 600") && !e.contains("s3cret"), "{e}");
+        // A FIFO is refused at once, never opened for reading (which
+        // would wait for a writer).
+        let fifo = dir.path().join("fifo");
+        crate::files::mkfifo(&fifo);
+        let e = format!("{:#}", with_file(&fifo).password().unwrap_err());
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_file(&dir.path().join("none")).password().unwrap_err()
+        );
+        assert!(e.contains("no such file"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 5000]).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = format!("{:#}", with_file(&big).password().unwrap_err());
+        assert!(e.contains("longer than 4096 bytes"), "{e}");
+    }
 }

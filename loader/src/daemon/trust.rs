@@ -11,9 +11,11 @@ use crate::{
         registrations::{RegEvent, Registry},
     },
 };
-use anyhow::{bail, Result};
+use anyhow::Result;
 use common::{RateKey, TrustEntry, TRUST_OPERATOR, TRUST_REGISTERED};
 use std::{collections::BTreeMap, time::Duration};
+
+mod operator_entries;
 
 /// The event socket as `status` shows it (never the password).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -26,6 +28,9 @@ pub(super) struct EslView {
     pub connects: u64,
     pub events: u64,
     pub bad_events: u64,
+    /// Connections dropped before the password: the local socket there
+    /// was not root's nor FreeSWITCH's user's.
+    pub refused_peers: u64,
 }
 
 /// One of the operator's trusted sources.
@@ -43,7 +48,7 @@ impl Operator {
         let until_ns = match until_unix {
             None => 0,
             Some(u) => {
-                let left = u64::try_from(u - operator::unix_now()).unwrap_or(0);
+                let left = u64::try_from(u.saturating_sub(operator::unix_now())).unwrap_or(0);
                 clock::mono_now_ns()
                     .saturating_add(left.saturating_mul(1_000_000_000))
                     .max(1)
@@ -73,6 +78,11 @@ pub(super) struct TrustState {
     grace: Duration,
     /// The connection whose listing was last applied.
     generation: u64,
+    /// Writes to the kernel's trusted map that failed.
+    pub(super) write_failures: u64,
+    /// Why the operator's file could not be read at start: it is then
+    /// never overwritten, and `sipguard trust`/`untrust` are refused.
+    operator_file_error: Option<String>,
     pub(super) overload: crate::trust::overload::Overload,
 }
 
@@ -94,15 +104,31 @@ impl TrustState {
             },
             grace: Duration::from_secs(600),
             generation: 0,
+            write_failures: 0,
+            operator_file_error: None,
             overload: Default::default(),
         }
     }
 
     /// Writes (or removes) the kernel's entry of `key` from what the
-    /// registry and the operator say now.
+    /// registry and the operator say now; a failure is logged (at powers
+    /// of two: a full map fails for every key) and counted.
     pub(super) fn write(&mut self, key: RateKey) {
+        if let Err(e) = self.try_write(key) {
+            self.write_failures += 1;
+            if self.write_failures.is_power_of_two() {
+                tracing::warn!(
+                    "trusted map: {e:#} ({} write(s) failed so far)",
+                    self.write_failures
+                );
+            }
+        }
+    }
+
+    /// `write`, its error returned (to an operator's request).
+    fn try_write(&mut self, key: RateKey) -> Result<()> {
         let Some(maps) = self.maps.as_mut() else {
-            return;
+            return Ok(());
         };
         let reg = self.registry.key(&key).map(|k| k.until_ns);
         let op = self.operator.get(&key).map(|o| o.until_ns);
@@ -118,7 +144,7 @@ impl TrustState {
             (Some(until), None) => Some((until, TRUST_REGISTERED)),
             (None, None) => None,
         };
-        let result = match entry {
+        match entry {
             Some((expires_at_ns, origin)) => maps
                 .trust(
                     key,
@@ -131,9 +157,6 @@ impl TrustState {
                 )
                 .map(|_| ()),
             None => maps.untrust(&key).map(|_| ()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("trusted map: {e:#}");
         }
     }
 }
@@ -145,17 +168,19 @@ pub(super) fn esl_settings(
     discovered: Option<&crate::freeswitch::Found<EventSocket>>,
 ) -> Result<Option<Settings>> {
     let password = c.password()?;
-    let (addr, from, found_password) = match (&c.esl, discovered) {
+    let (addr, from, found_password, owner) = match (&c.esl, discovered) {
         (Some(e), _) if e.is_empty() => return Ok(None),
         (Some(e), _) => (
             crate::config::trust::parse_esl(e)?,
             "[trust] esl".to_owned(),
+            None,
             None,
         ),
         (None, Some(d)) => (
             d.value.addr(),
             d.from.clone(),
             Some(d.value.password.clone()),
+            d.value.owner_uid,
         ),
         (None, None) => return Ok(None),
     };
@@ -167,6 +192,7 @@ pub(super) fn esl_settings(
         password,
         from,
         max_rows: c.max_entries,
+        uid: c.esl_uid.or(owner),
     }))
 }
 
@@ -244,6 +270,15 @@ impl Daemon {
                 t.view.last_error = None;
                 t.generation = t.generation.max(generation);
             }
+            EslMsg::PeerRefused { error } => {
+                t.view.refused_peers += 1;
+                if t.view.refused_peers.is_power_of_two() {
+                    tracing::error!(
+                        "event socket: password withheld ({} time(s) so far): {error}",
+                        t.view.refused_peers
+                    );
+                }
+            }
             EslMsg::Down { error } => {
                 t.view.state = "down";
                 t.view.last_error = Some(error);
@@ -252,7 +287,7 @@ impl Daemon {
                 t.view.bad_events += 1;
                 if t.view.bad_events.is_power_of_two() {
                     tracing::warn!(
-                        "event socket: an event skipped ({} so far): {error}",
+                        "event socket: an event or listing skipped ({} so far): {error}",
                         t.view.bad_events
                     );
                 }
@@ -406,6 +441,7 @@ impl Daemon {
             "registered_addresses": t.registry.keys().count(),
             "registrations_refused": t.registry.refused,
             "operator": t.operator.len(),
+            "map_write_failures": t.write_failures,
             "trusted": self.trusted_count(),
             "overload": {
                 "overloaded": t.overload.on,
@@ -439,121 +475,6 @@ impl Daemon {
         for key in keys {
             t.write(key);
         }
-    }
-}
-
-impl Daemon {
-    /// At start: the operator's file, and what the kernel holds from the
-    /// daemon before (registrations are adopted until FreeSWITCH's listing
-    /// says otherwise; operator entries no longer in the file go).
-    fn take_in_trust(&mut self) -> Result<()> {
-        let t = &mut self.trust;
-        let entries = match operator::load(&t.operator_file) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("the operator's trusted sources are not restored: {e:#}");
-                Vec::new()
-            }
-        };
-        for e in entries {
-            let o = Operator::new(e.addr, e.until);
-            if o.until_unix.is_none() || o.until_ns > clock::mono_now_ns() {
-                t.operator
-                    .insert(crate::kernel::trust::trust_key(e.addr), o);
-            }
-        }
-        let now = clock::mono_now_ns();
-        let pinned = t
-            .maps
-            .as_ref()
-            .map(TrustMaps::entries)
-            .transpose()?
-            .unwrap_or_default();
-        let mut stale = Vec::new();
-        for (key, e) in pinned {
-            match e.origin {
-                TRUST_REGISTERED if !e.is_expired(now) => {
-                    let addr = crate::kernel::trust::trust_net(&key).addr();
-                    let id = ("adopted".to_owned(), addr.to_string(), String::new());
-                    t.registry.register(id, addr, e.expires_at_ns, 0);
-                }
-                _ if !t.operator.contains_key(&key) => stale.push(key),
-                _ => {}
-            }
-        }
-        let keys: Vec<RateKey> = t.operator.keys().copied().chain(stale).collect();
-        for key in keys {
-            t.write(key);
-        }
-        Ok(())
-    }
-
-    fn save_operator_trust(&self) {
-        let entries: Vec<operator::Entry> = self
-            .trust
-            .operator
-            .values()
-            .map(|o| operator::Entry {
-                addr: o.addr,
-                until: o.until_unix,
-            })
-            .collect();
-        if let Err(e) = operator::save(&self.trust.operator_file, &entries) {
-            tracing::error!("saving the operator's trusted sources failed: {e:#}");
-        }
-    }
-
-    /// `sipguard trust ADDR [--for DURATION]`.
-    pub(super) fn do_trust(
-        &mut self,
-        net: ipnet::IpNet,
-        duration: Option<Duration>,
-    ) -> Result<crate::control::Trusted> {
-        let addr = operator::trust_addr(net)?;
-        let key = crate::kernel::trust::trust_key(addr);
-        if !self.trust.operator.contains_key(&key)
-            && self.trust.operator.len() >= operator::MAX_ENTRIES
-        {
-            bail!(
-                "{} operator-trusted sources already: untrust some first",
-                operator::MAX_ENTRIES
-            );
-        }
-        let until_unix = duration.map(|d| operator::unix_now().saturating_add(d.as_secs() as i64));
-        self.trust
-            .operator
-            .insert(key, Operator::new(addr, until_unix));
-        self.save_operator_trust();
-        self.trust.write(key);
-        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
-        tracing::info!(
-            "trusted {shown} (operator){}",
-            duration
-                .map(|d| format!(" for {}", humantime::format_duration(d)))
-                .unwrap_or_default()
-        );
-        Ok(crate::control::Trusted {
-            trusted: shown,
-            expires_in_secs: duration.map(|d| d.as_secs()),
-        })
-    }
-
-    /// `sipguard untrust ADDR`: the operator's entry goes (a registration
-    /// ends with FreeSWITCH's unregister).
-    pub(super) fn do_untrust(&mut self, net: ipnet::IpNet) -> Result<crate::control::Untrusted> {
-        let addr = operator::trust_addr(net)?;
-        let key = crate::kernel::trust::trust_key(addr);
-        let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));
-        if self.trust.operator.remove(&key).is_none() {
-            if self.trust.registry.key(&key).is_some() {
-                bail!("{shown} is trusted as registered with FreeSWITCH, not by `sipguard trust`: it ends when it unregisters or expires");
-            }
-            bail!("{shown} is not trusted");
-        }
-        self.save_operator_trust();
-        self.trust.write(key);
-        tracing::info!("untrusted {shown}");
-        Ok(crate::control::Untrusted { untrusted: shown })
     }
 }
 

@@ -18,6 +18,10 @@ pub struct EventSocket {
     pub port: u16,
     #[serde(skip)]
     pub password: Secret,
+    /// Who owns `event_socket.conf.xml`: the user FreeSWITCH runs as
+    /// (besides root, the only one whose socket is sent the password).
+    #[serde(skip)]
+    pub owner_uid: Option<u32>,
 }
 
 impl EventSocket {
@@ -79,11 +83,16 @@ pub(super) fn event_socket(
         },
     };
     let password = Secret::new(param("password").unwrap_or(DEFAULT_PASSWORD));
+    let owner_uid = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&conf).ok().map(|m| m.uid())
+    };
     Some(Found {
         value: EventSocket {
             host,
             port,
             password,
+            owner_uid,
         },
         from: format!("{file}: listen-ip, listen-port, password"),
     })

@@ -4,6 +4,7 @@
 //! everything to the daemon's loop. Any error drops the connection; the
 //! supervisor reconnects with backoff (1 s doubling to 60 s).
 use super::esl::{event_headers, shown, Conn, Read1};
+use super::peer::{self, Peer};
 use super::registrations::{parse_event, parse_listing, Current, RegEvent};
 use crate::text::Secret;
 use anyhow::{bail, Context as _, Result};
@@ -22,6 +23,10 @@ pub struct Settings {
     pub from: String,
     /// Most registrations taken from a listing.
     pub max_rows: usize,
+    /// Besides root, the user whose event socket on this box is sent the
+    /// password: the owner of the FreeSWITCH configuration the settings
+    /// came from, or `[trust] esl_uid`.
+    pub uid: Option<u32>,
 }
 
 /// What the worker tells the daemon. `generation` numbers connections.
@@ -39,8 +44,14 @@ pub enum EslMsg {
         generation: u64,
         event: RegEvent,
     },
-    /// An event that could not be read (skipped; the connection stays).
+    /// An event or a listing that could not be read (skipped; the
+    /// connection stays).
     BadEvent {
+        error: String,
+    },
+    /// The local socket at the event socket's address belongs to a user
+    /// the password is not for: not sent, connection dropped.
+    PeerRefused {
         error: String,
     },
     Down {
@@ -67,6 +78,14 @@ static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 /// Starts the worker; it stops when `stop`'s sender is dropped.
 pub fn start(settings: Settings, tx: EslTx, stop: mpsc::Receiver<()>) {
+    if !settings.addr.ip().to_canonical().is_loopback() {
+        // Said once per worker; a local address of this box is still
+        // checked like loopback (see `peer`).
+        tracing::warn!(
+            "the event socket at {} is not on loopback: ESL has no TLS, its password crosses the network in clear text (keep it on a trusted network, or use loopback)",
+            settings.addr
+        );
+    }
     crate::fleet::supervise("esl", stop, move |stop| {
         let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let result = session(&settings, &tx, stop, generation);
@@ -83,6 +102,7 @@ pub fn start(settings: Settings, tx: EslTx, stop: mpsc::Receiver<()>) {
 fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64) -> Result<()> {
     let stream = TcpStream::connect_timeout(&s.addr, CONNECT_TIMEOUT)
         .with_context(|| format!("cannot connect to FreeSWITCH's event socket at {}", s.addr))?;
+    let us = stream.local_addr()?;
     let mut conn = Conn::new(stream, TICK)?;
     let at = s.addr;
     let hello = conn
@@ -93,6 +113,13 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64)
             "{at} is not FreeSWITCH's event socket: it greeted with Content-Type {}",
             shown(hello.content_type())
         );
+    }
+    // Looked up once the greeting came: the peer has accepted by then,
+    // so its end of the connection is in the kernel's tables.
+    if let Err(e) = check_peer(s, us) {
+        let error = crate::text::escape(&format!("{e:#}")).into_owned();
+        let _ = tx.try_send(EslMsg::PeerRefused { error });
+        return Err(e);
     }
     conn.send(&format!("auth {}", s.password.expose()))?;
     let reply = command_reply(&mut conn).with_context(|| format!("event socket at {at}"))?;
@@ -135,14 +162,18 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64)
                     error: crate::text::escape(&format!("{e:#}")).into_owned(),
                 },
             },
-            "api/response" => {
-                let (rows, unreadable) = parse_listing(&frame.body, s.max_rows)?;
-                EslMsg::Listing {
+            // A listing that cannot be read replaces nothing: what is
+            // known stays, the events keep coming on this connection.
+            "api/response" => match parse_listing(&frame.body, s.max_rows) {
+                Ok((rows, unreadable)) => EslMsg::Listing {
                     generation,
                     rows,
                     unreadable,
-                }
-            }
+                },
+                Err(e) => EslMsg::BadEvent {
+                    error: crate::text::escape(&format!("{e:#}")).into_owned(),
+                },
+            },
             "text/disconnect-notice" => bail!("FreeSWITCH closed the event socket at {at}"),
             // Replies to nothing asked, log lines: not ours.
             _ => continue,
@@ -150,6 +181,21 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64)
         if tx.blocking_send(msg).is_err() {
             return Ok(());
         }
+    }
+}
+
+/// Refuses a peer on this box whose socket is not root's or `s.uid`'s
+/// (a user who bound the port while FreeSWITCH was away). A peer across
+/// the network cannot be checked: it is sent the password as before.
+fn check_peer(s: &Settings, us: SocketAddr) -> Result<()> {
+    match peer::find(us, s.addr)? {
+        Peer::Remote => Ok(()),
+        Peer::Local { uid } if uid == 0 || Some(uid) == s.uid => Ok(()),
+        Peer::Local { uid } => bail!(
+            "the event socket at {} is a socket of uid {uid}, not root's{}: the password is not sent to it (someone else took FreeSWITCH's port?); set [trust] esl_uid if FreeSWITCH runs as uid {uid}",
+            s.addr,
+            s.uid.map(|u| format!(" nor uid {u}'s (owner of {})", s.from)).unwrap_or_default()
+        ),
     }
 }
 

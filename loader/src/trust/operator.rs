@@ -12,8 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Most entries the file may hold, and its largest size.
-pub const MAX_ENTRIES: usize = 100_000;
+/// Most entries the file may hold (room kept for them in the kernel's
+/// trusted map, beside `[trust] max_entries` registrations), and its
+/// largest size.
+pub const MAX_ENTRIES: usize = 8_192;
 const MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,25 @@ pub fn path(state_file: &Path) -> PathBuf {
     PathBuf::from(format!("{}.trusted", state_file.display()))
 }
 
+/// Longest `sipguard trust --for` (leave it out for no end): the end is
+/// kept in Unix seconds and in the kernel's nanoseconds, both far from
+/// overflowing within it.
+pub const MAX_FOR: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// When trust given now for `d` ends (Unix seconds); a `d` over `MAX_FOR`
+/// is refused.
+pub fn until_unix(d: std::time::Duration) -> Result<i64> {
+    if d > MAX_FOR {
+        bail!(
+            "--for {}: at most {} days (leave --for out for a trust with no end)",
+            humantime::format_duration(d),
+            MAX_FOR.as_secs() / 86_400
+        );
+    }
+    // Below MAX_FOR: fits an i64 with room.
+    Ok(unix_now().saturating_add(d.as_secs() as i64))
+}
+
 /// What `sipguard trust` takes: one address (an IPv6 one trusts its /64,
 /// the unit the limiter counts), or an IPv6 /64 written as such.
 pub fn trust_addr(net: IpNet) -> Result<IpAddr> {
@@ -48,16 +69,15 @@ pub fn trust_addr(net: IpNet) -> Result<IpAddr> {
 
 /// The entries in the file (none when it does not exist).
 pub fn load(path: &Path) -> Result<Vec<Entry>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+    // Opened without blocking and within bounds (a FIFO or a huge file
+    // there is an error, not a hang).
+    let bytes = match crate::files::read_small(path, MAX_BYTES) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    if meta.len() > MAX_BYTES {
-        bail!("{}: larger than {MAX_BYTES} bytes", path.display());
-    }
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8", path.display()))?;
     let file: File = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a trusted-sources file", path.display()))?;
     if file.trusted.len() > MAX_ENTRIES {
@@ -96,6 +116,28 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_for_is_refused_not_overflowed() {
+        let now = unix_now();
+        let u = until_unix(std::time::Duration::from_secs(3600)).unwrap();
+        assert!((now + 3599..=now + 3601).contains(&u));
+        assert!(until_unix(MAX_FOR).is_ok());
+        let e = until_unix(std::time::Duration::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 3650 days"), "{e}");
+        assert!(until_unix(MAX_FOR + std::time::Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(&dir.path().join("state.db"));
+        crate::files::mkfifo(&p);
+        let e = format!("{:#}", load(&p).unwrap_err());
+        assert!(e.contains("a FIFO"), "{e}");
+    }
 
     #[test]
     fn entries_round_trip_and_ranges_are_refused() {

@@ -104,15 +104,26 @@ pub struct Current {
     pub expires_at: i64,
 }
 
+/// `N total.`, the listing's last line.
+fn is_total(line: &str) -> bool {
+    line.trim()
+        .strip_suffix(" total.")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The rows of `show registrations` (CSV: a header line naming the
-/// columns, a row per registration, then `N total.`); at most `max` rows
-/// taken. Returns the rows and how many could not be read.
+/// columns, a row per registration, then `N total.`; FreeSWITCH prints the
+/// header with the first row, so an empty table is `N total.` alone); at
+/// most `max` rows taken. Returns the rows and how many could not be read.
 pub fn parse_listing(body: &[u8], max: usize) -> Result<(Vec<Current>, usize)> {
     let text = std::str::from_utf8(body).context("the registrations listing is not UTF-8")?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.next() else {
         return Ok((Vec::new(), 0));
     };
+    if is_total(header) {
+        return Ok((Vec::new(), 0));
+    }
     if header.starts_with("-ERR") {
         bail!("show registrations: {}", super::esl::shown(header));
     }
@@ -131,7 +142,7 @@ pub fn parse_listing(body: &[u8], max: usize) -> Result<(Vec<Current>, usize)> {
     );
     let (mut out, mut bad) = (Vec::new(), 0);
     for line in lines {
-        if line.ends_with(" total.") {
+        if is_total(line) {
             break;
         }
         let row: Vec<&str> = line.split(',').collect();
@@ -419,6 +430,17 @@ broken,row\n\
         assert_eq!((rows.len(), bad), (1, 2), "bounded");
         assert!(parse_listing(b"-ERR no reply\n", 10).is_err());
         assert_eq!(parse_listing(b"", 10).unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn an_empty_listing_is_its_total_alone() {
+        // mod_commands' show_callback prints the header with the first
+        // row: no registrations is "\n0 total.\n".
+        assert_eq!(parse_listing(b"\n0 total.\n", 10).unwrap(), (vec![], 0));
+        assert_eq!(parse_listing(b"0 total.", 10).unwrap(), (vec![], 0));
+        // Not a header, not a total: an error (the caller skips it).
+        assert!(parse_listing(b"\nsomething else\n", 10).is_err());
+        assert!(parse_listing(b"x total.\n", 10).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! |             | `apiban`        | the APIBAN SIP blocklist                                  |
 //! | `trust/`    | `esl`, `client` | FreeSWITCH's event socket: bounded framing, the worker     |
 //! |             | `registrations` | registration events and listing, the bounded registry    |
+//! |             | `peer`          | who owns the local socket the ESL password would go to    |
 //! |             | `operator`, `overload` | `sipguard trust` entries on disk; overload hysteresis |
 //! | `bans/`     | `bans`          | the ban manager: every ban, merges, restore on start      |
 //! |             | `remote`        | other origins' bans of a network, beside this box's own   |

@@ -571,6 +571,14 @@ fn unseen_admitted(key: &RateKey, now: u64, cfg: &Config) -> bool {
     let Some(line) = SKETCH.get_ptr_mut((h >> 51) as u32 & (SKETCH_LINES - 1)) else {
         return false;
     };
+    sketch_count(line, h, window, admit)
+}
+
+/// Counts one packet of the source hashed `h` in its sketch `line` (two
+/// counters of it, conservative update, each tagged with `window`): true
+/// while fewer than `admit` were counted for it in this window.
+#[inline(always)]
+pub(crate) fn sketch_count(line: *mut SketchLine, h: u64, window: u16, admit: u16) -> bool {
     let i = (h >> 8) as usize & (SKETCH_SLOTS - 1);
     // Never the same counter twice: j differs from i in at least one bit.
     let j = (i ^ ((h >> 13) as usize | 1)) & (SKETCH_SLOTS - 1);

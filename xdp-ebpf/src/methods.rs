@@ -4,8 +4,8 @@
 //! traffic pays for the classification (a few loads) and, for a method
 //! with a budget, one lookup of its own state.
 use crate::{
-    allowlisted, key_hash, now_ns, parse::Source, report, sip_line, xdp_action, Config, RateKey,
-    TRUSTED,
+    allowlisted, key_hash, now_ns, parse::Source, report, sip_line, sketch_count, xdp_action,
+    Config, RateKey, TRUSTED,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use common::{
     counter, method, SipBudget, SipLimits, SipRateKey, SipRateState, SketchLine, EVENT_INVALID,
-    MAX_SIP_RATE, SIP_INVALID_ON, SIP_METHODS_ON, SKETCH_ADMIT, SKETCH_LINES, SKETCH_SLOTS,
+    MAX_SIP_RATE, SIP_INVALID_ON, SIP_METHODS_ON, SKETCH_ADMIT, SKETCH_LINES,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
 
@@ -174,30 +174,12 @@ fn unseen(skey: &SipRateKey, budget: &SipBudget, now: u64) -> bool {
         return false;
     }
     let window = ((now / window_ns) as u16 & 0xff) << 8;
-    // Apart from the limiter's own counters of the source.
+    // One source, one count per class.
     let mut key = skey.key;
     key[8] ^= 0xa5 ^ (skey.class as u8);
     let h = key_hash(&key);
     let Some(line) = SIP_SKETCH.get_ptr_mut((h >> 51) as u32 & (SIP_SKETCH_LINES - 1)) else {
         return false;
     };
-    let i = (h >> 8) as usize & (SKETCH_SLOTS - 1);
-    let j = (i ^ ((h >> 13) as usize | 1)) & (SKETCH_SLOTS - 1);
-    let read = |c: u16| if c & 0xff00 == window { c & 0xff } else { 0 };
-    let admit = SKETCH_ADMIT as u16;
-    unsafe {
-        let slots = &mut (*line).0;
-        let (a, b) = (read(slots[i]), read(slots[j]));
-        let seen = if a < b { a } else { b };
-        if seen >= admit {
-            return false;
-        }
-        if a == seen {
-            slots[i] = window | (seen + 1);
-        }
-        if b == seen {
-            slots[j] = window | (seen + 1);
-        }
-    }
-    true
+    sketch_count(line, h, window, SKETCH_ADMIT as u16)
 }

@@ -33,7 +33,13 @@ fn forged_reach(s: &Setup, raw: &RawSocket, src: &str, to: &UdpSocket, n: usize)
     let (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst_ip)) = (src.parse()?, dst.ip()) else {
         anyhow::bail!("IPv4 only");
     };
-    let frame = routable_udp4(macs, src.octets(), dst_ip.octets(), dst.port(), b"probe");
+    let frame = routable_udp4(
+        macs,
+        src.octets(),
+        dst_ip.octets(),
+        dst.port(),
+        b"OPTIONS sip:probe SIP/2.0\r\n\r\n",
+    );
     to.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut buf = [0u8; 2048];
     while to.recv(&mut buf).is_ok() {} // earlier probes

@@ -102,7 +102,13 @@ fn forged_reach(
     let std::net::IpAddr::V4(dst_ip) = dst.ip() else {
         anyhow::bail!("IPv4 only");
     };
-    let frame = routable_udp4(macs, v4(src), dst_ip.octets(), dst.port(), b"probe");
+    let frame = routable_udp4(
+        macs,
+        v4(src),
+        dst_ip.octets(),
+        dst.port(),
+        b"OPTIONS sip:probe SIP/2.0\r\n\r\n",
+    );
     for _ in 0..n {
         raw.send(&frame)?;
     }

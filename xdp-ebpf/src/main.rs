@@ -377,7 +377,9 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         }
     }
     if let Some(limits) = sip {
-        if let Some(verdict) = methods::judge(ctx, pkt.udp_payload, &key, &pkt.src, limits, cfg) {
+        if let Some(verdict) =
+            methods::judge(ctx, pkt.udp_payload, &key, &pkt.src, limits, cfg, now)
+        {
             return verdict;
         }
     }

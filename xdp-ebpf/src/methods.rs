@@ -46,7 +46,8 @@ pub fn limits() -> Option<&'static SipLimits> {
 }
 
 /// The verdict on the UDP packet whose payload is at `payload`, when a
-/// budget drops it (or lets it through only for the allowlist).
+/// budget drops it (or lets it through only for the allowlist). `now` is
+/// the limiter's clock, 0 when it read none.
 #[inline(always)]
 pub fn judge(
     ctx: &XdpContext,
@@ -55,6 +56,7 @@ pub fn judge(
     src: &Source,
     limits: &SipLimits,
     cfg: &Config,
+    now: u64,
 ) -> Option<(u32, u32)> {
     let class = sip_line::classify(ctx, payload);
     let (budget, verdict) = if class == sip_line::INVALID {
@@ -84,7 +86,9 @@ pub fn judge(
         },
         _pad: 0,
     };
-    let now = now_ns();
+    // The limiter's reading when it made one: a clock read is a helper
+    // call (~19 ns here).
+    let now = if now != 0 { now } else { now_ns() };
     let st = over(&skey, budget, now)?;
     if allowlisted(src, now) {
         return Some((counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS));

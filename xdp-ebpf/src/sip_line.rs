@@ -67,7 +67,7 @@ const UDP_HDR: usize = 8;
 /// `method::*`, `RESPONSE`, `KEEPALIVE`, `INVALID` or `UNKNOWN`. Not
 /// inlined, with its offset laundered: verified once, whatever path led
 /// here (VLAN tags, IPv4 or IPv6).
-#[inline(never)]
+#[inline(always)]
 pub fn classify(ctx: &XdpContext, off: usize) -> u32 {
     let off = launder(off);
     if off < UDP_HDR {

@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod admission;
 mod burst;
 mod dispatcher;
 mod drop;

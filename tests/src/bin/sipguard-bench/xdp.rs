@@ -130,6 +130,7 @@ pub fn run(out: &mut Section) -> Result<()> {
         t.maps.set_config(common::Config::default())?;
     }
     rate_limiter(out)?;
+    crate::admission::run(out)?;
     fragments(out)?;
     storm::forged_storm(out)?;
     storm::sources_in_turn(out)?;

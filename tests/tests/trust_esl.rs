@@ -139,6 +139,12 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
         human.contains(&format!("event socket connected (127.0.0.1:{port})")),
         "{human}"
     );
+    // The connection's counts, as JSON has them.
+    let esl_counts = format!(
+        "{} connect(s), {} event(s), 0 bad, 0 refused peer(s)",
+        v["trust"]["esl"]["connects"], v["trust"]["esl"]["events"]
+    );
+    assert!(human.contains(&esl_counts), "{esl_counts} in {human}");
     s.daemon.stop()?;
     assert!(!s.daemon.log().contains(PASSWORD), "no password in the log");
     Ok(())

@@ -345,3 +345,46 @@ fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<
         .contains("trusted sources file cannot be read"));
     Ok(())
 }
+
+/// `sipguard trust`'s refusal when the operator's file is full.
+fn refused_as_full(s: &Setup, addr: &str) -> Result<String> {
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", addr])?;
+    anyhow::ensure!(!out.status.success(), "{addr} was trusted");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(
+        err.contains("8192 operator-trusted sources already: untrust some first"),
+        "{err}"
+    );
+    Ok(err)
+}
+
+#[test]
+fn the_operators_cap_holds_with_or_without_the_daemon() -> Result<()> {
+    let mut s = Setup::new("")?;
+    s.daemon.stop()?;
+    // 8 191 entries in force and one ended (dropped when read: not counted).
+    let ended = serde_json::json!({"addr": "10.0.0.0", "until": 1});
+    let rows: Vec<_> = std::iter::once(ended)
+        .chain((1..8192u32).map(
+            |i| serde_json::json!({"addr": format!("10.0.{}.{}", i / 256, i % 256), "until": null}),
+        ))
+        .collect();
+    let file = format!("{}.trusted", s.sb.state().display());
+    std::fs::write(
+        &file,
+        serde_json::json!({"version": 1, "trusted": rows}).to_string(),
+    )?;
+    // Offline: room for one more, then full; trusting one already there
+    // again is a refresh, not a new entry.
+    s.cli(&["trust", "192.0.2.60"])?;
+    let offline = refused_as_full(&s, "192.0.2.61")?;
+    s.cli(&["trust", "10.0.0.7", "--for", "1h"])?;
+    // The daemon reads the file whole and refuses the same way.
+    s.start_again()?;
+    assert_eq!(trusted(&s)?.len(), 8192);
+    let online = refused_as_full(&s, "192.0.2.61")?;
+    assert_eq!(offline, online, "the same refusal");
+    s.cli(&["untrust", "10.0.0.7"])?;
+    s.cli(&["trust", "192.0.2.61"])?;
+    Ok(())
+}

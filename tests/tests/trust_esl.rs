@@ -10,7 +10,7 @@ use sipguard_tests::{
     daemon::Daemon,
     esl::{register, unregister, Esl, Row},
     fixture::{wait_until, Setup},
-    netns::Pair,
+    netns::{Pair, SERVER_V4},
     Sandbox,
 };
 use std::sync::atomic::Ordering;
@@ -147,6 +147,43 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
     assert!(human.contains(&esl_counts), "{esl_counts} in {human}");
     s.daemon.stop()?;
     assert!(!s.daemon.log().contains(PASSWORD), "no password in the log");
+    assert!(
+        !s.daemon.log().contains("not on loopback"),
+        "no clear-text warning for loopback"
+    );
+    Ok(())
+}
+
+/// An event socket off loopback (the server namespace's own veth address:
+/// the connection never leaves the namespace) is warned about once, in
+/// clear words; being an address of this box, its peer is still checked
+/// as a local socket (root's here) and the connection works.
+#[test]
+fn an_event_socket_off_loopback_is_warned_about() -> Result<()> {
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let ip: std::net::Ipv4Addr = SERVER_V4.parse()?;
+    let esl = Esl::start_at(&pair.server, ip, 0, PASSWORD, vec![], None)?;
+    let at = format!("{SERVER_V4}:{}", esl.port);
+    sb.write_config(&format!(
+        "[trust]\nesl = \"{at}\"\nesl_password = \"{PASSWORD}\"\n"
+    ))?;
+    let daemon = Daemon::start(&pair.server, &sb, &["--iface", pair.server_if.as_str()])?;
+    let mut s = Setup { daemon, pair, sb };
+    wait_until(20, "the daemon subscribes", || {
+        Ok(esl.commands().iter().any(|c| c == "api show registrations"))
+    })?;
+    esl.send(register("reg-9@phone", "192.0.2.90", 600));
+    wait_until(10, "the registered address is trusted", || {
+        is_trusted(&s, "192.0.2.90")
+    })?;
+    let warning = format!(
+        "the event socket at {at} is not on loopback: ESL has no TLS, its password crosses the network in clear text"
+    );
+    s.daemon.stop()?;
+    let log = s.daemon.log();
+    assert_eq!(log.matches(&warning).count(), 1, "{log}");
+    assert!(!log.contains(PASSWORD), "no password in the log");
     Ok(())
 }
 

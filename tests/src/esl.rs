@@ -6,11 +6,12 @@
 //! `text/event-plain` with a `Content-Length` body of URL-encoded
 //! `Name: value` lines, and `api show registrations` answered by an
 //! `api/response` body in the core's CSV. One client at a time, on
-//! 127.0.0.1 in a namespace; stopped on drop.
+//! 127.0.0.1 (or another address of its namespace) in a namespace; stopped
+//! on drop.
 use anyhow::Result;
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
@@ -155,11 +156,24 @@ impl Esl {
         rows: Vec<Row>,
         uid: Option<u32>,
     ) -> Result<Self> {
+        Self::start_at(ns, Ipv4Addr::LOCALHOST, port, password, rows, uid)
+    }
+
+    /// Like `start_as`, listening on `ip` (an address of `ns`) instead of
+    /// 127.0.0.1: an event socket off loopback, still in the namespace.
+    pub fn start_at(
+        ns: &crate::netns::Netns,
+        ip: Ipv4Addr,
+        port: u16,
+        password: &str,
+        rows: Vec<Row>,
+        uid: Option<u32>,
+    ) -> Result<Self> {
         let listener = crate::netns::in_netns(ns, move || {
             if let Some(uid) = uid {
                 set_fsuid(uid)?;
             }
-            let s = socket2_reuse_bind(port)?;
+            let s = socket2_reuse_bind(ip, port)?;
             Ok(s)
         })?;
         listener.set_nonblocking(true)?;
@@ -241,7 +255,7 @@ fn set_fsuid(uid: u32) -> std::io::Result<()> {
 
 /// A listener that can be bound again on the same port right after the
 /// last one closed (a restarted FreeSWITCH).
-fn socket2_reuse_bind(port: u16) -> std::io::Result<TcpListener> {
+fn socket2_reuse_bind(ip: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
     use std::os::fd::FromRawFd as _;
     // SAFETY: plain socket calls on a fresh descriptor we own.
     unsafe {
@@ -262,7 +276,7 @@ fn socket2_reuse_bind(port: u16) -> std::io::Result<TcpListener> {
             sin_family: libc::AF_INET as u16,
             sin_port: port.to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+                s_addr: u32::from(ip).to_be(),
             },
             sin_zero: [0; 8],
         };

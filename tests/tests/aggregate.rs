@@ -3,7 +3,8 @@
 //! fourth address that never failed; two addresses make nothing; a /24
 //! holding a protected address is never made (and the log says why, once);
 //! the prefix ban survives a restart and a reboot, `list` shows its member
-//! count, and `unban` lifts it without lifting the members. A packet jail
+//! count, and `unban` lifts it without lifting the members; a reload lifts
+//! the prefixes the new configuration would not make. A packet jail
 //! with aggregation is a configuration error.
 use anyhow::Result;
 use sipguard_tests::{
@@ -216,6 +217,53 @@ fn one_address_banned_twice_is_one_member() -> Result<()> {
     s.cli(&["unban", MEMBERS[0]])?;
     fail(&s, &MEMBERS[..2])?;
     assert_eq!(row(&s, PREFIX, 24)?, None, "two addresses, three bans");
+    Ok(())
+}
+
+/// A reload lifts the prefix bans the jail's new configuration would not
+/// make: another IPv6 width lifts the /56 (the /24 stays), and
+/// `aggregate_after` taken out lifts the /24; members and an operator's
+/// ban of a /24 stay.
+#[test]
+fn a_reload_lifts_the_prefixes_the_new_configuration_would_not_make() -> Result<()> {
+    let s = Setup::new(&config(""))?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    let raw = s.pair.forger()?;
+    s.cli(&["ban", "203.0.113.0/24", "--for", "1h"])?;
+    fail(&s, &MEMBERS)?;
+    for ip in ["2001:db8:6:1::1", "2001:db8:6:2::1", "2001:db8:6:3::1"] {
+        append(&s.sb, &failures(ip, 3))?;
+    }
+    wait_until(10, "the /24 and the /56 are banned", || {
+        Ok(row(&s, PREFIX, 24)?.is_some() && row(&s, "2001:db8:6::", 56)?.is_some())
+    })?;
+
+    // IPv6 prefixes are /48s now: the /56 is not one of them.
+    s.sb.write_config(&format!("{}aggregate_v6 = 48\n", config("")))?;
+    s.cli(&["reload"])?;
+    assert_eq!(row(&s, "2001:db8:6::", 56)?, None, "{}", s.daemon.log());
+    assert!(row(&s, PREFIX, 24)?.is_some(), "the /24 is still made so");
+    assert!(s.daemon.log().contains(
+        "[freeswitch] lifted the prefix ban of 2001:db8:6::/56: the jail's configuration no longer aggregates it"
+    ));
+
+    // Aggregation off: the /24 goes, from the kernel too.
+    s.sb.write_config(FREESWITCH_JAIL)?;
+    s.cli(&["reload"])?;
+    assert_eq!(row(&s, PREFIX, 24)?, None, "{}", s.daemon.log());
+    assert!(!in_trie(&s)?);
+    assert_eq!(forged_reach(&s, &raw, FOURTH, &sip, 10)?, 10);
+    for m in MEMBERS {
+        assert!(row(&s, m, 32)?.is_some(), "{m} stays banned");
+    }
+    assert!(
+        row(&s, "2001:db8:6:1::", 64)?.is_some(),
+        "a /64 member stays"
+    );
+    assert!(
+        row(&s, "203.0.113.0", 24)?.is_some(),
+        "the operator's /24 stays"
+    );
     Ok(())
 }
 

@@ -72,6 +72,15 @@ fn overload_sheds_the_untrusted_and_keeps_the_trusted() -> Result<()> {
     assert_eq!(status["trust"]["overload"]["overloaded"], true, "{status}");
     let shed = s.counter("drop_shed")?;
     assert!(shed > 2000, "the flooder was shed: {shed}");
+    // `status` shows what was shed, JSON and text alike (the flood is over).
+    assert_eq!(status["trust"]["overload"]["shed"], shed, "{status}");
+    let human = s.cli(&["status"])?;
+    assert!(
+        human.contains("YES: untrusted sources shed")
+            && human.contains(&format!("{shed} packet(s) shed"))
+            && human.contains("Over budget:         invalid 0, REGISTER 0"),
+        "{human}"
+    );
     assert!(
         got * 100 >= sent * 95,
         "the trusted phone kept >= 95 % of its packets: {got} of {sent}"

@@ -10,7 +10,7 @@ use sipguard_tests::{
     daemon::Daemon,
     esl::{register, unregister, Esl, Row},
     fixture::{wait_until, Setup},
-    netns::Pair,
+    netns::{Pair, SERVER_V4},
     Sandbox,
 };
 use std::sync::atomic::Ordering;
@@ -139,8 +139,51 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
         human.contains(&format!("event socket connected (127.0.0.1:{port})")),
         "{human}"
     );
+    // The connection's counts, as JSON has them.
+    let esl_counts = format!(
+        "{} connect(s), {} event(s), 0 bad, 0 refused peer(s)",
+        v["trust"]["esl"]["connects"], v["trust"]["esl"]["events"]
+    );
+    assert!(human.contains(&esl_counts), "{esl_counts} in {human}");
     s.daemon.stop()?;
     assert!(!s.daemon.log().contains(PASSWORD), "no password in the log");
+    assert!(
+        !s.daemon.log().contains("not on loopback"),
+        "no clear-text warning for loopback"
+    );
+    Ok(())
+}
+
+/// An event socket off loopback (the server namespace's own veth address:
+/// the connection never leaves the namespace) is warned about once, in
+/// clear words; being an address of this box, its peer is still checked
+/// as a local socket (root's here) and the connection works.
+#[test]
+fn an_event_socket_off_loopback_is_warned_about() -> Result<()> {
+    let sb = Sandbox::bare()?;
+    let pair = Pair::new()?;
+    let ip: std::net::Ipv4Addr = SERVER_V4.parse()?;
+    let esl = Esl::start_at(&pair.server, ip, 0, PASSWORD, vec![], None)?;
+    let at = format!("{SERVER_V4}:{}", esl.port);
+    sb.write_config(&format!(
+        "[trust]\nesl = \"{at}\"\nesl_password = \"{PASSWORD}\"\n"
+    ))?;
+    let daemon = Daemon::start(&pair.server, &sb, &["--iface", pair.server_if.as_str()])?;
+    let mut s = Setup { daemon, pair, sb };
+    wait_until(20, "the daemon subscribes", || {
+        Ok(esl.commands().iter().any(|c| c == "api show registrations"))
+    })?;
+    esl.send(register("reg-9@phone", "192.0.2.90", 600));
+    wait_until(10, "the registered address is trusted", || {
+        is_trusted(&s, "192.0.2.90")
+    })?;
+    let warning = format!(
+        "the event socket at {at} is not on loopback: ESL has no TLS, its password crosses the network in clear text"
+    );
+    s.daemon.stop()?;
+    let log = s.daemon.log();
+    assert_eq!(log.matches(&warning).count(), 1, "{log}");
+    assert!(!log.contains(PASSWORD), "no password in the log");
     Ok(())
 }
 
@@ -337,5 +380,48 @@ fn the_operators_trust_is_kept_across_restarts_and_made_offline_too() -> Result<
         .daemon
         .log()
         .contains("trusted sources file cannot be read"));
+    Ok(())
+}
+
+/// `sipguard trust`'s refusal when the operator's file is full.
+fn refused_as_full(s: &Setup, addr: &str) -> Result<String> {
+    let out = sipguard_tests::daemon::cli(&s.sb, &["trust", addr])?;
+    anyhow::ensure!(!out.status.success(), "{addr} was trusted");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(
+        err.contains("8192 operator-trusted sources already: untrust some first"),
+        "{err}"
+    );
+    Ok(err)
+}
+
+#[test]
+fn the_operators_cap_holds_with_or_without_the_daemon() -> Result<()> {
+    let mut s = Setup::new("")?;
+    s.daemon.stop()?;
+    // 8 191 entries in force and one ended (dropped when read: not counted).
+    let ended = serde_json::json!({"addr": "10.0.0.0", "until": 1});
+    let rows: Vec<_> = std::iter::once(ended)
+        .chain((1..8192u32).map(
+            |i| serde_json::json!({"addr": format!("10.0.{}.{}", i / 256, i % 256), "until": null}),
+        ))
+        .collect();
+    let file = format!("{}.trusted", s.sb.state().display());
+    std::fs::write(
+        &file,
+        serde_json::json!({"version": 1, "trusted": rows}).to_string(),
+    )?;
+    // Offline: room for one more, then full; trusting one already there
+    // again is a refresh, not a new entry.
+    s.cli(&["trust", "192.0.2.60"])?;
+    let offline = refused_as_full(&s, "192.0.2.61")?;
+    s.cli(&["trust", "10.0.0.7", "--for", "1h"])?;
+    // The daemon reads the file whole and refuses the same way.
+    s.start_again()?;
+    assert_eq!(trusted(&s)?.len(), 8192);
+    let online = refused_as_full(&s, "192.0.2.61")?;
+    assert_eq!(offline, online, "the same refusal");
+    s.cli(&["untrust", "10.0.0.7"])?;
+    s.cli(&["trust", "192.0.2.61"])?;
     Ok(())
 }

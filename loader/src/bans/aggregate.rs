@@ -183,6 +183,21 @@ pub fn reason(members: usize, findtime_ms: i64) -> String {
     )
 }
 
+/// Whether a jail aggregating with `settings` (`None`: not at all) would
+/// make the prefix ban of `prefix` that `members` members made: of its
+/// width, and with enough members. A prefix ban it would not make is lifted
+/// when the jail's configuration changes (`aggregate_after` turned off or
+/// raised, another width).
+pub fn would_make(settings: Option<&Settings>, prefix: &IpNet, members: usize) -> bool {
+    settings.is_some_and(|s| {
+        let len = match prefix {
+            IpNet::V4(_) => s.v4,
+            IpNet::V6(_) => s.v6,
+        };
+        prefix.prefix_len() == len && members >= s.after as usize
+    })
+}
+
 /// The member count in a prefix ban's reason; none: not a prefix ban.
 pub fn members(reason: &str) -> Option<usize> {
     let rest = reason.strip_prefix("aggregated from ")?;
@@ -278,6 +293,11 @@ impl Tracker {
             max_prefixes: max_prefixes.max(1),
             max_members: max_members.max(settings.after as usize),
         }
+    }
+
+    /// The settings it aggregates with.
+    pub fn settings(&self) -> Settings {
+        self.settings
     }
 
     /// Prefixes and members remembered now.

@@ -376,3 +376,27 @@ fn the_reason_carries_the_member_count() {
     assert_eq!(members("aggregated from many members"), None);
     assert_eq!(members("aggregated from 3 memories"), None);
 }
+
+/// What a jail's (new) settings would make: its widths, enough members.
+#[test]
+fn would_make_follows_width_and_members() {
+    let s = Settings::of(Some(3), None, None, 64, Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    let v4: IpNet = "198.51.100.0/24".parse().unwrap();
+    let v6: IpNet = "2001:db8:6::/56".parse().unwrap();
+    assert!(would_make(Some(&s), &v4, 3));
+    assert!(would_make(Some(&s), &v6, 4));
+    assert!(!would_make(Some(&s), &v4, 2), "fewer members than after");
+    assert!(!would_make(None, &v4, 3), "aggregation off");
+    let wider = Settings::of(Some(3), Some(20), Some(48), 64, Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    assert!(!would_make(Some(&wider), &v4, 3));
+    assert!(!would_make(Some(&wider), &v6, 3));
+    assert!(would_make(
+        Some(&wider),
+        &"198.48.0.0/20".parse().unwrap(),
+        3
+    ));
+}

@@ -338,10 +338,12 @@ fn overview(out: &mut String, data: &Status) {
     }
     freeswitch(out, data.freeswitch.as_ref());
     trust(out, &data.trust);
+    budget_drops(out, data);
     let _ = writeln!(out, "`- Jail list:           {}", names.join(", "));
 }
 
-/// The trust part of `status` (absent from an older daemon's answer).
+/// The trust part of `status` (absent from an older daemon's answer):
+/// everything `status --json` has under `trust`.
 fn trust(out: &mut String, t: &serde_json::Value) {
     if t.is_null() {
         return;
@@ -352,19 +354,44 @@ fn trust(out: &mut String, t: &serde_json::Value) {
     if let Some(a) = esl["address"].as_str() {
         line.push_str(&format!(" ({})", txt(a)));
     }
-    if let Some(e) = esl["last_error"].as_str() {
-        line.push_str(&format!(": {}", txt(e)));
-    }
     let _ = writeln!(
         out,
         "|- Trusted:             {} source(s); {line}",
         t["trusted"]
     );
+    let _ = writeln!(
+        out,
+        "|  |- registered:       {} address(es) of {} registration(s); {} refused (over max_entries)",
+        t["registered_addresses"], t["registrations"], t["registrations_refused"]
+    );
+    let _ = writeln!(
+        out,
+        "|  |- operator:         {} (sipguard trust)",
+        t["operator"]
+    );
+    if state != "off" {
+        let from = esl["from"]
+            .as_str()
+            .map_or_else(String::new, |f| format!("from {}; ", txt(f)));
+        let _ = writeln!(
+            out,
+            "|  |- event socket:     {from}{} connect(s), {} event(s), {} bad, {} refused peer(s)",
+            esl["connects"], esl["events"], esl["bad_events"], esl["refused_peers"]
+        );
+    }
+    if let Some(e) = esl["last_error"].as_str() {
+        let _ = writeln!(out, "|  |- last error:       {}", txt(e));
+    }
+    let _ = writeln!(out, "|  `- map writes failed: {}", t["map_write_failures"]);
     let o = &t["overload"];
+    let shed = match o["shed"].as_u64() {
+        Some(n) => format!("; {n} packet(s) shed"),
+        None => String::new(),
+    };
     if o["overload_pps"].as_u64().unwrap_or(0) > 0 {
         let _ = writeln!(
             out,
-            "|- Overload:            {} ({} SIP packets/s, threshold {}, entered {} time(s))",
+            "|- Overload:            {} ({} SIP packets/s, threshold {}, entered {} time(s)){shed}",
             if o["overloaded"] == true {
                 "YES: untrusted sources shed"
             } else {
@@ -374,7 +401,31 @@ fn trust(out: &mut String, t: &serde_json::Value) {
             o["overload_pps"],
             o["entered"]
         );
+    } else {
+        let _ = writeln!(out, "|- Overload:            off (overload_pps = 0){shed}");
     }
+}
+
+/// The packets the invalid-message and per-method budgets dropped.
+fn budget_drops(out: &mut String, data: &Status) {
+    let Some(d) = &data.sip_budget_drops else {
+        return;
+    };
+    // `invalid` first, then the classes in `[flood.methods]` order.
+    let names = std::iter::once("invalid").chain(common::method::NAMES);
+    let parts: Vec<String> = names
+        .filter_map(|n| d.get(n).map(|v| format!("{n} {v}")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "|- Over budget:         {}{}",
+        parts.join(", "),
+        if data.dry_run {
+            " (would-be drops)"
+        } else {
+            " dropped"
+        }
+    );
 }
 
 /// One jail's part of `status`.
@@ -488,63 +539,4 @@ fn rate_limit(cfg: &common::Config) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HOSTILE: &str = "evil\x1b[2J\rgone\u{9b}31m";
-
-    fn clean(text: &str) {
-        assert!(
-            !text.contains(['\x1b', '\r', '\u{9b}']),
-            "raw control characters: {text:?}"
-        );
-        assert!(text.contains("evil\\u{1b}[2J\\u{d}gone"), "{text}");
-    }
-
-    #[test]
-    fn status_escapes_text_from_outside() {
-        let ban = json!({"address": HOSTILE, "all_ports": false, "expires_in_secs": null,
-                         "line": HOSTILE, "ports_only": false, "reason": HOSTILE});
-        let data: Status = serde_json::from_value(json!({
-            "jails": [{
-                "name": HOSTILE,
-                "filter": {"currently_failed": 1, "total_failed": 2, "files": [HOSTILE],
-                           "ambiguous": 0, "ignored": 0, "lines": 3, "skewed": 0,
-                           "skipped_long_lines": 0, "too_old": 0},
-                "actions": {"currently_banned": 1, "total_banned": 1,
-                            "banned": [ban], "banned_not_listed": 0},
-            }],
-            "bans": 1,
-            "dry_run": false,
-            "ports": [5060],
-            "remote": {HOSTILE: {"bans": 3, "ipv4_addresses": 3, "ipv6_64s": 0,
-                                 "over_cap": 0, "refused_never_ban": 0}},
-            "freeswitch": {"conf_dir": HOSTILE, "ports": [{"value": 5060, "from": HOSTILE}],
-                           "trunks": [{"gateway": HOSTILE, "host": HOSTILE,
-                                       "addresses": ["192.0.2.9"], "from": HOSTILE}],
-                           "log": {"value": HOSTILE, "from": HOSTILE}, "warnings": [HOSTILE]},
-            "fleet": {"redis": null, "workers": {}},
-        }))
-        .unwrap();
-        let text = status_text(&data, false);
-        clean(&text);
-        // Every place a hostile text can be shown is shown, escaped (a
-        // trunk's addresses are addresses: they cannot carry any).
-        assert_eq!(text.matches("evil\\u{1b}").count(), 12, "{text}");
-        clean(&status_text(&data, true));
-    }
-
-    #[test]
-    fn list_escapes_a_ban_s_jail_and_reason() {
-        let mut notes = BanNotes::new();
-        let page = json!({"notes": [["192.0.2.1", HOSTILE, format!("3 failures: {HOSTILE}")]]});
-        let page = serde_json::from_value(page).unwrap();
-        assert_eq!(add_notes(&mut notes, page), 1);
-        let (jail, reason) = shown_note(&notes, "192.0.2.1");
-        clean(&jail);
-        clean(&reason);
-        assert_eq!(shown_note(&notes, "192.0.2.2"), Default::default());
-        // JSON output keeps the raw text: serde escapes it as JSON.
-        assert_eq!(notes["192.0.2.1"].0, HOSTILE);
-    }
-}
+mod tests;

@@ -287,15 +287,61 @@ fn meaning(verdict: u32) -> &'static str {
         counter::DROP_BANNED => "DROPPED: banned",
         counter::DROP_BANNED_NO_PORT => "DROPPED: banned (a fragment)",
         counter::DROP_RATE_LIMITED => "DROPPED: over its packet rate",
-        counter::PASS_RATE_ALLOWLISTED => "passed: over its rate, but allow-listed",
+        counter::PASS_RATE_ALLOWLISTED => {
+            "passed: over its rate (or an invalid-message or method budget), but allow-listed"
+        }
         counter::DROP_SCANNER => "DROPPED: a scanner's User-Agent",
         counter::PASS_SCANNER_ALLOWLISTED => "passed: a scanner's User-Agent, but allow-listed",
+        counter::PASS_TRUSTED => {
+            "passed: a trusted source (registered with FreeSWITCH or trusted by the operator), \
+             on the trusted budget (trusted_rate)"
+        }
+        counter::DROP_SHED => {
+            "DROPPED: shed during overload (an untrusted source over untrusted_rate)"
+        }
+        counter::DROP_INVALID => "DROPPED: over the invalid-message budget (invalid_rate)",
+        counter::DROP_REGISTER => "DROPPED: over the REGISTER budget ([flood.methods] REGISTER)",
+        counter::DROP_INVITE => "DROPPED: over the INVITE budget ([flood.methods] INVITE)",
+        counter::DROP_OPTIONS => "DROPPED: over the OPTIONS budget ([flood.methods] OPTIONS)",
+        counter::DROP_SUBSCRIBE => "DROPPED: over the SUBSCRIBE budget ([flood.methods] SUBSCRIBE)",
+        counter::DROP_OTHER_METHOD => {
+            "DROPPED: over the budget of other methods ([flood.methods] other)"
+        }
+        // A newer program's verdict this build does not know.
         _ => "",
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use common::{counter, method};
+
+    /// Every verdict the program can reach reads as a sentence: a counter
+    /// added to `common::counter` without one here fails.
+    #[test]
+    fn every_verdict_has_a_meaning() {
+        for verdict in 0..counter::COUNT {
+            let m = super::meaning(verdict);
+            assert!(
+                !m.is_empty(),
+                "{} has no meaning",
+                counter::NAMES[verdict as usize]
+            );
+            let drop = counter::DROPS.contains(&verdict);
+            assert_eq!(m.starts_with("DROPPED"), drop, "{m}");
+        }
+    }
+
+    /// A method budget's drop names its class as `[flood.methods]` does.
+    #[test]
+    fn a_method_drop_names_its_budget() {
+        for class in 0..method::CLASSES as u32 {
+            let name = method::NAMES[class as usize];
+            let m = super::meaning(counter::DROP_METHOD + class);
+            assert!(m.contains(&format!("[flood.methods] {name})")), "{m}");
+        }
+    }
+
     #[test]
     fn seconds_are_finite_and_not_negative() {
         assert_eq!(super::seconds("2.5"), Ok(2.5));

@@ -114,8 +114,16 @@ pub fn change(cli: &super::Cli, net: &str, duration: Option<&str>, trust: bool) 
     }
     let file = operator::path(&p.state_file);
     let mut entries = operator::load(&file)?;
-    let mut maps = TrustMaps::open(&p.pin_dir)?;
     entries.retain(|e| crate::kernel::trust::trust_key(e.addr) != key);
+    if trust {
+        // The daemon's cap. Ended entries are dropped (as the daemon does
+        // on reading the file): neither counted nor written back, so the
+        // file never holds more than the daemon can read.
+        let now_unix = operator::unix_now();
+        entries.retain(|e| operator::live(e, now_unix));
+        operator::check_room(entries.len())?;
+    }
+    let mut maps = TrustMaps::open(&p.pin_dir)?;
     if trust {
         let now = clock::mono_now_ns();
         let (until, until_ns) = match duration.get() {

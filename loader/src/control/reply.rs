@@ -72,6 +72,12 @@ pub struct Status {
     pub ports: Vec<u16>,
     /// Bans from elsewhere by origin (the largest few; the rest `other`).
     pub remote: BTreeMap<String, RemoteOrigin>,
+    /// Packets dropped over the invalid-message (`invalid`) and per-method
+    /// budgets (by `[flood.methods]` name), or would-be drops in a dry run;
+    /// null when the kernel's counters could not be read (or an older
+    /// daemon answered).
+    #[serde(default)]
+    pub sip_budget_drops: Option<BTreeMap<String, u64>>,
     /// Trusted sources and overload (made by the daemon's `trust`, above
     /// this floor, and printed whole: JSON, like `fleet`).
     #[serde(default)]

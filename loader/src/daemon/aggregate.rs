@@ -8,12 +8,13 @@ use super::Daemon;
 use crate::{
     addr,
     bans::{
-        aggregate::{Decision, MAX_PREFIX_BAN},
+        aggregate::{self, Decision, MAX_PREFIX_BAN},
         Scope,
     },
     kernel::clock,
     logs::jail::BanRequest,
 };
+use ipnet::IpNet;
 use std::time::Duration;
 
 /// The announcer's cause for prefix bans (`Announcer::exported` keeps them home).
@@ -83,6 +84,48 @@ impl Daemon {
                     addr::display(&protected)
                 ),
                 None => {}
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// After the configuration is applied (a reload, or a start after the
+    /// file changed): lifts this box's prefix bans that their jail would
+    /// not make now (its `aggregate_after` off or raised, its width
+    /// changed, the jail gone). Members keep their own bans; a prefix the
+    /// new settings make is made again from fresh members. Prefix bans are
+    /// this box's inference, never exported: nothing to tell the fleet.
+    pub(super) fn lift_unmade_prefixes(&mut self) {
+        let stale: Vec<(IpNet, String)> = self
+            .bans
+            .iter()
+            // Cheap tests first: a box may hold a million bans.
+            .filter(|(_, b)| b.scope == Scope::PortsOnly)
+            .filter_map(|(net, b)| {
+                let members = aggregate::members(b.reason)?;
+                let settings = self
+                    .jails
+                    .iter()
+                    .find(|j| j.name == b.jail)
+                    .and_then(|j| j.aggregate.as_ref())
+                    .map(aggregate::Tracker::settings);
+                (!aggregate::would_make(settings.as_ref(), net, members))
+                    .then(|| (*net, b.jail.to_owned()))
+            })
+            .collect();
+        for (net, jail) in stale {
+            match self.bans.unban(net) {
+                Ok(_) => {
+                    tracing::info!(
+                        "[{jail}] lifted the prefix ban of {}: the jail's configuration no longer \
+                         aggregates it (aggregate_after, aggregate_v4, aggregate_v6)",
+                        addr::display(&net)
+                    );
+                    self.announce.unban(net, &jail, "reconfigured");
+                    self.dirty = true;
+                }
+                Err(e) => tracing::warn!("cannot lift {}: {e:#}", addr::display(&net)),
             }
         }
     }

@@ -146,6 +146,7 @@ impl Daemon {
             tracing::info!("configuration reloaded: {} jail(s)", jails.len());
         }
         self.jails = jails;
+        self.lift_unmade_prefixes();
         let ports = self.config.protected_ports();
         let maps = self.bans.maps();
         maps.set_ports(&ports)?;

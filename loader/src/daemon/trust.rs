@@ -432,9 +432,11 @@ impl Daemon {
     }
 
     /// `status`'s `trust`: the event socket (never its password), what is
-    /// trusted.
-    pub(super) fn trust_report(&self) -> serde_json::Value {
+    /// trusted, and the overload (with the packets it shed, from the
+    /// kernel's `counters`: null when they cannot be read).
+    pub(super) fn trust_report(&self, counters: Option<&[common::Counter]>) -> serde_json::Value {
         let t = &self.trust;
+        let shed = counters.map(|c| c[common::counter::DROP_SHED as usize].packets);
         serde_json::json!({
             "esl": t.view,
             "registrations": t.registry.len(),
@@ -448,6 +450,7 @@ impl Daemon {
                 "entered": t.overload.entered,
                 "sip_packets_per_second": t.overload.pps,
                 "overload_pps": t.overload.threshold,
+                "shed": shed,
             },
         })
     }

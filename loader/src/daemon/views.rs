@@ -69,6 +69,7 @@ impl Daemon {
         }
         let mut jails = self.log_jails(only, &mut by_jail);
         jails.extend(self.pseudo_jails(only, &mut by_jail));
+        let counters = self.bans.kernel().counters().ok();
         Ok(Status {
             bans: self.bans.len(),
             dry_run: self.config.dry_run,
@@ -80,7 +81,8 @@ impl Daemon {
             jails,
             ports: self.config.protected_ports(),
             remote: self.remote_summary(),
-            trust: self.trust_report(),
+            sip_budget_drops: counters.as_deref().map(sip_budget_drops),
+            trust: self.trust_report(counters.as_deref()),
         })
     }
 
@@ -221,4 +223,19 @@ fn discovered(d: &crate::freeswitch::Discovered) -> control::Freeswitch {
             .collect(),
         warnings: d.warnings.clone(),
     }
+}
+
+/// `status`'s `sip_budget_drops`: the packets each budget dropped, named
+/// as `top` names them (`invalid`, and the `[flood.methods]` classes).
+fn sip_budget_drops(c: &[common::Counter]) -> BTreeMap<String, u64> {
+    use common::{counter, method};
+    let mut out = BTreeMap::from([(
+        "invalid".to_owned(),
+        c[counter::DROP_INVALID as usize].packets,
+    )]);
+    for (class, name) in method::NAMES.iter().enumerate() {
+        let i = counter::DROP_METHOD as usize + class;
+        out.insert((*name).to_owned(), c[i].packets);
+    }
+    out
 }

@@ -67,6 +67,22 @@ pub fn trust_addr(net: IpNet) -> Result<IpAddr> {
     }
 }
 
+/// Refuses a new entry when `held` entries (ended ones left out) fill the
+/// file: the same words whether the daemon or, with none running, the CLI
+/// refuses.
+pub fn check_room(held: usize) -> Result<()> {
+    if held >= MAX_ENTRIES {
+        bail!("{MAX_ENTRIES} operator-trusted sources already: untrust some first");
+    }
+    Ok(())
+}
+
+/// Whether an entry's trust has not ended at `now_unix` (an ended one is
+/// dropped when the daemon reads the file).
+pub fn live(e: &Entry, now_unix: i64) -> bool {
+    e.until.is_none_or(|u| u > now_unix)
+}
+
 /// The entries in the file (none when it does not exist).
 pub fn load(path: &Path) -> Result<Vec<Entry>> {
     // Opened without blocking and within bounds (a FIFO or a huge file
@@ -116,6 +132,24 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_file_refuses_and_ended_entries_are_not_counted() {
+        assert!(check_room(MAX_ENTRIES - 1).is_ok());
+        let e = check_room(MAX_ENTRIES).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "8192 operator-trusted sources already: untrust some first"
+        );
+        let now = unix_now();
+        let entry = |until| Entry {
+            addr: "192.0.2.1".parse().unwrap(),
+            until,
+        };
+        assert!(live(&entry(None), now));
+        assert!(live(&entry(Some(now + 1)), now));
+        assert!(!live(&entry(Some(now)), now));
+    }
 
     #[test]
     fn a_huge_for_is_refused_not_overflowed() {

@@ -81,6 +81,7 @@ fn status() -> Status {
             },
         )]
         .into(),
+        sip_budget_drops: Some([("invalid".to_owned(), 4), ("OPTIONS".to_owned(), 9)].into()),
         trust: json!({"esl": {"state": "connected"}, "registrations": 3}),
     }
 }
@@ -130,6 +131,7 @@ fn as_json_built_it() -> serde_json::Value {
         "bans": 2,
         "dry_run": false,
         "trust": {"esl": {"state": "connected"}, "registrations": 3},
+        "sip_budget_drops": {"invalid": 4, "OPTIONS": 9},
         "ports": [5060, 5080],
         "freeswitch": {
             "conf_dir": "/etc/freeswitch",

@@ -117,13 +117,8 @@ impl Daemon {
         let addr = operator::trust_addr(net)?;
         let key = crate::kernel::trust::trust_key(addr);
         self.operator_file_usable()?;
-        if !self.trust.operator.contains_key(&key)
-            && self.trust.operator.len() >= operator::MAX_ENTRIES
-        {
-            bail!(
-                "{} operator-trusted sources already: untrust some first",
-                operator::MAX_ENTRIES
-            );
+        if !self.trust.operator.contains_key(&key) {
+            operator::check_room(self.trust.operator.len())?;
         }
         let until_unix = duration.map(operator::until_unix).transpose()?;
         let shown = crate::addr::display(&crate::kernel::trust::trust_net(&key));

@@ -146,7 +146,6 @@ impl Daemon {
             tracing::info!("configuration reloaded: {} jail(s)", jails.len());
         }
         self.jails = jails;
-        self.lift_unmade_prefixes();
         let ports = self.config.protected_ports();
         let maps = self.bans.maps();
         maps.set_ports(&ports)?;
@@ -202,6 +201,9 @@ impl Daemon {
             );
             self.fleet_plan = plan;
         }
+        // Last, after every step that can fail: a reload refused half-way
+        // never lifts anything.
+        self.lift_unmade_prefixes();
         Ok(())
     }
 

@@ -38,6 +38,8 @@ pub struct Esl {
     /// Connections accepted, and those that passed auth.
     pub accepted: Arc<AtomicU64>,
     pub authenticated: Arc<AtomicU64>,
+    /// What `show registrations` answers (`set_rows`).
+    rows: Arc<Mutex<Vec<Row>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -183,12 +185,14 @@ impl Esl {
         let commands = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicU64::new(0));
         let authenticated = Arc::new(AtomicU64::new(0));
-        let (s, o, c, a, au) = (
+        let rows = Arc::new(Mutex::new(rows));
+        let (s, o, c, a, au, r) = (
             stop.clone(),
             out.clone(),
             commands.clone(),
             accepted.clone(),
             authenticated.clone(),
+            rows.clone(),
         );
         let password = password.to_owned();
         let thread = std::thread::spawn(move || {
@@ -203,7 +207,7 @@ impl Esl {
                 a.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel();
                 *o.lock().unwrap() = Some(tx);
-                let _ = serve(stream, &password, &rows, &rx, &c, &au, &s);
+                let _ = serve(stream, &password, &r, &rx, &c, &au, &s);
             }
         });
         Ok(Self {
@@ -213,6 +217,7 @@ impl Esl {
             commands,
             accepted,
             authenticated,
+            rows,
             thread: Some(thread),
         })
     }
@@ -222,6 +227,12 @@ impl Esl {
         if let Some(tx) = self.out.lock().unwrap().as_ref() {
             let _ = tx.send(bytes);
         }
+    }
+
+    /// From now on, `show registrations` answers `rows`: FreeSWITCH's
+    /// table changed without an event (a registration replaced, flushed).
+    pub fn set_rows(&self, rows: Vec<Row>) {
+        *self.rows.lock().unwrap() = rows;
     }
 
     pub fn commands(&self) -> Vec<String> {
@@ -297,7 +308,7 @@ fn socket2_reuse_bind(ip: Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
 fn serve(
     stream: TcpStream,
     password: &str,
-    rows: &[Row],
+    rows: &Mutex<Vec<Row>>,
     out: &mpsc::Receiver<Vec<u8>>,
     commands: &Mutex<Vec<String>>,
     authenticated: &AtomicU64,
@@ -374,13 +385,14 @@ fn serve(
         } else if cmd == "api show registrations" {
             // As mod_commands' show_callback: the header comes with the
             // first row, so no registrations is "\n0 total.\n".
+            let rows = rows.lock().unwrap().clone();
             let mut body = String::new();
             if !rows.is_empty() {
                 body.push_str(
                     "reg_user,realm,token,url,expires,network_ip,network_port,network_proto,hostname,metadata\n",
                 );
             }
-            for row in rows {
+            for row in &rows {
                 body.push_str(&format!(
                     "{},{},{},sofia/internal/sip:{}@{}:5060,{},{},5060,udp,pbx,\n",
                     row.user, row.realm, row.call_id, row.user, row.ip, row.expires_at, row.ip

@@ -154,6 +154,63 @@ fn registrations_are_trusted_until_unregistered_and_relearnt_on_reconnect() -> R
     Ok(())
 }
 
+fn row(call_id: &str, ip: &str) -> Row {
+    Row {
+        user: "1002".into(),
+        realm: "example.org".into(),
+        call_id: call_id.into(),
+        ip: ip.into(),
+        expires_at: chrono::Utc::now().timestamp() + 1800,
+    }
+}
+
+/// FreeSWITCH drops a registration without an event (the user's phone
+/// rebooted and registered with a new call-id from a new address, or the
+/// operator flushed it): the next listing (`relist`) ends its trust, while
+/// what an event taught since that listing was asked for stays.
+#[test]
+fn a_registration_dropped_without_an_event_ends_at_the_next_listing() -> Result<()> {
+    let (s, esl) = setup_as(
+        PASSWORD,
+        vec![row("old@phone", "192.0.2.30")],
+        None,
+        "relist = \"1s\"\n",
+    )?;
+    wait_until(20, "the listed registration is trusted", || {
+        is_trusted(&s, "192.0.2.30")
+    })?;
+    let listings = || {
+        esl.commands()
+            .iter()
+            .filter(|c| *c == "api show registrations")
+            .count()
+    };
+    wait_until(10, "asked again while connected", || Ok(listings() >= 3))?;
+    assert!(is_trusted(&s, "192.0.2.30")?, "still listed, still trusted");
+    // The phone re-registers with a new call-id from a new address:
+    // FreeSWITCH replaces the old row and says so only for the new one.
+    esl.set_rows(vec![row("new@phone", "192.0.2.31")]);
+    esl.send(register("new@phone", "192.0.2.31", 1800));
+    wait_until(10, "the next listing ends the old address's trust", || {
+        Ok(!is_trusted(&s, "192.0.2.30")?)
+    })?;
+    assert!(is_trusted(&s, "192.0.2.31")?, "the new one stays");
+    // One connection all along: a listing is not a reconnect.
+    assert_eq!(esl.accepted.load(Ordering::Relaxed), 1);
+    // A registration learnt by an event and then listed stays across
+    // listings; one neither listed nor renewed goes.
+    esl.send(register("evt@phone", "192.0.2.32", 1800));
+    wait_until(10, "trusted by its event", || is_trusted(&s, "192.0.2.32"))?;
+    let seen = listings();
+    wait_until(10, "two more listings", || Ok(listings() >= seen + 2))?;
+    assert!(
+        !is_trusted(&s, "192.0.2.32")?,
+        "not in FreeSWITCH's table: gone at the first listing asked after its event"
+    );
+    assert!(is_trusted(&s, "192.0.2.31")?);
+    Ok(())
+}
+
 /// An event socket off loopback (the server namespace's own veth address:
 /// the connection never leaves the namespace) is warned about once, in
 /// clear words; being an address of this box, its peer is still checked

@@ -22,6 +22,13 @@ pub struct TrustConfig {
     /// How long a registration's address stays trusted past its expiry.
     #[serde(deserialize_with = "duration::serde::finite")]
     pub grace: Duration,
+    /// How often FreeSWITCH is asked for its registrations again while
+    /// connected (0: only on each connect). It drops some without an
+    /// event: a registration replaced by the same user's new one (a phone
+    /// rebooted, with a new call-id), one removed by `sofia profile ...
+    /// flush_inbound_reg`; the listing is the truth for those.
+    #[serde(deserialize_with = "duration::serde::finite")]
+    pub relist: Duration,
     /// Most registrations kept: a flood of register events cannot grow
     /// memory without bound. With the operator's entries they fit the
     /// kernel's trusted map (`MAX_TRUSTED`), so a refusal is ours, counted,
@@ -46,6 +53,7 @@ impl Default for TrustConfig {
             esl_password_file: None,
             esl_uid: None,
             grace: Duration::from_secs(600),
+            relist: Duration::from_secs(300),
             max_entries: 50_000,
             trusted_rate: 5_000,
             trusted_burst: 20_000,
@@ -84,6 +92,9 @@ impl TrustConfig {
                 common::MAX_TRUSTED,
                 crate::trust::operator::MAX_ENTRIES
             );
+        }
+        if !self.relist.is_zero() && self.relist < Duration::from_secs(1) {
+            bail!("[trust] key `relist`: 0 (on connect only) or at least 1s");
         }
         if self.trusted_rate == 0 || self.trusted_burst == 0 {
             bail!("[trust]: `trusted_rate` and `trusted_burst` must be above 0");

@@ -193,6 +193,7 @@ pub(super) fn esl_settings(
         from,
         max_rows: c.max_entries,
         uid: c.esl_uid.or(owner),
+        relist: c.relist,
     }))
 }
 

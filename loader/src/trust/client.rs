@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use std::{
     net::{SocketAddr, TcpStream},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Where to connect and with what.
@@ -27,9 +27,16 @@ pub struct Settings {
     /// password: the owner of the FreeSWITCH configuration the settings
     /// came from, or `[trust] esl_uid`.
     pub uid: Option<u32>,
+    /// How often the registrations are listed again (`[trust] relist`;
+    /// zero: on connect only).
+    pub relist: Duration,
 }
 
-/// What the worker tells the daemon. `generation` numbers connections.
+/// What the worker tells the daemon. `generation` numbers connections and,
+/// within one, the listings asked for: an event carries the number of the
+/// last listing asked before it was read, a listing the number it was
+/// asked with, so the registry forgets only what was learnt before the
+/// listing was asked for and is not in it.
 #[derive(Debug)]
 pub enum EslMsg {
     Connected {
@@ -68,12 +75,14 @@ pub const LISTING: &str = "api show registrations";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a listing may take to come (a big table is megabytes).
+const LISTING_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a quiet connection looks at whether it must stop.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Connections made so far, by any worker of this process: a worker
-/// started by a reload numbers its connections after the old one's, so
-/// its listing replaces what the old one learnt.
+/// Connections and listings so far, by any worker of this process: a
+/// worker started by a reload numbers its connections after the old
+/// one's, so its listing replaces what the old one learnt.
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Starts the worker; it stops when `stop`'s sender is dropped.
@@ -99,7 +108,7 @@ pub fn start(settings: Settings, tx: EslTx, stop: mpsc::Receiver<()>) {
 }
 
 /// One connection, until it fails or the worker is stopped (`Ok`).
-fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64) -> Result<()> {
+fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, mut generation: u64) -> Result<()> {
     let stream = TcpStream::connect_timeout(&s.addr, CONNECT_TIMEOUT)
         .with_context(|| format!("cannot connect to FreeSWITCH's event socket at {}", s.addr))?;
     let us = stream.local_addr()?;
@@ -144,7 +153,25 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64)
     }
     tracing::info!("connected to FreeSWITCH's event socket at {at} (registrations trusted)");
     conn.send(LISTING)?;
+    // The listing asked for and not yet answered (one at a time: answers
+    // come in the order asked), and when it was asked.
+    let mut asked = Some(generation);
+    let mut asked_at = Instant::now();
     loop {
+        if asked.is_some() && asked_at.elapsed() > LISTING_TIMEOUT {
+            // Events may still come, but what FreeSWITCH dropped silently
+            // would never be learnt: a new connection asks afresh.
+            bail!(
+                "FreeSWITCH did not answer `show registrations` within {} s",
+                LISTING_TIMEOUT.as_secs()
+            );
+        }
+        if asked.is_none() && !s.relist.is_zero() && asked_at.elapsed() >= s.relist {
+            generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            conn.send(LISTING)?;
+            asked = Some(generation);
+            asked_at = Instant::now();
+        }
         let frame = match conn.read()? {
             Read1::Frame(f) => f,
             Read1::Idle => {
@@ -164,16 +191,19 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, generation: u64)
             },
             // A listing that cannot be read replaces nothing: what is
             // known stays, the events keep coming on this connection.
-            "api/response" => match parse_listing(&frame.body, s.max_rows) {
-                Ok((rows, unreadable)) => EslMsg::Listing {
-                    generation,
-                    rows,
-                    unreadable,
-                },
-                Err(e) => EslMsg::BadEvent {
-                    error: crate::text::escape(&format!("{e:#}")).into_owned(),
-                },
-            },
+            "api/response" => {
+                let asked_as = asked.take().unwrap_or(generation);
+                match parse_listing(&frame.body, s.max_rows) {
+                    Ok((rows, unreadable)) => EslMsg::Listing {
+                        generation: asked_as,
+                        rows,
+                        unreadable,
+                    },
+                    Err(e) => EslMsg::BadEvent {
+                        error: crate::text::escape(&format!("{e:#}")).into_owned(),
+                    },
+                }
+            }
             "text/disconnect-notice" => bail!("FreeSWITCH closed the event socket at {at}"),
             // Replies to nothing asked, log lines: not ours.
             _ => continue,

@@ -215,6 +215,27 @@ pub fn tcp_with_flags(dport: u16, flags: u8) -> Vec<u8> {
     h
 }
 
+/// A TCP segment from `sport` to `dport` with `flags` and sequence number
+/// `seq`, `option_words` 32-bit words of NOP options after the header, then
+/// `payload`.
+pub fn tcp_segment(
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    option_words: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut h = tcp(dport);
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[12] = (5 + option_words) << 4;
+    h[13] = flags;
+    h.resize(20 + 4 * usize::from(option_words), 1);
+    h.extend_from_slice(payload);
+    h
+}
+
 /// An IPv6 destination-options header whose option bytes are `content`
 /// (padded with zeros to a multiple of eight bytes), then `payload`: a long
 /// chain in one header, with bytes the test chooses.

@@ -1044,7 +1044,11 @@ fn origins_keep_their_own_bans_of_one_network() -> Result<()> {
 /// they must stay cheap to verify. With the payload scan inlined into every
 /// parse and ban path that reaches it, the verifier went through 770 000
 /// instructions (1.2 s, near its limit of 1 000 000 per program); the scan
-/// is a tail-called program of its own now, checked once.
+/// is a tail-called program of its own now, checked once. The main
+/// program is at ~280 000 (the budgets' classification inlined, TCP first
+/// requests; ~0.55 s for both programs here): an offset carried exactly
+/// through every parse path took it past 550 000 once (see `parse`'s TCP
+/// arm), which this bound catches.
 #[test]
 fn the_programs_are_cheap_to_verify() -> Result<()> {
     let t = TestProgram::load()?;
@@ -1054,7 +1058,7 @@ fn the_programs_are_cheap_to_verify() -> Result<()> {
     ] {
         let verified = t.verified_instructions(name)?;
         assert!(
-            verified < 250_000,
+            verified < 300_000,
             "{name}: {verified} instructions verified"
         );
         eprintln!("{name}: {verified} instructions verified");

@@ -145,7 +145,7 @@ fn responses_and_garbage_are_never_charged_to_a_method() -> Result<()> {
         30
     );
     assert!(t.maps.sip_rate_states()?.is_empty());
-    // TCP is not read: never charged.
+    // A SYN is never charged (a first request is: see tcp_first.rs).
     assert_eq!(t.passed(&tcp4(SRC, 5060), 30)?, 30);
     // Unprotected ports are never read.
     let to_53 = frame(

@@ -30,6 +30,7 @@ mod methods;
 mod parse;
 mod scanner;
 mod sip_line;
+mod tcp_first;
 mod trace;
 
 use aya_ebpf::{
@@ -337,11 +338,18 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         Port::NoPorts => (false, false),
     };
     let limit = cfg.interval_ns != 0 && pkt.charged;
-    // Invalid-message and per-method budgets: UDP to a protected port only
-    // (RTP and the rest never pay the lookup).
-    let sip = match (protected, pkt.udp_payload) {
-        (false, _) | (_, 0) => None,
-        _ => methods::limits(),
+    // Invalid-message and per-method budgets: UDP to a protected port,
+    // and TCP's first requests there (see `tcp_first`); RTP and the rest
+    // never pay the lookup. Tested field by field: each is 0 on the paths
+    // of the other protocol.
+    let sip = if !protected {
+        None
+    } else if pkt.tcp != 0 {
+        methods::tcp_limits()
+    } else if pkt.udp_payload != 0 {
+        methods::limits()
+    } else {
+        None
     };
     if !protected || (!limit && !scanners && sip.is_none()) {
         return (pass, xdp_action::XDP_PASS);
@@ -377,7 +385,15 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         }
     }
     if let Some(limits) = sip {
-        if let Some(verdict) =
+        if pkt.tcp != 0 {
+            let drop = tcp_first::judge(ctx, pkt.tcp, &key);
+            if drop != tcp_first::PASS {
+                if allowlisted(&pkt.src, now_ns()) {
+                    return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+                }
+                return (drop, xdp_action::XDP_DROP);
+            }
+        } else if let Some(verdict) =
             methods::judge(ctx, pkt.udp_payload, &key, &pkt.src, limits, cfg, now)
         {
             return verdict;

@@ -45,6 +45,13 @@ pub fn limits() -> Option<&'static SipLimits> {
     }
 }
 
+/// The budgets a TCP segment may be charged to, when on: the method
+/// budgets alone (see `tcp_first::judge`).
+#[inline(always)]
+pub fn tcp_limits() -> Option<&'static SipLimits> {
+    limits().filter(|l| l.flags & SIP_METHODS_ON != 0)
+}
+
 /// The verdict on the UDP packet whose payload is at `payload`, when a
 /// budget drops it (or lets it through only for the allowlist). `now` is
 /// the limiter's clock, 0 when it read none.
@@ -102,7 +109,7 @@ pub fn judge(
 /// GCRA (as `conforms`, without leases): the state of `skey` when its packet
 /// at `now` is over `budget`, `None` when it conforms.
 #[inline(always)]
-fn over(skey: &SipRateKey, budget: &SipBudget, now: u64) -> Option<*mut SipRateState> {
+pub(crate) fn over(skey: &SipRateKey, budget: &SipBudget, now: u64) -> Option<*mut SipRateState> {
     let st = match SIP_RATE.get_ptr_mut(skey) {
         Some(st) => st,
         None => {

@@ -104,6 +104,23 @@ pub fn classify(ctx: &XdpContext, off: usize) -> u32 {
     request(lo, hi)
 }
 
+/// The class of what starts at packet address `p` (a TCP connection's
+/// first data byte): a request's `method::*`, `RESPONSE` or `INVALID`;
+/// `UNKNOWN` when the frame holds fewer than `READ` bytes there (a request
+/// line is longer).
+#[inline(always)]
+pub fn request_at(p: usize, end: usize) -> u32 {
+    let p = opaque(p);
+    if p + READ > end {
+        return UNKNOWN;
+    }
+    let (lo, hi) = (load64(p), load64(p + 8));
+    if lo == RESPONSE_START {
+        return RESPONSE;
+    }
+    request(lo, hi)
+}
+
 /// A payload of `len < READ` bytes at `p`: only a keepalive is not invalid.
 #[inline(always)]
 fn short(p: usize, end: usize, len: usize) -> u32 {
@@ -215,6 +232,6 @@ fn load64(p: usize) -> u64 {
 /// `v` as a value the compiler cannot see through (see `scanner::opaque`):
 /// the bounds check and the loads then use the same register.
 #[inline(always)]
-fn opaque(v: usize) -> usize {
+pub(crate) fn opaque(v: usize) -> usize {
     unsafe { core::ptr::read_volatile(&v) }
 }

@@ -126,6 +126,10 @@ fn the_grafana_dashboard_uses_exposed_series() -> Result<()> {
         "sipguard_bans_refused_total",
         "sipguard_dry_run",
         "sipguard_build_info",
+        "sipguard_sip_packets_per_second",
+        "sipguard_overloaded",
+        "sipguard_trusted_sources",
+        "sipguard_overload_entered_total",
     ];
     let mut seen = 0;
     for panel in dash["panels"].as_array().unwrap() {

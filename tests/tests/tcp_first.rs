@@ -123,6 +123,36 @@ fn a_held_first_request_stays_held_when_retransmitted() -> Result<()> {
     Ok(())
 }
 
+/// A forger can spend a source's method budget (forged UDP requests, or a
+/// forged SYN and its first segment): a trusted phone's new connections
+/// are never held for it.
+#[test]
+fn a_trusted_sources_first_requests_are_never_held() -> Result<()> {
+    let mut t = load(1)?;
+    let mut trust = sipguard::kernel::trust::TrustMaps::open(t.pin())?;
+    trust.trust(
+        common::rate_key_v4(SRC),
+        common::TrustEntry {
+            expires_at_ns: 0,
+            trusted_at_ns: sipguard::kernel::clock::mono_now_ns(),
+            origin: common::TRUST_OPERATOR,
+            _pad: 0,
+        },
+    )?;
+    let before = t.counters()?;
+    let passed: Vec<bool> = (0..6)
+        .map(|i| first_request(&mut t, v4, 40_100 + i))
+        .collect::<Result<_>>()?;
+    assert!(passed.iter().all(|p| *p), "{passed:?}");
+    assert_eq!(moved(&t, &before, counter::DROP_OPTIONS)?, 0);
+    assert_eq!(
+        moved(&t, &before, counter::PASS_TRUSTED)?,
+        4,
+        "over the budget"
+    );
+    Ok(())
+}
+
 #[test]
 fn later_segments_and_unseen_flows_are_never_read() -> Result<()> {
     let mut t = load(1)?;
@@ -154,6 +184,12 @@ fn later_segments_and_unseen_flows_are_never_read() -> Result<()> {
 #[test]
 fn options_responses_and_short_segments_are_read_right() -> Result<()> {
     let mut t = load(1)?;
+    // A SYN with FIN (or RST) opens no connection: nothing noted.
+    t.passed(
+        &v4(tcp_segment(40_025, 5060, TCP_SYN | 0x01, 50, 0, b"")),
+        1,
+    )?;
+    assert_eq!(t.passed(&v4(data(40_025, 51, OPTIONS)), 5)?, 5);
     // Twelve bytes of TCP options before the request.
     let seq = 9_000;
     t.passed(&v4(tcp_segment(40_020, 5060, TCP_SYN, seq, 3, b"")), 1)?;

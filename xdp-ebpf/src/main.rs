@@ -388,8 +388,15 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         if pkt.tcp != 0 {
             let drop = tcp_first::judge(ctx, pkt.tcp, &key);
             if drop != tcp_first::PASS {
-                if allowlisted(&pkt.src, now_ns()) {
+                let now = now_ns();
+                if allowlisted(&pkt.src, now) {
                     return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+                }
+                // A forger can spend a source's method budget (forged UDP
+                // requests, or a forged SYN and its first segment): a
+                // trusted phone's new connections are never held for it.
+                if unsafe { TRUSTED.get(&key) }.is_some_and(|e| !e.is_expired(now)) {
+                    return (counter::PASS_TRUSTED, xdp_action::XDP_PASS);
                 }
                 return (drop, xdp_action::XDP_DROP);
             }

@@ -64,8 +64,9 @@ const CRLF2: u32 = u32::from_le_bytes(*b"\r\n\r\n");
 const UDP_HDR: usize = 8;
 
 /// The class of the UDP payload at packet offset `off`: a request's
-/// `method::*`, `RESPONSE`, `KEEPALIVE`, `INVALID` or `UNKNOWN`. Not
-/// inlined, with its offset laundered: verified once, whatever path led
+/// `method::*`, `RESPONSE`, `KEEPALIVE`, `INVALID` or `UNKNOWN`. Inlined
+/// (a call and its return cost ~15-20 ns on this CPU's SRSO mitigation),
+/// its offset laundered: what follows is verified alike whatever path led
 /// here (VLAN tags, IPv4 or IPv6).
 #[inline(always)]
 pub fn classify(ctx: &XdpContext, off: usize) -> u32 {
@@ -147,6 +148,12 @@ fn short(p: usize, end: usize, len: usize) -> u32 {
 /// (little-endian), or `INVALID`.
 #[inline(always)]
 fn request(lo: u64, hi: u64) -> u32 {
+    // What phones and trunks send nearly always, as they write it (the
+    // method, one space, "sip:"): a compare or two each, before the
+    // general test below, which decides the same for these bytes.
+    if let Some(class) = common_start(lo, hi) {
+        return class;
+    }
     // The first space: its index is the method's length.
     let (sl, sh) = (zero_bytes(lo ^ SPACES), zero_bytes(hi ^ SPACES));
     let sp = if sl != 0 {
@@ -198,6 +205,28 @@ fn request(lo: u64, hi: u64) -> u32 {
         _ => method::OTHER,
     }
 }
+
+/// The class of the most common request starts, exactly; `None` for any
+/// other (the general test decides those).
+#[inline(always)]
+fn common_start(lo: u64, hi: u64) -> Option<u32> {
+    let class = match lo {
+        REGISTER if hi & 0xff_ffff_ffff == SP_SIP => method::REGISTER,
+        OPTIONS_SP if hi & 0xffff_ffff == SIP => method::OPTIONS,
+        INVITE_S if hi & 0xff_ffff == IP => method::INVITE,
+        ACK_SIP | BYE_SIP => method::OTHER,
+        _ => return None,
+    };
+    Some(class)
+}
+
+const SP_SIP: u64 = u64::from_le_bytes(*b" sip:\0\0\0");
+const SIP: u64 = u32::from_le_bytes(*b"sip:") as u64;
+const IP: u64 = u64::from_le_bytes(*b"ip:\0\0\0\0\0");
+const OPTIONS_SP: u64 = u64::from_le_bytes(*b"OPTIONS ");
+const INVITE_S: u64 = u64::from_le_bytes(*b"INVITE s");
+const ACK_SIP: u64 = u64::from_le_bytes(*b"ACK sip:");
+const BYE_SIP: u64 = u64::from_le_bytes(*b"BYE sip:");
 
 /// 0x80 in each byte of `x` that is 'A'..='Z'.
 #[inline(always)]

@@ -35,6 +35,7 @@ const TCP_HDR_LEN: usize = 20;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const RST: u8 = 0x04;
+const FIN: u8 = 0x01;
 
 /// `judge`'s answer when no budget holds the segment.
 pub const PASS: u32 = 0;
@@ -100,7 +101,8 @@ fn first_request(ctx: &XdpContext, tcp: usize, key: &RateKey) -> u32 {
         return sip_line::UNKNOWN;
     };
     let tag = ((mix as u32) | 1) as u64;
-    if flags & (SYN | ACK | RST) == SYN {
+    // A SYN that opens a connection (with FIN or RST it opens none).
+    if flags & (SYN | ACK | RST | FIN) == SYN {
         unsafe { core::ptr::write_volatile(slot, tag << 32 | u64::from(seq.wrapping_add(1))) };
         return sip_line::UNKNOWN;
     }

@@ -295,9 +295,10 @@ impl Daemon {
             }
             EslMsg::Listing {
                 generation,
-                rows,
-                unreadable,
+                listing,
             } => {
+                let (rows, unreadable, complete) =
+                    (listing.rows, listing.unreadable, listing.complete);
                 let unix_now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
@@ -310,16 +311,28 @@ impl Daemon {
                         (r.id, r.addr, until(now, left, grace))
                     })
                     .collect();
-                let changed = t.registry.replace_older(current, generation);
-                tracing::info!(
-                    "FreeSWITCH lists {n} registration(s){}: {} address(es) trusted",
+                let changed = t.registry.replace_older(current, generation, complete);
+                let line = format!(
+                    "FreeSWITCH lists {n} registration(s){}{}: {} address(es) trusted",
                     if unreadable > 0 {
                         format!(" ({unreadable} unreadable, skipped)")
                     } else {
                         String::new()
                     },
+                    if complete {
+                        ""
+                    } else {
+                        " (not the whole table: nothing forgotten)"
+                    },
                     t.registry.keys().count()
                 );
+                // Every `relist`: said when it changed something or was
+                // not whole, else only at debug level.
+                if !changed.is_empty() || !complete {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
+                }
                 for key in changed {
                     t.write(key);
                 }

@@ -5,7 +5,7 @@
 //! supervisor reconnects with backoff (1 s doubling to 60 s).
 use super::esl::{event_headers, shown, Conn, Read1};
 use super::peer::{self, Peer};
-use super::registrations::{parse_event, parse_listing, Current, RegEvent};
+use super::registrations::{parse_event, parse_listing, Listing, RegEvent};
 use crate::text::Secret;
 use anyhow::{bail, Context as _, Result};
 use std::{
@@ -44,8 +44,7 @@ pub enum EslMsg {
     },
     Listing {
         generation: u64,
-        rows: Vec<Current>,
-        unreadable: usize,
+        listing: Listing,
     },
     Event {
         generation: u64,
@@ -158,6 +157,11 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, mut generation: 
     let mut asked = Some(generation);
     let mut asked_at = Instant::now();
     loop {
+        // On every pass, not only when idle: a busy FreeSWITCH's events
+        // would otherwise keep a worker a reload replaced running.
+        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+            return Ok(());
+        }
         if asked.is_some() && asked_at.elapsed() > LISTING_TIMEOUT {
             // Events may still come, but what FreeSWITCH dropped silently
             // would never be learnt: a new connection asks afresh.
@@ -174,12 +178,7 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, mut generation: 
         }
         let frame = match conn.read()? {
             Read1::Frame(f) => f,
-            Read1::Idle => {
-                if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-                    return Ok(());
-                }
-                continue;
-            }
+            Read1::Idle => continue,
         };
         let msg = match frame.content_type() {
             "text/event-plain" => match event_headers(&frame.body).and_then(|h| parse_event(&h)) {
@@ -194,10 +193,9 @@ fn session(s: &Settings, tx: &EslTx, stop: &mpsc::Receiver<()>, mut generation: 
             "api/response" => {
                 let asked_as = asked.take().unwrap_or(generation);
                 match parse_listing(&frame.body, s.max_rows) {
-                    Ok((rows, unreadable)) => EslMsg::Listing {
+                    Ok(listing) => EslMsg::Listing {
                         generation: asked_as,
-                        rows,
-                        unreadable,
+                        listing,
                     },
                     Err(e) => EslMsg::BadEvent {
                         error: crate::text::escape(&format!("{e:#}")).into_owned(),

@@ -104,25 +104,44 @@ pub struct Current {
     pub expires_at: i64,
 }
 
-/// `N total.`, the listing's last line.
-fn is_total(line: &str) -> bool {
-    line.trim()
-        .strip_suffix(" total.")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+/// `N total.`, the listing's last line: N.
+fn total(line: &str) -> Option<usize> {
+    let n = line.trim().strip_suffix(" total.")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// What `show registrations` answered.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Listing {
+    /// At most `max` rows taken.
+    pub rows: Vec<Current>,
+    /// Rows that could not be read, or over `max`.
+    pub unreadable: usize,
+    /// The whole table, every row read: its `N total.` line came and
+    /// counts the rows there were. Only such a listing may make the
+    /// registry forget anything (a cut or garbled one would make it forget
+    /// registrations FreeSWITCH still holds).
+    pub complete: bool,
 }
 
 /// The rows of `show registrations` (CSV: a header line naming the
 /// columns, a row per registration, then `N total.`; FreeSWITCH prints the
-/// header with the first row, so an empty table is `N total.` alone); at
-/// most `max` rows taken. Returns the rows and how many could not be read.
-pub fn parse_listing(body: &[u8], max: usize) -> Result<(Vec<Current>, usize)> {
+/// header with the first row, so an empty table is `N total.` alone).
+pub fn parse_listing(body: &[u8], max: usize) -> Result<Listing> {
     let text = std::str::from_utf8(body).context("the registrations listing is not UTF-8")?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.next() else {
-        return Ok((Vec::new(), 0));
+        // FreeSWITCH always ends with its total: this is not a listing.
+        return Ok(Listing::default());
     };
-    if is_total(header) {
-        return Ok((Vec::new(), 0));
+    if let Some(n) = total(header) {
+        return Ok(Listing {
+            complete: n == 0,
+            ..Listing::default()
+        });
     }
     if header.starts_with("-ERR") {
         bail!("show registrations: {}", super::esl::shown(header));
@@ -140,9 +159,10 @@ pub fn parse_listing(body: &[u8], max: usize) -> Result<(Vec<Current>, usize)> {
         at("expires")?,
         at("network_ip")?,
     );
-    let (mut out, mut bad) = (Vec::new(), 0);
-    for line in lines {
-        if is_total(line) {
+    let mut out = Listing::default();
+    for (seen, line) in lines.enumerate() {
+        if let Some(n) = total(line) {
+            out.complete = n == seen && out.unreadable == 0;
             break;
         }
         let row: Vec<&str> = line.split(',').collect();
@@ -160,12 +180,11 @@ pub fn parse_listing(body: &[u8], max: usize) -> Result<(Vec<Current>, usize)> {
             })
             .flatten();
         match parsed {
-            Some(c) if out.len() < max => out.push(c),
-            Some(_) => bad += 1,
-            None => bad += 1,
+            Some(c) if out.rows.len() < max => out.rows.push(c),
+            _ => out.unreadable += 1,
         }
     }
-    Ok((out, bad))
+    Ok(out)
 }
 
 /// One registration kept.
@@ -174,8 +193,12 @@ struct Reg {
     key: RateKey,
     /// Until when its address is trusted (`CLOCK_MONOTONIC` ns).
     until_ns: u64,
-    /// The connection that last told of it.
+    /// The connection (or listing) that last told of it.
     generation: u64,
+    /// Missing from the last complete listing (forgotten if missing from
+    /// the next one too: FreeSWITCH writes its table after it sends the
+    /// event, so a listing may miss a registration just made).
+    missed: bool,
 }
 
 /// A trusted key: how many registrations share it, until when.
@@ -246,6 +269,7 @@ impl Registry {
                     key,
                     until_ns,
                     generation,
+                    missed: false,
                 });
                 if old != key {
                     self.drop_key(old);
@@ -265,6 +289,7 @@ impl Registry {
                     key,
                     until_ns,
                     generation,
+                    missed: false,
                 });
                 self.add_key(key, addr, until_ns);
             }
@@ -314,21 +339,42 @@ impl Registry {
         keys
     }
 
-    /// After a (re)connect: FreeSWITCH's listing is the truth for what was
-    /// learnt before this connection (`generation`): what it no longer
-    /// holds is forgotten; what arrived by event since is kept.
+    /// A listing asked for as `generation` (on a connect, and every
+    /// `relist`): FreeSWITCH's table is the truth for what was learnt
+    /// before it was asked for, within what the table can say. Forgotten
+    /// is a registration learnt before it, missing from this complete
+    /// listing and the one before, whose user (and realm) has no row at
+    /// all: the core table FreeSWITCH lists keeps one row per user unless
+    /// `multiple-registrations` is set in switch.conf, while a profile may
+    /// keep several contacts (a desk phone and a softphone), so a user's
+    /// other devices are not in it. The listed rows are taken in.
     pub fn replace_older(
         &mut self,
         current: Vec<(RegId, IpAddr, u64)>,
         generation: u64,
+        complete: bool,
     ) -> Vec<RateKey> {
-        let listed: std::collections::HashSet<&RegId> = current.iter().map(|(id, ..)| id).collect();
-        let stale: Vec<RegId> = self
-            .regs
-            .iter()
-            .filter(|(id, r)| r.generation < generation && !listed.contains(id))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut stale: Vec<RegId> = Vec::new();
+        if complete {
+            let listed: std::collections::HashSet<&RegId> =
+                current.iter().map(|(id, ..)| id).collect();
+            let users: std::collections::HashSet<(&str, &str)> = current
+                .iter()
+                .map(|((_, user, realm), ..)| (user.as_str(), realm.as_str()))
+                .collect();
+            for (id, r) in self.regs.iter_mut() {
+                if r.generation >= generation
+                    || listed.contains(id)
+                    || users.contains(&(id.1.as_str(), id.2.as_str()))
+                {
+                    r.missed = false;
+                } else if r.missed {
+                    stale.push(id.clone());
+                } else {
+                    r.missed = true;
+                }
+            }
+        }
         let mut keys: Vec<RateKey> = stale.iter().filter_map(|id| self.remove(id)).collect();
         for (id, addr, until) in current {
             keys.extend(self.register(id, addr, until, generation));
@@ -420,24 +466,45 @@ mod tests {
 1001,example.org,c2,sofia/internal/sip:1001@[2001:db8::1]:5060,1700000100,2001:db8::1,5060,udp,pbx,\n\
 broken,row\n\
 \n3 total.\n";
-        let (rows, bad) = parse_listing(body, 100).unwrap();
+        let l = parse_listing(body, 100).unwrap();
+        let (rows, bad) = (l.rows, l.unreadable);
         assert_eq!(bad, 1);
+        assert!(!l.complete, "a row could not be read");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, id("c1"));
         assert_eq!(rows[1].addr, "2001:db8::1".parse::<IpAddr>().unwrap());
         assert_eq!(rows[1].expires_at, 1_700_000_100);
-        let (rows, bad) = parse_listing(body, 1).unwrap();
-        assert_eq!((rows.len(), bad), (1, 2), "bounded");
+        let l = parse_listing(body, 1).unwrap();
+        assert_eq!((l.rows.len(), l.unreadable), (1, 2), "bounded");
         assert!(parse_listing(b"-ERR no reply\n", 10).is_err());
-        assert_eq!(parse_listing(b"", 10).unwrap().0, vec![]);
+        assert_eq!(parse_listing(b"", 10).unwrap(), Listing::default());
+        assert!(
+            !parse_listing(b"", 10).unwrap().complete,
+            "no total: not a listing"
+        );
+        // Whole: every row read, and the total counts them.
+        let whole = b"reg_user,realm,token,url,expires,network_ip,network_port,network_proto,hostname,metadata\n\
+1000,example.org,c1,sofia/internal/sip:1000@192.0.2.10:5060,1700000000,192.0.2.10,5060,udp,pbx,\n\
+\n1 total.\n";
+        let l = parse_listing(whole, 100).unwrap();
+        assert!(l.complete && l.rows.len() == 1);
+        assert!(!parse_listing(whole, 0).unwrap().complete, "cut at max");
+        let cut = &whole[..whole.len() - 10];
+        assert!(!parse_listing(cut, 100).unwrap().complete, "no total line");
+        let miscounted = String::from_utf8_lossy(whole).replace("1 total.", "2 total.");
+        assert!(!parse_listing(miscounted.as_bytes(), 100).unwrap().complete);
     }
 
     #[test]
     fn an_empty_listing_is_its_total_alone() {
         // mod_commands' show_callback prints the header with the first
         // row: no registrations is "\n0 total.\n".
-        assert_eq!(parse_listing(b"\n0 total.\n", 10).unwrap(), (vec![], 0));
-        assert_eq!(parse_listing(b"0 total.", 10).unwrap(), (vec![], 0));
+        let empty = Listing {
+            complete: true,
+            ..Listing::default()
+        };
+        assert_eq!(parse_listing(b"\n0 total.\n", 10).unwrap(), empty);
+        assert_eq!(parse_listing(b"0 total.", 10).unwrap(), empty);
         // Not a header, not a total: an error (the caller skips it).
         assert!(parse_listing(b"\nsomething else\n", 10).is_err());
         assert!(parse_listing(b"x total.\n", 10).is_err());
@@ -467,18 +534,64 @@ broken,row\n\
         assert_eq!(r.keys().count(), 1);
     }
 
+    fn user_id(call: &str, user: &str) -> RegId {
+        (call.into(), user.into(), "example.org".into())
+    }
+
     #[test]
-    fn a_listing_replaces_what_was_learnt_before_the_reconnect() {
+    fn a_listing_replaces_what_was_learnt_before_it_when_missing_twice() {
         let mut r = Registry::new(10);
         let a: IpAddr = "192.0.2.10".parse().unwrap();
         let b: IpAddr = "192.0.2.11".parse().unwrap();
         let c: IpAddr = "192.0.2.12".parse().unwrap();
-        r.register(id("old"), a, 100, 1);
-        r.register(id("new"), b, 100, 2);
-        let changed = r.replace_older(vec![(id("listed"), c, 100)], 2);
-        assert!(changed.contains(&trust_key(a)) && changed.contains(&trust_key(c)));
-        assert!(r.key(&trust_key(a)).is_none(), "gone while disconnected");
-        assert!(r.key(&trust_key(b)).is_some(), "heard on this connection");
+        r.register(user_id("old", "1000"), a, 100, 1);
+        r.register(user_id("new", "1001"), b, 100, 2);
+        let listed = || vec![(user_id("listed", "1002"), c, 100)];
+        // Missing once: kept (FreeSWITCH may not have written it yet).
+        let changed = r.replace_older(listed(), 2, true);
+        assert_eq!(changed, vec![trust_key(c)]);
+        assert!(r.key(&trust_key(a)).is_some(), "missing once");
+        // Missing again: gone.
+        let changed = r.replace_older(listed(), 3, true);
+        assert!(changed.contains(&trust_key(a)));
+        assert!(r.key(&trust_key(a)).is_none(), "gone from FreeSWITCH");
+        assert!(
+            r.key(&trust_key(b)).is_some(),
+            "learnt as 2: missing once (3)"
+        );
+        r.replace_older(listed(), 4, true);
+        assert!(r.key(&trust_key(b)).is_none(), "missing from 3 and 4");
         assert!(r.key(&trust_key(c)).is_some());
+        // Heard after the listing was asked for: kept.
+        r.register(user_id("late", "1003"), a, 100, 6);
+        r.replace_older(listed(), 5, true);
+        r.replace_older(listed(), 6, true);
+        assert!(r.key(&trust_key(a)).is_some(), "learnt after it was asked");
+    }
+
+    #[test]
+    fn a_listing_never_forgets_a_listed_users_other_devices_nor_when_incomplete() {
+        let mut r = Registry::new(10);
+        let desk: IpAddr = "192.0.2.20".parse().unwrap();
+        let soft: IpAddr = "192.0.2.21".parse().unwrap();
+        let other: IpAddr = "192.0.2.22".parse().unwrap();
+        r.register(user_id("desk", "1000"), desk, 100, 1);
+        r.register(user_id("soft", "1000"), soft, 100, 1);
+        r.register(user_id("gone", "1001"), other, 100, 1);
+        // The core table lists one row per user: the softphone only.
+        let listing = || vec![(user_id("soft", "1000"), soft, 100)];
+        // Incomplete (cut, garbled): nothing forgotten, however often.
+        for g in 2..6 {
+            r.replace_older(listing(), g, false);
+        }
+        assert_eq!(r.len(), 3);
+        for g in 6..8 {
+            r.replace_older(listing(), g, true);
+        }
+        assert!(
+            r.key(&trust_key(desk)).is_some(),
+            "a listed user's other device"
+        );
+        assert!(r.key(&trust_key(other)).is_none(), "a user with no row");
     }
 }

@@ -96,7 +96,12 @@ pub fn judge(
     // The limiter's reading when it made one: a clock read is a helper
     // call (~19 ns here).
     let now = if now != 0 { now } else { now_ns() };
-    let st = over(&skey, budget, now)?;
+    // A request under its budget on this CPU's lease: no shared state
+    // touched (the clean path of a source that has state).
+    if class != sip_line::INVALID && spend_lease(&skey, now) {
+        return None;
+    }
+    let st = over(&skey, budget, now, class != sip_line::INVALID)?;
     if allowlisted(src, now) {
         return Some((counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS));
     }
@@ -106,10 +111,17 @@ pub fn judge(
     Some((verdict, xdp_action::XDP_DROP))
 }
 
-/// GCRA (as `conforms`, without leases): the state of `skey` when its packet
-/// at `now` is over `budget`, `None` when it conforms.
+/// GCRA (as `conforms`): the state of `skey` when its packet at `now` is
+/// over `budget`, `None` when it conforms. With `lease`, a conforming
+/// packet may take more of the budget at once for this CPU (see
+/// `grant_lease`).
 #[inline(always)]
-pub(crate) fn over(skey: &SipRateKey, budget: &SipBudget, now: u64) -> Option<*mut SipRateState> {
+pub(crate) fn over(
+    skey: &SipRateKey,
+    budget: &SipBudget,
+    now: u64,
+    lease: bool,
+) -> Option<*mut SipRateState> {
     let st = match SIP_RATE.get_ptr_mut(skey) {
         Some(st) => st,
         None => {
@@ -125,18 +137,95 @@ pub(crate) fn over(skey: &SipRateKey, budget: &SipBudget, now: u64) -> Option<*m
             SIP_RATE.get_ptr_mut(skey)?
         }
     };
+    let interval = budget.interval_ns;
     unsafe {
         let tat = (*st).tat_ns;
-        if tat <= now {
-            (*st).tat_ns = now + budget.interval_ns;
-            return None;
+        // Idle long enough to have a full bucket (or new): restart the
+        // schedule from now.
+        let ahead = if tat <= now {
+            (*st).tat_ns = now;
+            0
+        } else {
+            tat - now
+        };
+        if ahead > budget.tolerance_ns {
+            return Some(st);
         }
-        if tat - now <= budget.tolerance_ns {
-            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, budget.interval_ns);
-            return None;
+        let extra = if lease { lease_size(budget) - 1 } else { 0 };
+        if extra > 0 && ahead + extra * interval <= budget.tolerance_ns {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
+            grant_lease(skey, extra, now);
+        } else {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
         }
     }
-    Some(st)
+    None
+}
+
+/// Tokens of one (source, class) budget leased to this CPU, as the
+/// limiter's leases (`RateLease`): a source's requests then touch no
+/// shared state until they are spent (or a second has passed). Per CPU, so
+/// no other CPU writes a slot; a slot taken over by another pair holds
+/// that pair's tokens, and the first pair's requests go to their state.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SipLease {
+    key: RateKey,
+    class: u32,
+    tokens: u32,
+    valid_until_ns: u64,
+}
+
+const SIP_LEASE_SLOTS: u32 = 4096;
+
+#[map]
+static SIP_LEASES: PerCpuArray<SipLease> = PerCpuArray::with_max_entries(SIP_LEASE_SLOTS, 0);
+
+/// A lease's tokens, as the limiter's: 1/64 of the burst, at most 32, so
+/// that small bursts stay exact (a lease of 1 is no lease).
+#[inline(always)]
+fn lease_size(budget: &SipBudget) -> u64 {
+    let burst = budget.tolerance_ns / budget.interval_ns.max(1);
+    (burst / 64).clamp(1, 32)
+}
+
+#[inline(always)]
+fn lease_slot(skey: &SipRateKey) -> Option<*mut SipLease> {
+    let mut key = skey.key;
+    key[8] ^= 0x3c ^ (skey.class as u8);
+    SIP_LEASES.get_ptr_mut((key_hash(&key) >> 52) as u32 & (SIP_LEASE_SLOTS - 1))
+}
+
+/// Not inlined: once per lease, not per packet, and verified once.
+#[inline(never)]
+fn grant_lease(skey: &SipRateKey, tokens: u64, now: u64) {
+    if let Some(l) = lease_slot(skey) {
+        unsafe {
+            (*l).key = skey.key;
+            (*l).class = skey.class;
+            (*l).tokens = tokens as u32;
+            (*l).valid_until_ns = now + 1_000_000_000;
+        }
+    }
+}
+
+/// True if this CPU's lease for `skey` had a token, now spent.
+#[inline(always)]
+fn spend_lease(skey: &SipRateKey, now: u64) -> bool {
+    let Some(l) = lease_slot(skey) else {
+        return false;
+    };
+    unsafe {
+        if (*l).tokens == 0
+            || now >= (*l).valid_until_ns
+            || (*l).class != skey.class
+            || (*l).key != skey.key
+        {
+            return false;
+        }
+        (*l).tokens -= 1;
+    }
+    true
 }
 
 /// As the limiter's `escalate`: after `escalate_secs` distinct seconds over

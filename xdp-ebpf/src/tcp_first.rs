@@ -65,7 +65,7 @@ pub fn judge(ctx: &XdpContext, tcp: usize, key: &RateKey) -> u32 {
         _pad: 0,
     };
     let now = now_ns();
-    match methods::over(&skey, budget, now) {
+    match methods::over(&skey, budget, now, false) {
         Some(_) => counter::DROP_METHOD + class,
         None => PASS,
     }

@@ -135,6 +135,37 @@ fn overload_sheds_untrusted_sources_and_trusted_keep_their_budget() -> Result<()
     Ok(())
 }
 
+/// With bursts large enough for leases (a CPU takes 1/64 of a burst at
+/// once): an untrusted source's normal-tier tokens leased before an
+/// overload are not spent during it (it is held to the overload budget at
+/// once), while a trusted source's tokens are leased at its own tier and
+/// never give it more than that budget.
+#[test]
+fn leases_never_carry_a_tier_across_an_overload() -> Result<()> {
+    let mut t = TestProgram::load()?;
+    // Normal 1/s burst 640 (leases of 10), trusted 1/s burst 1280 (20),
+    // overload 1/s burst 2; rates of 1/s: no token comes back in a test.
+    let cfg = Config::default().with_rate(1, 640);
+    t.maps.set_config(cfg)?;
+    let mut maps = TrustMaps::open(t.pin())?;
+    maps.set_config(TrustConfig::new((1, 1280), (1, 2)))?;
+    let mut s = Setup { t, trust: maps };
+    trust(&mut s, rate_key_v4(PHONE), 0)?;
+    // A lease taken at the normal tier, then the overload.
+    assert_eq!(passed(&mut s.t, &udp4(STRANGER, 5060), 5)?, 5);
+    s.trust.set_overloaded(true)?;
+    let before = s.t.counters()?;
+    // The normal budget is spent up to 5 s ahead (burst 2 at 1/s is 2 s):
+    // over the overload budget at once, lease or not.
+    assert_eq!(passed(&mut s.t, &udp4(STRANGER, 5060), 20)?, 0);
+    assert_eq!(moved(&before, &s.t.counters()?, counter::DROP_SHED), 20);
+    // The trusted source: the overload budget (3), then its own tier up
+    // to 1280 s ahead, leased 20 at a time: exactly its budget.
+    let got = passed(&mut s.t, &udp4(PHONE, 5060), 2000)?;
+    assert_eq!(got, 1281 + common::SKETCH_ADMIT as usize, "{got}");
+    Ok(())
+}
+
 /// The flag holds only while the daemon renews it: a daemon stopped or
 /// killed during an overload leaves nobody shed.
 #[test]

@@ -367,7 +367,7 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
         // Leases are spent only at the normal budget: overload holds every
         // source to a budget of its own tier.
         let overloaded = cfg.flags & CONFIG_OVERLOADED != 0 && overload_in_force(now);
-        if overloaded || !spend_lease(&key, now) {
+        if !spend_lease(&key, now, overloaded) {
             let admit = conforms(&key, &pkt.src, now, cfg, overloaded);
             // A trusted pass says so, unless the packet had more to say (a
             // ban that ended).
@@ -625,15 +625,33 @@ pub(crate) fn sketch_count(line: *mut SketchLine, h: u64, window: u16, admit: u1
     true
 }
 
+/// `RateLease::_pad` of a lease granted at the trusted tier.
+const LEASE_TRUSTED: u32 = 1;
+/// In `charge`'s `lease`: the tokens are the trusted tier's.
+const LEASE_OF_TRUSTED: u32 = 1 << 31;
+
+/// Tokens leased at once at the trusted tier: 1/64 of its burst, at most
+/// 32 (as `Config::lease` for the normal one).
+#[inline(always)]
+fn trusted_lease(t: &TrustConfig) -> u32 {
+    let burst = t.trusted_tolerance_ns / t.trusted_interval_ns.max(1);
+    (burst / 64).clamp(1, 32) as u32
+}
+
 /// Spends one token this CPU leased for `key`, if it holds one: a
 /// conforming packet that touches nothing another CPU writes.
 #[inline(always)]
-fn spend_lease(key: &RateKey, now: u64) -> bool {
+fn spend_lease(key: &RateKey, now: u64, overloaded: bool) -> bool {
     let Some(lease) = lease_slot(key) else {
         return false;
     };
     unsafe {
         if (*lease).tokens == 0 || now >= (*lease).valid_until_ns || (*lease).key != *key {
+            return false;
+        }
+        // Overload holds every source to its tier's budget: only tokens of
+        // the trusted tier are spent then.
+        if overloaded && (*lease)._pad != LEASE_TRUSTED {
             return false;
         }
         (*lease).tokens -= 1;
@@ -671,7 +689,9 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: boo
         },
     };
     let tiers = TRUST_CONFIG.get(0);
-    let (mut interval, mut tolerance, mut lease) = (cfg.interval_ns, cfg.tolerance_ns, !overloaded);
+    let (mut interval, mut tolerance) = (cfg.interval_ns, cfg.tolerance_ns);
+    // Tokens leased at once: none under overload but at the trusted tier.
+    let mut lease = if overloaded { 1 } else { cfg.lease };
     let mut admit = ADMIT;
     let mut trusted = false;
     unsafe {
@@ -680,7 +700,7 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: boo
                 (interval, tolerance, lease, admit) = (
                     t.trusted_interval_ns,
                     t.trusted_tolerance_ns,
-                    false,
+                    trusted_lease(t) | LEASE_OF_TRUSTED,
                     counter::PASS_TRUSTED,
                 );
                 trusted = true;
@@ -688,7 +708,7 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: boo
                 (interval, tolerance) = (t.untrusted_interval_ns, t.untrusted_tolerance_ns);
             }
         }
-        if charge(st, key, now, interval, tolerance, lease, cfg) {
+        if charge(st, key, now, interval, tolerance, lease) {
             return admit;
         }
         // Over its budget: is the source trusted? Asked once a second.
@@ -706,7 +726,7 @@ fn conforms(key: &RateKey, src: &Source, now: u64, cfg: &Config, overloaded: boo
                             };
                         trusted = true;
                         let (i, tol) = (t.trusted_interval_ns, t.trusted_tolerance_ns);
-                        if charge(st, key, now, i, tol, false, cfg) {
+                        if charge(st, key, now, i, tol, trusted_lease(t) | LEASE_OF_TRUSTED) {
                             return counter::PASS_TRUSTED;
                         }
                     }
@@ -739,8 +759,7 @@ unsafe fn charge(
     now: u64,
     interval: u64,
     tolerance: u64,
-    lease: bool,
-    cfg: &Config,
+    lease: u32,
 ) -> bool {
     unsafe {
         let tat = (*st).tat_ns;
@@ -753,20 +772,21 @@ unsafe fn charge(
         if ahead > tolerance {
             return false;
         }
-        let extra = if lease {
-            u64::from(cfg.lease.saturating_sub(1))
-        } else {
-            0
-        };
+        let extra = u64::from((lease & !LEASE_OF_TRUSTED).saturating_sub(1));
         if extra > 0 && ahead + extra * interval <= tolerance {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
             // The lease's packets, counted now rather than one by one on
             // the fast path (a lease cut short overcounts a little).
             count_sip_packets(extra);
-            if let Some(lease) = lease_slot(key) {
-                (*lease).key = *key;
-                (*lease).tokens = extra as u32;
-                (*lease).valid_until_ns = now + 1_000_000_000;
+            if let Some(slot) = lease_slot(key) {
+                (*slot).key = *key;
+                (*slot).tokens = extra as u32;
+                (*slot)._pad = if lease & LEASE_OF_TRUSTED != 0 {
+                    LEASE_TRUSTED
+                } else {
+                    0
+                };
+                (*slot).valid_until_ns = now + 1_000_000_000;
             }
         } else {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);

@@ -161,8 +161,13 @@ fn leases_never_carry_a_tier_across_an_overload() -> Result<()> {
     assert_eq!(moved(&before, &s.t.counters()?, counter::DROP_SHED), 20);
     // The trusted source: the overload budget (3), then its own tier up
     // to 1280 s ahead, leased 20 at a time: exactly its budget.
+    let before = s.t.counters()?;
     let got = passed(&mut s.t, &udp4(PHONE, 5060), 2000)?;
     assert_eq!(got, 1281 + common::SKETCH_ADMIT as usize, "{got}");
+    // Leased or not, the trusted tier's passes say so; the rest were the
+    // first stage's and the overload budget's.
+    let trusted = moved(&before, &s.t.counters()?, counter::PASS_TRUSTED) as usize;
+    assert_eq!(trusted, got - 3 - common::SKETCH_ADMIT as usize);
     Ok(())
 }
 

@@ -364,24 +364,27 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
     let now = if limit { now_ns() } else { 0 };
     let mut pass = pass;
     if limit {
-        // Leases are spent only at the normal budget: overload holds every
-        // source to a budget of its own tier.
+        // Under overload only a lease of the trusted tier is spent: overload
+        // holds every other source to the overload budget.
         let overloaded = cfg.flags & CONFIG_OVERLOADED != 0 && overload_in_force(now);
-        if !spend_lease(&key, now, overloaded) {
-            let admit = conforms(&key, &pkt.src, now, cfg, overloaded);
-            // A trusted pass says so, unless the packet had more to say (a
-            // ban that ended).
-            if admit == counter::PASS_TRUSTED {
-                if pass == counter::PASS_NOT_BANNED {
-                    pass = admit;
-                }
-            } else if admit != ADMIT {
-                // Checked only for packets over the limit: the common path stays cheap.
-                if allowlisted(&pkt.src, now) {
-                    return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
-                }
-                return (admit, xdp_action::XDP_DROP);
+        let leased = spend_lease(&key, now, overloaded);
+        let admit = if leased == NO_LEASE {
+            conforms(&key, &pkt.src, now, cfg, overloaded)
+        } else {
+            leased
+        };
+        // A trusted pass says so, unless the packet had more to say (a ban
+        // that ended).
+        if admit == counter::PASS_TRUSTED {
+            if pass == counter::PASS_NOT_BANNED {
+                pass = admit;
             }
+        } else if admit != ADMIT {
+            // Checked only for packets over the limit: the common path stays cheap.
+            if allowlisted(&pkt.src, now) {
+                return (counter::PASS_RATE_ALLOWLISTED, xdp_action::XDP_PASS);
+            }
+            return (admit, xdp_action::XDP_DROP);
         }
     }
     if let Some(limits) = sip {
@@ -638,25 +641,35 @@ fn trusted_lease(t: &TrustConfig) -> u32 {
     (burst / 64).clamp(1, 32) as u32
 }
 
+/// `spend_lease`'s answer when no token was spent.
+const NO_LEASE: u32 = u32::MAX - 2;
+
 /// Spends one token this CPU leased for `key`, if it holds one: a
-/// conforming packet that touches nothing another CPU writes.
+/// conforming packet that touches nothing another CPU writes. Answers as
+/// `conforms` would (`ADMIT`, or `PASS_TRUSTED` for the trusted tier's
+/// tokens), else `NO_LEASE`.
 #[inline(always)]
-fn spend_lease(key: &RateKey, now: u64, overloaded: bool) -> bool {
+fn spend_lease(key: &RateKey, now: u64, overloaded: bool) -> u32 {
     let Some(lease) = lease_slot(key) else {
-        return false;
+        return NO_LEASE;
     };
     unsafe {
         if (*lease).tokens == 0 || now >= (*lease).valid_until_ns || (*lease).key != *key {
-            return false;
+            return NO_LEASE;
         }
+        let trusted = (*lease)._pad == LEASE_TRUSTED;
         // Overload holds every source to its tier's budget: only tokens of
         // the trusted tier are spent then.
-        if overloaded && (*lease)._pad != LEASE_TRUSTED {
-            return false;
+        if overloaded && !trusted {
+            return NO_LEASE;
         }
         (*lease).tokens -= 1;
+        if trusted {
+            counter::PASS_TRUSTED
+        } else {
+            ADMIT
+        }
     }
-    true
 }
 
 /// `conforms`: the packet is within the budget it was charged to (the

@@ -84,8 +84,9 @@ pub mod map_name {
 /// limited packets per CPU in `rate_limited` (not in `RateState`); 5: the
 /// trust tier cached in `RateState`, the `pass_trusted` and `drop_shed`
 /// counters, `trusted`, `trust_config`, `sip_packets`; 6: `sip_limits` and
-/// `sip_rate` (invalid-message and per-method budgets), counters 14..=19.
-pub const LAYOUT_VERSION: u32 = 6;
+/// `sip_rate` (invalid-message and per-method budgets), counters 14..=19;
+/// 7: `SipLimits::invalid_ports`.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// The data of an IPv4 trie key: the address in the first four bytes, zeros
 /// after. Eight bytes, not four, because the kernel stores a trie node's value
@@ -612,6 +613,31 @@ pub struct SipLimits {
     pub invalid: SipBudget,
     /// Requests of each `method` class, per source.
     pub methods: [SipBudget; method::CLASSES],
+    /// The UDP ports whose payloads the invalid-message budget judges: the
+    /// SIP ports, not the ports a jail adds (a TURN or IAX2 port there is
+    /// not SIP). All 0: every protected port (more SIP ports than fit).
+    pub invalid_ports: [u16; MAX_INVALID_PORTS],
+}
+
+/// Most ports `SipLimits::invalid_ports` names.
+pub const MAX_INVALID_PORTS: usize = 16;
+
+impl SipLimits {
+    /// True if the invalid-message budget judges UDP payloads to `port`.
+    #[inline(always)]
+    pub fn judges_invalid(&self, port: u16) -> bool {
+        if self.invalid_ports[0] == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_INVALID_PORTS {
+            if self.invalid_ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// The key of `sip_rate`: a source (as the limiter keys it) and a class.

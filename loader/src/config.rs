@@ -674,6 +674,21 @@ impl Config {
     /// Protected ports: the global list (configured, else discovered, else
     /// the defaults) plus every jail's own.
     pub fn protected_ports(&self) -> Vec<u16> {
+        let mut ports = self.sip_ports();
+        for jail in self.jails.values().filter(|j| j.enabled) {
+            if let Some(Ports::List(l)) = &jail.ports {
+                ports.extend(l);
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The SIP ports: `ports`, else FreeSWITCH's as discovered, else the
+    /// defaults; not the ports a jail adds (those may be other services:
+    /// the invalid-message budget judges only these).
+    pub fn sip_ports(&self) -> Vec<u16> {
         let discovered = self
             .discovered
             .as_ref()
@@ -684,14 +699,20 @@ impl Config {
             .clone()
             .or(discovered)
             .unwrap_or_else(default_ports);
-        for jail in self.jails.values().filter(|j| j.enabled) {
-            if let Some(Ports::List(l)) = &jail.ports {
-                ports.extend(l);
-            }
-        }
         ports.sort_unstable();
         ports.dedup();
         ports
+    }
+
+    /// The kernel's invalid-message and per-method budgets.
+    pub fn sip_limits(&self) -> common::SipLimits {
+        let mut limits = self.flood.sip_limits();
+        let ports = self.sip_ports();
+        // More SIP ports than fit: every protected port is judged (zeros).
+        if ports.len() <= common::MAX_INVALID_PORTS {
+            limits.invalid_ports[..ports.len()].copy_from_slice(&ports);
+        }
+        limits
     }
 }
 

@@ -250,3 +250,32 @@ pub fn test_run_on(
     let duration = u32::from_ne_bytes(attr[36..40].try_into().expect("4 bytes"));
     Ok((retval, f64::from(duration)))
 }
+
+/// The slot a source's lease takes on a CPU, as the program picks it
+/// (`key_hash(key) >> 52` of the key, `tweak`ed at byte 8 for a method
+/// class's lease).
+pub fn lease_slot(src: [u8; 4], tweak: Option<u8>) -> u64 {
+    let mut key = common::rate_key_v4(src);
+    if let Some(t) = tweak {
+        key[8] ^= t;
+    }
+    let a = u64::from_le_bytes(key[..8].try_into().unwrap());
+    let b = u64::from_le_bytes(key[8..].try_into().unwrap());
+    (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52
+}
+
+/// Two addresses of 198.18.0.0/16 (RFC 2544's benchmark range) whose
+/// leases take the same slot (a multiplicative hash spreads neighbours
+/// apart: more addresses than slots make the pair).
+pub fn colliding_leases(tweak: Option<u8>) -> ([u8; 4], [u8; 4]) {
+    let mut seen = std::collections::HashMap::new();
+    for x in 0..=255u8 {
+        for y in 0..=255u8 {
+            let src = [198, 18, x, y];
+            if let Some(other) = seen.insert(lease_slot(src, tweak), src) {
+                return (other, src);
+            }
+        }
+    }
+    panic!("no two addresses share a slot");
+}

@@ -154,3 +154,24 @@ fn an_options_flood_is_held_while_the_same_source_registers() -> Result<()> {
     );
     Ok(())
 }
+
+/// A jail's own ports may be another service (TURN here): protected like
+/// the SIP ports, but its datagrams are not SIP and never judged invalid;
+/// the SIP ports still are.
+#[test]
+fn a_jails_extra_port_is_never_judged_as_sip() -> Result<()> {
+    let s = Setup::new(
+        "[jails.turn]\nlogpath = \"/nonexistent-sipguard-test/turn.log\"\nfilter = \"freeswitch\"\nports = [3478]\n",
+    )?;
+    let turn = udp_socket(&s.pair.server, addr(SERVER_V4, 3478))?;
+    let sip = udp_socket(&s.pair.server, addr(SERVER_V4, 5060))?;
+    let client = udp_socket(&s.pair.client, addr(CLIENT_V4, 0))?;
+    let allocate = b"\x00\x03\x00\x00\x21\x12\xa4\x42 a TURN request, not a binding";
+    assert_eq!(delivered(&client, &turn, allocate, 100)?, 100);
+    assert_eq!(s.counter("drop_invalid")?, 0);
+    let status = s.json(&["status"])?;
+    assert!(status.to_string().contains("3478"), "protected: {status}");
+    let got = delivered(&client, &sip, allocate, 100)?;
+    assert!((10..=20).contains(&got), "the SIP port still judged: {got}");
+    Ok(())
+}

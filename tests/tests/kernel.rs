@@ -1045,9 +1045,9 @@ fn origins_keep_their_own_bans_of_one_network() -> Result<()> {
 /// parse and ban path that reaches it, the verifier went through 770 000
 /// instructions (1.2 s, near its limit of 1 000 000 per program); the scan
 /// is a tail-called program of its own now, checked once. The main
-/// program is at ~320 000 (the budgets' classification inlined, their
-/// leases, TCP first requests; ~0.6-0.8 s for both programs here, with
-/// the old program attached meanwhile: no gap): an offset carried exactly
+/// program is at ~365 000 (the budgets' classification inlined, their
+/// leases and the trusted tier's, TCP first requests; ~0.7-1.1 s for both
+/// programs here, with the old program attached meanwhile: no gap): an offset carried exactly
 /// through every parse path took it past 550 000 once (see `parse`'s TCP
 /// arm), which this bound catches.
 #[test]
@@ -1059,7 +1059,7 @@ fn the_programs_are_cheap_to_verify() -> Result<()> {
     ] {
         let verified = t.verified_instructions(name)?;
         assert!(
-            verified < 350_000,
+            verified < 400_000,
             "{name}: {verified} instructions verified"
         );
         eprintln!("{name}: {verified} instructions verified");

@@ -233,3 +233,26 @@ fn a_leased_budget_passes_its_burst_and_never_more() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two sources whose leases share a slot, sending in turn: neither loses
+/// a token to the other (a live lease is never overwritten), each passes
+/// exactly its budget.
+#[test]
+fn sources_sharing_a_lease_slot_keep_their_budgets() -> Result<()> {
+    let (a, b) = sipguard_tests::kernel::colliding_leases(Some(0x3c ^ method::REGISTER as u8));
+    let mut l = SipLimits {
+        flags: SIP_METHODS_ON,
+        ..SipLimits::default()
+    };
+    l.methods[method::REGISTER as usize] = SipBudget::new(1, 640);
+    let mut t = load(l)?;
+    let (fa, fb) = (sip4(a, REGISTER), sip4(b, REGISTER));
+    let (mut pa, mut pb) = (0, 0);
+    for _ in 0..1000 {
+        pa += t.passed(&fa, 1)?;
+        pb += t.passed(&fb, 1)?;
+    }
+    let most = 640 + 1 + common::SKETCH_ADMIT as usize;
+    assert_eq!((pa, pb), (most, most), "{a:?} and {b:?}");
+    Ok(())
+}

@@ -234,3 +234,22 @@ fn leased_tokens_keep_the_budget_exact() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two sources whose leases share a slot (a burst of 640 leases 10 tokens
+/// at a time), sending in turn: a live lease is never overwritten, so
+/// neither loses tokens to the other; each passes exactly its budget.
+#[test]
+fn sources_sharing_a_lease_slot_keep_their_budgets() -> Result<()> {
+    let (a, b) = sipguard_tests::kernel::colliding_leases(None);
+    let mut t = TestProgram::load()?;
+    t.maps.set_config(Config::default().with_rate(1, 640))?;
+    let (fa, fb) = (udp4(a, 5060), udp4(b, 5060));
+    let (mut pa, mut pb) = (0, 0);
+    for _ in 0..1000 {
+        pa += t.passed(&fa, 1)?;
+        pb += t.passed(&fb, 1)?;
+    }
+    let most = 640 + 1 + SKETCH_ADMIT as usize;
+    assert_eq!((pa, pb), (most, most), "{a:?} and {b:?}");
+    Ok(())
+}

@@ -403,9 +403,19 @@ fn unbanned(ctx: &XdpContext, pkt: &parse::Packet, pass: u32) -> (u32, u32) {
                 }
                 return (drop, xdp_action::XDP_DROP);
             }
-        } else if let Some(verdict) =
-            methods::judge(ctx, pkt.udp_payload, &key, &pkt.src, limits, cfg, now)
-        {
+        } else if let Some(verdict) = methods::judge(
+            ctx,
+            pkt.udp_payload,
+            &key,
+            &pkt.src,
+            limits,
+            cfg,
+            now,
+            match pkt.port {
+                Port::Dst(port) => port,
+                _ => 0,
+            },
+        ) {
             return verdict;
         }
     }
@@ -628,6 +638,33 @@ pub(crate) fn sketch_count(line: *mut SketchLine, h: u64, window: u16, admit: u1
     true
 }
 
+/// Puts `extra` tokens of `key` in this CPU's lease slot, unless a live
+/// lease of another source is there: its tokens were charged to that
+/// source (a collision costs speed, never tokens). `lease` as `charge`'s.
+#[inline(always)]
+fn take_lease(key: &RateKey, st: *mut RateState, extra: u64, lease: u32, now: u64) -> bool {
+    let Some(slot) = lease_slot(key) else {
+        return false;
+    };
+    unsafe {
+        if (*slot).tokens != 0 && now < (*slot).valid_until_ns && (*slot).key != *key {
+            return false;
+        }
+        let trusted = lease & LEASE_OF_TRUSTED != 0;
+        let until = now + 1_000_000_000;
+        (*slot).key = *key;
+        (*slot).tokens = extra as u32;
+        (*slot)._pad = if trusted { LEASE_TRUSTED } else { 0 };
+        // Trusted tokens never outlive the trust the state holds.
+        (*slot).valid_until_ns = if trusted && (*st).trust_until_ns < until {
+            (*st).trust_until_ns
+        } else {
+            until
+        };
+    }
+    true
+}
+
 /// `RateLease::_pad` of a lease granted at the trusted tier.
 const LEASE_TRUSTED: u32 = 1;
 /// In `charge`'s `lease`: the tokens are the trusted tier's.
@@ -786,21 +823,15 @@ unsafe fn charge(
             return false;
         }
         let extra = u64::from((lease & !LEASE_OF_TRUSTED).saturating_sub(1));
-        if extra > 0 && ahead + extra * interval <= tolerance {
+        if extra > 0
+            && ahead + extra * interval <= tolerance
+            && take_lease(key, st, extra, lease, now)
+        {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
             // The lease's packets, counted now rather than one by one on
-            // the fast path (a lease cut short overcounts a little).
+            // the fast path (a lease cut short, or not spent under an
+            // overload, overcounts a little).
             count_sip_packets(extra);
-            if let Some(slot) = lease_slot(key) {
-                (*slot).key = *key;
-                (*slot).tokens = extra as u32;
-                (*slot)._pad = if lease & LEASE_OF_TRUSTED != 0 {
-                    LEASE_TRUSTED
-                } else {
-                    0
-                };
-                (*slot).valid_until_ns = now + 1_000_000_000;
-            }
         } else {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
         }

@@ -54,7 +54,7 @@ pub fn tcp_limits() -> Option<&'static SipLimits> {
 
 /// The verdict on the UDP packet whose payload is at `payload`, when a
 /// budget drops it (or lets it through only for the allowlist). `now` is
-/// the limiter's clock, 0 when it read none.
+/// the limiter's clock, 0 when it read none; `port` the destination port.
 #[inline(always)]
 pub fn judge(
     ctx: &XdpContext,
@@ -64,10 +64,12 @@ pub fn judge(
     limits: &SipLimits,
     cfg: &Config,
     now: u64,
+    port: u16,
 ) -> Option<(u32, u32)> {
     let class = sip_line::classify(ctx, payload);
     let (budget, verdict) = if class == sip_line::INVALID {
-        if limits.flags & SIP_INVALID_ON == 0 {
+        // Judged on the SIP ports only (see `SipLimits::invalid_ports`).
+        if limits.flags & SIP_INVALID_ON == 0 || !limits.judges_invalid(port) {
             return None;
         }
         (&limits.invalid, counter::DROP_INVALID)
@@ -98,7 +100,7 @@ pub fn judge(
     let now = if now != 0 { now } else { now_ns() };
     // A request under its budget on this CPU's lease: no shared state
     // touched (the clean path of a source that has state).
-    if class != sip_line::INVALID && spend_lease(&skey, now) {
+    if class != sip_line::INVALID && leased(budget) && spend_lease(&skey, now) {
         return None;
     }
     let st = over(&skey, budget, now, class != sip_line::INVALID)?;
@@ -142,19 +144,22 @@ pub(crate) fn over(
         let tat = (*st).tat_ns;
         // Idle long enough to have a full bucket (or new): restart the
         // schedule from now.
-        let ahead = if tat <= now {
-            (*st).tat_ns = now;
-            0
-        } else {
-            tat - now
-        };
+        if tat <= now {
+            // A plain store, so no lease here: another CPU's add in between
+            // would be overwritten (one packet's worth at most this way).
+            (*st).tat_ns = now + interval;
+            return None;
+        }
+        let ahead = tat - now;
         if ahead > budget.tolerance_ns {
             return Some(st);
         }
         let extra = if lease { lease_size(budget) - 1 } else { 0 };
-        if extra > 0 && ahead + extra * interval <= budget.tolerance_ns {
+        if extra > 0
+            && ahead + extra * interval <= budget.tolerance_ns
+            && grant_lease(skey, extra, now)
+        {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, (extra + 1) * interval);
-            grant_lease(skey, extra, now);
         } else {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*st).tat_ns, interval);
         }
@@ -181,6 +186,13 @@ const SIP_LEASE_SLOTS: u32 = 4096;
 #[map]
 static SIP_LEASES: PerCpuArray<SipLease> = PerCpuArray::with_max_entries(SIP_LEASE_SLOTS, 0);
 
+/// True if `budget` is leased at all (a burst of 128 or more): the others
+/// never look at a lease slot.
+#[inline(always)]
+fn leased(budget: &SipBudget) -> bool {
+    budget.tolerance_ns >= 128 * budget.interval_ns
+}
+
 /// A lease's tokens, as the limiter's: 1/64 of the burst, at most 32, so
 /// that small bursts stay exact (a lease of 1 is no lease).
 #[inline(always)]
@@ -196,17 +208,28 @@ fn lease_slot(skey: &SipRateKey) -> Option<*mut SipLease> {
     SIP_LEASES.get_ptr_mut((key_hash(&key) >> 52) as u32 & (SIP_LEASE_SLOTS - 1))
 }
 
-/// Not inlined: once per lease, not per packet, and verified once.
+/// Puts `tokens` of `skey` in this CPU's lease slot, unless a live lease
+/// of another pair is there: its tokens were charged to that pair (a
+/// collision costs speed, never tokens). Not inlined: once per lease, not
+/// per packet, and verified once.
 #[inline(never)]
-fn grant_lease(skey: &SipRateKey, tokens: u64, now: u64) {
-    if let Some(l) = lease_slot(skey) {
-        unsafe {
-            (*l).key = skey.key;
-            (*l).class = skey.class;
-            (*l).tokens = tokens as u32;
-            (*l).valid_until_ns = now + 1_000_000_000;
+fn grant_lease(skey: &SipRateKey, tokens: u64, now: u64) -> bool {
+    let Some(l) = lease_slot(skey) else {
+        return false;
+    };
+    unsafe {
+        if (*l).tokens != 0
+            && now < (*l).valid_until_ns
+            && ((*l).class != skey.class || (*l).key != skey.key)
+        {
+            return false;
         }
+        (*l).key = skey.key;
+        (*l).class = skey.class;
+        (*l).tokens = tokens as u32;
+        (*l).valid_until_ns = now + 1_000_000_000;
     }
+    true
 }
 
 /// True if this CPU's lease for `skey` had a token, now spent.

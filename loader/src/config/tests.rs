@@ -211,3 +211,29 @@ fn crowdsec_machine_id_is_one_word_and_max_decisions_positive() {
     let ok = format!("{base}machine_id = \"box-1\"\npassword = \"p\"\n");
     assert!(Config::parse(&ok, "t").is_ok());
 }
+
+/// The invalid-message budget judges the SIP ports only: `ports` (or the
+/// discovered ones, or the defaults), not the ports a jail adds.
+#[test]
+fn the_invalid_budget_names_the_sip_ports_not_a_jails_extras() {
+    let c = Config::parse(
+        r#"
+            ports = [5060, 5080]
+            [jails.turn]
+            logpath = "/tmp/turn.log"
+            filter = "freeswitch"
+            ports = [3478]
+            "#,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.protected_ports(), vec![3478, 5060, 5080]);
+    assert_eq!(c.sip_ports(), vec![5060, 5080]);
+    let l = c.sip_limits();
+    assert!(l.judges_invalid(5060) && l.judges_invalid(5080));
+    assert!(!l.judges_invalid(3478));
+    // More SIP ports than the kernel names: every protected port.
+    let many: Vec<String> = (5000..5020).map(|p| p.to_string()).collect();
+    let c = Config::parse(&format!("ports = [{}]", many.join(", ")), "t").unwrap();
+    assert!(c.sip_limits().judges_invalid(3478));
+}

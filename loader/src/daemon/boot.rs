@@ -134,7 +134,7 @@ pub(super) fn attach(
     } = loaded.daemon;
     maps.set_ports(&config.protected_ports())?;
     maps.set_config(kernel_config(&config))?;
-    maps.set_sip_limits(config.flood.sip_limits())?;
+    maps.set_sip_limits(config.sip_limits())?;
     let daemon = Daemon::start(config, maps, opened, pinned, fleet_tx)?;
     let mut ebpf = verifying
         .join()

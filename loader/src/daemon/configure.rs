@@ -150,7 +150,7 @@ impl Daemon {
         let maps = self.bans.maps();
         maps.set_ports(&ports)?;
         maps.set_config(kernel_config(&self.config))?;
-        maps.set_sip_limits(self.config.flood.sip_limits())?;
+        maps.set_sip_limits(self.config.sip_limits())?;
         self.apply_trust_config()?;
         self.packet_bans.set_limits(
             self.config.flood.max_bans_per_minute,

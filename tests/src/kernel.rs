@@ -197,6 +197,19 @@ impl TestProgram {
         &self._sandbox.pin
     }
 
+    /// Trusts `key` with no end, as `origin` (`common::TRUST_*`) would.
+    pub fn trust(&self, key: common::RateKey, origin: u32) -> Result<()> {
+        sipguard::kernel::trust::TrustMaps::open(self.pin())?.trust(
+            key,
+            common::TrustEntry {
+                expires_at_ns: 0,
+                trusted_at_ns: sipguard::kernel::clock::mono_now_ns(),
+                origin,
+                _pad: 0,
+            },
+        )
+    }
+
     pub fn counters(&self) -> Result<Vec<Counter>> {
         self.maps.counters()
     }

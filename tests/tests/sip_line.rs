@@ -38,6 +38,15 @@ fn load(limits: SipLimits, escalate_secs: u32) -> Result<TestProgram> {
     Ok(t)
 }
 
+/// The invalid-message budget alone, at `rate`/s with `burst`.
+fn invalid_only(rate: u32, burst: u32) -> SipLimits {
+    SipLimits {
+        flags: SIP_INVALID_ON,
+        invalid: SipBudget::new(rate, burst),
+        ..SipLimits::default()
+    }
+}
+
 /// Every budget at `rate`/s with `burst`.
 fn all_budgets(rate: u32, burst: u32) -> SipLimits {
     SipLimits {
@@ -374,11 +383,7 @@ fn vlan_and_ipv6_encapsulations() -> Result<()> {
 
 #[test]
 fn invalid_over_its_rate_is_dropped_under_it_passed() -> Result<()> {
-    let limits = SipLimits {
-        flags: SIP_INVALID_ON,
-        invalid: SipBudget::new(1, 3),
-        ..SipLimits::default()
-    };
+    let limits = invalid_only(1, 3);
     let mut t = load(limits, 0)?;
     let src = [192, 0, 2, 10];
     let junk = udp4_body(src, b"\x00\x01garbage that is not SIP");
@@ -441,11 +446,7 @@ fn an_allowlisted_source_over_a_budget_passes() -> Result<()> {
 
 #[test]
 fn sustained_invalid_messages_are_reported_once() -> Result<()> {
-    let limits = SipLimits {
-        flags: SIP_INVALID_ON,
-        invalid: SipBudget::new(1, 2),
-        ..SipLimits::default()
-    };
+    let limits = invalid_only(1, 2);
     let mut t = load(limits, 1)?;
     let mut ring = maps::flood_events(t.pin())?;
     let src = [192, 0, 2, 20];
@@ -476,23 +477,11 @@ fn sustained_invalid_messages_are_reported_once() -> Result<()> {
 /// would otherwise get a registered phone banned in `sip-invalid`.
 #[test]
 fn a_trusted_source_is_never_reported_for_invalid_messages() -> Result<()> {
-    let limits = SipLimits {
-        flags: SIP_INVALID_ON,
-        invalid: SipBudget::new(1, 2),
-        ..SipLimits::default()
-    };
+    let limits = invalid_only(1, 2);
     let mut t = load(limits, 1)?;
     let mut ring = maps::flood_events(t.pin())?;
     let phone = [192, 0, 2, 30];
-    sipguard::kernel::trust::TrustMaps::open(t.pin())?.trust(
-        rate_key_v4(phone),
-        common::TrustEntry {
-            expires_at_ns: 0,
-            trusted_at_ns: sipguard::kernel::clock::mono_now_ns(),
-            origin: common::TRUST_REGISTERED,
-            _pad: 0,
-        },
-    )?;
+    t.trust(rate_key_v4(phone), common::TRUST_REGISTERED)?;
     assert_eq!(t.passed(&udp4_body(phone, b"junk junk junk junk"), 30)?, 3);
     assert!(ring.next().is_none(), "a trusted source is not reported");
     Ok(())
